@@ -1,0 +1,1 @@
+"""The architecture-neutral core: VM, vCPU loop, memory, exits, hook specs, CLI."""

@@ -1,0 +1,70 @@
+"""The core's own exit handlers, registered through the same hook as everybody else's.
+
+Port I/O and MMIO go to the device that claimed the address on the bus; HLT/WFI halts the
+vCPU until an event it can take arrives; a shutdown ends the run with the status it carries.
+"""
+
+from __future__ import annotations
+
+from hvsim import hookimpl
+
+from .arch import VcpuState
+from .exits import Exit, ExitKind
+
+_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
+
+
+def handle_port_io(vcpu, exit: Exit) -> None:
+    vm = vcpu.vm
+    claim = vm.bus.port(exit.address)
+    if claim is not None:
+        if exit.is_write:
+            claim.device.write(exit.address - claim.base, exit.size, exit.value)
+        else:
+            exit.value = claim.device.read(exit.address - claim.base, exit.size) & _ONES[exit.size]
+        return
+    result = None
+    if vm.port_io_fallback:
+        result = vm.pm.hook.hvsim_port_io(vcpu=vcpu, port=exit.address, size=exit.size,
+                                          is_write=exit.is_write, value=exit.value)
+    if not exit.is_write:
+        # Nothing decodes the port: the PC's ISA bus floats high.
+        exit.value = _ONES[exit.size] if result is None or result is True else result & _ONES[exit.size]
+
+
+def handle_mmio(vcpu, exit: Exit) -> None:
+    vm = vcpu.vm
+    claim = vm.bus.mmio(exit.address)
+    if claim is not None:
+        if exit.is_write:
+            claim.device.write(exit.address - claim.base, exit.size, exit.value)
+        else:
+            exit.value = claim.device.read(exit.address - claim.base, exit.size) & _ONES[exit.size]
+        return
+    result = None
+    if vm.mmio_fallback:
+        result = vm.pm.hook.hvsim_mmio(vcpu=vcpu, address=exit.address, size=exit.size,
+                                       is_write=exit.is_write, value=exit.value)
+    if result is None:
+        what = "write to" if exit.is_write else "read from"
+        vm.crash(f"unhandled MMIO {what} guest-physical {exit.address:#x} ({exit.reason})")
+        exit.value = 0
+    elif not exit.is_write:
+        exit.value = result & _ONES[exit.size]
+
+
+def handle_halt(vcpu, exit: Exit) -> None:
+    if not (vcpu.events and vcpu.deliver_pending()):
+        vcpu.state = VcpuState.HALTED
+
+
+def handle_shutdown(vcpu, exit: Exit) -> None:
+    vcpu.vm.stop(exit.value if exit.value is not None else 4, exit.detail or exit.reason)
+
+
+@hookimpl(tryfirst=True)
+def hvsim_exit_handlers(registry):
+    registry.add(ExitKind.PORT_IO, handle_port_io)
+    registry.add(ExitKind.MMIO, handle_mmio)
+    registry.add(ExitKind.HALT, handle_halt)
+    registry.add(ExitKind.SHUTDOWN, handle_shutdown)

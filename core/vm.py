@@ -1,0 +1,212 @@
+"""The VM and its run loop: one architecture plugin, guest memory, the I/O bus, vCPUs, exits.
+
+The run loop enters each runnable vCPU for a time slice (Unicorn's ``timeout``, never
+``count``); exits that can be completed inside the engine are dispatched from there, the rest
+come back here. Every exit goes through :meth:`VM.dispatch`: statistics, observers (only when
+some plugin implements ``hvsim_vm_exit``), then the handler table built from
+``hvsim_exit_handlers`` when the VM was made.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from .arch import Vcpu, VcpuState
+from .bus import IoBus
+from .console import Console
+from .errors import ConfigError, HvsimError
+from .exits import Exit, ExitHandlerRegistry
+from .loader import Image, parse_image, read_image
+from .memory import GuestMemory, HostMemory
+from .plugins import PluginManager, default_manager
+from .stats import ExitStats
+
+log = structlog.get_logger("hvsim")
+
+# Exit statuses. The guest's own statuses are 0 (PSCI SYSTEM_OFF) and odd numbers
+# (isa-debug-exit writes v -> (v << 1) | 1); hvsim's own are even so they never collide.
+STATUS_OFF = 0
+STATUS_BAD_INPUT = 2
+STATUS_GUEST_CRASH = 4  # triple fault, unhandled exit, access to memory nothing backs
+STATUS_HALTED_FOREVER = 6  # every vCPU halted with nothing that could wake it
+STATUS_TIMEOUT = 124  # as timeout(1)
+
+SLICE_US = 200_000  # one vCPU: long slices, re-entry is the cost
+SLICE_US_SMP = 2_000  # several vCPUs: short slices so they interleave
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGkmg]?)(i?[Bb])?\s*$")
+
+
+def parse_size(text: str | int) -> int:
+    """'128M', '1G', '65536' -> bytes (binary units, as QEMU's -m)."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(text)
+    if not m:
+        raise ConfigError(f"bad size {text!r}: use a number with an optional K, M or G suffix")
+    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
+
+
+@dataclass
+class VMConfig:
+    mem_size: int = 128 << 20
+    vcpus: int = 1
+    append: str = ""
+    initrd: bytes | None = None
+    initrd_name: str = ""
+    load_addr: int | None = None  # raw images
+    entry: int | None = None  # raw images
+    extra: dict = field(default_factory=dict)  # plugin-specific settings
+
+
+@dataclass
+class RunResult:
+    status: int
+    reason: str
+    wall_seconds: float
+
+
+class VM:
+    """A virtual machine on one architecture plugin. ``VM("intel_vtx", mem="64M")``."""
+
+    def __init__(self, arch: str, *, mem: str | int = "128M", vcpus: int = 1, append: str = "",
+                 initrd: str | Path | bytes | None = None, load_addr: int | None = None,
+                 entry: int | None = None, pm: PluginManager | None = None,
+                 host: HostMemory | None = None, console: Console | None = None, **extra) -> None:
+        self.pm = pm if pm is not None else default_manager()
+        arch_cls = self.pm.archs.get(arch)
+        if arch_cls is None:
+            known = ", ".join(self.pm.archs.names()) or "none installed"
+            raise ConfigError(f"unknown architecture {arch!r} (installed: {known})")
+        mem_size = parse_size(mem)
+        if not (1 << 20) <= mem_size <= (16 << 30) or mem_size % 4096:
+            raise ConfigError(f"memory size {mem} must be a multiple of 4 KiB between 1M and 16G")
+        if not 1 <= vcpus <= 64:
+            raise ConfigError(f"vcpus must be between 1 and 64, not {vcpus}")
+        self.config = VMConfig(mem_size=mem_size, vcpus=vcpus, append=append, load_addr=load_addr,
+                               entry=entry, extra=extra)
+        if initrd is not None:
+            self.config.initrd, self.config.initrd_name = _read_initrd(initrd)
+        self.host = host if host is not None else HostMemory(-(-mem_size // (2 << 20)) * (2 << 20))
+        self.memory = GuestMemory(self.host)
+        self.bus = IoBus()
+        self.console = console if console is not None else Console()
+        self.stats = ExitStats()
+        self.status: int | None = None
+        self.stop_reason = ""
+        self.image: Image | None = None
+        self.arch = arch_cls(self)
+        self.arch.build()
+        self.vcpus: list[Vcpu] = [self.arch.create_vcpu(i) for i in range(vcpus)]
+        self.pm.hook.hvsim_vm_created(vm=self)
+        registry = ExitHandlerRegistry()
+        self.pm.hook.hvsim_exit_handlers(vm=self, registry=registry)
+        self.exit_handlers = registry.table()
+        self._exit_observers = self.pm.implemented("hvsim_vm_exit")
+        self._entry_observers = self.pm.implemented("hvsim_vm_entry")
+        self.port_io_fallback = self.pm.implemented("hvsim_port_io")
+        self.mmio_fallback = self.pm.implemented("hvsim_mmio")
+        self._perf = time.perf_counter_ns
+
+    @property
+    def arch_name(self) -> str:
+        return self.arch.name
+
+    # -- images ----------------------------------------------------------------------------
+    def load(self, image: str | Path | bytes | Image) -> Image:
+        if isinstance(image, Image):
+            img = image
+        elif isinstance(image, (bytes, bytearray)):
+            img = parse_image(bytes(image))
+        else:
+            img = read_image(image)
+        self.arch.load(img)
+        self.image = img
+        log.debug("image loaded", format=img.format, entry=hex(img.entry or 0), arch=self.arch.name)
+        return img
+
+    # -- exits -----------------------------------------------------------------------------
+    def dispatch(self, vcpu: Vcpu, exit: Exit) -> None:
+        t0 = self._perf()
+        if self._exit_observers:
+            self.pm.hook.hvsim_vm_exit(vcpu=vcpu, exit=exit)
+        handler = self.exit_handlers.get(exit.kind)
+        if handler is None:
+            self.crash(f"unhandled exit {exit.reason} ({exit.kind.value}) {exit.detail}".rstrip())
+        else:
+            handler(vcpu, exit)
+        self.stats.record(exit.reason, self._perf() - t0)
+
+    def stop(self, status: int, reason: str) -> None:
+        """End the run with ``status`` (first caller wins); every vCPU leaves its engine."""
+        if self.status is None:
+            self.status = status
+            self.stop_reason = reason
+        for v in self.vcpus:
+            v.request_stop()
+
+    def crash(self, reason: str) -> None:
+        self.stop(STATUS_GUEST_CRASH, f"guest crash: {reason}")
+
+    # -- the run loop ----------------------------------------------------------------------
+    def run(self, timeout: float | None = None) -> RunResult:
+        if self.image is None and self.config.extra.get("require_image", True):
+            raise HvsimError("no image loaded: call vm.load(...) first")
+        start = time.monotonic()
+        deadline = start + timeout if timeout else None
+        slice_us = SLICE_US if len(self.vcpus) == 1 else SLICE_US_SMP
+        if deadline is not None:
+            slice_us = min(slice_us, max(1000, int(timeout * 1e6)))
+        try:
+            while self.status is None:
+                ran = False
+                for vcpu in self.vcpus:
+                    if self.status is not None:
+                        break
+                    if vcpu.state is VcpuState.HALTED and vcpu.events and vcpu.deliver_pending():
+                        vcpu.state = VcpuState.RUNNABLE
+                    if vcpu.state is not VcpuState.RUNNABLE:
+                        continue
+                    ran = True
+                    if vcpu.events:
+                        vcpu.deliver_pending()
+                    if self._entry_observers:
+                        self.pm.hook.hvsim_vm_entry(vcpu=vcpu)
+                    exit = vcpu.run(slice_us)
+                    if exit is not None:
+                        self.dispatch(vcpu, exit)
+                if self.status is not None:
+                    break
+                if not ran:
+                    self._all_idle()
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.stop(STATUS_TIMEOUT, f"timeout: the guest was still running after {timeout:g} s")
+        finally:
+            self.console.flush()
+        wall = time.monotonic() - start
+        log.debug("run ended", status=self.status, reason=self.stop_reason, wall_s=round(wall, 4),
+                  exits=self.stats.total)
+        return RunResult(self.status, self.stop_reason, wall)
+
+    def _all_idle(self) -> None:
+        """No vCPU could run: wake one with a pending event, or nothing ever will."""
+        if any(v.state is VcpuState.HALTED for v in self.vcpus):
+            self.stop(STATUS_HALTED_FOREVER,
+                      "every vCPU is halted and nothing can wake it (no pending interrupt)")
+        else:
+            self.stop(STATUS_OFF, "every vCPU is off")
+
+
+def _read_initrd(initrd: str | Path | bytes) -> tuple[bytes, str]:
+    if isinstance(initrd, (bytes, bytearray)):
+        return bytes(initrd), "initrd"
+    p = Path(initrd)
+    try:
+        return p.read_bytes(), p.name
+    except OSError as exc:
+        raise ConfigError(f"cannot read initrd {p}: {exc.strerror or exc}") from None

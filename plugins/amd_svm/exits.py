@@ -1,0 +1,114 @@
+"""#VMEXITs as SVM records them: EXITCODE, EXITINFO1, EXITINFO2 and nRIP in the VMCB control
+area (AMD APM Vol. 2, 15.6 and Appendix C "SVM Intercept Exit Codes").
+"""
+
+from __future__ import annotations
+
+from hvsim.core.exits import Exit, ExitKind
+from hvsim.plugins.x86.cpuid import cpuid
+from hvsim.plugins.x86.vendor import X86Vendor
+
+EXIT_CODES = {
+    **{n: f"CR{n}_READ" for n in range(16)},
+    **{0x10 + n: f"CR{n}_WRITE" for n in range(16)},
+    **{0x20 + n: f"DR{n}_READ" for n in range(16)},
+    **{0x30 + n: f"DR{n}_WRITE" for n in range(16)},
+    **{0x40 + n: f"EXCP{n}" for n in range(32)},
+    0x60: "INTR", 0x61: "NMI", 0x62: "SMI", 0x63: "INIT", 0x64: "VINTR", 0x65: "CR0_SEL_WRITE",
+    0x66: "IDTR_READ", 0x67: "GDTR_READ", 0x68: "LDTR_READ", 0x69: "TR_READ", 0x6A: "IDTR_WRITE",
+    0x6B: "GDTR_WRITE", 0x6C: "LDTR_WRITE", 0x6D: "TR_WRITE", 0x6E: "RDTSC", 0x6F: "RDPMC",
+    0x70: "PUSHF", 0x71: "POPF", 0x72: "CPUID", 0x73: "RSM", 0x74: "IRET", 0x75: "SWINT",
+    0x76: "INVD", 0x77: "PAUSE", 0x78: "HLT", 0x79: "INVLPG", 0x7A: "INVLPGA", 0x7B: "IOIO",
+    0x7C: "MSR", 0x7D: "TASK_SWITCH", 0x7E: "FERR_FREEZE", 0x7F: "SHUTDOWN", 0x80: "VMRUN",
+    0x81: "VMMCALL", 0x82: "VMLOAD", 0x83: "VMSAVE", 0x84: "STGI", 0x85: "CLGI", 0x86: "SKINIT",
+    0x87: "RDTSCP", 0x88: "ICEBP", 0x89: "WBINVD", 0x8A: "MONITOR", 0x8B: "MWAIT",
+    0x8C: "MWAIT_CONDITIONAL", 0x8D: "XSETBV", 0x8E: "RDPRU", 0x8F: "EFER_WRITE_TRAP",
+    **{0x90 + n: f"CR{n}_WRITE_TRAP" for n in range(16)},
+    0xA0: "INVLPGB", 0xA1: "INVLPGB_ILLEGAL", 0xA2: "INVPCID", 0xA3: "MCOMMIT", 0xA4: "TLBSYNC",
+    0x400: "NPF", 0x401: "AVIC_INCOMPLETE_IPI", 0x402: "AVIC_NOACCEL", 0x403: "VMGEXIT",
+    -1: "INVALID",
+}
+VMEXIT = {name: code for code, name in EXIT_CODES.items()}
+
+VMEXIT_CPUID = 0x72
+VMEXIT_HLT = 0x78
+VMEXIT_IOIO = 0x7B
+VMEXIT_SHUTDOWN = 0x7F
+VMEXIT_VMMCALL = 0x81
+VMEXIT_NPF = 0x400
+
+# EXITINFO1 for IOIO intercepts (APM Vol. 2, Figure 15-2)
+IOIO_TYPE_IN = 1 << 0
+IOIO_STR = 1 << 2
+IOIO_REP = 1 << 3
+IOIO_SZ8, IOIO_SZ16, IOIO_SZ32 = 1 << 4, 1 << 5, 1 << 6
+IOIO_A16, IOIO_A32, IOIO_A64 = 1 << 7, 1 << 8, 1 << 9
+IOIO_SEG_SHIFT = 10
+IOIO_PORT_SHIFT = 16
+
+# EXITINFO1 for nested page faults: a #PF error code plus where in the walk it happened (15.25.6)
+NPF_P, NPF_RW, NPF_US, NPF_RSV, NPF_ID = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4
+NPF_GUEST_FINAL = 1 << 32  # the fault was on the final guest-physical address
+NPF_GUEST_TABLE = 1 << 33  # the fault was on a guest page-table access
+
+
+class SvmExitInfo:
+    """The VMCB control-area fields a VMM reads after #VMEXIT."""
+
+    __slots__ = ("exitcode", "exitinfo1", "exitinfo2", "nrip")
+
+    def __init__(self, exitcode: int, exitinfo1: int = 0, exitinfo2: int = 0, nrip: int = 0) -> None:
+        self.exitcode = exitcode
+        self.exitinfo1 = exitinfo1
+        self.exitinfo2 = exitinfo2
+        self.nrip = nrip
+
+    def __repr__(self) -> str:
+        return (f"EXITCODE={self.exitcode:#x} ({EXIT_CODES.get(self.exitcode)}) "
+                f"EXITINFO1={self.exitinfo1:#x} EXITINFO2={self.exitinfo2:#x} nRIP={self.nrip:#x}")
+
+
+_IO_SIZE = {1: IOIO_SZ8, 2: IOIO_SZ16, 4: IOIO_SZ32}
+_IO_ADDR = {16: IOIO_A16, 32: IOIO_A32, 64: IOIO_A64}
+
+
+class SvmVendor(X86Vendor):
+    name = "amd_svm"
+    cpuid_vendor = b"AuthenticAMD"
+    hypercall_insn = b"\x0f\x01\xd9"  # VMMCALL
+    hypercall_name = "VMMCALL"
+    signature = 0x00A00F11  # family 19h
+    brand = "hvsim virtual CPU (AMD SVM model)"
+
+    def io_exit(self, port, size, is_in, value, rip, insn_len, imm, string=False, rep=False,
+                address_size=64, segment=0):
+        info1 = ((IOIO_TYPE_IN if is_in else 0) | (IOIO_STR if string else 0) | (IOIO_REP if rep else 0)
+                 | _IO_SIZE[size] | _IO_ADDR[address_size] | (segment << IOIO_SEG_SHIFT)
+                 | (port << IOIO_PORT_SHIFT))
+        return Exit(ExitKind.PORT_IO, "VMEXIT_IOIO", SvmExitInfo(VMEXIT_IOIO, info1, rip + insn_len, rip + insn_len),
+                    port, size, not is_in, value)
+
+    def mmio_exit(self, gpa, size, is_write, value, rip, gla=None):
+        # MMIO lives where the nested page table has no entry: a not-present NPF on the final
+        # guest-physical address; EXITINFO2 is that address.
+        info1 = (NPF_RW if is_write else 0) | NPF_GUEST_FINAL
+        return Exit(ExitKind.MMIO, "VMEXIT_NPF", SvmExitInfo(VMEXIT_NPF, info1, gpa, 0),
+                    gpa, size, is_write, value)
+
+    def cpuid_exit(self, rip):
+        return Exit(ExitKind.CPUID, "VMEXIT_CPUID", SvmExitInfo(VMEXIT_CPUID, 0, 0, rip + 2))
+
+    def hlt_exit(self, rip):
+        return Exit(ExitKind.HALT, "VMEXIT_HLT", SvmExitInfo(VMEXIT_HLT, 0, 0, rip))
+
+    def hypercall_exit(self, rip):
+        return Exit(ExitKind.HYPERCALL, "VMEXIT_VMMCALL", SvmExitInfo(VMEXIT_VMMCALL, 0, 0, rip + 3))
+
+    def triple_fault_exit(self, detail):
+        from hvsim.core.vm import STATUS_GUEST_CRASH
+
+        return Exit(ExitKind.SHUTDOWN, "VMEXIT_SHUTDOWN", SvmExitInfo(VMEXIT_SHUTDOWN),
+                    value=STATUS_GUEST_CRASH, detail=f"guest crash: {detail}")
+
+    def cpuid_leaf(self, leaf, subleaf, vcpu_index, vcpus):
+        return cpuid(leaf, subleaf, self.cpuid_vendor, self.signature, self.brand, vcpu_index, vcpus)

@@ -1,0 +1,50 @@
+"""hvsim's built-in device models, registered by name through ``hvsim_register_devices``.
+
+Each device is a small state machine in its own module that knows nothing of the hypervisor:
+it sees ``read(offset, size)`` / ``write(offset, size, value)`` with offsets inside the range
+a platform claimed for it, and gets what it needs (an output callback, a stop callback,
+configuration values) from its constructor. A factory here adapts a VM to those arguments::
+
+    dev = vm.pm.devices.create("uart16550", vm)
+    vm.bus.add_port(0x3F8, 8, dev, "COM1")
+
+=================  ======================================  ==================================
+name               model                                   where the platforms put it
+=================  ======================================  ==================================
+uart16550          16550A UART (QEMU ``serial``)           x86 COM1, ports 0x3F8-0x3FF
+isa-debug-exit     QEMU isa-debug-exit                     x86 port 0xF4 (iosize 4)
+port80             POST code port                          x86 port 0x80
+pic8259            one 8259A PIC                           x86 0x20-0x21 and 0xA0-0xA1
+fw_cfg             QEMU fw_cfg, I/O-port interface         x86 ports 0x510-0x511
+pl011              Arm PL011 UART                          arm virt MMIO 0x0900_0000, 4 KiB
+=================  ======================================  ==================================
+
+Extra keyword arguments to ``create`` reach the device's constructor, e.g. ``irq=`` for the
+UARTs or ``max_cpus=`` for fw_cfg.
+"""
+
+from hvsim import hookimpl
+
+from .debug_exit import IsaDebugExit
+from .fw_cfg import FwCfg
+from .pic8259 import Pic8259
+from .pl011 import Pl011
+from .port80 import Port80
+from .uart16550 import Uart16550
+
+__all__ = ["FwCfg", "IsaDebugExit", "Pic8259", "Pl011", "Port80", "Uart16550"]
+
+
+def _fw_cfg(vm, **params) -> FwCfg:
+    config = {"ram_size": vm.config.mem_size, "nb_cpus": vm.config.vcpus, **params}
+    return FwCfg(**config)
+
+
+@hookimpl
+def hvsim_register_devices(registry):
+    registry.add("uart16550", lambda vm, **p: Uart16550(vm.console.write_byte, **p))
+    registry.add("isa-debug-exit", lambda vm, **p: IsaDebugExit(vm.stop, **p))
+    registry.add("port80", lambda vm, **p: Port80(**p))
+    registry.add("pic8259", lambda vm, **p: Pic8259(**p))
+    registry.add("fw_cfg", _fw_cfg)
+    registry.add("pl011", lambda vm, **p: Pl011(vm.console.write_byte, **p))

@@ -1,0 +1,47 @@
+"""The x86 half of an architecture plugin: the PC platform, image loading and vCPU creation.
+
+``VtxArch`` and ``SvmArch`` subclass :class:`X86Arch` and name their vendor.
+"""
+
+from __future__ import annotations
+
+from hvsim.core.arch import Arch
+from hvsim.core.errors import ImageError
+from hvsim.core.loader import Image
+
+from . import boot, layout
+from .cpu import X86Vcpu
+
+
+class X86Arch(Arch):
+    platform = "pc"
+    ram_base = 0
+    vendor_cls: type
+
+    def __init__(self, vm) -> None:
+        super().__init__(vm)
+        self.vendor = self.vendor_cls()
+
+    def build(self) -> None:
+        vm = self.vm
+        vm.memory.add_ram(0, vm.config.mem_size)
+        for device, port, count, label in layout.PORT_DEVICES:
+            vm.bus.add_port(port, count, vm.pm.devices.create(device, vm), label)
+
+    def create_vcpu(self, index: int) -> X86Vcpu:
+        return X86Vcpu(self.vm, index, self.vendor)
+
+    def load(self, image: Image) -> None:
+        vm = self.vm
+        if image.machine == "arm64":
+            raise ImageError(f"image {image.path} is an arm64 {image.format}; "
+                             f"--arch {self.name} runs x86 guests (try --arch arm_el2)")
+        if image.format == "multiboot":
+            state = boot.multiboot(vm.memory, image, vm.config.append, vm.config.initrd,
+                                   vm.config.initrd_name or "initrd")
+        elif image.format in ("elf64", "raw"):
+            state = boot.long64(vm.memory, image, vm.config.load_addr, vm.config.entry)
+        else:
+            raise ImageError(f"image {image.path}: a 32-bit ELF without a Multiboot header cannot be "
+                             f"booted (add a Multiboot header, as QEMU -kernel requires)")
+        vm.vcpus[0].set_boot_state(state)

@@ -1,0 +1,365 @@
+"""The x86 vCPU: a Unicorn engine running guest code, with exits taken where the hardware takes them.
+
+Shared by both vendors; the vendor half (:class:`hvsim.plugins.x86.vendor.X86Vendor`) records
+each exit in its own format. Which guest events leave the engine and how (measured, see
+../shared/notes/unicorn-facts.md):
+
+- IN / OUT / CPUID: ``UC_HOOK_INSN``; completed inside the hook (no re-entry).
+- VMCALL / VMMCALL and other invalid opcodes: ``UC_HOOK_INSN_INVALID``; the vendor's own
+  hypercall instruction is an exit, anything else is #UD delivered to the guest.
+- HLT: the engine returns with RIP after the HLT (``UC_QUERY_TIMEOUT`` tells it from a slice end).
+- CPU exceptions and INT n: ``UC_HOOK_INTR``; delivered through the guest's IDT (:mod:`.idt`).
+- MMIO: ``mmio_map`` callbacks for every claimed range.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from unicorn import (UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAPPED,
+                     UC_HOOK_MEM_READ_UNMAPPED, UC_HOOK_MEM_WRITE_UNMAPPED, UC_PROT_ALL,
+                     UC_QUERY_TIMEOUT, Uc, UcError)
+from unicorn import x86_const as X
+from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
+
+from hvsim.core.arch import Vcpu, VcpuState
+from hvsim.core.engine import FastRegs
+from hvsim.core.exits import Event, EventType, Exit
+from hvsim.core.memory import Access, GuestMemoryError
+
+from . import idt, paging
+from .boot import SEL_CODE32, SEL_CODE64, SEL_DATA, BootState
+
+END = (1 << 64) - 1
+MSR_EFER = 0xC000_0080
+MSR_IA32_APIC_BASE = 0x1B
+APIC_BASE_DEFAULT = 0xFEE0_0000 | (1 << 11)  # enabled, xAPIC mode
+APIC_BASE_BSP = 1 << 8
+
+_ACCESS_NAMES = {UC_HOOK_MEM_READ_UNMAPPED: "read from", UC_HOOK_MEM_WRITE_UNMAPPED: "write to",
+                 UC_HOOK_MEM_FETCH_UNMAPPED: "instruction fetch from"}
+_MEM_READ_UNMAPPED, _MEM_WRITE_UNMAPPED, _MEM_FETCH_UNMAPPED = 19, 20, 21
+
+
+class X86Vcpu(Vcpu):
+    def __init__(self, vm, index: int, vendor) -> None:
+        super().__init__(vm, index)
+        self.vendor = vendor
+        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.regs = FastRegs(uc)
+        for slot in vm.memory.slots:
+            uc.mem_map_ptr(slot.gpa, slot.size, UC_PROT_ALL, vm.host.ptr + slot.hpa)
+        for claim in vm.bus.mmio_claims:
+            self._map_mmio(claim.base, claim.size)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, X.UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, X.UC_X86_INS_CPUID)
+        uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
+        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
+                    self._on_unmapped)
+        self.apic_base = APIC_BASE_DEFAULT | (APIC_BASE_BSP if index == 0 else 0)
+        uc.reg_write(X.UC_X86_REG_MSR, (MSR_IA32_APIC_BASE, self.apic_base))
+        self._stopping = False
+        self._unmapped: tuple[int, int, int, int] | None = None
+        self._dispatch = vm.dispatch
+        self._hypercall = vendor.hypercall_insn
+
+    # -- engine set-up ---------------------------------------------------------------------
+    def _map_mmio(self, base: int, size: int) -> None:
+        vm, vendor, regs = self.vm, self.vendor, self.regs
+        dispatch = vm.dispatch
+
+        def read(uc, offset, size_, _ud):
+            exit = vendor.mmio_exit(base + offset, size_, False, None, regs.read(X.UC_X86_REG_RIP))
+            dispatch(self, exit)
+            return exit.value or 0
+
+        def write(uc, offset, size_, value, _ud):
+            exit = vendor.mmio_exit(base + offset, size_, True, value, regs.read(X.UC_X86_REG_RIP))
+            dispatch(self, exit)
+
+        self.uc.mmio_map(base, size, read, None, write, None)
+
+    def set_boot_state(self, state: BootState) -> None:
+        w = self.uc.reg_write
+        gdt_base = 0x0800
+        w(X.UC_X86_REG_GDTR, (0, gdt_base, 4 * 8 - 1, 0))
+        if state.mode == "protected32":
+            # Multiboot 3.2: 32-bit protected mode, paging off, flat segments. CR0 through PG
+            # and back drops the engine out of its default long mode (measured).
+            w(X.UC_X86_REG_MSR, (MSR_EFER, 0))
+            w(X.UC_X86_REG_CR0, 0x8000_0011)
+            w(X.UC_X86_REG_CR0, 0x11)
+            w(X.UC_X86_REG_CR4, 0)
+            for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS):
+                w(r, SEL_DATA)
+            w(X.UC_X86_REG_CS, SEL_CODE32)
+            w(X.UC_X86_REG_RFLAGS, 0x2)
+        else:
+            w(X.UC_X86_REG_CR3, state.regs["cr3"])
+            w(X.UC_X86_REG_CR4, 1 << 5)  # PAE
+            w(X.UC_X86_REG_MSR, (MSR_EFER, 0x500))  # LME | LMA
+            w(X.UC_X86_REG_CR0, 0x8000_0011)
+            w(X.UC_X86_REG_CS, SEL_CODE64)
+            for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS):
+                w(r, SEL_DATA)
+            w(X.UC_X86_REG_RFLAGS, 0x2)
+        for name, value in state.regs.items():
+            if name != "cr3":
+                w(getattr(X, f"UC_X86_REG_{name.upper()}"), value)
+        w(X.UC_X86_REG_RIP, state.entry)
+
+    # -- the run loop's side ---------------------------------------------------------------
+    def run(self, slice_us: int) -> Exit | None:
+        self._stopping = False
+        self._unmapped = None
+        rip = self.regs.read(X.UC_X86_REG_RIP)
+        try:
+            self.uc.emu_start(rip, END, timeout=slice_us)
+        except UcError as exc:
+            self._engine_error(exc)
+            return None
+        except GuestMemoryError as exc:
+            self.vm.crash(str(exc))
+            return None
+        if self._stopping or self.vm.status is not None:
+            return None
+        if self.uc.query(UC_QUERY_TIMEOUT):
+            return None
+        return self.vendor.hlt_exit(self.regs.read(X.UC_X86_REG_RIP))
+
+    def request_stop(self) -> None:
+        self._stopping = True
+        self.uc.emu_stop()
+
+    def _engine_error(self, exc: UcError) -> None:
+        if self.vm.status is not None:
+            return
+        if self._unmapped is not None:
+            kind, address, size, _value = self._unmapped
+            self.vm.crash(f"{_ACCESS_NAMES.get(kind, 'access to')} guest-physical {address:#x} "
+                          f"(size {size}), which no RAM or device backs, at RIP {self.rip():#x}")
+        else:
+            self.vm.crash(f"the engine stopped: {exc} at RIP {self.rip():#x}")
+
+    # -- hooks: exits completed inside the engine ------------------------------------------
+    def _on_out(self, uc, port, size, value, _ud):
+        rip = self.regs.read(X.UC_X86_REG_RIP)
+        self._dispatch(self, self.vendor.io_exit(port, size, False, value, rip, 0, False))
+
+    def _on_in(self, uc, port, size, _ud):
+        rip = self.regs.read(X.UC_X86_REG_RIP)
+        exit = self.vendor.io_exit(port, size, True, None, rip, 0, False)
+        self._dispatch(self, exit)
+        return exit.value if exit.value is not None else (1 << (8 * size)) - 1
+
+    def _on_cpuid(self, uc, _ud):
+        exit = self.vendor.cpuid_exit(self.regs.read(X.UC_X86_REG_RIP))
+        self._dispatch(self, exit)
+        return 1  # skip the engine's own CPUID: the handler wrote EAX..EDX
+
+    def _on_invalid(self, uc, _ud):
+        rip = self.regs.read(X.UC_X86_REG_RIP)
+        try:
+            insn = self.read_linear(self.segment_base("cs") + rip, 3)
+        except (GuestMemoryError, idt.DeliveryFault):
+            insn = b""
+        if insn == self._hypercall:
+            self._dispatch(self, self.vendor.hypercall_exit(rip))
+            if self.vm.status is None:
+                self.regs.write(X.UC_X86_REG_RIP, rip + 3)
+            return True
+        self._raise_exception(6, None, rip)  # #UD
+        return True
+
+    def _on_intr(self, uc, intno, _ud):
+        rip = self.regs.read(X.UC_X86_REG_RIP)
+        error_code = None
+        if intno == idt.PF:
+            error_code = self._page_fault_error_code(rip)
+        elif intno in idt.ERROR_CODE_VECTORS:
+            error_code = 0  # Unicorn does not expose the error code; 0 is right for most #GP
+        # INT n (vector >= 32 here) is a software interrupt: no error code, gate DPL checked.
+        self._raise_exception(intno, error_code, rip, software=intno >= 32)
+
+    def _on_unmapped(self, uc, access, address, size, value, _ud):
+        self._unmapped = (access, address, size, value)
+        return False
+
+    # -- exceptions ------------------------------------------------------------------------
+    def _raise_exception(self, vector: int, error_code: int | None, rip: int, software: bool = False) -> None:
+        try:
+            idt.deliver(self, vector, error_code, rip, software)
+        except idt.TripleFault as tf:
+            self._dispatch(self, self.vendor.triple_fault_exit(f"triple fault: {tf}"))
+            self.request_stop()
+
+    def _page_fault_error_code(self, rip: int) -> int:
+        """Unicorn sets CR2 but not the error code: walk again to find it (SDM 4.7)."""
+        cr2 = self.regs.read(X.UC_X86_REG_CR2)
+        ctx = (self.cr0(), self.regs.read(X.UC_X86_REG_CR3), self.regs.read(X.UC_X86_REG_CR4),
+               self.efer(), self.cpl())
+        fetch = (cr2 >> 12) == (rip >> 12) or (cr2 >> 12) == ((rip + 15) >> 12) and cr2 >= rip
+        for access in ((Access.EXECUTE,) if fetch else (Access.READ, Access.WRITE)):
+            w = paging.walk(cr2, access, *ctx, self._phys_u32, self._phys_u64)
+            if w.fault:
+                return w.error_code
+        return paging.PFEC_P
+
+    def deliver_pending(self) -> bool:
+        if not self.events:
+            return False
+        event = self.events[0]
+        if event.type is EventType.EXTERNAL_INTERRUPT and not self.rflags() & idt.RFLAGS_IF:
+            return False
+        self.events.popleft()
+        rip = self.regs.read(X.UC_X86_REG_RIP)
+        software = event.type in (EventType.SOFTWARE_INTERRUPT, EventType.SOFTWARE_EXCEPTION)
+        self._raise_exception(event.vector, event.error_code, rip, software)
+        self.vm.pm.hook.hvsim_interrupt_acknowledged(vcpu=self, event=event)
+        return True
+
+    def can_take_events(self) -> bool:
+        return bool(self.rflags() & idt.RFLAGS_IF)
+
+    def inject(self, event: Event) -> None:
+        super().inject(event)
+        if self.state is VcpuState.HALTED and (event.type is not EventType.EXTERNAL_INTERRUPT
+                                               or self.can_take_events()):
+            self.state = VcpuState.RUNNABLE
+
+    # -- architectural state, used by idt.py and the handlers --------------------------------
+    def rip(self) -> int:
+        return self.regs.read(X.UC_X86_REG_RIP)
+
+    def set_rip(self, value: int) -> None:
+        self.regs.write(X.UC_X86_REG_RIP, value)
+
+    def rsp(self) -> int:
+        return self.regs.read(X.UC_X86_REG_RSP)
+
+    def set_rsp(self, value: int) -> None:
+        self.regs.write(X.UC_X86_REG_RSP, value)
+
+    def rflags(self) -> int:
+        return self.regs.read(X.UC_X86_REG_RFLAGS)
+
+    def set_rflags(self, value: int) -> None:
+        self.regs.write(X.UC_X86_REG_RFLAGS, value | 2)
+
+    def cr0(self) -> int:
+        return self.regs.read(X.UC_X86_REG_CR0)
+
+    def efer(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_MSR, MSR_EFER)
+
+    def long_mode(self) -> bool:
+        return bool(self.efer() & paging.EFER_LMA)
+
+    def cs(self) -> int:
+        return self.regs.read(X.UC_X86_REG_CS) & 0xFFFF
+
+    def ss(self) -> int:
+        return self.regs.read(X.UC_X86_REG_SS) & 0xFFFF
+
+    def cpl(self) -> int:
+        return self.cs() & 3 if self.cr0() & 1 else 0
+
+    def idtr(self) -> tuple[int, int, int, int]:
+        return self.uc.reg_read(X.UC_X86_REG_IDTR)
+
+    def segment_base(self, name: str) -> int:
+        if not self.cr0() & 1:
+            return self.regs.read(getattr(X, f"UC_X86_REG_{name.upper()}")) << 4
+        if self.long_mode() and name in ("cs", "ss", "ds", "es"):
+            return 0
+        return self._descriptor(self.regs.read(getattr(X, f"UC_X86_REG_{name.upper()}")))[0]
+
+    def _descriptor(self, selector: int) -> tuple[int, int, int]:
+        """(base, limit, access byte | flags << 8) of a GDT/LDT selector."""
+        if selector & 4:
+            raise idt.DeliveryFault(idt.GP, selector & ~3, "LDT selectors are not modelled")
+        _s, base, limit, _f = self.uc.reg_read(X.UC_X86_REG_GDTR)
+        index = selector & ~7
+        if index + 7 > limit:
+            raise idt.DeliveryFault(idt.GP, selector & ~3, f"selector {selector:#x} is beyond the GDT limit")
+        d = struct.unpack("<Q", self.read_linear(base + index, 8))[0]
+        seg_base = ((d >> 16) & 0xFF_FFFF) | (((d >> 56) & 0xFF) << 24)
+        seg_limit = (d & 0xFFFF) | (((d >> 48) & 0xF) << 16)
+        return seg_base, seg_limit, (d >> 40) & 0xFFFF
+
+    def code_segment_dpl(self, selector: int) -> int:
+        if selector & ~3 == 0:
+            raise idt.DeliveryFault(idt.GP, 0, "the gate's code segment selector is null")
+        _b, _l, access = self._descriptor(selector)
+        if not access & 0x80:
+            raise idt.DeliveryFault(idt.NP, selector & ~3, f"code segment {selector:#x} is not present")
+        return (access >> 5) & 3
+
+    def load_cs(self, selector: int) -> None:
+        if selector != self.cs():
+            self.regs.write(X.UC_X86_REG_CS, selector)
+
+    def load_cs_real(self, segment: int) -> None:
+        self.regs.write(X.UC_X86_REG_CS, segment)
+
+    def load_ss(self, selector: int) -> None:
+        self.regs.write(X.UC_X86_REG_SS, selector)
+
+    def _tss_base(self) -> int:
+        _sel, base, limit, _f = self.uc.reg_read(X.UC_X86_REG_TR)
+        if limit == 0:
+            raise idt.DeliveryFault(10, 0, "no TSS is loaded for the stack switch (#TS)")
+        return base
+
+    def tss_stack32(self, dpl: int) -> tuple[int, int]:
+        base = self._tss_base()
+        esp, ss = struct.unpack("<II", self.read_linear(base + 4 + 8 * dpl, 8))
+        return ss & 0xFFFF, esp
+
+    def tss_stack64(self, dpl: int = 0, ist: int = 0) -> int:
+        base = self._tss_base()
+        offset = 0x24 + 8 * (ist - 1) if ist else 4 + 8 * dpl
+        return struct.unpack("<Q", self.read_linear(base + offset, 8))[0]
+
+    # -- memory at linear addresses (through the guest's own paging) ------------------------
+    def _phys_u32(self, gpa: int) -> int:
+        return self.vm.memory.read_u32(gpa)
+
+    def _phys_u64(self, gpa: int) -> int:
+        return self.vm.memory.read_u64(gpa)
+
+    def translate(self, linear: int, access: Access):
+        return paging.walk(linear, access, self.cr0(), self.regs.read(X.UC_X86_REG_CR3),
+                           self.regs.read(X.UC_X86_REG_CR4), self.efer(), 0,
+                           self._phys_u32, self._phys_u64)
+
+    def _access_linear(self, linear: int, size: int, access: Access) -> list[tuple[int, int]]:
+        """Split an access at page boundaries; returns (gpa, length) pieces or raises #PF."""
+        pieces, offset = [], 0
+        while offset < size:
+            addr = linear + offset
+            n = min(size - offset, 0x1000 - (addr & 0xFFF))
+            w = self.translate(addr, access)
+            if w.fault:
+                self.regs.write(X.UC_X86_REG_CR2, addr)
+                raise idt.DeliveryFault(idt.PF, w.error_code, f"{w.fault} at {addr:#x}")
+            pieces.append((w.address, n))
+            offset += n
+        return pieces
+
+    def read_linear(self, linear: int, size: int) -> bytes:
+        return b"".join(self.vm.memory.read(gpa, n) for gpa, n in self._access_linear(linear, size, Access.READ))
+
+    def write_linear(self, linear: int, data: bytes) -> None:
+        pos = 0
+        for gpa, n in self._access_linear(linear, len(data), Access.WRITE):
+            self.vm.memory.write(gpa, data[pos:pos + n])
+            pos += n
+
+    def write_stack(self, rsp: int, data: bytes) -> None:
+        try:
+            self.write_linear(self.segment_base("ss") + rsp if not self.long_mode() else rsp, data)
+        except GuestMemoryError:
+            raise idt.DeliveryFault(12, 0, f"stack at {rsp:#x} is outside guest memory") from None

@@ -1,0 +1,53 @@
+"""The CPUID values an hvsim x86 guest sees (SDM Vol. 2A "CPUID", APM Vol. 3 Appendix E).
+
+A conservative processor: long mode, PAE, NX, SSE2, an APIC, the hypervisor-present bit and a
+hypervisor leaf at 0x4000_0000, like a KVM guest's. The vendor string and the family come from
+the vendor plugin; nested virtualization (VMX / SVM) is not offered to the guest.
+"""
+
+from __future__ import annotations
+
+import struct
+
+HYPERVISOR_SIGNATURE = b"hvsimhvsimhv"  # CPUID 0x4000_0000 EBX:ECX:EDX, as KVM's "KVMKVMKVM\0\0\0"
+
+# CPUID.01H:EDX
+FPU, TSC, MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, PSE, CLFSH, MMX, FXSR, SSE, SSE2 = (
+    1 << 0, 1 << 4, 1 << 5, 1 << 6, 1 << 8, 1 << 9, 1 << 11, 1 << 13, 1 << 15, 1 << 16, 1 << 3,
+    1 << 19, 1 << 23, 1 << 24, 1 << 25, 1 << 26)
+# CPUID.01H:ECX
+SSE3, CX16, HYPERVISOR = 1 << 0, 1 << 13, 1 << 31
+# CPUID.80000001H:EDX
+SYSCALL, NX, LM = 1 << 11, 1 << 20, 1 << 29
+
+LEAF1_EDX = FPU | PSE | TSC | MSR | PAE | CX8 | APIC | SEP | PGE | CMOV | PAT | CLFSH | MMX | FXSR | SSE | SSE2
+LEAF1_ECX = SSE3 | CX16 | HYPERVISOR
+
+
+def _regs(text: bytes) -> tuple[int, ...]:
+    return struct.unpack("<" + "I" * (len(text) // 4), text)
+
+
+def cpuid(leaf: int, subleaf: int, vendor: bytes, signature: int, brand: str, vcpu_index: int,
+          vcpus: int) -> tuple[int, int, int, int]:
+    """(EAX, EBX, ECX, EDX) for ``leaf``/``subleaf``; out-of-range leaves read as zeros."""
+    v = _regs(vendor)  # EBX, EDX, ECX order: "Genu" "ineI" "ntel"
+    if leaf == 0:
+        return 0x0D, v[0], v[2], v[1]
+    if leaf == 1:
+        ebx = (vcpu_index << 24) | (vcpus << 16) | (8 << 8)  # initial APIC id, logical count, CLFLUSH 64 B
+        return signature, ebx, LEAF1_ECX, LEAF1_EDX
+    if leaf == 0x4000_0000:
+        s = _regs(HYPERVISOR_SIGNATURE)
+        return 0x4000_0000, s[0], s[1], s[2]
+    if leaf == 0x8000_0000:
+        return 0x8000_0008, v[0], v[2], v[1]
+    if leaf == 0x8000_0001:
+        return 0, 0, 0, SYSCALL | NX | LM
+    if 0x8000_0002 <= leaf <= 0x8000_0004:
+        text = brand.encode()[:48].ljust(48, b"\0")
+        i = (leaf - 0x8000_0002) * 16
+        return _regs(text[i:i + 16])
+    if leaf == 0x8000_0008:
+        return 0x3028, 0, 0, 0  # 40-bit physical, 48-bit linear addresses
+    return 0, 0, 0, 0

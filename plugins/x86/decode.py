@@ -1,0 +1,57 @@
+"""Just enough x86 instruction decoding for exit information: the I/O instructions.
+
+VMX's exit qualification and SVM's EXITINFO1 say whether IN/OUT took its port from an
+immediate or DX, whether it was a string instruction with REP, and how long the instruction
+was (VM-exit instruction length, SVM nRIP). Decoded once per guest RIP and cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class IoInsn:
+    length: int
+    immediate: bool  # port from imm8 (E4-E7) rather than DX
+    string: bool  # INS / OUTS
+    rep: bool
+    address_size: int  # 16, 32 or 64: for string instructions
+    segment: int  # 0 ES .. 5 GS: the segment of OUTS (SVM EXITINFO1.SEG)
+
+
+_SEG_PREFIX = {0x26: 0, 0x2E: 1, 0x36: 2, 0x3E: 3, 0x64: 4, 0x65: 5}
+
+
+def decode_io(code: bytes, default_address_size: int) -> IoInsn | None:
+    """Decode the I/O instruction at the start of ``code`` (up to 15 bytes)."""
+    i, rep, addr_override, segment = 0, False, False, 3  # DS by default
+    while i < len(code) and i < 14:
+        b = code[i]
+        if b in (0xF3, 0xF2):
+            rep = True
+        elif b == 0x67:
+            addr_override = True
+        elif b in _SEG_PREFIX:
+            segment = _SEG_PREFIX[b]
+        elif b == 0x66 or 0x40 <= b <= 0x4F and default_address_size == 64:
+            pass
+        else:
+            break
+        i += 1
+    if i >= len(code):
+        return None
+    op = code[i]
+    if default_address_size == 64:
+        address_size = 32 if addr_override else 64
+    elif default_address_size == 32:
+        address_size = 16 if addr_override else 32
+    else:
+        address_size = 32 if addr_override else 16
+    if op in (0xE4, 0xE5, 0xE6, 0xE7):
+        return IoInsn(i + 2, True, False, False, address_size, segment)
+    if op in (0xEC, 0xED, 0xEE, 0xEF):
+        return IoInsn(i + 1, False, False, False, address_size, segment)
+    if op in (0x6C, 0x6D, 0x6E, 0x6F):
+        return IoInsn(i + 1, False, True, rep, address_size, segment if op >= 0x6E else 0)
+    return None

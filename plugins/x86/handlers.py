@@ -1,0 +1,42 @@
+"""Exit handlers both x86 vendors share: CPUID and the hypercall ABI.
+
+Hypercalls follow KVM's x86 ABI (Documentation/virt/kvm/x86/hypercalls.rst): RAX holds the
+number, RBX, RCX, RDX, RSI the arguments, and the result comes back in RAX; an unknown number
+returns -KVM_ENOSYS (-1000).
+"""
+
+from __future__ import annotations
+
+from unicorn import x86_const as X
+
+from hvsim.core.exits import Exit, ExitKind
+
+KVM_ENOSYS = 1000
+KVM_HC_VAPIC_POLL_IRQ = 1
+
+_MASK64 = (1 << 64) - 1
+
+
+def handle_cpuid(vcpu, exit: Exit) -> None:
+    r = vcpu.regs
+    leaf = r.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF
+    subleaf = r.read(X.UC_X86_REG_RCX) & 0xFFFF_FFFF
+    eax, ebx, ecx, edx = vcpu.vendor.cpuid_leaf(leaf, subleaf, vcpu.index, len(vcpu.vm.vcpus))
+    r.write(X.UC_X86_REG_RAX, eax)
+    r.write(X.UC_X86_REG_RBX, ebx)
+    r.write(X.UC_X86_REG_RCX, ecx)
+    r.write(X.UC_X86_REG_RDX, edx)
+
+
+def handle_hypercall(vcpu, exit: Exit) -> None:
+    nr = vcpu.regs.read(X.UC_X86_REG_RAX)
+    if nr == KVM_HC_VAPIC_POLL_IRQ:
+        result = 0
+    else:
+        result = -KVM_ENOSYS
+    vcpu.regs.write(X.UC_X86_REG_RAX, result & _MASK64)
+
+
+def register(registry) -> None:
+    registry.add(ExitKind.CPUID, handle_cpuid)
+    registry.add(ExitKind.HYPERCALL, handle_hypercall)

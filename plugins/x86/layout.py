@@ -1,0 +1,40 @@
+"""The PC platform's map, the one source of addresses for both x86 vendors (QEMU's ``pc``).
+
+RAM starts at guest-physical 0. The boot structures hvsim writes for the guest live in low
+memory below 0x9_0000, the conventional area a Multiboot loader may use.
+"""
+
+COM1_PORT = 0x3F8  # 16550A, 8 registers
+DEBUG_EXIT_PORT = 0xF4  # QEMU isa-debug-exit (iobase=0xf4, iosize=0x04)
+POST_PORT = 0x80
+PIC_MASTER_PORT = 0x20
+PIC_SLAVE_PORT = 0xA0
+FW_CFG_PORT = 0x510  # selector 0x510, data 0x511
+
+LAPIC_BASE = 0xFEE0_0000
+IOAPIC_BASE = 0xFEC0_0000
+PCI_CONFIG_ADDRESS = 0xCF8
+PCI_CONFIG_DATA = 0xCFC
+
+# Where hvsim writes boot structures (all below the 640 KiB line).
+BOOT_GDT = 0x0800
+BOOT_PAGE_TABLES = 0x1000  # PML4, PDPT and four page directories: 0x1000-0x6FFF
+BOOT_MB_INFO = 0x9000
+BOOT_MB_MMAP = 0x9100
+BOOT_MB_MODS = 0x9400
+BOOT_MB_LOADER_NAME = 0x9500
+BOOT_MB_CMDLINE = 0x9600  # up to 0x8A00 bytes of command line
+BOOT_AREA_END = 0x1_2000
+LOW_MEM_END = 0x9_FC00  # mem_lower = 639 KiB, as a PC reports it
+
+RAW_DEFAULT_LOAD = 0x10_0000
+
+# Devices every x86 VM gets: (device name, first port, port count, label).
+PORT_DEVICES = [
+    ("uart16550", COM1_PORT, 8, "COM1"),
+    ("isa-debug-exit", DEBUG_EXIT_PORT, 4, "isa-debug-exit"),
+    ("port80", POST_PORT, 1, "POST port 0x80"),
+    ("pic8259", PIC_MASTER_PORT, 2, "8259 PIC master"),
+    ("pic8259", PIC_SLAVE_PORT, 2, "8259 PIC slave"),
+    ("fw_cfg", FW_CFG_PORT, 2, "fw_cfg"),
+]

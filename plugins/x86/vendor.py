@@ -1,0 +1,41 @@
+"""What differs between the two x86 vendors, as one table of operations (KVM's kvm_x86_ops).
+
+``VmxVendor`` (plugins/intel_vtx/exits.py) and ``SvmVendor`` (plugins/amd_svm/exits.py) fill it
+in: how each exit is recorded (VMX exit reason + qualification, SVM EXITCODE + EXITINFO1/2),
+which instruction is the hypercall, and what CPUID says about the processor.
+"""
+
+from __future__ import annotations
+
+from hvsim.core.exits import Exit
+
+
+class X86Vendor:
+    """The vendor half of an x86 vCPU. Every method returns a filled-in :class:`Exit`."""
+
+    name: str
+    cpuid_vendor: bytes  # 12 bytes: b"GenuineIntel" / b"AuthenticAMD"
+    hypercall_insn: bytes  # VMCALL 0F 01 C1 / VMMCALL 0F 01 D9
+    hypercall_name: str
+
+    def io_exit(self, port: int, size: int, is_in: bool, value: int | None, rip: int,
+                insn_len: int, imm: bool) -> Exit:
+        raise NotImplementedError
+
+    def mmio_exit(self, gpa: int, size: int, is_write: bool, value: int | None, rip: int) -> Exit:
+        raise NotImplementedError
+
+    def cpuid_exit(self, rip: int) -> Exit:
+        raise NotImplementedError
+
+    def hlt_exit(self, rip: int) -> Exit:
+        raise NotImplementedError
+
+    def hypercall_exit(self, rip: int) -> Exit:
+        raise NotImplementedError
+
+    def triple_fault_exit(self, detail: str) -> Exit:
+        raise NotImplementedError
+
+    def cpuid_leaf(self, leaf: int, subleaf: int, vcpu_index: int, vcpus: int) -> tuple[int, int, int, int]:
+        raise NotImplementedError
