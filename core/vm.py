@@ -16,6 +16,7 @@ from pathlib import Path
 
 import structlog
 
+from . import log as _log  # noqa: F401  (structlog to stderr before the first message)
 from .arch import Vcpu, VcpuState
 from .bus import IoBus
 from .console import Console

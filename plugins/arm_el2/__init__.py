@@ -1,0 +1,95 @@
+"""ARMv8 EL2: the arm_el2 architecture plugin, hvsim playing the hypervisor at EL2.
+
+The guest runs at EL1 in a Unicorn engine (:mod:`.cpu`); what would trap to EL2 on hardware
+becomes an exit carrying the ESR_EL2 / FAR_EL2 / HPFAR_EL2 record (:mod:`.exits`). The
+platform is QEMU's ``virt`` board (:mod:`.layout`): RAM at 0x4000_0000, a PL011 UART,
+PSCI over HVC (:mod:`.psci`), a generated device tree in X0 (:mod:`.fdt`, :mod:`.boot`).
+
+Manual: Arm Architecture Reference Manual for A-profile architecture, DDI 0487.
+"""
+
+from __future__ import annotations
+
+from unicorn.arm64_const import (
+    UC_ARM64_REG_PC,
+    UC_ARM64_REG_PSTATE,
+    UC_ARM64_REG_X0,
+    UC_ARM64_REG_X1,
+    UC_ARM64_REG_X2,
+    UC_ARM64_REG_X3,
+)
+
+from hvsim import hookimpl
+from hvsim.core.arch import Arch, Vcpu, VcpuState
+from hvsim.core.exits import ExitKind
+from hvsim.core.loader import Image
+
+from . import boot, layout, psci
+from .cpu import Arm64Vcpu
+from .exceptions import PSTATE_ENTRY
+from .exits import El2Record
+
+__all__ = ["Arm64Vcpu", "ArmEl2Arch", "El2Record"]
+
+
+class ArmEl2Arch(Arch):
+    name = "arm_el2"
+    title = "ARMv8 EL2 (Virtualization Extensions)"
+    manual = "Arm ARM for A-profile, DDI 0487"
+    platform = "virt"
+    ram_base = layout.RAM_BASE
+    features = {
+        "exit record": "ESR_EL2, FAR_EL2, HPFAR_EL2",
+        "hypercalls": "HVC #0: PSCI 1.1, SMCCC 1.1",
+        "MMIO": "stage-2 data aborts with the instruction syndrome (ISV, SAS, SRT, WnR)",
+        "virtual exceptions": "IRQ, FIQ, SError to the guest's VBAR_EL1",
+        "boot": "Linux arm64 Image, ELF64, raw; device tree in X0",
+        "platform": "QEMU virt: RAM 0x4000_0000, PL011 0x0900_0000",
+    }
+
+    def build(self) -> None:
+        vm = self.vm
+        vm.memory.add_ram(layout.RAM_BASE, vm.config.mem_size)
+        for device, base, size, label in layout.MMIO_DEVICES:
+            vm.bus.add_mmio(base, size, vm.pm.devices.create(device, vm), label)
+
+    def create_vcpu(self, index: int) -> Vcpu:
+        return Arm64Vcpu(self.vm, index)
+
+    def load(self, image: Image) -> None:
+        vm = self.vm
+        cfg = vm.config
+        state = boot.load(vm.memory, image, cpus=cfg.vcpus, append=cfg.append, initrd=cfg.initrd,
+                          load_addr=cfg.load_addr, entry=cfg.entry)
+        self.boot_state = state
+        cpu0 = vm.vcpus[0]
+        regs = cpu0.regs
+        for reg, value in boot_registers(state).items():
+            regs.write(reg, value)
+        cpu0.state = VcpuState.RUNNABLE
+        for v in vm.vcpus[1:]:
+            v.state = VcpuState.OFF  # secondaries wait for PSCI CPU_ON
+
+
+def boot_registers(state: boot.BootState) -> dict[int, int]:
+    """booting.rst "CPU mode": X0 = the device tree, X1-X3 = 0, EL1h, DAIF masked."""
+    return {UC_ARM64_REG_PSTATE: PSTATE_ENTRY, UC_ARM64_REG_X0: state.dtb, UC_ARM64_REG_X1: 0,
+            UC_ARM64_REG_X2: 0, UC_ARM64_REG_X3: 0, UC_ARM64_REG_PC: state.entry}
+
+
+@hookimpl
+def hvsim_register_archs(registry):
+    registry.add(ArmEl2Arch)
+
+
+@hookimpl(tryfirst=True)
+def hvsim_exit_handlers(vm, registry):
+    if vm.arch.name == ArmEl2Arch.name:
+        registry.add(ExitKind.HYPERCALL, psci.handle_hvc)
+
+
+@hookimpl
+def hvsim_stage1_walk(vcpu, address, access):
+    if isinstance(vcpu, Arm64Vcpu):
+        return vcpu.stage1_walk(address, access)
+    return None

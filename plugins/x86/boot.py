@@ -41,11 +41,50 @@ PTE_P, PTE_RW, PTE_PS = 1, 2, 0x80
 
 @dataclass(slots=True)
 class BootState:
-    """The register state the boot vCPU starts with."""
+    """How the boot vCPU starts: the CPU mode hvsim sets up by register writes, then a few
+    loader instructions (``stub``, placed at ``layout.BOOT_STUB``) that load the GDT and the
+    segment registers for real and jump to the kernel.
+
+    The stub is there because a segment-register write through Unicorn's API sets only the
+    selector, not the descriptor cache (measured): an IRET would then pop from a 16-bit stack.
+    Real loaders (GRUB, QEMU's multiboot option ROM) end the same way.
+    """
 
     mode: str  # "protected32" or "long64"
     entry: int
+    stub: bytes
     regs: dict[str, int]
+
+
+def _load_segments() -> bytes:
+    # mov ax, 0x10; mov ds, ax; mov es, ax; mov fs, ax; mov gs, ax; mov ss, ax
+    return bytes.fromhex("66b81000 8ed8 8ec0 8ee0 8ee8 8ed0".replace(" ", ""))
+
+
+def stub32(entry: int, eax: int, ebx: int) -> bytes:
+    """32-bit loader tail: LGDT, data segments, far JMP to CS 0x08, Multiboot registers, jump."""
+    code = bytearray()
+    code += b"\x0f\x01\x15" + struct.pack("<I", layout.BOOT_GDTR)  # lgdt [BOOT_GDTR]
+    code += _load_segments()
+    code += b"\xbc" + struct.pack("<I", layout.BOOT_STACK_TOP)  # mov esp, BOOT_STACK_TOP
+    far = layout.BOOT_STUB + len(code) + 7
+    code += b"\xea" + struct.pack("<IH", far, SEL_CODE32)  # jmp 0x08:far (loads CS for real)
+    code += b"\xb8" + struct.pack("<I", eax) + b"\xbb" + struct.pack("<I", ebx)
+    code += bytes.fromhex("31c9 31d2 31f6 31ff 31ed".replace(" ", ""))  # ecx = edx = esi = edi = ebp = 0
+    code += b"\x68" + struct.pack("<I", entry) + b"\xc3"  # push entry; ret
+    return bytes(code)
+
+
+def stub64(entry: int) -> bytes:
+    """64-bit loader tail: LGDT, data segments, RSP, far return to CS 0x18 at the entry point."""
+    code = bytearray()
+    code += b"\x0f\x01\x14\x25" + struct.pack("<I", layout.BOOT_GDTR)  # lgdt [BOOT_GDTR]
+    code += _load_segments()
+    code += b"\x48\xbc" + struct.pack("<Q", layout.BOOT_STACK_TOP)  # mov rsp, BOOT_STACK_TOP
+    code += b"\x6a" + bytes([SEL_CODE64])  # push 0x18
+    code += b"\x48\xb8" + struct.pack("<Q", entry) + b"\x50"  # mov rax, entry; push rax
+    code += b"\x31\xc0\x48\xcb"  # xor eax, eax; retfq
+    return bytes(code)
 
 
 def place_segments(memory: GuestMemory, image: Image, what: str) -> int:
@@ -65,9 +104,10 @@ def place_segments(memory: GuestMemory, image: Image, what: str) -> int:
     return top
 
 
-def write_gdt(memory: GuestMemory) -> tuple[int, int]:
+def write_gdt(memory: GuestMemory) -> None:
+    """The GDT and, at BOOT_GDTR, the pseudo-descriptor that points at it."""
     memory.write(layout.BOOT_GDT, b"".join(struct.pack("<Q", d) for d in GDT_ENTRIES))
-    return layout.BOOT_GDT, len(GDT_ENTRIES) * 8 - 1
+    memory.write(layout.BOOT_GDTR, struct.pack("<HQ", len(GDT_ENTRIES) * 8 - 1, layout.BOOT_GDT))
 
 
 def multiboot(memory: GuestMemory, image: Image, cmdline: str, initrd: bytes | None,
@@ -113,8 +153,9 @@ def multiboot(memory: GuestMemory, image: Image, cmdline: str, initrd: bytes | N
     struct.pack_into("<I", info, 0, flags)
     memory.write(layout.BOOT_MB_INFO, bytes(info))
     write_gdt(memory)
-    return BootState("protected32", image.entry,
-                     {"eax": MULTIBOOT_BOOTLOADER_MAGIC, "ebx": layout.BOOT_MB_INFO})
+    stub = stub32(image.entry, MULTIBOOT_BOOTLOADER_MAGIC, layout.BOOT_MB_INFO)
+    memory.write(layout.BOOT_STUB, stub)
+    return BootState("protected32", image.entry, stub, {})
 
 
 def identity_page_tables(memory: GuestMemory) -> int:
@@ -144,5 +185,7 @@ def long64(memory: GuestMemory, image: Image, load_addr: int | None, entry: int 
         raise ImageError(f"image {image.path}: entry point {image.entry or 0:#x} is not in RAM")
     cr3 = identity_page_tables(memory)
     write_gdt(memory)
-    return BootState("long64", image.entry, {"cr3": cr3})
+    stub = stub64(image.entry)
+    memory.write(layout.BOOT_STUB, stub)
+    return BootState("long64", image.entry, stub, {"cr3": cr3})
 

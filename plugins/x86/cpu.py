@@ -27,8 +27,8 @@ from hvsim.core.engine import FastRegs
 from hvsim.core.exits import Event, EventType, Exit
 from hvsim.core.memory import Access, GuestMemoryError
 
-from . import idt, paging
-from .boot import SEL_CODE32, SEL_CODE64, SEL_DATA, BootState
+from . import idt, layout, paging
+from .boot import BootState
 
 END = (1 << 64) - 1
 MSR_EFER = 0xC000_0080
@@ -82,33 +82,22 @@ class X86Vcpu(Vcpu):
         self.uc.mmio_map(base, size, read, None, write, None)
 
     def set_boot_state(self, state: BootState) -> None:
+        """Put the engine in the boot CPU mode, then start at the loader stub (boot.BootState)."""
         w = self.uc.reg_write
-        gdt_base = 0x0800
-        w(X.UC_X86_REG_GDTR, (0, gdt_base, 4 * 8 - 1, 0))
         if state.mode == "protected32":
-            # Multiboot 3.2: 32-bit protected mode, paging off, flat segments. CR0 through PG
-            # and back drops the engine out of its default long mode (measured).
+            # EFER <- 0, then CR0 through PG and back: that takes the engine out of its default
+            # long mode into 32-bit protected mode with paging off (measured).
             w(X.UC_X86_REG_MSR, (MSR_EFER, 0))
             w(X.UC_X86_REG_CR0, 0x8000_0011)
             w(X.UC_X86_REG_CR0, 0x11)
             w(X.UC_X86_REG_CR4, 0)
-            for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS):
-                w(r, SEL_DATA)
-            w(X.UC_X86_REG_CS, SEL_CODE32)
-            w(X.UC_X86_REG_RFLAGS, 0x2)
         else:
             w(X.UC_X86_REG_CR3, state.regs["cr3"])
-            w(X.UC_X86_REG_CR4, 1 << 5)  # PAE
+            w(X.UC_X86_REG_CR4, paging.CR4_PAE)
             w(X.UC_X86_REG_MSR, (MSR_EFER, 0x500))  # LME | LMA
             w(X.UC_X86_REG_CR0, 0x8000_0011)
-            w(X.UC_X86_REG_CS, SEL_CODE64)
-            for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS):
-                w(r, SEL_DATA)
-            w(X.UC_X86_REG_RFLAGS, 0x2)
-        for name, value in state.regs.items():
-            if name != "cr3":
-                w(getattr(X, f"UC_X86_REG_{name.upper()}"), value)
-        w(X.UC_X86_REG_RIP, state.entry)
+        w(X.UC_X86_REG_RFLAGS, 0x2)
+        w(X.UC_X86_REG_RIP, layout.BOOT_STUB)
 
     # -- the run loop's side ---------------------------------------------------------------
     def run(self, slice_us: int) -> Exit | None:

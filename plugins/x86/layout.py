@@ -19,6 +19,9 @@ PCI_CONFIG_DATA = 0xCFC
 # Where hvsim writes boot structures (all below the 640 KiB line).
 BOOT_GDT = 0x0800
 BOOT_PAGE_TABLES = 0x1000  # PML4, PDPT and four page directories: 0x1000-0x6FFF
+BOOT_GDTR = 0x0880  # the 6/10-byte pseudo-descriptor LGDT reads
+BOOT_STUB = 0x7000  # the loader's last instructions: load GDT and segments, jump to the kernel
+BOOT_STACK_TOP = 0x8000  # the stack those instructions use (and an ELF64 kernel starts with)
 BOOT_MB_INFO = 0x9000
 BOOT_MB_MMAP = 0x9100
 BOOT_MB_MODS = 0x9400

@@ -1,0 +1,223 @@
+"""The ``hvsim`` command line (typer).
+
+Guest serial output goes to stdout; logs, tables and error lines go to stderr. Bad input ends
+with one line ``hvsim: ...`` and status 2, never a traceback. Plugins add sub-commands through
+``hvsim_register_commands``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+try:  # typer >= 0.24 carries its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older typer depends on click itself
+    from click.exceptions import UsageError
+
+from .errors import HvsimError
+
+app = typer.Typer(
+    name="hvsim",
+    help="Simulate hardware-assisted virtualization: Intel VT-x, AMD SVM and ARMv8 EL2.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _manager():
+    from .plugins import default_manager
+
+    return default_manager()
+
+
+@app.command()
+def archs() -> None:
+    """List the installed architecture plugins and what each implements."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="hvsim architectures")
+    for col in ("arch", "title", "manual", "platform", "implements"):
+        table.add_column(col)
+    for arch in _manager().archs:
+        feats = "\n".join(f"{k}: {v}" for k, v in arch.features.items())
+        table.add_row(arch.name, arch.title, arch.manual, arch.platform, feats)
+    Console().print(table)
+
+
+@app.command()
+def plugins() -> None:
+    """List every registered plugin and the distribution it came from."""
+    from rich.console import Console
+    from rich.table import Table
+
+    pm = _manager()
+    table = Table(title="hvsim plugins")
+    for col in ("plugin", "module", "distribution", "hooks"):
+        table.add_column(col)
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda np: np[0]):
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        module = getattr(plugin, "__name__", type(plugin).__name__)
+        table.add_row(name, module, pm.distribution_of(name), ", ".join(hooks))
+    Console().print(table)
+
+
+def _parse_int(text: Optional[str], what: str) -> Optional[int]:
+    if text is None:
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise HvsimError(f"bad {what} {text!r}: use a number such as 0x100000") from None
+
+
+@app.command()
+def run(
+    image: Annotated[Path, typer.Argument(help="Guest image: Multiboot, arm64 Image, ELF or raw")],
+    arch: Annotated[str, typer.Option("--arch", help="intel_vtx, amd_svm or arm_el2")] = "intel_vtx",
+    mem: Annotated[str, typer.Option("--mem", help="Guest RAM, e.g. 128M")] = "128M",
+    vcpus: Annotated[int, typer.Option("--vcpus", help="Number of vCPUs")] = 1,
+    append: Annotated[str, typer.Option("--append", help="Kernel command line")] = "",
+    initrd: Annotated[Optional[Path], typer.Option("--initrd", help="Initial ramdisk / module 0")] = None,
+    load_addr: Annotated[Optional[str], typer.Option("--load-addr", help="Raw image load address")] = None,
+    entry: Annotated[Optional[str], typer.Option("--entry", help="Raw image entry point")] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Stop after SECONDS (status 124)")] = None,
+    stats: Annotated[bool, typer.Option("--stats", help="Print an exit table (perf kvm stat style)")] = False,
+    stats_json: Annotated[Optional[Path], typer.Option("--stats-json", help="Write exit counts as JSON")] = None,
+    log_json: Annotated[bool, typer.Option("--log-json", help="Logs as JSON lines on stderr")] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")] = "warning",
+) -> None:
+    """Run a guest image on one architecture. Exit status: the guest's own (isa-debug-exit
+    (v<<1)|1, PSCI SYSTEM_OFF 0), 2 bad input, 4 guest crash, 6 halted forever, 124 timeout."""
+    from . import log
+    from .vm import VM
+
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise HvsimError(f"bad --log-level {log_level!r}: use debug, info, warning or error")
+    log.configure(log_level, json=log_json)
+    if timeout is not None and timeout <= 0:
+        raise HvsimError(f"bad --timeout {timeout}: it must be positive")
+    from .console import Console
+
+    vm = VM(arch, mem=mem, vcpus=vcpus, append=append, initrd=initrd,
+            load_addr=_parse_int(load_addr, "--load-addr"), entry=_parse_int(entry, "--entry"),
+            console=Console(sys.stdout.buffer, keep=False))
+    vm.load(image)
+    result = vm.run(timeout=timeout)
+    if stats:
+        print_stats(vm, result.wall_seconds)
+    if stats_json is not None:
+        write_stats_json(vm, result.wall_seconds, stats_json)
+    if result.status not in (0,) and not (result.status & 1):
+        print(f"hvsim: {result.reason}", file=sys.stderr)
+    raise typer.Exit(result.status)
+
+
+def print_stats(vm, wall: float, console=None) -> None:
+    """The exit table, in the columns of ``perf kvm stat report``."""
+    from rich.table import Table
+
+    console = console or _stderr_console()
+    table = Table(title=f"VM exits ({vm.arch.name}), all vCPUs: {vm.stats.total} in {wall:.3f} s")
+    for col, justify in (("VM-EXIT", "left"), ("Samples", "right"), ("Samples%", "right"),
+                         ("Time%", "right"), ("Total us", "right"), ("Avg time", "right")):
+        table.add_column(col, justify=justify)
+    for reason, n, share, tshare, total_us, mean_us in vm.stats.rows():
+        table.add_row(reason, str(n), f"{share:.2f}%", f"{tshare:.2f}%", f"{total_us:.1f}", f"{mean_us:.2f}us")
+    console.print(table)
+
+
+def write_stats_json(vm, wall: float, path: Path) -> None:
+    doc = {"arch": vm.arch.name, "exits": {"total": vm.stats.total, "by_reason": vm.stats.counts()},
+           "wall_seconds": wall}
+    try:
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:
+        raise HvsimError(f"cannot write --stats-json {path}: {exc.strerror or exc}") from None
+
+
+@app.command()
+def demo() -> None:
+    """Run the bundled demo guest on every installed architecture."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(_manager()))
+
+
+@app.command()
+def spec(
+    table: Annotated[Optional[str], typer.Argument(help="Table name; omit to list the tables")] = None,
+    arch: Annotated[str, typer.Option("--arch", help="Architecture whose tables to show")] = "intel_vtx",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Show an architecture's reference tables (exit reasons, encodings) from its plugin."""
+    pm = _manager()
+    if pm.archs.get(arch) is None:
+        raise HvsimError(f"unknown architecture {arch!r} (installed: {', '.join(pm.archs.names())})")
+    tables: dict = {}
+    for result in pm.hook.hvsim_spec_tables(arch=arch):
+        if result:
+            tables.update(result)
+    if table is None:
+        if as_json:
+            print(json.dumps(sorted(tables)))
+        else:
+            for name, t in sorted(tables.items()):
+                print(f"{name:20} {t.title} ({t.source})")
+        return
+    if table not in tables:
+        raise HvsimError(f"{arch} has no table {table!r} (tables: {', '.join(sorted(tables)) or 'none'})")
+    t = tables[table]
+    if as_json:
+        print(json.dumps(t.as_json(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Table(title=f"{t.title} ({t.source})")
+    for col in t.columns:
+        out.add_column(col)
+    for row in t.rows:
+        out.add_row(*(hex(c) if isinstance(c, int) and not isinstance(c, bool) and c > 9 else str(c) for c in row))
+    Console().print(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one line and status 2 for bad input, whatever raised it."""
+    from .plugins import default_manager
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        default_manager().hook.hvsim_register_commands(app=app)
+        command = typer.main.get_command(app)
+        result = command.main(args=args, prog_name="hvsim", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        return 130
+    except UsageError as exc:
+        print(f"hvsim: {exc.format_message()}", file=sys.stderr)
+        return 2
+    except HvsimError as exc:
+        print(f"hvsim: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

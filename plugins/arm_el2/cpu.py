@@ -1,0 +1,237 @@
+"""One arm64 vCPU: a Unicorn engine running the guest at EL1, with hvsim playing EL2.
+
+The engine is set up the way a hypervisor leaves a CPU before ERET to a guest: SCR_EL3.{NS,
+HCE,RW} and HCR_EL2.RW so EL1 is AArch64 and HVC traps (Arm ARM D23.2 SCR_EL3, HCR_EL2),
+VMPIDR_EL2 so the guest's MPIDR_EL1 reads name this vCPU. Guest RAM is the VM's host memory
+mapped with ``mem_map_ptr``; MMIO goes through :mod:`.mmio`.
+
+What traps to "EL2" and how (see ../shared/notes/unicorn-facts.md):
+
+- HVC arrives as ``UC_HOOK_INTR`` 11 with PC past it: a HYPERCALL exit (ESR_EL2.EC 0x16, ISS =
+  imm16) dispatched and completed inside the hook, without leaving the engine.
+- WFI makes ``emu_start`` return: a HALT exit (ESR_EL2.EC 0x01, TI = WFI) for the run loop.
+- Loads and stores to IPAs without RAM: MMIO exits (EC 0x24), completed inside the engine.
+- SVC, BRK, undefined instructions and the guest's own MMU faults are the guest's business:
+  they go to its VBAR_EL1 vectors (:mod:`.exceptions`), as on hardware with nothing trapped.
+- An instruction fetch from an IPA without RAM is reported to the guest as a synchronous
+  external abort, as KVM does; if its vector table is not there either, the run ends.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+
+from unicorn import (
+    UC_ARCH_ARM64,
+    UC_ERR_FETCH_UNMAPPED,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_UNMAPPED,
+    UC_MODE_ARM,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_PROT_WRITE,
+    UC_QUERY_TIMEOUT,
+    Uc,
+    UcError,
+)
+from unicorn.arm64_const import (
+    UC_ARM64_REG_PC,
+    UC_ARM64_REG_PSTATE,
+    UC_ARM64_REG_SP,
+    UC_ARM64_REG_X0,
+    UC_ARM64_REG_X29,
+    UC_ARM64_REG_X30,
+)
+from unicorn.unicorn_py3.unicorn import uclib
+
+from hvsim.core.arch import Vcpu, VcpuState
+from hvsim.core.engine import FastRegs
+from hvsim.core.exits import EventType, Exit, ExitKind
+from hvsim.core.memory import Access, Walk
+
+from . import exceptions, layout, stage1, sysregs
+from .exits import ESR_ELx_EC_HVC64, ESR_ELx_EC_SERROR, WFI_RECORD, El2Record, esr
+from .mmio import MmioTrap
+
+_UNTIL = 0xFFFF_FFFF_FFFF_FFFF  # never reached: runs end on WFI, timeout or a stop
+_WFI = 0xD503_207F
+
+# Xn by register number; 31 is SP in an address (XZR as data is handled by xreg_zr).
+_XREGS = [UC_ARM64_REG_X0 + n for n in range(29)] + [UC_ARM64_REG_X29, UC_ARM64_REG_X30, UC_ARM64_REG_SP]
+
+_lib = ctypes.CDLL(uclib._name)
+_vmem_read = _lib.uc_vmem_read
+_vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+_vmem_translate = _lib.uc_vmem_translate
+_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p]
+
+# Virtual exceptions: (vector offset, the PSTATE bit that masks it), Arm ARM D1.3.6.
+_EVENTS = {
+    EventType.VIRTUAL_IRQ: (exceptions.IRQ, exceptions.PSTATE_I),
+    EventType.VIRTUAL_FIQ: (exceptions.FIQ, exceptions.PSTATE_F),
+    EventType.VIRTUAL_SERROR: (exceptions.SERROR, exceptions.PSTATE_A),
+}
+
+
+class Arm64Vcpu(Vcpu):
+    def __init__(self, vm, index: int) -> None:
+        super().__init__(vm, index)
+        uc = self.uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        for slot in vm.memory.slots:
+            uc.mem_map_ptr(slot.gpa, slot.size, UC_PROT_ALL, vm.host.ptr + slot.hpa)
+        self.regs = FastRegs(uc)
+        self.sysregs = sys = sysregs.SysRegs(uc)
+        self.mpidr = layout.mpidr(index)
+        sys.write(sysregs.SCR_EL3, sysregs.SCR_EL3_NS | sysregs.SCR_EL3_HCE | sysregs.SCR_EL3_RW)
+        sys.write(sysregs.HCR_EL2, sysregs.HCR_EL2_RW)
+        sys.write(sysregs.VMPIDR_EL2, self.mpidr)
+        self.regs.write(UC_ARM64_REG_PSTATE, exceptions.PSTATE_ENTRY)
+        self._sctlr_reset = sys.read(sysregs.SCTLR_EL1)
+        self._uch = ctypes.c_void_p(uc._uch.value)
+        self._stop_requested = False
+        self._dispatch = vm.dispatch
+        self._hvc: dict[int, El2Record] = {}  # HVC records by the PC after the HVC
+        self.mmio = MmioTrap(self)
+        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self.mmio.on_unmapped)
+
+    # -- registers and guest memory as this CPU sees them -------------------------------------
+    def xreg(self, n: int) -> int:
+        """Xn, with n = 31 meaning SP (the base register of an address)."""
+        return self.regs.read(_XREGS[n])
+
+    def xreg_zr(self, n: int) -> int:
+        """Xn, with n = 31 meaning XZR (a data register)."""
+        return 0 if n == 31 else self.regs.read(_XREGS[n])
+
+    def read_code(self, va: int, size: int) -> bytes:
+        buf = ctypes.create_string_buffer(size)
+        return buf.raw if _vmem_read(self._uch, va, UC_PROT_EXEC, buf, size) == 0 else b""
+
+    def read_insn(self, va: int) -> int:
+        """The instruction word at ``va`` through the guest's MMU (0, a UDF, if unreadable)."""
+        return int.from_bytes(self.read_code(va, 4) or bytes(4), "little")
+
+    def translate(self, va: int, is_write: bool = False, execute: bool = False) -> int | None:
+        """Guest VA to IPA with Unicorn's stage-1 MMU, or None when it faults."""
+        pa = ctypes.c_uint64()
+        prot = UC_PROT_EXEC if execute else (UC_PROT_WRITE if is_write else UC_PROT_READ)
+        return pa.value if _vmem_translate(self._uch, va, prot, ctypes.byref(pa)) == 0 else None
+
+    def is_mapped_code(self, va: int) -> bool:
+        pa = self.translate(va, execute=True)
+        return pa is not None and self.vm.memory.is_ram(pa, 4)
+
+    def stage1_walk(self, va: int, access: Access) -> Walk:
+        """The guest's stage-1 walk for ``va`` (identity when SCTLR_EL1.M is 0)."""
+        sys = self.sysregs
+        if not sys.read(sysregs.SCTLR_EL1) & sysregs.SCTLR_EL1_M:
+            return Walk(va)
+        return stage1.walk(self.vm.memory.read_u64, va, sys.read(sysregs.TCR_EL1),
+                           sys.read(sysregs.TTBR0_EL1), sys.read(sysregs.TTBR1_EL1), access)
+
+    def stage1_fault(self, va: int, access: Access) -> int:
+        """The fault status code the hardware reports for a stage-1 fault on ``va``."""
+        if exceptions.current_el(self.regs.read(UC_ARM64_REG_PSTATE)) == 0:
+            access |= Access.USER
+        walk = self.stage1_walk(va, access)
+        if walk.fault:
+            return walk.error_code
+        return stage1.FSC_ALIGNMENT  # the walk succeeds: what is left is an alignment fault
+
+    # -- Vcpu ---------------------------------------------------------------------------------
+    def run(self, slice_us: int) -> Exit | None:
+        self._stop_requested = False
+        self.mmio.sync_claims()
+        uc, regs = self.uc, self.regs
+        deadline = time.perf_counter() + slice_us / 1e6
+        timeout = slice_us
+        while True:
+            error = None
+            try:
+                uc.emu_start(regs.read(UC_ARM64_REG_PC), _UNTIL, timeout=timeout)
+            except UcError as exc:
+                error = exc
+            if self._stop_requested or self.vm.status is not None:
+                return None
+            if error is not None:
+                if not self._on_error(error):
+                    return None
+            elif self.mmio.pending:  # mmio's own emu_stop: add its hooks and carry on
+                self.mmio.install_pending()
+                if self.read_insn(regs.read(UC_ARM64_REG_PC) - 4) == _WFI:
+                    return Exit(ExitKind.HALT, "ESR_ELx_EC_WFx", WFI_RECORD)
+            elif uc.query(UC_QUERY_TIMEOUT):
+                return None
+            else:  # emu_start returns by itself only after WFI
+                return Exit(ExitKind.HALT, "ESR_ELx_EC_WFx", WFI_RECORD)
+            timeout = int((deadline - time.perf_counter()) * 1e6)
+            if timeout <= 0:
+                return None
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        self.uc.emu_stop()
+
+    def deliver_pending(self) -> bool:
+        pstate = self.regs.read(UC_ARM64_REG_PSTATE)
+        for event in self.events:
+            kind_mask = _EVENTS.get(event.type)
+            if kind_mask is None or pstate & kind_mask[1]:
+                continue
+            self.events.remove(event)
+            kind = kind_mask[0]
+            syndrome = esr(ESR_ELx_EC_SERROR) if kind == exceptions.SERROR else None
+            exceptions.take_exception(self, kind, self.regs.read(UC_ARM64_REG_PC), syndrome)
+            self.vm.pm.hook.hvsim_interrupt_acknowledged(vcpu=self, event=event)
+            return True
+        return False
+
+    def can_take_events(self) -> bool:
+        mask = exceptions.PSTATE_I | exceptions.PSTATE_F
+        return self.regs.read(UC_ARM64_REG_PSTATE) & mask != mask
+
+    # -- PSCI ---------------------------------------------------------------------------------
+    def power_on(self, entry: int, context_id: int) -> None:
+        """CPU_ON: enter at ``entry`` in EL1h, MMU off, DAIF masked, X0 = context id
+        (DEN0022 6.4 "Implementation responsibilities", CPU_ON entry state)."""
+        regs = self.regs
+        regs.write(UC_ARM64_REG_PSTATE, exceptions.PSTATE_ENTRY)
+        self.sysregs.write(sysregs.SCTLR_EL1, self._sctlr_reset)
+        regs.write(UC_ARM64_REG_X0, context_id)
+        regs.write(UC_ARM64_REG_PC, entry)
+        self.events.clear()
+        self.state = VcpuState.RUNNABLE
+
+    def power_off(self) -> None:
+        self.state = VcpuState.OFF
+        self.request_stop()
+
+    # -- hooks --------------------------------------------------------------------------------
+    def _on_intr(self, uc, intno: int, _ud) -> None:
+        if intno == exceptions.EXCP_HVC:
+            pc = self.regs.read(UC_ARM64_REG_PC)
+            rec = self._hvc.get(pc)
+            if rec is None:
+                imm16 = (self.read_insn(pc - 4) >> 5) & 0xFFFF
+                rec = self._hvc[pc] = El2Record(esr(ESR_ELx_EC_HVC64, imm16))
+            self._dispatch(self, Exit(ExitKind.HYPERCALL, "ESR_ELx_EC_HVC64", rec,
+                                      value=rec.ESR_EL2 & 0xFFFF))
+        else:
+            exceptions.on_exception(self, intno)
+
+    def _on_error(self, error: UcError) -> bool:
+        """emu_start raised: deliver what the guest should see, or end the run (False)."""
+        pc = self.regs.read(UC_ARM64_REG_PC)
+        if error.errno == UC_ERR_FETCH_UNMAPPED:
+            if exceptions.instruction_abort_external(self, pc):
+                return True
+            self.vm.crash(f"instruction fetch from {pc:#x}, where no RAM is, and the guest has "
+                          f"no vector table to take the abort (VBAR_EL1 "
+                          f"{self.regs.read(exceptions.UC_ARM64_REG_VBAR_EL1):#x})")
+        else:
+            self.vm.crash(f"the engine stopped with {error} at PC {pc:#x}")
+        return False
+

@@ -1,0 +1,167 @@
+"""PSCI 1.1 over HVC, implemented by the hypervisor as KVM does (arch/arm64/kvm/psci.c).
+
+Arm Power State Coordination Interface, DEN0022 (function ids in section 5, return codes in
+5.2.2), called through the SMC Calling Convention, DEN0028: the function id is in W0, the
+arguments in X1-X3 (W1-W3 for the SMC32 ids, bit 30 clear), the result goes back in X0.
+Like KVM, a negative 32-bit result is written sign-extended, so NOT_SUPPORTED reads as
+0xFFFF_FFFF_FFFF_FFFF in X0 whichever convention the caller used.
+"""
+
+from __future__ import annotations
+
+from unicorn.arm64_const import UC_ARM64_REG_X0, UC_ARM64_REG_X1, UC_ARM64_REG_X2, UC_ARM64_REG_X3
+
+from hvsim.core.arch import VcpuState
+
+from . import layout
+
+PSCI_0_2_FN_PSCI_VERSION = 0x8400_0000
+PSCI_0_2_FN_CPU_SUSPEND = 0x8400_0001
+PSCI_0_2_FN64_CPU_SUSPEND = 0xC400_0001
+PSCI_0_2_FN_CPU_OFF = 0x8400_0002
+PSCI_0_2_FN_CPU_ON = 0x8400_0003
+PSCI_0_2_FN64_CPU_ON = 0xC400_0003
+PSCI_0_2_FN_AFFINITY_INFO = 0x8400_0004
+PSCI_0_2_FN64_AFFINITY_INFO = 0xC400_0004
+PSCI_0_2_FN_MIGRATE = 0x8400_0005
+PSCI_0_2_FN64_MIGRATE = 0xC400_0005
+PSCI_0_2_FN_MIGRATE_INFO_TYPE = 0x8400_0006
+PSCI_0_2_FN_SYSTEM_OFF = 0x8400_0008
+PSCI_0_2_FN_SYSTEM_RESET = 0x8400_0009
+PSCI_1_0_FN_PSCI_FEATURES = 0x8400_000A
+
+ARM_SMCCC_VERSION_FUNC_ID = 0x8000_0000  # DEN0028 section 7.2
+ARM_SMCCC_ARCH_FEATURES_FUNC_ID = 0x8000_0001
+
+PSCI_VERSION_1_1 = 0x0001_0001  # major in bits [31:16], minor in [15:0]
+ARM_SMCCC_VERSION_1_1 = 0x0001_0001
+
+PSCI_RET_SUCCESS = 0
+PSCI_RET_NOT_SUPPORTED = -1
+PSCI_RET_INVALID_PARAMS = -2
+PSCI_RET_DENIED = -3
+PSCI_RET_ALREADY_ON = -4
+PSCI_RET_ON_PENDING = -5
+PSCI_RET_INTERNAL_FAILURE = -6
+PSCI_RET_INVALID_ADDRESS = -9
+
+PSCI_0_2_AFFINITY_LEVEL_ON = 0
+PSCI_0_2_AFFINITY_LEVEL_OFF = 1
+
+PSCI_0_2_TOS_MP = 2  # MIGRATE_INFO_TYPE: no Trusted OS that needs migrating
+
+_MASK64 = (1 << 64) - 1
+_SMC64 = 1 << 30  # function id bit 30: the SMC64/HVC64 calling convention
+
+
+def _arg(vcpu, fid: int, reg: int) -> int:
+    value = vcpu.regs.read(reg)
+    return value if fid & _SMC64 else value & 0xFFFF_FFFF
+
+
+def _find_cpu(vcpu, target: int):
+    target = layout.mpidr_affinity(target)
+    for v in vcpu.vm.vcpus:
+        if layout.mpidr_affinity(v.mpidr) == target:
+            return v
+    return None
+
+
+def psci_version(vcpu, fid: int) -> int:
+    return PSCI_VERSION_1_1
+
+
+def cpu_off(vcpu, fid: int) -> None:
+    """Power the calling vCPU down; it does not return (DEN0022 5.5)."""
+    vcpu.power_off()
+
+
+def cpu_on(vcpu, fid: int) -> int:
+    """Start ``target_cpu`` at ``entry_point_address`` with X0 = ``context_id`` (DEN0022 5.6)."""
+    target = _find_cpu(vcpu, _arg(vcpu, fid, UC_ARM64_REG_X1))
+    if target is None:
+        return PSCI_RET_INVALID_PARAMS
+    if target.state is not VcpuState.OFF:
+        return PSCI_RET_ALREADY_ON
+    entry = _arg(vcpu, fid, UC_ARM64_REG_X2)
+    if not vcpu.vm.memory.is_ram(entry, 4) or entry & 3:
+        return PSCI_RET_INVALID_ADDRESS
+    target.power_on(entry, _arg(vcpu, fid, UC_ARM64_REG_X3))
+    return PSCI_RET_SUCCESS
+
+
+def affinity_info(vcpu, fid: int) -> int:
+    """ON (0) or OFF (1) for ``target_affinity``; only level 0 exists since PSCI 1.0 (5.7)."""
+    if _arg(vcpu, fid, UC_ARM64_REG_X2) != 0:
+        return PSCI_RET_INVALID_PARAMS
+    target = _find_cpu(vcpu, _arg(vcpu, fid, UC_ARM64_REG_X1))
+    if target is None:
+        return PSCI_RET_INVALID_PARAMS
+    return PSCI_0_2_AFFINITY_LEVEL_OFF if target.state is VcpuState.OFF else PSCI_0_2_AFFINITY_LEVEL_ON
+
+
+def migrate_info_type(vcpu, fid: int) -> int:
+    return PSCI_0_2_TOS_MP
+
+
+def system_off(vcpu, fid: int) -> None:
+    vcpu.vm.stop(0, "PSCI SYSTEM_OFF")
+
+
+def system_reset(vcpu, fid: int) -> None:
+    # hvsim behaves as QEMU with -no-reboot: a reset ends the run.
+    vcpu.vm.stop(0, "PSCI SYSTEM_RESET")
+
+
+def psci_features(vcpu, fid: int) -> int:
+    """0 for an implemented function id, NOT_SUPPORTED otherwise (DEN0022 5.15)."""
+    queried = vcpu.regs.read(UC_ARM64_REG_X1) & 0xFFFF_FFFF
+    return PSCI_RET_SUCCESS if queried in FUNCTIONS else PSCI_RET_NOT_SUPPORTED
+
+
+def smccc_version(vcpu, fid: int) -> int:
+    return ARM_SMCCC_VERSION_1_1
+
+
+def smccc_arch_features(vcpu, fid: int) -> int:
+    # No firmware workarounds (ARCH_WORKAROUND_1/2/3) are needed in a simulator.
+    return PSCI_RET_NOT_SUPPORTED
+
+
+# The function-id table, like KVM's switch in kvm_psci_1_x_call().
+FUNCTIONS = {
+    PSCI_0_2_FN_PSCI_VERSION: psci_version,
+    PSCI_0_2_FN_CPU_OFF: cpu_off,
+    PSCI_0_2_FN_CPU_ON: cpu_on,
+    PSCI_0_2_FN64_CPU_ON: cpu_on,
+    PSCI_0_2_FN_AFFINITY_INFO: affinity_info,
+    PSCI_0_2_FN64_AFFINITY_INFO: affinity_info,
+    PSCI_0_2_FN_MIGRATE_INFO_TYPE: migrate_info_type,
+    PSCI_0_2_FN_SYSTEM_OFF: system_off,
+    PSCI_0_2_FN_SYSTEM_RESET: system_reset,
+    PSCI_1_0_FN_PSCI_FEATURES: psci_features,
+    ARM_SMCCC_VERSION_FUNC_ID: smccc_version,
+    ARM_SMCCC_ARCH_FEATURES_FUNC_ID: smccc_arch_features,
+}
+
+NOT_SUPPORTED_X0 = PSCI_RET_NOT_SUPPORTED & _MASK64
+
+
+def handle_hvc(vcpu, exit) -> None:
+    """The HYPERCALL exit handler: an SMCCC call through ``HVC #0``.
+
+    SMCCC reserves non-zero HVC immediates; like an unknown function id they get
+    NOT_SUPPORTED. A plugin that wants other immediates wraps this handler.
+    """
+    regs = vcpu.regs
+    if exit.value:
+        regs.write(UC_ARM64_REG_X0, NOT_SUPPORTED_X0)
+        return
+    fid = regs.read(UC_ARM64_REG_X0) & 0xFFFF_FFFF
+    fn = FUNCTIONS.get(fid)
+    if fn is None:
+        regs.write(UC_ARM64_REG_X0, NOT_SUPPORTED_X0)
+        return
+    result = fn(vcpu, fid)
+    if result is not None:
+        regs.write(UC_ARM64_REG_X0, result & _MASK64)
