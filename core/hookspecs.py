@@ -60,7 +60,8 @@ def hvsim_register_commands(app):
 def hvsim_vm_created(vm):
     """A VM has been built: its architecture, memory and platform devices exist.
 
-    Called once per VM, before the image is loaded. Plugins attach their own devices here
+    Called once per VM, before its vCPUs are created and the image is loaded (so the devices
+    a plugin claims here are mapped into every vCPU's engine). Plugins attach their own devices here
     (``vm.bus.add_port(...)``, ``vm.bus.add_mmio(...)``), add exit observers, or read
     ``vm.config``. Returns nothing.
     """

@@ -103,8 +103,8 @@ class VM:
         self.image: Image | None = None
         self.arch = arch_cls(self)
         self.arch.build()
-        self.vcpus: list[Vcpu] = [self.arch.create_vcpu(i) for i in range(vcpus)]
         self.pm.hook.hvsim_vm_created(vm=self)
+        self.vcpus: list[Vcpu] = [self.arch.create_vcpu(i) for i in range(vcpus)]
         registry = ExitHandlerRegistry()
         self.pm.hook.hvsim_exit_handlers(vm=self, registry=registry)
         self.exit_handlers = registry.table()

@@ -53,10 +53,10 @@ from hvsim.core.memory import Access, Walk
 
 from . import exceptions, layout, stage1, sysregs
 from .exits import ESR_ELx_EC_HVC64, ESR_ELx_EC_SERROR, WFI_RECORD, El2Record, esr
+from .hooks import HOOK_INTR, HOOK_MEM_EVENT, RawHooks
 from .mmio import MmioTrap
 
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF  # never reached: runs end on WFI, timeout or a stop
-_WFI = 0xD503_207F
 
 # Xn by register number; 31 is SP in an address (XZR as data is handled by xreg_zr).
 _XREGS = [UC_ARM64_REG_X0 + n for n in range(29)] + [UC_ARM64_REG_X29, UC_ARM64_REG_X30, UC_ARM64_REG_SP]
@@ -66,6 +66,8 @@ _vmem_read = _lib.uc_vmem_read
 _vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
 _vmem_translate = _lib.uc_vmem_translate
 _vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p]
+_reg_read_batch = _lib.uc_reg_read_batch
+_reg_write = _lib.uc_reg_write
 
 # Virtual exceptions: (vector offset, the PSTATE bit that masks it), Arm ARM D1.3.6.
 _EVENTS = {
@@ -90,17 +92,28 @@ class Arm64Vcpu(Vcpu):
         self.regs.write(UC_ARM64_REG_PSTATE, exceptions.PSTATE_ENTRY)
         self._sctlr_reset = sys.read(sysregs.SCTLR_EL1)
         self._uch = ctypes.c_void_p(uc._uch.value)
-        self._stop_requested = False
+        self.stop_requested = False
         self._dispatch = vm.dispatch
-        self._hvc: dict[int, El2Record] = {}  # HVC records by the PC after the HVC
+        # The HVC path reads PC and X0 in one engine call and writes X0 with a reused buffer.
+        self._pc_buf, self._x0_buf, self._ret_buf = ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_uint64()
+        self._pc_x0_ids = (ctypes.c_int * 2)(UC_ARM64_REG_PC, UC_ARM64_REG_X0)
+        self._pc_x0_ptrs = (ctypes.c_void_p * 2)(ctypes.addressof(self._pc_buf),
+                                                 ctypes.addressof(self._x0_buf))
+        self._ret_ref = ctypes.byref(self._ret_buf)
+        self.smccc_x0 = 0  # X0 when the last HVC trapped: the SMCCC function id
+        self._hvc: dict[int, tuple] = {}  # HYPERCALL Exit arguments by the PC after the HVC
+        self.hooks = RawHooks(uc)
         self.mmio = MmioTrap(self)
-        uc.hook_add(UC_HOOK_INTR, self._on_intr)
-        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self.mmio.on_unmapped)
+        self.hooks.add(UC_HOOK_INTR, HOOK_INTR, self._on_intr)
+        self.hooks.add(UC_HOOK_MEM_UNMAPPED, HOOK_MEM_EVENT, self.mmio.on_unmapped)
 
     # -- registers and guest memory as this CPU sees them -------------------------------------
     def xreg(self, n: int) -> int:
         """Xn, with n = 31 meaning SP (the base register of an address)."""
         return self.regs.read(_XREGS[n])
+
+    def write_xreg(self, n: int, value: int) -> None:
+        self.regs.write(_XREGS[n], value)
 
     def xreg_zr(self, n: int) -> int:
         """Xn, with n = 31 meaning XZR (a data register)."""
@@ -143,8 +156,10 @@ class Arm64Vcpu(Vcpu):
 
     # -- Vcpu ---------------------------------------------------------------------------------
     def run(self, slice_us: int) -> Exit | None:
-        self._stop_requested = False
-        self.mmio.sync_claims()
+        self.stop_requested = False
+        mmio = self.mmio
+        mmio.sync_claims()
+        mmio.forget()
         uc, regs = self.uc, self.regs
         deadline = time.perf_counter() + slice_us / 1e6
         timeout = slice_us
@@ -154,25 +169,33 @@ class Arm64Vcpu(Vcpu):
                 uc.emu_start(regs.read(UC_ARM64_REG_PC), _UNTIL, timeout=timeout)
             except UcError as exc:
                 error = exc
-            if self._stop_requested or self.vm.status is not None:
+            hook_error = self.hooks.take_error()
+            if hook_error is not None:
+                raise hook_error
+            if mmio.rollback is not None and self.vm.status is None and not mmio.complete_rollback():
+                self.vm.crash(f"a stop was requested inside an MMIO access by the instruction at "
+                              f"{regs.read(UC_ARM64_REG_PC):#x}, which hvsim cannot complete")
+            if self.stop_requested or self.vm.status is not None:
+                mmio.discovering = False
                 return None
             if error is not None:
                 if not self._on_error(error):
                     return None
-            elif self.mmio.pending:  # mmio's own emu_stop: add its hooks and carry on
-                self.mmio.install_pending()
-                if self.read_insn(regs.read(UC_ARM64_REG_PC) - 4) == _WFI:
-                    return Exit(ExitKind.HALT, "ESR_ELx_EC_WFx", WFI_RECORD)
+            elif mmio.discovering:  # mmio stopped the engine to learn an instruction's PC
+                mmio.finish_discovery()
+                mmio.install_pending()
             elif uc.query(UC_QUERY_TIMEOUT):
                 return None
             else:  # emu_start returns by itself only after WFI
                 return Exit(ExitKind.HALT, "ESR_ELx_EC_WFx", WFI_RECORD)
+            if self.vm.status is not None:
+                return None
             timeout = int((deadline - time.perf_counter()) * 1e6)
             if timeout <= 0:
                 return None
 
     def request_stop(self) -> None:
-        self._stop_requested = True
+        self.stop_requested = True
         self.uc.emu_stop()
 
     def deliver_pending(self) -> bool:
@@ -210,17 +233,32 @@ class Arm64Vcpu(Vcpu):
         self.request_stop()
 
     # -- hooks --------------------------------------------------------------------------------
-    def _on_intr(self, uc, intno: int, _ud) -> None:
-        if intno == exceptions.EXCP_HVC:
-            pc = self.regs.read(UC_ARM64_REG_PC)
-            rec = self._hvc.get(pc)
-            if rec is None:
-                imm16 = (self.read_insn(pc - 4) >> 5) & 0xFFFF
-                rec = self._hvc[pc] = El2Record(esr(ESR_ELx_EC_HVC64, imm16))
-            self._dispatch(self, Exit(ExitKind.HYPERCALL, "ESR_ELx_EC_HVC64", rec,
-                                      value=rec.ESR_EL2 & 0xFFFF))
-        else:
-            exceptions.on_exception(self, intno)
+    def smccc_return(self, value: int) -> None:
+        """Write an SMCCC result to X0 (the HVC handler's fast path)."""
+        self._ret_buf.value = value & 0xFFFF_FFFF_FFFF_FFFF
+        _reg_write(self._uch, UC_ARM64_REG_X0, self._ret_ref)
+
+    def _on_intr(self, _uc, intno: int, _ud) -> None:
+        try:
+            if intno == exceptions.EXCP_HVC:
+                _reg_read_batch(self._uch, self._pc_x0_ids, self._pc_x0_ptrs, 2)
+                pc = self._pc_buf.value
+                args = self._hvc.get(pc)
+                if args is None:
+                    args = self._hvc[pc] = self._hypercall(pc)
+                self.smccc_x0 = self._x0_buf.value
+                self._dispatch(self, Exit(*args))
+            else:
+                self.mmio.forget()
+                exceptions.on_exception(self, intno)
+        except BaseException as exc:  # noqa: BLE001 (re-raised by run)
+            self.hooks.fail(exc)
+
+    def _hypercall(self, pc: int) -> tuple:
+        """Exit arguments for the HVC before ``pc``: ESR_EL2.ISS is its imm16."""
+        imm16 = (self.read_insn(pc - 4) >> 5) & 0xFFFF
+        rec = El2Record(esr(ESR_ELx_EC_HVC64, imm16))
+        return (ExitKind.HYPERCALL, "ESR_ELx_EC_HVC64", rec, 0, 0, False, imm16)
 
     def _on_error(self, error: UcError) -> bool:
         """emu_start raised: deliver what the guest should see, or end the run (False)."""

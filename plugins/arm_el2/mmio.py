@@ -35,15 +35,31 @@ from unicorn.arm64_const import UC_ARM64_REG_PC
 
 from hvsim.core.exits import Exit, ExitKind
 
-from .decode import LoadStore, decode
+from .decode import ADDR_UNKNOWN, WB_NONE, WB_POST, LoadStore, decode
 from .exits import ESR_ELx_EC_DABT_LOW, ESR_ELx_WNR, El2Record, esr, fsc_translation
+from .hooks import HOOK_CODE
 
 PAGE = 0x1000
+_OFFSET = PAGE - 1
 _DABT_LOW = esr(ESR_ELx_EC_DABT_LOW)
 _REASON = "ESR_ELx_EC_DABT_LOW"
+_MMIO = ExitKind.MMIO
 _GIB, _2MIB = 1 << 30, 1 << 21
 
 _decode = lru_cache(maxsize=65536)(decode)
+
+
+class Site:
+    """A load or store instruction known to reach MMIO, and the syndrome it last produced."""
+
+    __slots__ = ("insn", "pc", "is_load", "accesses", "handle", "ipa", "va", "rec")
+
+    def __init__(self, insn: LoadStore, pc: int) -> None:
+        self.insn, self.pc = insn, pc
+        self.is_load, self.accesses = insn.is_load, insn.accesses
+        self.handle = 0
+        self.ipa = self.va = -1  # the first access's IPA and VA last time, and its record
+        self.rec: El2Record | None = None
 
 
 class MmioTrap:
@@ -53,20 +69,21 @@ class MmioTrap:
         self.vcpu = vcpu
         self.vm = vcpu.vm
         self.uc = vcpu.uc
+        self.hooks = vcpu.hooks
         self._dispatch = vcpu.vm.dispatch
-        self._insn: LoadStore | None = None  # the instruction whose accesses are arriving
-        self._pc = 0
+        self._site: Site | None = None  # the instruction whose accesses are arriving
         self._left = 0  # MMIO callbacks it still has to make
-        self._va_page = -1  # its VA's page, computed at its first access (FAR_EL2)
+        self._va = 0  # its first access's VA (FAR_EL2)
+        self._rec: El2Record | None = None  # its first access's record (merged 8-byte writes)
         self._half = 0  # merged 8-byte access: the low word written or the high word read
         self._half_ipa = 0
-        self._hooks: dict[int, tuple[LoadStore, int]] = {}  # pc -> (decoded, hook handle)
+        self._sites: dict[int, Site] = {}
         self.pending: dict[int, LoadStore] = {}  # code hooks to add once the engine is out
         self.discovering = False
         self._snapshot: list[int] = []
+        self.rollback: tuple[LoadStore, int, int, int] | None = None
         self._lazy: set[int] = set()  # unbacked pages mapped on first touch
         self._claims_seen = 0
-        self._keep: list = []  # the binding needs the callbacks alive
         self.sync_claims()
 
     # -- mapping -----------------------------------------------------------------------------
@@ -85,16 +102,22 @@ class MmioTrap:
 
     def map_region(self, base: int, size: int) -> None:
         dfsc = fsc_translation(self.fault_level(base))
-        access = self._access
+        access, fail = self._access, self.hooks.fail
 
-        def read(uc, offset, size_, _ud):
-            return access(base + offset, size_, False, 0, dfsc)
+        def read(_uc, offset, size_, _ud):
+            try:
+                return access(base + offset, size_, False, 0, dfsc)
+            except BaseException as exc:  # noqa: BLE001 (re-raised by the vCPU's run)
+                fail(exc)
+                return 0
 
-        def write(uc, offset, size_, value, _ud):
-            access(base + offset, size_, True, value, dfsc)
+        def write(_uc, offset, size_, value, _ud):
+            try:
+                access(base + offset, size_, True, value, dfsc)
+            except BaseException as exc:  # noqa: BLE001
+                fail(exc)
 
-        self.uc.mmio_map(base, size, read, None, write, None)
-        self._keep.append((read, write))
+        self.hooks.mmio_map(base, size, read, write)
 
     def sync_claims(self) -> None:
         """Map claims added since the last call (plugins may add devices after vCPUs exist)."""
@@ -106,55 +129,77 @@ class MmioTrap:
             self.map_region(claim.base, claim.size)
         self._claims_seen = len(claims)
 
-    def on_unmapped(self, uc, access, address, size, value, _ud) -> bool:
+    def on_unmapped(self, _uc, access, address, size, value, _ud) -> bool:
         """UC_HOOK_MEM_UNMAPPED: a data access to an unbacked IPA becomes MMIO (retry it)."""
         if access == UC_MEM_FETCH_UNMAPPED:
             return False  # handled after emu_start returns: an instruction abort
-        page = address & ~(PAGE - 1)
-        self.map_region(page, PAGE)
-        self._lazy.add(page)
-        return True
+        try:
+            page = address & ~_OFFSET
+            self.map_region(page, PAGE)
+            self._lazy.add(page)
+            return True
+        except BaseException as exc:  # noqa: BLE001
+            self.hooks.fail(exc)
+            return False
 
     # -- the hot path ------------------------------------------------------------------------
-    def on_insn(self, uc, address, size, insn) -> None:
-        """Exact-address code hook on a known MMIO instruction: name it before it runs."""
-        self._insn = insn
-        self._pc = address
-        self._left = insn.accesses
-        self._va_page = -1
+    def forget(self) -> None:
+        """No instruction is in progress (an exception was taken, or the engine stopped)."""
+        self._site = None
 
     def _access(self, ipa: int, size: int, is_write: bool, value: int, dfsc: int) -> int:
-        insn = self._insn
-        if insn is None or insn.is_load is is_write or self.discovering:
+        site = self._site
+        if site is None or site.is_load is is_write or self.discovering:
             return self._unknown()
-        if self._va_page < 0:  # its first access: FAR_EL2's page, and a check it is this one
-            va = insn.address(self.vcpu.xreg, self._pc)
-            if (va ^ ipa) & (PAGE - 1):  # a stale hook (it went to RAM): not this instruction
-                return self._unknown()
-            self._va_page = va & ~(PAGE - 1)
-        left = self._left - 1
+        left = self._left
+        rec = None
+        if left == site.accesses:  # the instruction's first access
+            if ipa != site.ipa and not self._learn(site, ipa, is_write, dfsc):
+                return self._unknown()  # a stale hook (that execution went to RAM)
+            self._va = site.va
+            self._rec = rec = site.rec
+        left -= 1
         self._left = left
-        if left <= 0:
-            self._insn = None
+        if not left:
+            self._site = None
+        insn = site.insn
         if insn.merge:
-            if left == 1:  # the first half of an 8-byte access
+            if left:  # the first half of an 8-byte access
                 if is_write:
                     self._half, self._half_ipa = value, ipa
                     return 0
-                value = self._exit(insn, ipa, 8, False, None, dfsc)
+                value = self._exit(site, rec, ipa, 8, False, None)
                 self._half = value >> 32
                 return value & 0xFFFF_FFFF
             if is_write:
-                return self._exit(insn, self._half_ipa, 8, True, self._half | value << 32, dfsc)
+                return self._exit(site, self._rec, self._half_ipa, 8, True, self._half | value << 32)
             return self._half
-        return self._exit(insn, ipa, size, is_write, value if is_write else None, dfsc)
+        if rec is None:  # a later piece of a multi-access instruction, or an unknown one
+            rec = El2Record(_DABT_LOW | insn.iss | (ESR_ELx_WNR if is_write else 0) | dfsc,
+                            (self._va & ~_OFFSET) | (ipa & _OFFSET), (ipa >> 12) << 4)
+        return self._exit(site, rec, ipa, size, is_write, value if is_write else None)
 
-    def _exit(self, insn: LoadStore, ipa: int, size: int, is_write: bool, value, dfsc: int) -> int:
-        rec = El2Record(_DABT_LOW | insn.iss | (ESR_ELx_WNR if is_write else 0) | dfsc,
-                        self._va_page | (ipa & (PAGE - 1)), (ipa >> 12) << 4)
-        exit = Exit(ExitKind.MMIO, _REASON, rec, ipa, size, is_write, value)
+    def _exit(self, site: Site, rec, ipa: int, size: int, is_write: bool, value) -> int:
+        exit = Exit(_MMIO, _REASON, rec, ipa, size, is_write, value)
         self._dispatch(self.vcpu, exit)
+        if self.vcpu.stop_requested:  # Unicorn will roll this instruction back: see run()
+            self.rollback = (site.insn, site.pc, self._va, exit.value or 0)
         return exit.value or 0
+
+    def _learn(self, site: Site, ipa: int, is_write: bool, dfsc: int) -> bool:
+        """First access at a new IPA: rebuild the VA (FAR_EL2) and check it is this access."""
+        insn = site.insn
+        va = ipa if insn.addr == ADDR_UNKNOWN else insn.address(self.vcpu.xreg, site.pc)
+        if (va ^ ipa) & _OFFSET:
+            return False
+        site.va = va
+        if insn.is_load is None:  # either direction: no record to reuse
+            site.ipa, site.rec = -1, None
+        else:
+            site.ipa = ipa
+            site.rec = El2Record(_DABT_LOW | insn.iss | (ESR_ELx_WNR if is_write else 0) | dfsc,
+                                 va, (ipa >> 12) << 4)
+        return True
 
     # -- finding an instruction the first time ----------------------------------------------
     def _unknown(self) -> int:
@@ -169,38 +214,72 @@ class MmioTrap:
         """After emu_start returned from :meth:`_unknown`'s stop: PC is the instruction."""
         vcpu = self.vcpu
         self.discovering = False
+        self._site = None
         for n, value in enumerate(self._snapshot):
             vcpu.write_xreg(n, value)
         pc = vcpu.regs.read(UC_ARM64_REG_PC)
-        old = self._hooks.get(pc)
-        if old is not None:  # it made more accesses than expected: accept any, once more
-            insn = _widen(old[0], old[0].accesses + 1)
-            if insn.accesses > old[0].accesses + 8:
-                raise RuntimeError(f"MMIO instruction at {pc:#x} keeps making unexpected accesses")
-        else:
-            word = vcpu.read_insn(pc)
+        word = vcpu.read_insn(pc)
+        old = self._sites.get(pc)
+        if old is None or old.insn.word != word:
             insn = _decode(word) or _widen(LoadStore(word, True, 4), 1)
+        elif old.accesses >= 16:
+            self.vm.crash(f"the instruction at {pc:#x} keeps making MMIO accesses hvsim "
+                          f"cannot attribute (word {word:#010x})")
+            return
+        else:  # more accesses than its decoding said: accept any number, and run it again
+            insn = _widen(old.insn, old.accesses + 1)
         self.pending[pc] = insn
-        self._insn = None
 
     def install_pending(self) -> None:
         """Add the code hooks discovery asked for; the engine must be stopped."""
         for pc, insn in self.pending.items():
-            old = self._hooks.get(pc)
+            old = self._sites.get(pc)
             if old is not None:
-                if old[0] is insn:
-                    continue
-                self.uc.hook_del(old[1])
-            handle = self.uc.hook_add(UC_HOOK_CODE, self.on_insn, insn, pc, pc)
-            self._hooks[pc] = (insn, handle)
-            self.uc.ctl_remove_cache(pc, pc + 4)  # hooks bind at translation time
+                self.hooks.delete(old.handle)
+            site = self._sites[pc] = Site(insn, pc)
+            site.handle = self.hooks.add(UC_HOOK_CODE, HOOK_CODE, self._code_hook(site), pc, pc)
+            self.uc.ctl_remove_cache(pc, pc + 4)  # hooks bind when a block is translated
         self.pending.clear()
+
+    def _code_hook(self, site: Site):
+        trap = self
+
+        def on_insn(_uc, _address, _size, _ud):  # names the instruction before it runs
+            trap._site = site
+            trap._left = site.accesses
+
+        return on_insn
+
+    def complete_rollback(self) -> bool:
+        """A stop requested while an MMIO access was being handled makes Unicorn roll the
+        instruction back to its start (measured). The device has seen the access, so running
+        it again would repeat it: finish it here instead, as KVM's kvm_handle_mmio_return()
+        does (Xt from the value read, the base register's writeback, PC + 4). Returns False
+        for instructions hvsim cannot finish (pairs, SIMD&FP)."""
+        insn, pc, va, value = self.rollback
+        self.rollback = None
+        vcpu = self.vcpu
+        if vcpu.regs.read(UC_ARM64_REG_PC) != pc:
+            return True  # Unicorn had already moved past it
+        if insn.regs != 1 or insn.simd or insn.is_load is None:
+            return False
+        if insn.is_load and insn.rt != 31:
+            bits = 8 * insn.size
+            value &= (1 << bits) - 1
+            if insn.sse and value >> (bits - 1):
+                value -= 1 << bits
+            vcpu.write_xreg(insn.rt, value & (0xFFFF_FFFF_FFFF_FFFF if insn.sf else 0xFFFF_FFFF))
+        if insn.wb != WB_NONE:
+            vcpu.write_xreg(insn.rn, va + insn.wb_imm if insn.wb == WB_POST else va)
+        vcpu.regs.write(UC_ARM64_REG_PC, pc + 4)
+        return True
 
 
 def _widen(insn: LoadStore, accesses: int) -> LoadStore:
-    """A copy of ``insn`` that accepts ``accesses`` accesses in either direction, ISV = 0."""
-    wide = LoadStore(insn.word, True, insn.size, regs=insn.regs, rn=insn.rn, imm=insn.imm,
-                     addr=insn.addr, rm=insn.rm, option=insn.option, shift=insn.shift)
+    """A copy of ``insn`` that accepts ``accesses`` accesses in either direction, ISV = 0,
+    FAR_EL2 = the IPA (its address recipe is what failed)."""
+    wide = LoadStore(insn.word, True, insn.size, regs=insn.regs, simd=insn.simd,
+                     addr=ADDR_UNKNOWN)
     wide.is_load = None  # matches neither direction test: reads and writes both belong to it
     wide.accesses = accesses
     return wide

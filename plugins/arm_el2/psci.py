@@ -9,7 +9,7 @@ Like KVM, a negative 32-bit result is written sign-extended, so NOT_SUPPORTED re
 
 from __future__ import annotations
 
-from unicorn.arm64_const import UC_ARM64_REG_X0, UC_ARM64_REG_X1, UC_ARM64_REG_X2, UC_ARM64_REG_X3
+from unicorn.arm64_const import UC_ARM64_REG_X1, UC_ARM64_REG_X2, UC_ARM64_REG_X3
 
 from hvsim.core.arch import VcpuState
 
@@ -153,15 +153,14 @@ def handle_hvc(vcpu, exit) -> None:
     SMCCC reserves non-zero HVC immediates; like an unknown function id they get
     NOT_SUPPORTED. A plugin that wants other immediates wraps this handler.
     """
-    regs = vcpu.regs
     if exit.value:
-        regs.write(UC_ARM64_REG_X0, NOT_SUPPORTED_X0)
+        vcpu.smccc_return(NOT_SUPPORTED_X0)
         return
-    fid = regs.read(UC_ARM64_REG_X0) & 0xFFFF_FFFF
+    fid = vcpu.smccc_x0 & 0xFFFF_FFFF  # X0 as the HVC found it, read with PC in one call
     fn = FUNCTIONS.get(fid)
     if fn is None:
-        regs.write(UC_ARM64_REG_X0, NOT_SUPPORTED_X0)
+        vcpu.smccc_return(NOT_SUPPORTED_X0)
         return
     result = fn(vcpu, fid)
     if result is not None:
-        regs.write(UC_ARM64_REG_X0, result & _MASK64)
+        vcpu.smccc_return(result)

@@ -81,7 +81,8 @@ class VmxVendor(X86Vendor):
     signature = 0x000906A0  # family 6
     brand = "hvsim virtual CPU (Intel VT-x model)"
 
-    def io_exit(self, port, size, is_in, value, rip, insn_len, imm, string=False, rep=False):
+    def io_exit(self, port, size, is_in, value, rip, insn_len, imm, string=False, rep=False,
+                address_size=64, segment=0):
         qual = (_IO_SIZE[size] | (IO_DIRECTION_IN if is_in else 0) | (IO_STRING if string else 0)
                 | (IO_REP if rep else 0) | (IO_IMMEDIATE if imm else 0) | (port << IO_PORT_SHIFT))
         return Exit(ExitKind.PORT_IO, "EXIT_REASON_IO_INSTRUCTION",

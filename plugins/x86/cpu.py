@@ -29,6 +29,8 @@ from hvsim.core.memory import Access, GuestMemoryError
 
 from . import idt, layout, paging
 from .boot import BootState
+from .decode import IoInsn, decode_io
+from .quirks import ExceptionLatch
 
 END = (1 << 64) - 1
 MSR_EFER = 0xC000_0080
@@ -60,6 +62,8 @@ class X86Vcpu(Vcpu):
                     self._on_unmapped)
         self.apic_base = APIC_BASE_DEFAULT | (APIC_BASE_BSP if index == 0 else 0)
         uc.reg_write(X.UC_X86_REG_MSR, (MSR_IA32_APIC_BASE, self.apic_base))
+        self._latch = ExceptionLatch(uc)
+        self._io_decoded: dict[int, IoInsn] = {}  # by RIP; only the exit record depends on it
         self._stopping = False
         self._unmapped: tuple[int, int, int, int] | None = None
         self._dispatch = vm.dispatch
@@ -119,6 +123,9 @@ class X86Vcpu(Vcpu):
         return self.vendor.hlt_exit(self.regs.read(X.UC_X86_REG_RIP))
 
     def request_stop(self) -> None:
+        # Takes effect at the end of the current translation block (Unicorn checks the stop
+        # request between blocks), so an instruction after an OUT to isa-debug-exit may still
+        # run; guests end with OUT then HLT, as real kernels do.
         self._stopping = True
         self.uc.emu_stop()
 
@@ -133,13 +140,30 @@ class X86Vcpu(Vcpu):
             self.vm.crash(f"the engine stopped: {exc} at RIP {self.rip():#x}")
 
     # -- hooks: exits completed inside the engine ------------------------------------------
+    def _io_insn(self, rip: int) -> IoInsn:
+        """The I/O instruction at RIP (the engine reports IN/OUT with RIP at the instruction)."""
+        insn = self._io_decoded.get(rip)
+        if insn is None:
+            try:
+                code = self.read_linear(self.segment_base("cs") + rip, 15)
+            except (GuestMemoryError, idt.DeliveryFault):
+                code = b""
+            bits = 64 if self.long_mode() else (32 if self.cr0() & 1 else 16)
+            insn = decode_io(code, bits) or IoInsn(1, False, False, False, bits, 3)
+            self._io_decoded[rip] = insn
+        return insn
+
     def _on_out(self, uc, port, size, value, _ud):
         rip = self.regs.read(X.UC_X86_REG_RIP)
-        self._dispatch(self, self.vendor.io_exit(port, size, False, value, rip, 0, False))
+        i = self._io_insn(rip)
+        self._dispatch(self, self.vendor.io_exit(port, size, False, value, rip, i.length, i.immediate,
+                                                 i.string, i.rep, i.address_size, i.segment))
 
     def _on_in(self, uc, port, size, _ud):
         rip = self.regs.read(X.UC_X86_REG_RIP)
-        exit = self.vendor.io_exit(port, size, True, None, rip, 0, False)
+        i = self._io_insn(rip)
+        exit = self.vendor.io_exit(port, size, True, None, rip, i.length, i.immediate, i.string, i.rep,
+                                   i.address_size, i.segment)
         self._dispatch(self, exit)
         return exit.value if exit.value is not None else (1 << (8 * size)) - 1
 
@@ -180,6 +204,7 @@ class X86Vcpu(Vcpu):
     def _raise_exception(self, vector: int, error_code: int | None, rip: int, software: bool = False) -> None:
         try:
             idt.deliver(self, vector, error_code, rip, software)
+            self._latch.clear()
         except idt.TripleFault as tf:
             self._dispatch(self, self.vendor.triple_fault_exit(f"triple fault: {tf}"))
             self.request_stop()

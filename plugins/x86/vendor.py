@@ -19,7 +19,8 @@ class X86Vendor:
     hypercall_name: str
 
     def io_exit(self, port: int, size: int, is_in: bool, value: int | None, rip: int,
-                insn_len: int, imm: bool) -> Exit:
+                insn_len: int, imm: bool, string: bool = False, rep: bool = False,
+                address_size: int = 64, segment: int = 0) -> Exit:
         raise NotImplementedError
 
     def mmio_exit(self, gpa: int, size: int, is_write: bool, value: int | None, rip: int) -> Exit:

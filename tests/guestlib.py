@@ -1,0 +1,70 @@
+"""Assembling small test guests (keystone) and the conventions they share.
+
+x86 guests are raw 64-bit images loaded at X86_BASE and entered in long mode (the loader stub
+leaves the first 4 GiB identity-mapped); they keep data at X86_DATA and their IDT at X86_IDT.
+arm64 guests are raw images at ARM_BASE whose first 0x800 bytes are the VBAR_EL1 vector
+table (16 slots of 0x80 bytes, each holding its handler inline, since keystone cannot pad
+between labels); the code starts at ARM_ENTRY.
+"""
+
+from __future__ import annotations
+
+from keystone import KS_ARCH_ARM64, KS_ARCH_X86, KS_MODE_32, KS_MODE_64, KS_MODE_LITTLE_ENDIAN, Ks
+
+X86_BASE = 0x10_0000
+X86_DATA = 0x20_0000
+X86_IDT = 0x30_0000
+X86_STACK = 0x18_0000
+
+ARM_BASE = 0x4008_0000
+ARM_ENTRY = ARM_BASE + 0x800
+ARM_DATA = 0x4020_0000
+ARM_STACK = 0x4018_0000
+PL011 = 0x0900_0000
+
+# Vector-table slots (Arm ARM D1.10.2): current EL with SPx, then lower EL AArch64.
+SLOT_CUR_SPX_SYNC, SLOT_CUR_SPX_IRQ, SLOT_CUR_SPX_FIQ, SLOT_CUR_SPX_SERROR = 4, 5, 6, 7
+SLOT_LOWER_SYNC, SLOT_LOWER_IRQ = 8, 9
+
+ARCH_FAMILY = {"intel_vtx": "x86", "amd_svm": "x86", "arm_el2": "arm64"}
+
+
+def x86_64(src: str, base: int = X86_BASE) -> bytes:
+    return bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(src, base)[0])
+
+
+def x86_32(src: str, base: int) -> bytes:
+    return bytes(Ks(KS_ARCH_X86, KS_MODE_32).asm(src, base)[0])
+
+
+def arm64(src: str, base: int = ARM_ENTRY) -> bytes:
+    return bytes(Ks(KS_ARCH_ARM64, KS_MODE_LITTLE_ENDIAN).asm(src, base)[0])
+
+
+def arm64_image(main: str, vectors: dict[int, str] | None = None) -> bytes:
+    """A raw image: the vector table at ARM_BASE, ``main`` at ARM_ENTRY."""
+    table = bytearray()
+    for slot in range(16):
+        src = (vectors or {}).get(slot, "b .")
+        code = arm64(src, ARM_BASE + slot * 0x80)
+        if len(code) > 0x80:
+            raise ValueError(f"vector slot {slot} handler is {len(code)} bytes; 128 fit")
+        table += code.ljust(0x80, b"\0")
+    return bytes(table) + arm64(main, ARM_ENTRY)
+
+
+def x86_idt_setup(gates: dict[int, str]) -> str:
+    """Instructions that fill 64-bit interrupt gates at X86_IDT and load the IDTR."""
+    lines = []
+    for vector, label in gates.items():
+        lines += [f"lea rax, [rip + {label}]", f"mov rsi, {X86_IDT + 16 * vector:#x}",
+                  "mov word ptr [rsi], ax", "mov word ptr [rsi + 2], 0x18",
+                  "mov word ptr [rsi + 4], 0x8e00", "shr rax, 16", "mov word ptr [rsi + 6], ax",
+                  "shr rax, 16", "mov dword ptr [rsi + 8], eax", "mov dword ptr [rsi + 12], 0"]
+    lines += [f"mov rax, {X86_DATA + 0xFF0:#x}", "mov word ptr [rax], 0xfff",
+              f"mov qword ptr [rax + 2], {X86_IDT:#x}", "lidt [rax]"]
+    return "\n".join(lines)
+
+
+def x86_hypercall(arch: str) -> str:
+    return "vmcall" if arch == "intel_vtx" else "vmmcall"
