@@ -77,6 +77,19 @@ _EVENTS = {
 }
 
 
+def _x0_writer(uch: ctypes.c_void_p):
+    """``smccc_return(value)``: write an SMCCC result to X0 with one reused buffer."""
+    buf = ctypes.c_uint64()
+    ref = ctypes.byref(buf)
+
+    def smccc_return(value: int, _buf=buf, _ref=ref, _uch=uch, _write=_reg_write,
+                     _x0=UC_ARM64_REG_X0) -> None:
+        _buf.value = value  # ctypes wraps negative values to 64 bits (-1 -> all ones)
+        _write(_uch, _x0, _ref)
+
+    return smccc_return
+
+
 class Arm64Vcpu(Vcpu):
     def __init__(self, vm, index: int) -> None:
         super().__init__(vm, index)
@@ -94,17 +107,12 @@ class Arm64Vcpu(Vcpu):
         self._uch = ctypes.c_void_p(uc._uch.value)
         self.stop_requested = False
         self._dispatch = vm.dispatch
-        # The HVC path reads PC and X0 in one engine call and writes X0 with a reused buffer.
-        self._pc_buf, self._x0_buf, self._ret_buf = ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_uint64()
-        self._pc_x0_ids = (ctypes.c_int * 2)(UC_ARM64_REG_PC, UC_ARM64_REG_X0)
-        self._pc_x0_ptrs = (ctypes.c_void_p * 2)(ctypes.addressof(self._pc_buf),
-                                                 ctypes.addressof(self._x0_buf))
-        self._ret_ref = ctypes.byref(self._ret_buf)
         self.smccc_x0 = 0  # X0 when the last HVC trapped: the SMCCC function id
+        self.smccc_return = _x0_writer(self._uch)
         self._hvc: dict[int, tuple] = {}  # HYPERCALL Exit arguments by the PC after the HVC
         self.hooks = RawHooks(uc)
         self.mmio = MmioTrap(self)
-        self.hooks.add(UC_HOOK_INTR, HOOK_INTR, self._on_intr)
+        self.hooks.add(UC_HOOK_INTR, HOOK_INTR, self._intr_hook())
         self.hooks.add(UC_HOOK_MEM_UNMAPPED, HOOK_MEM_EVENT, self.mmio.on_unmapped)
 
     # -- registers and guest memory as this CPU sees them -------------------------------------
@@ -233,26 +241,32 @@ class Arm64Vcpu(Vcpu):
         self.request_stop()
 
     # -- hooks --------------------------------------------------------------------------------
-    def smccc_return(self, value: int) -> None:
-        """Write an SMCCC result to X0 (the HVC handler's fast path)."""
-        self._ret_buf.value = value & 0xFFFF_FFFF_FFFF_FFFF
-        _reg_write(self._uch, UC_ARM64_REG_X0, self._ret_ref)
+    def _intr_hook(self):
+        """UC_HOOK_INTR. HVC is the hot path: PC and X0 come in one engine call, the exit's
+        arguments are cached per HVC instruction, and the exit is handled in place."""
+        ids = (ctypes.c_int * 2)(UC_ARM64_REG_PC, UC_ARM64_REG_X0)
+        pc_buf, x0_buf = ctypes.c_uint64(), ctypes.c_uint64()
+        ptrs = (ctypes.c_void_p * 2)(ctypes.addressof(pc_buf), ctypes.addressof(x0_buf))
+        read2, uch, hvc, dispatch, fail = _reg_read_batch, self._uch, self._hvc, self._dispatch, self.hooks.fail
+        vcpu, excp_hvc = self, exceptions.EXCP_HVC
 
-    def _on_intr(self, _uc, intno: int, _ud) -> None:
-        try:
-            if intno == exceptions.EXCP_HVC:
-                _reg_read_batch(self._uch, self._pc_x0_ids, self._pc_x0_ptrs, 2)
-                pc = self._pc_buf.value
-                args = self._hvc.get(pc)
-                if args is None:
-                    args = self._hvc[pc] = self._hypercall(pc)
-                self.smccc_x0 = self._x0_buf.value
-                self._dispatch(self, Exit(*args))
-            else:
-                self.mmio.forget()
-                exceptions.on_exception(self, intno)
-        except BaseException as exc:  # noqa: BLE001 (re-raised by run)
-            self.hooks.fail(exc)
+        def on_intr(_uc, intno, _ud):
+            try:
+                if intno == excp_hvc:
+                    read2(uch, ids, ptrs, 2)
+                    args = hvc.get(pc_buf.value)
+                    if args is None:
+                        args = hvc[pc_buf.value] = vcpu._hypercall(pc_buf.value)
+                    vcpu.smccc_x0 = x0_buf.value
+                    dispatch(vcpu, Exit(*args))
+                else:
+                    vcpu.mmio.forget()
+                    exceptions.on_exception(vcpu, intno)
+            except BaseException as exc:  # noqa: BLE001 (re-raised by run)
+                fail(exc)
+
+        on_intr.keep = (ids, pc_buf, x0_buf, ptrs)
+        return on_intr
 
     def _hypercall(self, pc: int) -> tuple:
         """Exit arguments for the HVC before ``pc``: ESR_EL2.ISS is its imm16."""

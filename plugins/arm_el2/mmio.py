@@ -52,11 +52,13 @@ _decode = lru_cache(maxsize=65536)(decode)
 class Site:
     """A load or store instruction known to reach MMIO, and the syndrome it last produced."""
 
-    __slots__ = ("insn", "pc", "is_load", "accesses", "handle", "ipa", "va", "rec")
+    __slots__ = ("insn", "pc", "is_load", "accesses", "single", "handle", "ipa", "va", "rec")
 
     def __init__(self, insn: LoadStore, pc: int) -> None:
         self.insn, self.pc = insn, pc
         self.is_load, self.accesses = insn.is_load, insn.accesses
+        # True: a one-access load, False: a one-access store, None: anything else.
+        self.single = insn.is_load if insn.accesses == 1 and insn.is_load is not None else None
         self.handle = 0
         self.ipa = self.va = -1  # the first access's IPA and VA last time, and its record
         self.rec: El2Record | None = None
@@ -101,19 +103,37 @@ class MmioTrap:
         return 3
 
     def map_region(self, base: int, size: int) -> None:
+        """``mmio_map`` [base, base + size). Each callback first tries the common case inline
+        (a one-access load or store whose instruction last touched this same IPA, so its
+        record can be reused) and otherwise goes through :meth:`_access`."""
         dfsc = fsc_translation(self.fault_level(base))
-        access, fail = self._access, self.hooks.fail
+        trap, vcpu, dispatch, access, fail = self, self.vcpu, self._dispatch, self._access, self.hooks.fail
 
         def read(_uc, offset, size_, _ud):
             try:
-                return access(base + offset, size_, False, 0, dfsc)
+                site, ipa = trap._site, base + offset
+                if site is not None and site.single is True and ipa == site.ipa:
+                    trap._site = None
+                    exit = Exit(_MMIO, _REASON, site.rec, ipa, size_, False, None)
+                    dispatch(vcpu, exit)
+                    if vcpu.stop_requested:
+                        trap.rollback = (site.insn, site.pc, site.va, exit.value or 0)
+                    return exit.value or 0
+                return access(ipa, size_, False, 0, dfsc)
             except BaseException as exc:  # noqa: BLE001 (re-raised by the vCPU's run)
                 fail(exc)
                 return 0
 
         def write(_uc, offset, size_, value, _ud):
             try:
-                access(base + offset, size_, True, value, dfsc)
+                site, ipa = trap._site, base + offset
+                if site is not None and site.single is False and ipa == site.ipa:
+                    trap._site = None
+                    dispatch(vcpu, Exit(_MMIO, _REASON, site.rec, ipa, size_, True, value))
+                    if vcpu.stop_requested:
+                        trap.rollback = (site.insn, site.pc, site.va, 0)
+                    return
+                access(ipa, size_, True, value, dfsc)
             except BaseException as exc:  # noqa: BLE001
                 fail(exc)
 
@@ -204,6 +224,7 @@ class MmioTrap:
     # -- finding an instruction the first time ----------------------------------------------
     def _unknown(self) -> int:
         """An access from an instruction without a hook: undo it and learn its PC."""
+        self._site = None
         if not self.discovering:
             self.discovering = True
             self._snapshot = [self.vcpu.xreg(n) for n in range(32)]  # X0-X30, SP

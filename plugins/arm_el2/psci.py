@@ -146,6 +146,13 @@ FUNCTIONS = {
 
 NOT_SUPPORTED_X0 = PSCI_RET_NOT_SUPPORTED & _MASK64
 
+# Calls whose answer never changes, answered without a function call (the hot path).
+CONSTANTS = {
+    PSCI_0_2_FN_PSCI_VERSION: PSCI_VERSION_1_1,
+    PSCI_0_2_FN_MIGRATE_INFO_TYPE: PSCI_0_2_TOS_MP,
+    ARM_SMCCC_VERSION_FUNC_ID: ARM_SMCCC_VERSION_1_1,
+}
+
 
 def handle_hvc(vcpu, exit) -> None:
     """The HYPERCALL exit handler: an SMCCC call through ``HVC #0``.
@@ -157,10 +164,13 @@ def handle_hvc(vcpu, exit) -> None:
         vcpu.smccc_return(NOT_SUPPORTED_X0)
         return
     fid = vcpu.smccc_x0 & 0xFFFF_FFFF  # X0 as the HVC found it, read with PC in one call
-    fn = FUNCTIONS.get(fid)
-    if fn is None:
-        vcpu.smccc_return(NOT_SUPPORTED_X0)
-        return
-    result = fn(vcpu, fid)
-    if result is not None:
-        vcpu.smccc_return(result)
+    result = CONSTANTS.get(fid)
+    if result is None:
+        fn = FUNCTIONS.get(fid)
+        if fn is None:
+            result = NOT_SUPPORTED_X0
+        else:
+            result = fn(vcpu, fid)
+            if result is None:
+                return
+    vcpu.smccc_return(result)
