@@ -49,12 +49,13 @@ def archs() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="hvsim architectures")
-    for col in ("arch", "title", "manual", "platform", "implements"):
-        table.add_column(col)
+    table = Table(title="hvsim architectures", show_lines=True)
+    table.add_column("arch", no_wrap=True)
+    table.add_column("what it models")
+    table.add_column("implements")
     for arch in _manager().archs:
-        feats = "\n".join(f"{k}: {v}" for k, v in arch.features.items())
-        table.add_row(arch.name, arch.title, arch.manual, arch.platform, feats)
+        feats = "\n".join(f"[b]{k}[/b]: {v}" for k, v in arch.features.items())
+        table.add_row(arch.name, f"{arch.title}\n{arch.manual}\nplatform: {arch.platform}", feats)
     Console().print(table)
 
 
@@ -132,10 +133,12 @@ def print_stats(vm, wall: float, console=None) -> None:
 
     console = console or _stderr_console()
     table = Table(title=f"VM exits ({vm.arch.name}), all vCPUs: {vm.stats.total} in {wall:.3f} s")
-    for col, justify in (("VM-EXIT", "left"), ("Samples", "right"), ("Samples%", "right"),
-                         ("Time%", "right"), ("Total us", "right"), ("Avg time", "right")):
-        table.add_column(col, justify=justify)
-    for reason, n, share, tshare, total_us, mean_us in vm.stats.rows():
+    rows = vm.stats.rows()
+    width = max([len("VM-EXIT")] + [len(r[0]) for r in rows])
+    table.add_column("VM-EXIT", min_width=width, no_wrap=True)
+    for col in ("Samples", "Samples%", "Time%", "Total us", "Avg time"):
+        table.add_column(col, justify="right")
+    for reason, n, share, tshare, total_us, mean_us in rows:
         table.add_row(reason, str(n), f"{share:.2f}%", f"{tshare:.2f}%", f"{total_us:.1f}", f"{mean_us:.2f}us")
     console.print(table)
 

@@ -54,6 +54,11 @@ def handle_mmio(vcpu, exit: Exit) -> None:
 
 
 def handle_halt(vcpu, exit: Exit) -> None:
+    vm = vcpu.vm
+    if vm.pending_hook:
+        event = vm.pm.hook.hvsim_interrupt_pending(vcpu=vcpu)
+        if event is not None:
+            vcpu.inject(event)
     if not (vcpu.events and vcpu.deliver_pending()):
         vcpu.state = VcpuState.HALTED
 
@@ -68,3 +73,16 @@ def hvsim_exit_handlers(registry):
     registry.add(ExitKind.MMIO, handle_mmio)
     registry.add(ExitKind.HALT, handle_halt)
     registry.add(ExitKind.SHUTDOWN, handle_shutdown)
+
+
+@hookimpl(trylast=True)
+def hvsim_stage2_translate(vm, gpa, access):
+    """Without stage-2 tables of its own, a VM's guest-physical RAM maps through its memslots."""
+    return vm.memory.translate(gpa) if vm.memory.is_ram(gpa) else None
+
+
+@hookimpl(trylast=True)
+def hvsim_inject_event(vcpu, event):
+    """Without an interrupt controller plugin, an event is queued on the vCPU itself."""
+    vcpu.inject(event)
+    return True

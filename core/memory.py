@@ -178,3 +178,35 @@ class TlbScope:
 
     tag: int | None = None
     address: int | None = None
+
+
+class DmaMemory:
+    """Memory as one device sees it (vm-memory's ``IommuMemory`` shape): reads and writes at
+    IOVAs, each page translated by ``hvsim_dma_translate`` when an IOMMU plugin is present, then
+    bounds-checked against the VM's RAM like every other access."""
+
+    def __init__(self, vm, device) -> None:
+        self.vm = vm
+        self.device = device
+        self._iommu = vm.pm.implemented("hvsim_dma_translate")
+
+    def _gpa(self, iova: int, size: int, is_write: bool) -> int:
+        if not self._iommu:
+            return iova
+        gpa = self.vm.pm.hook.hvsim_dma_translate(vm=self.vm, device=self.device, iova=iova, size=size,
+                                                   is_write=is_write)
+        return iova if gpa is None else gpa
+
+    def _pieces(self, iova: int, size: int, is_write: bool):
+        offset = 0
+        while offset < size:
+            n = min(size - offset, PAGE_SIZE - ((iova + offset) & (PAGE_SIZE - 1)))
+            yield self._gpa(iova + offset, n, is_write), offset, n
+            offset += n
+
+    def read(self, iova: int, size: int) -> bytes:
+        return b"".join(self.vm.memory.read(gpa, n) for gpa, _, n in self._pieces(iova, size, False))
+
+    def write(self, iova: int, data: bytes) -> None:
+        for gpa, off, n in self._pieces(iova, len(data), True):
+            self.vm.memory.write(gpa, data[off:off + n])

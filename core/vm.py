@@ -23,7 +23,7 @@ from .console import Console
 from .errors import ConfigError, HvsimError
 from .exits import Exit, ExitHandlerRegistry
 from .loader import Image, parse_image, read_image
-from .memory import GuestMemory, HostMemory
+from .memory import Access, DmaMemory, GuestMemory, HostMemory, Walk
 from .plugins import PluginManager, default_manager
 from .stats import ExitStats
 
@@ -112,6 +112,7 @@ class VM:
         self._entry_observers = self.pm.implemented("hvsim_vm_entry")
         self.port_io_fallback = self.pm.implemented("hvsim_port_io")
         self.mmio_fallback = self.pm.implemented("hvsim_mmio")
+        self.pending_hook = self.pm.implemented("hvsim_interrupt_pending")
         self._perf = time.perf_counter_ns
 
     @property
@@ -130,6 +131,29 @@ class VM:
         self.image = img
         log.debug("image loaded", format=img.format, entry=hex(img.entry or 0), arch=self.arch.name)
         return img
+
+    # -- the paths a plugin can take over ------------------------------------------------------
+    def inject(self, vcpu: Vcpu | int, event) -> None:
+        """Raise ``event`` toward a vCPU through ``hvsim_inject_event`` (an interrupt controller
+        plugin may take it; otherwise it is queued on the vCPU)."""
+        target = self.vcpus[vcpu] if isinstance(vcpu, int) else vcpu
+        self.pm.hook.hvsim_inject_event(vcpu=target, event=event)
+
+    def translate(self, vcpu: Vcpu | int, address: int, access=None) -> tuple[Walk, int | None]:
+        """GVA -> GPA -> HPA through ``hvsim_stage1_walk`` and ``hvsim_stage2_translate``."""
+        target = self.vcpus[vcpu] if isinstance(vcpu, int) else vcpu
+        access = Access.READ if access is None else access
+        walk = self.pm.hook.hvsim_stage1_walk(vcpu=target, address=address, access=access)
+        if walk is None:
+            walk = Walk(address)  # no stage-1 walker: the address is guest-physical
+        if walk.address is None:
+            return walk, None
+        return walk, self.pm.hook.hvsim_stage2_translate(vm=self, gpa=walk.address, access=access)
+
+    def dma(self, device) -> DmaMemory:
+        """The memory ``device`` sees: IOVAs through ``hvsim_dma_translate`` (an IOMMU), or
+        guest-physical addresses when no IOMMU plugin answers."""
+        return DmaMemory(self, device)
 
     # -- exits -----------------------------------------------------------------------------
     def dispatch(self, vcpu: Vcpu, exit: Exit) -> None:

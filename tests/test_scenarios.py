@@ -114,14 +114,14 @@ def test_hypercall_round_trip_returns_the_hypervisors_answer(make_vm, every_arch
     raw = calls[1].raw
     if every_arch == "intel_vtx":
         assert calls[0].reason == "EXIT_REASON_VMCALL"
-        assert (raw.exit_reason, raw.instruction_length) == (18, 3)
+        assert (raw.EXIT_REASON, raw.VM_EXIT_INSTRUCTION_LEN) == (18, 3)
     elif every_arch == "amd_svm":
         assert calls[0].reason == "VMEXIT_VMMCALL"
-        assert raw.exitcode == 0x81
-        assert vm.memory.read(raw.nrip - 3, 3) == b"\x0f\x01\xd9"  # nRIP: after the VMMCALL
+        assert raw.EXITCODE == 0x81
+        assert vm.memory.read(raw.NRIP - 3, 3) == b"\x0f\x01\xd9"  # nRIP: after the VMMCALL
     else:
         assert calls[0].reason == "ESR_ELx_EC_HVC64"
-        assert raw.esr_el2 == (0x16 << 26) | (1 << 25) | 0x55  # EC=HVC64, IL=1, ISS=imm16
+        assert raw.ESR_EL2 == (0x16 << 26) | (1 << 25) | 0x55  # EC=HVC64, IL=1, ISS=imm16
     assert len(calls) == (2 if ARCH_FAMILY[every_arch] == "x86" else 3)  # arm64: + SYSTEM_OFF
 
 
@@ -188,25 +188,25 @@ def test_mmio_write_then_read_reaches_the_device_with_the_access(make_vm, hvsim_
     assert (read.address, read.is_write) == (base + 8, False)
     if every_arch == "intel_vtx":
         assert write.reason == "EXIT_REASON_EPT_VIOLATION"
-        assert write.raw.exit_reason == 48 and write.raw.guest_physical_address == base + 8
-        assert write.raw.exit_qualification & 0b111 == 0b010  # a data write
-        assert read.raw.exit_qualification & 0b111 == 0b001  # a data read
-        assert write.raw.exit_qualification & 0b111000 == 0  # the GPA is not mapped at all
+        assert write.raw.EXIT_REASON == 48 and write.raw.GUEST_PHYSICAL_ADDRESS == base + 8
+        assert write.raw.EXIT_QUALIFICATION & 0b111 == 0b010  # a data write
+        assert read.raw.EXIT_QUALIFICATION & 0b111 == 0b001  # a data read
+        assert write.raw.EXIT_QUALIFICATION & 0b111000 == 0  # the GPA is not mapped at all
     elif every_arch == "amd_svm":
         assert write.reason == "VMEXIT_NPF"
-        assert write.raw.exitcode == 0x400 and write.raw.exitinfo2 == base + 8
-        assert write.raw.exitinfo1 & 0b11 == 0b10  # not present, write
-        assert read.raw.exitinfo1 & 0b11 == 0b00
-        assert write.raw.exitinfo1 & (1 << 32)  # on the final guest-physical address
+        assert write.raw.EXITCODE == 0x400 and write.raw.EXITINFO2 == base + 8
+        assert write.raw.EXITINFO1 & 0b11 == 0b10  # not present, write
+        assert read.raw.EXITINFO1 & 0b11 == 0b00
+        assert write.raw.EXITINFO1 & (1 << 32)  # on the final guest-physical address
     else:
-        esr = write.raw.esr_el2
+        esr = write.raw.ESR_EL2
         assert write.reason == "ESR_ELx_EC_DABT_LOW"
         assert esr >> 26 == 0x24 and esr & (1 << 24)  # EC data abort from a lower EL, ISV
         assert (esr >> 22) & 3 == 2  # SAS: word
         assert (esr >> 16) & 0x1F == 2  # SRT: w2
         assert esr & (1 << 6)  # WnR
-        assert (read.raw.esr_el2 >> 16) & 0x1F == 3 and not read.raw.esr_el2 & (1 << 6)
-        assert write.raw.hpfar_el2 == ((base + 8) >> 12) << 4
+        assert (read.raw.ESR_EL2 >> 16) & 0x1F == 3 and not read.raw.ESR_EL2 & (1 << 6)
+        assert write.raw.HPFAR_EL2 == ((base + 8) >> 12) << 4
 
 
 # -- HLT / WFI, and the interrupt that resumes it -------------------------------------------

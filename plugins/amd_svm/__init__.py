@@ -21,7 +21,7 @@ class SvmArch(X86Arch):
         "exits": "#VMEXIT with EXITCODE, EXITINFO1/EXITINFO2 and nRIP",
         "hypercall": "VMMCALL (EXITCODE 0x81), KVM hypercall ABI",
         "platform": "PC: Multiboot v1, ELF64, raw; COM1, isa-debug-exit, fw_cfg, 8259 masks",
-        "events": "exception delivery through the guest IDT (real, protected, long mode)",
+        "events": "exceptions and injected interrupts through the guest IDT (protected and long mode, same privilege level)",
     }
 
 
@@ -34,3 +34,9 @@ def hvsim_register_archs(registry):
 def hvsim_exit_handlers(vm, registry):
     if vm.arch.name == SvmArch.name:
         x86_handlers.register(registry)
+
+
+@hookimpl
+def hvsim_stage1_walk(vcpu, address, access):
+    if vcpu.vm.arch.name == SvmArch.name:
+        return x86_handlers.stage1_walk(vcpu, address, access)

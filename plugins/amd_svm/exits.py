@@ -55,17 +55,17 @@ NPF_GUEST_TABLE = 1 << 33  # the fault was on a guest page-table access
 class SvmExitInfo:
     """The VMCB control-area fields a VMM reads after #VMEXIT."""
 
-    __slots__ = ("exitcode", "exitinfo1", "exitinfo2", "nrip")
+    __slots__ = ("EXITCODE", "EXITINFO1", "EXITINFO2", "NRIP")
 
     def __init__(self, exitcode: int, exitinfo1: int = 0, exitinfo2: int = 0, nrip: int = 0) -> None:
-        self.exitcode = exitcode
-        self.exitinfo1 = exitinfo1
-        self.exitinfo2 = exitinfo2
-        self.nrip = nrip
+        self.EXITCODE = exitcode
+        self.EXITINFO1 = exitinfo1
+        self.EXITINFO2 = exitinfo2
+        self.NRIP = nrip
 
     def __repr__(self) -> str:
-        return (f"EXITCODE={self.exitcode:#x} ({EXIT_CODES.get(self.exitcode)}) "
-                f"EXITINFO1={self.exitinfo1:#x} EXITINFO2={self.exitinfo2:#x} nRIP={self.nrip:#x}")
+        return (f"EXITCODE={self.EXITCODE:#x} ({EXIT_CODES.get(self.EXITCODE)}) "
+                f"EXITINFO1={self.EXITINFO1:#x} EXITINFO2={self.EXITINFO2:#x} nRIP={self.NRIP:#x}")
 
 
 _IO_SIZE = {1: IOIO_SZ8, 2: IOIO_SZ16, 4: IOIO_SZ32}

@@ -21,7 +21,7 @@ class VtxArch(X86Arch):
         "exits": "VM exits with basic exit reason and exit qualification",
         "hypercall": "VMCALL (exit reason 18), KVM hypercall ABI",
         "platform": "PC: Multiboot v1, ELF64, raw; COM1, isa-debug-exit, fw_cfg, 8259 masks",
-        "events": "exception delivery through the guest IDT (real, protected, long mode)",
+        "events": "exceptions and injected interrupts through the guest IDT (protected and long mode, same privilege level)",
     }
 
 
@@ -34,3 +34,9 @@ def hvsim_register_archs(registry):
 def hvsim_exit_handlers(vm, registry):
     if vm.arch.name == VtxArch.name:
         x86_handlers.register(registry)
+
+
+@hookimpl
+def hvsim_stage1_walk(vcpu, address, access):
+    if vcpu.vm.arch.name == VtxArch.name:
+        return x86_handlers.stage1_walk(vcpu, address, access)

@@ -51,22 +51,22 @@ EPT_GLA_FINAL = 1 << 8  # the access was to the final translation, not a paging 
 class VmxExitInfo:
     """The VM-exit information fields a VMM reads after an exit (SDM 25.9)."""
 
-    __slots__ = ("exit_reason", "exit_qualification", "guest_physical_address",
-                 "guest_linear_address", "instruction_length", "guest_rip")
+    __slots__ = ("EXIT_REASON", "EXIT_QUALIFICATION", "GUEST_PHYSICAL_ADDRESS",
+                 "GUEST_LINEAR_ADDRESS", "VM_EXIT_INSTRUCTION_LEN", "GUEST_RIP")
 
     def __init__(self, exit_reason: int, exit_qualification: int = 0, guest_rip: int = 0,
                  instruction_length: int = 0, guest_physical_address: int = 0,
                  guest_linear_address: int = 0) -> None:
-        self.exit_reason = exit_reason
-        self.exit_qualification = exit_qualification
-        self.guest_rip = guest_rip
-        self.instruction_length = instruction_length
-        self.guest_physical_address = guest_physical_address
-        self.guest_linear_address = guest_linear_address
+        self.EXIT_REASON = exit_reason
+        self.EXIT_QUALIFICATION = exit_qualification
+        self.GUEST_RIP = guest_rip
+        self.VM_EXIT_INSTRUCTION_LEN = instruction_length
+        self.GUEST_PHYSICAL_ADDRESS = guest_physical_address
+        self.GUEST_LINEAR_ADDRESS = guest_linear_address
 
     def __repr__(self) -> str:
-        return (f"VM_EXIT_REASON={self.exit_reason} ({EXIT_REASONS.get(self.exit_reason & 0xFFFF)}) "
-                f"EXIT_QUALIFICATION={self.exit_qualification:#x}")
+        return (f"EXIT_REASON={self.EXIT_REASON} ({EXIT_REASONS.get(self.EXIT_REASON & 0xFFFF)}) "
+                f"EXIT_QUALIFICATION={self.EXIT_QUALIFICATION:#x}")
 
 
 _IO_SIZE = {1: 0, 2: 1, 4: 3}

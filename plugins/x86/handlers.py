@@ -11,6 +11,8 @@ from unicorn import x86_const as X
 
 from hvsim.core.exits import Exit, ExitKind
 
+from . import paging
+
 KVM_ENOSYS = 1000
 KVM_HC_VAPIC_POLL_IRQ = 1
 
@@ -40,3 +42,10 @@ def handle_hypercall(vcpu, exit: Exit) -> None:
 def register(registry) -> None:
     registry.add(ExitKind.CPUID, handle_cpuid)
     registry.add(ExitKind.HYPERCALL, handle_hypercall)
+
+
+def stage1_walk(vcpu, address, access):
+    """``hvsim_stage1_walk`` for x86 vCPUs: the guest's own paging structures."""
+    return paging.walk(address, access, vcpu.cr0(), vcpu.regs.read(X.UC_X86_REG_CR3),
+                       vcpu.regs.read(X.UC_X86_REG_CR4), vcpu.efer(), vcpu.cpl(),
+                       vcpu.vm.memory.read_u32, vcpu.vm.memory.read_u64)

@@ -205,18 +205,18 @@ def test_io_exit_records_size_direction_port_and_operand(make_vm, hvsim_pm, arch
     exit = next(e for e in rec.exits if e.kind is ExitKind.PORT_IO)
     assert (exit.address, exit.size, exit.is_write) == (port, size, not is_in)
     if arch == "intel_vtx":
-        q = exit.raw.exit_qualification
-        assert exit.raw.exit_reason == 30
+        q = exit.raw.EXIT_QUALIFICATION
+        assert exit.raw.EXIT_REASON == 30
         assert q & 7 == {1: 0, 2: 1, 4: 3}[size]  # SDM Table 28-5: size of access
         assert bool(q & 8) == is_in and bool(q & 0x40) == imm and q >> 16 == port
-        assert exit.raw.instruction_length == length
+        assert exit.raw.VM_EXIT_INSTRUCTION_LEN == length
     else:
-        i1 = exit.raw.exitinfo1
-        assert exit.raw.exitcode == 0x7B
+        i1 = exit.raw.EXITINFO1
+        assert exit.raw.EXITCODE == 0x7B
         assert bool(i1 & 1) == is_in and i1 >> 16 == port  # APM Figure 15-2
         assert i1 & 0x70 == {1: 0x10, 2: 0x20, 4: 0x40}[size]
-        assert exit.raw.exitinfo2 == exit.raw.nrip
-        assert vm.memory.read(exit.raw.nrip - length, length) == x86_64(insn.split("\n")[-1])
+        assert exit.raw.EXITINFO2 == exit.raw.NRIP
+        assert vm.memory.read(exit.raw.NRIP - length, length) == x86_64(insn.split("\n")[-1])
 
 
 def test_rep_outsb_is_a_string_io_exit_per_byte(make_vm, hvsim_pm, arch):
@@ -233,9 +233,9 @@ def test_rep_outsb_is_a_string_io_exit_per_byte(make_vm, hvsim_pm, arch):
     ios = [e for e in rec.exits if e.kind is ExitKind.PORT_IO and e.address == 0x3F8]
     assert len(ios) == 4
     if arch == "intel_vtx":
-        assert all(e.raw.exit_qualification & 0x30 == 0x30 for e in ios)  # string, REP
+        assert all(e.raw.EXIT_QUALIFICATION & 0x30 == 0x30 for e in ios)  # string, REP
     else:
-        assert all(e.raw.exitinfo1 & 0xC == 0xC for e in ios)  # STR, REP
+        assert all(e.raw.EXITINFO1 & 0xC == 0xC for e in ios)  # STR, REP
 
 
 # -- exceptions delivered through the guest's IDT ------------------------------------------
@@ -341,9 +341,9 @@ def test_an_exception_with_no_usable_gate_is_a_triple_fault(make_vm, hvsim_pm, a
     assert "triple fault" in result.reason
     shutdown = [e for e in rec.exits if e.kind is ExitKind.SHUTDOWN]
     if arch == "intel_vtx":
-        assert shutdown[0].reason == "EXIT_REASON_TRIPLE_FAULT" and shutdown[0].raw.exit_reason == 2
+        assert shutdown[0].reason == "EXIT_REASON_TRIPLE_FAULT" and shutdown[0].raw.EXIT_REASON == 2
     else:
-        assert shutdown[0].reason == "VMEXIT_SHUTDOWN" and shutdown[0].raw.exitcode == 0x7F
+        assert shutdown[0].reason == "VMEXIT_SHUTDOWN" and shutdown[0].raw.EXITCODE == 0x7F
 
 
 def test_the_other_vendors_hypercall_is_an_undefined_opcode(make_vm, arch):

@@ -1,0 +1,133 @@
+"""The command line: statuses, tables, and one clear line (status 2) for every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from guestlib import ARM_ENTRY, arm64_image, x86_64
+from hvsim.core.cli import main
+from hvsim.core.guests.build import elf32
+
+HELLO_X86 = x86_64("mov dx, 0x3f8\nmov al, 0x68\nout dx, al\nmov al, 0x69\nout dx, al\nmov al, 2\nout 0xf4, al\nhlt")
+
+
+@pytest.fixture
+def hello(tmp_path):
+    path = tmp_path / "hello.bin"
+    path.write_bytes(HELLO_X86)
+    return path
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("hvsim: ") and "Traceback" not in err[0]
+    return err[0]
+
+
+def test_run_prints_guest_serial_output_and_exits_with_the_guests_status(hello, capsysbinary):
+    assert main(["run", str(hello), "--arch", "intel_vtx"]) == 5  # isa-debug-exit (2 << 1) | 1
+    assert capsysbinary.readouterr().out == b"hi"
+
+
+def test_stats_json_has_the_documented_shape(hello, tmp_path):
+    out = tmp_path / "stats.json"
+    assert main(["run", str(hello), "--arch", "amd_svm", "--stats-json", str(out)]) == 5
+    doc = json.loads(out.read_text())
+    assert doc["arch"] == "amd_svm"
+    assert doc["exits"] == {"total": 3, "by_reason": {"VMEXIT_IOIO": 3}}
+    assert doc["wall_seconds"] > 0
+
+
+def test_stats_prints_a_perf_kvm_stat_table_on_stderr(hello, capsys):
+    main(["run", str(hello), "--stats", "--arch", "intel_vtx"])
+    err = capsys.readouterr().err
+    assert "VM-EXIT" in err and "Samples" in err and "EXIT_REASON_IO_INSTRUCTION" in err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "/nonexistent/image.bin"], "cannot read image"),
+    (["run", "{hello}", "--arch", "riscv_h"], "unknown architecture 'riscv_h'"),
+    (["run", "{hello}", "--mem", "12Q"], "bad size '12Q'"),
+    (["run", "{hello}", "--initrd", "/nonexistent/initrd"], "cannot read initrd"),
+    (["run", "{hello}", "--load-addr", "zero"], "bad --load-addr"),
+    (["run", "{hello}", "--bogus"], "No such option"),
+    (["run", "{hello}", "--vcpus", "0"], "vcpus must be between"),
+    (["run", "{hello}", "--timeout", "-1"], "bad --timeout"),
+    (["spec", "--arch", "nope"], "unknown architecture"),
+])
+def test_bad_input_is_one_line_and_status_2(hello, capsys, args, needle):
+    argv = [a.replace("{hello}", str(hello)) for a in args]
+    assert main(argv) == 2
+    assert needle in one_error_line(capsys)
+
+
+def test_truncated_elf_is_refused(tmp_path, capsys):
+    image = tmp_path / "cut.elf"
+    image.write_bytes(elf32(b"\x90" * 64, 0x10_0000, 64, 0x10_0000)[:0x1010])
+    assert main(["run", str(image)]) == 2
+    assert "truncated" in one_error_line(capsys)
+
+
+def test_empty_image_is_refused(tmp_path, capsys):
+    image = tmp_path / "empty.bin"
+    image.write_bytes(b"")
+    assert main(["run", str(image)]) == 2
+    assert "empty" in one_error_line(capsys)
+
+
+def test_wrong_architecture_image_is_refused(tmp_path, capsys):
+    image = tmp_path / "arm.img"
+    image.write_bytes(arm64_image("wfi"))
+    arm_image = bytearray(image.read_bytes())
+    arm_image[0x38:0x3C] = b"ARM\x64"
+    image.write_bytes(bytes(arm_image))
+    assert main(["run", str(image), "--arch", "intel_vtx"]) == 2
+    assert "arm64" in one_error_line(capsys)
+
+
+def test_a_runaway_guest_stops_at_the_timeout_with_its_own_status(tmp_path, capsys):
+    image = tmp_path / "spin.bin"
+    image.write_bytes(x86_64("spin:\njmp spin"))
+    assert main(["run", str(image), "--timeout", "0.3"]) == 124
+    assert "timeout" in one_error_line(capsys)
+
+
+def test_a_guest_crash_has_its_own_status_and_one_line(tmp_path, capsys):
+    image = tmp_path / "crash.bin"
+    image.write_bytes(x86_64("xor ecx, ecx\ndiv ecx"))  # no IDT: triple fault
+    assert main(["run", str(image)]) == 4
+    assert "triple fault" in one_error_line(capsys)
+
+
+def test_arm64_system_off_is_status_0(tmp_path):
+    image = tmp_path / "off.bin"
+    image.write_bytes(arm64_image("movz w0, #8\nmovk w0, #0x8400, lsl #16\nhvc #0"))
+    assert main(["run", str(image), "--arch", "arm_el2", "--entry", hex(ARM_ENTRY)]) == 0
+
+
+def test_archs_and_plugins_list_what_is_installed(capsys):
+    assert main(["archs"]) == 0
+    out = capsys.readouterr().out
+    assert "intel_vtx" in out and "amd_svm" in out and "arm_el2" in out
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "hvsim.plugins.devices" in out
+
+
+def test_hvsim_run_starts_and_finishes_a_hello_guest_as_a_new_process(hello):
+    proc = subprocess.run([sys.executable, "-m", "hvsim.core.cli", "run", str(hello)], capture_output=True,
+                          timeout=30)
+    assert proc.returncode == 5 and proc.stdout == b"hi" and proc.stderr == b""
+
+
+def test_log_json_writes_json_lines_to_stderr(hello):
+    proc = subprocess.run([sys.executable, "-m", "hvsim.core.cli", "run", str(hello), "--log-json",
+                           "--log-level", "debug"], capture_output=True, timeout=30)
+    lines = [json.loads(line) for line in proc.stderr.decode().splitlines()]
+    assert any(entry["event"] == "run ended" for entry in lines)
+    assert proc.stdout == b"hi"
