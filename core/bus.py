@@ -44,6 +44,7 @@ class IoBus:
         self.mmio_claims: list[Claim] = []
         self._ports: dict[int, Claim] = {}
         self._mmio_pages: dict[int, list[Claim]] = {}
+        self.port = self._ports.get  # port -> Claim | None; bound once, it runs on every exit
 
     @staticmethod
     def _refuse_overlap(claims: list[Claim], new: Claim, space: str) -> None:
@@ -75,9 +76,6 @@ class IoBus:
         for page in range(base >> _PAGE_SHIFT, claim.end >> _PAGE_SHIFT):
             self._mmio_pages.setdefault(page, []).append(claim)
         return claim
-
-    def port(self, port: int) -> Claim | None:
-        return self._ports.get(port)
 
     def mmio(self, address: int) -> Claim | None:
         for claim in self._mmio_pages.get(address >> _PAGE_SHIFT, ()):

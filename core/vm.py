@@ -114,6 +114,7 @@ class VM:
         self.mmio_fallback = self.pm.implemented("hvsim_mmio")
         self.pending_hook = self.pm.implemented("hvsim_interrupt_pending")
         self._perf = time.perf_counter_ns
+        self._by_reason = self.stats.by_reason
 
     @property
     def arch_name(self) -> str:
@@ -157,7 +158,8 @@ class VM:
 
     # -- exits -----------------------------------------------------------------------------
     def dispatch(self, vcpu: Vcpu, exit: Exit) -> None:
-        t0 = self._perf()
+        perf = self._perf
+        t0 = perf()
         if self._exit_observers:
             self.pm.hook.hvsim_vm_exit(vcpu=vcpu, exit=exit)
         handler = self.exit_handlers.get(exit.kind)
@@ -165,7 +167,11 @@ class VM:
             self.crash(f"unhandled exit {exit.reason} ({exit.kind.value}) {exit.detail}".rstrip())
         else:
             handler(vcpu, exit)
-        self.stats.record(exit.reason, self._perf() - t0)
+        counters = self._by_reason.get(exit.reason)
+        if counters is None:
+            counters = self._by_reason[exit.reason] = [0, 0]
+        counters[0] += 1
+        counters[1] += perf() - t0
 
     def stop(self, status: int, reason: str) -> None:
         """End the run with ``status`` (first caller wins); every vCPU leaves its engine."""

@@ -1,0 +1,166 @@
+"""hvsim's performance targets, measured as ratios within one run (these machines are shared).
+
+    make bench            # or: python benchmarks/run.py [--quick]
+
+1. Compute-bound guest: hvsim's run loop against the same code on bare Unicorn with no hooks
+   (target >= 0.9x on every architecture).
+2. Exit-heavy guests: 1,000,000 OUTs to port 0x80, 1,000,000 MMIO writes to the PL011,
+   1,000,000 HVC PSCI_VERSION calls, each through the full exit path (target >= 500,000 exits/s),
+   beside bare Unicorn with one empty Python callback for the same instruction.
+3. ``hvsim run`` of a hello guest as a new process, start-up included (target < 1 s).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from keystone import KS_ARCH_ARM64, KS_ARCH_X86, KS_MODE_64, KS_MODE_LITTLE_ENDIAN, Ks
+from rich.console import Console
+from rich.table import Table
+from unicorn import UC_ARCH_ARM64, UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, UC_MODE_ARM, UC_PROT_ALL, Uc
+from unicorn import arm64_const as A
+from unicorn import x86_const as X
+
+from hvsim.core.console import Console as GuestConsole
+from hvsim.core.vm import VM
+
+QUICK = "--quick" in sys.argv
+SPIN = 20_000_000 if QUICK else 150_000_000
+EXITS = 200_000 if QUICK else 1_000_000
+X86_BASE, ARM_BASE = 0x10_0000, 0x4008_0000
+
+
+def x86(src: str, base: int = X86_BASE) -> bytes:
+    return bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(src, base)[0])
+
+
+def arm(src: str, base: int = ARM_BASE) -> bytes:
+    return bytes(Ks(KS_ARCH_ARM64, KS_MODE_LITTLE_ENDIAN).asm(src, base)[0])
+
+
+def mov_imm_arm(reg: str, value: int) -> str:
+    return f"movz {reg}, #{value & 0xFFFF}\nmovk {reg}, #{(value >> 16) & 0xFFFF}, lsl #16"
+
+
+X86_SPIN = f"mov rcx, {SPIN}\nloop:\nadd rax, rcx\nxor rbx, rax\ndec rcx\njnz loop\n"
+ARM_SPIN = f"{mov_imm_arm('x1', SPIN)}\nloop:\nadd x0, x0, x1\neor x2, x2, x0\nsubs x1, x1, #1\nb.ne loop\n"
+X86_END = "mov al, 0\nout 0xf4, al\nhlt"
+ARM_END = f"{mov_imm_arm('w0', 0x8400_0008)}\nhvc #0"
+
+
+def bare_engine(arch: str):
+    buf = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    ptr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    if arch == "x86":
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.mem_map_ptr(0, 64 << 20, UC_PROT_ALL, ptr)
+    else:
+        uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        uc.mem_map_ptr(0x4000_0000, 64 << 20, UC_PROT_ALL, ptr)
+        uc.reg_write(A.UC_ARM64_REG_CP_REG, (1, 1, 3, 6, 0, 0x501))  # SCR_EL3: NS | HCE | RW
+        uc.reg_write(A.UC_ARM64_REG_CP_REG, (1, 1, 3, 4, 0, 1 << 31))  # HCR_EL2.RW
+    uc._keep = buf
+    return uc
+
+
+def time_bare(arch: str, code: bytes, hook=None) -> float:
+    uc = bare_engine(arch)
+    base = X86_BASE if arch == "x86" else ARM_BASE
+    uc.mem_write(base, code)
+    if hook is not None:
+        hook(uc)
+    t = time.perf_counter()
+    uc.emu_start(base, base + len(code))
+    return time.perf_counter() - t
+
+
+def time_hvsim(arch: str, code: bytes) -> tuple[float, VM]:
+    kw = {"entry": ARM_BASE} if arch == "arm_el2" else {}
+    vm = VM(arch, mem="64M", console=GuestConsole(keep=False), **kw)
+    vm.load(code)
+    t = time.perf_counter()
+    result = vm.run(timeout=120)
+    elapsed = time.perf_counter() - t
+    assert result.status in (0, 1), result.reason
+    return elapsed, vm
+
+
+def best(fn, repeat: int = 3):
+    return min((fn() for _ in range(repeat)), key=lambda r: r if isinstance(r, float) else r[0])
+
+
+def compute_bound(out: Table) -> None:
+    cases = [("intel_vtx", "x86", X86_SPIN, X86_END), ("amd_svm", "x86", X86_SPIN, X86_END),
+             ("arm_el2", "arm", ARM_SPIN, ARM_END)]
+    for arch, family, spin, end in cases:
+        asm = x86 if family == "x86" else arm
+        bare = best(lambda: time_bare(family, asm(spin + ("hlt" if family == "x86" else "wfi"))))
+        ours, _vm = best(lambda: time_hvsim(arch, asm(spin + end)))
+        ratio = bare / ours
+        out.add_row(f"compute-bound loop, {SPIN // 10**6}M iterations", arch, f"{bare * 1e3:.0f} ms",
+                    f"{ours * 1e3:.0f} ms", f"{ratio:.2f}x", ">= 0.9x", verdict(ratio >= 0.9))
+
+
+def exit_rates(out: Table) -> None:
+    x86_out = f"mov rcx, {EXITS}\nloop:\nout 0x80, al\ndec rcx\njnz loop\n"
+    arm_mmio = f"{mov_imm_arm('x1', 0x0900_0000)}\n{mov_imm_arm('x3', EXITS)}\nmov w2, #0x41\nloop:\nstr w2, [x1, #0x38]\nsubs x3, x3, #1\nb.ne loop\n"
+    arm_hvc = f"{mov_imm_arm('x3', EXITS)}\nloop:\n{mov_imm_arm('w0', 0x8400_0000)}\nhvc #0\nsubs x3, x3, #1\nb.ne loop\n"
+
+    def bare_out(uc):
+        uc.hook_add(UC_HOOK_INSN, lambda *a: None, None, 1, 0, X.UC_X86_INS_OUT)
+
+    def bare_mmio(uc):
+        uc.mmio_map(0x0900_0000, 0x1000, lambda *a: 0, None, lambda *a: None, None)
+
+    def bare_hvc(uc):
+        uc.hook_add(UC_HOOK_INTR, lambda *a: None)
+
+    cases = [("OUT 0x80", "intel_vtx", "x86", x86_out, X86_END, bare_out),
+             ("OUT 0x80", "amd_svm", "x86", x86_out, X86_END, bare_out),
+             ("MMIO write to the PL011", "arm_el2", "arm", arm_mmio, ARM_END, bare_mmio),
+             ("HVC PSCI_VERSION", "arm_el2", "arm", arm_hvc, ARM_END, bare_hvc)]
+    for what, arch, family, body, end, hook in cases:
+        asm = x86 if family == "x86" else arm
+        bare = time_bare(family, asm(body + ("hlt" if family == "x86" else "wfi")), hook)
+        ours, vm = time_hvsim(arch, asm(body + end))
+        rate, bare_rate = vm.stats.total / ours, EXITS / bare
+        out.add_row(f"{EXITS:,} x {what}", arch, f"{bare_rate / 1e6:.2f} M/s", f"{rate / 1e6:.2f} M/s",
+                    f"{rate / bare_rate:.2f}x", ">= 0.5 M/s", verdict(rate >= 500_000))
+
+
+def startup(out: Table) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        image = Path(tmp) / "hello.bin"
+        image.write_bytes(x86("mov dx, 0x3f8\nmov al, 0x68\nout dx, al\nmov al, 10\nout dx, al\n" + X86_END))
+        walls = []
+        for _ in range(3):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "hvsim.core.cli", "run", str(image)], capture_output=True, check=False)
+            walls.append(time.perf_counter() - t)
+        wall = min(walls)
+        out.add_row("hvsim run hello (new process)", "intel_vtx", "", f"{wall * 1e3:.0f} ms", "", "< 1 s",
+                    verdict(wall < 1.0))
+
+
+def verdict(ok: bool) -> str:
+    return "[green]met[/]" if ok else "[red]MISSED[/]"
+
+
+def main() -> None:
+    table = Table(title="hvsim benchmarks (ratios measured in this run)")
+    for col in ("benchmark", "arch", "bare Unicorn", "hvsim", "ratio", "target", ""):
+        table.add_column(col)
+    compute_bound(table)
+    exit_rates(table)
+    startup(table)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Exceptions taken to the guest's own EL1 vectors (Arm ARM D1.3, AArch64.TakeException).
+
+Every test runs real guest code whose handler logs (vector offset, ESR_EL1, ELR_EL1, FAR_EL1,
+SPSR_EL1); the assertions are on those logged bytes.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from el2guest import LOAD, SCRATCH, SYSTEM_OFF, asm, guest, log_records, u64
+from hvsim.core.exits import Event, EventType
+from hvsim.core.vm import STATUS_GUEST_CRASH, STATUS_HALTED_FOREVER, STATUS_OFF
+
+CUR_SPX_SYNC, CUR_SPX_IRQ, CUR_SPX_FIQ, CUR_SPX_SERROR = 0x200, 0x280, 0x300, 0x380
+LOWER_SYNC = 0x400
+SPSR_EL1H_MASKED = 0x3C5
+
+
+def x(vm, n: int) -> int:
+    return vm.vcpus[0].xreg(n)
+
+
+def test_svc_enters_the_sync_vector_with_ec_svc64_and_the_immediate(run_guest):
+    main = "adr x23, after_svc\nsvc #0x42\nafter_svc:\nmov x22, #1\n" + SYSTEM_OFF
+    vm, result = run_guest(guest(main))
+    assert result.status == STATUS_OFF
+    [(vector, esr, elr, far, spsr)] = log_records(vm, 1)
+    assert vector == CUR_SPX_SYNC
+    assert esr == 0x5600_0042  # EC 0x15, IL, imm16
+    assert elr == x(vm, 23)  # the preferred return: after the SVC
+    assert spsr == SPSR_EL1H_MASKED
+    assert vm.vcpus[0].xreg(22) == 1  # ERET came back
+
+
+def test_undefined_instruction_has_ec_unknown_and_elr_at_the_instruction(run_guest):
+    main = "adr x20, skip\nmov x23, x20\n.word 0x00000000\nskip:\n" + SYSTEM_OFF
+    vm, _ = run_guest(guest(main))
+    [(vector, esr, elr, _far, _spsr)] = log_records(vm, 1)
+    assert (vector, esr) == (CUR_SPX_SYNC, 0x0200_0000)
+    assert elr == x(vm, 23) - 4
+
+
+def test_brk_has_ec_brk64_and_its_comment(run_guest):
+    main = "adr x20, skip\nmov x23, x20\nbrk #0x77\nskip:\n" + SYSTEM_OFF
+    vm, _ = run_guest(guest(main))
+    [(vector, esr, elr, _far, _spsr)] = log_records(vm, 1)
+    assert (vector, esr, elr) == (CUR_SPX_SYNC, 0xF200_0077, x(vm, 23) - 4)
+
+
+def test_smc_is_undefined_without_el3_firmware(run_guest):
+    main = "adr x20, skip\nmov x23, x20\nsmc #0\nskip:\n" + SYSTEM_OFF
+    vm, _ = run_guest(guest(main))
+    [(vector, esr, elr, _far, _spsr)] = log_records(vm, 1)
+    assert (vector, esr, elr) == (CUR_SPX_SYNC, 0x0200_0000, x(vm, 23) - 4)
+
+
+def test_svc_from_el0_enters_the_lower_el_vector_and_eret_returns_to_el0(run_guest):
+    main = """
+    movz x1, #0x4170, lsl #16
+    msr sp_el0, x1
+    msr spsr_el1, xzr            // EL0t, interrupts unmasked
+    adr x1, el0_code
+    msr elr_el1, x1
+    eret
+el0_code:
+    svc #7
+    mov x22, sp
+    svc #0xffff                  // the handler powers off
+    """
+    vm, result = run_guest(guest(main))
+    assert result.status == STATUS_OFF
+    first, last = log_records(vm, 2)
+    assert first[:2] == (LOWER_SYNC, 0x5600_0007)
+    assert first[4] == 0x0  # SPSR: EL0t
+    assert last[:2] == (LOWER_SYNC, 0x5600_FFFF)
+    assert vm.vcpus[0].xreg(22) == 0x4170_0000  # SP_EL0 survived the round trip
+
+
+def test_wfi_then_a_virtual_irq_enters_the_irq_vector_after_the_wfi(run_guest, arm_vm):
+    main = "adr x23, after_wfi\nmsr daifclr, #2\nwfi\nafter_wfi:\nmov x22, #5\n" + SYSTEM_OFF
+    vm = arm_vm(guest(main))
+    vm.vcpus[0].inject(Event(EventType.VIRTUAL_IRQ))
+    result = vm.run(timeout=5)
+    assert result.status == STATUS_OFF
+    [(vector, _esr, elr, _far, spsr)] = log_records(vm, 1)
+    assert vector == CUR_SPX_IRQ
+    assert elr == x(vm, 23)
+    assert spsr == 0x345  # D, A, F still masked, I clear, EL1h
+    assert vm.vcpus[0].xreg(22) == 5
+
+
+@pytest.mark.parametrize("event, unmask, vector", [
+    (EventType.VIRTUAL_FIQ, "msr daifclr, #1", CUR_SPX_FIQ),
+    (EventType.VIRTUAL_SERROR, "msr daifclr, #4", CUR_SPX_SERROR),
+])
+def test_virtual_fiq_and_serror_use_their_own_vectors(arm_vm, event, unmask, vector):
+    vm = arm_vm(guest(f"{unmask}\nwfi\n" + SYSTEM_OFF))
+    vm.vcpus[0].inject(Event(event))
+    assert vm.run(timeout=5).status == STATUS_OFF
+    [record] = log_records(vm, 1)
+    assert record[0] == vector
+    if event is EventType.VIRTUAL_SERROR:
+        assert record[1] >> 26 == 0x2F  # ESR_EL1.EC = SError
+
+
+def test_wfi_with_nothing_pending_ends_the_run_halted_forever(run_guest):
+    vm, result = run_guest(guest("msr daifclr, #2\nwfi\n" + SYSTEM_OFF))
+    assert result.status == STATUS_HALTED_FOREVER
+
+
+def test_a_masked_virtual_irq_is_not_taken(arm_vm):
+    vm = arm_vm(guest("mov x22, #1\n" + SYSTEM_OFF))  # PSTATE.I stays set
+    vm.vcpus[0].inject(Event(EventType.VIRTUAL_IRQ))
+    assert vm.run(timeout=5).status == STATUS_OFF
+    assert log_records(vm, 1)[0] == (0, 0, 0, 0, 0)
+    assert len(vm.vcpus[0].events) == 1
+
+
+def test_fetch_from_an_ipa_without_ram_is_an_external_instruction_abort(run_guest):
+    main = "movz x1, #0x5000, lsl #16\nadr x20, back\nblr x1\nback:\n" + SYSTEM_OFF
+    vm, result = run_guest(guest(main))
+    assert result.status == STATUS_OFF
+    [(vector, esr, elr, far, _spsr)] = log_records(vm, 1)
+    assert vector == CUR_SPX_SYNC
+    assert esr == 0x8600_0010  # EC IABT_CUR, IL, IFSC synchronous external abort
+    assert elr == far == 0x5000_0000
+
+
+def test_fetch_from_nowhere_without_vectors_crashes_the_guest(run_guest):
+    vm, result = run_guest(asm("movz x1, #0x5000, lsl #16\nbr x1"))
+    assert result.status == STATUS_GUEST_CRASH
+    assert "instruction fetch from 0x50000000" in result.reason
+
+
+# Stage-1 tables: L1 (at SCRATCH) maps 1 GiB block 1 (RAM) as normal memory, nothing else.
+MMU_ON = f"""
+    movz x1, #0x4180, lsl #16       // L1 table
+    movz x2, #0x4000, lsl #16
+    movz x3, #0x0705                // block: AF, inner shareable, AttrIndx 1, valid
+    orr x2, x2, x3
+    str x2, [x1, #8]                // L1[1] = 0x4000_0000 block
+    movz x3, #0xff00
+    msr mair_el1, x3                // attr0 device, attr1 normal write-back
+    movz x3, #0x3519                // T0SZ 25, IRGN0/ORGN0 WB, SH0 inner, TG0 4K
+    movk x3, #0x0080, lsl #16       // EPD1
+    movk x3, #0x0002, lsl #32       // IPS 40 bits
+    msr tcr_el1, x3
+    msr ttbr0_el1, x1
+    isb
+    mrs x3, sctlr_el1
+    orr x3, x3, #1
+    msr sctlr_el1, x3
+    isb
+"""
+
+
+def test_guest_mmu_translation_fault_is_a_data_abort_with_the_level(run_guest):
+    main = MMU_ON + "movz x4, #0x8000, lsl #16\nadr x20, skip\nmov x23, x20\nldr x5, [x4, #0x18]\nskip:\n" + SYSTEM_OFF
+    vm, result = run_guest(guest(main))
+    assert result.status == STATUS_OFF
+    [(vector, esr, elr, far, _spsr)] = log_records(vm, 1)
+    assert vector == CUR_SPX_SYNC
+    assert esr == 0x9600_0005  # EC DABT_CUR, IL, DFSC translation fault level 1
+    assert far == 0x8000_0018
+    assert elr == x(vm, 23) - 4
+
+
+def test_guest_mmu_walk_is_answered_through_the_stage1_hook(run_guest):
+    from hvsim.core.memory import Access
+    vm, _ = run_guest(guest(MMU_ON + SYSTEM_OFF))
+    walk = vm.pm.hook.hvsim_stage1_walk(vcpu=vm.vcpus[0], address=LOAD + 0x123, access=Access.READ)
+    assert walk.address == LOAD + 0x123 and walk.fault is None
+    assert [s.level for s in walk.steps] == [1]
+    assert u64(vm, SCRATCH + 8) & 0xFFFF_F000 == 0x4000_0000
