@@ -52,10 +52,10 @@ _decode = lru_cache(maxsize=65536)(decode)
 class Site:
     """A load or store instruction known to reach MMIO, and the syndrome it last produced."""
 
-    __slots__ = ("insn", "pc", "is_load", "accesses", "single", "handle", "ipa", "va", "rec")
+    __slots__ = ("insn", "pc", "is_load", "size", "accesses", "single", "handle", "ipa", "va", "rec")
 
     def __init__(self, insn: LoadStore, pc: int) -> None:
-        self.insn, self.pc = insn, pc
+        self.insn, self.pc, self.size = insn, pc, insn.size
         self.is_load, self.accesses = insn.is_load, insn.accesses
         # True: a one-access load, False: a one-access store, None: anything else.
         self.single = insn.is_load if insn.accesses == 1 and insn.is_load is not None else None
@@ -103,16 +103,19 @@ class MmioTrap:
         return 3
 
     def map_region(self, base: int, size: int) -> None:
-        """``mmio_map`` [base, base + size). Each callback first tries the common case inline
-        (a one-access load or store whose instruction last touched this same IPA, so its
-        record can be reused) and otherwise goes through :meth:`_access`."""
+        """``mmio_map`` [base, base + size). Each callback first tries the common case inline:
+        a one-access load or store, of the size its instruction makes, at the IPA that
+        instruction touched last time, so its record can be reused; otherwise it goes through
+        :meth:`_access`. (The shortcut trusts the code hook: were a hooked instruction to touch
+        RAM and an unhooked one then make the same access, the record would name the first.
+        The access itself is always right: Unicorn performs it.)"""
         dfsc = fsc_translation(self.fault_level(base))
         trap, vcpu, dispatch, access, fail = self, self.vcpu, self._dispatch, self._access, self.hooks.fail
 
         def read(_uc, offset, size_, _ud):
             try:
                 site, ipa = trap._site, base + offset
-                if site is not None and site.single is True and ipa == site.ipa:
+                if site is not None and site.single is True and ipa == site.ipa and size_ == site.size:
                     trap._site = None
                     exit = Exit(_MMIO, _REASON, site.rec, ipa, size_, False, None)
                     dispatch(vcpu, exit)
@@ -127,7 +130,7 @@ class MmioTrap:
         def write(_uc, offset, size_, value, _ud):
             try:
                 site, ipa = trap._site, base + offset
-                if site is not None and site.single is False and ipa == site.ipa:
+                if site is not None and site.single is False and ipa == site.ipa and size_ == site.size:
                     trap._site = None
                     dispatch(vcpu, Exit(_MMIO, _REASON, site.rec, ipa, size_, True, value))
                     if vcpu.stop_requested:
@@ -174,7 +177,7 @@ class MmioTrap:
         left = self._left
         rec = None
         if left == site.accesses:  # the instruction's first access
-            if ipa != site.ipa and not self._learn(site, ipa, is_write, dfsc):
+            if not self._check(site, ipa, is_write, dfsc):
                 return self._unknown()  # a stale hook (that execution went to RAM)
             self._va = site.va
             self._rec = rec = site.rec
@@ -206,17 +209,22 @@ class MmioTrap:
             self.rollback = (site.insn, site.pc, self._va, exit.value or 0)
         return exit.value or 0
 
-    def _learn(self, site: Site, ipa: int, is_write: bool, dfsc: int) -> bool:
-        """First access at a new IPA: rebuild the VA (FAR_EL2) and check it is this access."""
+    def _check(self, site: Site, ipa: int, is_write: bool, dfsc: int) -> bool:
+        """Is this first access really the hooked instruction's? Rebuild its VA (FAR_EL2) from
+        the registers and translate it; keep the record for the fast path when it is."""
         insn = site.insn
-        va = ipa if insn.addr == ADDR_UNKNOWN else insn.address(self.vcpu.xreg, site.pc)
-        if (va ^ ipa) & _OFFSET:
-            return False
-        site.va = va
-        if insn.is_load is None:  # either direction: no record to reuse
-            site.ipa, site.rec = -1, None
+        if insn.addr == ADDR_UNKNOWN:
+            va = ipa
         else:
-            site.ipa = ipa
+            va = insn.address(self.vcpu.xreg, site.pc)
+            if va != site.va or ipa != site.ipa:
+                pa = self.vcpu.translate(va, is_write)
+                if pa is None or not 0 <= ipa - pa < insn.size * insn.regs:
+                    return False
+        if insn.is_load is None:  # either direction: no record to reuse
+            site.va, site.ipa, site.rec = va, -1, None
+        elif va != site.va or ipa != site.ipa:
+            site.va, site.ipa = va, ipa
             site.rec = El2Record(_DABT_LOW | insn.iss | (ESR_ELx_WNR if is_write else 0) | dfsc,
                                  va, (ipa >> 12) << 4)
         return True
