@@ -131,3 +131,19 @@ def test_log_json_writes_json_lines_to_stderr(hello):
     lines = [json.loads(line) for line in proc.stderr.decode().splitlines()]
     assert any(entry["event"] == "run ended" for entry in lines)
     assert proc.stdout == b"hi"
+
+
+@pytest.mark.parametrize("arch,table,row", [
+    ("intel_vtx", "exit-reasons", {"reason": 30, "name": "EXIT_REASON_IO_INSTRUCTION"}),
+    ("intel_vtx", "exit-reasons", {"reason": 48, "name": "EXIT_REASON_EPT_VIOLATION"}),
+    ("amd_svm", "exit-codes", {"code": 0x7B, "name": "VMEXIT_IOIO"}),
+    ("amd_svm", "exit-codes", {"code": 0x400, "name": "VMEXIT_NPF"}),
+])
+def test_spec_json_comes_from_the_plugins_own_tables(capsys, arch, table, row):
+    assert main(["spec", table, "--arch", arch, "--json"]) == 0
+    assert row in json.loads(capsys.readouterr().out)["rows"]
+
+
+def test_spec_unknown_table_is_one_line(capsys):
+    assert main(["spec", "no-such-table", "--arch", "intel_vtx"]) == 2
+    assert "has no table" in one_error_line(capsys)

@@ -24,7 +24,7 @@ from hvsim.core.arch import Arch, Vcpu, VcpuState
 from hvsim.core.exits import ExitKind
 from hvsim.core.loader import Image
 
-from . import boot, layout, psci
+from . import boot, layout, psci, spec
 from .cpu import Arm64Vcpu
 from .exceptions import PSTATE_ENTRY
 from .exits import El2Record
@@ -86,6 +86,11 @@ def hvsim_register_archs(registry):
 def hvsim_exit_handlers(vm, registry):
     if vm.arch.name == ArmEl2Arch.name:
         registry.add(ExitKind.HYPERCALL, psci.handle_hvc)
+
+
+@hookimpl
+def hvsim_spec_tables(arch):
+    return spec.tables() if arch == ArmEl2Arch.name else None
 
 
 @hookimpl

@@ -49,7 +49,8 @@ def check_arm64_image(image: Image) -> None:
     pe = struct.unpack_from("<I", data, 0x3C)[0]
     if pe + 24 > len(data) or data[pe:pe + 4] != _PE:
         raise ImageError(f"Linux Image {image.path} is truncated: its PE/COFF header at {pe:#x} is missing")
-    nsections, opt_size = struct.unpack_from("<H", data, pe + 6)[0], struct.unpack_from("<H", data, pe + 20)[0]
+    nsections = struct.unpack_from("<H", data, pe + 6)[0]  # COFF header after the signature
+    opt_size = struct.unpack_from("<H", data, pe + 20)[0]
     table = pe + 24 + opt_size
     if table + 40 * nsections > len(data):
         raise ImageError(f"Linux Image {image.path} is truncated inside its PE/COFF section table")

@@ -40,6 +40,7 @@ from unicorn.arm64_const import (
     UC_ARM64_REG_PC,
     UC_ARM64_REG_PSTATE,
     UC_ARM64_REG_SP,
+    UC_ARM64_REG_VBAR_EL1,
     UC_ARM64_REG_X0,
     UC_ARM64_REG_X29,
     UC_ARM64_REG_X30,
@@ -91,6 +92,12 @@ def _x0_writer(uch: ctypes.c_void_p):
 
 
 class Arm64Vcpu(Vcpu):
+    """An arm64 vCPU. ``regs`` (general registers, :class:`FastRegs`), ``sysregs`` (system
+    registers by encoding), ``mpidr``, ``smccc_x0`` (X0 when the last HVC trapped, read with
+    PC in one engine call) and ``smccc_return(value)`` (write X0) are for exit handlers.
+    Records are cached per PC (HVC immediates, MMIO syndromes): code rewritten in place at a
+    trapping instruction is noticed only when its access stops matching the cached decoding."""
+
     def __init__(self, vm, index: int) -> None:
         super().__init__(vm, index)
         uc = self.uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
@@ -247,7 +254,8 @@ class Arm64Vcpu(Vcpu):
         ids = (ctypes.c_int * 2)(UC_ARM64_REG_PC, UC_ARM64_REG_X0)
         pc_buf, x0_buf = ctypes.c_uint64(), ctypes.c_uint64()
         ptrs = (ctypes.c_void_p * 2)(ctypes.addressof(pc_buf), ctypes.addressof(x0_buf))
-        read2, uch, hvc, dispatch, fail = _reg_read_batch, self._uch, self._hvc, self._dispatch, self.hooks.fail
+        read2, uch, hvc, dispatch = _reg_read_batch, self._uch, self._hvc, self._dispatch
+        fail = self.hooks.fail
         vcpu, excp_hvc = self, exceptions.EXCP_HVC
 
         def on_intr(_uc, intno, _ud):
@@ -265,7 +273,6 @@ class Arm64Vcpu(Vcpu):
             except BaseException as exc:  # noqa: BLE001 (re-raised by run)
                 fail(exc)
 
-        on_intr.keep = (ids, pc_buf, x0_buf, ptrs)
         return on_intr
 
     def _hypercall(self, pc: int) -> tuple:
@@ -282,7 +289,7 @@ class Arm64Vcpu(Vcpu):
                 return True
             self.vm.crash(f"instruction fetch from {pc:#x}, where no RAM is, and the guest has "
                           f"no vector table to take the abort (VBAR_EL1 "
-                          f"{self.regs.read(exceptions.UC_ARM64_REG_VBAR_EL1):#x})")
+                          f"{self.regs.read(UC_ARM64_REG_VBAR_EL1):#x})")
         else:
             self.vm.crash(f"the engine stopped with {error} at PC {pc:#x}")
         return False

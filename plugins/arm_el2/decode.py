@@ -5,8 +5,8 @@ Stores". The ISS rules are those of ESR_EL2's "ISS encoding for an exception fro
 Abort": ISV is 1 only for loads and stores of a single general-purpose register (acquire /
 release forms included), and 0 for exclusives, pairs, SIMD&FP registers, atomics and any form
 with writeback. A decoded instruction also says how to recompute its virtual address (for
-FAR_EL2) and how many accesses Unicorn's MMIO callbacks will see for it: they never exceed
-4 bytes, so an 8-byte access arrives as two.
+FAR_EL2) and how many bytes it moves: Unicorn's MMIO callbacks never exceed 4 bytes, so an
+8-byte access arrives in pieces (two words, or single bytes when it is not aligned).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class LoadStore:
 
     __slots__ = ("word", "is_load", "size", "regs", "isv", "sse", "sf", "simd", "iss", "rt",
                  "rt2", "rn", "rm", "imm", "addr", "option", "shift", "wb", "wb_imm",
-                 "accesses", "merge")
+                 "total", "merge")
 
     def __init__(self, word: int, is_load: bool | None, size: int, *, isv: bool = False,
                  sse: bool = False, sf: bool = False, ar: bool = False, regs: int = 1,
@@ -50,8 +50,8 @@ class LoadStore:
         self.iss = (ESR_ELx_ISV | sas << ESR_ELx_SAS_SHIFT | (ESR_ELx_SSE if sse else 0)
                     | self.rt << ESR_ELx_SRT_SHIFT | (ESR_ELx_SF if sf else 0)
                     | (ESR_ELx_AR if ar else 0)) if isv else 0
-        self.accesses = regs * max(1, size // 4)
-        self.merge = isv and size == 8  # one 8-byte exit from the two 4-byte callbacks
+        self.total = regs * size  # bytes the instruction moves
+        self.merge = isv  # one register: one exit, however Unicorn cuts the access up
 
     def address(self, xreg, pc: int) -> int:
         """The virtual address, given ``xreg(n)`` (n = 31 reads SP) and the instruction's PC."""

@@ -21,9 +21,11 @@ the hook names the instruction before each execution, at the cost of one small c
 hook runs anywhere else. An instruction that makes more accesses than its decoding said (an
 atomic, say) is widened and run again once more: its earlier accesses then happen twice.
 
-Unicorn splits accesses wider than 4 bytes; an 8-byte single-register access is merged back
-into one 8-byte exit, as the hardware traps once. Accesses with ISV = 0 (pairs, SIMD&FP,
-writeback forms) are completed piecewise, one exit per piece: KVM would refuse them.
+Unicorn cuts accesses wider than 4 bytes, and unaligned ones, into pieces; a single-register
+access (ISV = 1) is put back together into one exit, as the hardware traps once. Accesses with
+ISV = 0 (pairs, SIMD&FP, writeback forms) are completed piecewise, one exit per piece: KVM
+would refuse them. (An unaligned access to Device memory would take an alignment fault on
+hardware; hvsim, like Unicorn, lets it through.)
 """
 
 from __future__ import annotations
@@ -52,13 +54,13 @@ _decode = lru_cache(maxsize=65536)(decode)
 class Site:
     """A load or store instruction known to reach MMIO, and the syndrome it last produced."""
 
-    __slots__ = ("insn", "pc", "is_load", "size", "accesses", "single", "handle", "ipa", "va", "rec")
+    __slots__ = ("insn", "pc", "is_load", "size", "total", "single", "handle", "ipa", "va", "rec")
 
     def __init__(self, insn: LoadStore, pc: int) -> None:
-        self.insn, self.pc, self.size = insn, pc, insn.size
-        self.is_load, self.accesses = insn.is_load, insn.accesses
-        # True: a one-access load, False: a one-access store, None: anything else.
-        self.single = insn.is_load if insn.accesses == 1 and insn.is_load is not None else None
+        self.insn, self.pc, self.size, self.total = insn, pc, insn.size, insn.total
+        self.is_load = insn.is_load
+        # True: a one-register load, False: a one-register store, None: anything else.
+        self.single = insn.is_load if insn.regs == 1 and insn.is_load is not None else None
         self.handle = 0
         self.ipa = self.va = -1  # the first access's IPA and VA last time, and its record
         self.rec: El2Record | None = None
@@ -74,11 +76,12 @@ class MmioTrap:
         self.hooks = vcpu.hooks
         self._dispatch = vcpu.vm.dispatch
         self._site: Site | None = None  # the instruction whose accesses are arriving
-        self._left = 0  # MMIO callbacks it still has to make
+        self._left = 0  # bytes it still has to move
         self._va = 0  # its first access's VA (FAR_EL2)
-        self._rec: El2Record | None = None  # its first access's record (merged 8-byte writes)
-        self._half = 0  # merged 8-byte access: the low word written or the high word read
-        self._half_ipa = 0
+        self._rec: El2Record | None = None  # its first access's record
+        self._first = 0  # its first access's IPA
+        self._acc = 0  # a single-register access put together from Unicorn's pieces
+        self._unknown_size = 0
         self._sites: dict[int, Site] = {}
         self.pending: dict[int, LoadStore] = {}  # code hooks to add once the engine is out
         self.discovering = False
@@ -173,31 +176,30 @@ class MmioTrap:
     def _access(self, ipa: int, size: int, is_write: bool, value: int, dfsc: int) -> int:
         site = self._site
         if site is None or site.is_load is is_write or self.discovering:
-            return self._unknown()
+            return self._unknown(size)
         left = self._left
-        rec = None
-        if left == site.accesses:  # the instruction's first access
+        first = left == site.total
+        if first:  # the instruction's first piece
             if not self._check(site, ipa, is_write, dfsc):
-                return self._unknown()  # a stale hook (that execution went to RAM)
-            self._va = site.va
-            self._rec = rec = site.rec
-        left -= 1
+                return self._unknown(size)  # a stale hook (that execution went to RAM)
+            self._va, self._rec, self._first, self._acc = site.va, site.rec, ipa, 0
+        left -= size
         self._left = left
-        if not left:
+        if left <= 0:
             self._site = None
         insn = site.insn
-        if insn.merge:
-            if left:  # the first half of an 8-byte access
-                if is_write:
-                    self._half, self._half_ipa = value, ipa
-                    return 0
-                value = self._exit(site, rec, ipa, 8, False, None)
-                self._half = value >> 32
-                return value & 0xFFFF_FFFF
+        if insn.merge and size != insn.size:  # one register in pieces: one exit for it
+            shift = 8 * (ipa - self._first)
             if is_write:
-                return self._exit(site, self._rec, self._half_ipa, 8, True, self._half | value << 32)
-            return self._half
-        if rec is None:  # a later piece of a multi-access instruction, or an unknown one
+                self._acc |= value << shift
+                if left > 0:
+                    return 0
+                return self._exit(site, self._rec, self._first, insn.size, True, self._acc)
+            if first:
+                self._acc = self._exit(site, self._rec, self._first, insn.size, False, None)
+            return (self._acc >> shift) & ((1 << (8 * size)) - 1)
+        rec = self._rec if first else None
+        if rec is None:  # a later piece of a multi-register access, or an undecoded one
             rec = El2Record(_DABT_LOW | insn.iss | (ESR_ELx_WNR if is_write else 0) | dfsc,
                             (self._va & ~_OFFSET) | (ipa & _OFFSET), (ipa >> 12) << 4)
         return self._exit(site, rec, ipa, size, is_write, value if is_write else None)
@@ -219,7 +221,7 @@ class MmioTrap:
             va = insn.address(self.vcpu.xreg, site.pc)
             if va != site.va or ipa != site.ipa:
                 pa = self.vcpu.translate(va, is_write)
-                if pa is None or not 0 <= ipa - pa < insn.size * insn.regs:
+                if pa is None or not 0 <= ipa - pa < insn.total:
                     return False
         if insn.is_load is None:  # either direction: no record to reuse
             site.va, site.ipa, site.rec = va, -1, None
@@ -230,11 +232,12 @@ class MmioTrap:
         return True
 
     # -- finding an instruction the first time ----------------------------------------------
-    def _unknown(self) -> int:
+    def _unknown(self, size: int) -> int:
         """An access from an instruction without a hook: undo it and learn its PC."""
         self._site = None
         if not self.discovering:
             self.discovering = True
+            self._unknown_size = size
             self._snapshot = [self.vcpu.xreg(n) for n in range(32)]  # X0-X30, SP
             self.uc.emu_stop()
         return 0  # discarded: the registers are restored and the instruction runs again
@@ -250,13 +253,13 @@ class MmioTrap:
         word = vcpu.read_insn(pc)
         old = self._sites.get(pc)
         if old is None or old.insn.word != word:
-            insn = _decode(word) or _widen(LoadStore(word, True, 4), 1)
-        elif old.accesses >= 16:
+            insn = _decode(word) or _widen(LoadStore(word, True, 1), self._unknown_size)
+        elif old.total >= 64:
             self.vm.crash(f"the instruction at {pc:#x} keeps making MMIO accesses hvsim "
                           f"cannot attribute (word {word:#010x})")
             return
         else:  # more accesses than its decoding said: accept any number, and run it again
-            insn = _widen(old.insn, old.accesses + 1)
+            insn = _widen(old.insn, old.total + self._unknown_size)
         self.pending[pc] = insn
 
     def install_pending(self) -> None:
@@ -275,7 +278,7 @@ class MmioTrap:
 
         def on_insn(_uc, _address, _size, _ud):  # names the instruction before it runs
             trap._site = site
-            trap._left = site.accesses
+            trap._left = site.total
 
         return on_insn
 
@@ -304,11 +307,11 @@ class MmioTrap:
         return True
 
 
-def _widen(insn: LoadStore, accesses: int) -> LoadStore:
-    """A copy of ``insn`` that accepts ``accesses`` accesses in either direction, ISV = 0,
-    FAR_EL2 = the IPA (its address recipe is what failed)."""
+def _widen(insn: LoadStore, total: int) -> LoadStore:
+    """A copy of ``insn`` that moves ``total`` bytes in either direction, piece by piece,
+    ISV = 0, FAR_EL2 = the IPA (its address recipe is what failed)."""
     wide = LoadStore(insn.word, True, insn.size, regs=insn.regs, simd=insn.simd,
                      addr=ADDR_UNKNOWN)
     wide.is_load = None  # matches neither direction test: reads and writes both belong to it
-    wide.accesses = accesses
+    wide.total = total
     return wide

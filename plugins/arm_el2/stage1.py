@@ -32,12 +32,12 @@ def walk(read_u64: Callable[[int], int], va: int, tcr: int, ttbr0: int, ttbr1: i
          access: Access) -> Walk:
     """Translate ``va``; the Walk's ``error_code`` is the FSC when ``fault`` is set."""
     upper = (va >> 55) & 1
-    if upper:
-        txsz, epd, tg, tbi, ttbr = (tcr >> 16) & 0x3F, (tcr >> 23) & 1, (tcr >> 30) & 3, (tcr >> 38) & 1, ttbr1
-        four_k = tg == 0b10
-    else:
-        txsz, epd, tg, tbi, ttbr = tcr & 0x3F, (tcr >> 7) & 1, (tcr >> 14) & 3, (tcr >> 37) & 1, ttbr0
-        four_k = tg == 0b00
+    if upper:  # TTBR1_EL1: T1SZ [21:16], EPD1 [23], TG1 [31:30] (0b10 = 4 KiB), TBI1 [38]
+        txsz, epd, tbi, ttbr = (tcr >> 16) & 0x3F, (tcr >> 23) & 1, (tcr >> 38) & 1, ttbr1
+        four_k = (tcr >> 30) & 3 == 0b10
+    else:  # TTBR0_EL1: T0SZ [5:0], EPD0 [7], TG0 [15:14] (0b00 = 4 KiB), TBI0 [37]
+        txsz, epd, tbi, ttbr = tcr & 0x3F, (tcr >> 7) & 1, (tcr >> 37) & 1, ttbr0
+        four_k = (tcr >> 14) & 3 == 0b00
     steps: list[WalkStep] = []
     top = 56 if tbi else 64
     inputsize = 64 - txsz

@@ -40,3 +40,11 @@ def hvsim_exit_handlers(vm, registry):
 def hvsim_stage1_walk(vcpu, address, access):
     if vcpu.vm.arch.name == VtxArch.name:
         return x86_handlers.stage1_walk(vcpu, address, access)
+
+
+@hookimpl
+def hvsim_spec_tables(arch):
+    if arch == VtxArch.name:
+        from .spec import tables
+
+        return tables()

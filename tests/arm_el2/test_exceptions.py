@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from el2guest import LOAD, SCRATCH, SYSTEM_OFF, asm, guest, log_records, u64
+from el2guest import LOAD, MMU_ON, SCRATCH, SYSTEM_OFF, asm, guest, log_records, u64
 from hvsim.core.exits import Event, EventType
 from hvsim.core.vm import STATUS_GUEST_CRASH, STATUS_HALTED_FOREVER, STATUS_OFF
 
@@ -133,36 +133,20 @@ def test_fetch_from_nowhere_without_vectors_crashes_the_guest(run_guest):
     assert "instruction fetch from 0x50000000" in result.reason
 
 
-# Stage-1 tables: L1 (at SCRATCH) maps 1 GiB block 1 (RAM) as normal memory, nothing else.
-MMU_ON = f"""
-    movz x1, #0x4180, lsl #16       // L1 table
-    movz x2, #0x4000, lsl #16
-    movz x3, #0x0705                // block: AF, inner shareable, AttrIndx 1, valid
-    orr x2, x2, x3
-    str x2, [x1, #8]                // L1[1] = 0x4000_0000 block
-    movz x3, #0xff00
-    msr mair_el1, x3                // attr0 device, attr1 normal write-back
-    movz x3, #0x3519                // T0SZ 25, IRGN0/ORGN0 WB, SH0 inner, TG0 4K
-    movk x3, #0x0080, lsl #16       // EPD1
-    movk x3, #0x0002, lsl #32       // IPS 40 bits
-    msr tcr_el1, x3
-    msr ttbr0_el1, x1
-    isb
-    mrs x3, sctlr_el1
-    orr x3, x3, #1
-    msr sctlr_el1, x3
-    isb
-"""
-
-
 def test_guest_mmu_translation_fault_is_a_data_abort_with_the_level(run_guest):
-    main = MMU_ON + "movz x4, #0x8000, lsl #16\nadr x20, skip\nmov x23, x20\nldr x5, [x4, #0x18]\nskip:\n" + SYSTEM_OFF
+    main = MMU_ON + """
+    movz x4, #0xc000, lsl #16     // VA 0xC000_0000: L1 entry 3 is invalid
+    adr x20, skip
+    mov x23, x20
+    ldr x5, [x4, #0x18]
+skip:
+    """ + SYSTEM_OFF
     vm, result = run_guest(guest(main))
     assert result.status == STATUS_OFF
     [(vector, esr, elr, far, _spsr)] = log_records(vm, 1)
     assert vector == CUR_SPX_SYNC
     assert esr == 0x9600_0005  # EC DABT_CUR, IL, DFSC translation fault level 1
-    assert far == 0x8000_0018
+    assert far == 0xC000_0018
     assert elr == x(vm, 23) - 4
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from el2guest import PL011, SCRATCH, SYSTEM_OFF, asm, guest, u64
+from el2guest import MMU_ON, PL011, SCRATCH, SYSTEM_OFF, guest, u64
 from hvsim import hookimpl
 from hvsim.core.exits import ExitKind
 from hvsim.core.vm import STATUS_GUEST_CRASH, STATUS_OFF
@@ -241,3 +241,63 @@ loop:
     vm, _ = run_guest(guest(code))
     expected = bytes(0x30 + (n & 0x3F) for n in range(10000, 0, -1))
     assert bytes(vm.console.output) == expected
+
+
+class StopOnAccess:
+    """A device whose every access asks the vCPU to leave the engine (as an interrupt
+    controller kicking a vCPU would): the access must still happen exactly once."""
+
+    def __init__(self, vm):
+        self.vm = vm
+        self.log = []
+
+    def read(self, offset, size):
+        self.log.append(("r", offset, size))
+        self.vm.vcpus[0].request_stop()
+        return 0x77
+
+    def write(self, offset, size, value):
+        self.log.append(("w", offset, size, value))
+        self.vm.vcpus[0].request_stop()
+
+
+def test_a_stop_requested_during_an_access_does_not_repeat_it(arm_vm):
+    code = f"""
+    movz x1, #0x0b00, lsl #16
+    mov w3, #0x41
+    str w3, [x1, #4]
+    mov x0, x1
+    ldr w0, [x0, #8]           // Xt is the base: finishing it must write Xt once
+    ldr w5, [x1], #4           // post-index: the base moves by 4, once
+    ldrsb x6, [x1, #12]
+    movz x8, #0x4180, lsl #16
+    stp x0, x1, [x8]
+    stp x5, x6, [x8, #16]
+    {SYSTEM_OFF}
+    """
+    vm = arm_vm()
+    device = StopOnAccess(vm)
+    vm.bus.add_mmio(0x0B00_0000, 0x1000, device, "stopper")
+    vm.load(guest(code))
+    assert vm.run(timeout=5).status == STATUS_OFF
+    assert device.log == [("w", 4, 4, 0x41), ("r", 8, 4), ("r", 0, 4), ("r", 16, 1)]
+    assert [u64(vm, SCRATCH + 8 * i) for i in range(4)] == [0x77, 0x0B00_0004, 0x77, 0x77]
+
+
+def test_with_the_guest_mmu_on_far_is_the_va_and_hpfar_the_ipa(run_guest, recorder):
+    code = MMU_ON + f"""
+    movz x1, #0x8900, lsl #16        // the PL011 through the device mapping at VA 0x8000_0000
+    mov w3, #0x21
+    strb w3, [x1]
+    ldr w5, [x1, #{UARTFR}]
+    movz x8, #0x4180, lsl #16
+    str x5, [x8, #0x800]
+    {SYSTEM_OFF}
+    """
+    vm, result = run_guest(guest(code))
+    assert result.status == STATUS_OFF
+    assert vm.console.text == "!"
+    assert u64(vm, SCRATCH + 0x800) == FR_EMPTY
+    write, read = mmio_exits(recorder)
+    assert (write.raw.FAR_EL2, write.raw.HPFAR_EL2, write.address) == (0x8900_0000, 0x90000, PL011)
+    assert (read.raw.FAR_EL2, read.raw.IPA, read.raw.SRT) == (0x8900_0018, PL011 + UARTFR, 5)

@@ -1,0 +1,26 @@
+"""The tables ``hvsim spec --arch amd_svm`` shows, built from this plugin's own definitions."""
+
+from __future__ import annotations
+
+from hvsim.core.spec import SpecTable
+
+from .exits import EXIT_CODES
+
+
+def tables() -> dict[str, SpecTable]:
+    return {
+        "exit-codes": SpecTable(
+            "SVM intercept exit codes (VMCB EXITCODE)", "AMD APM Vol. 2, Appendix C", ["code", "name"],
+            [[code, f"VMEXIT_{name}"] for code, name in sorted(EXIT_CODES.items())]),
+        "ioio-exitinfo1": SpecTable(
+            "EXITINFO1 for IOIO intercepts", "AMD APM Vol. 2, 15.10.2, Figure 15-2", ["bits", "meaning"],
+            [["0", "TYPE: 1 = IN, 0 = OUT"], ["2", "STR: string instruction"], ["3", "REP prefixed"],
+             ["4", "SZ8"], ["5", "SZ16"], ["6", "SZ32"], ["7", "A16"], ["8", "A32"], ["9", "A64"],
+             ["12:10", "SEG: effective segment (string instructions)"], ["31:16", "PORT"]]),
+        "npf-exitinfo1": SpecTable(
+            "EXITINFO1 for nested page faults", "AMD APM Vol. 2, 15.25.6", ["bit", "meaning"],
+            [[0, "P: the nested entry was present"], [1, "RW: a write"], [2, "US: user access"],
+             [3, "RSV: reserved bit set"], [4, "ID: instruction fetch"],
+             [32, "the fault was on the final guest-physical address"],
+             [33, "the fault was on a guest page-table access"]]),
+    }
