@@ -58,21 +58,35 @@ def build_x86() -> bytes:
     return elf32(segment, X86_BASE, X86_END - X86_BASE, X86_BASE + 12)
 
 
-def build_arm64() -> bytes | None:
-    src = HERE / "demo_arm64.S"
-    if not src.exists():
-        return None
-    body = _asm(src.read_text(), "ARM64", "LITTLE_ENDIAN", 0x4008_0000)
-    return body
+ARM_BASE = 0x4008_0000  # QEMU virt: RAM 0x4000_0000 + text_offset 0x80000
+ARM_SYMBOLS = {"VECTORS": ARM_BASE + 0x800, "SCRATCH": 0x4030_0000, "STACK_TOP": 0x4040_0000}
+
+
+def arm64_image_header(image_size: int) -> bytes:
+    """Linux arm64 Image header (Documentation/arch/arm64/booting.rst): code0 branches over it."""
+    code0 = 0x1400_0000 | (0x40 // 4)  # b +0x40
+    flags = 0b0010  # little-endian, 4 KiB pages
+    return struct.pack("<IIQQQQQQI4sI", code0, 0, 0x8_0000, image_size, flags, 0, 0, 0, 0, b"ARM\x64", 0)[:64]
+
+
+def build_arm64() -> bytes:
+    main = _asm(_substitute((HERE / "demo_arm64.S").read_text(), ARM_SYMBOLS), "ARM64", "LITTLE_ENDIAN",
+                ARM_BASE + 0x40)
+    if 0x40 + len(main) > 0x800:
+        raise SystemExit(f"demo_arm64.S is {len(main)} bytes; it must end below the vector table")
+    slot4 = _asm(_substitute((HERE / "demo_arm64_vectors.S").read_text(), ARM_SYMBOLS), "ARM64",
+                 "LITTLE_ENDIAN", ARM_SYMBOLS["VECTORS"] + 0x200)
+    hang = _asm("b .", "ARM64", "LITTLE_ENDIAN", 0)  # every other slot: spin where a debugger can see it
+    vectors = b"".join((slot4 if i == 4 else hang).ljust(0x80, b"\0") for i in range(16))
+    body = main.ljust(0x800 - 0x40, b"\0") + vectors
+    return arm64_image_header(0x40 + len(body)) + body
 
 
 def main() -> None:
     (HERE / "demo_x86.elf").write_bytes(build_x86())
     print("wrote", HERE / "demo_x86.elf")
-    arm = build_arm64()
-    if arm is not None:
-        (HERE / "demo_arm64.img").write_bytes(arm)
-        print("wrote", HERE / "demo_arm64.img")
+    (HERE / "demo_arm64.img").write_bytes(build_arm64())
+    print("wrote", HERE / "demo_arm64.img")
 
 
 if __name__ == "__main__":

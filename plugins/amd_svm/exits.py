@@ -33,6 +33,7 @@ VMEXIT = {name: code for code, name in EXIT_CODES.items()}
 VMEXIT_CPUID = 0x72
 VMEXIT_HLT = 0x78
 VMEXIT_IOIO = 0x7B
+VMEXIT_MSR = 0x7C
 VMEXIT_SHUTDOWN = 0x7F
 VMEXIT_VMMCALL = 0x81
 VMEXIT_NPF = 0x400
@@ -103,6 +104,11 @@ class SvmVendor(X86Vendor):
 
     def hypercall_exit(self, rip):
         return Exit(ExitKind.HYPERCALL, "VMEXIT_VMMCALL", SvmExitInfo(VMEXIT_VMMCALL, 0, 0, rip + 3))
+
+    def msr_exit(self, msr, is_write, value, rip, insn_len):
+        # EXITINFO1 is 0 for RDMSR and 1 for WRMSR; the MSR number is in the guest's ECX (15.11).
+        return Exit(ExitKind.SYSREG, "VMEXIT_MSR", SvmExitInfo(VMEXIT_MSR, int(is_write), 0, rip + insn_len),
+                    msr, 8, is_write, value)
 
     def triple_fault_exit(self, detail):
         from hvsim.core.vm import STATUS_GUEST_CRASH

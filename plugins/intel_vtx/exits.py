@@ -31,6 +31,8 @@ EXIT_REASON_CPUID = 10
 EXIT_REASON_HLT = 12
 EXIT_REASON_VMCALL = 18
 EXIT_REASON_IO_INSTRUCTION = 30
+EXIT_REASON_MSR_READ = 31
+EXIT_REASON_MSR_WRITE = 32
 EXIT_REASON_EPT_VIOLATION = 48
 
 # Exit qualification for I/O instructions (SDM Table 28-5)
@@ -108,6 +110,14 @@ class VmxVendor(X86Vendor):
 
     def hypercall_exit(self, rip):
         return Exit(ExitKind.HYPERCALL, "EXIT_REASON_VMCALL", VmxExitInfo(EXIT_REASON_VMCALL, 0, rip, 3))
+
+    def msr_exit(self, msr, is_write, value, rip, insn_len):
+        # RDMSR/WRMSR exits have no qualification; the MSR is in the guest's ECX (SDM 26.1.3).
+        if is_write:
+            return Exit(ExitKind.SYSREG, "EXIT_REASON_MSR_WRITE",
+                        VmxExitInfo(EXIT_REASON_MSR_WRITE, 0, rip, insn_len), msr, 8, True, value)
+        return Exit(ExitKind.SYSREG, "EXIT_REASON_MSR_READ",
+                    VmxExitInfo(EXIT_REASON_MSR_READ, 0, rip, insn_len), msr, 8, False, None)
 
     def triple_fault_exit(self, detail):
         from hvsim.core.vm import STATUS_GUEST_CRASH

@@ -31,6 +31,7 @@ from . import idt, layout, paging
 from .boot import BootState
 from .decode import IoInsn, decode_io
 from .quirks import ExceptionLatch
+from .traps import SensitiveTraps
 
 END = (1 << 64) - 1
 MSR_EFER = 0xC000_0080
@@ -64,8 +65,9 @@ class X86Vcpu(Vcpu):
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
                     self._on_unmapped)
-        self.apic_base = APIC_BASE_DEFAULT | (APIC_BASE_BSP if index == 0 else 0)
-        uc.reg_write(X.UC_X86_REG_MSR, (MSR_IA32_APIC_BASE, self.apic_base))
+        # MSRs Unicorn cannot model (it has no APIC): RDMSR/WRMSR of these are trapped and exit.
+        self.msrs = {MSR_IA32_APIC_BASE: APIC_BASE_DEFAULT | (APIC_BASE_BSP if index == 0 else 0)}
+        self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive)
         self._latch = ExceptionLatch(uc)
         self._stopping = False
         self._unmapped: tuple[int, int, int, int] | None = None
@@ -111,6 +113,7 @@ class X86Vcpu(Vcpu):
         self._stopping = False
         self._unmapped = None
         rip = self.regs.read(X.UC_X86_REG_RIP)
+        self._traps.prescan(rip)
         try:
             self.uc.emu_start(rip, END, timeout=slice_us)
             self._raw.reraise()
@@ -227,6 +230,26 @@ class X86Vcpu(Vcpu):
             error_code = 0  # Unicorn does not expose the error code; 0 is right for most #GP
         # INT n (vector >= 32 here) is a software interrupt: no error code, gate DPL checked.
         self._raise_exception(intno, error_code, rip, software=intno >= 32)
+
+    def _on_sensitive(self, kind: str, rip: int, length: int) -> bool | None:
+        """A trapped RDMSR/WRMSR (plugins/x86/traps.py): exit if hvsim models that MSR."""
+        r = self.regs
+        msr = r.read(X.UC_X86_REG_RCX) & 0xFFFF_FFFF
+        if msr not in self.msrs:
+            return False  # Unicorn's own MSR model handles it
+        is_write = kind == "wrmsr"
+        value = ((r.read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | (r.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF)
+                 if is_write else None)
+        exit = self.vendor.msr_exit(msr, is_write, value, rip, length)
+        self._dispatch(self, exit)
+        if exit.vector:  # the handler refused the access: #GP(0) at the instruction
+            self._raise_exception(exit.vector, 0, rip)
+            return None
+        return True
+
+    def code_bits(self) -> int:
+        """Default operand size of the code being translated (compatibility mode not modelled)."""
+        return 64 if self.long_mode() else (32 if self.cr0() & 1 else 16)
 
     def _on_unmapped(self, uc, access, address, size, value, _ud):
         self._unmapped = (access, address, size, value)

@@ -39,9 +39,32 @@ def handle_hypercall(vcpu, exit: Exit) -> None:
     vcpu.regs.write(X.UC_X86_REG_RAX, result & _MASK64)
 
 
+MSR_IA32_APIC_BASE = 0x1B
+APIC_BASE_BSP = 1 << 8  # read-only
+APIC_BASE_WRITABLE = (1 << 10) | (1 << 11) | (((1 << paging.MAXPHYADDR) - 1) & ~0xFFF)  # EXTD, EN, base
+
+
+def handle_msr(vcpu, exit: Exit) -> None:
+    """RDMSR/WRMSR of the MSRs hvsim models; a write to a reserved bit is #GP(0) (SDM 10.4.4)."""
+    msr = exit.address
+    if not exit.is_write:
+        value = vcpu.msrs[msr]
+        vcpu.regs.write(X.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
+        vcpu.regs.write(X.UC_X86_REG_RDX, value >> 32)
+        return
+    if msr == MSR_IA32_APIC_BASE:
+        if exit.value & ~(APIC_BASE_WRITABLE | APIC_BASE_BSP):
+            exit.vector = 13
+            return
+        vcpu.msrs[msr] = (exit.value & APIC_BASE_WRITABLE) | (vcpu.msrs[msr] & APIC_BASE_BSP)
+    else:
+        vcpu.msrs[msr] = exit.value
+
+
 def register(registry) -> None:
     registry.add(ExitKind.CPUID, handle_cpuid)
     registry.add(ExitKind.HYPERCALL, handle_hypercall)
+    registry.add(ExitKind.SYSREG, handle_msr)
 
 
 def stage1_walk(vcpu, address, access):

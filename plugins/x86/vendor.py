@@ -35,6 +35,9 @@ class X86Vendor:
     def hypercall_exit(self, rip: int) -> Exit:
         raise NotImplementedError
 
+    def msr_exit(self, msr: int, is_write: bool, value: int | None, rip: int, insn_len: int) -> Exit:
+        raise NotImplementedError
+
     def triple_fault_exit(self, detail: str) -> Exit:
         raise NotImplementedError
 

@@ -157,3 +157,22 @@ def test_guest_mmu_walk_is_answered_through_the_stage1_hook(run_guest):
     assert walk.address == LOAD + 0x123 and walk.fault is None
     assert [s.level for s in walk.steps] == [1]
     assert u64(vm, SCRATCH + 8) & 0xFFFF_F000 == 0x4000_0000
+
+
+def test_a_guest_that_never_stops_times_out(run_guest):
+    from hvsim.core.vm import STATUS_TIMEOUT
+    vm, result = run_guest(guest("spin:\nadd x22, x22, #1\nb spin"), timeout=0.3)
+    assert result.status == STATUS_TIMEOUT
+    assert 0.2 < result.wall_seconds < 2
+    assert x(vm, 22) > 1000
+
+
+def test_wfi_exit_record_is_ec_wfx_with_ti_wfi(arm_vm, recorder):
+    from hvsim.core.exits import ExitKind
+    vm = arm_vm(guest("msr daifclr, #2\nwfi\n" + SYSTEM_OFF))
+    vm.vcpus[0].inject(Event(EventType.VIRTUAL_IRQ))
+    vm.run(timeout=5)
+    [halt] = recorder.of(ExitKind.HALT)
+    assert halt.reason == "ESR_ELx_EC_WFx"
+    assert (halt.raw.EC, halt.raw.IL, halt.raw.ISS & 0b11) == (0x01, 1, 0b00)  # TI: WFI
+    assert halt.raw.ESR_EL2 >> 20 & 0x1F == 0b11110  # CV = 1, COND = 0b1110 from AArch64

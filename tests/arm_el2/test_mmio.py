@@ -301,3 +301,14 @@ def test_with_the_guest_mmu_on_far_is_the_va_and_hpfar_the_ipa(run_guest, record
     write, read = mmio_exits(recorder)
     assert (write.raw.FAR_EL2, write.raw.HPFAR_EL2, write.address) == (0x8900_0000, 0x90000, PL011)
     assert (read.raw.FAR_EL2, read.raw.IPA, read.raw.SRT) == (0x8900_0018, PL011 + UARTFR, 5)
+
+
+def test_an_exception_in_an_exit_handler_reaches_the_caller(run_guest, hvsim_pm):
+    class Broken:
+        @hookimpl
+        def hvsim_mmio(self, vcpu, address, size, is_write, value):
+            raise RuntimeError("device model bug")
+
+    hvsim_pm.register(Broken(), name="broken")
+    with pytest.raises(RuntimeError, match="device model bug"):
+        run_guest(guest(f"movz x1, #0x0c00, lsl #16\nldr w5, [x1]\n{SYSTEM_OFF}"))

@@ -363,3 +363,56 @@ def test_access_to_memory_nothing_backs_is_a_clear_guest_crash(make_vm, arch):
     vm, result = run64(make_vm, arch, "mov rax, 0x80000000\nmov rbx, [rax]\nhlt")
     assert result.status == STATUS_GUEST_CRASH
     assert "0x80000000" in result.reason and "no RAM or device" in result.reason
+
+
+def test_apic_base_accesses_are_msr_exits_with_the_vendors_record(make_vm, hvsim_pm, arch):
+    rec = Recorder()
+    hvsim_pm.register(rec)
+    vm, _ = run64(make_vm, arch, f"""
+        mov ecx, 0x1b
+        rdmsr
+        wrmsr
+        mov ecx, 0xc0000080
+        rdmsr
+        {EXIT_HALT}""")
+    msr = [e for e in rec.exits if e.kind is ExitKind.SYSREG]
+    assert [(e.address, e.is_write) for e in msr] == [(0x1B, False), (0x1B, True)]  # EFER stays native
+    if arch == "intel_vtx":
+        assert [e.raw.EXIT_REASON for e in msr] == [31, 32]  # MSR_READ, MSR_WRITE
+        assert msr[0].raw.VM_EXIT_INSTRUCTION_LEN == 2
+    else:
+        assert [(e.raw.EXITCODE, e.raw.EXITINFO1) for e in msr] == [(0x7C, 0), (0x7C, 1)]
+        assert vm.memory.read(msr[0].raw.NRIP - 2, 2) == b"\x0f\x32"  # nRIP: after the RDMSR
+
+
+def test_apic_base_write_to_a_reserved_bit_is_gp0(make_vm, arch):
+    vm, result = run64(make_vm, arch, f"""
+        {x86_idt_setup({13: 'gp'})}
+        mov ecx, 0x1b
+        mov eax, 0xfee00001
+        xor edx, edx
+        wrmsr
+        {EXIT_HALT}
+    gp:
+        mov rax, [rsp]
+        mov [{X86_DATA:#x}], rax
+        mov rax, [rsp + 8]
+        mov [{X86_DATA + 8:#x}], rax
+        add rsp, 8
+        add qword ptr [rsp], 2
+        iretq""")
+    assert result.status == 1
+    assert vm.memory.read_u64(X86_DATA) == 0  # error code 0
+    assert vm.memory.read(vm.memory.read_u64(X86_DATA + 8), 2) == b"\x0f\x30"  # at the WRMSR
+
+
+def test_rdmsr_is_trapped_in_32_bit_protected_mode_too(make_vm, arch):
+    kernel = multiboot_kernel(f"""
+        mov ecx, 0x1b
+        rdmsr
+        mov [{X86_DATA:#x}], eax
+        {EXIT_HALT}""")
+    vm = make_vm(arch)
+    vm.load(kernel)
+    vm.run(timeout=10)
+    assert vm.memory.read_u32(X86_DATA) == 0xFEE0_0900

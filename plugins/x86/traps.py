@@ -1,0 +1,97 @@
+"""Trapping the sensitive instructions Unicorn runs natively (RDMSR, WRMSR, ...), without a
+Python hook on every instruction.
+
+``UC_HOOK_INSN`` refuses RDMSR/WRMSR/RDTSC, so hvsim finds them itself: when Unicorn translates
+a new block (``UC_HOOK_EDGE_GENERATED``, once per translation, not per execution), the block's
+bytes are decoded with capstone and every instruction of a kind we trap gets an exact-address
+``UC_HOOK_CODE`` (begin == end). Measured details this depends on:
+
+- a block translated before its hooks existed must be dropped (``ctl_remove_cache``), and the
+  edge callback writes RIP (same value) so the stale block is not run once untrapped;
+- the first block after ``emu_start`` is not reported: :meth:`prescan` covers it;
+- a hooked address can later hold other code (self-modifying code, another address space): the
+  code hook compares the bytes before treating it as the instruction it was.
+
+The code hook fires with RIP at the instruction, before it executes. The vCPU's handler returns
+True when it emulated the instruction (the hook then skips it by writing RIP past it), False to
+let it run natively, or None when it already moved RIP (it delivered an exception instead).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+import capstone
+from capstone import x86_const as CX
+from unicorn import UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED, UC_PROT_EXEC, Uc
+from unicorn import x86_const as X
+
+from hvsim.core.engine import FastRegs, _lib
+
+_vmem_read = _lib.uc_vmem_read
+_vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+_vmem_read.restype = ctypes.c_int
+
+# capstone instruction id -> the name hvsim's handlers use
+TRAPPABLE = {CX.X86_INS_RDMSR: "rdmsr", CX.X86_INS_WRMSR: "wrmsr"}
+
+_DISASM = {bits: capstone.Cs(capstone.CS_ARCH_X86, mode)
+           for bits, mode in ((16, capstone.CS_MODE_16), (32, capstone.CS_MODE_32), (64, capstone.CS_MODE_64))}
+
+
+class SensitiveTraps:
+    """Per-engine trap sites: virtual address -> (kind, instruction bytes)."""
+
+    def __init__(self, uc: Uc, regs: FastRegs, code_bits: Callable[[], int],
+                 handler: Callable[[str, int, int], bool]) -> None:
+        self.uc = uc
+        self.regs = regs
+        self.code_bits = code_bits
+        self.handler = handler
+        self.sites: dict[int, tuple[str, bytes]] = {}
+        self._hooks: dict[int, int] = {}
+        self._uch = ctypes.c_void_p(uc._uch.value)
+        self._buf = ctypes.create_string_buffer(4096 + 16)
+        uc.hook_add(UC_HOOK_EDGE_GENERATED, self._on_edge)
+
+    def _read(self, address: int, size: int) -> bytes | None:
+        size = min(size, 4096 + 16)
+        if _vmem_read(self._uch, address, UC_PROT_EXEC, self._buf, size):
+            return None
+        return self._buf.raw[:size]
+
+    def _scan(self, pc: int, size: int) -> bool:
+        code = self._read(pc, size)
+        if code is None:
+            return False
+        new = False
+        for insn in _DISASM[self.code_bits()].disasm(code, pc):
+            kind = TRAPPABLE.get(insn.id)
+            if kind is not None and insn.address not in self.sites:
+                self.sites[insn.address] = (kind, bytes(insn.bytes))
+                self._hooks[insn.address] = self.uc.hook_add(UC_HOOK_CODE, self._on_site, None,
+                                                             insn.address, insn.address)
+                new = True
+        return new
+
+    def _on_edge(self, uc, cur, _prev, _ud):
+        if self._scan(cur.pc, cur.size):
+            uc.ctl_remove_cache(cur.pc, cur.pc + cur.size)
+            self.regs.write(X.UC_X86_REG_RIP, cur.pc)  # leave the stale block before it runs
+
+    def prescan(self, rip: int) -> None:
+        """Scan the block at ``rip`` before ``emu_start`` (the edge hook does not report it)."""
+        try:
+            pc, _icount, size = self.uc.ctl_request_cache(rip)
+        except Exception:  # nothing translatable there: the guest will fault on its own
+            return
+        if self._scan(pc, size):
+            self.uc.ctl_remove_cache(pc, pc + size)
+
+    def _on_site(self, uc, address, _size, _ud):
+        kind, raw = self.sites[address]
+        if self._read(address, len(raw)) != raw:
+            return  # the code there changed: it runs as whatever it is now
+        if self.handler(kind, address, len(raw)) is True:
+            self.regs.write(X.UC_X86_REG_RIP, address + len(raw))
