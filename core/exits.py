@@ -27,6 +27,10 @@ class ExitKind(enum.Enum):
     SHUTDOWN = "shutdown"  # triple fault, PSCI SYSTEM_OFF / SYSTEM_RESET
     INVALID_STATE = "invalid-state"  # VM entry failed its checks
 
+    # Members are singletons: hash by identity (C) rather than Enum's Python-level __hash__;
+    # exit-handler tables are looked up by kind on every exit.
+    __hash__ = object.__hash__
+
 
 class Exit:
     """One exit. ``kind`` and ``reason`` always; the other attributes where the kind has them.

@@ -4,3 +4,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def recorder(exit_recorder):
+    """Shorter name for hvsim's ``exit_recorder`` fixture."""
+    return exit_recorder

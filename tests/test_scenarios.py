@@ -20,27 +20,6 @@ ARM_SYSTEM_OFF = "movz w0, #0x0008\nmovk w0, #0x8400, lsl #16\nhvc #0"
 MMIO_BASE = {"x86": 0xFEB0_0000, "arm64": 0x0A00_0000}
 
 
-class ExitRecorder:
-    """A plugin that keeps every exit it observes (an ``hvsim_vm_exit`` observer)."""
-
-    def __init__(self) -> None:
-        self.exits = []
-
-    @hookimpl
-    def hvsim_vm_exit(self, vcpu, exit):
-        self.exits.append(exit)
-
-    def of(self, kind):
-        return [e for e in self.exits if e.kind is kind]
-
-
-@pytest.fixture
-def recorder(hvsim_pm):
-    rec = ExitRecorder()
-    hvsim_pm.register(rec, name="exit-recorder")
-    return rec
-
-
 def boot(make_vm, arch, image, **kw):
     if ARCH_FAMILY[arch] == "arm64":
         kw.setdefault("entry", ARM_ENTRY)

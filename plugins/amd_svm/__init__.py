@@ -1,14 +1,14 @@
 """AMD SVM (AMD-V): VMRUN, the VMCB, NPT, ASIDs, AVIC, AMD-Vi (AMD APM Vol. 2, ch. 15).
 
-The plugin registered under the ``hvsim.plugins`` entry point ``amd_svm``.
+``plugin`` is what the ``hvsim.plugins`` entry point ``amd_svm`` names.
 """
 
 from __future__ import annotations
 
-from hvsim import hookimpl
-from hvsim.plugins.x86 import handlers as x86_handlers
 from hvsim.plugins.x86.arch import X86Arch
+from hvsim.plugins.x86.plugin import X86VendorPlugin
 
+from . import spec
 from .exits import SvmVendor
 
 
@@ -25,26 +25,4 @@ class SvmArch(X86Arch):
     }
 
 
-@hookimpl
-def hvsim_register_archs(registry):
-    registry.add(SvmArch)
-
-
-@hookimpl(tryfirst=True)
-def hvsim_exit_handlers(vm, registry):
-    if vm.arch.name == SvmArch.name:
-        x86_handlers.register(registry)
-
-
-@hookimpl
-def hvsim_stage1_walk(vcpu, address, access):
-    if vcpu.vm.arch.name == SvmArch.name:
-        return x86_handlers.stage1_walk(vcpu, address, access)
-
-
-@hookimpl
-def hvsim_spec_tables(arch):
-    if arch == SvmArch.name:
-        from .spec import tables
-
-        return tables()
+plugin = X86VendorPlugin(SvmArch, spec.tables)

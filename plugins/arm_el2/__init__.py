@@ -46,6 +46,7 @@ class ArmEl2Arch(Arch):
         "boot": "Linux arm64 Image, ELF64, raw; device tree in X0",
         "platform": "QEMU virt: RAM 0x4000_0000, PL011 0x0900_0000",
     }
+    boot_state: boot.BootState | None = None  # where the last load put the entry and the DTB
 
     def build(self) -> None:
         vm = self.vm

@@ -48,13 +48,12 @@ from unicorn.arm64_const import (
 from unicorn.unicorn_py3.unicorn import uclib
 
 from hvsim.core.arch import Vcpu, VcpuState
-from hvsim.core.engine import FastRegs
+from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks
 from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, Walk
 
 from . import exceptions, layout, stage1, sysregs
 from .exits import ESR_ELx_EC_HVC64, ESR_ELx_EC_SERROR, WFI_RECORD, El2Record, esr
-from .hooks import HOOK_INTR, HOOK_MEM_EVENT, RawHooks
 from .mmio import MmioTrap
 
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF  # never reached: runs end on WFI, timeout or a stop

@@ -35,11 +35,11 @@ from functools import lru_cache
 from unicorn import UC_HOOK_CODE, UC_MEM_FETCH_UNMAPPED
 from unicorn.arm64_const import UC_ARM64_REG_PC
 
+from hvsim.core.engine import HOOK_CODE
 from hvsim.core.exits import Exit, ExitKind
 
 from .decode import ADDR_UNKNOWN, WB_NONE, WB_POST, LoadStore, decode
 from .exits import ESR_ELx_EC_DABT_LOW, ESR_ELx_WNR, El2Record, esr, fsc_translation
-from .hooks import HOOK_CODE
 
 PAGE = 0x1000
 _OFFSET = PAGE - 1

@@ -1,14 +1,14 @@
 """Intel VT-x: VMX operation, the VMCS, EPT, VPID, APICv, VT-d (Intel SDM Vol. 3C ch. 24-29).
 
-The plugin registered under the ``hvsim.plugins`` entry point ``intel_vtx``.
+``plugin`` is what the ``hvsim.plugins`` entry point ``intel_vtx`` names.
 """
 
 from __future__ import annotations
 
-from hvsim import hookimpl
-from hvsim.plugins.x86 import handlers as x86_handlers
 from hvsim.plugins.x86.arch import X86Arch
+from hvsim.plugins.x86.plugin import X86VendorPlugin
 
+from . import spec
 from .exits import VmxVendor
 
 
@@ -25,26 +25,4 @@ class VtxArch(X86Arch):
     }
 
 
-@hookimpl
-def hvsim_register_archs(registry):
-    registry.add(VtxArch)
-
-
-@hookimpl(tryfirst=True)
-def hvsim_exit_handlers(vm, registry):
-    if vm.arch.name == VtxArch.name:
-        x86_handlers.register(registry)
-
-
-@hookimpl
-def hvsim_stage1_walk(vcpu, address, access):
-    if vcpu.vm.arch.name == VtxArch.name:
-        return x86_handlers.stage1_walk(vcpu, address, access)
-
-
-@hookimpl
-def hvsim_spec_tables(arch):
-    if arch == VtxArch.name:
-        from .spec import tables
-
-        return tables()
+plugin = X86VendorPlugin(VtxArch, spec.tables)

@@ -1,31 +1,9 @@
-"""Fixtures for the arm_el2 tests: a VM factory on a fresh plugin manager, an exit recorder."""
+"""Fixtures for the arm_el2 tests: a VM factory on a fresh plugin manager."""
 
 from __future__ import annotations
 
 import pytest
 
-from hvsim import hookimpl
-
-
-class ExitRecorder:
-    """An ``hvsim_vm_exit`` observer that keeps every exit."""
-
-    def __init__(self) -> None:
-        self.exits = []
-
-    @hookimpl
-    def hvsim_vm_exit(self, vcpu, exit):
-        self.exits.append(exit)
-
-    def of(self, kind):
-        return [e for e in self.exits if e.kind is kind]
-
-
-@pytest.fixture
-def recorder(hvsim_pm):
-    rec = ExitRecorder()
-    hvsim_pm.register(rec, name="arm-el2-exit-recorder")
-    return rec
 
 
 @pytest.fixture

@@ -24,15 +24,6 @@ def arch(request):
     return request.param
 
 
-class Recorder:
-    def __init__(self):
-        self.exits = []
-
-    @hookimpl
-    def hvsim_vm_exit(self, vcpu, exit):
-        self.exits.append(exit)
-
-
 def run64(make_vm, arch, src, pm=None, **kw):
     vm = make_vm(arch, **kw)
     vm.load(x86_64(f"mov rsp, {X86_STACK}\n{src}"))
@@ -197,10 +188,9 @@ def test_cpuid_shows_the_vendor_and_the_hypervisor_leaf(make_vm, arch):
     ("mov dx, 0x1230\nin eax, dx", 0x1230, 4, True, False, 1),
     ("in al, 0x71", 0x71, 1, True, True, 2),
 ])
-def test_io_exit_records_size_direction_port_and_operand(make_vm, hvsim_pm, arch, insn, port, size, is_in,
+def test_io_exit_records_size_direction_port_and_operand(make_vm, recorder, arch, insn, port, size, is_in,
                                                           imm, length):
-    rec = Recorder()
-    hvsim_pm.register(rec)
+    rec = recorder
     vm, _ = run64(make_vm, arch, f"{insn}\n{EXIT_HALT}")
     exit = next(e for e in rec.exits if e.kind is ExitKind.PORT_IO)
     assert (exit.address, exit.size, exit.is_write) == (port, size, not is_in)
@@ -219,9 +209,8 @@ def test_io_exit_records_size_direction_port_and_operand(make_vm, hvsim_pm, arch
         assert vm.memory.read(exit.raw.NRIP - length, length) == x86_64(insn.split("\n")[-1])
 
 
-def test_rep_outsb_is_a_string_io_exit_per_byte(make_vm, hvsim_pm, arch):
-    rec = Recorder()
-    hvsim_pm.register(rec)
+def test_rep_outsb_is_a_string_io_exit_per_byte(make_vm, recorder, arch):
+    rec = recorder
     vm, _ = run64(make_vm, arch, f"""
         mov rsi, {X86_DATA:#x}
         mov dword ptr [rsi], 0x0a216968
@@ -333,9 +322,8 @@ def test_protected_mode_delivery_pushes_eflags_cs_eip(make_vm, arch):
     assert eflags & 2 and esp == 0x180000 - 12
 
 
-def test_an_exception_with_no_usable_gate_is_a_triple_fault(make_vm, hvsim_pm, arch):
-    rec = Recorder()
-    hvsim_pm.register(rec)
+def test_an_exception_with_no_usable_gate_is_a_triple_fault(make_vm, recorder, arch):
+    rec = recorder
     vm, result = run64(make_vm, arch, "xor ecx, ecx\ndiv ecx\nhlt")
     assert result.status == STATUS_GUEST_CRASH
     assert "triple fault" in result.reason
@@ -365,9 +353,8 @@ def test_access_to_memory_nothing_backs_is_a_clear_guest_crash(make_vm, arch):
     assert "0x80000000" in result.reason and "no RAM or device" in result.reason
 
 
-def test_apic_base_accesses_are_msr_exits_with_the_vendors_record(make_vm, hvsim_pm, arch):
-    rec = Recorder()
-    hvsim_pm.register(rec)
+def test_apic_base_accesses_are_msr_exits_with_the_vendors_record(make_vm, recorder, arch):
+    rec = recorder
     vm, _ = run64(make_vm, arch, f"""
         mov ecx, 0x1b
         rdmsr
