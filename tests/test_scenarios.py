@@ -317,3 +317,60 @@ def test_an_image_for_the_other_family_is_refused(make_vm, every_arch):
     vm = make_vm(every_arch)
     with pytest.raises(ImageError):
         vm.load(bytes(image))
+
+
+class FallbackMmio:
+    """An ``hvsim_mmio`` plugin: answers every unclaimed MMIO read with the address's low bits."""
+
+    def __init__(self) -> None:
+        self.seen = []
+
+    @hookimpl
+    def hvsim_mmio(self, vcpu, address, size, is_write, value):
+        self.seen.append((address, size, is_write, value))
+        return True if is_write else address & 0xFFFF
+
+
+def test_an_unclaimed_mmio_access_goes_to_the_hvsim_mmio_hook(make_vm, hvsim_pm, every_arch):
+    plugin = FallbackMmio()
+    hvsim_pm.register(plugin)
+    family = ARCH_FAMILY[every_arch]
+    hole = 0xFED0_0040 if family == "x86" else 0x0C00_0040
+    if family == "x86":
+        image = x86_64(f"""
+            mov rsp, {X86_STACK}
+            mov rax, {hole:#x}
+            mov dword ptr [rax], 7
+            mov ebx, dword ptr [rax]
+            mov [{X86_DATA:#x}], rbx
+            mov al, 0
+            out 0xf4, al
+            hlt""")
+        data = X86_DATA
+    else:
+        image = arm64_image(f"""
+            ldr x1, ={hole:#x}
+            mov w2, #7
+            str w2, [x1]
+            ldr w3, [x1]
+            ldr x4, ={ARM_DATA:#x}
+            str x3, [x4]
+            {ARM_SYSTEM_OFF}""")
+        data = ARM_DATA
+    vm = boot(make_vm, every_arch, image)
+    result = vm.run(timeout=10)
+    assert result.status in (0, 1), result.reason
+    assert plugin.seen == [(hole, 4, True, 7), (hole, 4, False, None)]
+    assert vm.memory.read_u64(data) == hole & 0xFFFF
+
+
+def test_an_unclaimed_mmio_access_without_a_plugin_is_a_clear_crash(make_vm, every_arch):
+    family = ARCH_FAMILY[every_arch]
+    hole = 0xFED0_0040 if family == "x86" else 0x0C00_0040
+    if family == "x86":
+        image = x86_64(f"mov rsp, {X86_STACK}\nmov rax, {hole:#x}\nmov ebx, dword ptr [rax]\nhlt")
+    else:
+        image = arm64_image(f"ldr x1, ={hole:#x}\nldr w3, [x1]\n{ARM_SYSTEM_OFF}")
+    vm = boot(make_vm, every_arch, image)
+    result = vm.run(timeout=10)
+    assert result.status == 4 and hex(hole) in result.reason

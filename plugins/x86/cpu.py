@@ -52,11 +52,11 @@ class X86Vcpu(Vcpu):
         self.regs = FastRegs(uc)
         for slot in vm.memory.slots:
             uc.mem_map_ptr(slot.gpa, slot.size, UC_PROT_ALL, vm.host.ptr + slot.hpa)
-        for claim in vm.bus.mmio_claims:
-            self._map_mmio(claim.base, claim.size)
         self._io_decoded: dict[int, IoInsn] = {}  # by RIP; only the exit record depends on it
         self._io_records: dict[tuple, tuple[str, object]] = {}
         self._raw = RawHooks(uc)
+        for claim in vm.bus.mmio_claims:
+            self._map_mmio(claim.base, claim.size)
         on_out, on_in, on_cpuid = self._make_io_hooks()
         self._raw.add_insn(INSN_OUT_CB, on_out, X.UC_X86_INS_OUT)
         self._raw.add_insn(INSN_IN_CB, on_in, X.UC_X86_INS_IN)
@@ -76,19 +76,26 @@ class X86Vcpu(Vcpu):
 
     # -- engine set-up ---------------------------------------------------------------------
     def _map_mmio(self, base: int, size: int) -> None:
-        vm, vendor, regs = self.vm, self.vendor, self.regs
-        dispatch = vm.dispatch
+        vendor, dispatch, fail = self.vendor, self.vm.dispatch, self._raw.fail
 
-        def read(uc, offset, size_, _ud):
-            exit = vendor.mmio_exit(base + offset, size_, False, None, regs.read(X.UC_X86_REG_RIP))
-            dispatch(self, exit)
-            return exit.value or 0
+        # The engine does not sync RIP before an MMIO callback (it reads as the start of the
+        # translation block), so the record leaves the guest RIP out rather than get it wrong.
+        def read(_uch, offset, size_, _ud):
+            try:
+                exit = vendor.mmio_exit(base + offset, size_, False, None, None)
+                dispatch(self, exit)
+                return exit.value or 0
+            except BaseException as exc:
+                fail(exc)
+                return 0
 
-        def write(uc, offset, size_, value, _ud):
-            exit = vendor.mmio_exit(base + offset, size_, True, value, regs.read(X.UC_X86_REG_RIP))
-            dispatch(self, exit)
+        def write(_uch, offset, size_, value, _ud):
+            try:
+                dispatch(self, vendor.mmio_exit(base + offset, size_, True, value, None))
+            except BaseException as exc:
+                fail(exc)
 
-        self.uc.mmio_map(base, size, read, None, write, None)
+        self._raw.mmio_map(base, size, read, write)
 
     def set_boot_state(self, state: BootState) -> None:
         """Put the engine in the boot CPU mode, then start at the loader stub (boot.BootState)."""
@@ -252,6 +259,12 @@ class X86Vcpu(Vcpu):
         return 64 if self.long_mode() else (32 if self.cr0() & 1 else 16)
 
     def _on_unmapped(self, uc, access, address, size, value, _ud):
+        if self.vm.mmio_fallback and access != _MEM_FETCH_UNMAPPED:
+            # Nothing backs this page: with an hvsim_mmio plugin present it becomes MMIO (as
+            # KVM reports any access outside the memslots to the VMM) and the access is retried.
+            page = address & ~0xFFF
+            self._map_mmio(page, 0x1000)
+            return True
         self._unmapped = (access, address, size, value)
         return False
 

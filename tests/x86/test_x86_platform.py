@@ -10,7 +10,6 @@ import struct
 import pytest
 
 from guestlib import X86_BASE, X86_DATA, X86_STACK, x86_32, x86_64, x86_hypercall, x86_idt_setup
-from hvsim import hookimpl
 from hvsim.core.exits import ExitKind
 from hvsim.core.guests.build import elf32
 from hvsim.core.vm import STATUS_GUEST_CRASH
