@@ -55,6 +55,12 @@ class Vcpu:
         raise NotImplementedError
 
     # -- shared ----------------------------------------------------------------------------
+    def wake(self) -> bool:
+        """A halted vCPU has queued events: deliver what it can take, and say whether the halt
+        ends. On x86 only a deliverable event ends HLT (an external interrupt needs RFLAGS.IF);
+        architectures where a masked interrupt also ends the wait override this."""
+        return self.deliver_pending()
+
     def inject(self, event: Event) -> None:
         """Queue ``event``; it is delivered at the next entry when the guest can take it."""
         self.events.append(event)

@@ -59,7 +59,7 @@ def handle_halt(vcpu, exit: Exit) -> None:
         event = vm.pm.hook.hvsim_interrupt_pending(vcpu=vcpu)
         if event is not None:
             vcpu.inject(event)
-    if not (vcpu.events and vcpu.deliver_pending()):
+    if not (vcpu.events and vcpu.wake()):
         vcpu.state = VcpuState.HALTED
 
 

@@ -199,7 +199,7 @@ class VM:
                 for vcpu in self.vcpus:
                     if self.status is not None:
                         break
-                    if vcpu.state is VcpuState.HALTED and vcpu.events and vcpu.deliver_pending():
+                    if vcpu.state is VcpuState.HALTED and vcpu.events and vcpu.wake():
                         vcpu.state = VcpuState.RUNNABLE
                     if vcpu.state is not VcpuState.RUNNABLE:
                         continue
@@ -208,7 +208,10 @@ class VM:
                         vcpu.deliver_pending()
                     if self._entry_observers:
                         self.pm.hook.hvsim_vm_entry(vcpu=vcpu)
-                    exit = vcpu.run(slice_us)
+                    # An event waiting for the guest to unmask interrupts is retried at the next
+                    # entry: short slices bound that wait (the interrupt-window exits of the
+                    # interrupt-virtualization plugins make it exact).
+                    exit = vcpu.run(SLICE_US_SMP if vcpu.events else slice_us)
                     if exit is not None:
                         self.dispatch(vcpu, exit)
                 if self.status is not None:

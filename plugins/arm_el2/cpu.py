@@ -226,6 +226,14 @@ class Arm64Vcpu(Vcpu):
             return True
         return False
 
+    def wake(self) -> bool:
+        """WFI completes when an interrupt is pending even if PSTATE masks it; the masked one
+        stays pending and is taken once unmasked (Arm ARM D1.16.2, "Wait for Interrupt")."""
+        if not self.events:
+            return False
+        self.deliver_pending()
+        return True
+
     def can_take_events(self) -> bool:
         mask = exceptions.PSTATE_I | exceptions.PSTATE_F
         return self.regs.read(UC_ARM64_REG_PSTATE) & mask != mask

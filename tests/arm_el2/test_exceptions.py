@@ -176,3 +176,38 @@ def test_wfi_exit_record_is_ec_wfx_with_ti_wfi(arm_vm, recorder):
     assert halt.reason == "ESR_ELx_EC_WFx"
     assert (halt.raw.EC, halt.raw.IL, halt.raw.ISS & 0b11) == (0x01, 1, 0b00)  # TI: WFI
     assert halt.raw.ESR_EL2 >> 20 & 0x1F == 0b11110  # CV = 1, COND = 0b1110 from AArch64
+
+
+def test_wfi_completes_on_a_masked_pending_interrupt_which_is_taken_once_unmasked(make_vm):
+    """Arm ARM D1.16.2: a pending interrupt is a WFI wake-up event even while PSTATE.I masks it."""
+    from guestlib import ARM_BASE, ARM_DATA, ARM_ENTRY, SLOT_CUR_SPX_IRQ, arm64_image
+
+    from hvsim.core.exits import Event, EventType
+
+    image = arm64_image(f"""
+        ldr x0, ={ARM_BASE:#x}
+        msr vbar_el1, x0
+        isb
+        ldr x9, ={ARM_DATA:#x}
+        wfi
+        mov x10, #1
+        str x10, [x9, #16]
+        msr daifclr, #2
+    spin:
+        ldr x12, [x9]
+        cbz x12, spin
+        movz w0, #8
+        movk w0, #0x8400, lsl #16
+        hvc #0""", vectors={SLOT_CUR_SPX_IRQ: f"""
+        ldr x9, ={ARM_DATA:#x}
+        ldr x11, [x9, #16]
+        str x11, [x9]
+        eret"""})
+    vm = make_vm("arm_el2", entry=ARM_ENTRY)
+    vm.load(image)
+    vm.vcpus[0].inject(Event(EventType.VIRTUAL_IRQ))
+    result = vm.run(timeout=10)
+    assert result.status == 0, result.reason
+    # taken after the WFI completed and PSTATE.I was cleared (at the next entry: hvsim polls a
+    # masked pending event with short slices until the vGIC models the interrupt window)
+    assert vm.memory.read_u64(ARM_DATA) == 1
