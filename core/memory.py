@@ -120,6 +120,15 @@ class GuestMemory:
         hpa = self.translate(gpa, len(data))
         self.host.view[hpa : hpa + len(data)] = data
 
+    def place(self, gpa: int, data: bytes, size: int) -> int:
+        """Load ``data`` at ``gpa`` and zero the rest of ``size`` bytes (an ELF segment's bss);
+        returns the end address. The whole range must be RAM."""
+        self.translate(gpa, max(size, len(data), 1))
+        self.write(gpa, data)
+        if size > len(data):
+            self.write(gpa + len(data), bytes(size - len(data)))
+        return gpa + max(size, len(data))
+
     def read_u16(self, gpa: int) -> int:
         return _U16.unpack_from(self.host.view, self.translate(gpa, 2))[0]
 

@@ -66,10 +66,7 @@ def _place(memory: GuestMemory, seg: Segment, what: str) -> int:
     if not memory.is_ram(seg.address, max(seg.memsz, 1)):
         raise ImageError(f"{what}: {seg.memsz:#x} bytes at {seg.address:#x} do not fit in "
                          f"{memory.ram_size >> 20} MiB of RAM at {layout.RAM_BASE:#x}")
-    memory.write(seg.address, seg.data)
-    if seg.memsz > len(seg.data):
-        memory.write(seg.address + len(seg.data), bytes(seg.memsz - len(seg.data)))
-    return seg.address + seg.memsz
+    return memory.place(seg.address, seg.data, seg.memsz)
 
 
 def load(memory: GuestMemory, image: Image, *, cpus: int, append: str, initrd: bytes | None,

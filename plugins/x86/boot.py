@@ -97,10 +97,7 @@ def place_segments(memory: GuestMemory, image: Image, what: str) -> int:
         if not memory.is_ram(seg.address, max(seg.memsz, 1)):
             raise ImageError(f"{what} {image.path}: segment at {seg.address:#x}+{seg.memsz:#x} "
                              f"does not fit in {memory.ram_size >> 20} MiB of RAM")
-        memory.write(seg.address, seg.data)
-        if seg.memsz > len(seg.data):
-            memory.write(seg.address + len(seg.data), bytes(seg.memsz - len(seg.data)))
-        top = max(top, seg.address + seg.memsz)
+        top = max(top, memory.place(seg.address, seg.data, seg.memsz))
     return top
 
 
