@@ -50,10 +50,6 @@ class Vcpu:
         """Deliver the first queued event the guest can take now; True when one was delivered."""
         raise NotImplementedError
 
-    def can_take_events(self) -> bool:
-        """Whether an interrupt could ever wake this vCPU (x86 RFLAGS.IF, arm64 PSTATE.I/F)."""
-        raise NotImplementedError
-
     # -- shared ----------------------------------------------------------------------------
     def wake(self) -> bool:
         """A halted vCPU has queued events: deliver what it can take, and say whether the halt

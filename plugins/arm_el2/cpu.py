@@ -234,10 +234,6 @@ class Arm64Vcpu(Vcpu):
         self.deliver_pending()
         return True
 
-    def can_take_events(self) -> bool:
-        mask = exceptions.PSTATE_I | exceptions.PSTATE_F
-        return self.regs.read(UC_ARM64_REG_PSTATE) & mask != mask
-
     # -- PSCI ---------------------------------------------------------------------------------
     def power_on(self, entry: int, context_id: int) -> None:
         """CPU_ON: enter at ``entry`` in EL1h, MMU off, DAIF masked, X0 = context id

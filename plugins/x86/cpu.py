@@ -22,9 +22,9 @@ from unicorn import (UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAP
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
 
-from hvsim.core.arch import Vcpu, VcpuState
+from hvsim.core.arch import Vcpu
 from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, FastRegs, RawHooks
-from hvsim.core.exits import Event, EventType, Exit, ExitKind
+from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, GuestMemoryError
 
 from . import idt, layout, paging
@@ -301,15 +301,6 @@ class X86Vcpu(Vcpu):
         self._raise_exception(event.vector, event.error_code, rip, software)
         self.vm.pm.hook.hvsim_interrupt_acknowledged(vcpu=self, event=event)
         return True
-
-    def can_take_events(self) -> bool:
-        return bool(self.rflags() & idt.RFLAGS_IF)
-
-    def inject(self, event: Event) -> None:
-        super().inject(event)
-        if self.state is VcpuState.HALTED and (event.type is not EventType.EXTERNAL_INTERRUPT
-                                               or self.can_take_events()):
-            self.state = VcpuState.RUNNABLE
 
     # -- architectural state, used by idt.py and the handlers --------------------------------
     def rip(self) -> int:
