@@ -13,3 +13,11 @@ import pytest  # noqa: E402
 def recorder(exit_recorder):
     """Shorter name for hvsim's ``exit_recorder`` fixture."""
     return exit_recorder
+
+from hypothesis import settings  # noqa: E402
+
+# CI runs the same examples every time (a red CI must mean a regression); locally hypothesis
+# keeps exploring.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
