@@ -5,6 +5,8 @@ from __future__ import annotations
 from hvsim.core.spec import SpecTable
 
 from .exits import EXIT_CODES
+from .svm import CHECKS
+from .vmcb import FIELDS, INTERCEPTS, Clean
 
 
 def tables() -> dict[str, SpecTable]:
@@ -23,4 +25,18 @@ def tables() -> dict[str, SpecTable]:
              [3, "RSV: reserved bit set"], [4, "ID: instruction fetch"],
              [32, "the fault was on the final guest-physical address"],
              [33, "the fault was on a guest page-table access"]]),
+        "vmcb": SpecTable(
+            "VMCB fields (control area, then state-save area from 0x400)", "AMD APM Vol. 2, Appendix B, "
+            "Tables B-1 and B-2; clean bits 15.15.3",
+            ["offset", "bits", "width", "name", "area", "clean_bit"],
+            [[f"{f.offset:#05x}", f.bit_range, f.width, f.name, f.area,
+              "" if f.clean is None else f"{int(f.clean)} ({Clean(f.clean).name})"] for f in FIELDS]),
+        "intercepts": SpecTable(
+            "VMCB intercept vectors and the exit code each intercept produces",
+            "AMD APM Vol. 2, Table B-1 (0x000-0x014) and Appendix C",
+            ["offset", "bit", "name", "exit_code", "exit_name"],
+            [[f"{i.offset:#05x}", i.bit, i.name, f"{i.exit_code:#x}", i.exit_name] for i in INTERCEPTS]),
+        "vmrun-checks": SpecTable(
+            "VMRUN consistency checks: any of these is #VMEXIT with EXITCODE VMEXIT_INVALID (-1)",
+            "AMD APM Vol. 2, 15.5.1", ["check", "illegal state"], [[k, v] for k, v in CHECKS.items()]),
     }
