@@ -10,7 +10,7 @@ overlapping ranges. A device sees the offset inside its range, never the absolut
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .errors import PluginError
@@ -32,10 +32,10 @@ class Claim:
     size: int
     device: Any
     name: str
+    end: int = field(init=False)  # base + size, kept as a field: the MMIO lookup runs per exit
 
-    @property
-    def end(self) -> int:
-        return self.base + self.size
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "end", self.base + self.size)
 
 
 class IoBus:

@@ -14,19 +14,15 @@ from .exits import Exit, ExitKind
 _ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
 
 
-def _claimed(claim, exit: Exit) -> None:
-    """A device on the bus takes the access at its offset."""
-    if exit.is_write:
-        claim.device.write(exit.address - claim.base, exit.size, exit.value)
-    else:
-        exit.value = claim.device.read(exit.address - claim.base, exit.size) & _ONES[exit.size]
-
-
 def handle_port_io(vcpu, exit: Exit) -> None:
     vm = vcpu.vm
     claim = vm.bus.port(exit.address)
-    if claim is not None:
-        return _claimed(claim, exit)
+    if claim is not None:  # the device that claimed the address takes it at its offset
+        if exit.is_write:
+            claim.device.write(exit.address - claim.base, exit.size, exit.value)
+        else:
+            exit.value = claim.device.read(exit.address - claim.base, exit.size) & _ONES[exit.size]
+        return
     result = None
     if vm.port_io_fallback:
         result = vm.pm.hook.hvsim_port_io(vcpu=vcpu, port=exit.address, size=exit.size,
@@ -39,8 +35,12 @@ def handle_port_io(vcpu, exit: Exit) -> None:
 def handle_mmio(vcpu, exit: Exit) -> None:
     vm = vcpu.vm
     claim = vm.bus.mmio(exit.address)
-    if claim is not None:
-        return _claimed(claim, exit)
+    if claim is not None:  # the device that claimed the address takes it at its offset
+        if exit.is_write:
+            claim.device.write(exit.address - claim.base, exit.size, exit.value)
+        else:
+            exit.value = claim.device.read(exit.address - claim.base, exit.size) & _ONES[exit.size]
+        return
     result = None
     if vm.mmio_fallback:
         result = vm.pm.hook.hvsim_mmio(vcpu=vcpu, address=exit.address, size=exit.size,

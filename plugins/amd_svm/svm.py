@@ -33,7 +33,7 @@ VM_CR_BITS = VM_CR_DPD | VM_CR_R_INIT | VM_CR_DIS_A20M | VM_CR_LOCK | VM_CR_SVMD
 CR0_PE, CR0_NW, CR0_CD, CR0_PG = 1 << 0, 1 << 29, 1 << 30, 1 << 31
 CR4_PAE = 1 << 5
 
-# CR4 bits an AMD64 processor defines (Vol. 2, 3.1.3, Figure 3-7): VME PVI TSD DE PSE PAE MCE PGE
+# CR4 bits an AMD64 processor defines (Vol. 2, 3.1.3): VME PVI TSD DE PSE PAE MCE PGE
 # PCE OSFXSR OSXMMEXCPT UMIP LA57 (0-12), FSGSBASE PCIDE OSXSAVE (16-18), SMEP SMAP PKE CET (20-23).
 CR4_DEFINED = (0x1FFF | 0x7 << 16 | 0xF << 20)
 # EFER bits this model's processor implements (Vol. 2, 3.1.7); the rest are MBZ for it.
@@ -216,9 +216,9 @@ class SvmCpu:
                 raise SvmFault("#GP", f"{mnemonic} at CPL {cpl}")
         else:
             raise ValueError(f"{mnemonic} is not an SVM instruction this model checks")
-        if mnemonic in ("VMRUN", "VMLOAD", "VMSAVE") and rax is not None:
-            if rax & 0xFFF or rax >> self.features.phys_addr_bits:
-                raise SvmFault("#GP", f"VMCB address {rax:#x} is not 4 KiB aligned within the physical-address width")
+        if mnemonic in ("VMRUN", "VMLOAD", "VMSAVE") and rax is not None and (
+                rax & 0xFFF or rax >> self.features.phys_addr_bits):
+            raise SvmFault("#GP", f"VMCB address {rax:#x} is not 4 KiB aligned within the physical-address width")
 
     def stgi(self, cpl: int = 0) -> None:
         self.check_instruction("STGI", cpl)

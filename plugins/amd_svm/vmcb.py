@@ -55,9 +55,9 @@ class Field:
         return str(hi) if hi == self.lsb else f"{hi}:{self.lsb}"
 
 
-# -- VMCB clean bits (APM 15.15.3, Table 15-10 "VMCB Clean Field") --------------------------------
+# -- VMCB clean bits (APM 15.15.3 "VMCB Clean Field") ----------------------------------------------
 class Clean(IntEnum):
-    I = 0  # noqa: E741  intercept vectors, TSC_OFFSET, pause filter count and threshold
+    I = 0  # intercept vectors, TSC_OFFSET, pause filter count and threshold
     IOPM = 1  # IOPM_BASE_PA, MSRPM_BASE_PA
     ASID = 2
     TPR = 3  # V_TPR, V_IRQ, V_INTR_PRIO, V_IGN_TPR, V_INTR_MASKING, V_INTR_VECTOR (0x060-0x067)
@@ -198,7 +198,7 @@ WRITTEN_AT_VMEXIT = frozenset(
        "EXITCODE", "EXITINFO1", "EXITINFO2", "EXITINTINFO", "NRIP"])
 
 
-# -- intercepts (15.7-15.14; Table B-1 offsets 0x000-0x014; exit codes from Appendix C) ---------
+# -- intercepts (15.7-15.14; Table B-1 offsets 0x000-0x014; exit codes from Appendix C) ------------
 @dataclass(frozen=True, slots=True)
 class Intercept:
     name: str
@@ -239,9 +239,9 @@ INTERCEPT: dict[str, Intercept] = {i.name: i for i in INTERCEPTS}
 INTERCEPT_VECTOR_BYTES = 0x18  # 0x000-0x017: six 32-bit words
 
 
-# -- EVENTINJ and EXITINTINFO (15.20 Figure 15-7; 15.7.2) ----------------------------------------
+# -- EVENTINJ and EXITINTINFO (15.20; 15.7.2) ------------------------------------------------------
 class EventType(IntEnum):
-    """TYPE, bits 10:8 (Table 15-? "Guest Exception or Interrupt Types"); 1, 5, 6, 7 are reserved."""
+    """EVENTINJ.TYPE, bits 10:8 (15.20); the values 1, 5, 6 and 7 are reserved."""
 
     INTR = 0  # external or virtual interrupt
     NMI = 2
@@ -288,7 +288,7 @@ class Segment:
     base: int
 
     @property
-    def l(self) -> bool:  # noqa: E743  descriptor L (64-bit code), attribute bit 9
+    def l(self) -> bool:  # descriptor L (64-bit code), attribute bit 9
         return bool(self.attrib >> 9 & 1)
 
     @property
@@ -296,7 +296,7 @@ class Segment:
         return bool(self.attrib >> 10 & 1)
 
 
-# -- access ---------------------------------------------------------------------------------------
+# -- access ----------------------------------------------------------------------------------------
 _U64 = struct.Struct("<Q")
 _EXIT_RECORD = struct.Struct("<QQQQ")  # EXITCODE, EXITINFO1, EXITINFO2, EXITINTINFO: 0x070-0x08F
 
@@ -441,7 +441,15 @@ class Vmcb:
         return write
 
 
-# -- the processor's VMCB cache (15.15.3) ---------------------------------------------------------
+# -- the processor's VMCB cache (15.15.3) ----------------------------------------------------------
+_ALWAYS_LOADED = tuple(f for f in FIELDS if f.clean is None)
+_BY_CLEAN = {bit: tuple(f for f in FIELDS if f.clean == bit) for bit in Clean}
+
+
+def _decode_all(page: bytes, fields: tuple[Field, ...]) -> dict[str, int | bytes]:
+    return {f.name: field_value(page, f) for f in fields}
+
+
 class VmcbCache:
     """What a logical processor keeps of the last VMCB it ran, and how VMCB clean bits use it.
 
@@ -455,21 +463,18 @@ class VmcbCache:
 
     def __init__(self) -> None:
         self.pa: int | None = None
-        self.values: dict[str, int] = {}
+        self.groups: dict[int, dict[str, int | bytes]] = {}  # by clean bit: the cached fields
 
     def vmrun(self, vmcb: Vmcb) -> dict[str, int | bytes]:
         """The state VMRUN loads: every field, cached ones served from the cache when clean."""
         page = vmcb.page()
-        same = self.pa == vmcb.pa and bool(self.values)
-        clean = field_value(page, FIELD["VMCB_CLEAN"]) if same else 0
-        state = {}
-        for f in FIELDS:
-            if f.clean is not None and clean >> f.clean & 1:
-                state[f.name] = self.values[f.name]
-            else:
-                state[f.name] = field_value(page, f)
+        clean = field_value(page, FIELD["VMCB_CLEAN"]) if self.pa == vmcb.pa and self.groups else 0
+        state = _decode_all(page, _ALWAYS_LOADED)
+        for bit, fields in _BY_CLEAN.items():
+            if not clean >> bit & 1:
+                self.groups[bit] = _decode_all(page, fields)
+            state.update(self.groups[bit])
         self.pa = vmcb.pa
-        self.values = {f.name: state[f.name] for f in FIELDS if f.clean is not None}
         return state
 
     def vmexit(self, vmcb: Vmcb) -> None:
@@ -477,11 +482,11 @@ class VmcbCache:
         if self.pa != vmcb.pa:
             return
         page = vmcb.page()
-        for name in WRITTEN_AT_VMEXIT:
-            if name in self.values:
-                self.values[name] = field_value(page, FIELD[name])
+        for group in self.groups.values():
+            for name in WRITTEN_AT_VMEXIT.intersection(group):
+                group[name] = field_value(page, FIELD[name])
 
     def flush(self) -> None:
         """Forget everything (another VMCB, another CPU, or a VMM that cleared all clean bits)."""
         self.pa = None
-        self.values = {}
+        self.groups = {}

@@ -37,7 +37,7 @@ class Encoding:
     reserved: int  # the reserved bits that are set; non-zero means no field has this encoding
 
     @classmethod
-    def of(cls, encoding: int) -> "Encoding":
+    def of(cls, encoding: int) -> Encoding:
         return cls(encoding & 1, (encoding >> 1) & 0x1FF, (encoding >> 10) & 3, (encoding >> 13) & 3,
                    encoding & ENCODING_RESERVED)
 
@@ -360,7 +360,7 @@ class Vmcs:
     its field exists (the run loop, recording an exit) may use ``values`` directly.
     """
 
-    __slots__ = ("address", "values", "launched", "shadow", "_has_gpa")
+    __slots__ = ("_has_gpa", "address", "launched", "shadow", "values")
 
     def __init__(self, address: int, supported: frozenset[int] | set[int], shadow: bool = False) -> None:
         self.address = address
