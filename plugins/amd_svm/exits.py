@@ -82,6 +82,14 @@ class SvmVendor(X86Vendor):
     signature = 0x00A00F11  # family 19h
     brand = "hvsim virtual CPU (AMD SVM model)"
 
+    def attach(self, vcpu, area):
+        from .vmm import SvmGuestContext
+
+        return SvmGuestContext(vcpu, area)
+
+    def invalid_exit(self, reason):
+        return Exit(ExitKind.INVALID_STATE, "VMEXIT_INVALID", SvmExitInfo(-1), detail=reason)
+
     def io_exit(self, port, size, is_in, value, rip, insn_len, imm, string=False, rep=False,
                 address_size=64, segment=0):
         info1 = ((IOIO_TYPE_IN if is_in else 0) | (IOIO_STR if string else 0) | (IOIO_REP if rep else 0)

@@ -34,6 +34,7 @@ EXIT_REASON_IO_INSTRUCTION = 30
 EXIT_REASON_MSR_READ = 31
 EXIT_REASON_MSR_WRITE = 32
 EXIT_REASON_EPT_VIOLATION = 48
+EXIT_REASON_INVALID_STATE_FAILED_ENTRY = 33 | (1 << 31)  # bit 31: VM-entry failure (SDM 27.8)
 
 # Exit qualification for I/O instructions (SDM Table 28-5)
 IO_SIZE_MASK = 0x7  # 0 = 1 byte, 1 = 2 bytes, 3 = 4 bytes
@@ -82,6 +83,12 @@ class VmxVendor(X86Vendor):
     hypercall_name = "VMCALL"
     signature = 0x000906A0  # family 6
     brand = "hvsim virtual CPU (Intel VT-x model)"
+
+    def invalid_exit(self, reason):
+        from .exits import EXIT_REASON_INVALID_STATE_FAILED_ENTRY
+
+        return Exit(ExitKind.INVALID_STATE, "EXIT_REASON_INVALID_STATE",
+                    VmxExitInfo(EXIT_REASON_INVALID_STATE_FAILED_ENTRY), detail=reason)
 
     def io_exit(self, port, size, is_in, value, rip, insn_len, imm, string=False, rep=False,
                 address_size=64, segment=0):

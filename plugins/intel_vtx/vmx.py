@@ -14,25 +14,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from .msrs import (
-    FEATURE_CONTROL_LOCKED,
-    FEATURE_CONTROL_VMXON_OUTSIDE_SMX,
-    IA32_VMX_CR0_FIXED0,
-    IA32_VMX_CR0_FIXED1,
-    IA32_VMX_CR4_FIXED0,
-    IA32_VMX_CR4_FIXED1,
-    MEM_TYPE_UC,
-    MEM_TYPE_WB,
-    VMX_EPT_AD_BIT,
-    VMX_EPT_INVEPT_BIT,
-    VMX_EPT_PAGE_WALK_4_BIT,
-    VMX_EPT_PAGE_WALK_5_BIT,
-    VMX_EPTP_UC_BIT,
-    VMX_EPTP_WB_BIT,
-    VMX_VPID_INVVPID_BIT,
-    X86_CR4_VMXE,
-    VmxCapabilities,
-)
+from . import msrs
+from .msrs import VmxCapabilities
 from .vmcs import COMPONENTS, TYPE_READ_ONLY, Vmcs, VmcsRegion, read_u32
 
 # -- VM-instruction error numbers (SDM 31.4, Table 31-1); 14, 21 and 27 are reserved -------------
@@ -160,13 +143,12 @@ VM_ENTERED = VmxResult(Status.ENTERED)
 def eptp_valid(eptp: int, caps: VmxCapabilities) -> bool:
     """Is ``eptp`` an EPTP the processor supports (SDM 26.2.1.1, "enable EPT")? Used by INVEPT
     type 1 and by the VM-entry checks."""
-    cap = caps.ept_vpid_cap
-    memory_type, walk = eptp & 7, (eptp >> 3) & 7
-    if not ((memory_type == MEM_TYPE_UC and cap & VMX_EPTP_UC_BIT) or (memory_type == MEM_TYPE_WB and cap & VMX_EPTP_WB_BIT)):
+    cap, memory_type, walk = caps.ept_vpid_cap, eptp & 7, (eptp >> 3) & 7
+    types = {msrs.MEM_TYPE_UC: msrs.VMX_EPTP_UC_BIT, msrs.MEM_TYPE_WB: msrs.VMX_EPTP_WB_BIT}
+    walks = {3: msrs.VMX_EPT_PAGE_WALK_4_BIT, 4: msrs.VMX_EPT_PAGE_WALK_5_BIT}  # walk length - 1
+    if not cap & types.get(memory_type, 0) or not cap & walks.get(walk, 0):
         return False
-    if not ((walk == 3 and cap & VMX_EPT_PAGE_WALK_4_BIT) or (walk == 4 and cap & VMX_EPT_PAGE_WALK_5_BIT)):
-        return False
-    if eptp & (1 << 6) and not cap & VMX_EPT_AD_BIT:
+    if eptp & (1 << 6) and not cap & msrs.VMX_EPT_AD_BIT:
         return False
     return not (eptp & 0xF80 or eptp >> caps.maxphyaddr)  # bits 11:7 and 63:MAXPHYADDR reserved
 
@@ -190,7 +172,7 @@ class Vmx:
         self.cs_l = True  # CS.L: 64-bit mode when EFER.LMA is set
         self.cpl = 0
         self.rflags = 0x2
-        self.feature_control = FEATURE_CONTROL_LOCKED | FEATURE_CONTROL_VMXON_OUTSIDE_SMX
+        self.feature_control = msrs.FEATURE_CONTROL_LOCKED | msrs.FEATURE_CONTROL_VMXON_OUTSIDE_SMX
         self.blocked_by_mov_ss = False
         # VMX state
         self.in_vmx_operation = False
@@ -198,6 +180,14 @@ class Vmx:
         self.current_pointer = INVALID_POINTER
         self.current: Vmcs | None = None
         self.active: dict[int, Vmcs] = {}  # VMCSs made active by VMPTRLD, by region address
+
+    def rdmsr(self, index: int) -> int:
+        """RDMSR of IA32_FEATURE_CONTROL or a VMX capability MSR; #GP where it does not exist."""
+        if index == msrs.IA32_FEATURE_CONTROL:
+            return self.feature_control
+        if index not in self.caps.msrs:
+            raise GeneralProtection(f"RDMSR of MSR {index:#x}, which this processor does not have")
+        return self.caps.msrs[index]
 
     # -- helpers the pseudo-code names ------------------------------------------------------------
     @property
@@ -232,16 +222,16 @@ class Vmx:
     def cr_values_supported(self) -> bool:
         """CR0 and CR4 against IA32_VMX_CR{0,4}_FIXED{0,1} (SDM 24.8, A.7, A.8)."""
         m = self.caps.msrs
-        return (self.cr0 & m[IA32_VMX_CR0_FIXED0] == m[IA32_VMX_CR0_FIXED0]
-                and not self.cr0 & ~m[IA32_VMX_CR0_FIXED1] & 0xFFFF_FFFF
-                and self.cr4 & m[IA32_VMX_CR4_FIXED0] == m[IA32_VMX_CR4_FIXED0]
-                and not self.cr4 & ~m[IA32_VMX_CR4_FIXED1])
+        fixed0, fixed1 = m[msrs.IA32_VMX_CR0_FIXED0], m[msrs.IA32_VMX_CR0_FIXED1]
+        cr0_ok = self.cr0 & fixed0 == fixed0 and not self.cr0 & ~fixed1 & 0xFFFF_FFFF
+        fixed0, fixed1 = m[msrs.IA32_VMX_CR4_FIXED0], m[msrs.IA32_VMX_CR4_FIXED1]
+        return cr0_ok and self.cr4 & fixed0 == fixed0 and not self.cr4 & ~fixed1
 
     # -- VMXON / VMXOFF ---------------------------------------------------------------------------
     def vmxon(self, addr: int) -> VmxResult:
         """VMXON: enter VMX operation with the VMXON region at ``addr``."""
         self._check_mode()
-        if not self.cr4 & X86_CR4_VMXE:
+        if not self.cr4 & msrs.X86_CR4_VMXE:
             raise InvalidOpcode("CR4.VMXE = 0")
         if self.in_vmx_operation:
             if self.cpl > 0:
@@ -252,7 +242,7 @@ class Vmx:
         if not self.cr_values_supported():
             raise GeneralProtection("CR0 or CR4 not supported in VMX operation (IA32_VMX_CR*_FIXED*)")
         fc = self.feature_control
-        if not fc & FEATURE_CONTROL_LOCKED or not fc & FEATURE_CONTROL_VMXON_OUTSIDE_SMX:
+        if not fc & msrs.FEATURE_CONTROL_LOCKED or not fc & msrs.FEATURE_CONTROL_VMXON_OUTSIDE_SMX:
             raise GeneralProtection("IA32_FEATURE_CONTROL does not enable VMXON outside SMX")
         if self._bad_address(addr):
             return VM_FAIL_INVALID
@@ -396,7 +386,7 @@ class Vmx:
         """INVEPT: check the type (IA32_VMX_EPT_VPID_CAP bit 24 + type) and, for type 1, the
         EPTP of the descriptor. The invalidation itself is the caller's (see ``hvsim_tlb_*``)."""
         cap = self.caps.ept_vpid_cap
-        if not (self.caps.allows("SECONDARY_EXEC_ENABLE_EPT") and cap & VMX_EPT_INVEPT_BIT):
+        if not (self.caps.allows("SECONDARY_EXEC_ENABLE_EPT") and cap & msrs.VMX_EPT_INVEPT_BIT):
             raise InvalidOpcode("the processor does not support INVEPT")
         self._check_vmx_instruction()
         if type_ not in (VMX_EPT_EXTENT_CONTEXT, VMX_EPT_EXTENT_GLOBAL) or not cap >> (24 + type_) & 1:
@@ -410,7 +400,7 @@ class Vmx:
         ``vpid`` is its bits 63:0 (VPID in 15:0, 63:16 must be 0; the VPID must not be 0 for
         types 0, 1, 3), ``linear_address`` its bits 127:64 (canonical for type 0)."""
         cap = self.caps.ept_vpid_cap
-        if not (self.caps.allows("SECONDARY_EXEC_ENABLE_VPID") and cap & VMX_VPID_INVVPID_BIT):
+        if not (self.caps.allows("SECONDARY_EXEC_ENABLE_VPID") and cap & msrs.VMX_VPID_INVVPID_BIT):
             raise InvalidOpcode("the processor does not support INVVPID")
         self._check_vmx_instruction()
         if not 0 <= type_ <= 3 or not cap >> (40 + type_) & 1:

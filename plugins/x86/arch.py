@@ -8,9 +8,12 @@ from __future__ import annotations
 from hvsim.core.arch import Arch
 from hvsim.core.errors import ImageError
 from hvsim.core.loader import Image
+from hvsim.core.vm import HV_AREA
 
 from . import boot, layout
 from .cpu import X86Vcpu
+
+VCPU_AREA = 0x8000  # each vCPU's share of the hypervisor area
 
 
 class X86Arch(Arch):
@@ -25,11 +28,12 @@ class X86Arch(Arch):
     def build(self) -> None:
         vm = self.vm
         vm.memory.add_ram(0, vm.config.mem_size)
+        self.hv_area = vm.host.allocate(HV_AREA)  # per-vCPU VMCS / VMCB structures live here
         for device, port, count, label in layout.PORT_DEVICES:
             vm.bus.add_port(port, count, vm.pm.devices.create(device, vm), label)
 
     def create_vcpu(self, index: int) -> X86Vcpu:
-        return X86Vcpu(self.vm, index, self.vendor)
+        return X86Vcpu(self.vm, index, self.vendor, self.hv_area + index * VCPU_AREA)
 
     def load(self, image: Image) -> None:
         vm = self.vm

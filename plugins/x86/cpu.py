@@ -45,7 +45,7 @@ _MEM_READ_UNMAPPED, _MEM_WRITE_UNMAPPED, _MEM_FETCH_UNMAPPED = 19, 20, 21
 
 
 class X86Vcpu(Vcpu):
-    def __init__(self, vm, index: int, vendor) -> None:
+    def __init__(self, vm, index: int, vendor, hv_area: int) -> None:
         super().__init__(vm, index)
         self.vendor = vendor
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
@@ -55,6 +55,12 @@ class X86Vcpu(Vcpu):
         self._io_decoded: dict[int, IoInsn] = {}  # by RIP; only the exit record depends on it
         self._io_records: dict[tuple, tuple[str, object]] = {}
         self._raw = RawHooks(uc)
+        self._dispatch = vm.dispatch
+        # MSRs Unicorn cannot model (it has no APIC): RDMSR/WRMSR of these are trapped and exit.
+        self.msrs = {MSR_IA32_APIC_BASE: APIC_BASE_DEFAULT | (APIC_BASE_BSP if index == 0 else 0)}
+        self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive)
+        self.context = vendor.attach(self, hv_area)  # the VMCB / VMCS this vCPU runs through
+        self._record = self.context.record if self.context is not None else None
         for claim in vm.bus.mmio_claims:
             self._map_mmio(claim.base, claim.size)
         on_out, on_in, on_cpuid = self._make_io_hooks()
@@ -65,25 +71,21 @@ class X86Vcpu(Vcpu):
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
                     self._on_unmapped)
-        # MSRs Unicorn cannot model (it has no APIC): RDMSR/WRMSR of these are trapped and exit.
-        self.msrs = {MSR_IA32_APIC_BASE: APIC_BASE_DEFAULT | (APIC_BASE_BSP if index == 0 else 0)}
-        self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive)
         self._latch = ExceptionLatch(uc)
         self._stopping = False
         self._unmapped: tuple[int, int, int, int] | None = None
-        self._dispatch = vm.dispatch
         self._hypercall = vendor.hypercall_insn
 
     # -- engine set-up ---------------------------------------------------------------------
     def _map_mmio(self, base: int, size: int) -> None:
-        vendor, dispatch, fail = self.vendor, self.vm.dispatch, self._raw.fail
+        vendor, exit_, fail = self.vendor, self._exit, self._raw.fail
 
         # The engine does not sync RIP before an MMIO callback (it reads as the start of the
         # translation block), so the record leaves the guest RIP out rather than get it wrong.
         def read(_uch, offset, size_, _ud):
             try:
                 exit = vendor.mmio_exit(base + offset, size_, False, None, None)
-                dispatch(self, exit)
+                exit_(exit)
                 return exit.value or 0
             except BaseException as exc:
                 fail(exc)
@@ -91,7 +93,7 @@ class X86Vcpu(Vcpu):
 
         def write(_uch, offset, size_, value, _ud):
             try:
-                dispatch(self, vendor.mmio_exit(base + offset, size_, True, value, None))
+                exit_(vendor.mmio_exit(base + offset, size_, True, value, None))
             except BaseException as exc:
                 fail(exc)
 
@@ -119,6 +121,13 @@ class X86Vcpu(Vcpu):
     def run(self, slice_us: int) -> Exit | None:
         self._stopping = False
         self._unmapped = None
+        context = self.context
+        if context is not None:
+            failed = context.vmrun()
+            if failed:
+                self._exit(self.vendor.invalid_exit(failed))
+                self.vm.crash(failed)
+                return None
         rip = self.regs.read(X.UC_X86_REG_RIP)
         self._traps.prescan(rip)
         try:
@@ -130,11 +139,23 @@ class X86Vcpu(Vcpu):
         except GuestMemoryError as exc:
             self.vm.crash(str(exc))
             return None
+        finally:
+            if context is not None:
+                context.vmexit()
         if self._stopping or self.vm.status is not None:
             return None
         if self.uc.query(UC_QUERY_TIMEOUT):
             return None
-        return self.vendor.hlt_exit(self.regs.read(X.UC_X86_REG_RIP))
+        exit = self.vendor.hlt_exit(self.regs.read(X.UC_X86_REG_RIP))
+        if self._record is not None:
+            self._record(exit.raw)
+        return exit
+
+    def _exit(self, exit: Exit) -> None:
+        """Record ``exit`` in the vendor's structure (VMCB / VMCS), then handle it."""
+        if self._record is not None:
+            self._record(exit.raw)
+        self._dispatch(self, exit)
 
     def request_stop(self) -> None:
         # Takes effect at the end of the current translation block (Unicorn checks the stop
@@ -180,7 +201,7 @@ class X86Vcpu(Vcpu):
         attribute look-ups)."""
         read, rip_id, dispatch, records = self.regs.read, X.UC_X86_REG_RIP, self.vm.dispatch, self._io_records
         record, kind, fail = self._io_record, ExitKind.PORT_IO, self._raw.fail
-        cpuid_exit = self.vendor.cpuid_exit
+        cpuid_exit, vmcb = self.vendor.cpuid_exit, self._record
 
         def on_out(_uch, port, size, value, _ud):
             try:
@@ -188,6 +209,8 @@ class X86Vcpu(Vcpu):
                 rec = records.get((rip, port, size))
                 if rec is None:
                     rec = records[(rip, port, size)] = record(rip, port, size, False)
+                if vmcb is not None:
+                    vmcb(rec[1])
                 dispatch(self, Exit(kind, rec[0], rec[1], port, size, True, value))
             except BaseException as exc:
                 fail(exc)
@@ -198,6 +221,8 @@ class X86Vcpu(Vcpu):
                 rec = records.get((rip, port, size, True))
                 if rec is None:
                     rec = records[(rip, port, size, True)] = record(rip, port, size, True)
+                if vmcb is not None:
+                    vmcb(rec[1])
                 exit = Exit(kind, rec[0], rec[1], port, size, False, None)
                 dispatch(self, exit)
                 return exit.value if exit.value is not None else (1 << (8 * size)) - 1
@@ -207,7 +232,10 @@ class X86Vcpu(Vcpu):
 
         def on_cpuid(_uch, _ud):
             try:
-                dispatch(self, cpuid_exit(read(rip_id)))
+                exit = cpuid_exit(read(rip_id))
+                if vmcb is not None:
+                    vmcb(exit.raw)
+                dispatch(self, exit)
             except BaseException as exc:
                 fail(exc)
             return 1  # skip the engine's own CPUID: the handler wrote EAX..EDX
@@ -221,7 +249,7 @@ class X86Vcpu(Vcpu):
         except (GuestMemoryError, idt.DeliveryFault):
             insn = b""
         if insn == self._hypercall:
-            self._dispatch(self, self.vendor.hypercall_exit(rip))
+            self._exit(self.vendor.hypercall_exit(rip))
             if self.vm.status is None:
                 self.regs.write(X.UC_X86_REG_RIP, rip + 3)
             return True
@@ -248,7 +276,7 @@ class X86Vcpu(Vcpu):
         value = ((r.read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | (r.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF)
                  if is_write else None)
         exit = self.vendor.msr_exit(msr, is_write, value, rip, length)
-        self._dispatch(self, exit)
+        self._exit(exit)
         if exit.vector:  # the handler refused the access: #GP(0) at the instruction
             self._raise_exception(exit.vector, 0, rip)
             return None
@@ -274,7 +302,7 @@ class X86Vcpu(Vcpu):
             idt.deliver(self, vector, error_code, rip, software)
             self._latch.clear()
         except idt.TripleFault as tf:
-            self._dispatch(self, self.vendor.triple_fault_exit(f"triple fault: {tf}"))
+            self._exit(self.vendor.triple_fault_exit(f"triple fault: {tf}"))
             self.request_stop()
 
     def _page_fault_error_code(self, rip: int) -> int:

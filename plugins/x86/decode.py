@@ -48,10 +48,11 @@ def decode_io(code: bytes, default_address_size: int) -> IoInsn | None:
         address_size = 16 if addr_override else 32
     else:
         address_size = 32 if addr_override else 16
+    # Only OUTS reads memory through a segment (DS unless overridden); INS writes ES:rDI.
     if op in (0xE4, 0xE5, 0xE6, 0xE7):
-        return IoInsn(i + 2, True, False, False, address_size, segment)
+        return IoInsn(i + 2, True, False, False, address_size, 0)
     if op in (0xEC, 0xED, 0xEE, 0xEF):
-        return IoInsn(i + 1, False, False, False, address_size, segment)
+        return IoInsn(i + 1, False, False, False, address_size, 0)
     if op in (0x6C, 0x6D, 0x6E, 0x6F):
         return IoInsn(i + 1, False, True, rep, address_size, segment if op >= 0x6E else 0)
     return None

@@ -18,6 +18,12 @@ class X86Vendor:
     hypercall_insn: bytes  # VMCALL 0F 01 C1 / VMMCALL 0F 01 D9
     hypercall_name: str
 
+    def attach(self, vcpu, area: int):
+        """The vendor's per-vCPU hypervisor structures at host-physical ``area`` (32 KiB), as an
+        object with ``record(raw)`` (every exit), ``vmrun() -> str | None`` (entering the
+        engine; a string is why the entry failed) and ``vmexit()`` (leaving it); or None."""
+        return None
+
     def io_exit(self, port: int, size: int, is_in: bool, value: int | None, rip: int,
                 insn_len: int, imm: bool, string: bool = False, rep: bool = False,
                 address_size: int = 64, segment: int = 0) -> Exit:

@@ -425,3 +425,10 @@ def test_invvpid_individual_address_needs_a_canonical_address(vmx):
 def test_a_fresh_processor_is_not_in_vmx_operation(memory):
     vmx = Vmx(memory)
     assert not vmx.in_vmx_operation and vmx.current_pointer == INVALID_POINTER
+
+
+def test_rdmsr_of_a_capability_msr_the_processor_lacks_is_general_protection(cpu):
+    assert cpu.rdmsr(0x480) & 0x7FFF_FFFF == cpu.caps.revision_id
+    assert cpu.rdmsr(0x3A) == cpu.feature_control
+    with pytest.raises(GeneralProtection):
+        cpu.rdmsr(0x491)  # IA32_VMX_VMFUNC: "enable VM functions" is not allowed

@@ -1,0 +1,125 @@
+"""The hypervisor side of one AMD SVM vCPU: its VMCB, I/O and MSR permission maps, host-save
+area, and the VMRUN / #VMEXIT the run loop performs around every stay in the guest.
+
+hvsim acts as the VMM here, the way KVM's svm.c does: EFER.SVME set, VM_HSAVE_PA programmed,
+a VMCB with the intercepts the platform needs (VMRUN, VMMCALL, CPUID, HLT, IOIO_PROT through an
+all-ones IOPM, MSR_PROT for the MSRs hvsim models, SHUTDOWN), guest ASID 1. Every exit writes
+its EXITCODE, EXITINFO1, EXITINFO2 and nRIP into the VMCB bytes (APM 15.6); leaving the engine
+saves the guest state into the state-save area; entering it runs VMRUN's consistency checks
+(15.5.1) and loads those of RAX, RSP, RIP, RFLAGS and CR2 that changed in the VMCB since the
+exit, so a VMM plugin that edits them between exits is obeyed (an event hvsim itself delivered
+meanwhile, as VMRUN's EVENTINJ would, is kept).
+"""
+
+from __future__ import annotations
+
+from unicorn import x86_const as X
+
+from . import iopm
+from .exits import SvmExitInfo
+from .svm import EFER_SVME, MSR_VM_HSAVE_PA, SvmCpu
+from .vmcb import Segment, Vmcb
+
+MASK64 = (1 << 64) - 1
+VMEXIT_INVALID = MASK64  # -1 as the VMCB stores it
+
+# Layout of the per-vCPU hypervisor area (4 KiB aligned pieces).
+VMCB_OFFSET, IOPM_OFFSET, MSRPM_OFFSET, HSAVE_OFFSET = 0x0000, 0x1000, 0x4000, 0x6000
+AREA_SIZE = 0x7000
+
+INTERCEPTS = ("VMRUN", "VMMCALL", "CPUID", "HLT", "IOIO_PROT", "MSR_PROT", "SHUTDOWN")
+_LOADED_ON_VMRUN = (("RAX", X.UC_X86_REG_RAX), ("RSP", X.UC_X86_REG_RSP), ("RIP", X.UC_X86_REG_RIP),
+                    ("RFLAGS", X.UC_X86_REG_RFLAGS), ("CR2", X.UC_X86_REG_CR2))
+_SEGMENTS = (("ES", X.UC_X86_REG_ES), ("CS", X.UC_X86_REG_CS), ("SS", X.UC_X86_REG_SS),
+             ("DS", X.UC_X86_REG_DS), ("FS", X.UC_X86_REG_FS), ("GS", X.UC_X86_REG_GS))
+
+
+class SvmGuestContext:
+    """One vCPU's SVM structures in host memory, outside every VM's guest-physical space."""
+
+    def __init__(self, vcpu, area: int) -> None:
+        self.vcpu = vcpu
+        host = vcpu.vm.host
+        self.vmcb = vmcb = Vmcb(host, area + VMCB_OFFSET)
+        vmcb.clear()
+        self.iopm_pa, self.msrpm_pa = area + IOPM_OFFSET, area + MSRPM_OFFSET
+        host.write(self.iopm_pa, b"\xff" * iopm.IOPM_SIZE)  # every port intercepted, as KVM does
+        host.write(self.msrpm_pa, bytes(iopm.MSRPM_SIZE))
+        for msr in vcpu.msrs:  # the MSRs hvsim models exit; the rest are the engine's
+            iopm.msrpm_set(host, self.msrpm_pa, msr, read=True, write=True)
+        for name in INTERCEPTS:
+            vmcb.set_intercept(name)
+        vmcb.write("IOPM_BASE_PA", self.iopm_pa)
+        vmcb.write("MSRPM_BASE_PA", self.msrpm_pa)
+        vmcb.write("GUEST_ASID", 1)
+        self.cpu = SvmCpu(efer=EFER_SVME)
+        self.cpu.wrmsr(MSR_VM_HSAVE_PA, area + HSAVE_OFFSET)
+        self._write_exit = vmcb.exit_writer()
+        self._last: SvmExitInfo | None = None
+        self._saved: dict[str, int] = {}  # RAX..CR2 as the last #VMEXIT wrote them
+
+    # -- every exit -------------------------------------------------------------------------
+    def record(self, raw: SvmExitInfo) -> None:
+        """#VMEXIT: EXITCODE, EXITINFO1, EXITINFO2 and nRIP into the VMCB. Records are shared
+        per instruction, so an exit from the same place as the last one is already there."""
+        if raw is not self._last:
+            self._write_exit(raw.EXITCODE & MASK64, raw.EXITINFO1, raw.EXITINFO2, raw.NRIP)
+            self._last = raw
+
+    # -- around each stay in the engine -----------------------------------------------------
+    def vmrun(self) -> str | None:
+        """VMRUN: the consistency checks, then the guest state from the VMCB. Returns the reason
+        VMRUN failed (EXITCODE is then VMEXIT_INVALID), or None."""
+        if not self._saved:
+            self.save_guest_state()  # the VMM's initial state: what the loader set up
+        failures = self.cpu.vmrun(self.vmcb)
+        self._last = None
+        if failures:
+            return "VMRUN failed its consistency checks (APM 15.5.1): " + "; ".join(str(f) for f in failures)
+        regs, read, saved = self.vcpu.regs, self.vmcb.read, self._saved
+        for name, reg in _LOADED_ON_VMRUN:
+            value = read(name)
+            if value != saved[name]:
+                regs.write(reg, value)
+        return None
+
+    def vmexit(self) -> None:
+        """Leaving the engine: the processor saves the guest state into the VMCB (15.6)."""
+        self.save_guest_state()
+        self.cpu.vmexit()
+
+    def save_guest_state(self) -> None:
+        vcpu, vmcb = self.vcpu, self.vmcb
+        regs, write = vcpu.regs, vmcb.write
+        for name, reg in _LOADED_ON_VMRUN:
+            self._saved[name] = value = regs.read(reg)
+            write(name, value)
+        write("CR0", vcpu.cr0())
+        write("CR3", regs.read(X.UC_X86_REG_CR3))
+        write("CR4", regs.read(X.UC_X86_REG_CR4))
+        write("EFER", vcpu.efer() | EFER_SVME)  # the guest's EFER.SVME is the VMM's, as KVM keeps it
+        write("DR6", regs.read(X.UC_X86_REG_DR6) | 0xFFFF0FF0)
+        write("DR7", regs.read(X.UC_X86_REG_DR7) | 0x400)
+        write("CPL", vcpu.cpl())
+        for name, reg in _SEGMENTS:
+            vmcb.set_segment(name, self._segment(regs.read(reg) & 0xFFFF))
+        for name, reg in (("GDTR", X.UC_X86_REG_GDTR), ("IDTR", X.UC_X86_REG_IDTR)):
+            _sel, base, limit, _flags = vcpu.uc.reg_read(reg)
+            vmcb.set_segment(name, Segment(0, 0, limit, base))
+
+    def _segment(self, selector: int) -> Segment:
+        """A segment register's hidden part, read back from the descriptor its selector names."""
+        vcpu = self.vcpu
+        if not vcpu.cr0() & 1:
+            return Segment(selector, 0x93, 0xFFFF, selector << 4)
+        if selector & ~3 == 0:
+            return Segment(selector, 0, 0, 0)
+        try:
+            base, limit, access = vcpu._descriptor(selector)
+        except Exception:  # a selector beyond the GDT: the VMCB keeps what the hidden part had
+            return Segment(selector, 0, 0, 0)
+        flags = (access >> 12) & 0xF
+        if flags & 0x8:  # G: the limit counts 4 KiB pages
+            limit = (limit << 12) | 0xFFF
+        return Segment(selector, (access & 0xFF) | flags << 8, limit, base)
+
