@@ -57,7 +57,7 @@ class VmxExitInfo:
     __slots__ = ("EXIT_REASON", "EXIT_QUALIFICATION", "GUEST_PHYSICAL_ADDRESS",
                  "GUEST_LINEAR_ADDRESS", "VM_EXIT_INSTRUCTION_LEN", "GUEST_RIP")
 
-    def __init__(self, exit_reason: int, exit_qualification: int = 0, guest_rip: int = 0,
+    def __init__(self, exit_reason: int, exit_qualification: int = 0, guest_rip: int | None = None,
                  instruction_length: int = 0, guest_physical_address: int = 0,
                  guest_linear_address: int = 0) -> None:
         self.EXIT_REASON = exit_reason
@@ -83,6 +83,11 @@ class VmxVendor(X86Vendor):
     hypercall_name = "VMCALL"
     signature = 0x000906A0  # family 6
     brand = "hvsim virtual CPU (Intel VT-x model)"
+
+    def attach(self, vcpu, area):
+        from .vmm import VmxGuestContext
+
+        return VmxGuestContext(vcpu, area)
 
     def invalid_exit(self, reason):
         from .exits import EXIT_REASON_INVALID_STATE_FAILED_ENTRY

@@ -1,0 +1,167 @@
+"""The hypervisor side of one Intel VT-x vCPU: VMXON, a VMCS made current, and the VM entry /
+VM exit the run loop performs around every stay in the guest.
+
+hvsim acts as the VMM, the way KVM's vmx.c does, through the VMX instruction API of
+:mod:`.vmx`: VMXON with a VMXON region, VMCLEAR and VMPTRLD of the vCPU's VMCS, VMWRITEs of the
+controls (each control field as ``(wanted | allowed-0) & allowed-1`` of the capability MSRs),
+the host state and the guest state, then VMLAUNCH, and VMRESUME for every later entry. Every
+exit writes its exit reason, qualification, instruction length and addresses into the VMCS
+(SDM 28.2); leaving the engine saves the guest-state area (SDM 28.3); an entry loads
+GUEST_RIP, GUEST_RSP and GUEST_RFLAGS where a VMM plugin changed them with VMWRITE.
+"""
+
+from __future__ import annotations
+
+from unicorn import x86_const as X
+
+from hvsim.plugins.x86 import paging
+
+from . import msrs
+from .exits import VmxExitInfo
+from .vmcs import Field
+from .vmx import Status, Vmx
+
+VMXON_OFFSET, VMCS_OFFSET, MSR_BITMAP_OFFSET = 0x0000, 0x1000, 0x2000
+HOST_RIP = 0xFFFF_FFFF_8100_0000  # where the host's VM-exit handler would be: hvsim's Python
+HOST_RSP = 0xFFFF_FFFF_8100_8000
+
+_WANTED = {
+    msrs.PROC: msrs.CPU_BASED_HLT_EXITING | msrs.CPU_BASED_UNCOND_IO_EXITING | msrs.CPU_BASED_USE_MSR_BITMAPS,
+    msrs.EXIT: msrs.VM_EXIT_HOST_ADDR_SPACE_SIZE | msrs.VM_EXIT_SAVE_IA32_EFER | msrs.VM_EXIT_LOAD_IA32_EFER,
+    msrs.ENTRY: msrs.VM_ENTRY_LOAD_IA32_EFER,
+}
+_CONTROL_FIELD = {msrs.PIN: Field.PIN_BASED_VM_EXEC_CONTROL, msrs.PROC: Field.CPU_BASED_VM_EXEC_CONTROL,
+                  msrs.EXIT: Field.VM_EXIT_CONTROLS, msrs.ENTRY: Field.VM_ENTRY_CONTROLS}
+_SEGMENTS = (("ES", X.UC_X86_REG_ES), ("CS", X.UC_X86_REG_CS), ("SS", X.UC_X86_REG_SS),
+             ("DS", X.UC_X86_REG_DS), ("FS", X.UC_X86_REG_FS), ("GS", X.UC_X86_REG_GS))
+_LOADED_ON_ENTRY = ((Field.GUEST_RIP, X.UC_X86_REG_RIP), (Field.GUEST_RSP, X.UC_X86_REG_RSP),
+                    (Field.GUEST_RFLAGS, X.UC_X86_REG_RFLAGS))
+AR_UNUSABLE = 1 << 16
+
+
+class VmxGuestContext:
+    """One vCPU's VMXON region, VMCS and MSR bitmap in host memory, outside every guest."""
+
+    def __init__(self, vcpu, area: int) -> None:
+        self.vcpu = vcpu
+        host = vcpu.vm.host
+        self.vmx = vmx = Vmx(host)
+        caps = vmx.caps
+        for offset in (VMXON_OFFSET, VMCS_OFFSET):
+            host.write(area + offset, caps.revision_id.to_bytes(4, "little") + bytes(4))
+        self.msr_bitmap = area + MSR_BITMAP_OFFSET
+        host.write(self.msr_bitmap, bytes(4096))
+        for msr in vcpu.msrs:  # read-low bitmap at 0x000, write-low at 0x800 (SDM 25.6.9)
+            for base in (0x000, 0x800):
+                at = self.msr_bitmap + base + msr // 8
+                host.write(at, bytes([host.read(at, 1)[0] | 1 << (msr % 8)]))
+        vmx.cr4 |= msrs.X86_CR4_VMXE
+        for step, result in (("VMXON", vmx.vmxon(area + VMXON_OFFSET)),
+                             ("VMCLEAR", vmx.vmclear(area + VMCS_OFFSET)),
+                             ("VMPTRLD", vmx.vmptrld(area + VMCS_OFFSET))):
+            if not result.ok:
+                raise RuntimeError(f"{step} failed: {result}")
+        self.vmcs = vmx.current
+        for control, field in _CONTROL_FIELD.items():
+            self._vmwrite(field, (_WANTED.get(control, 0) | caps.allowed0[control]) & caps.allowed1[control])
+        self._vmwrite(Field.MSR_BITMAP, self.msr_bitmap)
+        self._vmwrite(Field.VMCS_LINK_POINTER, (1 << 64) - 1)
+        self._host_state()
+        self._values = self.vmcs.values
+        self._last: VmxExitInfo | None = None
+        self._saved: dict[int, int] = {}
+
+    def _vmwrite(self, field: int, value: int) -> None:
+        result = self.vmx.vmwrite(field, value)
+        if not result.ok:
+            raise RuntimeError(f"VMWRITE {Field(field).name} failed: {result}")
+
+    def _host_state(self) -> None:
+        """A 64-bit host, as KVM's: the state VM exits return to (SDM 25.5)."""
+        w = self._vmwrite
+        w(Field.HOST_CR0, 0x8005_0033)
+        w(Field.HOST_CR4, 0x26A0)
+        w(Field.HOST_CR3, 0x1000)
+        w(Field.HOST_IA32_EFER, 0xD01)
+        w(Field.HOST_CS_SELECTOR, 0x10)
+        for name in ("SS", "DS", "ES", "FS", "GS"):
+            w(getattr(Field, f"HOST_{name}_SELECTOR"), 0x18)
+        w(Field.HOST_TR_SELECTOR, 0x40)
+        w(Field.HOST_RIP, HOST_RIP)
+        w(Field.HOST_RSP, HOST_RSP)
+
+    # -- every exit -------------------------------------------------------------------------
+    def record(self, raw: VmxExitInfo) -> None:
+        """The VM-exit information fields (SDM 28.2) and the guest RIP of this exit. Records are
+        shared per instruction, so an exit from the same place as the last one is already there."""
+        if raw is self._last:
+            return
+        self._last = raw
+        self.vmcs.record_exit(raw.EXIT_REASON, raw.EXIT_QUALIFICATION, raw.VM_EXIT_INSTRUCTION_LEN, 0,
+                              raw.GUEST_LINEAR_ADDRESS or 0, raw.GUEST_PHYSICAL_ADDRESS or 0)
+        if raw.GUEST_RIP is not None:
+            # The exit names its instruction; the engine has already completed it, as the VMM's
+            # handler would (KVM's skip_emulated_instruction), so it is not to be loaded back.
+            self._values[Field.GUEST_RIP] = self._saved[Field.GUEST_RIP] = raw.GUEST_RIP
+
+    # -- around each stay in the engine -----------------------------------------------------
+    def vmrun(self) -> str | None:
+        """VMLAUNCH (first entry) or VMRESUME; returns why the entry failed, or None."""
+        vmx, vmcs = self.vmx, self.vmcs
+        if not self._saved:
+            self.save_guest_state()  # the VMM's initial guest state: what the loader set up
+        lma = self.vcpu.efer() & paging.EFER_LMA
+        entry = self._values[Field.VM_ENTRY_CONTROLS]
+        self._values[Field.VM_ENTRY_CONTROLS] = entry | msrs.VM_ENTRY_IA32E_MODE if lma else \
+            entry & ~msrs.VM_ENTRY_IA32E_MODE
+        result = vmx.vmresume() if vmcs.launched else vmx.vmlaunch()
+        self._last = None
+        if result.status is not Status.ENTERED:
+            return f"VM entry failed: {result}"
+        regs, values, saved = self.vcpu.regs, self._values, self._saved
+        for field, reg in _LOADED_ON_ENTRY:
+            if values[field] != saved[field]:
+                regs.write(reg, values[field])
+        return None
+
+    def vmexit(self) -> None:
+        """Leaving the engine: the guest-state area is saved (SDM 28.3)."""
+        self.save_guest_state()
+
+    def save_guest_state(self) -> None:
+        vcpu, v = self.vcpu, self._values
+        regs = vcpu.regs
+        for field, reg in _LOADED_ON_ENTRY:
+            v[field] = self._saved[field] = regs.read(reg)
+        v[Field.GUEST_CR0] = vcpu.cr0()
+        v[Field.GUEST_CR3] = regs.read(X.UC_X86_REG_CR3)
+        v[Field.GUEST_CR4] = regs.read(X.UC_X86_REG_CR4) | msrs.X86_CR4_VMXE  # VMXE is the VMM's
+        v[Field.GUEST_DR7] = regs.read(X.UC_X86_REG_DR7) | 0x400
+        v[Field.GUEST_IA32_EFER] = vcpu.efer()
+        v[Field.GUEST_ACTIVITY_STATE] = 0
+        for name, reg in _SEGMENTS:
+            selector, base, limit, ar = self._segment(regs.read(reg) & 0xFFFF)
+            v[getattr(Field, f"GUEST_{name}_SELECTOR")] = selector
+            v[getattr(Field, f"GUEST_{name}_BASE")] = base
+            v[getattr(Field, f"GUEST_{name}_LIMIT")] = limit
+            v[getattr(Field, f"GUEST_{name}_AR_BYTES")] = ar
+        for name, reg in (("GDTR", X.UC_X86_REG_GDTR), ("IDTR", X.UC_X86_REG_IDTR)):
+            _sel, base, limit, _flags = vcpu.uc.reg_read(reg)
+            v[getattr(Field, f"GUEST_{name}_BASE")] = base
+            v[getattr(Field, f"GUEST_{name}_LIMIT")] = limit
+
+    def _segment(self, selector: int) -> tuple[int, int, int, int]:
+        """(selector, base, limit, access rights) in the VMCS format (SDM 24.4.1, Table 24-2)."""
+        vcpu = self.vcpu
+        if not vcpu.cr0() & 1:
+            return selector, selector << 4, 0xFFFF, 0x93
+        if selector & ~3 == 0:
+            return selector, 0, 0, AR_UNUSABLE
+        try:
+            base, limit, access = vcpu._descriptor(selector)
+        except Exception:  # a selector beyond the GDT: report it unusable rather than guess
+            return selector, 0, 0, AR_UNUSABLE
+        flags = (access >> 12) & 0xF
+        if flags & 0x8:
+            limit = (limit << 12) | 0xFFF
+        return selector, base, limit, (access & 0xFF) | flags << 12
