@@ -108,18 +108,9 @@ class SvmGuestContext:
             vmcb.set_segment(name, Segment(0, 0, limit, base))
 
     def _segment(self, selector: int) -> Segment:
-        """A segment register's hidden part, read back from the descriptor its selector names."""
-        vcpu = self.vcpu
-        if not vcpu.cr0() & 1:
-            return Segment(selector, 0x93, 0xFFFF, selector << 4)
-        if selector & ~3 == 0:
+        """VMCB segment: attributes are descriptor bits 47:40 and 55:52 (Table B-2)."""
+        hidden = self.vcpu.hidden_segment(selector)
+        if hidden is None:
             return Segment(selector, 0, 0, 0)
-        try:
-            base, limit, access = vcpu._descriptor(selector)
-        except Exception:  # a selector beyond the GDT: the VMCB keeps what the hidden part had
-            return Segment(selector, 0, 0, 0)
-        flags = (access >> 12) & 0xF
-        if flags & 0x8:  # G: the limit counts 4 KiB pages
-            limit = (limit << 12) | 0xFFF
-        return Segment(selector, (access & 0xFF) | flags << 8, limit, base)
-
+        base, limit, access, flags = hidden
+        return Segment(selector, access | flags << 8, limit, base)

@@ -151,17 +151,10 @@ class VmxGuestContext:
             v[getattr(Field, f"GUEST_{name}_LIMIT")] = limit
 
     def _segment(self, selector: int) -> tuple[int, int, int, int]:
-        """(selector, base, limit, access rights) in the VMCS format (SDM 24.4.1, Table 24-2)."""
-        vcpu = self.vcpu
-        if not vcpu.cr0() & 1:
-            return selector, selector << 4, 0xFFFF, 0x93
-        if selector & ~3 == 0:
+        """(selector, base, limit, access rights) in the VMCS format (SDM 24.4.1, Table 24-2):
+        access byte in 7:0, AVL/L/D-B/G in 15:12, bit 16 for an unusable segment."""
+        hidden = self.vcpu.hidden_segment(selector)
+        if hidden is None:
             return selector, 0, 0, AR_UNUSABLE
-        try:
-            base, limit, access = vcpu._descriptor(selector)
-        except Exception:  # a selector beyond the GDT: report it unusable rather than guess
-            return selector, 0, 0, AR_UNUSABLE
-        flags = (access >> 12) & 0xF
-        if flags & 0x8:
-            limit = (limit << 12) | 0xFFF
-        return selector, base, limit, (access & 0xFF) | flags << 12
+        base, limit, access, flags = hidden
+        return selector, base, limit, access | flags << 12

@@ -390,6 +390,23 @@ class X86Vcpu(Vcpu):
         seg_limit = (d & 0xFFFF) | (((d >> 48) & 0xF) << 16)
         return seg_base, seg_limit, (d >> 40) & 0xFFFF
 
+    def hidden_segment(self, selector: int) -> tuple[int, int, int, int] | None:
+        """The hidden part a segment register holds: (base, limit in bytes, access byte, flags
+        nibble G|D/B|L|AVL), from the descriptor its selector names; None for a null or
+        unreadable selector. Real mode: base = selector << 4, limit 64 KiB, data read/write."""
+        if not self.cr0() & 1:
+            return selector << 4, 0xFFFF, 0x93, 0
+        if selector & ~3 == 0:
+            return None
+        try:
+            base, limit, access = self._descriptor(selector)
+        except (idt.DeliveryFault, GuestMemoryError):
+            return None
+        flags = (access >> 12) & 0xF
+        if flags & 0x8:  # G: the limit counts 4 KiB pages
+            limit = (limit << 12) | 0xFFF
+        return base, limit, access & 0xFF, flags
+
     def code_segment_dpl(self, selector: int) -> int:
         if selector & ~3 == 0:
             raise idt.DeliveryFault(idt.GP, 0, "the gate's code segment selector is null")
