@@ -57,6 +57,7 @@ class SvmGuestContext:
         self._write_exit = vmcb.exit_writer()
         self._last: SvmExitInfo | None = None
         self._saved: dict[str, int] = {}  # RAX..CR2 as the last #VMEXIT wrote them
+        self.io_check = None  # set at VMRUN from IOIO_PROT and the IOPM (15.10)
 
     # -- every exit -------------------------------------------------------------------------
     def record(self, raw: SvmExitInfo) -> None:
@@ -76,6 +77,8 @@ class SvmGuestContext:
         self._last = None
         if failures:
             return "VMRUN failed its consistency checks (APM 15.5.1): " + "; ".join(str(f) for f in failures)
+        self.io_check = (iopm.iopm_checker(self.vcpu.vm.host, self.vmcb.read("IOPM_BASE_PA"))
+                         if self.vmcb.is_intercepted("IOIO_PROT") else _never)
         regs, read, saved = self.vcpu.regs, self.vmcb.read, self._saved
         for name, reg in _LOADED_ON_VMRUN:
             value = read(name)
@@ -114,3 +117,7 @@ class SvmGuestContext:
             return Segment(selector, 0, 0, 0)
         base, limit, access, flags = hidden
         return Segment(selector, access | flags << 8, limit, base)
+
+
+def _never(port: int, size: int) -> bool:
+    return False

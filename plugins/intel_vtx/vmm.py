@@ -21,7 +21,8 @@ from .exits import VmxExitInfo
 from .vmcs import Field
 from .vmx import Status, Vmx
 
-VMXON_OFFSET, VMCS_OFFSET, MSR_BITMAP_OFFSET = 0x0000, 0x1000, 0x2000
+VMXON_OFFSET, VMCS_OFFSET, MSR_BITMAP_OFFSET, IO_BITMAP_A_OFFSET, IO_BITMAP_B_OFFSET = (
+    0x0000, 0x1000, 0x2000, 0x3000, 0x4000)
 HOST_RIP = 0xFFFF_FFFF_8100_0000  # where the host's VM-exit handler would be: hvsim's Python
 HOST_RSP = 0xFFFF_FFFF_8100_8000
 
@@ -65,11 +66,16 @@ class VmxGuestContext:
         for control, field in _CONTROL_FIELD.items():
             self._vmwrite(field, (_WANTED.get(control, 0) | caps.allowed0[control]) & caps.allowed1[control])
         self._vmwrite(Field.MSR_BITMAP, self.msr_bitmap)
+        # I/O bitmaps with every port set: used when a VMM switches "use I/O bitmaps" on.
+        for offset, field in ((IO_BITMAP_A_OFFSET, Field.IO_BITMAP_A), (IO_BITMAP_B_OFFSET, Field.IO_BITMAP_B)):
+            host.write(area + offset, b"\xff" * 4096)
+            self._vmwrite(field, area + offset)
         self._vmwrite(Field.VMCS_LINK_POINTER, (1 << 64) - 1)
         self._host_state()
         self._values = self.vmcs.values
         self._last: VmxExitInfo | None = None
         self._saved: dict[int, int] = {}
+        self.io_check = None  # set at each entry from the I/O controls (SDM 25.1.3)
 
     def _vmwrite(self, field: int, value: int) -> None:
         result = self.vmx.vmwrite(field, value)
@@ -118,11 +124,34 @@ class VmxGuestContext:
         self._last = None
         if result.status is not Status.ENTERED:
             return f"VM entry failed: {result}"
+        self.io_check = self._io_controls()
         regs, values, saved = self.vcpu.regs, self._values, self._saved
         for field, reg in _LOADED_ON_ENTRY:
             if values[field] != saved[field]:
                 regs.write(reg, values[field])
         return None
+
+    def _io_controls(self):
+        """SDM 25.1.3: with "use I/O bitmaps", an access exits if a bit for any port it touches
+        is set (bitmap A 0000-7FFF, B 8000-FFFF; wrapping past FFFF always exits); else
+        "unconditional I/O exiting" decides for every port."""
+        proc = self._values[Field.CPU_BASED_VM_EXEC_CONTROL]
+        if not proc & msrs.CPU_BASED_USE_IO_BITMAPS:
+            return None if proc & msrs.CPU_BASED_UNCOND_IO_EXITING else _never
+        host, a, b = self.vcpu.vm.host, self._values[Field.IO_BITMAP_A], self._values[Field.IO_BITMAP_B]
+        host.read(a, 4096), host.read(b, 4096)  # bounds-checked once: both pages are host memory
+        view = host.view
+
+        def intercepted(port: int, size: int) -> bool:
+            if port + size > 0x10000:
+                return True
+            for p in range(port, port + size):
+                at = (a if p < 0x8000 else b) + ((p & 0x7FFF) >> 3)
+                if view[at] >> (p & 7) & 1:
+                    return True
+            return False
+
+        return intercepted
 
     def vmexit(self) -> None:
         """Leaving the engine: the guest-state area is saved (SDM 28.3)."""
@@ -158,3 +187,7 @@ class VmxGuestContext:
             return selector, 0, 0, AR_UNUSABLE
         base, limit, access, flags = hidden
         return selector, base, limit, access | flags << 12
+
+
+def _never(port: int, size: int) -> bool:
+    return False

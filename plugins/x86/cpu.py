@@ -23,6 +23,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
 
 from hvsim.core.arch import Vcpu
+from hvsim.core.handlers import handle_port_io
 from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, FastRegs, RawHooks
 from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, GuestMemoryError
@@ -202,9 +203,13 @@ class X86Vcpu(Vcpu):
         read, rip_id, dispatch, records = self.regs.read, X.UC_X86_REG_RIP, self.vm.dispatch, self._io_records
         record, kind, fail = self._io_record, ExitKind.PORT_IO, self._raw.fail
         cpuid_exit, vmcb = self.vendor.cpuid_exit, self._record
+        context, passthrough = self.context, handle_port_io
 
         def on_out(_uch, port, size, value, _ud):
             try:
+                check = context.io_check if context is not None else None
+                if check is not None and not check(port, size):  # not intercepted: no exit
+                    return passthrough(self, Exit(kind, "", None, port, size, True, value))
                 rip = read(rip_id)
                 rec = records.get((rip, port, size))
                 if rec is None:
@@ -217,6 +222,11 @@ class X86Vcpu(Vcpu):
 
         def on_in(_uch, port, size, _ud):
             try:
+                check = context.io_check if context is not None else None
+                if check is not None and not check(port, size):
+                    exit = Exit(kind, "", None, port, size, False, None)
+                    passthrough(self, exit)
+                    return exit.value
                 rip = read(rip_id)
                 rec = records.get((rip, port, size, True))
                 if rec is None:

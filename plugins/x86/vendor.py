@@ -21,7 +21,9 @@ class X86Vendor:
     def attach(self, vcpu, area: int):
         """The vendor's per-vCPU hypervisor structures at host-physical ``area`` (32 KiB), as an
         object with ``record(raw)`` (every exit), ``vmrun() -> str | None`` (entering the
-        engine; a string is why the entry failed) and ``vmexit()`` (leaving it); or None."""
+        engine; a string is why the entry failed), ``vmexit()`` (leaving it) and ``io_check``
+        (None when every port access exits, else ``check(port, size) -> bool``, set at each
+        entry from the I/O controls); or None."""
         return None
 
     def io_exit(self, port: int, size: int, is_in: bool, value: int | None, rip: int,

@@ -83,3 +83,23 @@ def test_vmrun_loads_the_state_a_vmm_wrote_into_the_vmcb(make_vm, hvsim_pm):
     vm.load(x86_64(f"mov rsp, {X86_STACK}\nxor eax, eax\nhlt\nmov [{X86_DATA:#x}], rax\n{END}"))
     assert vm.run(timeout=10).status == 1
     assert vm.memory.read_u64(X86_DATA) == 0x1234
+
+
+def test_ports_clear_in_the_iopm_do_not_exit_but_still_reach_their_device(make_vm):
+    from hvsim.plugins.amd_svm import iopm
+
+    vm = make_vm("amd_svm")
+    vm.load(x86_64(f"mov rsp, {X86_STACK}\nmov dx, 0x3f8\nmov al, 0x68\nout dx, al\nout 0x80, al\n{END}"))
+    context = vm.vcpus[0].context
+    iopm.iopm_set(vm.host, context.iopm_pa, 0x3F8, intercept=False, count=8)  # COM1 passed through
+    assert vm.run(timeout=10).status == 1
+    assert vm.console.output == b"h"  # the UART still got the byte
+    assert vm.stats.counts() == {"VMEXIT_IOIO": 2}  # only port 0x80 and the debug exit
+
+
+def test_without_the_ioio_intercept_no_port_access_exits(make_vm):
+    vm = make_vm("amd_svm")
+    vm.load(x86_64(f"mov rsp, {X86_STACK}\nmov dx, 0x3f8\nmov al, 0x68\nout dx, al\n{END}"))
+    vm.vcpus[0].context.vmcb.set_intercept("IOIO_PROT", False)
+    assert vm.run(timeout=10).status == 1  # isa-debug-exit reached without an exit
+    assert vm.console.output == b"h" and "VMEXIT_IOIO" not in vm.stats.counts()

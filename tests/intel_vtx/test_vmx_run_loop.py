@@ -94,3 +94,28 @@ def test_vmresume_loads_a_guest_rip_the_vmm_wrote(make_vm, hvsim_pm):
         hlt"""))
     assert vm.run(timeout=10).status == 1
     assert vm.memory.read(X86_DATA, 1) == b"\x01"
+
+
+def test_with_io_bitmaps_only_the_ports_whose_bits_are_set_exit(make_vm):
+    vm = make_vm("intel_vtx")
+    vm.load(x86_64(f"mov rsp, {X86_STACK}\nmov dx, 0x3f8\nmov al, 0x68\nout dx, al\nout 0x80, al\n{END}"))
+    vcpu = vm.vcpus[0]
+    vmx = vcpu.context.vmx
+    proc = vmread(vcpu, Field.CPU_BASED_VM_EXEC_CONTROL)
+    assert vmx.vmwrite(Field.CPU_BASED_VM_EXEC_CONTROL,
+                       (proc | msrs.CPU_BASED_USE_IO_BITMAPS) & ~msrs.CPU_BASED_UNCOND_IO_EXITING).ok
+    bitmap_a = vmread(vcpu, Field.IO_BITMAP_A)
+    vm.host.write(bitmap_a + 0x3F8 // 8, b"\x00")  # ports 0x3F8-0x3FF: no exits
+    assert vm.run(timeout=10).status == 1
+    assert vm.console.output == b"h"
+    assert vm.stats.counts() == {"EXIT_REASON_IO_INSTRUCTION": 2}  # port 0x80 and the debug exit
+
+
+def test_without_io_exiting_controls_no_port_access_exits(make_vm):
+    vm = make_vm("intel_vtx")
+    vm.load(x86_64(f"mov rsp, {X86_STACK}\nmov dx, 0x3f8\nmov al, 0x68\nout dx, al\n{END}"))
+    vcpu = vm.vcpus[0]
+    proc = vmread(vcpu, Field.CPU_BASED_VM_EXEC_CONTROL)
+    assert vcpu.context.vmx.vmwrite(Field.CPU_BASED_VM_EXEC_CONTROL, proc & ~msrs.CPU_BASED_UNCOND_IO_EXITING).ok
+    assert vm.run(timeout=10).status == 1
+    assert vm.console.output == b"h" and "EXIT_REASON_IO_INSTRUCTION" not in vm.stats.counts()
