@@ -21,6 +21,7 @@ from .svm import EFER_SVME, MSR_VM_HSAVE_PA, SvmCpu
 from .vmcb import Segment, Vmcb
 
 MASK64 = (1 << 64) - 1
+EVENTINJ_SOFT_INT = 4
 VMEXIT_INVALID = MASK64  # -1 as the VMCB stores it
 
 # Layout of the per-vCPU hypervisor area (4 KiB aligned pieces).
@@ -58,6 +59,8 @@ class SvmGuestContext:
         self._last: SvmExitInfo | None = None
         self._saved: dict[str, int] = {}  # RAX..CR2 as the last #VMEXIT wrote them
         self.io_check = None  # set at VMRUN from IOIO_PROT and the IOPM (15.10)
+        self.hlt_exits = self.cpuid_exits = True  # set at VMRUN from the intercept vector
+        self.msr_check = None
 
     # -- every exit -------------------------------------------------------------------------
     def record(self, raw: SvmExitInfo) -> None:
@@ -77,14 +80,31 @@ class SvmGuestContext:
         self._last = None
         if failures:
             return "VMRUN failed its consistency checks (APM 15.5.1): " + "; ".join(str(f) for f in failures)
-        self.io_check = (iopm.iopm_checker(self.vcpu.vm.host, self.vmcb.read("IOPM_BASE_PA"))
-                         if self.vmcb.is_intercepted("IOIO_PROT") else _never)
+        vmcb, host = self.vmcb, self.vcpu.vm.host
+        self.io_check = (iopm.iopm_checker(host, vmcb.read("IOPM_BASE_PA"))
+                         if vmcb.is_intercepted("IOIO_PROT") else _never)
+        self.msr_check = (iopm.msrpm_checker(host, vmcb.read("MSRPM_BASE_PA"))
+                          if vmcb.is_intercepted("MSR_PROT") else _never)
+        self.hlt_exits, self.cpuid_exits = vmcb.is_intercepted("HLT"), vmcb.is_intercepted("CPUID")
         regs, read, saved = self.vcpu.regs, self.vmcb.read, self._saved
         for name, reg in _LOADED_ON_VMRUN:
             value = read(name)
             if value != saved[name]:
                 regs.write(reg, value)
+        self._inject()
         return None
+
+    def _inject(self) -> None:
+        """EVENTINJ (15.20): an event the VMM asked for is delivered as the guest starts, through
+        its IDT, and V is cleared (the processor reports a delivery it could not finish in
+        EXITINTINFO, which is not modelled yet)."""
+        event = self.vmcb.eventinj
+        if not event.valid:
+            return
+        self.vmcb.write("EVENTINJ", 0)
+        vcpu = self.vcpu
+        error = event.error_code if event.error_code_valid else None
+        vcpu.deliver_event(event.vector, error, vcpu.rip(), software=event.type == EVENTINJ_SOFT_INT)
 
     def vmexit(self) -> None:
         """Leaving the engine: the processor saves the guest state into the VMCB (15.6)."""
@@ -119,5 +139,5 @@ class SvmGuestContext:
         return Segment(selector, access | flags << 8, limit, base)
 
 
-def _never(port: int, size: int) -> bool:
+def _never(*_access) -> bool:
     return False

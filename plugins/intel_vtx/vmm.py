@@ -38,6 +38,9 @@ _SEGMENTS = (("ES", X.UC_X86_REG_ES), ("CS", X.UC_X86_REG_CS), ("SS", X.UC_X86_R
 _LOADED_ON_ENTRY = ((Field.GUEST_RIP, X.UC_X86_REG_RIP), (Field.GUEST_RSP, X.UC_X86_REG_RSP),
                     (Field.GUEST_RFLAGS, X.UC_X86_REG_RFLAGS))
 AR_UNUSABLE = 1 << 16
+# VM-entry interruption-information field (SDM 24.8.3, Table 24-16)
+INTR_INFO_VALID, INTR_INFO_DELIVER_CODE = 1 << 31, 1 << 11
+INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION = 4, 5, 6
 
 
 class VmxGuestContext:
@@ -76,6 +79,8 @@ class VmxGuestContext:
         self._last: VmxExitInfo | None = None
         self._saved: dict[int, int] = {}
         self.io_check = None  # set at each entry from the I/O controls (SDM 25.1.3)
+        self.hlt_exits, self.cpuid_exits = True, True  # CPUID always exits in VMX non-root
+        self.msr_check = None
 
     def _vmwrite(self, field: int, value: int) -> None:
         result = self.vmx.vmwrite(field, value)
@@ -125,11 +130,49 @@ class VmxGuestContext:
         if result.status is not Status.ENTERED:
             return f"VM entry failed: {result}"
         self.io_check = self._io_controls()
+        proc = self._values[Field.CPU_BASED_VM_EXEC_CONTROL]
+        self.hlt_exits = bool(proc & msrs.CPU_BASED_HLT_EXITING)
+        self.msr_check = self._msr_bitmap_check() if proc & msrs.CPU_BASED_USE_MSR_BITMAPS else None
         regs, values, saved = self.vcpu.regs, self._values, self._saved
         for field, reg in _LOADED_ON_ENTRY:
             if values[field] != saved[field]:
                 regs.write(reg, values[field])
+        self._inject()
         return None
+
+    def _inject(self) -> None:
+        """Event injection (SDM 27.6): the VM-entry interruption-information field, if valid, is
+        delivered through the guest's IDT as the guest starts; the valid bit is then clear, as
+        every VM exit leaves it (SDM 28.2.1)."""
+        v = self._values
+        info = v.get(Field.VM_ENTRY_INTR_INFO_FIELD, 0)
+        if not info & INTR_INFO_VALID:
+            return
+        v[Field.VM_ENTRY_INTR_INFO_FIELD] = info & ~INTR_INFO_VALID
+        vcpu, kind = self.vcpu, (info >> 8) & 7
+        error = v.get(Field.VM_ENTRY_EXCEPTION_ERROR_CODE, 0) if info & INTR_INFO_DELIVER_CODE else None
+        rip = vcpu.rip()
+        if kind in (INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION):
+            rip += v.get(Field.VM_ENTRY_INSTRUCTION_LEN, 0)  # software events return past the INT
+        vcpu.deliver_event(info & 0xFF, error, rip, software=kind in (INTR_TYPE_SOFT_INTR,
+                                                                         INTR_TYPE_SOFT_EXCEPTION))
+
+    def _msr_bitmap_check(self):
+        """SDM 25.1.3: with "use MSR bitmaps", RDMSR/WRMSR of an MSR in 0-1FFF or
+        C0000000-C0001FFF exits if its bit is set (read/write, low/high), any other MSR exits."""
+        host, base = self.vcpu.vm.host, self._values[Field.MSR_BITMAP]
+
+        def intercepted(msr: int, is_write: bool) -> bool:
+            if msr <= 0x1FFF:
+                offset = 0x000
+            elif 0xC000_0000 <= msr <= 0xC000_1FFF:
+                offset, msr = 0x400, msr - 0xC000_0000
+            else:
+                return True
+            offset += 0x800 if is_write else 0
+            return bool(host.read(base + offset + msr // 8, 1)[0] >> (msr % 8) & 1)
+
+        return intercepted
 
     def _io_controls(self):
         """SDM 25.1.3: with "use I/O bitmaps", an access exits if a bit for any port it touches
@@ -189,5 +232,5 @@ class VmxGuestContext:
         return selector, base, limit, access | flags << 12
 
 
-def _never(port: int, size: int) -> bool:
+def _never(*_access) -> bool:
     return False

@@ -22,7 +22,7 @@ from unicorn import (UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAP
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
 
-from hvsim.core.arch import Vcpu
+from hvsim.core.arch import Vcpu, VcpuState
 from hvsim.core.handlers import handle_port_io
 from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, FastRegs, RawHooks
 from hvsim.core.exits import EventType, Exit, ExitKind
@@ -31,6 +31,7 @@ from hvsim.core.memory import Access, GuestMemoryError
 from . import idt, layout, paging
 from .boot import BootState
 from .decode import IoInsn, decode_io
+from .handlers import handle_msr
 from .quirks import ExceptionLatch
 from .traps import SensitiveTraps
 
@@ -147,6 +148,9 @@ class X86Vcpu(Vcpu):
             return None
         if self.uc.query(UC_QUERY_TIMEOUT):
             return None
+        if context is not None and not context.hlt_exits:
+            self.state = VcpuState.HALTED  # HLT runs in the guest: no exit, wait for an event
+            return None
         exit = self.vendor.hlt_exit(self.regs.read(X.UC_X86_REG_RIP))
         if self._record is not None:
             self._record(exit.raw)
@@ -241,6 +245,8 @@ class X86Vcpu(Vcpu):
                 return 0
 
         def on_cpuid(_uch, _ud):
+            if context is not None and not context.cpuid_exits:
+                return 0  # not intercepted: the engine's own CPUID answers
             try:
                 exit = cpuid_exit(read(rip_id))
                 if vmcb is not None:
@@ -263,7 +269,7 @@ class X86Vcpu(Vcpu):
             if self.vm.status is None:
                 self.regs.write(X.UC_X86_REG_RIP, rip + 3)
             return True
-        self._raise_exception(6, None, rip)  # #UD
+        self.deliver_event(6, None, rip)  # #UD
         return True
 
     def _on_intr(self, uc, intno, _ud):
@@ -274,7 +280,7 @@ class X86Vcpu(Vcpu):
         elif intno in idt.ERROR_CODE_VECTORS:
             error_code = 0  # Unicorn does not expose the error code; 0 is right for most #GP
         # INT n (vector >= 32 here) is a software interrupt: no error code, gate DPL checked.
-        self._raise_exception(intno, error_code, rip, software=intno >= 32)
+        self.deliver_event(intno, error_code, rip, software=intno >= 32)
 
     def _on_sensitive(self, kind: str, rip: int, length: int) -> bool | None:
         """A trapped RDMSR/WRMSR (plugins/x86/traps.py): exit if hvsim models that MSR."""
@@ -286,9 +292,13 @@ class X86Vcpu(Vcpu):
         value = ((r.read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | (r.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF)
                  if is_write else None)
         exit = self.vendor.msr_exit(msr, is_write, value, rip, length)
-        self._exit(exit)
+        check = self.context.msr_check if self.context is not None else None
+        if check is not None and not check(msr, is_write):
+            handle_msr(self, exit)  # not intercepted: the model answers without an exit
+        else:
+            self._exit(exit)
         if exit.vector:  # the handler refused the access: #GP(0) at the instruction
-            self._raise_exception(exit.vector, 0, rip)
+            self.deliver_event(exit.vector, 0, rip)
             return None
         return True
 
@@ -307,7 +317,9 @@ class X86Vcpu(Vcpu):
         return False
 
     # -- exceptions ------------------------------------------------------------------------
-    def _raise_exception(self, vector: int, error_code: int | None, rip: int, software: bool = False) -> None:
+    def deliver_event(self, vector: int, error_code: int | None, rip: int, software: bool = False) -> None:
+        """Deliver ``vector`` through the guest's IDT (plugins/x86/idt.py); ``rip`` is the
+        return address pushed; a failure escalates to #DF and to a triple-fault shutdown."""
         try:
             idt.deliver(self, vector, error_code, rip, software)
             self._latch.clear()
@@ -336,7 +348,7 @@ class X86Vcpu(Vcpu):
         self.events.popleft()
         rip = self.regs.read(X.UC_X86_REG_RIP)
         software = event.type in (EventType.SOFTWARE_INTERRUPT, EventType.SOFTWARE_EXCEPTION)
-        self._raise_exception(event.vector, event.error_code, rip, software)
+        self.deliver_event(event.vector, event.error_code, rip, software)
         self.vm.pm.hook.hvsim_interrupt_acknowledged(vcpu=self, event=event)
         return True
 
