@@ -63,6 +63,11 @@ def handle_halt(vcpu, exit: Exit) -> None:
         vcpu.state = VcpuState.HALTED
 
 
+def handle_invalid_state(vcpu, exit: Exit) -> None:
+    """A VM entry failed its checks: nothing can run this vCPU until the VMM fixes its state."""
+    vcpu.vm.crash(exit.detail or f"VM entry failed ({exit.reason})")
+
+
 def handle_shutdown(vcpu, exit: Exit) -> None:
     vcpu.vm.stop(exit.value if exit.value is not None else 4, exit.detail or exit.reason)
 
@@ -73,6 +78,7 @@ def hvsim_exit_handlers(registry):
     registry.add(ExitKind.MMIO, handle_mmio)
     registry.add(ExitKind.HALT, handle_halt)
     registry.add(ExitKind.SHUTDOWN, handle_shutdown)
+    registry.add(ExitKind.INVALID_STATE, handle_invalid_state)
 
 
 @hookimpl(trylast=True)

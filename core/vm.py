@@ -37,7 +37,7 @@ STATUS_GUEST_CRASH = 4  # triple fault, unhandled exit, access to memory nothing
 STATUS_HALTED_FOREVER = 6  # every vCPU halted with nothing that could wake it
 STATUS_TIMEOUT = 124  # as timeout(1)
 
-HV_AREA = 2 << 20  # host memory each VM reserves for the hypervisor's structures
+HV_AREA = 4 << 20  # host memory each VM reserves for the hypervisor's structures
 SLICE_US = 200_000  # one vCPU: long slices, re-entry is the cost
 SLICE_US_SMP = 2_000  # several vCPUs: short slices so they interleave
 
@@ -94,8 +94,8 @@ class VM:
                                entry=entry, extra=extra)
         if initrd is not None:
             self.config.initrd, self.config.initrd_name = _read_initrd(initrd)
-        # Guest RAM plus one 2 MiB hypervisor area for the architecture's own structures (VMCS
-        # and VMCB regions, permission maps), outside every guest-physical space.
+        # Guest RAM plus a hypervisor area for the architecture's own structures (VMCS and VMCB
+        # regions, permission maps, stage-2 tables), outside every guest-physical space.
         self.host = host if host is not None else HostMemory(-(-mem_size // (2 << 20)) * (2 << 20) + HV_AREA)
         self.memory = GuestMemory(self.host)
         self.bus = IoBus()

@@ -21,7 +21,7 @@ OUTCOMES = {0, 4, 6, 124}
 @settings(max_examples=int(os.environ.get("HVSIM_FUZZ_EXAMPLES", "25")), deadline=None, suppress_health_check=list(HealthCheck))
 @given(code=st.binary(min_size=1, max_size=256), arch=st.sampled_from(["intel_vtx", "amd_svm", "arm_el2"]))
 def test_random_guest_code_ends_with_a_status_and_touches_only_its_own_ram(code, arch):
-    host = HostMemory(8 << 20)
+    host = HostMemory(16 << 20)
     kw = {"entry": ARM_ENTRY} if ARCH_FAMILY[arch] == "arm64" else {}
     victim = VM(arch, mem="2M", host=host, console=Console(), **kw)  # a neighbour on the same host memory
     vm = VM(arch, mem="2M", host=host, console=Console(), **kw)

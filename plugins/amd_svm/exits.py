@@ -105,6 +105,13 @@ class SvmVendor(X86Vendor):
         return Exit(ExitKind.MMIO, "VMEXIT_NPF", SvmExitInfo(VMEXIT_NPF, info1, gpa, 0),
                     gpa, size, is_write, value)
 
+    def exception_exit(self, vector, error_code, rip, cr2):
+        # 15.12: EXITCODE 0x40 + vector; EXITINFO1 the error code where the exception has one;
+        # EXITINFO2 the faulting address of a #PF (CR2 itself is not written).
+        return Exit(ExitKind.EXCEPTION, f"VMEXIT_EXCP{vector}",
+                    SvmExitInfo(0x40 + vector, error_code or 0, cr2 if vector == 14 else 0, 0),
+                    vector=vector, value=error_code)
+
     def cpuid_exit(self, rip):
         return Exit(ExitKind.CPUID, "VMEXIT_CPUID", SvmExitInfo(VMEXIT_CPUID, 0, 0, rip + 2))
 

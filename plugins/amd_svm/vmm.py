@@ -61,6 +61,7 @@ class SvmGuestContext:
         self.io_check = None  # set at VMRUN from IOIO_PROT and the IOPM (15.10)
         self.hlt_exits = self.cpuid_exits = True  # set at VMRUN from the intercept vector
         self.msr_check = None
+        self.exception_check = None
 
     # -- every exit -------------------------------------------------------------------------
     def record(self, raw: SvmExitInfo) -> None:
@@ -86,13 +87,19 @@ class SvmGuestContext:
         self.msr_check = (iopm.msrpm_checker(host, vmcb.read("MSRPM_BASE_PA"))
                           if vmcb.is_intercepted("MSR_PROT") else _never)
         self.hlt_exits, self.cpuid_exits = vmcb.is_intercepted("HLT"), vmcb.is_intercepted("CPUID")
+        exceptions = vmcb.read("INTERCEPT_EXCEPTIONS")
+        self.exception_check = (lambda vector, _code: bool(exceptions >> vector & 1)) if exceptions else None
+        self.resume_state()
+        return None
+
+    def resume_state(self) -> None:
+        """The guest state the VMM changed in the VMCB since the exit, then EVENTINJ."""
         regs, read, saved = self.vcpu.regs, self.vmcb.read, self._saved
         for name, reg in _LOADED_ON_VMRUN:
             value = read(name)
             if value != saved[name]:
                 regs.write(reg, value)
         self._inject()
-        return None
 
     def _inject(self) -> None:
         """EVENTINJ (15.20): an event the VMM asked for is delivered as the guest starts, through

@@ -36,6 +36,9 @@ EXIT_REASON_MSR_WRITE = 32
 EXIT_REASON_EPT_VIOLATION = 48
 EXIT_REASON_INVALID_STATE_FAILED_ENTRY = 33 | (1 << 31)  # bit 31: VM-entry failure (SDM 27.8)
 
+# VM-exit interruption information (SDM 24.9.2, Table 24-19)
+INTR_INFO_VALID, INTR_INFO_DELIVER_CODE = 1 << 31, 1 << 11
+
 # Exit qualification for I/O instructions (SDM Table 28-5)
 IO_SIZE_MASK = 0x7  # 0 = 1 byte, 1 = 2 bytes, 3 = 4 bytes
 IO_DIRECTION_IN = 1 << 3
@@ -54,18 +57,20 @@ EPT_GLA_FINAL = 1 << 8  # the access was to the final translation, not a paging 
 class VmxExitInfo:
     """The VM-exit information fields a VMM reads after an exit (SDM 25.9)."""
 
-    __slots__ = ("EXIT_REASON", "EXIT_QUALIFICATION", "GUEST_PHYSICAL_ADDRESS",
+    __slots__ = ("VM_EXIT_INTR_INFO", "VM_EXIT_INTR_ERROR_CODE", "EXIT_REASON", "EXIT_QUALIFICATION", "GUEST_PHYSICAL_ADDRESS",
                  "GUEST_LINEAR_ADDRESS", "VM_EXIT_INSTRUCTION_LEN", "GUEST_RIP")
 
     def __init__(self, exit_reason: int, exit_qualification: int = 0, guest_rip: int | None = None,
                  instruction_length: int = 0, guest_physical_address: int = 0,
-                 guest_linear_address: int = 0) -> None:
+                 guest_linear_address: int = 0, intr_info: int = 0, intr_error_code: int = 0) -> None:
         self.EXIT_REASON = exit_reason
         self.EXIT_QUALIFICATION = exit_qualification
         self.GUEST_RIP = guest_rip
         self.VM_EXIT_INSTRUCTION_LEN = instruction_length
         self.GUEST_PHYSICAL_ADDRESS = guest_physical_address
         self.GUEST_LINEAR_ADDRESS = guest_linear_address
+        self.VM_EXIT_INTR_INFO = intr_info
+        self.VM_EXIT_INTR_ERROR_CODE = intr_error_code
 
     def __repr__(self) -> str:
         return (f"EXIT_REASON={self.EXIT_REASON} ({EXIT_REASONS.get(self.EXIT_REASON & 0xFFFF)}) "
@@ -112,6 +117,17 @@ class VmxVendor(X86Vendor):
         return Exit(ExitKind.MMIO, "EXIT_REASON_EPT_VIOLATION",
                     VmxExitInfo(EXIT_REASON_EPT_VIOLATION, qual, rip, 0, gpa, gla or 0),
                     gpa, size, is_write, value)
+
+    def exception_exit(self, vector, error_code, rip, cr2):
+        # SDM 28.2.1/28.2.2: reason 0; VM-exit interruption information: vector, type 3 (hardware
+        # exception; 6 for #BP/#OF, software exceptions), error-code valid, valid; the exit
+        # qualification of a #PF is the faulting linear address (CR2 is not written).
+        kind = 6 if vector in (3, 4) else 3
+        info = vector | kind << 8 | (INTR_INFO_DELIVER_CODE if error_code is not None else 0) | INTR_INFO_VALID
+        return Exit(ExitKind.EXCEPTION, "EXIT_REASON_EXCEPTION_NMI",
+                    VmxExitInfo(EXIT_REASON_EXCEPTION_NMI, cr2 if vector == 14 else 0, rip, 0,
+                                intr_info=info, intr_error_code=error_code or 0),
+                    vector=vector, value=error_code)
 
     def cpuid_exit(self, rip):
         return Exit(ExitKind.CPUID, "EXIT_REASON_CPUID", VmxExitInfo(EXIT_REASON_CPUID, 0, rip, 2))

@@ -27,17 +27,29 @@ HOST_RIP = 0xFFFF_FFFF_8100_0000  # where the host's VM-exit handler would be: h
 HOST_RSP = 0xFFFF_FFFF_8100_8000
 
 _WANTED = {
-    msrs.PROC: msrs.CPU_BASED_HLT_EXITING | msrs.CPU_BASED_UNCOND_IO_EXITING | msrs.CPU_BASED_USE_MSR_BITMAPS,
+    msrs.PROC: (msrs.CPU_BASED_HLT_EXITING | msrs.CPU_BASED_UNCOND_IO_EXITING | msrs.CPU_BASED_USE_MSR_BITMAPS
+                | msrs.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS),
+    # KVM's configuration: EPT with unrestricted guest, so the guest may run with paging off
+    # (Multiboot) or in any mode it switches to; VPID tags its translations.
+    msrs.PROC2: msrs.SECONDARY_EXEC_ENABLE_EPT | msrs.SECONDARY_EXEC_UNRESTRICTED_GUEST | msrs.SECONDARY_EXEC_ENABLE_VPID,
     msrs.EXIT: msrs.VM_EXIT_HOST_ADDR_SPACE_SIZE | msrs.VM_EXIT_SAVE_IA32_EFER | msrs.VM_EXIT_LOAD_IA32_EFER,
     msrs.ENTRY: msrs.VM_ENTRY_LOAD_IA32_EFER,
 }
 _CONTROL_FIELD = {msrs.PIN: Field.PIN_BASED_VM_EXEC_CONTROL, msrs.PROC: Field.CPU_BASED_VM_EXEC_CONTROL,
+                  msrs.PROC2: Field.SECONDARY_VM_EXEC_CONTROL,
                   msrs.EXIT: Field.VM_EXIT_CONTROLS, msrs.ENTRY: Field.VM_ENTRY_CONTROLS}
 _SEGMENTS = (("ES", X.UC_X86_REG_ES), ("CS", X.UC_X86_REG_CS), ("SS", X.UC_X86_REG_SS),
              ("DS", X.UC_X86_REG_DS), ("FS", X.UC_X86_REG_FS), ("GS", X.UC_X86_REG_GS))
 _LOADED_ON_ENTRY = ((Field.GUEST_RIP, X.UC_X86_REG_RIP), (Field.GUEST_RSP, X.UC_X86_REG_RSP),
                     (Field.GUEST_RFLAGS, X.UC_X86_REG_RFLAGS))
 AR_UNUSABLE = 1 << 16
+TR_RESET = (0, 0, 0xFFFF, 0x8B)  # selector, base, limit, AR: a busy 32-bit TSS, TR after RESET
+# Bits of CR0 / CR4 the VMM owns (CR0_GUEST_HOST_MASK, CR4_GUEST_HOST_MASK): VMX needs NE and
+# VMXE set while the guest may want them clear; its reads see the read shadows (SDM 25.3).
+CR0_OWNED, CR4_OWNED = msrs.X86_CR0_NE, msrs.X86_CR4_VMXE
+# EPT entries (SDM 29.3.2): read, write, execute; memory type WB in bits 5:3 of a leaf; PS.
+EPT_RWX, EPT_WB, EPT_PS = 0x7, 6 << 3, 1 << 7
+EPTP_WB_4LEVEL = 6 | (4 - 1) << 3
 # VM-entry interruption-information field (SDM 24.8.3, Table 24-16)
 INTR_INFO_VALID, INTR_INFO_DELIVER_CODE = 1 << 31, 1 << 11
 INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION = 4, 5, 6
@@ -69,6 +81,10 @@ class VmxGuestContext:
         for control, field in _CONTROL_FIELD.items():
             self._vmwrite(field, (_WANTED.get(control, 0) | caps.allowed0[control]) & caps.allowed1[control])
         self._vmwrite(Field.MSR_BITMAP, self.msr_bitmap)
+        self._vmwrite(Field.EPT_POINTER, vcpu.vm.arch.ept_root(self.build_identity_ept) | EPTP_WB_4LEVEL)
+        self._vmwrite(Field.VIRTUAL_PROCESSOR_ID, 1 + vcpu.index)
+        self._vmwrite(Field.CR0_GUEST_HOST_MASK, CR0_OWNED)
+        self._vmwrite(Field.CR4_GUEST_HOST_MASK, CR4_OWNED)
         # I/O bitmaps with every port set: used when a VMM switches "use I/O bitmaps" on.
         for offset, field in ((IO_BITMAP_A_OFFSET, Field.IO_BITMAP_A), (IO_BITMAP_B_OFFSET, Field.IO_BITMAP_B)):
             host.write(area + offset, b"\xff" * 4096)
@@ -81,11 +97,32 @@ class VmxGuestContext:
         self.io_check = None  # set at each entry from the I/O controls (SDM 25.1.3)
         self.hlt_exits, self.cpuid_exits = True, True  # CPUID always exits in VMX non-root
         self.msr_check = None
+        self.exception_check = None
 
     def _vmwrite(self, field: int, value: int) -> None:
         result = self.vmx.vmwrite(field, value)
         if not result.ok:
             raise RuntimeError(f"VMWRITE {Field(field).name} failed: {result}")
+
+    @staticmethod
+    def build_identity_ept(vm, base: int) -> int:
+        """EPT paging structures at host-physical ``base`` mapping every RAM slot of ``vm``
+        (guest-physical -> its host-physical backing) with 2 MiB pages, write-back; MMIO stays
+        unmapped, so a device access is an EPT violation, as under KVM. Returns the PML4."""
+        host = vm.host
+        pml4, pdpt, pd = base, base + 0x1000, base + 0x2000
+        host.write(pml4, bytes(0x2000))
+        host.write(pml4, (pdpt | EPT_RWX).to_bytes(8, "little"))
+        for slot in vm.memory.slots:
+            for gpa in range(slot.gpa, slot.end, 1 << 21):
+                gb = gpa >> 30
+                table = pd + gb * 0x1000
+                if not int.from_bytes(host.read(pdpt + gb * 8, 8), "little"):
+                    host.write(table, bytes(0x1000))
+                    host.write(pdpt + gb * 8, (table | EPT_RWX).to_bytes(8, "little"))
+                entry = (slot.hpa + gpa - slot.gpa) | EPT_RWX | EPT_WB | EPT_PS
+                host.write(table + ((gpa >> 21) & 0x1FF) * 8, entry.to_bytes(8, "little"))
+        return pml4
 
     def _host_state(self) -> None:
         """A 64-bit host, as KVM's: the state VM exits return to (SDM 25.5)."""
@@ -109,7 +146,8 @@ class VmxGuestContext:
             return
         self._last = raw
         self.vmcs.record_exit(raw.EXIT_REASON, raw.EXIT_QUALIFICATION, raw.VM_EXIT_INSTRUCTION_LEN, 0,
-                              raw.GUEST_LINEAR_ADDRESS or 0, raw.GUEST_PHYSICAL_ADDRESS or 0)
+                              raw.GUEST_LINEAR_ADDRESS or 0, raw.GUEST_PHYSICAL_ADDRESS or 0,
+                              raw.VM_EXIT_INTR_INFO, raw.VM_EXIT_INTR_ERROR_CODE)
         if raw.GUEST_RIP is not None:
             # The exit names its instruction; the engine has already completed it, as the VMM's
             # handler would (KVM's skip_emulated_instruction), so it is not to be loaded back.
@@ -133,12 +171,17 @@ class VmxGuestContext:
         proc = self._values[Field.CPU_BASED_VM_EXEC_CONTROL]
         self.hlt_exits = bool(proc & msrs.CPU_BASED_HLT_EXITING)
         self.msr_check = self._msr_bitmap_check() if proc & msrs.CPU_BASED_USE_MSR_BITMAPS else None
+        self.exception_check = self._exception_bitmap_check()
+        self.resume_state()
+        return None
+
+    def resume_state(self) -> None:
+        """The guest state the VMM changed with VMWRITE since the exit, then event injection."""
         regs, values, saved = self.vcpu.regs, self._values, self._saved
         for field, reg in _LOADED_ON_ENTRY:
             if values[field] != saved[field]:
                 regs.write(reg, values[field])
         self._inject()
-        return None
 
     def _inject(self) -> None:
         """Event injection (SDM 27.6): the VM-entry interruption-information field, if valid, is
@@ -156,6 +199,23 @@ class VmxGuestContext:
             rip += v.get(Field.VM_ENTRY_INSTRUCTION_LEN, 0)  # software events return past the INT
         vcpu.deliver_event(info & 0xFF, error, rip, software=kind in (INTR_TYPE_SOFT_INTR,
                                                                          INTR_TYPE_SOFT_EXCEPTION))
+
+    def _exception_bitmap_check(self):
+        """SDM 25.2: an exception exits if its bit in the exception bitmap is 1; for #PF the bit
+        is inverted unless (error code AND PFEC_MASK) == PFEC_MATCH."""
+        v = self._values
+        bitmap = v.get(Field.EXCEPTION_BITMAP, 0)
+        mask, match = v.get(Field.PAGE_FAULT_ERROR_CODE_MASK, 0), v.get(Field.PAGE_FAULT_ERROR_CODE_MATCH, 0)
+        if not bitmap and not match:
+            return None  # nothing can exit (a #PF with mask/match mismatch needs bit 14 clear)
+
+        def intercepted(vector: int, error_code: int | None) -> bool:
+            hit = bool(bitmap >> vector & 1)
+            if vector == 14 and ((error_code or 0) & mask) != match:
+                return not hit
+            return hit
+
+        return intercepted
 
     def _msr_bitmap_check(self):
         """SDM 25.1.3: with "use MSR bitmaps", RDMSR/WRMSR of an MSR in 0-1FFF or
@@ -205,9 +265,10 @@ class VmxGuestContext:
         regs = vcpu.regs
         for field, reg in _LOADED_ON_ENTRY:
             v[field] = self._saved[field] = regs.read(reg)
-        v[Field.GUEST_CR0] = vcpu.cr0()
+        cr0, cr4 = vcpu.cr0(), regs.read(X.UC_X86_REG_CR4)
+        v[Field.GUEST_CR0], v[Field.CR0_READ_SHADOW] = cr0 | CR0_OWNED, cr0
         v[Field.GUEST_CR3] = regs.read(X.UC_X86_REG_CR3)
-        v[Field.GUEST_CR4] = regs.read(X.UC_X86_REG_CR4) | msrs.X86_CR4_VMXE  # VMXE is the VMM's
+        v[Field.GUEST_CR4], v[Field.CR4_READ_SHADOW] = cr4 | CR4_OWNED, cr4
         v[Field.GUEST_DR7] = regs.read(X.UC_X86_REG_DR7) | 0x400
         v[Field.GUEST_IA32_EFER] = vcpu.efer()
         v[Field.GUEST_ACTIVITY_STATE] = 0
@@ -221,6 +282,12 @@ class VmxGuestContext:
             _sel, base, limit, _flags = vcpu.uc.reg_read(reg)
             v[getattr(Field, f"GUEST_{name}_BASE")] = base
             v[getattr(Field, f"GUEST_{name}_LIMIT")] = limit
+        tr = vcpu.uc.reg_read(X.UC_X86_REG_TR)
+        selector, base, limit, ar = (tr[0], tr[1], tr[2], (tr[3] & 0xFF) | ((tr[3] >> 12) & 0xF) << 12) \
+            if tr[0] & ~3 else TR_RESET  # never loaded: the reset state, as KVM models it
+        v[Field.GUEST_TR_SELECTOR], v[Field.GUEST_TR_BASE] = selector, base
+        v[Field.GUEST_TR_LIMIT], v[Field.GUEST_TR_AR_BYTES] = limit, ar
+        v[Field.GUEST_LDTR_SELECTOR], v[Field.GUEST_LDTR_AR_BYTES] = 0, AR_UNUSABLE
 
     def _segment(self, selector: int) -> tuple[int, int, int, int]:
         """(selector, base, limit, access rights) in the VMCS format (SDM 24.4.1, Table 24-2):

@@ -13,7 +13,7 @@ from hvsim.core.vm import HV_AREA
 from . import boot, layout
 from .cpu import X86Vcpu
 
-VCPU_AREA = 0x8000  # each vCPU's share of the hypervisor area
+VCPU_AREA = 0x8000  # each vCPU's share of the first half of the hypervisor area (64 vCPUs)
 
 
 class X86Arch(Arch):
@@ -24,6 +24,7 @@ class X86Arch(Arch):
     def __init__(self, vm) -> None:
         super().__init__(vm)
         self.vendor = self.vendor_cls()
+        self._stage2_root: int | None = None
 
     def build(self) -> None:
         vm = self.vm
@@ -34,6 +35,13 @@ class X86Arch(Arch):
 
     def create_vcpu(self, index: int) -> X86Vcpu:
         return X86Vcpu(self.vm, index, self.vendor, self.hv_area + index * VCPU_AREA)
+
+    def ept_root(self, build) -> int:
+        """The VM's stage-2 root, built once (by the first vCPU's vendor code) in the second
+        half of the hypervisor area and shared by every vCPU, as KVM shares one EPT per VM."""
+        if self._stage2_root is None:
+            self._stage2_root = build(self.vm, self.hv_area + (HV_AREA >> 1))
+        return self._stage2_root
 
     def load(self, image: Image) -> None:
         vm = self.vm

@@ -29,8 +29,8 @@ from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, GuestMemoryError
 
 from . import idt, layout, paging
-from .boot import BootState
-from .decode import IoInsn, decode_io
+from .boot import SEL_CODE32, SEL_CODE64, SEL_DATA, BootState
+from .decode import IoInsn, decode_io, writes_memory
 from .handlers import handle_msr
 from .quirks import ExceptionLatch
 from .traps import SensitiveTraps
@@ -116,6 +116,12 @@ class X86Vcpu(Vcpu):
             w(X.UC_X86_REG_CR4, paging.CR4_PAE)
             w(X.UC_X86_REG_MSR, (MSR_EFER, 0x500))  # LME | LMA
             w(X.UC_X86_REG_CR0, 0x8000_0011)
+        # Selector values only (the engine keeps its descriptor caches until the stub loads them
+        # for real); they make the state a VMCS / VMCB reports before the first instruction
+        # name the GDT's descriptors.
+        w(X.UC_X86_REG_CS, SEL_CODE32 if state.mode == "protected32" else SEL_CODE64)
+        for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS):
+            w(r, SEL_DATA)
         w(X.UC_X86_REG_RFLAGS, 0x2)
         w(X.UC_X86_REG_RIP, layout.BOOT_STUB)
 
@@ -128,7 +134,6 @@ class X86Vcpu(Vcpu):
             failed = context.vmrun()
             if failed:
                 self._exit(self.vendor.invalid_exit(failed))
-                self.vm.crash(failed)
                 return None
         rip = self.regs.read(X.UC_X86_REG_RIP)
         self._traps.prescan(rip)
@@ -269,7 +274,7 @@ class X86Vcpu(Vcpu):
             if self.vm.status is None:
                 self.regs.write(X.UC_X86_REG_RIP, rip + 3)
             return True
-        self.deliver_event(6, None, rip)  # #UD
+        self.guest_exception(6, None, rip)  # #UD
         return True
 
     def _on_intr(self, uc, intno, _ud):
@@ -279,8 +284,10 @@ class X86Vcpu(Vcpu):
             error_code = self._page_fault_error_code(rip)
         elif intno in idt.ERROR_CODE_VECTORS:
             error_code = 0  # Unicorn does not expose the error code; 0 is right for most #GP
-        # INT n (vector >= 32 here) is a software interrupt: no error code, gate DPL checked.
-        self.deliver_event(intno, error_code, rip, software=intno >= 32)
+        if intno >= 32:  # INT n: a software interrupt, no error code, gate DPL checked
+            self.deliver_event(intno, None, rip, software=True)
+        else:
+            self.guest_exception(intno, error_code, rip)
 
     def _on_sensitive(self, kind: str, rip: int, length: int) -> bool | None:
         """A trapped RDMSR/WRMSR (plugins/x86/traps.py): exit if hvsim models that MSR."""
@@ -298,7 +305,7 @@ class X86Vcpu(Vcpu):
         else:
             self._exit(exit)
         if exit.vector:  # the handler refused the access: #GP(0) at the instruction
-            self.deliver_event(exit.vector, 0, rip)
+            self.guest_exception(exit.vector, 0, rip)
             return None
         return True
 
@@ -317,6 +324,21 @@ class X86Vcpu(Vcpu):
         return False
 
     # -- exceptions ------------------------------------------------------------------------
+    def guest_exception(self, vector: int, error_code: int | None, rip: int) -> None:
+        """An exception the guest's own instruction raised: an exit if the VMM intercepts it
+        (VMX exception bitmap, SVM exception intercepts), else delivered through the IDT."""
+        context = self.context
+        check = context.exception_check if context is not None else None
+        if check is not None and check(vector, error_code):
+            # A full VM exit and re-entry around it: the VMM sees the whole guest state and may
+            # change it (skip the instruction, inject something else) before the guest resumes.
+            cr2 = self.regs.read(X.UC_X86_REG_CR2) if vector == idt.PF else 0
+            context.vmexit()
+            self._exit(self.vendor.exception_exit(vector, error_code, rip, cr2))
+            context.resume_state()
+        else:
+            self.deliver_event(vector, error_code, rip)
+
     def deliver_event(self, vector: int, error_code: int | None, rip: int, software: bool = False) -> None:
         """Deliver ``vector`` through the guest's IDT (plugins/x86/idt.py); ``rip`` is the
         return address pushed; a failure escalates to #DF and to a triple-fault shutdown."""
@@ -328,16 +350,22 @@ class X86Vcpu(Vcpu):
             self.request_stop()
 
     def _page_fault_error_code(self, rip: int) -> int:
-        """Unicorn sets CR2 but not the error code: walk again to find it (SDM 4.7)."""
+        """Unicorn sets CR2 but not the error code: walk again with the access the faulting
+        instruction made (a fetch if CR2 is where it executes, a write if it writes a memory
+        operand, else a read) to find it (SDM 4.7)."""
         cr2 = self.regs.read(X.UC_X86_REG_CR2)
         ctx = (self.cr0(), self.regs.read(X.UC_X86_REG_CR3), self.regs.read(X.UC_X86_REG_CR4),
                self.efer(), self.cpl())
-        fetch = (cr2 >> 12) == (rip >> 12) or (cr2 >> 12) == ((rip + 15) >> 12) and cr2 >= rip
-        for access in ((Access.EXECUTE,) if fetch else (Access.READ, Access.WRITE)):
-            w = paging.walk(cr2, access, *ctx, self._phys_u32, self._phys_u64)
-            if w.fault:
-                return w.error_code
-        return paging.PFEC_P
+        if rip <= cr2 < rip + 16:
+            access = Access.EXECUTE
+        else:
+            try:
+                code = self.read_linear(self.segment_base("cs") + rip, 15)
+            except (GuestMemoryError, idt.DeliveryFault):
+                code = b""
+            access = Access.WRITE if writes_memory(code, self.code_bits()) else Access.READ
+        w = paging.walk(cr2, access, *ctx, self._phys_u32, self._phys_u64)
+        return w.error_code if w.fault else paging.PFEC_P
 
     def deliver_pending(self) -> bool:
         if not self.events:

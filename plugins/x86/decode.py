@@ -56,3 +56,29 @@ def decode_io(code: bytes, default_address_size: int) -> IoInsn | None:
     if op in (0x6C, 0x6D, 0x6E, 0x6F):
         return IoInsn(i + 1, False, True, rep, address_size, segment if op >= 0x6E else 0)
     return None
+
+
+_CS = {}
+
+
+def writes_memory(code: bytes, bits: int) -> bool | None:
+    """Whether the instruction at the start of ``code`` writes a memory operand (capstone's
+    operand access); None if it does not decode. The #PF error code's W bit comes from this,
+    since the engine reports a page fault without saying which access caused it."""
+    import capstone
+    from capstone import x86_const
+
+    md = _CS.get(bits)
+    if md is None:
+        mode = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}[bits]
+        md = _CS[bits] = capstone.Cs(capstone.CS_ARCH_X86, mode)
+        md.detail = True
+    insn = next(md.disasm(code, 0, 1), None)
+    if insn is None:
+        return None
+    if insn.id in (x86_const.X86_INS_PUSH, x86_const.X86_INS_CALL, x86_const.X86_INS_STOSB,
+                   x86_const.X86_INS_STOSW, x86_const.X86_INS_STOSD, x86_const.X86_INS_STOSQ,
+                   x86_const.X86_INS_MOVSB, x86_const.X86_INS_MOVSW, x86_const.X86_INS_MOVSD,
+                   x86_const.X86_INS_MOVSQ):
+        return True
+    return any(op.type == x86_const.X86_OP_MEM and op.access & capstone.CS_AC_WRITE for op in insn.operands)

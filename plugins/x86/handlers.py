@@ -61,10 +61,17 @@ def handle_msr(vcpu, exit: Exit) -> None:
         vcpu.msrs[msr] = exit.value
 
 
+def handle_exception(vcpu, exit: Exit) -> None:
+    """An intercepted exception the VMM did not handle otherwise: reflect it into the guest,
+    as KVM does for exceptions it intercepts only to watch."""
+    vcpu.deliver_event(exit.vector, exit.value, vcpu.rip())
+
+
 def register(registry) -> None:
     registry.add(ExitKind.CPUID, handle_cpuid)
     registry.add(ExitKind.HYPERCALL, handle_hypercall)
     registry.add(ExitKind.SYSREG, handle_msr)
+    registry.add(ExitKind.EXCEPTION, handle_exception)
 
 
 def stage1_walk(vcpu, address, access):

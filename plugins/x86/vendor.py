@@ -23,7 +23,8 @@ class X86Vendor:
         object with ``record(raw)`` (every exit), ``vmrun() -> str | None`` (entering the
         engine; a string is why the entry failed), ``vmexit()`` (leaving it) and ``io_check``
         (None when every port access exits, else ``check(port, size) -> bool``, set at each
-        entry from the I/O controls); or None."""
+        entry from the I/O controls), ``msr_check`` and ``exception_check(vector, error_code)`` in
+        the same way, and ``hlt_exits`` / ``cpuid_exits``; or None."""
         return None
 
     def io_exit(self, port: int, size: int, is_in: bool, value: int | None, rip: int,
@@ -35,6 +36,9 @@ class X86Vendor:
         raise NotImplementedError
 
     def cpuid_exit(self, rip: int) -> Exit:
+        raise NotImplementedError
+
+    def exception_exit(self, vector: int, error_code: int | None, rip: int, cr2: int) -> Exit:
         raise NotImplementedError
 
     def hlt_exit(self, rip: int) -> Exit:

@@ -49,6 +49,7 @@ def arch(request):
 GUEST = f"""
     mov rsp, {X86_STACK}
     {x86_idt_setup({0x20: 'irq', 13: 'gp'})}
+    sti                               # VMX: an external interrupt is injected only with IF = 1
     hlt
     mov al, byte ptr [{X86_DATA:#x}]
     out 0xf4, al
@@ -123,3 +124,91 @@ def test_an_msr_the_bitmap_passes_through_is_modelled_without_an_exit(make_vm, a
     vm.run(timeout=10)
     assert vm.memory.read_u32(X86_DATA) == 0xFEE0_0900
     assert all("MSR" not in reason for reason in vm.stats.counts())
+
+
+def intercept_ud(vcpu):
+    if vcpu.vm.arch.name == "intel_vtx":
+        assert vcpu.context.vmx.vmwrite(Field.EXCEPTION_BITMAP, 1 << 6).ok
+    else:
+        vcpu.context.vmcb.write("INTERCEPT_EXCEPTIONS", 1 << 6)
+
+
+class SkipUd:
+    """A VMM that emulates UD2 as a no-op: it moves the guest RIP past it in the VMCS / VMCB."""
+
+    def __init__(self):
+        self.exits = []
+
+    @hookimpl
+    def hvsim_exit_handlers(self, vm, registry):
+        def on_exception(vcpu, exit):
+            self.exits.append(exit)
+            if vm.arch.name == "intel_vtx":
+                rip = vcpu.context.vmx.vmread(Field.GUEST_RIP).value
+                assert vcpu.context.vmx.vmwrite(Field.GUEST_RIP, rip + 2).ok
+            else:
+                vcpu.context.vmcb.write("RIP", vcpu.context.vmcb.read("RIP") + 2)
+
+        registry.add(ExitKind.EXCEPTION, on_exception)
+
+
+UD_GUEST = f"""
+    mov rsp, {X86_STACK}
+    {x86_idt_setup({6: 'ud'})}
+    ud2
+    mov byte ptr [{X86_DATA + 1:#x}], 1
+    {END}
+ud:
+    mov byte ptr [{X86_DATA:#x}], 1
+    add qword ptr [rsp], 2
+    iretq
+"""
+
+
+def test_an_intercepted_exception_exits_with_the_vendors_record_instead_of_reaching_the_guest(
+        make_vm, hvsim_pm, arch):
+    vmm = SkipUd()
+    hvsim_pm.register(vmm)
+    vm = make_vm(arch)
+    vm.load(x86_64(UD_GUEST))
+    intercept_ud(vm.vcpus[0])
+    assert vm.run(timeout=10).status == 1
+    assert vm.memory.read(X86_DATA, 2) == b"\x00\x01"  # the guest's #UD handler never ran
+    (exit,) = vmm.exits
+    if arch == "intel_vtx":
+        assert exit.reason == "EXIT_REASON_EXCEPTION_NMI" and exit.raw.EXIT_REASON == 0
+        assert exit.raw.VM_EXIT_INTR_INFO == (1 << 31) | (3 << 8) | 6  # valid, hardware exception, #UD
+    else:
+        assert exit.reason == "VMEXIT_EXCP6" and exit.raw.EXITCODE == 0x46
+
+
+def test_an_intercepted_exception_the_vmm_only_watches_still_reaches_the_guest(make_vm, recorder, arch):
+    vm = make_vm(arch)
+    vm.load(x86_64(UD_GUEST))
+    intercept_ud(vm.vcpus[0])
+    assert vm.run(timeout=10).status == 1
+    assert vm.memory.read(X86_DATA, 2) == b"\x01\x01"  # reflected into the guest's own handler
+    assert len(recorder.of(ExitKind.EXCEPTION)) == 1
+
+
+def test_page_fault_error_code_mask_and_match_decide_whether_a_pf_exits(make_vm, recorder):
+    vm = make_vm("intel_vtx")
+    vm.load(x86_64(f"""
+        mov rsp, {X86_STACK}
+        {x86_idt_setup({14: 'pf'})}
+        mov rax, 0x100000000
+        mov rbx, [rax]                    # a read fault: error code 0, does not match
+        mov [rax], rbx                    # a write fault: W matches, exits
+        {END}
+    pf:
+        add rsp, 8
+        add qword ptr [rsp], 3
+        iretq"""))
+    vmx = vm.vcpus[0].context.vmx
+    # Bit 14 set with mask = W, match = W: only write faults exit (SDM 25.2).
+    for field, value in ((Field.EXCEPTION_BITMAP, 1 << 14), (Field.PAGE_FAULT_ERROR_CODE_MASK, 2),
+                         (Field.PAGE_FAULT_ERROR_CODE_MATCH, 2)):
+        assert vmx.vmwrite(field, value).ok
+    vm.run(timeout=10)
+    (pf,) = recorder.of(ExitKind.EXCEPTION)
+    assert pf.raw.VM_EXIT_INTR_ERROR_CODE == 2 and pf.raw.EXIT_QUALIFICATION == 0x1_0000_0000
