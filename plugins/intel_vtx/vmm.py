@@ -166,7 +166,7 @@ class VmxGuestContext:
         result = vmx.vmresume() if vmcs.launched else vmx.vmlaunch()
         self._last = None
         if result.status is not Status.ENTERED:
-            return f"VM entry failed: {result}"
+            return f"VM entry failed: {vmx.last_entry_failure or result}"
         self.io_check = self._io_controls()
         proc = self._values[Field.CPU_BASED_VM_EXEC_CONTROL]
         self.hlt_exits = bool(proc & msrs.CPU_BASED_HLT_EXITING)

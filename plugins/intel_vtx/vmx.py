@@ -14,7 +14,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from . import msrs
+from . import entry, msrs
 from .msrs import VmxCapabilities
 from .vmcs import COMPONENTS, TYPE_READ_ONLY, Vmcs, VmcsRegion, read_u32
 
@@ -180,6 +180,10 @@ class Vmx:
         self.current_pointer = INVALID_POINTER
         self.current: Vmcs | None = None
         self.active: dict[int, Vmcs] = {}  # VMCSs made active by VMPTRLD, by region address
+        # Why the last VMLAUNCH/VMRESUME failed its entry checks (None if it passed them), and
+        # the failures of checks entry.NOT_ENFORCED lets through.
+        self.last_entry_failure: str | None = None
+        self.last_entry_waived: list[str] = []
 
     def rdmsr(self, index: int) -> int:
         """RDMSR of IA32_FEATURE_CONTROL or a VMX capability MSR; #GP where it does not exist."""
@@ -369,17 +373,29 @@ class Vmx:
         return VM_ENTERED
 
     def check_vmx_controls_and_host_state(self, vmcs: Vmcs) -> int:
-        """SDM 26.2: checks on the VMX controls and the host-state area. Return 0 if they pass,
-        else VMXERR_ENTRY_INVALID_CONTROL_FIELD (7) or VMXERR_ENTRY_INVALID_HOST_STATE_FIELD (8).
-        The entry checks are not written yet: this placeholder passes everything."""
-        return 0
+        """SDM 26.2: checks on the VMX controls and the host-state area (:mod:`.entry`). Return 0
+        if they pass, else VMXERR_ENTRY_INVALID_CONTROL_FIELD (7) or
+        VMXERR_ENTRY_INVALID_HOST_STATE_FIELD (8), the reason in ``last_entry_failure``."""
+        checks = entry.Entry(self, vmcs)
+        error, failure = entry.check_vmx_controls_and_host_state(checks)
+        self.last_entry_failure = None if failure is None else f"VMfailValid({error}): {failure}"
+        self.last_entry_waived = checks.waived
+        return error
 
     def check_and_load_guest_state(self, vmcs: Vmcs) -> int:
-        """SDM 26.3-26.4: check and load the guest state, then the VM-entry MSR-load area.
+        """SDM 26.3-26.4: check the guest state (26.3.1), then the VM-entry MSR-load area (26.4).
         Return 0 on success, else the basic exit reason of the failed entry (33 invalid guest
-        state, 34 MSR loading; the caller sets bit 31) after writing EXIT_QUALIFICATION. The
-        launch state stays as it was. Placeholder: passes everything."""
-        return 0
+        state, 34 MSR loading; the caller sets bit 31) after writing EXIT_QUALIFICATION (SDM
+        26.8). The launch state stays as it was. Loading the guest state into the processor is
+        the run loop's (vmm.py); MSRs in the MSR-load area are checked, not loaded."""
+        checks = entry.Entry(self, vmcs)
+        reason, failure = entry.check_guest_state(checks)
+        self.last_entry_waived += checks.waived
+        if failure is not None:
+            vmcs.values[0x6400] = failure.qualification  # EXIT_QUALIFICATION
+            self.last_entry_failure = (f"VM-entry failure, exit reason {reason} "
+                                       f"(qualification {failure.qualification}): {failure}")
+        return reason
 
     # -- INVEPT / INVVPID -------------------------------------------------------------------------
     def invept(self, type_: int, eptp: int = 0) -> VmxResult:

@@ -29,7 +29,7 @@ from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, GuestMemoryError
 
 from . import idt, layout, paging
-from .boot import SEL_CODE32, SEL_CODE64, SEL_DATA, BootState
+from .boot import GDT_ENTRIES, SEL_CODE32, SEL_CODE64, SEL_DATA, BootState
 from .decode import IoInsn, decode_io, writes_memory
 from .handlers import handle_msr
 from .quirks import ExceptionLatch
@@ -119,6 +119,7 @@ class X86Vcpu(Vcpu):
         # Selector values only (the engine keeps its descriptor caches until the stub loads them
         # for real); they make the state a VMCS / VMCB reports before the first instruction
         # name the GDT's descriptors.
+        w(X.UC_X86_REG_GDTR, (0, layout.BOOT_GDT, len(GDT_ENTRIES) * 8 - 1, 0))  # the stub reloads it
         w(X.UC_X86_REG_CS, SEL_CODE32 if state.mode == "protected32" else SEL_CODE64)
         for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS):
             w(r, SEL_DATA)
@@ -455,7 +456,10 @@ class X86Vcpu(Vcpu):
         flags = (access >> 12) & 0xF
         if flags & 0x8:  # G: the limit counts 4 KiB pages
             limit = (limit << 12) | 0xFFF
-        return base, limit, access & 0xFF, flags
+        access &= 0xFF
+        if access & 0x10:  # loading a code or data segment sets its accessed bit (SDM 3.4.5.1)
+            access |= 1
+        return base, limit, access, flags
 
     def code_segment_dpl(self, selector: int) -> int:
         if selector & ~3 == 0:

@@ -119,3 +119,25 @@ def test_without_io_exiting_controls_no_port_access_exits(make_vm):
     assert vcpu.context.vmx.vmwrite(Field.CPU_BASED_VM_EXEC_CONTROL, proc & ~msrs.CPU_BASED_UNCOND_IO_EXITING).ok
     assert vm.run(timeout=10).status == 1
     assert vm.console.output == b"h" and "EXIT_REASON_IO_INSTRUCTION" not in vm.stats.counts()
+
+
+def test_a_vmcs_the_vmm_broke_fails_vm_entry_with_the_sdms_reason(make_vm, recorder):
+    vm = make_vm("intel_vtx")
+    vm.load(x86_64(END))
+    assert vm.vcpus[0].context.vmx.vmwrite(Field.CR3_TARGET_COUNT, 5).ok  # at most 4 (SDM 26.2.1.1)
+    result = vm.run(timeout=10)
+    assert result.status == 4
+    assert "VMfailValid(7)" in result.reason and "cr3_target_count" in result.reason
+    (failed,) = recorder.of(ExitKind.INVALID_STATE)
+    assert failed.reason == "EXIT_REASON_INVALID_STATE"
+
+
+def test_invalid_guest_state_is_an_entry_failure_exit_33(make_vm):
+    vm = make_vm("intel_vtx")
+    vm.load(x86_64(END))
+    vcpu = vm.vcpus[0]
+    vcpu.context.vmrun()  # VMLAUNCH once; the VMM then breaks the guest state
+    assert vcpu.context.vmx.vmwrite(Field.GUEST_RFLAGS, 0).ok  # bit 1 must be 1 (SDM 26.3.1.4)
+    failed = vcpu.context.vmrun()
+    assert failed and "26.3.1.4" in failed
+    assert vmread(vcpu, Field.VM_EXIT_REASON) == (1 << 31) | 33
