@@ -26,6 +26,10 @@ class ExitKind(enum.Enum):
     INTERRUPT_WINDOW = "interrupt-window"
     SHUTDOWN = "shutdown"  # triple fault, PSCI SYSTEM_OFF / SYSTEM_RESET
     INVALID_STATE = "invalid-state"  # VM entry failed its checks
+    # A sensitive instruction the VMM intercepts (RDTSC, INVLPG, MOV CR3, WBINVD, PAUSE ...).
+    # After the handler the instruction completes as the processor would, unless the handler
+    # emulated it and set ``exit.value = True`` (then it is skipped).
+    INSTRUCTION = "instruction"
 
     # Members are singletons: hash by identity (C) rather than Enum's Python-level __hash__;
     # exit-handler tables are looked up by kind on every exit.

@@ -79,6 +79,7 @@ def hvsim_exit_handlers(registry):
     registry.add(ExitKind.HALT, handle_halt)
     registry.add(ExitKind.SHUTDOWN, handle_shutdown)
     registry.add(ExitKind.INVALID_STATE, handle_invalid_state)
+    registry.add(ExitKind.INSTRUCTION, lambda vcpu, exit: None)  # the instruction completes itself
 
 
 @hookimpl(trylast=True)

@@ -38,6 +38,8 @@ VMEXIT_MSR = 0x7C
 VMEXIT_SHUTDOWN = 0x7F
 VMEXIT_VMMCALL = 0x81
 VMEXIT_NPF = 0x400
+_INSTRUCTION_EXITS = {"rdtsc": "RDTSC", "rdtscp": "RDTSCP", "invlpg": "INVLPG", "wbinvd": "WBINVD",
+                      "invd": "INVD", "pause": "PAUSE"}
 
 # EXITINFO1 for IOIO intercepts (APM Vol. 2, Figure 15-2)
 IOIO_TYPE_IN = 1 << 0
@@ -111,6 +113,18 @@ class SvmVendor(X86Vendor):
         return Exit(ExitKind.EXCEPTION, f"VMEXIT_EXCP{vector}",
                     SvmExitInfo(0x40 + vector, error_code or 0, cr2 if vector == 14 else 0, 0),
                     vector=vector, value=error_code)
+
+    def instruction_exit(self, kind, rip, insn_len, operand):
+        nrip = rip + insn_len
+        if kind in ("mov_to_cr", "mov_from_cr"):
+            # 15.8.1 with decode assists: EXITINFO1 bit 63 says the GPR number in 3:0 is valid.
+            cr, gpr, _value = operand
+            code = (0x10 if kind == "mov_to_cr" else 0x00) + cr
+            return Exit(ExitKind.INSTRUCTION, f"VMEXIT_{EXIT_CODES[code]}",
+                        SvmExitInfo(code, 1 << 63 | gpr, 0, nrip))
+        code = VMEXIT[_INSTRUCTION_EXITS[kind]]
+        info1 = operand[0] if kind == "invlpg" else 0  # INVLPG: the linear address (decode assists)
+        return Exit(ExitKind.INSTRUCTION, f"VMEXIT_{EXIT_CODES[code]}", SvmExitInfo(code, info1, 0, nrip))
 
     def cpuid_exit(self, rip):
         return Exit(ExitKind.CPUID, "VMEXIT_CPUID", SvmExitInfo(VMEXIT_CPUID, 0, 0, rip + 2))

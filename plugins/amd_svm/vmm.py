@@ -28,6 +28,8 @@ VMEXIT_INVALID = MASK64  # -1 as the VMCB stores it
 VMCB_OFFSET, IOPM_OFFSET, MSRPM_OFFSET, HSAVE_OFFSET = 0x0000, 0x1000, 0x4000, 0x6000
 AREA_SIZE = 0x7000
 
+_INSTRUCTION_INTERCEPTS = {"rdtsc": "RDTSC", "rdtscp": "RDTSCP", "invlpg": "INVLPG", "wbinvd": "WBINVD",
+                           "invd": "INVD", "pause": "PAUSE"}
 INTERCEPTS = ("VMRUN", "VMMCALL", "CPUID", "HLT", "IOIO_PROT", "MSR_PROT", "SHUTDOWN")
 _LOADED_ON_VMRUN = (("RAX", X.UC_X86_REG_RAX), ("RSP", X.UC_X86_REG_RSP), ("RIP", X.UC_X86_REG_RIP),
                     ("RFLAGS", X.UC_X86_REG_RFLAGS), ("CR2", X.UC_X86_REG_CR2))
@@ -62,6 +64,8 @@ class SvmGuestContext:
         self.hlt_exits = self.cpuid_exits = True  # set at VMRUN from the intercept vector
         self.msr_check = None
         self.exception_check = None
+        self._intercepted: dict[str, bool] = {}
+        self._cr_reads = self._cr_writes = 0
 
     # -- every exit -------------------------------------------------------------------------
     def record(self, raw: SvmExitInfo) -> None:
@@ -87,6 +91,8 @@ class SvmGuestContext:
         self.msr_check = (iopm.msrpm_checker(host, vmcb.read("MSRPM_BASE_PA"))
                           if vmcb.is_intercepted("MSR_PROT") else _never)
         self.hlt_exits, self.cpuid_exits = vmcb.is_intercepted("HLT"), vmcb.is_intercepted("CPUID")
+        self._intercepted = {kind: vmcb.is_intercepted(name) for kind, name in _INSTRUCTION_INTERCEPTS.items()}
+        self._cr_reads, self._cr_writes = vmcb.read("INTERCEPT_CR_READ"), vmcb.read("INTERCEPT_CR_WRITE")
         exceptions = vmcb.read("INTERCEPT_EXCEPTIONS")
         self.exception_check = (lambda vector, _code: bool(exceptions >> vector & 1)) if exceptions else None
         self.resume_state()
@@ -100,6 +106,14 @@ class SvmGuestContext:
             if value != saved[name]:
                 regs.write(reg, value)
         self._inject()
+
+    def intercepts(self, kind: str, info) -> bool:
+        """Whether this sensitive instruction is intercepted by the VMCB (15.9, 15.8.1)."""
+        if kind == "mov_to_cr":
+            return bool(self._cr_writes >> info[0] & 1)
+        if kind == "mov_from_cr":
+            return bool(self._cr_reads >> info[0] & 1)
+        return self._intercepted.get(kind, False)
 
     def _inject(self) -> None:
         """EVENTINJ (15.20): an event the VMM asked for is delivered as the guest starts, through

@@ -31,6 +31,8 @@ EXIT_REASON_CPUID = 10
 EXIT_REASON_HLT = 12
 EXIT_REASON_VMCALL = 18
 EXIT_REASON_IO_INSTRUCTION = 30
+EXIT_REASON_CR_ACCESS = 28
+_INSTRUCTION_REASONS = {"rdtsc": 16, "rdtscp": 51, "invlpg": 14, "wbinvd": 54, "invd": 13, "pause": 40}
 EXIT_REASON_MSR_READ = 31
 EXIT_REASON_MSR_WRITE = 32
 EXIT_REASON_EPT_VIOLATION = 48
@@ -128,6 +130,17 @@ class VmxVendor(X86Vendor):
                     VmxExitInfo(EXIT_REASON_EXCEPTION_NMI, cr2 if vector == 14 else 0, rip, 0,
                                 intr_info=info, intr_error_code=error_code or 0),
                     vector=vector, value=error_code)
+
+    def instruction_exit(self, kind, rip, insn_len, operand):
+        if kind in ("mov_to_cr", "mov_from_cr"):
+            # SDM Table 28-3: CR number 3:0, access type 5:4 (0 MOV to CR, 1 MOV from CR), GPR 11:8.
+            cr, gpr, _value = operand
+            qual = cr | (0 if kind == "mov_to_cr" else 1) << 4 | gpr << 8
+            return Exit(ExitKind.INSTRUCTION, "EXIT_REASON_CR_ACCESS",
+                        VmxExitInfo(EXIT_REASON_CR_ACCESS, qual, rip, insn_len))
+        reason = _INSTRUCTION_REASONS[kind]
+        qual = operand[0] if kind == "invlpg" else 0  # INVLPG: the linear-address operand (SDM 28.2.1)
+        return Exit(ExitKind.INSTRUCTION, f"EXIT_REASON_{EXIT_REASONS[reason]}", VmxExitInfo(reason, qual, rip, insn_len))
 
     def cpuid_exit(self, rip):
         return Exit(ExitKind.CPUID, "EXIT_REASON_CPUID", VmxExitInfo(EXIT_REASON_CPUID, 0, rip, 2))

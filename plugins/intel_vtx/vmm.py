@@ -43,6 +43,8 @@ _SEGMENTS = (("ES", X.UC_X86_REG_ES), ("CS", X.UC_X86_REG_CS), ("SS", X.UC_X86_R
 _LOADED_ON_ENTRY = ((Field.GUEST_RIP, X.UC_X86_REG_RIP), (Field.GUEST_RSP, X.UC_X86_REG_RSP),
                     (Field.GUEST_RFLAGS, X.UC_X86_REG_RFLAGS))
 AR_UNUSABLE = 1 << 16
+_GPR_IDS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
+                                                     "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
 TR_RESET = (0, 0, 0xFFFF, 0x8B)  # selector, base, limit, AR: a busy 32-bit TSS, TR after RESET
 # Bits of CR0 / CR4 the VMM owns (CR0_GUEST_HOST_MASK, CR4_GUEST_HOST_MASK): VMX needs NE and
 # VMXE set while the guest may want them clear; its reads see the read shadows (SDM 25.3).
@@ -98,6 +100,8 @@ class VmxGuestContext:
         self.hlt_exits, self.cpuid_exits = True, True  # CPUID always exits in VMX non-root
         self.msr_check = None
         self.exception_check = None
+        self._exiting: dict[str, bool] = {}
+        self._cr3_load = self._cr3_store = False
 
     def _vmwrite(self, field: int, value: int) -> None:
         result = self.vmx.vmwrite(field, value)
@@ -172,6 +176,17 @@ class VmxGuestContext:
         self.hlt_exits = bool(proc & msrs.CPU_BASED_HLT_EXITING)
         self.msr_check = self._msr_bitmap_check() if proc & msrs.CPU_BASED_USE_MSR_BITMAPS else None
         self.exception_check = self._exception_bitmap_check()
+        proc2 = self._values.get(Field.SECONDARY_VM_EXEC_CONTROL, 0) if proc & msrs.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS else 0
+        self._exiting = {  # SDM 25.1.2 / 25.1.3: which instructions the controls make exit
+            "rdtsc": bool(proc & msrs.CPU_BASED_RDTSC_EXITING),
+            "rdtscp": bool(proc & msrs.CPU_BASED_RDTSC_EXITING and proc2 & msrs.SECONDARY_EXEC_ENABLE_RDTSCP),
+            "invlpg": bool(proc & msrs.CPU_BASED_INVLPG_EXITING),
+            "wbinvd": bool(proc2 & msrs.SECONDARY_EXEC_WBINVD_EXITING),
+            "invd": True,  # unconditional (SDM 25.1.2)
+            "pause": bool(proc & msrs.CPU_BASED_PAUSE_EXITING),
+        }
+        self._cr3_load, self._cr3_store = (bool(proc & msrs.CPU_BASED_CR3_LOAD_EXITING),
+                                           bool(proc & msrs.CPU_BASED_CR3_STORE_EXITING))
         self.resume_state()
         return None
 
@@ -199,6 +214,28 @@ class VmxGuestContext:
             rip += v.get(Field.VM_ENTRY_INSTRUCTION_LEN, 0)  # software events return past the INT
         vcpu.deliver_event(info & 0xFF, error, rip, software=kind in (INTR_TYPE_SOFT_INTR,
                                                                          INTR_TYPE_SOFT_EXCEPTION))
+
+    def intercepts(self, kind: str, info) -> bool:
+        """Whether this sensitive instruction exits under the current controls (SDM 25.1)."""
+        if kind not in ("mov_to_cr", "mov_from_cr"):
+            return self._exiting.get(kind, False)
+        cr, gpr = info
+        v = self._values
+        if cr == 3:
+            if kind == "mov_from_cr":
+                return self._cr3_store
+            if not self._cr3_load:
+                return False
+            value = self.vcpu.regs.read(_GPR_IDS[gpr])
+            count = v.get(Field.CR3_TARGET_COUNT, 0)
+            targets = [v.get(Field.CR3_TARGET_VALUE0 + 2 * i, 0) for i in range(min(count, 4))]
+            return value not in targets  # a CR3-target value loads without an exit
+        if kind == "mov_to_cr" and cr in (0, 4):
+            # Exits if a bit the VMM owns (guest/host mask) would differ from its read shadow.
+            mask = v.get(Field.CR0_GUEST_HOST_MASK if cr == 0 else Field.CR4_GUEST_HOST_MASK, 0)
+            shadow = v.get(Field.CR0_READ_SHADOW if cr == 0 else Field.CR4_READ_SHADOW, 0)
+            return bool((self.vcpu.regs.read(_GPR_IDS[gpr]) ^ shadow) & mask)
+        return False  # MOV from CR0/CR4 reads the shadow; CR8 (TPR) comes with APICv
 
     def _exception_bitmap_check(self):
         """SDM 25.2: an exception exits if its bit in the exception bitmap is 1; for #PF the bit

@@ -33,7 +33,7 @@ from .boot import GDT_ENTRIES, SEL_CODE32, SEL_CODE64, SEL_DATA, BootState
 from .decode import IoInsn, decode_io, writes_memory
 from .handlers import handle_msr
 from .quirks import ExceptionLatch
-from .traps import SensitiveTraps
+from .traps import SensitiveTraps, reg_id
 
 END = (1 << 64) - 1
 MSR_EFER = 0xC000_0080
@@ -44,6 +44,9 @@ APIC_BASE_BSP = 1 << 8
 _ACCESS_NAMES = {UC_HOOK_MEM_READ_UNMAPPED: "read from", UC_HOOK_MEM_WRITE_UNMAPPED: "write to",
                  UC_HOOK_MEM_FETCH_UNMAPPED: "instruction fetch from"}
 _MEM_READ_UNMAPPED, _MEM_WRITE_UNMAPPED, _MEM_FETCH_UNMAPPED = 19, 20, 21
+# General-purpose registers in the order exit qualifications number them (SDM Table 28-3).
+_GPRS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
+                                                  "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
 
 
 class X86Vcpu(Vcpu):
@@ -290,8 +293,17 @@ class X86Vcpu(Vcpu):
         else:
             self.guest_exception(intno, error_code, rip)
 
-    def _on_sensitive(self, kind: str, rip: int, length: int) -> bool | None:
-        """A trapped RDMSR/WRMSR (plugins/x86/traps.py): exit if hvsim models that MSR."""
+    def _on_sensitive(self, kind: str, rip: int, length: int, info) -> bool | None:
+        """A trapped sensitive instruction (plugins/x86/traps.py): RDMSR/WRMSR of an MSR hvsim
+        models; any other kind exits when the VMM's controls intercept it, then completes
+        natively unless the handler emulated it (``exit.value = True``)."""
+        if kind not in ("rdmsr", "wrmsr"):
+            context = self.context
+            if context is None or not context.intercepts(kind, info):
+                return False
+            exit = self.vendor.instruction_exit(kind, rip, length, self.instruction_operand(kind, info))
+            self._exit(exit)
+            return True if exit.value is True else False
         r = self.regs
         msr = r.read(X.UC_X86_REG_RCX) & 0xFFFF_FFFF
         if msr not in self.msrs:
@@ -309,6 +321,24 @@ class X86Vcpu(Vcpu):
             self.guest_exception(exit.vector, 0, rip)
             return None
         return True
+
+    def instruction_operand(self, kind: str, info) -> tuple:
+        """What the exit information reports about a trapped instruction's operand: INVLPG's
+        linear address; MOV CR's (CR number, GPR number, value written or 0)."""
+        if kind == "invlpg" and info is not None:
+            base, index, scale, disp = info
+            bits = self.code_bits()
+            address = disp
+            for reg, factor in ((base, 1), (index, scale)):
+                rid = reg_id(bits, reg)
+                if rid is not None:
+                    address += self.regs.read(rid) * factor
+            return (address & ((1 << bits) - 1),)
+        if kind in ("mov_to_cr", "mov_from_cr"):
+            cr, gpr = info
+            value = self.regs.read(_GPRS[gpr]) if kind == "mov_to_cr" else 0
+            return cr, gpr, value
+        return ()
 
     def code_bits(self) -> int:
         """Default operand size of the code being translated (compatibility mode not modelled)."""

@@ -34,22 +34,44 @@ _vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_
 _vmem_read.restype = ctypes.c_int
 
 # capstone instruction id -> the name hvsim's handlers use
-TRAPPABLE = {CX.X86_INS_RDMSR: "rdmsr", CX.X86_INS_WRMSR: "wrmsr"}
+TRAPPABLE = {CX.X86_INS_RDMSR: "rdmsr", CX.X86_INS_WRMSR: "wrmsr", CX.X86_INS_RDTSC: "rdtsc",
+             CX.X86_INS_RDTSCP: "rdtscp", CX.X86_INS_INVLPG: "invlpg", CX.X86_INS_WBINVD: "wbinvd",
+             CX.X86_INS_INVD: "invd", CX.X86_INS_PAUSE: "pause"}
 
-_DISASM = {bits: capstone.Cs(capstone.CS_ARCH_X86, mode)
+
+def _disassembler(mode):
+    md = capstone.Cs(capstone.CS_ARCH_X86, mode)
+    md.detail = True  # operands: INVLPG's address, MOV CR's registers
+    return md
+
+
+_DISASM = {bits: _disassembler(mode)
            for bits, mode in ((16, capstone.CS_MODE_16), (32, capstone.CS_MODE_32), (64, capstone.CS_MODE_64))}
+
+
+def mov_cr_operands(raw: bytes) -> tuple[str, int, int] | None:
+    """MOV to/from CRn (0F 22 /r, 0F 20 /r): (kind, CR number, GPR number), GPRs numbered as the
+    SDM's exit qualification does (0 RAX, 1 RCX, ... 15 R15); None for any other instruction."""
+    i = raw.find(b"\x0f")
+    if i < 0 or i + 2 >= len(raw) or raw[i + 1] not in (0x20, 0x22):
+        return None
+    rex = raw[i - 1] if i and 0x40 <= raw[i - 1] <= 0x4F else 0
+    modrm = raw[i + 2]
+    cr = (modrm >> 3) & 7 | (rex & 4) << 1
+    gpr = modrm & 7 | (rex & 1) << 3
+    return ("mov_to_cr" if raw[i + 1] == 0x22 else "mov_from_cr"), cr, gpr
 
 
 class SensitiveTraps:
     """Per-engine trap sites: virtual address -> (kind, instruction bytes)."""
 
     def __init__(self, uc: Uc, regs: FastRegs, code_bits: Callable[[], int],
-                 handler: Callable[[str, int, int], bool]) -> None:
+                 handler: Callable[[str, int, int, object], bool | None]) -> None:
         self.uc = uc
         self.regs = regs
         self.code_bits = code_bits
         self.handler = handler
-        self.sites: dict[int, tuple[str, bytes]] = {}
+        self.sites: dict[int, tuple[str, bytes, object]] = {}  # kind, bytes, operands
         self._hooks: dict[int, int] = {}
         self._uch = ctypes.c_void_p(uc._uch.value)
         self._buf = ctypes.create_string_buffer(4096 + 16)
@@ -67,9 +89,16 @@ class SensitiveTraps:
             return False
         new = False
         for insn in _DISASM[self.code_bits()].disasm(code, pc):
-            kind = TRAPPABLE.get(insn.id)
+            kind, info = TRAPPABLE.get(insn.id), None
+            if kind is None and insn.id == CX.X86_INS_MOV:
+                mov = mov_cr_operands(bytes(insn.bytes))
+                if mov is not None:
+                    kind, info = mov[0], mov[1:]
+            elif kind == "invlpg":
+                m = insn.operands[0].mem if insn.operands else None
+                info = (m.base, m.index, m.scale, m.disp) if m is not None else None
             if kind is not None and insn.address not in self.sites:
-                self.sites[insn.address] = (kind, bytes(insn.bytes))
+                self.sites[insn.address] = (kind, bytes(insn.bytes), info)
                 self._hooks[insn.address] = self.uc.hook_add(UC_HOOK_CODE, self._on_site, None,
                                                              insn.address, insn.address)
                 new = True
@@ -90,8 +119,15 @@ class SensitiveTraps:
             self.uc.ctl_remove_cache(pc, pc + size)
 
     def _on_site(self, uc, address, _size, _ud):
-        kind, raw = self.sites[address]
+        kind, raw, info = self.sites[address]
         if self._read(address, len(raw)) != raw:
             return  # the code there changed: it runs as whatever it is now
-        if self.handler(kind, address, len(raw)) is True:
+        if self.handler(kind, address, len(raw), info) is True:
             self.regs.write(X.UC_X86_REG_RIP, address + len(raw))
+
+
+def reg_id(bits: int, capstone_reg: int) -> int | None:
+    """The Unicorn register id for a capstone register id (by name), or None."""
+    if not capstone_reg:
+        return None
+    return getattr(X, f"UC_X86_REG_{_DISASM[bits].reg_name(capstone_reg).upper()}", None)

@@ -24,7 +24,8 @@ class X86Vendor:
         engine; a string is why the entry failed), ``vmexit()`` (leaving it) and ``io_check``
         (None when every port access exits, else ``check(port, size) -> bool``, set at each
         entry from the I/O controls), ``msr_check`` and ``exception_check(vector, error_code)`` in
-        the same way, and ``hlt_exits`` / ``cpuid_exits``; or None."""
+        the same way, ``hlt_exits`` / ``cpuid_exits``, and ``intercepts(kind, info)`` for the
+        other sensitive instructions; or None."""
         return None
 
     def io_exit(self, port: int, size: int, is_in: bool, value: int | None, rip: int,
@@ -39,6 +40,11 @@ class X86Vendor:
         raise NotImplementedError
 
     def exception_exit(self, vector: int, error_code: int | None, rip: int, cr2: int) -> Exit:
+        raise NotImplementedError
+
+    def instruction_exit(self, kind: str, rip: int, insn_len: int, operand: tuple) -> Exit:
+        """An intercepted sensitive instruction (``rdtsc``, ``rdtscp``, ``invlpg``, ``wbinvd``,
+        ``invd``, ``pause``, ``mov_to_cr``, ``mov_from_cr``)."""
         raise NotImplementedError
 
     def hlt_exit(self, rip: int) -> Exit:
