@@ -18,7 +18,11 @@ class SvmArch(X86Arch):
     manual = "AMD APM Vol. 2, ch. 15"
     vendor_cls = SvmVendor
     features = {
-        "exits": "#VMEXIT with EXITCODE, EXITINFO1/EXITINFO2 and nRIP",
+        "svm": "EFER.SVME, VM_HSAVE_PA, a VMCB in host memory (App. B offsets), VMRUN with the 15.5.1 checks",
+        "exits": "#VMEXIT written into the VMCB: EXITCODE, EXITINFO1/EXITINFO2, nRIP",
+        "intercepts": "HLT, CPUID, IOIO (IOPM), MSR (MSRPM), exceptions, RDTSC(P), INVLPG, CR reads/writes, "
+                      "WBINVD, INVD, PAUSE, SVM instructions",
+        "injection": "EVENTINJ",
         "hypercall": "VMMCALL (EXITCODE 0x81), KVM hypercall ABI",
         "platform": "PC: Multiboot v1, ELF64, raw; COM1, isa-debug-exit, fw_cfg, 8259 masks",
         "events": "exceptions and injected interrupts through the guest IDT (protected and long mode, same privilege level)",

@@ -39,7 +39,8 @@ VMEXIT_SHUTDOWN = 0x7F
 VMEXIT_VMMCALL = 0x81
 VMEXIT_NPF = 0x400
 _INSTRUCTION_EXITS = {"rdtsc": "RDTSC", "rdtscp": "RDTSCP", "invlpg": "INVLPG", "wbinvd": "WBINVD",
-                      "invd": "INVD", "pause": "PAUSE"}
+                      "invd": "INVD", "pause": "PAUSE", "vmrun": "VMRUN", "vmload": "VMLOAD", "vmsave": "VMSAVE",
+                      "stgi": "STGI", "clgi": "CLGI", "skinit": "SKINIT", "invlpga": "INVLPGA"}
 
 # EXITINFO1 for IOIO intercepts (APM Vol. 2, Figure 15-2)
 IOIO_TYPE_IN = 1 << 0

@@ -29,7 +29,9 @@ VMCB_OFFSET, IOPM_OFFSET, MSRPM_OFFSET, HSAVE_OFFSET = 0x0000, 0x1000, 0x4000, 0
 AREA_SIZE = 0x7000
 
 _INSTRUCTION_INTERCEPTS = {"rdtsc": "RDTSC", "rdtscp": "RDTSCP", "invlpg": "INVLPG", "wbinvd": "WBINVD",
-                           "invd": "INVD", "pause": "PAUSE"}
+                           "invd": "INVD", "pause": "PAUSE", "vmrun": "VMRUN", "vmload": "VMLOAD",
+                           "vmsave": "VMSAVE", "stgi": "STGI", "clgi": "CLGI", "skinit": "SKINIT",
+                           "invlpga": "INVLPGA"}
 INTERCEPTS = ("VMRUN", "VMMCALL", "CPUID", "HLT", "IOIO_PROT", "MSR_PROT", "SHUTDOWN")
 _LOADED_ON_VMRUN = (("RAX", X.UC_X86_REG_RAX), ("RSP", X.UC_X86_REG_RSP), ("RIP", X.UC_X86_REG_RIP),
                     ("RFLAGS", X.UC_X86_REG_RFLAGS), ("CR2", X.UC_X86_REG_CR2))

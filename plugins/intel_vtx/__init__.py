@@ -18,7 +18,12 @@ class VtxArch(X86Arch):
     manual = "Intel SDM Vol. 3C, ch. 24-29"
     vendor_cls = VmxVendor
     features = {
-        "exits": "VM exits with basic exit reason and exit qualification",
+        "vmx": "VMXON, VMCS (App. B fields), VMREAD/VMWRITE, VMLAUNCH/VMRESUME with the SDM 26.2-26.4 entry checks",
+        "exits": "VM exits recorded in the VMCS: reason, qualification, length, interruption information",
+        "controls": "HLT, I/O (unconditional, bitmaps), MSR bitmaps, exception bitmap + #PF mask/match, RDTSC, "
+                    "INVLPG, CR3 load/store + targets, CR0/CR4 masks, WBINVD, PAUSE; VMX instructions exit",
+        "injection": "VM-entry interruption information",
+        "stage 2": "identity EPT with unrestricted guest and VPID (walks come with issue 6)",
         "hypercall": "VMCALL (exit reason 18), KVM hypercall ABI",
         "platform": "PC: Multiboot v1, ELF64, raw; COM1, isa-debug-exit, fw_cfg, 8259 masks",
         "events": "exceptions and injected interrupts through the guest IDT (protected and long mode, same privilege level)",

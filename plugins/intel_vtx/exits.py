@@ -32,7 +32,11 @@ EXIT_REASON_HLT = 12
 EXIT_REASON_VMCALL = 18
 EXIT_REASON_IO_INSTRUCTION = 30
 EXIT_REASON_CR_ACCESS = 28
-_INSTRUCTION_REASONS = {"rdtsc": 16, "rdtscp": 51, "invlpg": 14, "wbinvd": 54, "invd": 13, "pause": 40}
+_INSTRUCTION_REASONS = {"rdtsc": 16, "rdtscp": 51, "invlpg": 14, "wbinvd": 54, "invd": 13, "pause": 40,
+                        # VMX instructions executed by the guest (SDM 26.1.2: they always exit)
+                        "vmclear": 19, "vmlaunch": 20, "vmptrld": 21, "vmptrst": 22, "vmread": 23,
+                        "vmresume": 24, "vmwrite": 25, "vmxoff": 26, "vmxon": 27, "invept": 50,
+                        "invvpid": 53, "vmfunc": 59}
 EXIT_REASON_MSR_READ = 31
 EXIT_REASON_MSR_WRITE = 32
 EXIT_REASON_EPT_VIOLATION = 48

@@ -182,7 +182,9 @@ class VmxGuestContext:
             "rdtscp": bool(proc & msrs.CPU_BASED_RDTSC_EXITING and proc2 & msrs.SECONDARY_EXEC_ENABLE_RDTSCP),
             "invlpg": bool(proc & msrs.CPU_BASED_INVLPG_EXITING),
             "wbinvd": bool(proc2 & msrs.SECONDARY_EXEC_WBINVD_EXITING),
-            "invd": True,  # unconditional (SDM 25.1.2)
+            "invd": True,  # unconditional (SDM 25.1.2), as are the VMX instructions:
+            **{name: True for name in ("vmclear", "vmlaunch", "vmptrld", "vmptrst", "vmread", "vmresume",
+                                       "vmwrite", "vmxoff", "vmxon", "invept", "invvpid", "vmfunc")},
             "pause": bool(proc & msrs.CPU_BASED_PAUSE_EXITING),
         }
         self._cr3_load, self._cr3_store = (bool(proc & msrs.CPU_BASED_CR3_LOAD_EXITING),

@@ -30,7 +30,7 @@ from hvsim.core.memory import Access, GuestMemoryError
 
 from . import idt, layout, paging
 from .boot import GDT_ENTRIES, SEL_CODE32, SEL_CODE64, SEL_DATA, BootState
-from .decode import IoInsn, decode_io, writes_memory
+from .decode import IoInsn, decode_io, virtualization_instruction, writes_memory
 from .handlers import handle_msr
 from .quirks import ExceptionLatch
 from .traps import SensitiveTraps, reg_id
@@ -270,14 +270,24 @@ class X86Vcpu(Vcpu):
     def _on_invalid(self, uc, _ud):
         rip = self.regs.read(X.UC_X86_REG_RIP)
         try:
-            insn = self.read_linear(self.segment_base("cs") + rip, 3)
+            code = self.read_linear(self.segment_base("cs") + rip, 15)
         except (GuestMemoryError, idt.DeliveryFault):
-            insn = b""
-        if insn == self._hypercall:
+            code = b""
+        if code[:3] == self._hypercall:
             self._exit(self.vendor.hypercall_exit(rip))
             if self.vm.status is None:
                 self.regs.write(X.UC_X86_REG_RIP, rip + 3)
             return True
+        insn = virtualization_instruction(code, self.code_bits())
+        if insn is not None and self.context is not None and self.context.intercepts(insn[0], None):
+            # A VMX / SVM instruction the guest executed: an exit (VMX: always; SVM: when
+            # intercepted). The guest is shown no VMX/SVM, so unless the VMM emulates it
+            # (exit.value = True) it gets #UD, as KVM does without nested virtualization.
+            exit = self.vendor.instruction_exit(insn[0], rip, insn[1], ())
+            self._exit(exit)
+            if exit.value is True:
+                self.regs.write(X.UC_X86_REG_RIP, rip + insn[1])
+                return True
         self.guest_exception(6, None, rip)  # #UD
         return True
 

@@ -82,3 +82,23 @@ def writes_memory(code: bytes, bits: int) -> bool | None:
                    x86_const.X86_INS_MOVSQ):
         return True
     return any(op.type == x86_const.X86_OP_MEM and op.access & capstone.CS_AC_WRITE for op in insn.operands)
+
+
+# The virtualization instructions a guest may execute, by capstone mnemonic.
+VMX_INSTRUCTIONS = frozenset({"vmclear", "vmlaunch", "vmptrld", "vmptrst", "vmread", "vmresume", "vmwrite",
+                              "vmxoff", "vmxon", "invept", "invvpid", "vmfunc"})
+SVM_INSTRUCTIONS = frozenset({"vmrun", "vmload", "vmsave", "stgi", "clgi", "skinit", "invlpga"})
+
+
+def virtualization_instruction(code: bytes, bits: int) -> tuple[str, int] | None:
+    """(mnemonic, length) when ``code`` starts with a VMX or SVM instruction, else None."""
+    import capstone
+
+    md = _CS.get(("plain", bits))
+    if md is None:
+        mode = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}[bits]
+        md = _CS[("plain", bits)] = capstone.Cs(capstone.CS_ARCH_X86, mode)
+    insn = next(md.disasm(code, 0, 1), None)
+    if insn is None or insn.mnemonic not in VMX_INSTRUCTIONS | SVM_INSTRUCTIONS:
+        return None
+    return insn.mnemonic, insn.size

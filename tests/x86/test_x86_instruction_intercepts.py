@@ -132,3 +132,40 @@ def test_vmx_mov_to_cr0_exits_when_it_changes_a_bit_the_vmm_owns(make_vm, record
     vm.run(timeout=10)
     (exit,) = recorder.of(ExitKind.INSTRUCTION)  # only the write that sets NE (owned, shadow has it 0)
     assert exit.raw.EXIT_QUALIFICATION == 0 | 0 << 4 | 0 << 8  # CR0, MOV to CR, from RAX
+
+
+@pytest.mark.parametrize("arch,insn,expected", [
+    ("intel_vtx", "vmxoff", 26), ("intel_vtx", "vmlaunch", 20), ("intel_vtx", "vmresume", 24),
+    ("amd_svm", "vmrun", 0x80), ("amd_svm", "stgi", 0x84), ("amd_svm", "clgi", 0x85),
+])
+def test_a_virtualization_instruction_the_guest_executes_exits_then_is_ud(make_vm, recorder, arch, insn, expected):
+    """VMX instructions always exit in VMX non-root operation (SDM 26.1.2); VMRUN's intercept is
+    always set (APM 15.5.1) and hvsim's VMCB sets STGI/CLGI... when asked. The guest sees no
+    VMX/SVM, so after the exit it gets #UD (as KVM without nested virtualization)."""
+    from guestlib import x86_idt_setup
+
+    vm = make_vm(arch)
+    encoded = ".byte 0x0f, 0x01, 0xd8" if insn == "vmrun" else insn  # keystone wants VMRUN's rAX spelled out
+    vm.load(x86_64(f"""
+        mov rsp, {X86_STACK}
+        {x86_idt_setup({6: 'ud'})}
+        {encoded}
+        mov al, byte ptr [{X86_DATA:#x}]
+        out 0xf4, al
+        hlt
+    ud:
+        mov byte ptr [{X86_DATA:#x}], 6
+        add qword ptr [rsp], 3
+        iretq"""))
+    if arch == "amd_svm" and insn != "vmrun":
+        vm.vcpus[0].context.vmcb.set_intercept(insn.upper())
+    assert vm.run(timeout=10).status == (6 << 1) | 1
+    (exit,) = recorder.of(ExitKind.INSTRUCTION)
+    assert (exit.raw.EXIT_REASON if arch == "intel_vtx" else exit.raw.EXITCODE) == expected
+
+
+def test_the_other_vendors_virtualization_instructions_are_plain_ud(make_vm, recorder):
+    vm = make_vm("intel_vtx")
+    vm.load(x86_64(f"mov rsp, {X86_STACK}\n.byte 0x0f, 0x01, 0xd8\n{END}"))  # VMRUN
+    vm.run(timeout=10)  # no IDT: #UD -> triple fault, but never a VM exit for VMRUN on Intel
+    assert not recorder.of(ExitKind.INSTRUCTION)
