@@ -20,7 +20,7 @@ class ExitKind(enum.Enum):
     MMIO = "mmio"  # an access to guest-physical space no RAM backs
     CPUID = "cpuid"
     HALT = "halt"  # HLT, WFI
-    SYSREG = "sysreg"  # RDMSR/WRMSR, MRS/MSR
+    SYSREG = "sysreg"  # RDMSR/WRMSR (address = MSR), MRS/MSR (address = Linux's sys_reg() encoding)
     STAGE2_FAULT = "stage2-fault"  # EPT violation, NPF, stage-2 abort
     EXCEPTION = "exception"  # a guest exception the hypervisor intercepts
     INTERRUPT_WINDOW = "interrupt-window"

@@ -24,7 +24,7 @@ from hvsim.core.arch import Arch, Vcpu, VcpuState
 from hvsim.core.exits import ExitKind
 from hvsim.core.loader import Image
 
-from . import boot, layout, psci, spec
+from . import boot, layout, psci, spec, traps
 from .cpu import Arm64Vcpu
 from .exceptions import PSTATE_ENTRY
 from .exits import El2Record
@@ -40,7 +40,9 @@ class ArmEl2Arch(Arch):
     ram_base = layout.RAM_BASE
     features = {
         "exit record": "ESR_EL2, FAR_EL2, HPFAR_EL2",
-        "hypercalls": "HVC #0: PSCI 1.1, SMCCC 1.1",
+        "hypercalls": "HVC #0, and SMC #0 with HCR_EL2.TSC: PSCI 1.1, SMCCC 1.1",
+        "EL2 registers": "vcpu.el2.hcr (HCR_EL2), vcpu.el2.cptr (CPTR_EL2); KVM's HCR_EL2 by default",
+        "traps": "WFI (TWI), SMC (TSC), MRS/MSR (TVM, TRVM, TID1-3, TACR) with ESR_EL2 syndromes",
         "MMIO": "stage-2 data aborts with the instruction syndrome (ISV, SAS, SRT, WnR)",
         "virtual exceptions": "IRQ, FIQ, SError to the guest's VBAR_EL1",
         "boot": "Linux arm64 Image, ELF64, raw; device tree in X0",
@@ -87,6 +89,7 @@ def hvsim_register_archs(registry):
 def hvsim_exit_handlers(vm, registry):
     if vm.arch.name == ArmEl2Arch.name:
         registry.add(ExitKind.HYPERCALL, psci.handle_hvc)
+        registry.add(ExitKind.SYSREG, traps.handle_sysreg)
 
 
 @hookimpl

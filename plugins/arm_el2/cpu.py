@@ -9,7 +9,12 @@ What traps to "EL2" and how (see ../shared/notes/unicorn-facts.md):
 
 - HVC arrives as ``UC_HOOK_INTR`` 11 with PC past it: a HYPERCALL exit (ESR_EL2.EC 0x16, ISS =
   imm16) dispatched and completed inside the hook, without leaving the engine.
-- WFI makes ``emu_start`` return: a HALT exit (ESR_EL2.EC 0x01, TI = WFI) for the run loop.
+- WFI makes ``emu_start`` return: with HCR_EL2.TWI a HALT exit (ESR_EL2.EC 0x01, TI = WFI) for
+  the run loop; without it the vCPU waits in the guest (HALTED, no exit) for an interrupt.
+- SMC at EL1 with HCR_EL2.TSC: a HYPERCALL exit (EC 0x17, ISS = imm16) handled like HVC, as KVM
+  treats an SMC as an SMCCC call; without TSC it is UNDEFINED (QEMU virt has no EL3).
+- MRS/MSR of the registers HCR_EL2.TVM/TRVM/TID1/TID2/TID3/TACR trap: SYSREG exits (EC 0x18),
+  completed inside the engine (:mod:`.traps`).
 - Loads and stores to IPAs without RAM: MMIO exits (EC 0x24), completed inside the engine.
 - SVC, BRK, undefined instructions and the guest's own MMU faults are the guest's business:
   they go to its VBAR_EL1 vectors (:mod:`.exceptions`), as on hardware with nothing trapped.
@@ -52,9 +57,10 @@ from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks
 from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, Walk
 
-from . import exceptions, layout, stage1, sysregs
-from .exits import ESR_ELx_EC_HVC64, ESR_ELx_EC_SERROR, WFI_RECORD, El2Record, esr
+from . import el2, exceptions, layout, stage1, sysregs
+from .exits import ESR_ELx_EC_HVC64, ESR_ELx_EC_SERROR, ESR_ELx_EC_SMC64, WFI_RECORD, El2Record, esr
 from .mmio import MmioTrap
+from .traps import SysregTraps
 
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF  # never reached: runs end on WFI, timeout or a stop
 
@@ -92,7 +98,8 @@ def _x0_writer(uch: ctypes.c_void_p):
 
 class Arm64Vcpu(Vcpu):
     """An arm64 vCPU. ``regs`` (general registers, :class:`FastRegs`), ``sysregs`` (system
-    registers by encoding), ``mpidr``, ``smccc_x0`` (X0 when the last HVC trapped, read with
+    registers by encoding), ``el2`` (HCR_EL2 and CPTR_EL2 as the hypervisor programs them,
+    :class:`.el2.El2Regs`), ``mpidr``, ``smccc_x0`` (X0 when the last HVC trapped, read with
     PC in one engine call) and ``smccc_return(value)`` (write X0) are for exit handlers.
     Records are cached per PC (HVC immediates, MMIO syndromes): code rewritten in place at a
     trapping instruction is noticed only when its access stops matching the cached decoding."""
@@ -118,8 +125,25 @@ class Arm64Vcpu(Vcpu):
         self._hvc: dict[int, tuple] = {}  # HYPERCALL Exit arguments by the PC after the HVC
         self.hooks = RawHooks(uc)
         self.mmio = MmioTrap(self)
+        self._in_engine = False
+        self._reenter = False  # the engine was stopped so that an HCR_EL2 change takes effect
+        self.sysreg_traps = SysregTraps(self)
+        self.twi = self.tsc = False
+        self.el2 = el2.El2Regs(self._el2_changed)
+        self._el2_changed()
         self.hooks.add(UC_HOOK_INTR, HOOK_INTR, self._intr_hook())
         self.hooks.add(UC_HOOK_MEM_UNMAPPED, HOOK_MEM_EVENT, self.mmio.on_unmapped)
+
+    # -- EL2 ----------------------------------------------------------------------------------
+    def _el2_changed(self) -> None:
+        """HCR_EL2 was written: the trap controls follow at once; engine hooks that must be
+        added or removed wait for the next entry, forced now if the guest is in the engine."""
+        hcr = self.el2.hcr
+        self.twi = bool(hcr & el2.HCR_TWI)
+        self.tsc = bool(hcr & el2.HCR_TSC)
+        if self.sysreg_traps.update(hcr) and self._in_engine:
+            self._reenter = True
+            self.uc.emu_stop()
 
     # -- registers and guest memory as this CPU sees them -------------------------------------
     def xreg(self, n: int) -> int:
@@ -177,12 +201,19 @@ class Arm64Vcpu(Vcpu):
         uc, regs = self.uc, self.regs
         deadline = time.perf_counter() + slice_us / 1e6
         timeout = slice_us
+        traps = self.sysreg_traps
         while True:
             error = None
+            self._reenter = False
+            if traps.hooks_stale():
+                traps.sync_hooks()
+            self._in_engine = True
             try:
                 uc.emu_start(regs.read(UC_ARM64_REG_PC), _UNTIL, timeout=timeout)
             except UcError as exc:
                 error = exc
+            finally:
+                self._in_engine = False
             hook_error = self.hooks.take_error()
             if hook_error is not None:
                 raise hook_error
@@ -200,8 +231,13 @@ class Arm64Vcpu(Vcpu):
                 mmio.install_pending()
             elif uc.query(UC_QUERY_TIMEOUT):
                 return None
-            else:  # emu_start returns by itself only after WFI
+            elif self._reenter:
+                pass  # enter again with the new HCR_EL2
+            elif self.twi:  # emu_start returns by itself only after WFI
                 return Exit(ExitKind.HALT, "ESR_ELx_EC_WFx", WFI_RECORD)
+            else:  # WFI not trapped: the vCPU waits inside the guest for an interrupt
+                self.state = VcpuState.HALTED
+                return None
             if self.vm.status is not None:
                 return None
             timeout = int((deadline - time.perf_counter()) * 1e6)
@@ -259,7 +295,7 @@ class Arm64Vcpu(Vcpu):
         ptrs = (ctypes.c_void_p * 2)(ctypes.addressof(pc_buf), ctypes.addressof(x0_buf))
         read2, uch, hvc, dispatch = _reg_read_batch, self._uch, self._hvc, self._dispatch
         fail = self.hooks.fail
-        vcpu, excp_hvc = self, exceptions.EXCP_HVC
+        vcpu, excp_hvc, excp_smc = self, exceptions.EXCP_HVC, exceptions.EXCP_SMC
 
         def on_intr(_uc, intno, _ud):
             try:
@@ -270,6 +306,12 @@ class Arm64Vcpu(Vcpu):
                         args = hvc[pc_buf.value] = vcpu._hypercall(pc_buf.value)
                     vcpu.smccc_x0 = x0_buf.value
                     dispatch(vcpu, Exit(*args))
+                elif intno == excp_smc and vcpu.tsc and exceptions.current_el(
+                        vcpu.regs.read(UC_ARM64_REG_PSTATE)) == 1:
+                    # HCR_EL2.TSC traps SMC from EL1 only; at EL0 it stays UNDEFINED.
+                    read2(uch, ids, ptrs, 2)
+                    vcpu.smccc_x0 = x0_buf.value
+                    dispatch(vcpu, Exit(*vcpu._smc(pc_buf.value)))
                 else:
                     vcpu.mmio.forget()
                     exceptions.on_exception(vcpu, intno)
@@ -283,6 +325,15 @@ class Arm64Vcpu(Vcpu):
         imm16 = (self.read_insn(pc - 4) >> 5) & 0xFFFF
         rec = El2Record(esr(ESR_ELx_EC_HVC64, imm16))
         return (ExitKind.HYPERCALL, "ESR_ELx_EC_HVC64", rec, 0, 0, False, imm16)
+
+    def _smc(self, pc: int) -> tuple:
+        """Exit arguments for the SMC before ``pc`` trapped by HCR_EL2.TSC: EC 0x17, ISS = imm16
+        ("ISS encoding for an exception from SMC instruction execution in AArch64 state").
+        Hardware reports ELR_EL2 at the SMC itself and KVM's handle_smc() steps over it; the
+        engine is already past it."""
+        imm16 = (self.read_insn(pc - 4) >> 5) & 0xFFFF
+        rec = El2Record(esr(ESR_ELx_EC_SMC64, imm16))
+        return (ExitKind.HYPERCALL, "ESR_ELx_EC_SMC64", rec, 0, 0, False, imm16)
 
     def _on_error(self, error: UcError) -> bool:
         """emu_start raised: deliver what the guest should see, or end the run (False)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 # ESR_ELx.EC, bits [31:26]: the exception class.
 ESR_ELx_EC_UNKNOWN = 0x00
 ESR_ELx_EC_WFx = 0x01
+ESR_ELx_EC_FP_ASIMD = 0x07
 ESR_ELx_EC_ILL = 0x0E
 ESR_ELx_EC_SVC64 = 0x15
 ESR_ELx_EC_HVC64 = 0x16
@@ -59,12 +60,34 @@ ESR_ELx_WFx_ISS_WFI = 0b00
 ESR_ELx_WFx_ISS_WFE = 0b01
 
 
+# ISS for MSR/MRS (EC 0x18), "ISS encoding for an exception from MSR, MRS, or System
+# instruction execution in AArch64 state" (Linux ESR_ELx_SYS64_ISS_*).
+ESR_ELx_SYS64_ISS_OP0_SHIFT = 20
+ESR_ELx_SYS64_ISS_OP2_SHIFT = 17
+ESR_ELx_SYS64_ISS_OP1_SHIFT = 14
+ESR_ELx_SYS64_ISS_CRN_SHIFT = 10
+ESR_ELx_SYS64_ISS_RT_SHIFT = 5
+ESR_ELx_SYS64_ISS_CRM_SHIFT = 1
+ESR_ELx_SYS64_ISS_DIR_READ = 1  # Direction: 1 = MRS (read), 0 = MSR (write)
+ESR_ELx_SYS64_ISS_DIR_WRITE = 0
+
+
+def sys64_iss(op0: int, op1: int, crn: int, crm: int, op2: int, rt: int, is_read: bool) -> int:
+    """ISS of a trapped MRS/MSR: Op0 [21:20], Op2 [19:17], Op1 [16:14], CRn [13:10], Rt [9:5],
+    CRm [4:1], Direction [0]."""
+    return ((op0 << ESR_ELx_SYS64_ISS_OP0_SHIFT) | (op2 << ESR_ELx_SYS64_ISS_OP2_SHIFT)
+            | (op1 << ESR_ELx_SYS64_ISS_OP1_SHIFT) | (crn << ESR_ELx_SYS64_ISS_CRN_SHIFT)
+            | (rt << ESR_ELx_SYS64_ISS_RT_SHIFT) | (crm << ESR_ELx_SYS64_ISS_CRM_SHIFT)
+            | (ESR_ELx_SYS64_ISS_DIR_READ if is_read else ESR_ELx_SYS64_ISS_DIR_WRITE))
+
+
 def esr(ec: int, iss: int = 0) -> int:
     """ESR_ELx for a synchronous exception from a 32-bit A64 instruction."""
     return (ec << ESR_ELx_EC_SHIFT) | ESR_ELx_IL | (iss & ESR_ELx_ISS_MASK)
 
 
 ESR_WFI = esr(ESR_ELx_EC_WFx, ESR_ELx_CV | ESR_ELx_COND_AL | ESR_ELx_WFx_ISS_WFI)
+ESR_WFE = esr(ESR_ELx_EC_WFx, ESR_ELx_CV | ESR_ELx_COND_AL | ESR_ELx_WFx_ISS_WFE)
 
 
 def hpfar(ipa: int) -> int:
@@ -131,6 +154,49 @@ class El2Record:
     @property
     def DFSC(self) -> int:  # noqa: N802
         return self.ESR_EL2 & 0x3F
+
+    @property
+    def TI(self) -> int:  # noqa: N802
+        """WFx: 0b00 WFI, 0b01 WFE (ISS bits [1:0])."""
+        return self.ESR_EL2 & 0b11
+
+    @property
+    def CV(self) -> int:  # noqa: N802
+        return (self.ESR_EL2 >> 24) & 1
+
+    @property
+    def COND(self) -> int:  # noqa: N802
+        return (self.ESR_EL2 >> 20) & 0xF
+
+    # MRS/MSR (EC 0x18)
+    @property
+    def Op0(self) -> int:  # noqa: N802
+        return (self.ESR_EL2 >> ESR_ELx_SYS64_ISS_OP0_SHIFT) & 3
+
+    @property
+    def Op2(self) -> int:  # noqa: N802
+        return (self.ESR_EL2 >> ESR_ELx_SYS64_ISS_OP2_SHIFT) & 7
+
+    @property
+    def Op1(self) -> int:  # noqa: N802
+        return (self.ESR_EL2 >> ESR_ELx_SYS64_ISS_OP1_SHIFT) & 7
+
+    @property
+    def CRn(self) -> int:  # noqa: N802
+        return (self.ESR_EL2 >> ESR_ELx_SYS64_ISS_CRN_SHIFT) & 0xF
+
+    @property
+    def Rt(self) -> int:  # noqa: N802
+        return (self.ESR_EL2 >> ESR_ELx_SYS64_ISS_RT_SHIFT) & 0x1F
+
+    @property
+    def CRm(self) -> int:  # noqa: N802
+        return (self.ESR_EL2 >> ESR_ELx_SYS64_ISS_CRM_SHIFT) & 0xF
+
+    @property
+    def Direction(self) -> int:  # noqa: N802
+        """1: a read (MRS), 0: a write (MSR)."""
+        return self.ESR_EL2 & 1
 
     @property
     def imm16(self) -> int:

@@ -155,7 +155,8 @@ CONSTANTS = {
 
 
 def handle_hvc(vcpu, exit) -> None:
-    """The HYPERCALL exit handler: an SMCCC call through ``HVC #0``.
+    """The HYPERCALL exit handler: an SMCCC call through ``HVC #0``, or ``SMC #0`` trapped by
+    HCR_EL2.TSC (the SMC conduit; KVM's handle_smc() ends in the same SMCCC handler).
 
     SMCCC reserves non-zero HVC immediates; like an unknown function id they get
     NOT_SUPPORTED. A plugin that wants other immediates wraps this handler.

@@ -5,13 +5,17 @@ from __future__ import annotations
 from hvsim.core.spec import SpecTable
 
 from . import exits as e
-from . import layout, psci
+from . import el2, layout, psci
 
 _ARM_ARM = "Arm ARM DDI 0487, D24.2 ESR_EL2"
 
 _EXIT_CLASSES = [
     (e.ESR_ELx_EC_WFx, "WFI / WFE", "HALT exit: the vCPU waits for a virtual interrupt"),
     (e.ESR_ELx_EC_HVC64, "HVC in AArch64 state", "HYPERCALL exit: PSCI / SMCCC, handled in place"),
+    (e.ESR_ELx_EC_SMC64, "SMC in AArch64 state, trapped by HCR_EL2.TSC",
+     "HYPERCALL exit: PSCI / SMCCC over the SMC conduit; without TSC: UNDEFINED to EL1"),
+    (e.ESR_ELx_EC_SYS64, "MSR / MRS trapped (TVM, TRVM, TID1-3, TACR)",
+     "SYSREG exit, handled in place; the access is performed unless a plugin emulates it"),
     (e.ESR_ELx_EC_DABT_LOW, "Data Abort from a lower EL (stage 2)",
      "MMIO exit with the instruction syndrome; no device there: guest crash"),
     (e.ESR_ELx_EC_IABT_LOW, "Instruction Abort from a lower EL (stage 2)",
@@ -36,6 +40,23 @@ _DABT_ISS = [
 ]
 
 
+_HCR_HVSIM = {
+    "TWI": "WFI: HALT exit; clear: the vCPU waits in the guest",
+    "TSC": "SMC from EL1: HYPERCALL exit (SMCCC)",
+    "TVM": "MSR: SYSREG exit", "TRVM": "MRS: SYSREG exit",
+    "TID1": "MRS: SYSREG exit", "TID2": "MRS/MSR: SYSREG exit", "TID3": "MRS: SYSREG exit",
+    "TACR": "MRS/MSR: SYSREG exit", "RW": "always 1 in the engine (AArch64 EL1)",
+    "TWE": "kept; WFE is not trapped yet (Unicorn does not stop on WFE)",
+    "VM": "kept; stage 2 is hvsim's memslots (MMIO aborts always trap)",
+}
+
+
+def _bits(mask: int) -> int | str:
+    low = (mask & -mask).bit_length() - 1
+    high = mask.bit_length() - 1
+    return low if low == high else f"{high}:{low}"
+
+
 def _function_ids() -> list[tuple[int, str]]:
     return sorted((v, n) for n, v in vars(psci).items() if "_FN" in n or n.endswith("_FUNC_ID"))
 
@@ -49,6 +70,11 @@ def tables() -> dict[str, SpecTable]:
         "data-abort-iss": SpecTable(
             "ISS of a Data Abort taken to EL2", _ARM_ARM + ", ISS encoding for a Data Abort",
             ["field", "bits", "meaning"], [list(row) for row in _DABT_ISS]),
+        "hcr": SpecTable(
+            "HCR_EL2 fields", "Arm ARM DDI 0487, D23.2 HCR_EL2; default: KVM's vcpu_reset_hcr()",
+            ["field", "bit", "meaning", "default", "hvsim"],
+            [[name, _bits(mask), meaning, int(bool(el2.HCR_EL2_DEFAULT & mask)),
+              _HCR_HVSIM.get(name, "kept, read back; no effect")] for name, mask, meaning in el2.HCR_FIELDS]),
         "psci": SpecTable(
             "PSCI 1.1 functions over HVC", "DEN0022 section 5; SMCCC DEN0028",
             ["function id", "name", "implemented"],

@@ -48,9 +48,13 @@ def test_brk_has_ec_brk64_and_its_comment(run_guest):
     assert (vector, esr, elr) == (CUR_SPX_SYNC, 0xF200_0077, x(vm, 23) - 4)
 
 
-def test_smc_is_undefined_without_el3_firmware(run_guest):
+def test_smc_is_undefined_without_el3_firmware_when_tsc_is_clear(arm_vm):
+    from hvsim.plugins.arm_el2.el2 import HCR_TSC
+
     main = "adr x20, skip\nmov x23, x20\nsmc #0\nskip:\n" + SYSTEM_OFF
-    vm, _ = run_guest(guest(main))
+    vm = arm_vm(guest(main))
+    vm.vcpus[0].el2.hcr &= ~HCR_TSC
+    vm.run(timeout=5)
     [(vector, esr, elr, _far, _spsr)] = log_records(vm, 1)
     assert (vector, esr, elr) == (CUR_SPX_SYNC, 0x0200_0000, x(vm, 23) - 4)
 
