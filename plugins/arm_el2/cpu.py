@@ -207,9 +207,11 @@ class Arm64Vcpu(Vcpu):
             self._reenter = False
             if traps.hooks_stale():
                 traps.sync_hooks()
+            pc = regs.read(UC_ARM64_REG_PC)
+            traps.prescan(pc)
             self._in_engine = True
             try:
-                uc.emu_start(regs.read(UC_ARM64_REG_PC), _UNTIL, timeout=timeout)
+                uc.emu_start(pc, _UNTIL, timeout=timeout)
             except UcError as exc:
                 error = exc
             finally:

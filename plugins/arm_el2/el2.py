@@ -18,8 +18,9 @@ IMO PTW TID3 TID1), plus FWB (hvsim plays a host with FEAT_S2FWB, so KVM does no
 watch the guest's MMU coming on), plus TID2 (no FEAT_EVT, so not TID4). KVM then clears TWE
 and keeps TWI at each vcpu_load when the vCPU thread runs alone on its CPU
 (``vcpu_clear_wfx_traps``, the default ``kvm-arm.wfe_trap_policy``): WFI exits, WFE does not.
-Until MRS/MSR traps are found at translation time, hvsim leaves TID1/TID2/TID3/TACR clear by
-default (see ``HCR_HOOKED_BY_DEFAULT``) so that a guest's untrapped MRS/MSR run natively.
+The ID-register and ACTLR traps (TID1/TID2/TID3/TACR) cost nothing on the guest's other
+MRS/MSR: only the trapped instructions are hooked, found when their code is translated
+(:mod:`.traps`), so an untrapped MRS/MSR runs natively.
 """
 
 from __future__ import annotations
@@ -157,13 +158,8 @@ HCR_EL2_RESET = 0  # the Arm ARM leaves most fields UNKNOWN on a warm reset; hvs
 HCR_GUEST_FLAGS = (HCR_TSC | HCR_TSW | HCR_TWE | HCR_TWI | HCR_VM | HCR_BSU_IS
                    | HCR_FB | HCR_TACR | HCR_AMO | HCR_SWIO | HCR_TIDCP | HCR_RW
                    | HCR_TLOR | HCR_FMO | HCR_IMO | HCR_PTW | HCR_TID3 | HCR_TID1)
-# The ID-register and ACTLR traps need a hook on every MRS/MSR the guest runs until trapped
-# accesses are found at translation time (as plugins/x86/traps.py does for x86): ~0.3 us per
-# untrapped MRS. So hvsim starts without them, and a hypervisor plugin sets them when it wants
-# them (the trap is then exact). This is the one place hvsim departs from KVM's flags.
-HCR_HOOKED_BY_DEFAULT = HCR_TID1 | HCR_TID2 | HCR_TID3 | HCR_TACR
 # What hvsim programs before a vCPU's first entry (see the module docstring).
-HCR_EL2_DEFAULT = (HCR_GUEST_FLAGS | HCR_FWB | HCR_TID2) & ~HCR_TWE & ~HCR_HOOKED_BY_DEFAULT
+HCR_EL2_DEFAULT = (HCR_GUEST_FLAGS | HCR_FWB | HCR_TID2) & ~HCR_TWE
 
 # CPTR_EL2 with HCR_EL2.E2H == 0 (D23.2 "CPTR_EL2"): RES1 bits 13, 12 (no SME), 9, 7:0.
 CPTR_EL2_TFP = 1 << 10  # trap FP / Advanced SIMD (EC 0x07): kept, not enforced yet

@@ -5,7 +5,7 @@ what the guest sees afterwards."""
 from __future__ import annotations
 
 import pytest
-from el2guest import SYSTEM_OFF, guest, log_records, w0
+from el2guest import SYSTEM_OFF, asm, guest, log_records, w0
 from hvsim import hookimpl
 from hvsim.core.exits import Event, EventType, ExitKind
 from hvsim.core.vm import STATUS_HALTED_FOREVER, STATUS_OFF
@@ -34,20 +34,65 @@ def sysreg_exits(recorder):
 
 
 # -- the register file ------------------------------------------------------------------------
-def test_hcr_el2_starts_as_kvm_programs_it_for_a_64bit_guest_less_the_id_register_traps(arm_vm):
+def test_hcr_el2_starts_as_kvm_programs_it_for_a_64bit_guest(arm_vm):
     hcr = arm_vm().vcpus[0].el2.hcr
-    assert hcr == el2.HCR_EL2_DEFAULT == 0x4008_807F_263F & ~el2.HCR_HOOKED_BY_DEFAULT
+    assert hcr == el2.HCR_EL2_DEFAULT == 0x4008_807F_263F
     assert set(el2.hcr_names(hcr)) == {"VM", "SWIO", "PTW", "FMO", "IMO", "AMO", "FB", "BSU=1", "TWI",
-                                      "TSC", "TIDCP", "TSW", "RW", "TLOR", "FWB"}
+                                      "TID1", "TID2", "TID3", "TSC", "TIDCP", "TACR", "TSW", "RW",
+                                      "TLOR", "FWB"}
     assert not hcr & el2.HCR_TWE  # KVM clears TWE for a vCPU alone on its CPU
 
 
-def test_by_default_no_mrs_or_msr_is_hooked(arm_vm):
+def test_by_default_only_trapped_mrs_and_msr_are_hooked(arm_vm, recorder):
     """The guest's untrapped system-register accesses run natively (DESIGN: trap only what the
-    controls say must trap): after a run with the default HCR_EL2 the engine has no MRS/MSR hook."""
-    vm = arm_vm(guest("mrs x5, midr_el1\nmsr tpidr_el1, x5\n" + SYSTEM_OFF))
-    vm.run(timeout=10)
-    assert vm.vcpus[0].sysreg_traps._handles == {}
+    controls say must trap): after a run with the default (KVM) HCR_EL2 an untrapped MRS/MSR
+    has no hook at its address, a trapped one has one."""
+    from unicorn.arm64_const import UC_ARM64_INS_MRS, UC_ARM64_INS_MSR
+
+    main = ("adr x23, untrapped\nadr x24, trapped\nuntrapped:\nmrs x5, midr_el1\nmsr tpidr_el1, x5\n"
+            "mrs x6, tpidr_el1\ntrapped:\nmrs x7, id_aa64mmfr0_el1\n" + SYSTEM_OFF)
+    vm, result = run(arm_vm, main)
+    assert result.status == STATUS_OFF
+    traps, a, t = vm.vcpus[0].sysreg_traps, x(vm, 23), x(vm, 24)
+    assert {(a, UC_ARM64_INS_MRS), (a + 4, UC_ARM64_INS_MSR), (a + 8, UC_ARM64_INS_MRS)} <= set(traps.sites)
+    assert set(traps._handles) == {(t, UC_ARM64_INS_MRS)}
+    [exit] = sysreg_exits(recorder)
+    assert _iss_fields(exit.raw) == sr.ID_AA64MMFR0_EL1 and x(vm, 6) == x(vm, 5)
+
+
+def test_a_trapped_access_in_the_first_block_entered_traps(arm_vm, recorder):
+    """The block emu_start begins with is not reported by the engine's translation hook."""
+    vm = arm_vm(asm("mrs x5, actlr_el1\nmsr actlr_el1, x5\n" + SYSTEM_OFF))
+    assert vm.run(timeout=10).status == STATUS_OFF
+    assert [e.raw.Direction for e in sysreg_exits(recorder)] == [1, 0]
+
+
+def test_an_hcr_change_rehooks_the_sites_already_seen(arm_vm, hvsim_pm, recorder):
+    """The same code runs twice: TACR clear (no exit, no hook), then set from an HVC handler."""
+    hvsim_pm.register(TurnsOnTacr())
+    main = ("mov x22, #2\nagain:\nmrs x5, actlr_el1\n" + w0(0xC600_0001)
+            + "\nhvc #0\nsubs x22, x22, #1\nb.ne again\n" + SYSTEM_OFF)
+    vm, result = run(arm_vm, main, clear_bits=el2.HCR_TACR)
+    assert result.status == STATUS_OFF
+    assert len(sysreg_exits(recorder)) == 1  # only the second pass
+    vm.vcpus[0].el2.hcr &= ~el2.HCR_TACR
+    vm.vcpus[0].sysreg_traps.sync_hooks()
+    assert vm.vcpus[0].sysreg_traps._handles == {}  # unhooked again
+
+
+class TurnsOnTacr:
+    @hookimpl
+    def hvsim_exit_handlers(self, vm, registry):
+        inner = registry.get(ExitKind.HYPERCALL)
+
+        def on_hvc(vcpu, exit):
+            if vcpu.smccc_x0 == 0xC600_0001:
+                vcpu.el2.hcr |= el2.HCR_TACR
+                vcpu.smccc_return(0)
+            else:
+                inner(vcpu, exit)
+
+        registry.add(ExitKind.HYPERCALL, on_hvc)
 
 
 def test_hcr_el2_res0_bits_read_as_zero_and_each_vcpu_has_its_own(arm_vm):
