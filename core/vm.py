@@ -119,10 +119,6 @@ class VM:
         self._perf = time.perf_counter_ns
         self._by_reason = self.stats.by_reason
 
-    @property
-    def arch_name(self) -> str:
-        return self.arch.name
-
     # -- images ----------------------------------------------------------------------------
     def load(self, image: str | Path | bytes | Image) -> Image:
         if isinstance(image, Image):

@@ -26,6 +26,9 @@ PL011 = 0x0900_0000
 SLOT_CUR_SPX_SYNC, SLOT_CUR_SPX_IRQ, SLOT_CUR_SPX_FIQ, SLOT_CUR_SPX_SERROR = 4, 5, 6, 7
 SLOT_LOWER_SYNC, SLOT_LOWER_IRQ = 8, 9
 
+# PSCI SYSTEM_OFF over HVC: the arm64 guests' way to end the run (status 0).
+ARM_SYSTEM_OFF = "movz w0, #0x0008\nmovk w0, #0x8400, lsl #16\nhvc #0"
+
 ARCH_FAMILY = {"intel_vtx": "x86", "amd_svm": "x86", "arm_el2": "arm64"}
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from guestlib import ARM_ENTRY, arm64_image, x86_64
+from guestlib import ARM_ENTRY, ARM_SYSTEM_OFF, arm64_image, x86_64
 from hvsim.core.cli import main
 from hvsim.core.guests.build import elf32
 
@@ -106,7 +106,7 @@ def test_a_guest_crash_has_its_own_status_and_one_line(tmp_path, capsys):
 
 def test_arm64_system_off_is_status_0(tmp_path):
     image = tmp_path / "off.bin"
-    image.write_bytes(arm64_image("movz w0, #8\nmovk w0, #0x8400, lsl #16\nhvc #0"))
+    image.write_bytes(arm64_image(ARM_SYSTEM_OFF))
     assert main(["run", str(image), "--arch", "arm_el2", "--entry", hex(ARM_ENTRY)]) == 0
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from guestlib import ARCH_FAMILY, ARM_DATA, ARM_ENTRY, X86_DATA, X86_STACK, arm64_image, x86_64, x86_hypercall
+from guestlib import (ARCH_FAMILY, ARM_DATA, ARM_ENTRY, ARM_SYSTEM_OFF, X86_DATA, X86_STACK, arm64_image, x86_64,
+                      x86_hypercall)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hvsim-example-plugin"
 
@@ -96,9 +97,7 @@ def test_its_hypercall_counter_wraps_the_architectures_handler(pm, arch):
             movk w0, #0xc600, lsl #16
             hvc #0
             str x0, [x9]
-            movz w0, #8
-            movk w0, #0x8400, lsl #16
-            hvc #0""")
+            {ARM_SYSTEM_OFF}""")
         data, kw = ARM_DATA, {"entry": ARM_ENTRY}
     vm = VM(arch, mem="32M", pm=pm, **kw)
     vm.load(image)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from guestlib import (ARCH_FAMILY, ARM_BASE, ARM_DATA, ARM_ENTRY, ARM_STACK, PL011,
+from guestlib import (ARCH_FAMILY, ARM_BASE, ARM_DATA, ARM_ENTRY, ARM_STACK, ARM_SYSTEM_OFF, PL011,
                       SLOT_CUR_SPX_IRQ, SLOT_CUR_SPX_SYNC, X86_BASE, X86_DATA, X86_STACK,
                       arm64_image, x86_64, x86_hypercall, x86_idt_setup)
 from hvsim import hookimpl
 from hvsim.core.exits import Event, EventType, ExitKind
 from hvsim.core.vm import STATUS_HALTED_FOREVER
 
-ARM_SYSTEM_OFF = "movz w0, #0x0008\nmovk w0, #0x8400, lsl #16\nhvc #0"
 MMIO_BASE = {"x86": 0xFEB0_0000, "arm64": 0x0A00_0000}
 
 

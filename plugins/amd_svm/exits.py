@@ -81,7 +81,6 @@ class SvmVendor(X86Vendor):
     name = "amd_svm"
     cpuid_vendor = b"AuthenticAMD"
     hypercall_insn = b"\x0f\x01\xd9"  # VMMCALL
-    hypercall_name = "VMMCALL"
     signature = 0x00A00F11  # family 19h
     brand = "hvsim virtual CPU (AMD SVM model)"
 

@@ -26,7 +26,6 @@ VMEXIT_INVALID = MASK64  # -1 as the VMCB stores it
 
 # Layout of the per-vCPU hypervisor area (4 KiB aligned pieces).
 VMCB_OFFSET, IOPM_OFFSET, MSRPM_OFFSET, HSAVE_OFFSET = 0x0000, 0x1000, 0x4000, 0x6000
-AREA_SIZE = 0x7000
 
 _INSTRUCTION_INTERCEPTS = {"rdtsc": "RDTSC", "rdtscp": "RDTSCP", "invlpg": "INVLPG", "wbinvd": "WBINVD",
                            "invd": "INVD", "pause": "PAUSE", "vmrun": "VMRUN", "vmload": "VMLOAD",

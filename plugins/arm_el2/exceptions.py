@@ -146,6 +146,3 @@ def instruction_abort_external(vcpu, pc: int) -> bool:
     take_exception(vcpu, SYNC, pc, e.esr(ec, e.ESR_ELx_FSC_EXTABT), far=pc)
     return True
 
-
-def deliverable(pstate: int, mask: int) -> bool:
-    return not pstate & mask

@@ -39,7 +39,7 @@ from hvsim.core.engine import HOOK_CODE
 from hvsim.core.exits import Exit, ExitKind
 
 from .decode import ADDR_UNKNOWN, WB_NONE, WB_POST, LoadStore, decode
-from .exits import ESR_ELx_EC_DABT_LOW, ESR_ELx_WNR, El2Record, esr, fsc_translation
+from .exits import ESR_ELx_EC_DABT_LOW, ESR_ELx_WNR, El2Record, esr, fsc_translation, hpfar
 
 PAGE = 0x1000
 _OFFSET = PAGE - 1
@@ -201,7 +201,7 @@ class MmioTrap:
         rec = self._rec if first else None
         if rec is None:  # a later piece of a multi-register access, or an undecoded one
             rec = El2Record(_DABT_LOW | insn.iss | (ESR_ELx_WNR if is_write else 0) | dfsc,
-                            (self._va & ~_OFFSET) | (ipa & _OFFSET), (ipa >> 12) << 4)
+                            (self._va & ~_OFFSET) | (ipa & _OFFSET), hpfar(ipa))
         return self._exit(site, rec, ipa, size, is_write, value if is_write else None)
 
     def _exit(self, site: Site, rec, ipa: int, size: int, is_write: bool, value) -> int:
@@ -228,7 +228,7 @@ class MmioTrap:
         elif va != site.va or ipa != site.ipa:
             site.va, site.ipa = va, ipa
             site.rec = El2Record(_DABT_LOW | insn.iss | (ESR_ELx_WNR if is_write else 0) | dfsc,
-                                 va, (ipa >> 12) << 4)
+                                 va, hpfar(ipa))
         return True
 
     # -- finding an instruction the first time ----------------------------------------------

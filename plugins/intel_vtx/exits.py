@@ -91,7 +91,6 @@ class VmxVendor(X86Vendor):
     name = "intel_vtx"
     cpuid_vendor = b"GenuineIntel"
     hypercall_insn = b"\x0f\x01\xc1"  # VMCALL
-    hypercall_name = "VMCALL"
     signature = 0x000906A0  # family 6
     brand = "hvsim virtual CPU (Intel VT-x model)"
 
@@ -101,8 +100,6 @@ class VmxVendor(X86Vendor):
         return VmxGuestContext(vcpu, area)
 
     def invalid_exit(self, reason):
-        from .exits import EXIT_REASON_INVALID_STATE_FAILED_ENTRY
-
         return Exit(ExitKind.INVALID_STATE, "EXIT_REASON_INVALID_STATE",
                     VmxExitInfo(EXIT_REASON_INVALID_STATE_FAILED_ENTRY), detail=reason)
 

@@ -16,7 +16,6 @@ class X86Vendor:
     name: str
     cpuid_vendor: bytes  # 12 bytes: b"GenuineIntel" / b"AuthenticAMD"
     hypercall_insn: bytes  # VMCALL 0F 01 C1 / VMMCALL 0F 01 D9
-    hypercall_name: str
 
     def attach(self, vcpu, area: int):
         """The vendor's per-vCPU hypervisor structures at host-physical ``area`` (32 KiB), as an

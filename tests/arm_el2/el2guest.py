@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 
+from guestlib import ARM_SYSTEM_OFF
 from keystone import KS_ARCH_ARM64, KS_MODE_LITTLE_ENDIAN, Ks
 
 RAM = 0x4000_0000
@@ -25,7 +26,7 @@ RECORD = 5  # quadwords per logged exception
 _ks = Ks(KS_ARCH_ARM64, KS_MODE_LITTLE_ENDIAN)
 
 # PSCI function ids (DEN0022) loaded into W0.
-SYSTEM_OFF = "movz w0, #0x0008\nmovk w0, #0x8400, lsl #16\nhvc #0"
+SYSTEM_OFF = ARM_SYSTEM_OFF
 
 
 # Stage-1 tables (L1 at SCRATCH, 4 KiB granule, 39-bit VAs): VA 0x4000_0000 + 1 GiB maps RAM
