@@ -40,6 +40,7 @@ _INSTRUCTION_REASONS = {"rdtsc": 16, "rdtscp": 51, "invlpg": 14, "wbinvd": 54, "
 EXIT_REASON_MSR_READ = 31
 EXIT_REASON_MSR_WRITE = 32
 EXIT_REASON_EPT_VIOLATION = 48
+EXIT_REASON_EPT_MISCONFIG = 49
 EXIT_REASON_INVALID_STATE_FAILED_ENTRY = 33 | (1 << 31)  # bit 31: VM-entry failure (SDM 27.8)
 
 # VM-exit interruption information (SDM 24.9.2, Table 24-19)
@@ -142,6 +143,23 @@ class VmxVendor(X86Vendor):
         reason = _INSTRUCTION_REASONS[kind]
         qual = operand[0] if kind == "invlpg" else 0  # INVLPG: the linear-address operand (SDM 28.2.1)
         return Exit(ExitKind.INSTRUCTION, f"EXIT_REASON_{EXIT_REASONS[reason]}", VmxExitInfo(reason, qual, rip, insn_len))
+
+    def stage2_exit(self, fault, rip):
+        """An EPT violation (SDM 29.3.3.2; qualification Table 28-7: the access in bits 2:0, what
+        the translation allows in 5:3, whether a linear address caused it in 7 and whether that
+        was the final translation (8) rather than a paging-structure access) or an EPT
+        misconfiguration (29.3.3.1; no qualification). Both report the guest-physical address."""
+        if fault.misconfig:
+            return Exit(ExitKind.STAGE2_FAULT, "EXIT_REASON_EPT_MISCONFIG",
+                        VmxExitInfo(EXIT_REASON_EPT_MISCONFIG, 0, None, 0, fault.gpa),
+                        fault.gpa, 0, fault.write, detail=fault.detail)
+        qual = EPT_FETCH if fault.fetch else EPT_WRITE if fault.write else EPT_READ
+        qual |= (fault.allowed & 7) << 3
+        if fault.gla is not None:
+            qual |= EPT_GLA_VALID | (0 if fault.walk else EPT_GLA_FINAL)
+        return Exit(ExitKind.STAGE2_FAULT, "EXIT_REASON_EPT_VIOLATION",
+                    VmxExitInfo(EXIT_REASON_EPT_VIOLATION, qual, None, 0, fault.gpa, fault.gla or 0),
+                    fault.gpa, 0, fault.write, detail=fault.detail)
 
     def cpuid_exit(self, rip):
         return Exit(ExitKind.CPUID, "EXIT_REASON_CPUID", VmxExitInfo(EXIT_REASON_CPUID, 0, rip, 2))

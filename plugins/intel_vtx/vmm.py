@@ -17,6 +17,7 @@ from unicorn import x86_const as X
 from hvsim.plugins.x86 import paging
 
 from . import msrs
+from .ept import Ept, ep4ta
 from .exits import VmxExitInfo
 from .vmcs import Field
 from .vmx import Status, Vmx
@@ -102,6 +103,8 @@ class VmxGuestContext:
         self.exception_check = None
         self._exiting: dict[str, bool] = {}
         self._cr3_load = self._cr3_store = False
+        self._epts: dict[int, Ept] = {}  # by EPTP: each keeps its guest-physical mappings
+        self.vmx.tlb = self  # INVEPT / INVVPID reach this logical processor's TLB model
 
     def _vmwrite(self, field: int, value: int) -> None:
         result = self.vmx.vmwrite(field, value)
@@ -189,8 +192,51 @@ class VmxGuestContext:
         }
         self._cr3_load, self._cr3_store = (bool(proc & msrs.CPU_BASED_CR3_LOAD_EXITING),
                                            bool(proc & msrs.CPU_BASED_CR3_STORE_EXITING))
+        self._memory_virtualization(proc2)
         self.resume_state()
         return None
+
+    def _memory_virtualization(self, proc2: int) -> None:
+        """EPT and VPID as the controls say (SDM 29.3, 29.1): the MMU walks the EPT the EPTP
+        names and tags its TLB entries with (VPID, EP4TA). Without VPID, every VM entry drops
+        the translations tagged with VPID 0000H (SDM 29.4.3.3); without EPT, guest-physical
+        addresses are host-physical, and a VMM must supply shadow page tables."""
+        mmu, v = self.vcpu.mmu, self._values
+        vpid = v.get(Field.VIRTUAL_PROCESSOR_ID, 0) if proc2 & msrs.SECONDARY_EXEC_ENABLE_VPID else 0
+        if proc2 & msrs.SECONDARY_EXEC_ENABLE_EPT:
+            eptp = v[Field.EPT_POINTER]
+            ept = self._epts.get(eptp)
+            if ept is None:
+                ept = self._epts[eptp] = Ept(self.vcpu.vm.host, eptp, self.vmx.caps.ept_vpid_cap,
+                                             self.vmx.caps.maxphyaddr)
+            mmu.stage2, mmu.tag = ept, (vpid, ept.root)
+        else:
+            mmu.stage2, mmu.tag = None, (vpid, None)
+        if vpid == 0:
+            mmu.tlb.invalidate(match=lambda tag: tag[0] == 0)
+
+    # -- INVEPT / INVVPID reach the TLB model (SDM 29.4.3.1) ------------------------------------
+    def invept(self, type_: int, eptp: int) -> None:
+        """Type 1 (single-context) drops guest-physical and combined mappings of one EP4TA;
+        type 2 (global) those of every EP4TA."""
+        root = ep4ta(eptp, self.vmx.caps.maxphyaddr) if type_ == 1 else None
+        for ept in self._epts.values():
+            if root is None or ept.root == root:
+                ept.cache.clear()
+        self.vcpu.mmu.tlb.invalidate(match=lambda tag: tag[1] is not None and (root is None or tag[1] == root))
+
+    def invvpid(self, type_: int, vpid: int, address: int) -> None:
+        """0 individual-address, 1 single-context, 2 all-contexts (every VPID but 0000H),
+        3 single-context retaining globals: linear and combined mappings."""
+        tlb = self.vcpu.mmu.tlb
+        if type_ == 0:
+            tlb.invalidate(match=lambda tag: tag[0] == vpid, address=address)
+        elif type_ == 1:
+            tlb.invalidate(match=lambda tag: tag[0] == vpid)
+        elif type_ == 2:
+            tlb.invalidate(match=lambda tag: tag[0] != 0)
+        else:
+            tlb.invalidate(match=lambda tag: tag[0] == vpid, keep_global=True)
 
     def resume_state(self) -> None:
         """The guest state the VMM changed with VMWRITE since the exit, then event injection."""
