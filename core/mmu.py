@@ -34,6 +34,8 @@ from unicorn import UC_HOOK_TLB_FILL, UC_TLB_VIRTUAL
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.unicorn_py3.unicorn import uc_tlb_entry
 
+from .engine import _emu_stop
+
 HOST_PHYS_BASE = 1 << 44  # host memory's place in every engine's physical space
 PERM_R, PERM_W, PERM_X = 1, 2, 4  # Unicorn's TLB entry permissions
 # Unicorn's access codes in the fill callback (UC_MEM_READ, UC_MEM_WRITE, UC_MEM_FETCH)
@@ -41,7 +43,7 @@ ACCESS_READ, ACCESS_WRITE, ACCESS_FETCH = 16, 17, 18
 
 _FILL_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                             ctypes.POINTER(uc_tlb_entry), ctypes.c_void_p)
-_GROW_REFILLS = 2048  # re-fills in one slice that mean the engine's TLB is too small
+_ENGINE_TLB_MAX = 1 << 20  # QEMU's CPU_TLB_DYN_MAX_BITS for 4 KiB pages
 _MAX_ENTRIES = 1 << 20  # the model drops everything past this, as a TLB may
 
 
@@ -77,6 +79,7 @@ class TlbEntry:
     global_: bool  # survives a stage-1 address-space switch (x86 G, Arm nG clear)
     size: int  # page size of the stage-1 translation (invalidation covers the whole page)
     dirty: bool = True  # False: write permission withheld until the dirty bit is set
+    leaf: tuple[int, int] | None = None  # where that dirty bit lives: (address, size) of the leaf entry
 
 
 class TaggedTlb:
@@ -145,15 +148,23 @@ class EngineTlb:
 
     The callback is a C-level one (core/engine.RawHooks); it must not raise, so an exception is
     handed to ``hooks.fail`` and re-raised by the vCPU after ``emu_start``.
+
+    Growing the engine's TLB: QEMU doubles it when a flush finds it more than 70% used. The
+    plugin's fill calls :meth:`refilled` when the model already held the translation (Unicorn
+    had evicted it); after twice the engine's estimated size of those, the engine is stopped at
+    the end of its block, and the vCPU calls :meth:`service` before re-entering, which flushes.
     """
 
     def __init__(self, uc, hooks, fill, tlb: TaggedTlb) -> None:
         self.uc = uc
         self.fills = 0
-        self._mark = (0, 0)
+        self.flushes_to_grow = 0
+        self.size = 256  # QEMU's initial TLB size (CPU_TLB_DYN_DEFAULT_BITS), doubled per growth flush
+        self._refills = 0
+        self.want_flush = False
         self.tlb = tlb
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
-        fail = hooks.fail
+        fail, uch = hooks.fail, hooks._uch
 
         def on_fill(_uch, vaddr, access, entry_p, _ud):
             self.fills += 1
@@ -168,18 +179,29 @@ class EngineTlb:
             e.paddr, e.perms = result
             return True
 
+        self._uch = uch
         hooks.add(UC_HOOK_TLB_FILL, _FILL_CB, on_fill)
         tlb.on_flush.append(self.flush)
 
     def flush(self) -> None:
         """Drop every translation the engine cached (its copy of the model)."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self._refills = 0
 
-    def after_slice(self) -> None:
-        """Called when a slice ends: if most fills re-fetched translations the model still held,
-        the engine's TLB is too small for the working set; a flush lets QEMU double it."""
-        fills, hits = self.fills, self.tlb.hits
-        refills = min(fills - self._mark[0], hits - self._mark[1])
-        self._mark = (fills, hits)
-        if refills > _GROW_REFILLS:
-            self.flush()
+    def refilled(self) -> None:
+        """A fill the model answered: the engine's TLB had dropped that translation."""
+        self._refills += 1
+        if self._refills > 2 * self.size and not self.want_flush and self.size < _ENGINE_TLB_MAX:
+            self.want_flush = True
+            _emu_stop(self._uch)
+
+    def service(self) -> bool:
+        """After ``emu_start`` returned: True if it stopped only so the TLB could grow (flushed
+        now; the vCPU re-enters)."""
+        if not self.want_flush:
+            return False
+        self.want_flush = False
+        self.flush()
+        self.size *= 2
+        self.flushes_to_grow += 1
+        return True

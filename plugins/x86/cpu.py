@@ -152,7 +152,6 @@ class X86Vcpu(Vcpu):
         finally:
             if context is not None:
                 context.vmexit()
-            self.mmu.engine.after_slice()
         if ended != "halt" or self._stopping or self.vm.status is not None:
             return None
         if context is not None and not context.hlt_exits:
@@ -176,13 +175,14 @@ class X86Vcpu(Vcpu):
             try:
                 self.uc.emu_start(rip, UNTIL, timeout=slice_us)
                 self._raw.reraise()
-                return "slice" if self.uc.query(UC_QUERY_TIMEOUT) else "halt"
+                if not self.mmu.engine.service():
+                    return "slice" if self.uc.query(UC_QUERY_TIMEOUT) else "halt"
             except UcError as exc:
                 fault = self.mmu.take_pending()
                 if fault is None or exc.errno != UC_ERR_EXCEPTION:
                     self._engine_error(exc)
                     return None
-            self._take_fault(fault)
+                self._take_fault(fault)
             slice_us = int((deadline - time.perf_counter()) * 1e6)
             if self._stopping or self.vm.status is not None or slice_us <= 0:
                 return "slice"

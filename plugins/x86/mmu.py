@@ -150,8 +150,12 @@ class X86Mmu:
         vpn = vaddr >> 12
         need = PERM_X if access == ACCESS_FETCH else PERM_W if access == ACCESS_WRITE else PERM_R
         e = self.tlb.lookup(self.tag, pcid, vpn, user)
-        if e is not None and e.perms & need:
-            return e.paddr, e.perms
+        if e is not None:
+            if e.perms & need:
+                self.engine.refilled()
+                return e.paddr, e.perms
+            if need == PERM_W and not e.dirty and e.leaf is not None and self._set_dirty(e):
+                return e.paddr, e.perms
         # A miss, or an entry that does not allow this access: walk again (a fault would drop the
         # entry anyway, SDM 4.10.4.1; a changed entry may now allow it).
         mode = _ACCESS.get(access, Access.READ)
@@ -178,10 +182,26 @@ class X86Mmu:
             fault.gla = vaddr
             self.pending = fault
             return None
-        perms = (PERM_R | (PERM_W if w.writable and w.dirty else 0) | (PERM_X if w.executable else 0)) & perms2
+        writable = w.writable and perms2 & PERM_W
+        perms = (PERM_R | (PERM_W if writable and w.dirty else 0) | (PERM_X if w.executable else 0)) & perms2
         paddr = HOST_PHYS_BASE + (hpa & ~0xFFF)
-        self.tlb.insert(self.tag, pcid, vpn, user, TlbEntry(paddr, perms, w.user, w.global_, w.page_size, w.dirty))
+        self.tlb.insert(self.tag, pcid, vpn, user, TlbEntry(paddr, perms, w.user, w.global_, w.page_size, w.dirty,
+                                                            w.leaf if writable else None))
         return paddr, perms
+
+    def _set_dirty(self, e: TlbEntry) -> bool:
+        """The first write through a cached, writable translation whose dirty flag is clear: set
+        D in the leaf entry (SDM 4.8), if that entry still maps the page writable; else walk."""
+        address, size = e.leaf
+        try:
+            value = self._table_u64(address) if size == 8 else self._table_u32(address)
+            if value & (paging.P | paging.RW) != paging.P | paging.RW:
+                return False
+            self._table_update(address, size, value | paging.A | paging.D)
+        except Stage2Fault:
+            return False
+        e.dirty, e.perms = True, e.perms | PERM_W
+        return True
 
     def _mmio_page(self, gpa: int, fault: Stage2Fault) -> int | None:
         """A not-present stage-2 entry where a device sits is MMIO, as under KVM (the page is

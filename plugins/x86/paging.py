@@ -155,7 +155,8 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
         return _done(fault("SMEP: supervisor fetch from a user page", PFEC_P), used, update)
     _done(None, used, update, dirty_leaf=write)  # the write the translation allows sets D
     return Walk(gpa, steps, writable=writable, executable=executable, user=allowed_u,
-                global_=bool(leaf & G and cr4 & CR4_PGE), page_size=size, dirty=bool(leaf & D) or write)
+                global_=bool(leaf & G and cr4 & CR4_PGE), page_size=size, dirty=bool(leaf & D) or write,
+                leaf=used[-1][:2])
 
 
 def _done(result: Walk | None, used: list[tuple[int, int, int]], update, dirty_leaf: bool = False) -> Walk | None:
