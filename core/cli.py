@@ -153,6 +153,69 @@ def write_stats_json(vm, wall: float, path: Path) -> None:
 
 
 @app.command()
+def translate(
+    image: Annotated[Path, typer.Argument(help="Guest image: Multiboot, arm64 Image, ELF or raw")],
+    address: Annotated[str, typer.Argument(help="Guest virtual address, e.g. 0xffff800000001000")],
+    arch: Annotated[str, typer.Option("--arch", help="intel_vtx, amd_svm or arm_el2")] = "intel_vtx",
+    mem: Annotated[str, typer.Option("--mem", help="Guest RAM, e.g. 128M")] = "128M",
+    load_addr: Annotated[Optional[str], typer.Option("--load-addr", help="Raw image load address")] = None,
+    entry: Annotated[Optional[str], typer.Option("--entry", help="Raw image entry point")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Run the guest at most SECONDS first")] = 10.0,
+    vcpu: Annotated[int, typer.Option("--vcpu", help="Whose translation regime to use")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Run a guest until it stops (its page tables are then built), then print the full walk of
+    ADDRESS: every guest page-table entry read, each through stage 2 (EPT, NPT, Arm stage 2),
+    the guest-physical address, its stage-2 walk and the host-physical address."""
+    from .console import Console
+    from .vm import VM
+
+    va = _parse_int(address, "address")
+    if timeout <= 0:
+        raise HvsimError(f"bad --timeout {timeout}: it must be positive")
+    vm = VM(arch, mem=mem, load_addr=_parse_int(load_addr, "--load-addr"), entry=_parse_int(entry, "--entry"),
+            console=Console(sys.stdout.buffer, keep=False))
+    vm.load(image)
+    vm.run(timeout=timeout)
+    if not 0 <= vcpu < len(vm.vcpus):
+        raise HvsimError(f"bad --vcpu {vcpu}: the VM has {len(vm.vcpus)}")
+    try:
+        trace = vm.vcpus[vcpu].trace_translation(va)
+    except NotImplementedError as exc:
+        raise HvsimError(f"{arch}: {exc}") from None
+    if as_json:
+        print(json.dumps(trace.as_json(), indent=2))
+        return
+    print_trace(trace)
+
+
+def print_trace(trace, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(highlight=False, width=132)
+    names = trace.stage2_levels
+    table = Table(title=f"GVA {trace.address:#x}: stage 1 (the guest's tables), stage 2 = {trace.stage2_name}")
+    for col in ("stage", "entry", "at (GPA)", "value", "flags", "entry's HPA"):
+        table.add_column(col)
+    for t in trace.stage1:
+        table.add_row("1", t.level, f"{t.gpa:#x}", f"{t.value:#018x}", t.flags,
+                      f"{t.hpa:#x}" if t.hpa is not None else "-")
+        for w in t.stage2:
+            table.add_row("  2", f"  {names.get(w.level, w.level)}", f"  {w.address:#x} (HPA)", f"{w.value:#018x}",
+                          w.flags, "")
+    if trace.gpa is not None:
+        table.add_row("", "GPA", f"{trace.gpa:#x}", "", "", "")
+        for w in trace.stage2:
+            table.add_row("2", str(names.get(w.level, w.level)), f"{w.address:#x} (HPA)", f"{w.value:#018x}", w.flags, "")
+    console.print(table)
+    if trace.fault:
+        console.print(f"fault: {trace.fault}")
+    else:
+        console.print(f"GVA {trace.address:#x} -> GPA {trace.gpa:#x} -> HPA {trace.hpa:#x}")
+
+
+@app.command()
 def demo() -> None:
     """Run the bundled demo guest on every installed architecture."""
     from .demo import run_demo

@@ -28,7 +28,7 @@ translation, deterministically, because fills consult this model before walking.
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from unicorn import UC_HOOK_TLB_FILL, UC_TLB_VIRTUAL
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
@@ -68,6 +68,79 @@ class Stage2Fault(Exception):
         self.gla: int | None = None  # set by the stage-1 side when a linear address caused it
 
 
+@dataclass
+class TraceStep:
+    """One stage-1 table entry read: where it is (guest-physical), what it holds, and how its
+    own address went through stage 2."""
+
+    level: str  # the manual's name of the entry (PML4E, PTE, level-1 descriptor ...)
+    gpa: int
+    value: int
+    flags: str
+    stage2: list = field(default_factory=list)  # WalkStep of the stage-2 walk of ``gpa``
+    hpa: int | None = None
+
+
+@dataclass
+class TranslationTrace:
+    """A full GVA -> GPA -> HPA walk as ``hvsim translate`` prints it."""
+
+    address: int
+    stage1: list[TraceStep] = field(default_factory=list)
+    gpa: int | None = None
+    stage2: list = field(default_factory=list)  # WalkStep of the final address's stage-2 walk
+    stage2_name: str = "stage 2"  # EPT, NPT, stage 2, or "none" (guest-physical is host-physical)
+    stage2_levels: dict = field(default_factory=dict)  # level number -> the manual's entry name
+    hpa: int | None = None
+    fault: str | None = None
+
+    def as_json(self) -> dict:
+        def steps(ws):
+            return [{"level": w.level, "address": w.address, "value": w.value, "flags": w.flags} for w in ws]
+
+        return {"address": self.address, "gpa": self.gpa, "hpa": self.hpa, "fault": self.fault,
+                "stage2_name": self.stage2_name,
+                "stage1": [{"level": t.level, "gpa": t.gpa, "value": t.value, "flags": t.flags, "hpa": t.hpa,
+                            "stage2": steps(t.stage2)} for t in self.stage1],
+                "stage2": steps(self.stage2)}
+
+
+class DirtyLog:
+    """Which guest-physical pages a VM's guests wrote since the last :meth:`collect`, for live
+    migration (KVM's KVM_GET_DIRTY_LOG over write-protected pages).
+
+    While logging, the MMUs give a translation write permission only on a write access and
+    record its guest-physical page then; :meth:`collect` returns the pages and write-protects
+    everything again by dropping every vCPU's cached translations (a TLB flush), so the next
+    write to any page is seen. Device DMA is not logged here.
+    """
+
+    def __init__(self, vm) -> None:
+        self.vm = vm
+        self.enabled = False
+        self.pages: set[int] = set()  # guest-physical page numbers
+
+    def start(self) -> None:
+        self.enabled = True
+        self.pages.clear()
+        self._protect()
+
+    def stop(self) -> None:
+        self.enabled = False
+
+    def collect(self) -> list[int]:
+        """Guest-physical addresses of the pages written since the last call (or ``start``)."""
+        pages, self.pages = sorted(self.pages), set()
+        self._protect()
+        return [p << 12 for p in pages]
+
+    def _protect(self) -> None:
+        for vcpu in self.vm.vcpus:
+            mmu = getattr(vcpu, "mmu", None)
+            if mmu is not None:
+                mmu.tlb.invalidate()
+
+
 @dataclass(slots=True)
 class TlbEntry:
     """One cached translation: the page's Unicorn-physical base, what it allows, and the stage-1
@@ -80,6 +153,7 @@ class TlbEntry:
     size: int  # page size of the stage-1 translation (invalidation covers the whole page)
     dirty: bool = True  # False: write permission withheld until the dirty bit is set
     leaf: tuple[int, int] | None = None  # where that dirty bit lives: (address, size) of the leaf entry
+    gpa: int = 0  # the guest-physical page (dirty logging)
 
 
 class TaggedTlb:

@@ -24,6 +24,7 @@ from .errors import ConfigError, HvsimError
 from .exits import Exit, ExitHandlerRegistry
 from .loader import Image, parse_image, read_image
 from .memory import Access, DmaMemory, GuestMemory, HostMemory, Walk
+from .mmu import DirtyLog
 from .plugins import PluginManager, default_manager
 from .stats import ExitStats
 
@@ -101,6 +102,7 @@ class VM:
         self.bus = IoBus()
         self.console = console if console is not None else Console()
         self.stats = ExitStats()
+        self.dirty_log = DirtyLog(self)  # vm.dirty_log.start() / .collect(): pages the guest wrote
         self.status: int | None = None
         self.stop_reason = ""
         self.image: Image | None = None

@@ -596,6 +596,9 @@ class X86Vcpu(Vcpu):
         return struct.unpack("<Q", self.read_linear(base + offset, 8))[0]
 
     # -- memory at linear addresses (through the guest's own paging) ------------------------
+    def trace_translation(self, address: int):
+        return self.mmu.trace(address)
+
     def translate(self, linear: int, access: Access):
         """The guest's stage-1 walk of ``linear`` (tables read through stage 2), A/D untouched."""
         return self.mmu.walk(linear, access, set_ad=False)

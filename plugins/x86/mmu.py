@@ -22,7 +22,7 @@ from unicorn import x86_const as X
 
 from hvsim.core.memory import Access, GuestMemoryError, Walk
 from hvsim.core.mmu import (ACCESS_FETCH, ACCESS_WRITE, HOST_PHYS_BASE, PERM_R, PERM_W, PERM_X, EngineTlb,
-                            Stage2Fault, TaggedTlb, TlbEntry)
+                            Stage2Fault, TaggedTlb, TlbEntry, TraceStep, TranslationTrace)
 
 from . import paging
 
@@ -83,6 +83,7 @@ class X86Mmu:
         self.host = vcpu.vm.host
         self.regs = vcpu.regs
         self.tlb = TaggedTlb()
+        self.log = vcpu.vm.dirty_log
         self.stage2 = None
         self.tag = 0
         self.pending: Exception | None = None  # the fault a refused fill left for the vCPU
@@ -123,9 +124,13 @@ class X86Mmu:
         return _U64.unpack_from(self.host.view, hpa)[0] if hpa + 8 <= self.host.size else (1 << 64) - 1
 
     def _table_update(self, gpa: int, size: int, value: int) -> None:
+        """The processor's accessed/dirty update of a guest paging-structure entry (a write, and
+        logged as one)."""
         hpa = self.gpa_to_hpa(gpa, write=True, walk=True)
         if hpa + size <= self.host.size:
             (_U32 if size == 4 else _U64).pack_into(self.host.view, hpa, value)
+            if self.log.enabled:
+                self.log.pages.add(gpa >> 12)
 
     def walk(self, linear: int, access: Access, cpl: int | None = None, set_ad: bool = True) -> Walk:
         """The guest's stage-1 walk of ``linear`` with every table read through stage 2."""
@@ -155,6 +160,7 @@ class X86Mmu:
                 self.engine.refilled()
                 return e.paddr, e.perms
             if need == PERM_W and not e.dirty and e.leaf is not None and self._set_dirty(e):
+                self._log_write(e)
                 return e.paddr, e.perms
         # A miss, or an entry that does not allow this access: walk again (a fault would drop the
         # entry anyway, SDM 4.10.4.1; a changed entry may now allow it).
@@ -183,11 +189,20 @@ class X86Mmu:
             self.pending = fault
             return None
         writable = w.writable and perms2 & PERM_W
-        perms = (PERM_R | (PERM_W if writable and w.dirty else 0) | (PERM_X if w.executable else 0)) & perms2
+        dirty = w.dirty
+        if self.log.enabled and need != PERM_W:
+            dirty = False  # logging: write permission waits for a write, which is recorded
+        perms = (PERM_R | (PERM_W if writable and dirty else 0) | (PERM_X if w.executable else 0)) & perms2
         paddr = HOST_PHYS_BASE + (hpa & ~0xFFF)
-        self.tlb.insert(self.tag, pcid, vpn, user, TlbEntry(paddr, perms, w.user, w.global_, w.page_size, w.dirty,
-                                                            w.leaf if writable else None))
+        e = TlbEntry(paddr, perms, w.user, w.global_, w.page_size, dirty, w.leaf if writable else None, gpa >> 12)
+        self.tlb.insert(self.tag, pcid, vpn, user, e)
+        if perms & PERM_W:
+            self._log_write(e)
         return paddr, perms
+
+    def _log_write(self, e: TlbEntry) -> None:
+        if self.log.enabled:
+            self.log.pages.add(e.gpa)
 
     def _set_dirty(self, e: TlbEntry) -> bool:
         """The first write through a cached, writable translation whose dirty flag is clear: set
@@ -290,6 +305,38 @@ class X86Mmu:
 
     def flush_tag(self, tag=..., keep_global: bool = False) -> None:
         self.tlb.invalidate(tag, keep_global=keep_global)
+
+    # -- the translation tool ---------------------------------------------------------------------
+    def trace(self, linear: int) -> TranslationTrace:
+        """The full walk of ``linear`` for ``hvsim translate``: every guest table entry with its
+        own stage-2 walk, then the final address's. Looks only (no A/D bits set)."""
+        s2 = self.stage2
+        name = "none" if s2 is None else type(s2).__name__.upper()
+        trace = TranslationTrace(linear, stage2_name=name,
+                                 stage2_levels={n: f"{name} {e}" for n, e in paging.LEVEL_NAMES.items()})
+
+        def s2_steps(gpa):
+            if s2 is None:
+                return [], gpa if gpa < self.host.size else None, None
+            return s2.steps(gpa)
+
+        try:
+            walk = self.walk(linear, Access.READ, set_ad=False)
+        except Stage2Fault as fault:
+            trace.fault = fault.detail
+            return trace
+        for step in walk.steps:
+            steps, hpa, _fault = s2_steps(step.address)
+            trace.stage1.append(TraceStep(paging.LEVEL_NAMES.get(step.level, str(step.level)), step.address,
+                                          step.value, step.flags, steps, hpa))
+        if walk.fault:
+            trace.fault = walk.fault
+            return trace
+        trace.gpa = walk.address
+        trace.stage2, trace.hpa, fault = s2_steps(walk.address)
+        if fault:
+            trace.fault = fault
+        return trace
 
     # -- Python's own accesses at linear addresses ---------------------------------------------------
     def linear_to_hpa(self, linear: int, access: Access) -> int:

@@ -34,7 +34,7 @@ MAXPHYADDR = 40
 _ADDR = ((1 << MAXPHYADDR) - 1) & ~0xFFF
 _RSVD64 = ((1 << 52) - 1) & ~((1 << MAXPHYADDR) - 1)  # bits MAXPHYADDR..51 must be zero
 
-_LEVEL_NAMES = {5: "PML5E", 4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
+LEVEL_NAMES = {5: "PML5E", 4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
 
 
 def _flags(entry: int) -> str:
@@ -95,9 +95,9 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
             entry = read_u64(addr)
             steps.append(WalkStep(level, addr, entry, _flags(entry)))
             if not entry & P:
-                return _done(fault(f"{_LEVEL_NAMES[level]} not present"), used, update)
+                return _done(fault(f"{LEVEL_NAMES[level]} not present"), used, update)
             if entry & _RSVD64 or (entry & XD and not nxe):
-                return _done(fault(f"reserved bit set in {_LEVEL_NAMES[level]}", PFEC_P | PFEC_RSVD), used, update)
+                return _done(fault(f"reserved bit set in {LEVEL_NAMES[level]}", PFEC_P | PFEC_RSVD), used, update)
             allowed_w &= bool(entry & RW)
             allowed_u &= bool(entry & US)
             nx |= bool(entry & XD)
@@ -105,7 +105,7 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
                 if level > 1 and entry & PS:
                     mask = (1 << shift) - 1
                     if entry & (mask & ~0x1FFF) & _ADDR:  # base bits below the page size
-                        return _done(fault(f"reserved bit set in {_LEVEL_NAMES[level]}", PFEC_P | PFEC_RSVD),
+                        return _done(fault(f"reserved bit set in {LEVEL_NAMES[level]}", PFEC_P | PFEC_RSVD),
                                      used, update)
                     gpa = (entry & _ADDR & ~mask) | (gva & mask)
                     size = mask + 1

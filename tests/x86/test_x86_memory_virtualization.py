@@ -430,3 +430,46 @@ def test_a_guest_cannot_reach_its_neighbours_memory_through_its_own_page_tables(
     result = a.run(timeout=10)
     assert result.status == 4 and "no RAM or device backs" in result.reason
     assert host.read(b_hpa, 32 << 20) == before
+
+
+# -- tools: dirty logging and the walk printer -------------------------------------------------------
+
+def test_the_dirty_log_reports_exactly_the_pages_written_since_the_last_collect(make_vm, arch, hvsim_pm):
+    """vm.dirty_log (KVM_GET_DIRTY_LOG's job): pages only read are not reported, the processor's
+    own accessed/dirty updates in the guest's page tables are; after a collect, only pages
+    written again are."""
+    first: list[int] = []
+    hvsim_pm.register(OnHalt(lambda vcpu: vcpu.vm.dirty_log.start(),
+                             lambda vcpu: first.extend(vcpu.vm.dirty_log.collect())))
+    vm = boot(make_vm, arch, f"""
+        {paging_on({0: FRAME_A | P | RW, 1: FRAME_B | P | RW, 2: (FRAME_B + 0x1000) | P | RW})}
+        hlt
+        mov rax, [{WINDOW:#x}]
+        mov qword ptr [{WINDOW + 0x1010:#x}], 1
+        mov qword ptr [{WINDOW + 0x2ff8:#x}], 2
+        hlt
+        mov qword ptr [{WINDOW + 0x1020:#x}], 3
+        mov rax, [{WINDOW + 0x2ff8:#x}]
+        {END}""")
+    assert vm.run(timeout=10).status == 1
+    # FRAME_A was only read; the walk set accessed bits in the PDE and PTEs of the window
+    assert sorted(first) == [GUEST_PD, GUEST_PT, FRAME_B, FRAME_B + 0x1000]
+    assert vm.dirty_log.collect() == [FRAME_B]
+
+
+def test_hvsim_translate_prints_both_stages(tmp_path, arch, capsys):
+    from hvsim.core.cli import main
+
+    image = tmp_path / "guest.bin"
+    image.write_bytes(x86_64(f"mov rsp, {X86_STACK}\n{paging_on({3: FRAME_A | P | RW})}\n{END}"))
+    assert main(["translate", str(image), hex(WINDOW + 0x3abc), "--arch", arch, "--mem", "32M"]) == 0
+    out = capsys.readouterr().out
+    stage2 = "EPT" if arch == "intel_vtx" else "NPT"
+    assert f"stage 2 = {stage2}" in out and f"{stage2} PML4E" in out
+    assert f"GVA {WINDOW + 0x3abc:#x} -> GPA {FRAME_A + 0xabc:#x} -> HPA {FRAME_A + 0xabc:#x}" in out
+    assert main(["translate", str(image), hex(WINDOW + 0x5000), "--arch", arch, "--mem", "32M", "--json"]) == 0
+    import json
+
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["fault"] == "#PF: PTE not present" and [s["level"] for s in doc["stage1"]] == ["PML4E", "PDPTE", "PDE", "PTE"]
+    assert doc["stage1"][3]["gpa"] == GUEST_PT + 5 * 8 and doc["stage1"][3]["stage2"]
