@@ -100,6 +100,7 @@ def run(
     stats_json: Annotated[Optional[Path], typer.Option("--stats-json", help="Write exit counts as JSON")] = None,
     log_json: Annotated[bool, typer.Option("--log-json", help="Logs as JSON lines on stderr")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")] = "warning",
+    paging: Annotated[str, typer.Option("--paging", help="x86: nested (EPT / NPT) or shadow")] = "nested",
 ) -> None:
     """Run a guest image on one architecture. Exit status: the guest's own (isa-debug-exit
     (v<<1)|1, PSCI SYSTEM_OFF 0), 2 bad input, 4 guest crash, 6 halted forever, 124 timeout."""
@@ -115,7 +116,7 @@ def run(
 
     vm = VM(arch, mem=mem, vcpus=vcpus, append=append, initrd=initrd,
             load_addr=_parse_int(load_addr, "--load-addr"), entry=_parse_int(entry, "--entry"),
-            console=Console(sys.stdout.buffer, keep=False))
+            console=Console(sys.stdout.buffer, keep=False), **_paging(arch, paging))
     vm.load(image)
     result = vm.run(timeout=timeout)
     if stats:
@@ -125,6 +126,17 @@ def run(
     if result.status not in (0,) and not (result.status & 1):
         print(f"hvsim: {result.reason}", file=sys.stderr)
     raise typer.Exit(result.status)
+
+
+def _paging(arch: str, paging: str) -> dict:
+    """--paging: nested (EPT / NPT, the default) or shadow (the VMM's shadow page tables, x86)."""
+    if paging not in ("nested", "shadow"):
+        raise HvsimError(f"bad --paging {paging!r}: use nested or shadow")
+    if paging == "nested":
+        return {}
+    if arch == "arm_el2":
+        raise HvsimError("--paging shadow is for x86: Arm's EL2 always has stage 2 (see docs/memory.md)")
+    return {"paging": "shadow"}
 
 
 def print_stats(vm, wall: float, console=None) -> None:
@@ -163,6 +175,7 @@ def translate(
     timeout: Annotated[float, typer.Option("--timeout", help="Run the guest at most SECONDS first")] = 10.0,
     vcpu: Annotated[int, typer.Option("--vcpu", help="Whose translation regime to use")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+    paging: Annotated[str, typer.Option("--paging", help="x86: nested (EPT / NPT) or shadow")] = "nested",
 ) -> None:
     """Run a guest until it stops (its page tables are then built), then print the full walk of
     ADDRESS: every guest page-table entry read, each through stage 2 (EPT, NPT, Arm stage 2),
@@ -174,7 +187,7 @@ def translate(
     if timeout <= 0:
         raise HvsimError(f"bad --timeout {timeout}: it must be positive")
     vm = VM(arch, mem=mem, load_addr=_parse_int(load_addr, "--load-addr"), entry=_parse_int(entry, "--entry"),
-            console=Console(sys.stdout.buffer, keep=False))
+            console=Console(sys.stdout.buffer, keep=False), **_paging(arch, paging))
     vm.load(image)
     vm.run(timeout=timeout)
     if not 0 <= vcpu < len(vm.vcpus):

@@ -38,7 +38,7 @@ STATUS_GUEST_CRASH = 4  # triple fault, unhandled exit, access to memory nothing
 STATUS_HALTED_FOREVER = 6  # every vCPU halted with nothing that could wake it
 STATUS_TIMEOUT = 124  # as timeout(1)
 
-HV_AREA = 4 << 20  # host memory each VM reserves for the hypervisor's structures
+HV_AREA = 8 << 20  # host memory each VM reserves for the hypervisor's structures
 SLICE_US = 200_000  # one vCPU: long slices, re-entry is the cost
 SLICE_US_SMP = 2_000  # several vCPUs: short slices so they interleave
 

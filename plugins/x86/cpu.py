@@ -170,7 +170,8 @@ class X86Vcpu(Vcpu):
         deadline = time.perf_counter() + slice_us / 1e6
         while True:
             rip = self.regs.read(X.UC_X86_REG_RIP)
-            self._traps.prescan(rip)
+            if self.mmu.fetchable(rip):  # Unicorn's translation-cache request crashes on a fault
+                self._traps.prescan(rip)
             self.mmu.pending = None
             try:
                 self.uc.emu_start(rip, UNTIL, timeout=slice_us)
@@ -196,8 +197,7 @@ class X86Vcpu(Vcpu):
             return
         if isinstance(fault, PageFault):
             fault.address = self.mmu.exact_address(fault.address, bool(fault.error_code & paging.PFEC_I))
-            self.regs.write(X.UC_X86_REG_CR2, fault.address)
-            self.guest_exception(idt.PF, fault.error_code, rip)
+            self.guest_exception(idt.PF, fault.error_code, rip, fault.address)
             return
         if fault.gla is not None:
             gla = self.mmu.exact_address(fault.gla, fault.fetch and not fault.walk)
@@ -358,7 +358,9 @@ class X86Vcpu(Vcpu):
             if context is None or not context.intercepts(kind, info):
                 self._runs_natively(kind, info)
                 return False
-            exit = self.vendor.instruction_exit(kind, rip, length, self.instruction_operand(kind, info))
+            operand = self.instruction_operand(kind, info)
+            exit = self.vendor.instruction_exit(kind, rip, length, operand)
+            exit.info = (kind, operand)
             self._exit(exit)
             if exit.value is True:
                 return True
@@ -425,19 +427,25 @@ class X86Vcpu(Vcpu):
         return False
 
     # -- exceptions ------------------------------------------------------------------------
-    def guest_exception(self, vector: int, error_code: int | None, rip: int) -> None:
+    def guest_exception(self, vector: int, error_code: int | None, rip: int, cr2: int | None = None) -> None:
         """An exception the guest's own instruction raised: an exit if the VMM intercepts it
-        (VMX exception bitmap, SVM exception intercepts), else delivered through the IDT."""
+        (VMX exception bitmap, SVM exception intercepts), else delivered through the IDT.
+        ``cr2``: a #PF's linear address, written to CR2 only if the guest takes the #PF (an
+        intercepted #PF reports it in the exit instead: SDM 27.1, APM 15.12)."""
         context = self.context
         check = context.exception_check if context is not None else None
+        if vector == idt.PF and cr2 is None:
+            cr2 = self.regs.read(X.UC_X86_REG_CR2)
         if check is not None and check(vector, error_code):
             # A full VM exit and re-entry around it: the VMM sees the whole guest state and may
             # change it (skip the instruction, inject something else) before the guest resumes.
-            cr2 = self.regs.read(X.UC_X86_REG_CR2) if vector == idt.PF else 0
+            cr2 = cr2 if vector == idt.PF else 0
             context.vmexit()
             self._exit(self.vendor.exception_exit(vector, error_code, rip, cr2))
             context.resume_state()
         else:
+            if vector == idt.PF:
+                self.regs.write(X.UC_X86_REG_CR2, cr2)
             self.deliver_event(vector, error_code, rip)
 
     def deliver_event(self, vector: int, error_code: int | None, rip: int, software: bool = False) -> None:

@@ -25,6 +25,7 @@ from hvsim.core.mmu import (ACCESS_FETCH, ACCESS_WRITE, HOST_PHYS_BASE, PERM_R, 
                             Stage2Fault, TaggedTlb, TlbEntry, TraceStep, TranslationTrace)
 
 from . import paging
+from .shadow import SHADOW_MMIO
 
 MSR_EFER = 0xC000_0080
 # emu_start's end address: never reached (runs end on HLT, a slice or a stop), non-canonical so
@@ -85,6 +86,7 @@ class X86Mmu:
         self.tlb = TaggedTlb()
         self.log = vcpu.vm.dirty_log
         self.stage2 = None
+        self.shadow = None  # a ShadowMmu (plugins/x86/shadow.py) when the VMM uses shadow paging
         self.tag = 0
         self.pending: Exception | None = None  # the fault a refused fill left for the vCPU
         self._ctx: tuple | None = None
@@ -109,6 +111,12 @@ class X86Mmu:
         """Guest-physical -> host-physical through the current stage 2 (or Stage2Fault)."""
         s2 = self.stage2
         if s2 is None:
+            if self.shadow is not None:  # the VMM's own view of guest memory: its memslots
+                try:
+                    return self.vm.memory.translate(gpa)
+                except GuestMemoryError:
+                    raise Stage2Fault(gpa, f"guest-physical {gpa:#x} is not in any memory slot", write=write,
+                                      fetch=fetch, walk=walk) from None
             if gpa >= self.host.size:
                 raise Stage2Fault(gpa, f"guest-physical {gpa:#x} is beyond host memory", write=write,
                                   fetch=fetch, walk=walk)
@@ -165,6 +173,8 @@ class X86Mmu:
         # A miss, or an entry that does not allow this access: walk again (a fault would drop the
         # entry anyway, SDM 4.10.4.1; a changed entry may now allow it).
         mode = _ACCESS.get(access, Access.READ)
+        if self.shadow is not None:
+            return self._fill_shadow(vaddr, mode, user, pcid)
         try:
             w = self.walk(vaddr, mode, 3 if user else 0)
         except Stage2Fault as fault:
@@ -203,6 +213,20 @@ class X86Mmu:
     def _log_write(self, e: TlbEntry) -> None:
         if self.log.enabled:
             self.log.pages.add(e.gpa)
+
+    def _fill_shadow(self, vaddr: int, mode: Access, user: bool, pcid: int):
+        """Shadow paging: the processor walks the VMM's shadow tables (host-physical, GVA ->
+        HPA); a miss there is a #PF, which the VMM intercepts (plugins/x86/shadow.py)."""
+        w = self.shadow.walk(vaddr, mode, 3 if user else 0)
+        if w.fault:
+            self.pending = PageFault(vaddr, w.error_code, w.fault)
+            return None
+        if w.steps[-1].value & SHADOW_MMIO:
+            return w.address & ~0xFFF, PERM_R | PERM_W
+        perms = PERM_R | (PERM_W if w.writable else 0) | (PERM_X if w.executable else 0)
+        paddr = HOST_PHYS_BASE + (w.address & ~0xFFF)
+        self.tlb.insert(self.tag, pcid, vaddr >> 12, user, TlbEntry(paddr, perms, w.user, w.global_, 0x1000))
+        return paddr, perms
 
     def _set_dirty(self, e: TlbEntry) -> bool:
         """The first write through a cached, writable translation whose dirty flag is clear: set
@@ -282,6 +306,12 @@ class X86Mmu:
                 return page
         return page
 
+    def fetchable(self, address: int) -> bool:
+        """Whether an instruction fetch at ``address`` translates now (without faulting)."""
+        ok = self.fill(address & ~0xFFF, ACCESS_FETCH) is not None
+        self.pending = None
+        return ok
+
     def take_pending(self) -> Exception | None:
         fault, self.pending = self.pending, None
         return fault
@@ -311,13 +341,17 @@ class X86Mmu:
         """The full walk of ``linear`` for ``hvsim translate``: every guest table entry with its
         own stage-2 walk, then the final address's. Looks only (no A/D bits set)."""
         s2 = self.stage2
-        name = "none" if s2 is None else type(s2).__name__.upper()
+        name = "shadow paging (the VMM's memory slots)" if self.shadow is not None else \
+            "none" if s2 is None else type(s2).__name__.upper()
         trace = TranslationTrace(linear, stage2_name=name,
                                  stage2_levels={n: f"{name} {e}" for n, e in paging.LEVEL_NAMES.items()})
 
         def s2_steps(gpa):
             if s2 is None:
-                return [], gpa if gpa < self.host.size else None, None
+                try:
+                    return [], self.gpa_to_hpa(gpa), None
+                except Stage2Fault as fault:
+                    return [], None, fault.detail
             return s2.steps(gpa)
 
         try:

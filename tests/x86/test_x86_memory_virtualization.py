@@ -17,6 +17,7 @@ from hvsim import hookimpl
 from hvsim.core.exits import ExitKind
 from hvsim.core.memory import HostMemory
 from hvsim.core.vm import VM, HV_AREA
+from hvsim.plugins.x86.arch import STAGE2_AREA
 
 VENDORS = ["intel_vtx", "amd_svm"]
 END = "mov al, 0\nout 0xf4, al\nhlt"
@@ -28,6 +29,13 @@ P, RW, US, A, D, PS, G = 1, 2, 4, 0x20, 0x40, 0x80, 0x100
 
 @pytest.fixture(params=VENDORS)
 def arch(request):
+    return request.param
+
+
+@pytest.fixture(params=["nested", "shadow"])
+def paging(request):
+    """The stage-1 rules hold whichever way the VMM virtualizes memory (EPT / NPT, or its own
+    shadow page tables: plugins/x86/shadow.py)."""
     return request.param
 
 
@@ -46,7 +54,9 @@ def paging_on(pt_entries: dict[int, int]) -> str:
     return "\n".join(lines)
 
 
-def boot(make_vm, arch, src, **kw):
+def boot(make_vm, arch, src, paging="nested", **kw):
+    if paging != "nested":
+        kw["paging"] = paging
     vm = make_vm(arch, **kw)
     vm.load(x86_64(f"mov rsp, {X86_STACK}\n{src}"))
     return vm
@@ -66,7 +76,7 @@ class Stage2:
         self.vm = vm
         self.intel = vm.arch.name == "intel_vtx"
         self.root = vm.arch._stage2_root
-        self.spare = vm.arch.hv_area + (HV_AREA >> 1) + 0x10_0000  # free pages in the hypervisor area
+        self.spare = vm.arch.hv_area + STAGE2_AREA + 0x10_0000  # free pages in the hypervisor area
         self.full = 0x7 if self.intel else P | RW | US
         self.leaf_bits = 0x7 | 6 << 3 if self.intel else P | RW | US
 
@@ -133,9 +143,9 @@ class OnHalt:
 
 # -- stage 1: the guest's own tables -------------------------------------------------------------
 
-def test_the_walk_sets_accessed_on_reads_and_dirty_on_writes(make_vm, arch):
+def test_the_walk_sets_accessed_on_reads_and_dirty_on_writes(make_vm, arch, paging):
     """SDM 4.8: the processor sets A in every entry it uses and D in the leaf it writes through."""
-    vm = boot(make_vm, arch, f"""
+    vm = boot(make_vm, arch, paging=paging, src=f"""
         {paging_on({0: FRAME_A | P | RW, 1: FRAME_B | P | RW})}
         mov rax, [{WINDOW:#x}]
         mov qword ptr [{WINDOW + 0x1008:#x}], 0x77
@@ -152,10 +162,10 @@ def test_the_walk_sets_accessed_on_reads_and_dirty_on_writes(make_vm, arch):
     assert u64(vm, FRAME_B + 8) == 0x77
 
 
-def test_a_changed_pte_is_not_seen_until_invlpg(make_vm, arch):
+def test_a_changed_pte_is_not_seen_until_invlpg(make_vm, arch, paging):
     """SDM 4.10.4.2: software must invalidate after changing a paging-structure entry; until
     then the processor may (and here does) keep using the cached translation."""
-    vm = boot(make_vm, arch, f"""
+    vm = boot(make_vm, arch, paging=paging, src=f"""
         mov qword ptr [{FRAME_A:#x}], 0x1111
         mov qword ptr [{FRAME_B:#x}], 0x2222
         {paging_on({0: FRAME_A | P | RW})}
@@ -202,11 +212,12 @@ def test_mov_cr3_flushes_non_global_translations_but_keeps_global_ones(make_vm, 
     assert [u64(vm, X86_DATA + 8 * i) for i in range(3)] == [0x2222, 0x1111, 0x2222]
 
 
-def test_a_page_fault_has_the_exact_cr2_and_error_code_and_does_not_exit(make_vm, arch, recorder):
+def test_a_page_fault_has_the_exact_cr2_and_error_code(make_vm, arch, paging, recorder):
     """SDM 4.7: CR2 is the faulting linear address and the error code says why (here: a write
     to a present read-only page from CPL 0 with CR0.WP set: P|W). With EPT/NPT none of MOV CR3,
-    INVLPG or #PF exits (KVM's configuration)."""
-    vm = boot(make_vm, arch, f"""
+    INVLPG or #PF exits (KVM's configuration); with shadow paging all three do, and the VMM
+    reflects the guest's own fault with the guest's error code and CR2."""
+    vm = boot(make_vm, arch, paging=paging, src=f"""
         {x86_idt_setup({14: 'pf'})}
         {paging_on({0: FRAME_A | P})}
         mov rax, cr0
@@ -225,7 +236,10 @@ def test_a_page_fault_has_the_exact_cr2_and_error_code_and_does_not_exit(make_vm
     assert vm.run(timeout=10).status == 1
     assert u64(vm, X86_DATA) == 0x3 and u64(vm, X86_DATA + 8) == WINDOW + 0x123
     kinds = {e.kind for e in recorder.exits}
-    assert kinds <= {ExitKind.PORT_IO}, kinds
+    if paging == "nested":
+        assert kinds <= {ExitKind.PORT_IO}, kinds
+    else:
+        assert {ExitKind.EXCEPTION, ExitKind.INSTRUCTION} <= kinds
 
 
 # -- stage 2: EPT violations and NPFs ----------------------------------------------------------------
@@ -473,3 +487,38 @@ def test_hvsim_translate_prints_both_stages(tmp_path, arch, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["fault"] == "#PF: PTE not present" and [s["level"] for s in doc["stage1"]] == ["PML4E", "PDPTE", "PDE", "PTE"]
     assert doc["stage1"][3]["gpa"] == GUEST_PT + 5 * 8 and doc["stage1"][3]["stage2"]
+
+
+def test_shadow_paging_exits_where_nested_paging_does_not(make_vm, arch):
+    """The same guest (touch 64 pages, reload CR3, INVLPG one) under both: nested paging takes
+    no #PF, CR3 or INVLPG exit; shadow paging takes a #PF exit per page the shadow tables lack,
+    and a CR3-load and an INVLPG exit; the guest's results are the same."""
+    src = f"""
+        {paging_on({i: (FRAME_A + i * 0x1000) | P | RW for i in range(64)})}
+        mov rbx, {WINDOW:#x}
+        mov ecx, 64
+    touch:
+        add qword ptr [rbx], rcx
+        add rbx, 0x1000
+        dec ecx
+        jnz touch
+        mov rax, cr3
+        mov cr3, rax
+        mov rbx, {WINDOW:#x}
+        invlpg [rbx]
+        add qword ptr [rbx], 1
+        {END}"""
+    names = {"intel_vtx": ("EXIT_REASON_IO_INSTRUCTION", "EXIT_REASON_EXCEPTION_NMI", "EXIT_REASON_CR_ACCESS",
+                           "EXIT_REASON_INVLPG"),
+             "amd_svm": ("VMEXIT_IOIO", "VMEXIT_EXCP14", "VMEXIT_CR3_WRITE", "VMEXIT_INVLPG")}[arch]
+    io, pf, cr3, invlpg = names
+    counts, memory = {}, {}
+    for paging in ("nested", "shadow"):
+        vm = boot(make_vm, arch, paging=paging, src=src)
+        assert vm.run(timeout=10).status == 1
+        counts[paging] = vm.stats.counts()
+        memory[paging] = vm.memory.read(FRAME_A, 64 * 0x1000)
+    assert memory["nested"] == memory["shadow"] and u64(vm, FRAME_A) == 65
+    assert counts["nested"] == {io: 1}
+    shadow = counts["shadow"]
+    assert shadow[pf] >= 64 and shadow[cr3] == 2 and shadow[invlpg] == 1  # paging_on's MOV CR3 and the reload
