@@ -91,6 +91,8 @@ class SvmGuestContext:
         self.exception_check = None
         self._intercepted: dict[str, bool] = {}
         self._cr_reads = self._cr_writes = 0
+        self._memory_virtualization({name: vmcb.read(name) for name in ("GUEST_ASID", "TLB_CONTROL", "NP_ENABLE",
+                                                                        "N_CR3")})
 
     @staticmethod
     def build_identity_npt(vm, base: int) -> int:

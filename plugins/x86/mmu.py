@@ -52,6 +52,7 @@ class PageFault(Exception):
 
 
 _CS = {}
+_decoded: dict = {}  # (bits, rip, bytes) -> capstone instruction: faulting instructions repeat
 _STACK_WRITES = {CX.X86_INS_PUSH, CX.X86_INS_CALL, CX.X86_INS_PUSHFQ, CX.X86_INS_PUSHFD, CX.X86_INS_PUSHF}
 _STACK_READS = {CX.X86_INS_POP, CX.X86_INS_RET, CX.X86_INS_POPFQ, CX.X86_INS_POPFD, CX.X86_INS_POPF,
                 CX.X86_INS_IRETQ, CX.X86_INS_IRETD, CX.X86_INS_IRET, CX.X86_INS_LEAVE}
@@ -271,9 +272,14 @@ class X86Mmu:
             code = vcpu.read_linear(lin_rip, 15)
         except Exception:  # the code itself is unreadable: the page is what is known
             return page
-        insn = next(_disassembler(bits).disasm(code, rip, 1), None)
+        insn = _decoded.get((bits, rip, code))
         if insn is None:
-            return page
+            insn = next(_disassembler(bits).disasm(code, rip, 1), None)
+            if insn is None:
+                return page
+            if len(_decoded) > 4096:
+                _decoded.clear()
+            _decoded[(bits, rip, code)] = insn
         mask, r = (1 << bits) - 1, self.regs
         candidates = []
         for op in insn.operands:
