@@ -20,7 +20,7 @@ from unicorn import (UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAP
                      UC_HOOK_MEM_READ_UNMAPPED, UC_HOOK_MEM_WRITE_UNMAPPED, UC_PROT_ALL,
                      UC_QUERY_TIMEOUT, Uc, UcError)
 from unicorn import x86_const as X
-from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
+from unicorn.unicorn_const import UC_ARCH_X86, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_MODE_64
 
 from hvsim.core.arch import Vcpu, VcpuState
 from hvsim.core.handlers import handle_port_io
@@ -30,8 +30,9 @@ from hvsim.core.memory import Access, GuestMemoryError
 
 from . import idt, layout, paging
 from .boot import GDT_ENTRIES, SEL_CODE32, SEL_CODE64, SEL_DATA, BootState
-from .decode import IoInsn, decode_io, virtualization_instruction, writes_memory
+from .decode import IoInsn, decode_io, undefined_instruction, writes_memory
 from .handlers import handle_msr
+from .operands import Operand, effective_address
 from .quirks import ExceptionLatch
 from .traps import SensitiveTraps, reg_id
 
@@ -40,6 +41,9 @@ MSR_EFER = 0xC000_0080
 MSR_IA32_APIC_BASE = 0x1B
 APIC_BASE_DEFAULT = 0xFEE0_0000 | (1 << 11)  # enabled, xAPIC mode
 APIC_BASE_BSP = 1 << 8
+CR4_DE, CR4_PCE, CR4_UMIP, CR4_SMXE, CR4_OSXSAVE = 1 << 3, 1 << 8, 1 << 11, 1 << 14, 1 << 18
+# Instructions that need CPL 0 (#GP(0) otherwise, checked before any intercept)
+_PRIVILEGED = frozenset({"clts", "lmsw", "lgdt", "lidt", "lldt", "ltr", "invpcid", "wbinvd", "invd", "invlpg", "mov_to_cr", "mov_from_cr"})
 
 _ACCESS_NAMES = {UC_HOOK_MEM_READ_UNMAPPED: "read from", UC_HOOK_MEM_WRITE_UNMAPPED: "write to",
                  UC_HOOK_MEM_FETCH_UNMAPPED: "instruction fetch from"}
@@ -80,6 +84,7 @@ class X86Vcpu(Vcpu):
         self._stopping = False
         self._unmapped: tuple[int, int, int, int] | None = None
         self._hypercall = vendor.hypercall_insn
+        self.monitor_armed = False  # address-range monitoring armed by an emulated MONITOR
 
     # -- engine set-up ---------------------------------------------------------------------
     def _map_mmio(self, base: int, size: int) -> None:
@@ -278,16 +283,12 @@ class X86Vcpu(Vcpu):
             if self.vm.status is None:
                 self.regs.write(X.UC_X86_REG_RIP, rip + 3)
             return True
-        insn = virtualization_instruction(code, self.code_bits())
-        if insn is not None and self.context is not None and self.context.intercepts(insn[0], None):
-            # A VMX / SVM instruction the guest executed: an exit (VMX: always; SVM: when
-            # intercepted). The guest is shown no VMX/SVM, so unless the VMM emulates it
-            # (exit.value = True) it gets #UD, as KVM does without nested virtualization.
-            exit = self.vendor.instruction_exit(insn[0], rip, insn[1], ())
-            self._exit(exit)
-            if exit.value is True:
-                self.regs.write(X.UC_X86_REG_RIP, rip + insn[1])
-                return True
+        insn = undefined_instruction(code, self.code_bits(), rip)
+        if insn is not None:
+            kind, length, ops = insn
+            if self._on_instruction(kind, rip, length, ops, undefined=True) is True:
+                self.regs.write(X.UC_X86_REG_RIP, rip + length)
+            return True
         self.guest_exception(6, None, rip)  # #UD
         return True
 
@@ -298,24 +299,99 @@ class X86Vcpu(Vcpu):
             error_code = self._page_fault_error_code(rip)
         elif intno in idt.ERROR_CODE_VECTORS:
             error_code = 0  # Unicorn does not expose the error code; 0 is right for most #GP
-        if intno >= 32:  # INT n: a software interrupt, no error code, gate DPL checked
+        if intno >= 32 or intno not in (1, 3) and self._int_n(rip, intno):
+            # INT n: a software interrupt, no error code, gate DPL checked (RIP is past it)
+            context = self.context
+            if context is not None and context.intercepts("intn", intno):
+                self.regs.write(X.UC_X86_REG_RIP, rip - 2)  # intercepts come before execution
+                exit = self.vendor.instruction_exit("intn", rip - 2, 2, (intno,))
+                self._exit(exit)
+                if exit.value is True:
+                    self.regs.write(X.UC_X86_REG_RIP, rip)
+                    return
             self.deliver_event(intno, None, rip, software=True)
         else:
             self.guest_exception(intno, error_code, rip)
 
+    def _int_n(self, rip: int, intno: int) -> bool:
+        """Whether the interrupt the engine reported below 32 came from INT n (CD ib), which
+        the engine reports as the vector with RIP past the instruction, as it does a trap."""
+        try:
+            return self.read_linear(self.segment_base("cs") + rip - 2, 2) == bytes((0xCD, intno))
+        except (GuestMemoryError, idt.DeliveryFault):
+            return False
+
+    def _on_instruction(self, kind: str, rip: int, length: int, info, undefined: bool = False) -> bool | None:
+        """A sensitive instruction about to execute: the architectural faults that come before
+        any intercept (SDM 26.1.1, APM 15.7.1), then an exit if the VMM's controls intercept
+        it; without one the vendor context may complete it (``passthrough``), else it runs in
+        the engine, or is #UD where the engine does not implement it (``undefined``).
+        Returns True when emulated (skip it), False to run it natively, None when RIP moved."""
+        fault = self._instruction_fault(kind, info)
+        if fault is not None:
+            self.guest_exception(fault[0], fault[1], rip)
+            return None
+        context = self.context
+        hit = context.intercepts(kind, info) if context is not None else False
+        if hit:
+            try:
+                operand = self.instruction_operand(kind, info)
+            except idt.DeliveryFault as fault:  # a memory operand the exit reports faulted
+                self.guest_exception(fault.vector, fault.error_code, rip)
+                return None
+            # ``hit`` may name the exit more precisely (SVM: selective CR0 write, MWAIT armed)
+            exit = self.vendor.instruction_exit(hit if isinstance(hit, str) else kind, rip, length, operand)
+            self._exit(exit)
+            if exit.value is True:
+                if kind in ("monitor", "mwait"):
+                    self.monitor_armed = kind == "monitor"  # MWAIT waits on (and disarms) it
+                return True
+        elif context is not None:
+            done = context.passthrough(kind, info, rip, length)
+            if done is not False:
+                return done
+        if undefined:
+            if kind == "icebp":  # INT1: a #DB trap after the instruction (SDM Vol. 3A 6.15)
+                self.guest_exception(1, None, rip + length)
+            else:
+                self.guest_exception(6, None, rip)  # the engine has no such instruction: #UD
+            return None
+        return False
+
+    def _instruction_fault(self, kind: str, info) -> tuple[int, int | None] | None:
+        """(vector, error code) of a fault the instruction takes before any intercept is
+        checked: #UD for a disabled feature, #GP(0) for a privileged instruction at CPL > 0."""
+        cr4 = self.regs.read(X.UC_X86_REG_CR4)
+        cpl = self.cpl()
+        if kind in ("xsetbv", "xsaves", "xrstors"):
+            if not cr4 & CR4_OSXSAVE:
+                return 6, None
+            return (13, 0) if cpl else None
+        if kind == "getsec":
+            return None if cr4 & CR4_SMXE else (6, None)
+        if kind in ("mov_to_dr", "mov_from_dr"):
+            if info[0] > 7 or info[0] in (4, 5) and cr4 & CR4_DE:
+                return 6, None
+            return (13, 0) if cpl else None
+        if kind == "rdpmc":
+            return (13, 0) if cpl and not cr4 & CR4_PCE else None
+        if kind in ("monitor", "mwait"):
+            return (6, None) if cpl else None
+        if kind in _PRIVILEGED:
+            return (13, 0) if cpl else None
+        if kind in ("sgdt", "sidt", "sldt", "str", "smsw"):
+            return (13, 0) if cpl and cr4 & CR4_UMIP else None
+        return None
+
     def _on_sensitive(self, kind: str, rip: int, length: int, info) -> bool | None:
         """A trapped sensitive instruction (plugins/x86/traps.py): RDMSR/WRMSR of an MSR hvsim
-        models; any other kind exits when the VMM's controls intercept it, then completes
-        natively unless the handler emulated it (``exit.value = True``)."""
+        models (and SVM's EFER write trap); any other kind as :meth:`_on_instruction` says."""
         if kind not in ("rdmsr", "wrmsr"):
-            context = self.context
-            if context is None or not context.intercepts(kind, info):
-                return False
-            exit = self.vendor.instruction_exit(kind, rip, length, self.instruction_operand(kind, info))
-            self._exit(exit)
-            return True if exit.value is True else False
+            return self._on_instruction(kind, rip, length, info)
         r = self.regs
         msr = r.read(X.UC_X86_REG_RCX) & 0xFFFF_FFFF
+        if msr == MSR_EFER and kind == "wrmsr" and self.context is not None:
+            return self.context.passthrough("wrmsr_efer", None, rip, length)
         if msr not in self.msrs:
             return False  # Unicorn's own MSR model handles it
         is_write = kind == "wrmsr"
@@ -348,7 +424,45 @@ class X86Vcpu(Vcpu):
             cr, gpr = info
             value = self.regs.read(_GPRS[gpr]) if kind == "mov_to_cr" else 0
             return cr, gpr, value
-        return ()
+        if kind in ("mov_to_dr", "mov_from_dr"):
+            return info
+        if isinstance(info, tuple) and info and isinstance(info[0], Operand):
+            return self.operand_record(kind, info)
+        return info if isinstance(info, tuple) else ()
+
+    def want_traps(self, kinds: frozenset[str]) -> None:
+        """Trap these frequent instructions too (plugins/x86/traps.py OPTIONAL), for intercepts."""
+        self._traps.want_optional(kinds)
+
+    def invalidate_tlb(self) -> None:
+        """Drop every cached translation of the engine (an emulated INVPCID/INVLPGA)."""
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+
+    def read_gpr(self, number: int) -> int:
+        return self.regs.read(_GPRS[number])
+
+    def operand_record(self, kind: str, ops: tuple) -> tuple:
+        """(operands, linear address of the memory operand or None, LMSW's source data or 0)
+        for exit information; reading LMSW's memory source may raise a #PF DeliveryFault."""
+        linear, value = None, 0
+        for op in ops:
+            if op.memory:
+                linear = (self.segment_base_of(op.segment) + effective_address(op, self.read_gpr)) & END
+                if kind == "lmsw":
+                    value = int.from_bytes(self.read_linear(linear, 2), "little")
+            elif kind == "lmsw":
+                value = self.read_gpr(op.register) & 0xFFFF
+            elif kind == "invpcid":
+                value = self.read_gpr(op.register)  # the INVPCID type
+        return ops, linear, value
+
+    def segment_base_of(self, segment: int) -> int:
+        """The base of segment register ``segment`` (0 ES .. 5 GS) for a data access; in long
+        mode FS/GS come from their base MSRs and the others are 0."""
+        if self.long_mode():
+            reg = {4: X.UC_X86_REG_FS_BASE, 5: X.UC_X86_REG_GS_BASE}.get(segment)
+            return self.regs.read(reg) if reg is not None else 0
+        return self.segment_base(("es", "cs", "ss", "ds", "fs", "gs")[segment])
 
     def code_bits(self) -> int:
         """Default operand size of the code being translated (compatibility mode not modelled)."""
