@@ -263,8 +263,9 @@ class VmxGuestContext:
             return value not in targets  # a CR3-target value loads without an exit
         if kind == "mov_to_cr" and cr in (0, 4):
             # Exits if a bit the VMM owns (guest/host mask) would differ from its read shadow.
+            # The read shadow's owned bits are what the engine holds (the guest's view).
             mask = v.get(Field.CR0_GUEST_HOST_MASK if cr == 0 else Field.CR4_GUEST_HOST_MASK, 0)
-            shadow = v.get(Field.CR0_READ_SHADOW if cr == 0 else Field.CR4_READ_SHADOW, 0)
+            shadow = self.vcpu.regs.read(X.UC_X86_REG_CR0 if cr == 0 else X.UC_X86_REG_CR4)
             return bool((self.vcpu.regs.read(_GPR_IDS[gpr]) ^ shadow) & mask)
         return False  # MOV from CR0/CR4 reads the shadow (the engine holds the guest's view)
 
@@ -272,8 +273,7 @@ class VmxGuestContext:
         """SDM 26.1.3: CLTS exits if TS is owned (CR0 guest/host mask) and set in the read
         shadow; LMSW exits if it would set an owned PE the shadow has clear, or would make an
         owned MP/EM/TS differ from the shadow."""
-        v = self._values
-        mask, shadow = v.get(Field.CR0_GUEST_HOST_MASK, 0), v.get(Field.CR0_READ_SHADOW, 0)
+        mask, shadow = self._values.get(Field.CR0_GUEST_HOST_MASK, 0), self.vcpu.cr0()  # the guest's view
         if kind == "clts":
             return bool(mask & shadow & CR0_TS)
         source = self.vcpu.operand_record("lmsw", info)[2] if mask & CR0_PE_MP_EM_TS else 0
@@ -333,16 +333,22 @@ class VmxGuestContext:
     def _load_guest_view_of_cr0_cr4(self) -> None:
         """The engine holds the CR0/CR4 the guest reads (SDM 26.3: bits owned by the guest/host
         mask read as the read shadow, the others as the register): loaded anew when the VMM
-        changed GUEST_CR0/CR4, a read shadow or a mask with VMWRITE since the exit."""
+        changed GUEST_CR0/CR4, a read shadow or a mask with VMWRITE since the exit (at the next
+        entry, or right after an exit the engine completes)."""
         fields = self._cr_fields()
-        if fields == self._cr_saved:
+        saved = self._cr_saved
+        if fields == saved or not saved:
             return
         regs = self.vcpu.regs
-        for (cr, shadow, mask), reg in ((fields[0:3], X.UC_X86_REG_CR0), (fields[3:6], X.UC_X86_REG_CR4)):
-            view = (cr & ~mask) | (shadow & mask)
+        for i, reg in ((0, X.UC_X86_REG_CR0), (3, X.UC_X86_REG_CR4)):
+            cr, shadow, mask = fields[i:i + 3]
+            base = cr if cr != saved[i] else regs.read(reg)  # the engine is newer unless the VMM wrote it
+            view = (base & ~mask) | (shadow & mask)
             if regs.read(reg) != view:
                 regs.write(reg, view)
         self._cr_saved = fields
+
+    after_exit = _load_guest_view_of_cr0_cr4
 
     def _vtpr(self) -> int:
         return self.vcpu.vm.host.read(self._values[Field.VIRTUAL_APIC_PAGE_ADDR] + VTPR, 1)[0]

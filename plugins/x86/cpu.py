@@ -70,6 +70,7 @@ class X86Vcpu(Vcpu):
         self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive)
         self.context = vendor.attach(self, hv_area)  # the VMCB / VMCS this vCPU runs through
         self._record = self.context.record if self.context is not None else None
+        self._after_exit = getattr(self.context, "after_exit", None)
         for claim in vm.bus.mmio_claims:
             self._map_mmio(claim.base, claim.size)
         on_out, on_in, on_cpuid = self._make_io_hooks()
@@ -175,6 +176,8 @@ class X86Vcpu(Vcpu):
         if self._record is not None:
             self._record(exit.raw)
         self._dispatch(self, exit)
+        if self._after_exit is not None:
+            self._after_exit()  # VMCS fields a VMM wrote that take effect without a re-entry
 
     def request_stop(self) -> None:
         # Takes effect at the end of the current translation block (Unicorn checks the stop
