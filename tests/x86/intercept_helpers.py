@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from unicorn import x86_const as X
 
-from guestlib import X86_DATA, X86_STACK, x86_64, x86_idt_setup
+from guestlib import X86_BASE, X86_DATA, X86_STACK, x86_64, x86_idt_setup
 from hvsim import hookimpl
 from hvsim.core.exits import ExitKind
 from hvsim.plugins.intel_vtx import msrs
@@ -52,8 +52,9 @@ def vmread(vcpu, name):
 
 
 class Vmm:
-    """Records every INSTRUCTION exit (with the guest's RIP and registers at the exit) and
-    calls ``emulate(vcpu, exit)`` if given; a truthy result means emulated (skip it)."""
+    """Records every INSTRUCTION exit of the test's guest code (with the guest's RIP and RBX at
+    the exit) and calls ``emulate(vcpu, exit)`` if given; a truthy result means emulated (skip
+    it). Exits from hvsim's loader stub (below X86_BASE: its LGDT, MOV CR) just complete."""
 
     def __init__(self, emulate=None):
         self.emulate = emulate
@@ -62,6 +63,8 @@ class Vmm:
     @hookimpl
     def hvsim_exit_handlers(self, vm, registry):
         def on_instruction(vcpu, exit):
+            if vcpu.rip() < X86_BASE:
+                return
             self.seen.append((exit, vcpu.rip(), vcpu.regs.read(X.UC_X86_REG_RBX)))
             if self.emulate is not None and self.emulate(vcpu, exit):
                 exit.value = True
