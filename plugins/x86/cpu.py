@@ -429,6 +429,8 @@ class X86Vcpu(Vcpu):
             return cr, gpr, value
         if kind in ("mov_to_dr", "mov_from_dr"):
             return info
+        if kind == "mwait":
+            return (self.monitor_armed,)
         if isinstance(info, tuple) and info and isinstance(info[0], Operand):
             return self.operand_record(kind, info)
         return info if isinstance(info, tuple) else ()

@@ -28,7 +28,8 @@ def handler(vector, skip=0):
     """An IDT handler recording ``vector`` at UD_MARK; for faults it steps the return RIP
     past the faulting instruction (``skip`` bytes)."""
     add = f"add qword ptr [rsp], {skip}\n" if skip else ""
-    return f"mov byte ptr [{UD_MARK:#x}], {vector}\n{add}iretq"
+    pop = "add rsp, 8\n" if vector in (8, 10, 11, 12, 13, 14, 17) else ""  # the error code
+    return f"{pop}mov byte ptr [{UD_MARK:#x}], {vector}\n{add}iretq"
 
 
 def set_controls(vcpu, proc=0, proc2=0, clear=0):
