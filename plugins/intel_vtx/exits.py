@@ -25,6 +25,22 @@ EXIT_REASONS = {
 }
 EXIT_REASON = {name: number for number, name in EXIT_REASONS.items()}
 
+# What makes hvsim's VMX exit with each reason it produces (`hvsim spec ... exit-reasons`).
+EXIT_CAUSES = {
+    0: "exception bitmap (#PF with error-code mask/match)", 2: "triple fault", 33: "VM-entry failure (bit 31 set)",
+    48: "an access to guest-physical memory the EPT does not map (MMIO)",
+    10: "CPUID (always)", 11: "GETSEC (always, once CR4.SMXE = 1; hvsim's processor has no SMX: #UD)",
+    12: "HLT exiting", 13: "INVD (always)", 14: "INVLPG exiting", 15: "RDPMC exiting", 16: "RDTSC exiting",
+    18: "VMCALL (always)", **{n: "the guest's VMX instruction (always)" for n in (19, 20, 21, 22, 23, 24, 25, 26, 27, 50, 53, 59)},
+    28: "MOV CR0/CR4 against the guest/host masks, CLTS, LMSW; CR3-load/store; CR8-load/store exiting",
+    29: "MOV-DR exiting", 30: "unconditional I/O exiting, I/O bitmaps", 31: "MSR bitmaps", 32: "MSR bitmaps",
+    36: "MWAIT exiting", 39: "MONITOR exiting", 40: "PAUSE exiting",
+    43: "use TPR shadow: MOV to CR8 below TPR_THRESHOLD (trap-like)", 46: "descriptor-table exiting (LGDT, LIDT, SGDT, SIDT)",
+    47: "descriptor-table exiting (LLDT, LTR, SLDT, STR)", 51: "RDTSC exiting with enable RDTSCP", 54: "WBINVD exiting",
+    55: "XSETBV (always)", 57: "RDRAND exiting", 58: "enable INVPCID and INVLPG exiting", 61: "RDSEED exiting",
+    63: "enable XSAVES/XRSTORS and the XSS-exiting bitmap", 64: "enable XSAVES/XRSTORS and the XSS-exiting bitmap",
+}
+
 EXIT_REASON_EXCEPTION_NMI = 0
 EXIT_REASON_TRIPLE_FAULT = 2
 EXIT_REASON_CPUID = 10

@@ -199,3 +199,27 @@ def test_a_pushf_intercept_set_later_reaches_code_translated_before(make_vm, hvs
         {END}""")
     assert vm.run(timeout=20).status == 1
     assert plugin.pushf_rips and vm.memory.read(plugin.pushf_rips[0], 1) == b"\x9c"
+
+
+@pytest.mark.parametrize("encoding,name,exitcode", [
+    ("0x0f, 0x01, 0xda", "VMLOAD", 0x82), ("0x0f, 0x01, 0xdb", "VMSAVE", 0x83),
+    ("0x0f, 0x01, 0xde", "SKINIT", 0x86), ("0x0f, 0x01, 0xdf", "INVLPGA", 0x7A)])
+def test_svm_instructions_exit_when_intercepted_else_ud(make_vm, hvsim_pm, encoding, name, exitcode):
+    """The guest is shown no SVM (CPUID, EFER.SVME its VMM's): without the intercept these are
+    #UD; with it a #VMEXIT the VMM may emulate."""
+    vmm = Vmm(skip_all)
+    hvsim_pm.register(vmm)
+    src = f"""
+        .byte {encoding}
+        mov al, [{UD_MARK:#x}]
+        out 0xf4, al
+        hlt
+    ud:
+        {handler(6, 3)}"""
+    vm = boot(make_vm, ARCH, src, gates={6: "ud"})
+    assert vm.run(timeout=10).status == 6 << 1 | 1 and not vmm.seen
+    vm = boot(make_vm, ARCH, src, gates={6: "ud"})
+    vm.vcpus[0].context.vmcb.set_intercept(name)
+    assert vm.run(timeout=10).status == 1
+    (exit, rip, _), = vmm.seen
+    assert exit.raw.EXITCODE == exitcode and exit.raw.NRIP == rip + 3
