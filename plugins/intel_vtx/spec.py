@@ -52,8 +52,12 @@ def tables() -> dict[str, SpecTable]:
             [[n, text] for n, text in sorted(VMX_INSTRUCTION_ERRORS.items())]),
         "msrs": _msrs_table(caps),
         "exit-reasons": SpecTable(
-            "VMX basic exit reasons", "Intel SDM Vol. 3D, Appendix C", ["reason", "name", "hvsim exits on"],
-            [[n, f"EXIT_REASON_{name}", EXIT_CAUSES.get(n, "")] for n, name in sorted(EXIT_REASONS.items())]),
+            "VMX basic exit reasons", "Intel SDM Vol. 3D, Appendix C", ["reason", "name"],
+            [[n, f"EXIT_REASON_{name}"] for n, name in sorted(EXIT_REASONS.items())]),
+        "exit-causes": SpecTable(
+            "The exit reasons hvsim's VMX produces, and on what", "Intel SDM Vol. 3C 26.1-26.2, 28.2",
+            ["reason", "name", "hvsim exits on"],
+            [[n, f"EXIT_REASON_{EXIT_REASONS[n]}", cause] for n, cause in sorted(EXIT_CAUSES.items())]),
         "cr-qualification": SpecTable(
             "Exit qualification for control-register accesses", "Intel SDM Vol. 3C, Table 28-3", ["bits", "meaning"],
             [["3:0", "control register (0 for CLTS and LMSW)"],

@@ -15,6 +15,8 @@ from hvsim.core.cli import main
     (57, "EXIT_REASON_RDRAND", "RDRAND exiting"), (58, "EXIT_REASON_INVPCID", "INVLPG exiting")])
 def test_vmx_exit_reasons_table_says_what_makes_hvsim_exit(capsys, reason, name, cause):
     assert main(["spec", "exit-reasons", "--arch", "intel_vtx", "--json"]) == 0
+    assert {"reason": reason, "name": name} in json.loads(capsys.readouterr().out)["rows"]
+    assert main(["spec", "exit-causes", "--arch", "intel_vtx", "--json"]) == 0
     rows = {r["reason"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
     assert rows[reason]["name"] == name and cause in rows[reason]["hvsim exits on"]
 
