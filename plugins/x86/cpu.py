@@ -42,6 +42,13 @@ MSR_IA32_APIC_BASE = 0x1B
 APIC_BASE_DEFAULT = 0xFEE0_0000 | (1 << 11)  # enabled, xAPIC mode
 APIC_BASE_BSP = 1 << 8
 CR4_DE, CR4_PCE, CR4_UMIP, CR4_SMXE, CR4_OSXSAVE = 1 << 3, 1 << 8, 1 << 11, 1 << 14, 1 << 18
+# Instruction exits whose record depends only on the instruction (not on register values)
+_STATIC_RECORDS = frozenset({"mov_to_cr", "mov_from_cr", "mov_to_dr", "mov_from_dr", "clts", "smsw", "sgdt", "sidt",
+                             "lgdt", "lidt", "sldt", "str", "lldt", "ltr", "rdtsc", "rdtscp", "wbinvd", "invd",
+                             "pause", "xsetbv", "rdrand", "rdseed", "rdpmc", "pushf", "popf", "iret", "icebp",
+                             "rdpru", "monitor", "getsec", "xsaves", "xrstors"})
+_FAULT_CHECKED = frozenset({"xsetbv", "xsaves", "xrstors", "getsec", "mov_to_dr", "mov_from_dr", "rdpmc",
+                            "monitor", "mwait", "sgdt", "sidt", "sldt", "str", "smsw"})
 # Instructions that need CPL 0 (#GP(0) otherwise, checked before any intercept)
 _PRIVILEGED = frozenset({"clts", "lmsw", "lgdt", "lidt", "lldt", "ltr", "invpcid", "wbinvd", "invd", "invlpg", "mov_to_cr", "mov_from_cr"})
 
@@ -86,6 +93,7 @@ class X86Vcpu(Vcpu):
         self._unmapped: tuple[int, int, int, int] | None = None
         self._hypercall = vendor.hypercall_insn
         self.monitor_armed = False  # address-range monitoring armed by an emulated MONITOR
+        self._insn_records: dict[tuple, tuple[str, object]] = {}
 
     # -- engine set-up ---------------------------------------------------------------------
     def _map_mmio(self, base: int, size: int) -> None:
@@ -337,13 +345,21 @@ class X86Vcpu(Vcpu):
         context = self.context
         hit = context.intercepts(kind, info) if context is not None else False
         if hit:
-            try:
-                operand = self.instruction_operand(kind, info)
-            except idt.DeliveryFault as fault:  # a memory operand the exit reports faulted
-                self.guest_exception(fault.vector, fault.error_code, rip)
-                return None
             # ``hit`` may name the exit more precisely (SVM: selective CR0 write, MWAIT armed)
-            exit = self.vendor.instruction_exit(hit if isinstance(hit, str) else kind, rip, length, operand)
+            name = hit if isinstance(hit, str) else kind
+            key = (name, rip, info) if kind in _STATIC_RECORDS else None
+            record = self._insn_records.get(key) if key is not None else None
+            if record is None:
+                try:
+                    operand = self.instruction_operand(kind, info)
+                except idt.DeliveryFault as fault:  # a memory operand the exit reports faulted
+                    self.guest_exception(fault.vector, fault.error_code, rip)
+                    return None
+                exit = self.vendor.instruction_exit(name, rip, length, operand)
+                if key is not None:  # the record depends only on the instruction: kept, as for I/O
+                    self._insn_records[key] = exit.reason, exit.raw
+            else:
+                exit = Exit(ExitKind.INSTRUCTION, record[0], record[1])
             self._exit(exit)
             if exit.value is True:
                 if kind in ("monitor", "mwait"):
@@ -364,6 +380,10 @@ class X86Vcpu(Vcpu):
     def _instruction_fault(self, kind: str, info) -> tuple[int, int | None] | None:
         """(vector, error code) of a fault the instruction takes before any intercept is
         checked: #UD for a disabled feature, #GP(0) for a privileged instruction at CPL > 0."""
+        if kind in _PRIVILEGED:
+            return (13, 0) if self.cpl() else None
+        if kind not in _FAULT_CHECKED:
+            return None
         cr4 = self.regs.read(X.UC_X86_REG_CR4)
         cpl = self.cpl()
         if kind in ("xsetbv", "xsaves", "xrstors"):
@@ -380,8 +400,6 @@ class X86Vcpu(Vcpu):
             return (13, 0) if cpl and not cr4 & CR4_PCE else None
         if kind in ("monitor", "mwait"):
             return (6, None) if cpl else None
-        if kind in _PRIVILEGED:
-            return (13, 0) if cpl else None
         if kind in ("sgdt", "sidt", "sldt", "str", "smsw"):
             return (13, 0) if cpl and cr4 & CR4_UMIP else None
         return None
