@@ -142,23 +142,25 @@ class SvmGuestContext:
                 return True
             if kind == "clts":
                 return False  # CLTS changes only TS
-            cr0 = self.vcpu.cr0()
-            return self._selective_cr0(cr0 & ~0xE | self.vcpu.operand_record("lmsw", info)[2] & 0xF)
+            source = self.vcpu.lmsw_source(info)
+            if source is None:
+                return False  # its operand faults: LMSW runs in the engine and takes the fault
+            return self._selective_cr0(self.vcpu.cr0() & ~0xE | source & 0xF)
         if kind == "smsw":
             return bool(self._cr_reads & 1)
         if kind == "mov_to_dr":
             return bool(self._dr_writes >> info[0] & 1)
         if kind == "mov_from_dr":
             return bool(self._dr_reads >> info[0] & 1)
-        if kind == "mwait" and not self._intercepted["mwait"]:
+        if kind == "mwait" and not self._intercepted.get("mwait"):
             # 15.9: MWAIT_CONDITIONAL intercepts MWAIT only if the monitor hardware is armed
-            return "mwait_conditional" if self._intercepted["MWAIT_CONDITIONAL"] and self.vcpu.monitor_armed else False
+            return "mwait_conditional" if self._intercepted.get("MWAIT_CONDITIONAL") and self.vcpu.monitor_armed else False
         return self._intercepted.get(kind, False)
 
     def _selective_cr0(self, value: int) -> bool | str:
         """15.8.2: the selective CR0 write intercept takes writes that change a CR0 bit other
         than TS and MP (the CR0 write intercept, when also set, wins)."""
-        if self._intercepted["CR0_SEL_WRITE"] and (value ^ self.vcpu.cr0()) & ~CR0_TS_MP & 0xFFFF_FFFF:
+        if self._intercepted.get("CR0_SEL_WRITE") and (value ^ self.vcpu.cr0()) & ~CR0_TS_MP & 0xFFFF_FFFF:
             return "cr0_sel_write"
         return False
 
@@ -181,7 +183,7 @@ class SvmGuestContext:
         if kind == "rdpmc":
             vcpu.guest_exception(13, 0, rip)
             return None
-        if kind == "wrmsr_efer" and self._intercepted["EFER_WRITE_TRAP"]:
+        if kind == "wrmsr_efer" and self._intercepted.get("EFER_WRITE_TRAP"):
             regs = vcpu.regs
             value = (regs.read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | regs.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF
             if value & ~EFER_VALID:

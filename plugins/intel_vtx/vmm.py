@@ -276,7 +276,11 @@ class VmxGuestContext:
         mask, shadow = self._values.get(Field.CR0_GUEST_HOST_MASK, 0), self.vcpu.cr0()  # the guest's view
         if kind == "clts":
             return bool(mask & shadow & CR0_TS)
-        source = self.vcpu.operand_record("lmsw", info)[2] if mask & CR0_PE_MP_EM_TS else 0
+        if not mask & CR0_PE_MP_EM_TS:
+            return False
+        source = self.vcpu.lmsw_source(info)
+        if source is None:
+            return False  # its operand faults: LMSW runs in the engine and takes the fault
         return bool(mask & 1 and source & 1 and not shadow & 1 or (source ^ shadow) & mask & 0xE)
 
     def _xss_exits(self) -> bool:

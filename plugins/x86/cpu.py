@@ -355,6 +355,8 @@ class X86Vcpu(Vcpu):
                 except idt.DeliveryFault as fault:  # a memory operand the exit reports faulted
                     self.guest_exception(fault.vector, fault.error_code, rip)
                     return None
+                except GuestMemoryError:  # nothing backs the operand: the engine reports it
+                    return False
                 exit = self.vendor.instruction_exit(name, rip, length, operand)
                 if key is not None:  # the record depends only on the instruction: kept, as for I/O
                     self._insn_records[key] = exit.reason, exit.raw
@@ -478,6 +480,13 @@ class X86Vcpu(Vcpu):
             elif kind == "invpcid":
                 value = self.read_gpr(op.register)  # the INVPCID type
         return ops, linear, value
+
+    def lmsw_source(self, ops: tuple) -> int | None:
+        """LMSW's 16-bit source operand, or None if reading it faults."""
+        try:
+            return self.operand_record("lmsw", ops)[2]
+        except (idt.DeliveryFault, GuestMemoryError):
+            return None
 
     def segment_base_of(self, segment: int) -> int:
         """The base of segment register ``segment`` (0 ES .. 5 GS) for a data access; in long

@@ -239,3 +239,28 @@ def test_vmx_tpr_below_threshold_is_a_trap_like_exit_after_mov_to_cr8(make_vm, h
     assert exit.raw.EXIT_QUALIFICATION == 0
     assert vm.memory.read(exit.raw.GUEST_RIP - 4, 4) == b"\x44\x0f\x22\xc1"  # RIP past MOV CR8, RCX
     assert vm.memory.read(X86_DATA, 1) == b"\x01"
+
+
+def test_lmsw_whose_operand_faults_takes_the_fault_without_an_exit(make_vm, hvsim_pm, arch):
+    """The page fault on LMSW's memory operand comes before the VMX CR-access exit (whose
+    qualification needs the source) and SVM's selective CR0 write check."""
+    from intercept_helpers import UD_MARK, handler
+
+    vmm = Vmm(skip_all)
+    hvsim_pm.register(vmm)
+    vm = boot(make_vm, arch, f"""
+        mov rax, 0x7fff00000000
+        lmsw word ptr [rax]
+        mov al, [{UD_MARK:#x}]
+        out 0xf4, al
+        hlt
+    gp:
+        {handler(13, 3)}
+    pf:
+        {handler(14, 3)}""", gates={13: "gp", 14: "pf"})
+    vcpu = vm.vcpus[0]
+    if arch == "intel_vtx":
+        vmwrite(vcpu, CR0_GUEST_HOST_MASK=msrs.X86_CR0_NE | 0xF)
+    else:
+        vcpu.context.vmcb.set_intercept("CR0_SEL_WRITE")
+    assert vm.run(timeout=10).status == 14 << 1 | 1 and not vmm.seen  # not mapped by the guest: #PF

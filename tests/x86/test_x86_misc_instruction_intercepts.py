@@ -299,3 +299,19 @@ def test_vmx_instructions_exit_with_their_instruction_information(make_vm, hvsim
     assert info >> 10 & 1 and info >> 3 & 0xF == RAX and info >> 28 == RCX and read.raw.EXIT_QUALIFICATION == 0
     info = write.raw.VMX_INSTRUCTION_INFO
     assert not info >> 10 & 1 and info >> 28 == RDX and info >> 18 & 0xF == RSI and info & 3 == 1
+
+
+def test_svm_invpcid_exit_reports_the_descriptor_address_and_the_type(make_vm, hvsim_pm):
+    """With decode assists, EXITINFO1 is the INVPCID descriptor's linear address and EXITINFO2
+    the type operand; without the intercept the guest sees #UD (CPUID offers no INVPCID)."""
+    vmm = Vmm(lambda vcpu, exit: True)
+    hvsim_pm.register(vmm)
+    src, gates = faults(INVPCID, 6)
+    vm = boot(make_vm, "amd_svm", src, gates)
+    assert vm.run(timeout=10).status == 6 << 1 | 1 and not vmm.seen
+    vm = boot(make_vm, "amd_svm", src, gates)
+    vm.vcpus[0].context.vmcb.set_intercept("INVPCID")
+    assert vm.run(timeout=10).status == 1
+    (exit, rip, _), = vmm.seen
+    assert (exit.raw.EXITCODE, exit.raw.EXITINFO1, exit.raw.EXITINFO2) == (0xA2, X86_DATA, 2)
+    assert exit.raw.NRIP == rip + 6
