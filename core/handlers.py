@@ -53,6 +53,16 @@ def handle_mmio(vcpu, exit: Exit) -> None:
         exit.value = result & _ONES[exit.size]
 
 
+def handle_stage2_fault(vcpu, exit: Exit) -> None:
+    """A stage-2 fault nobody resolved. KVM's stage 2 maps exactly the memslots, so one outside
+    every slot is an access nothing backs; inside a slot the hypervisor's tables refused it."""
+    what = "write to" if exit.is_write else "access to"
+    if not vcpu.vm.memory.is_ram(exit.address):
+        vcpu.vm.crash(f"{what} guest-physical {exit.address:#x}, which no RAM or device backs ({exit.reason})")
+    else:
+        vcpu.vm.crash(f"{exit.reason} at guest-physical {exit.address:#x} that no handler resolved: {exit.detail}")
+
+
 def handle_halt(vcpu, exit: Exit) -> None:
     vm = vcpu.vm
     if vm.pending_hook:
@@ -76,10 +86,12 @@ def handle_shutdown(vcpu, exit: Exit) -> None:
 def hvsim_exit_handlers(registry):
     registry.add(ExitKind.PORT_IO, handle_port_io)
     registry.add(ExitKind.MMIO, handle_mmio)
+    registry.add(ExitKind.STAGE2_FAULT, handle_stage2_fault)
     registry.add(ExitKind.HALT, handle_halt)
     registry.add(ExitKind.SHUTDOWN, handle_shutdown)
     registry.add(ExitKind.INVALID_STATE, handle_invalid_state)
-    registry.add(ExitKind.INSTRUCTION, lambda vcpu, exit: None)  # the instruction completes itself
+    if registry.get(ExitKind.INSTRUCTION) is None:  # an architecture's own handler stays
+        registry.add(ExitKind.INSTRUCTION, lambda vcpu, exit: None)  # the instruction completes itself
 
 
 @hookimpl(trylast=True)

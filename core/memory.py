@@ -179,6 +179,14 @@ class Walk:
     steps: list[WalkStep] = field(default_factory=list)
     fault: str | None = None
     error_code: int = 0  # the architecture's fault syndrome (x86 #PF error code, arm64 FSC)
+    # What the translation allows beyond the access that was asked for (a TLB caches these):
+    writable: bool = True
+    executable: bool = True
+    user: bool = True
+    global_: bool = False
+    page_size: int = 0x1000
+    dirty: bool = True  # False: the leaf's dirty bit is clear, so a write must walk again
+    leaf: tuple[int, int] | None = None  # (address, size) of the leaf entry, where dirty is set
 
 
 @dataclass(frozen=True, slots=True)

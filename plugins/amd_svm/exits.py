@@ -119,7 +119,7 @@ class SvmVendor(X86Vendor):
         # EXITINFO2 the faulting address of a #PF (CR2 itself is not written).
         return Exit(ExitKind.EXCEPTION, f"VMEXIT_EXCP{vector}",
                     SvmExitInfo(0x40 + vector, error_code or 0, cr2 if vector == 14 else 0, 0),
-                    vector=vector, value=error_code)
+                    cr2 if vector == 14 else 0, vector=vector, value=error_code)
 
     def instruction_exit(self, kind, rip, insn_len, operand):
         nrip = rip + insn_len
@@ -164,6 +164,15 @@ class SvmVendor(X86Vendor):
         # EXITINFO1 is 0 for RDMSR and 1 for WRMSR; the MSR number is in the guest's ECX (15.11).
         return Exit(ExitKind.SYSREG, "VMEXIT_MSR", SvmExitInfo(VMEXIT_MSR, int(is_write), 0, rip + insn_len),
                     msr, 8, is_write, value)
+
+    def stage2_exit(self, fault, rip):
+        """#VMEXIT(NPF) (15.25.6): EXITINFO1 the #PF-style error code (P: the entry was present
+        but did not allow the access; RW, US, RSV, ID) with bit 32 for the final guest-physical
+        address or bit 33 for a guest page-table access; EXITINFO2 the guest-physical address."""
+        code = fault.syndrome or (NPF_US | (NPF_RW if fault.write else 0) | (NPF_ID if fault.fetch else 0))
+        info1 = code | (NPF_GUEST_TABLE if fault.walk else NPF_GUEST_FINAL)
+        return Exit(ExitKind.STAGE2_FAULT, "VMEXIT_NPF", SvmExitInfo(VMEXIT_NPF, info1, fault.gpa, 0),
+                    fault.gpa, 0, fault.write, detail=fault.detail)
 
     def triple_fault_exit(self, detail):
         from hvsim.core.vm import STATUS_GUEST_CRASH

@@ -15,14 +15,22 @@ from __future__ import annotations
 
 from unicorn import x86_const as X
 
+from hvsim.plugins.x86 import paging
+
 from . import iopm
 from .exits import SvmExitInfo
+from .npt import Npt
 from .svm import EFER_SVME, MSR_VM_HSAVE_PA, SvmCpu
-from .vmcb import Segment, Vmcb
+from .vmcb import Segment, Vmcb, VmcbCache
 
 MASK64 = (1 << 64) - 1
 EVENTINJ_SOFT_INT = 4
 VMEXIT_INVALID = MASK64  # -1 as the VMCB stores it
+
+# TLB_CONTROL (APM 15.16.1)
+TLB_CONTROL_DO_NOTHING, TLB_CONTROL_FLUSH_ALL_ASID, TLB_CONTROL_FLUSH_ASID, TLB_CONTROL_FLUSH_ASID_LOCAL = 0, 1, 3, 7
+_NPT_TABLE = paging.P | paging.RW | paging.US  # NPT accesses are user accesses (15.25.5)
+_CR0_PE_PG = 1 | paging.CR0_PG
 
 # Layout of the per-vCPU hypervisor area (4 KiB aligned pieces).
 VMCB_OFFSET, IOPM_OFFSET, MSRPM_OFFSET, HSAVE_OFFSET = 0x0000, 0x1000, 0x4000, 0x6000
@@ -71,6 +79,22 @@ class SvmGuestContext:
         vmcb.write("IOPM_BASE_PA", self.iopm_pa)
         vmcb.write("MSRPM_BASE_PA", self.msrpm_pa)
         vmcb.write("GUEST_ASID", 1)
+        # KVM's configuration: nested paging on, one nested page table per VM; or, with shadow
+        # paging, no NPT and the intercepts that feed the VMM's shadow tables (#PF, CR0/CR3/CR4
+        # writes, INVLPG), the guest running with PE and PG set in the real CR0.
+        self.shadow = vcpu.vm.arch.paging == "shadow"
+        if self.shadow:
+            from hvsim.plugins.x86.shadow import ShadowMmu
+
+            vmcb.write("INTERCEPT_EXCEPTIONS", 1 << 14)
+            vmcb.write("INTERCEPT_CR_WRITE", 1 << 0 | 1 << 3 | 1 << 4)
+            vmcb.set_intercept("INVLPG")
+            vcpu.mmu.shadow = ShadowMmu(vcpu, *vcpu.vm.arch.shadow_pool(vcpu.index))
+        else:
+            vmcb.write("NP_ENABLE", 1)
+            vmcb.write("N_CR3", vcpu.vm.arch.ept_root(self.build_identity_npt))
+        self.clean_cache = VmcbCache()  # what VMRUN may take from its cached copy (15.15.3)
+        self._npts: dict[int, Npt] = {}
         self.cpu = SvmCpu(efer=EFER_SVME)
         self.cpu.wrmsr(MSR_VM_HSAVE_PA, area + HSAVE_OFFSET)
         self._write_exit = vmcb.exit_writer()
@@ -83,6 +107,26 @@ class SvmGuestContext:
         self._intercepted: dict[str, bool] = {}
         self._cr_reads = self._cr_writes = self._dr_reads = self._dr_writes = 0
         self.tpr = 0  # the local APIC's TPR that CR8 reaches without V_INTR_MASKING (bits 7:4)
+
+    @staticmethod
+    def build_identity_npt(vm, base: int) -> int:
+        """A nested page table at host-physical ``base`` mapping every RAM slot of ``vm``
+        (guest-physical -> its host-physical backing) with 2 MiB pages; MMIO stays unmapped,
+        so a device access is an NPF, as under KVM. Returns N_CR3."""
+        host = vm.host
+        pml4, pdpt, pd = base, base + 0x1000, base + 0x2000
+        host.write(pml4, bytes(0x2000))
+        host.write(pml4, (pdpt | _NPT_TABLE).to_bytes(8, "little"))
+        for slot in vm.memory.slots:
+            for gpa in range(slot.gpa, slot.end, 1 << 21):
+                gb = gpa >> 30
+                table = pd + gb * 0x1000
+                if not int.from_bytes(host.read(pdpt + gb * 8, 8), "little"):
+                    host.write(table, bytes(0x1000))
+                    host.write(pdpt + gb * 8, (table | _NPT_TABLE).to_bytes(8, "little"))
+                entry = (slot.hpa + gpa - slot.gpa) | _NPT_TABLE | paging.PS
+                host.write(table + ((gpa >> 21) & 0x1FF) * 8, entry.to_bytes(8, "little"))
+        return pml4
 
     # -- every exit -------------------------------------------------------------------------
     def record(self, raw: SvmExitInfo) -> None:
@@ -116,8 +160,40 @@ class SvmGuestContext:
         self._dr_reads, self._dr_writes = vmcb.read("INTERCEPT_DR_READ"), vmcb.read("INTERCEPT_DR_WRITE")
         exceptions = vmcb.read("INTERCEPT_EXCEPTIONS")
         self.exception_check = (lambda vector, _code: bool(exceptions >> vector & 1)) if exceptions else None
+        self._memory_virtualization(self.clean_cache.vmrun(vmcb))
         self.resume_state()
         return None
+
+    def _memory_virtualization(self, state: dict) -> None:
+        """Nested paging and the guest's ASID as VMRUN loads them (NP_ENABLE, N_CR3 and
+        GUEST_ASID may come from the processor's cached copy when their clean bits are set),
+        then TLB_CONTROL (15.16.1): 1 flushes every ASID, 3 this guest's, 7 its non-global
+        entries. Nested translations are tagged by ASID like the guest's own."""
+        mmu, asid, control = self.vcpu.mmu, state["GUEST_ASID"], state["TLB_CONTROL"]
+        if control == TLB_CONTROL_FLUSH_ALL_ASID:
+            self._flush_nested()
+            mmu.tlb.invalidate()
+        elif control in (TLB_CONTROL_FLUSH_ASID, TLB_CONTROL_FLUSH_ASID_LOCAL):
+            self._flush_nested()
+            mmu.tlb.invalidate(asid, keep_global=control == TLB_CONTROL_FLUSH_ASID_LOCAL)
+        if state["NP_ENABLE"] & 1:
+            ncr3 = state["N_CR3"]
+            npt = self._npts.get(ncr3)
+            if npt is None:
+                npt = self._npts[ncr3] = Npt(self.vcpu.vm.host, ncr3)
+            mmu.stage2 = npt
+        else:
+            mmu.stage2 = None  # guest-physical is host-physical: the VMM's shadow tables
+        mmu.tag = asid
+
+    def _flush_nested(self) -> None:
+        for npt in self._npts.values():
+            npt.cache.clear()
+
+    def invlpga(self, address: int, asid: int) -> None:
+        """INVLPGA (15.16.3), as the host executes it: drop the translation of ``address`` in
+        ``asid``."""
+        self.vcpu.mmu.tlb.invalidate(asid, address=address)
 
     def resume_state(self) -> None:
         """The guest state the VMM changed in the VMCB since the exit, then EVENTINJ."""
@@ -219,7 +295,7 @@ class SvmGuestContext:
         for name, reg in _LOADED_ON_VMRUN:
             self._saved[name] = value = regs.read(reg)
             write(name, value)
-        write("CR0", vcpu.cr0())
+        write("CR0", vcpu.cr0() | (_CR0_PE_PG if self.shadow else 0))
         write("CR3", regs.read(X.UC_X86_REG_CR3))
         write("CR4", regs.read(X.UC_X86_REG_CR4))
         write("EFER", vcpu.efer() | EFER_SVME)  # the guest's EFER.SVME is the VMM's, as KVM keeps it

@@ -60,6 +60,7 @@ _INSTRUCTION_REASONS = {"rdtsc": 16, "rdtscp": 51, "invlpg": 14, "wbinvd": 54, "
 EXIT_REASON_MSR_READ = 31
 EXIT_REASON_MSR_WRITE = 32
 EXIT_REASON_EPT_VIOLATION = 48
+EXIT_REASON_EPT_MISCONFIG = 49
 EXIT_REASON_INVALID_STATE_FAILED_ENTRY = 33 | (1 << 31)  # bit 31: VM-entry failure (SDM 27.8)
 
 EXIT_REASON_DR_ACCESS = 29
@@ -209,7 +210,7 @@ class VmxVendor(X86Vendor):
         return Exit(ExitKind.EXCEPTION, "EXIT_REASON_EXCEPTION_NMI",
                     VmxExitInfo(EXIT_REASON_EXCEPTION_NMI, cr2 if vector == 14 else 0, rip, 0,
                                 intr_info=info, intr_error_code=error_code or 0),
-                    vector=vector, value=error_code)
+                    cr2 if vector == 14 else 0, vector=vector, value=error_code)
 
     def instruction_exit(self, kind, rip, insn_len, operand):
         if kind in ("mov_to_cr", "mov_from_cr", "clts", "lmsw"):
@@ -244,6 +245,23 @@ class VmxVendor(X86Vendor):
             qual = 0
         return Exit(ExitKind.INSTRUCTION, f"EXIT_REASON_{EXIT_REASONS[reason]}",
                     VmxExitInfo(reason, qual, rip, insn_len, instruction_info=info))
+
+    def stage2_exit(self, fault, rip):
+        """An EPT violation (SDM 29.3.3.2; qualification Table 28-7: the access in bits 2:0, what
+        the translation allows in 5:3, whether a linear address caused it in 7 and whether that
+        was the final translation (8) rather than a paging-structure access) or an EPT
+        misconfiguration (29.3.3.1; no qualification). Both report the guest-physical address."""
+        if fault.misconfig:
+            return Exit(ExitKind.STAGE2_FAULT, "EXIT_REASON_EPT_MISCONFIG",
+                        VmxExitInfo(EXIT_REASON_EPT_MISCONFIG, 0, None, 0, fault.gpa),
+                        fault.gpa, 0, fault.write, detail=fault.detail)
+        qual = EPT_FETCH if fault.fetch else EPT_WRITE if fault.write else EPT_READ
+        qual |= (fault.allowed & 7) << 3
+        if fault.gla is not None:
+            qual |= EPT_GLA_VALID | (0 if fault.walk else EPT_GLA_FINAL)
+        return Exit(ExitKind.STAGE2_FAULT, "EXIT_REASON_EPT_VIOLATION",
+                    VmxExitInfo(EXIT_REASON_EPT_VIOLATION, qual, None, 0, fault.gpa, fault.gla or 0),
+                    fault.gpa, 0, fault.write, detail=fault.detail)
 
     def cpuid_exit(self, rip):
         return Exit(ExitKind.CPUID, "EXIT_REASON_CPUID", VmxExitInfo(EXIT_REASON_CPUID, 0, rip, 2))

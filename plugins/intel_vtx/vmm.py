@@ -17,6 +17,7 @@ from unicorn import x86_const as X
 from hvsim.plugins.x86 import paging
 
 from . import msrs
+from .ept import Ept, ep4ta
 from .exits import VmxExitInfo
 from .vmcs import Field
 from .vmx import Status, Vmx
@@ -84,12 +85,26 @@ class VmxGuestContext:
             if not result.ok:
                 raise RuntimeError(f"{step} failed: {result}")
         self.vmcs = vmx.current
+        wanted = dict(_WANTED)
+        self.cr0_owned = CR0_OWNED
+        shadow = vcpu.vm.arch.paging == "shadow"
+        if shadow:  # KVM without EPT: the VMM's shadow page tables, fed by #PF, CR3 and INVLPG exits
+            wanted[msrs.PROC] |= msrs.CPU_BASED_CR3_LOAD_EXITING | msrs.CPU_BASED_INVLPG_EXITING
+            wanted[msrs.PROC2] &= ~(msrs.SECONDARY_EXEC_ENABLE_EPT | msrs.SECONDARY_EXEC_UNRESTRICTED_GUEST)
+            # Without unrestricted guest the processor runs the guest with PE and PG set; the VMM
+            # owns them, and the guest reads its own values from the CR0 read shadow (SDM 25.3).
+            self.cr0_owned |= msrs.X86_CR0_PE | msrs.X86_CR0_PG
         for control, field in _CONTROL_FIELD.items():
-            self._vmwrite(field, (_WANTED.get(control, 0) | caps.allowed0[control]) & caps.allowed1[control])
+            self._vmwrite(field, (wanted.get(control, 0) | caps.allowed0[control]) & caps.allowed1[control])
         self._vmwrite(Field.MSR_BITMAP, self.msr_bitmap)
         self._vmwrite(Field.EPT_POINTER, vcpu.vm.arch.ept_root(self.build_identity_ept) | EPTP_WB_4LEVEL)
         self._vmwrite(Field.VIRTUAL_PROCESSOR_ID, 1 + vcpu.index)
-        self._vmwrite(Field.CR0_GUEST_HOST_MASK, CR0_OWNED)
+        self._vmwrite(Field.CR0_GUEST_HOST_MASK, self.cr0_owned)
+        if shadow:
+            from hvsim.plugins.x86.shadow import ShadowMmu
+
+            self._vmwrite(Field.EXCEPTION_BITMAP, 1 << 14)
+            vcpu.mmu.shadow = ShadowMmu(vcpu, *vcpu.vm.arch.shadow_pool(vcpu.index))
         self._vmwrite(Field.CR4_GUEST_HOST_MASK, CR4_OWNED)
         # I/O bitmaps with every port set: used when a VMM switches "use I/O bitmaps" on.
         for offset, field in ((IO_BITMAP_A_OFFSET, Field.IO_BITMAP_A), (IO_BITMAP_B_OFFSET, Field.IO_BITMAP_B)):
@@ -112,6 +127,8 @@ class VmxGuestContext:
         self._cr3_load = self._cr3_store = False
         self._proc = self._proc2 = 0
         self._cr_saved: tuple = ()
+        self._epts: dict[int, Ept] = {}  # by EPTP: each keeps its guest-physical mappings
+        self.vmx.tlb = self  # INVEPT / INVVPID reach this logical processor's TLB model
 
     def _vmwrite(self, field: int, value: int) -> None:
         result = self.vmx.vmwrite(field, value)
@@ -211,8 +228,51 @@ class VmxGuestContext:
         self._cr3_load, self._cr3_store = (bool(proc & msrs.CPU_BASED_CR3_LOAD_EXITING),
                                            bool(proc & msrs.CPU_BASED_CR3_STORE_EXITING))
         self._load_guest_view_of_cr0_cr4()
+        self._memory_virtualization(proc2)
         self.resume_state()
         return None
+
+    def _memory_virtualization(self, proc2: int) -> None:
+        """EPT and VPID as the controls say (SDM 29.3, 29.1): the MMU walks the EPT the EPTP
+        names and tags its TLB entries with (VPID, EP4TA). Without VPID, every VM entry drops
+        the translations tagged with VPID 0000H (SDM 29.4.3.3); without EPT, guest-physical
+        addresses are host-physical, and a VMM must supply shadow page tables."""
+        mmu, v = self.vcpu.mmu, self._values
+        vpid = v.get(Field.VIRTUAL_PROCESSOR_ID, 0) if proc2 & msrs.SECONDARY_EXEC_ENABLE_VPID else 0
+        if proc2 & msrs.SECONDARY_EXEC_ENABLE_EPT:
+            eptp = v[Field.EPT_POINTER]
+            ept = self._epts.get(eptp)
+            if ept is None:
+                ept = self._epts[eptp] = Ept(self.vcpu.vm.host, eptp, self.vmx.caps.ept_vpid_cap,
+                                             self.vmx.caps.maxphyaddr)
+            mmu.stage2, mmu.tag = ept, (vpid, ept.root)
+        else:
+            mmu.stage2, mmu.tag = None, (vpid, None)
+        if vpid == 0:
+            mmu.tlb.invalidate(match=lambda tag: tag[0] == 0)
+
+    # -- INVEPT / INVVPID reach the TLB model (SDM 29.4.3.1) ------------------------------------
+    def invept(self, type_: int, eptp: int) -> None:
+        """Type 1 (single-context) drops guest-physical and combined mappings of one EP4TA;
+        type 2 (global) those of every EP4TA."""
+        root = ep4ta(eptp, self.vmx.caps.maxphyaddr) if type_ == 1 else None
+        for ept in self._epts.values():
+            if root is None or ept.root == root:
+                ept.cache.clear()
+        self.vcpu.mmu.tlb.invalidate(match=lambda tag: tag[1] is not None and (root is None or tag[1] == root))
+
+    def invvpid(self, type_: int, vpid: int, address: int) -> None:
+        """0 individual-address, 1 single-context, 2 all-contexts (every VPID but 0000H),
+        3 single-context retaining globals: linear and combined mappings."""
+        tlb = self.vcpu.mmu.tlb
+        if type_ == 0:
+            tlb.invalidate(match=lambda tag: tag[0] == vpid, address=address)
+        elif type_ == 1:
+            tlb.invalidate(match=lambda tag: tag[0] == vpid)
+        elif type_ == 2:
+            tlb.invalidate(match=lambda tag: tag[0] != 0)
+        else:
+            tlb.invalidate(match=lambda tag: tag[0] == vpid, keep_global=True)
 
     def resume_state(self) -> None:
         """The guest state the VMM changed with VMWRITE since the exit, then event injection."""
@@ -319,11 +379,7 @@ class VmxGuestContext:
                 return None
             return True
         if kind == "invpcid" and self._proc2 & msrs.SECONDARY_EXEC_ENABLE_INVPCID:
-            if vcpu.read_gpr(info[0].register) > 3:  # INVPCID types 0-3 (SDM Vol. 2A)
-                vcpu.guest_exception(13, 0, rip)
-                return None
-            vcpu.invalidate_tlb()  # more than the type asks for, which the SDM allows
-            return True
+            return vcpu.invpcid(info, rip)
         if kind == "rdpmc":
             vcpu.guest_exception(13, 0, rip)
             return None
@@ -426,9 +482,9 @@ class VmxGuestContext:
         # GUEST_CR0/CR4 stay the VMM's, the read shadows follow what the guest sees.
         cr0, cr4 = vcpu.cr0(), regs.read(X.UC_X86_REG_CR4)
         m0, m4 = v.get(Field.CR0_GUEST_HOST_MASK, 0), v.get(Field.CR4_GUEST_HOST_MASK, 0)
-        real0, real4 = v.get(Field.GUEST_CR0, cr0 | CR0_OWNED), v.get(Field.GUEST_CR4, cr4 | CR4_OWNED)
+        real0, real4 = v.get(Field.GUEST_CR0, cr0 | self.cr0_owned), v.get(Field.GUEST_CR4, cr4 | CR4_OWNED)
         if not self._cr_saved:  # the first save: the loader's state, with the bits VMX needs
-            real0, real4 = cr0 | CR0_OWNED, cr4 | CR4_OWNED
+            real0, real4 = cr0 | self.cr0_owned, cr4 | CR4_OWNED
         v[Field.GUEST_CR0], v[Field.CR0_READ_SHADOW] = (cr0 & ~m0) | (real0 & m0), cr0
         v[Field.GUEST_CR3] = regs.read(X.UC_X86_REG_CR3)
         v[Field.GUEST_CR4], v[Field.CR4_READ_SHADOW] = (cr4 & ~m4) | (real4 & m4), cr4

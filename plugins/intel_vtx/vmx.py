@@ -184,6 +184,7 @@ class Vmx:
         # the failures of checks entry.NOT_ENFORCED lets through.
         self.last_entry_failure: str | None = None
         self.last_entry_waived: list[str] = []
+        self.tlb = None  # the TLB model INVEPT / INVVPID act on: invept(type, eptp), invvpid(type, vpid, address)
 
     def rdmsr(self, index: int) -> int:
         """RDMSR of IA32_FEATURE_CONTROL or a VMX capability MSR; #GP where it does not exist."""
@@ -400,7 +401,8 @@ class Vmx:
     # -- INVEPT / INVVPID -------------------------------------------------------------------------
     def invept(self, type_: int, eptp: int = 0) -> VmxResult:
         """INVEPT: check the type (IA32_VMX_EPT_VPID_CAP bit 24 + type) and, for type 1, the
-        EPTP of the descriptor. The invalidation itself is the caller's (see ``hvsim_tlb_*``)."""
+        EPTP of the descriptor, then invalidate through ``tlb`` (the logical processor's TLB
+        model, when one is attached: plugins/intel_vtx/vmm.py)."""
         cap = self.caps.ept_vpid_cap
         if not (self.caps.allows("SECONDARY_EXEC_ENABLE_EPT") and cap & msrs.VMX_EPT_INVEPT_BIT):
             raise InvalidOpcode("the processor does not support INVEPT")
@@ -409,6 +411,8 @@ class Vmx:
             return self._vmfail(VMXERR_INVALID_OPERAND_TO_INVEPT_INVVPID)
         if type_ == VMX_EPT_EXTENT_CONTEXT and not eptp_valid(eptp, self.caps):
             return self._vmfail(VMXERR_INVALID_OPERAND_TO_INVEPT_INVVPID)
+        if self.tlb is not None:
+            self.tlb.invept(type_, eptp)
         return VM_SUCCEED
 
     def invvpid(self, type_: int, vpid: int = 0, linear_address: int = 0) -> VmxResult:
@@ -427,6 +431,8 @@ class Vmx:
             return self._vmfail(VMXERR_INVALID_OPERAND_TO_INVEPT_INVVPID)
         if type_ == VMX_VPID_EXTENT_INDIVIDUAL_ADDR and not _canonical(linear_address):
             return self._vmfail(VMXERR_INVALID_OPERAND_TO_INVEPT_INVVPID)
+        if self.tlb is not None:
+            self.tlb.invvpid(type_, vpid & 0xFFFF, linear_address)
         return VM_SUCCEED
 
     def invvpid_descriptor(self, type_: int, descriptor: bytes) -> VmxResult:

@@ -15,18 +15,21 @@ each exit in its own format. Which guest events leave the engine and how (measur
 from __future__ import annotations
 
 import struct
+import time
 
 from unicorn import (UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAPPED,
                      UC_HOOK_MEM_READ_UNMAPPED, UC_HOOK_MEM_WRITE_UNMAPPED, UC_PROT_ALL,
                      UC_QUERY_TIMEOUT, Uc, UcError)
+from unicorn.unicorn_const import UC_ERR_EXCEPTION
 from unicorn import x86_const as X
-from unicorn.unicorn_const import UC_ARCH_X86, UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_MODE_64
+from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
 
 from hvsim.core.arch import Vcpu, VcpuState
 from hvsim.core.handlers import handle_port_io
 from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, FastRegs, RawHooks
 from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, GuestMemoryError
+from hvsim.core.mmu import HOST_PHYS_BASE, Stage2Fault
 
 from . import idt, layout, paging
 from .boot import GDT_ENTRIES, SEL_CODE32, SEL_CODE64, SEL_DATA, BootState
@@ -34,11 +37,11 @@ from .decode import IoInsn, decode_io, undefined_instruction, writes_memory
 from .handlers import handle_msr
 from .operands import Operand, effective_address
 from .quirks import ExceptionLatch
+from .mmu import MSR_EFER, UNTIL, GeneralProtection, PageFault, X86Mmu
 from .traps import SensitiveTraps, reg_id
 
-END = (1 << 64) - 1
-MSR_EFER = 0xC000_0080
 MSR_IA32_APIC_BASE = 0x1B
+MASK64 = (1 << 64) - 1
 APIC_BASE_DEFAULT = 0xFEE0_0000 | (1 << 11)  # enabled, xAPIC mode
 APIC_BASE_BSP = 1 << 8
 CR4_DE, CR4_PCE, CR4_UMIP, CR4_SMXE, CR4_OSXSAVE = 1 << 3, 1 << 8, 1 << 11, 1 << 14, 1 << 18
@@ -60,18 +63,26 @@ _GPRS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RS
                                                   "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
 
 
+def _canonical(address: int) -> bool:
+    """Bits 63:47 all equal (48-bit linear addresses, CPUID.80000008H)."""
+    top = address >> 47
+    return top == 0 or top == (1 << 17) - 1
+
+
 class X86Vcpu(Vcpu):
     def __init__(self, vm, index: int, vendor, hv_area: int) -> None:
         super().__init__(vm, index)
         self.vendor = vendor
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self.regs = FastRegs(uc)
-        for slot in vm.memory.slots:
-            uc.mem_map_ptr(slot.gpa, slot.size, UC_PROT_ALL, vm.host.ptr + slot.hpa)
+        # Host memory sits high in the engine's physical space; the MMU's fills (guest paging,
+        # then EPT / NPT) point into it. MMIO ranges stay at their guest-physical addresses.
+        uc.mem_map_ptr(HOST_PHYS_BASE, vm.host.size, UC_PROT_ALL, vm.host.ptr)
         self._io_decoded: dict[int, IoInsn] = {}  # by RIP; only the exit record depends on it
         self._io_records: dict[tuple, tuple[str, object]] = {}
         self._raw = RawHooks(uc)
         self._dispatch = vm.dispatch
+        self.mmu = X86Mmu(self, self._raw)
         # MSRs Unicorn cannot model (it has no APIC): RDMSR/WRMSR of these are trapped and exit.
         self.msrs = {MSR_IA32_APIC_BASE: APIC_BASE_DEFAULT | (APIC_BASE_BSP if index == 0 else 0)}
         self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive)
@@ -153,23 +164,16 @@ class X86Vcpu(Vcpu):
             if failed:
                 self._exit(self.vendor.invalid_exit(failed))
                 return None
-        rip = self.regs.read(X.UC_X86_REG_RIP)
-        self._traps.prescan(rip)
+        self.mmu.context_changed()
         try:
-            self.uc.emu_start(rip, END, timeout=slice_us)
-            self._raw.reraise()
-        except UcError as exc:
-            self._engine_error(exc)
-            return None
+            ended = self._run_engine(slice_us)
         except GuestMemoryError as exc:
             self.vm.crash(str(exc))
             return None
         finally:
             if context is not None:
                 context.vmexit()
-        if self._stopping or self.vm.status is not None:
-            return None
-        if self.uc.query(UC_QUERY_TIMEOUT):
+        if ended != "halt" or self._stopping or self.vm.status is not None:
             return None
         if context is not None and not context.hlt_exits:
             self.state = VcpuState.HALTED  # HLT runs in the guest: no exit, wait for an event
@@ -178,6 +182,55 @@ class X86Vcpu(Vcpu):
         if self._record is not None:
             self._record(exit.raw)
         return exit
+
+    def _run_engine(self, slice_us: int) -> str | None:
+        """Run the guest for the slice; a TLB fill the MMU refused ends ``emu_start`` at the
+        faulting instruction, the fault is taken (#PF to the guest, or an EPT violation / NPF
+        exit) and the guest goes on. Returns "halt" (the engine stopped at a HLT), "slice" (time
+        is up or a stop was asked for) or None (an engine error ended the run)."""
+        deadline = time.perf_counter() + slice_us / 1e6
+        while True:
+            rip = self.regs.read(X.UC_X86_REG_RIP)
+            if self.mmu.fetchable(rip):  # Unicorn's translation-cache request crashes on a fault
+                self._traps.prescan(rip)
+            self.mmu.pending = None
+            try:
+                self.uc.emu_start(rip, UNTIL, timeout=slice_us)
+                self._raw.reraise()
+                if not self.mmu.engine.service():
+                    return "slice" if self.uc.query(UC_QUERY_TIMEOUT) else "halt"
+            except UcError as exc:
+                fault = self.mmu.take_pending()
+                if fault is None or exc.errno != UC_ERR_EXCEPTION:
+                    self._engine_error(exc)
+                    return None
+                self._take_fault(fault)
+            slice_us = int((deadline - time.perf_counter()) * 1e6)
+            if self._stopping or self.vm.status is not None or slice_us <= 0:
+                return "slice"
+
+    def _take_fault(self, fault: Exception) -> None:
+        """A translation the MMU refused: a guest #PF (SDM 4.7: CR2 = the linear address), or a
+        stage-2 fault, which is a VM exit the VMM handles before the instruction is retried."""
+        rip = self.regs.read(X.UC_X86_REG_RIP)
+        if isinstance(fault, GeneralProtection):
+            self.guest_exception(idt.GP, 0, rip)
+            return
+        if isinstance(fault, PageFault):
+            fault.address = self.mmu.exact_address(fault.address, bool(fault.error_code & paging.PFEC_I))
+            self.guest_exception(idt.PF, fault.error_code, rip, fault.address)
+            return
+        if fault.gla is not None:
+            gla = self.mmu.exact_address(fault.gla, fault.fetch and not fault.walk)
+            if not fault.walk:  # the final translation: the byte's guest-physical address
+                fault.gpa = (fault.gpa & ~0xFFF) | (gla & 0xFFF)
+            fault.gla = gla
+        context = self.context
+        if context is not None:
+            context.vmexit()
+        self._exit(self.vendor.stage2_exit(fault, rip))
+        if context is not None:
+            context.resume_state()
 
     def _exit(self, exit: Exit) -> None:
         """Record ``exit`` in the vendor's structure (VMCB / VMCS), then handle it."""
@@ -347,21 +400,22 @@ class X86Vcpu(Vcpu):
         if hit:
             # ``hit`` may name the exit more precisely (SVM: selective CR0 write, MWAIT armed)
             name = hit if isinstance(hit, str) else kind
+            try:
+                operand = self.instruction_operand(kind, info)
+            except idt.DeliveryFault as fault:  # a memory operand the exit reports faulted
+                self.guest_exception(fault.vector, fault.error_code, rip)
+                return None
+            except GuestMemoryError:  # nothing backs the operand: the engine reports it
+                return False
             key = (name, rip, info) if kind in _STATIC_RECORDS else None
             record = self._insn_records.get(key) if key is not None else None
             if record is None:
-                try:
-                    operand = self.instruction_operand(kind, info)
-                except idt.DeliveryFault as fault:  # a memory operand the exit reports faulted
-                    self.guest_exception(fault.vector, fault.error_code, rip)
-                    return None
-                except GuestMemoryError:  # nothing backs the operand: the engine reports it
-                    return False
                 exit = self.vendor.instruction_exit(name, rip, length, operand)
                 if key is not None:  # the record depends only on the instruction: kept, as for I/O
                     self._insn_records[key] = exit.reason, exit.raw
             else:
                 exit = Exit(ExitKind.INSTRUCTION, record[0], record[1])
+            exit.info = (kind, operand)  # for the VMM's own bookkeeping (shadow paging)
             self._exit(exit)
             if exit.value is True:
                 if kind in ("monitor", "mwait"):
@@ -377,6 +431,7 @@ class X86Vcpu(Vcpu):
             else:
                 self.guest_exception(6, None, rip)  # the engine has no such instruction: #UD
             return None
+        self._runs_natively(kind, info)
         return False
 
     def _instruction_fault(self, kind: str, info) -> tuple[int, int | None] | None:
@@ -414,8 +469,13 @@ class X86Vcpu(Vcpu):
         r = self.regs
         msr = r.read(X.UC_X86_REG_RCX) & 0xFFFF_FFFF
         if msr == MSR_EFER and kind == "wrmsr" and self.context is not None:
-            return self.context.passthrough("wrmsr_efer", None, rip, length)
+            done = self.context.passthrough("wrmsr_efer", None, rip, length)  # SVM's EFER write trap
+            if done is not False:
+                self.mmu.context_changed()
+                return done
         if msr not in self.msrs:
+            if msr == MSR_EFER and kind == "wrmsr":
+                self.mmu.context_changed()
             return False  # Unicorn's own MSR model handles it
         is_write = kind == "wrmsr"
         value = ((r.read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | (r.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF)
@@ -430,6 +490,14 @@ class X86Vcpu(Vcpu):
             self.guest_exception(exit.vector, 0, rip)
             return None
         return True
+
+    def _runs_natively(self, kind: str, info) -> None:
+        """The instruction is about to run in the engine: the TLB model sees what it flushes."""
+        if kind == "mov_to_cr":
+            cr, _gpr, value = self.instruction_operand(kind, info)
+            self.mmu.on_mov_to_cr(cr, value)
+        elif kind == "invlpg":
+            self.mmu.on_invlpg(self.instruction_operand(kind, info)[0])
 
     def instruction_operand(self, kind: str, info) -> tuple:
         """What the exit information reports about a trapped instruction's operand: INVLPG's
@@ -459,9 +527,29 @@ class X86Vcpu(Vcpu):
         """Trap these frequent instructions too (plugins/x86/traps.py OPTIONAL), for intercepts."""
         self._traps.want_optional(kinds)
 
-    def invalidate_tlb(self) -> None:
-        """Drop every cached translation of the engine (an emulated INVPCID/INVLPGA)."""
-        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+    def invpcid(self, ops: tuple, rip: int) -> bool | None:
+        """INVPCID run for the guest (the engine has none; SDM Vol. 2A INVPCID): the type in the
+        register operand, the descriptor (PCID, linear address) in memory; the TLB model drops
+        what the type names. True when done, None when it faulted (#GP, #PF delivered)."""
+        kind = self.read_gpr(ops[0].register)
+        try:
+            _ops, linear, _ = self.operand_record("invpcid", ops)
+            desc = self.read_linear(linear, 16)
+        except idt.DeliveryFault as fault:
+            self.guest_exception(fault.vector, fault.error_code, rip)
+            return None
+        pcid, address = int.from_bytes(desc[:8], "little"), int.from_bytes(desc[8:], "little")
+        if kind > 3 or pcid >> 12 or kind == 0 and not _canonical(address):
+            self.guest_exception(idt.GP, 0, rip)
+            return None
+        mmu = self.mmu
+        if kind == 0:
+            mmu.tlb.invalidate(mmu.tag, pcid, address=address)
+        elif kind == 1:
+            mmu.tlb.invalidate(mmu.tag, pcid, keep_global=True)
+        else:  # 2: every context, globals too; 3: every context but globals
+            mmu.tlb.invalidate(mmu.tag, keep_global=kind == 3)
+        return True
 
     def read_gpr(self, number: int) -> int:
         return self.regs.read(_GPRS[number])
@@ -472,7 +560,7 @@ class X86Vcpu(Vcpu):
         linear, value = None, 0
         for op in ops:
             if op.memory:
-                linear = (self.segment_base_of(op.segment) + effective_address(op, self.read_gpr)) & END
+                linear = (self.segment_base_of(op.segment) + effective_address(op, self.read_gpr)) & MASK64
                 if kind == "lmsw":
                     value = int.from_bytes(self.read_linear(linear, 2), "little")
             elif kind == "lmsw":
@@ -511,19 +599,25 @@ class X86Vcpu(Vcpu):
         return False
 
     # -- exceptions ------------------------------------------------------------------------
-    def guest_exception(self, vector: int, error_code: int | None, rip: int) -> None:
+    def guest_exception(self, vector: int, error_code: int | None, rip: int, cr2: int | None = None) -> None:
         """An exception the guest's own instruction raised: an exit if the VMM intercepts it
-        (VMX exception bitmap, SVM exception intercepts), else delivered through the IDT."""
+        (VMX exception bitmap, SVM exception intercepts), else delivered through the IDT.
+        ``cr2``: a #PF's linear address, written to CR2 only if the guest takes the #PF (an
+        intercepted #PF reports it in the exit instead: SDM 27.1, APM 15.12)."""
         context = self.context
         check = context.exception_check if context is not None else None
+        if vector == idt.PF and cr2 is None:
+            cr2 = self.regs.read(X.UC_X86_REG_CR2)
         if check is not None and check(vector, error_code):
             # A full VM exit and re-entry around it: the VMM sees the whole guest state and may
             # change it (skip the instruction, inject something else) before the guest resumes.
-            cr2 = self.regs.read(X.UC_X86_REG_CR2) if vector == idt.PF else 0
+            cr2 = cr2 if vector == idt.PF else 0
             context.vmexit()
             self._exit(self.vendor.exception_exit(vector, error_code, rip, cr2))
             context.resume_state()
         else:
+            if vector == idt.PF:
+                self.regs.write(X.UC_X86_REG_CR2, cr2)
             self.deliver_event(vector, error_code, rip)
 
     def deliver_event(self, vector: int, error_code: int | None, rip: int, software: bool = False) -> None:
@@ -551,7 +645,7 @@ class X86Vcpu(Vcpu):
             except (GuestMemoryError, idt.DeliveryFault):
                 code = b""
             access = Access.WRITE if writes_memory(code, self.code_bits()) else Access.READ
-        w = paging.walk(cr2, access, *ctx, self._phys_u32, self._phys_u64)
+        w = self.mmu.walk(cr2, access, ctx[-1], set_ad=False)
         return w.error_code if w.fault else paging.PFEC_P
 
     def deliver_pending(self) -> bool:
@@ -682,38 +776,36 @@ class X86Vcpu(Vcpu):
         return struct.unpack("<Q", self.read_linear(base + offset, 8))[0]
 
     # -- memory at linear addresses (through the guest's own paging) ------------------------
-    def _phys_u32(self, gpa: int) -> int:
-        return self.vm.memory.read_u32(gpa)
-
-    def _phys_u64(self, gpa: int) -> int:
-        return self.vm.memory.read_u64(gpa)
+    def trace_translation(self, address: int):
+        return self.mmu.trace(address)
 
     def translate(self, linear: int, access: Access):
-        return paging.walk(linear, access, self.cr0(), self.regs.read(X.UC_X86_REG_CR3),
-                           self.regs.read(X.UC_X86_REG_CR4), self.efer(), 0,
-                           self._phys_u32, self._phys_u64)
+        """The guest's stage-1 walk of ``linear`` (tables read through stage 2), A/D untouched."""
+        return self.mmu.walk(linear, access, set_ad=False)
 
     def _access_linear(self, linear: int, size: int, access: Access) -> list[tuple[int, int]]:
-        """Split an access at page boundaries; returns (gpa, length) pieces or raises #PF."""
+        """Split an access at page boundaries; returns (hpa, length) pieces or raises #PF."""
         pieces, offset = [], 0
         while offset < size:
             addr = linear + offset
             n = min(size - offset, 0x1000 - (addr & 0xFFF))
-            w = self.translate(addr, access)
-            if w.fault:
+            try:
+                hpa = self.mmu.linear_to_hpa(addr, access)
+            except PageFault as pf:
                 self.regs.write(X.UC_X86_REG_CR2, addr)
-                raise idt.DeliveryFault(idt.PF, w.error_code, f"{w.fault} at {addr:#x}")
-            pieces.append((w.address, n))
+                raise idt.DeliveryFault(idt.PF, pf.error_code, f"{pf.detail} at {addr:#x}") from None
+            pieces.append((hpa, n))
             offset += n
         return pieces
 
     def read_linear(self, linear: int, size: int) -> bytes:
-        return b"".join(self.vm.memory.read(gpa, n) for gpa, n in self._access_linear(linear, size, Access.READ))
+        host = self.vm.host
+        return b"".join(host.read(hpa, n) for hpa, n in self._access_linear(linear, size, Access.READ))
 
     def write_linear(self, linear: int, data: bytes) -> None:
-        pos = 0
-        for gpa, n in self._access_linear(linear, len(data), Access.WRITE):
-            self.vm.memory.write(gpa, data[pos:pos + n])
+        pos, host = 0, self.vm.host
+        for hpa, n in self._access_linear(linear, len(data), Access.WRITE):
+            host.write(hpa, data[pos:pos + n])
             pos += n
 
     def write_stack(self, rsp: int, data: bytes) -> None:

@@ -16,6 +16,8 @@ CR0_PG = 1 << 31
 CR0_WP = 1 << 16
 CR4_PSE = 1 << 4
 CR4_PAE = 1 << 5
+CR4_PGE = 1 << 7
+CR4_PCIDE = 1 << 17
 CR4_LA57 = 1 << 12
 CR4_SMEP = 1 << 20
 CR4_SMAP = 1 << 21
@@ -32,7 +34,7 @@ MAXPHYADDR = 40
 _ADDR = ((1 << MAXPHYADDR) - 1) & ~0xFFF
 _RSVD64 = ((1 << 52) - 1) & ~((1 << MAXPHYADDR) - 1)  # bits MAXPHYADDR..51 must be zero
 
-_LEVEL_NAMES = {5: "PML5E", 4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
+LEVEL_NAMES = {5: "PML5E", 4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
 
 
 def _flags(entry: int) -> str:
@@ -44,10 +46,19 @@ def _flags(entry: int) -> str:
 
 
 def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl: int,
-         read_u32: Callable[[int], int], read_u64: Callable[[int], int]) -> Walk:
-    """Translate ``gva``; a fault comes back as ``Walk.fault`` with ``error_code`` set."""
+         read_u32: Callable[[int], int], read_u64: Callable[[int], int],
+         update: Callable[[int, int, int], None] | None = None) -> Walk:
+    """Translate ``gva``; a fault comes back as ``Walk.fault`` with ``error_code`` set.
+
+    ``read_u32``/``read_u64`` read a paging-structure entry at a guest-physical address (a
+    stage-2 translation may sit underneath and raise its own fault). With ``update(gpa, size,
+    value)`` the walk sets the accessed flag of every entry it uses and the dirty flag of the
+    leaf on a write, as the processor does (SDM 4.8); without it the walk only looks. A
+    successful Walk also says what the translation allows at this CPL (``writable``,
+    ``executable``, ``user``), whether it is global, its page size, and the leaf's dirty flag.
+    """
     if not cr0 & CR0_PG:
-        return Walk(gva & 0xFFFF_FFFF if not efer & EFER_LMA else gva)
+        return Walk(gva & 0xFFFF_FFFF if not efer & EFER_LMA else gva, page_size=1 << 30)
     user = cpl == 3
     write = bool(access & Access.WRITE)
     fetch = bool(access & Access.EXECUTE)
@@ -62,12 +73,12 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
 
     allowed_w = allowed_u = True
     nx = False
+    used: list[tuple[int, int, int]] = []  # (entry address, size, value): A/D bits go here
     if efer & EFER_LMA or cr4 & CR4_PAE:
         if efer & EFER_LMA:
             levels = 5 if cr4 & CR4_LA57 else 4
             table = cr3 & _ADDR
-        else:  # PAE: four PDPTEs at CR3[31:5]
-            levels = 3
+        else:  # PAE: four PDPTEs at CR3[31:5] (loaded with CR3; no accessed flag)
             idx = (gva >> 30) & 3
             addr = (cr3 & 0xFFFF_FFE0) + idx * 8
             pdpte = read_u64(addr)
@@ -84,23 +95,29 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
             entry = read_u64(addr)
             steps.append(WalkStep(level, addr, entry, _flags(entry)))
             if not entry & P:
-                return fault(f"{_LEVEL_NAMES[level]} not present")
+                return _done(fault(f"{LEVEL_NAMES[level]} not present"), used, update)
             if entry & _RSVD64 or (entry & XD and not nxe):
-                return fault(f"reserved bit set in {_LEVEL_NAMES[level]}", PFEC_P | PFEC_RSVD)
+                return _done(fault(f"reserved bit set in {LEVEL_NAMES[level]}", PFEC_P | PFEC_RSVD), used, update)
             allowed_w &= bool(entry & RW)
             allowed_u &= bool(entry & US)
             nx |= bool(entry & XD)
             if level == 1 or (entry & PS and level in (2, 3)):
                 if level > 1 and entry & PS:
-                    if level == 4 or level == 5:
-                        return fault("PS set in a PML4E/PML5E", PFEC_P | PFEC_RSVD)
                     mask = (1 << shift) - 1
                     if entry & (mask & ~0x1FFF) & _ADDR:  # base bits below the page size
-                        return fault(f"reserved bit set in {_LEVEL_NAMES[level]}", PFEC_P | PFEC_RSVD)
+                        return _done(fault(f"reserved bit set in {LEVEL_NAMES[level]}", PFEC_P | PFEC_RSVD),
+                                     used, update)
                     gpa = (entry & _ADDR & ~mask) | (gva & mask)
+                    size = mask + 1
                 else:
                     gpa = (entry & _ADDR) | (gva & 0xFFF)
+                    size = 0x1000
+                leaf = entry
+                used.append((addr, 8, entry))
                 break
+            if entry & PS and level in (4, 5):
+                return _done(fault("PS set in a PML4E/PML5E", PFEC_P | PFEC_RSVD), used, update)
+            used.append((addr, 8, entry))
             table = entry & _ADDR
     else:  # 32-bit paging
         addr = (cr3 & 0xFFFF_F000) + ((gva >> 22) & 0x3FF) * 4
@@ -109,26 +126,45 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
         if not pde & P:
             return fault("PDE not present")
         allowed_w, allowed_u = bool(pde & RW), bool(pde & US)
+        used.append((addr, 4, pde))
         if pde & PS and cr4 & CR4_PSE:
             gpa = (pde & 0xFFC0_0000) | (((pde >> 13) & 0xFF) << 32) | (gva & 0x3F_FFFF)
+            size, leaf = 0x40_0000, pde
         else:
             addr = (pde & 0xFFFF_F000) + ((gva >> 12) & 0x3FF) * 4
             pte = read_u32(addr)
             steps.append(WalkStep(1, addr, pte, _flags(pte)))
             if not pte & P:
-                return fault("PTE not present")
+                return _done(fault("PTE not present"), used, update)
             allowed_w &= bool(pte & RW)
             allowed_u &= bool(pte & US)
             gpa = (pte & 0xFFFF_F000) | (gva & 0xFFF)
+            size, leaf = 0x1000, pte
+            used.append((addr, 4, pte))
     # Permissions (SDM 4.6): user needs U everywhere; writes need RW unless a supervisor
-    # write with CR0.WP clear; fetches fault on XD; SMEP/SMAP guard user pages from CPL < 3.
+    # write with CR0.WP clear; fetches fault on XD; SMEP guards user pages from CPL < 3.
+    writable = allowed_w or (not user and not cr0 & CR0_WP)
+    executable = not (nx and nxe) and not (not user and allowed_u and cr4 & CR4_SMEP)
     if user and not allowed_u:
-        return fault("user access to a supervisor page", PFEC_P)
-    if write and not allowed_w and (user or cr0 & CR0_WP):
-        return fault("write to a read-only page", PFEC_P)
+        return _done(fault("user access to a supervisor page", PFEC_P), used, update)
+    if write and not writable:
+        return _done(fault("write to a read-only page", PFEC_P), used, update)
     if fetch and nx and nxe:
-        return fault("instruction fetch from an XD page", PFEC_P)
-    if not user and allowed_u:
-        if fetch and cr4 & CR4_SMEP:
-            return fault("SMEP: supervisor fetch from a user page", PFEC_P)
-    return Walk(gpa, steps)
+        return _done(fault("instruction fetch from an XD page", PFEC_P), used, update)
+    if fetch and not executable:
+        return _done(fault("SMEP: supervisor fetch from a user page", PFEC_P), used, update)
+    _done(None, used, update, dirty_leaf=write)  # the write the translation allows sets D
+    return Walk(gpa, steps, writable=writable, executable=executable, user=allowed_u,
+                global_=bool(leaf & G and cr4 & CR4_PGE), page_size=size, dirty=bool(leaf & D) or write,
+                leaf=used[-1][:2])
+
+
+def _done(result: Walk | None, used: list[tuple[int, int, int]], update, dirty_leaf: bool = False) -> Walk | None:
+    """Set the accessed flag of every entry the walk used, and the leaf's dirty flag."""
+    if update is not None:
+        last = len(used) - 1
+        for i, (addr, size, value) in enumerate(used):
+            new = value | A | (D if dirty_leaf and i == last else 0)
+            if new != value:
+                update(addr, size, new)
+    return result

@@ -64,6 +64,11 @@ class X86Vendor:
     def msr_exit(self, msr: int, is_write: bool, value: int | None, rip: int, insn_len: int) -> Exit:
         raise NotImplementedError
 
+    def stage2_exit(self, fault, rip: int) -> Exit:
+        """A :class:`hvsim.core.mmu.Stage2Fault` as the vendor reports it (EPT violation or
+        misconfiguration; #VMEXIT(NPF)). ``rip`` is the faulting instruction, not completed."""
+        raise NotImplementedError
+
     def triple_fault_exit(self, detail: str) -> Exit:
         raise NotImplementedError
 

@@ -292,8 +292,6 @@ def test_enable_vpid_with_vpid_1_is_valid(vmx):
 @pytest.mark.parametrize("eptp,why", [
     (0x5000 | 1 | (3 << 3), "memory type WC"),
     (0x5000 | 6 | (2 << 3), "3-level walk"),
-    (0x5000 | 6 | (4 << 3), "5-level walk, not in EPT_VPID_CAP"),
-    (EPTP_WB_4LEVEL | 1 << 6, "A/D flags, not in EPT_VPID_CAP"),
     (EPTP_WB_4LEVEL | 1 << 7, "bit 7 reserved"),
     (EPTP_WB_4LEVEL | BEYOND_MAXPHYADDR, "beyond MAXPHYADDR"),
 ])
@@ -301,6 +299,24 @@ def test_enable_ept_with_an_invalid_eptp_is_invalid_control_field(vmx, eptp, why
     secondary(vmx, msrs.SECONDARY_EXEC_ENABLE_EPT)
     w(vmx, EPT_POINTER=eptp)
     invalid_control(vmx, "eptp")
+
+
+@pytest.mark.parametrize("eptp,missing", [
+    (0x5000 | 6 | (4 << 3), msrs.VMX_EPT_PAGE_WALK_5_BIT),
+    (EPTP_WB_4LEVEL | 1 << 6, msrs.VMX_EPT_AD_BIT),
+])
+def test_an_eptp_asking_for_what_ept_vpid_cap_does_not_advertise_is_invalid(memory, eptp, missing):
+    vmx = with_current_vmcs(make_vmx(memory, VmxCapabilities(ept_vpid_cap=msrs.HVSIM_EPT_VPID_CAP & ~missing)))
+    secondary(vmx, msrs.SECONDARY_EXEC_ENABLE_EPT)
+    w(vmx, EPT_POINTER=eptp)
+    invalid_control(vmx, "eptp")
+
+
+@pytest.mark.parametrize("eptp", [0x5000 | 6 | (4 << 3), EPTP_WB_4LEVEL | 1 << 6])
+def test_5_level_and_accessed_dirty_eptps_enter_as_ept_vpid_cap_advertises(vmx, eptp):
+    secondary(vmx, msrs.SECONDARY_EXEC_ENABLE_EPT)
+    w(vmx, EPT_POINTER=eptp)
+    enters(vmx)
 
 
 def test_enable_ept_with_a_wb_4_level_eptp_is_valid(vmx):

@@ -372,8 +372,7 @@ def test_invept_with_a_type_ept_vpid_cap_does_not_report_is_error_28(vmx, type_)
 
 @pytest.mark.parametrize("eptp", [
     0x5000 | 1 | (3 << 3),  # memory type 1 (WC) is not allowed
-    0x5000 | 6 | (4 << 3),  # 5-level walk is not reported
-    0x5000 | 6 | (3 << 3) | (1 << 6),  # accessed/dirty flags are not reported
+    0x5000 | 6 | (1 << 3),  # a 2-level walk does not exist
     0x5000 | 6 | (3 << 3) | (1 << 7),  # bits 11:7 reserved
     (1 << 40) | 6 | (3 << 3),  # beyond MAXPHYADDR
 ])

@@ -1,0 +1,281 @@
+"""The simulated MMU inside the engine: Unicorn's virtual TLB, filled by a two-stage walk.
+
+Every vCPU engine runs in ``UC_TLB_VIRTUAL`` mode: Unicorn's own guest MMU is bypassed and,
+on each miss in its TLB, it asks the architecture plugin's ``fill(vaddr, access)`` for the
+Unicorn-physical page and permissions. The plugin walks the guest's stage-1 tables, each
+table read translated by stage 2 (EPT, NPT, Arm stage 2), then stage 2 for the final address:
+Python runs only on TLB misses (../shared/notes/unicorn-facts.md, "Memory").
+
+Measured on Unicorn 2.1.4 (docs/unicorn-notes.md, "Virtual TLB"):
+
+- host memory is mapped once into every engine at :data:`HOST_PHYS_BASE`; a fill answers
+  ``HOST_PHYS_BASE + hpa``; MMIO ranges stay mapped at their guest-physical address;
+- a fill that returns False ends ``emu_start`` with ``UC_ERR_EXCEPTION`` and the PC at the
+  faulting instruction, before it changed anything: the fault is then taken in Python (a #PF
+  or data abort to the guest, an EPT violation / NPF / stage-2 abort to the hypervisor);
+- a write to a page filled without write permission calls the fill again (dirty bits);
+- QEMU's TLB starts at 256 entries and grows only when it is flushed while well used: a
+  working set larger than that misses on nearly every access until a flush lets it double.
+  :class:`EngineTlb` flushes after a slice whose fills were mostly re-fills of translations the
+  model still held (thrashing), which is architecturally invisible (a TLB may drop entries).
+
+:class:`TaggedTlb` is the architectural TLB: entries tagged by VPID / ASID / VMID plus the
+stage-1 PCID / ASID, kept until the guest or the hypervisor invalidates them as the manuals
+require. A guest that changes its page tables without the required flush keeps seeing the old
+translation, deterministically, because fills consult this model before walking.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+
+from unicorn import UC_HOOK_TLB_FILL, UC_TLB_VIRTUAL
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
+from unicorn.unicorn_py3.unicorn import uc_tlb_entry
+
+from .engine import _emu_stop
+
+HOST_PHYS_BASE = 1 << 44  # host memory's place in every engine's physical space
+PERM_R, PERM_W, PERM_X = 1, 2, 4  # Unicorn's TLB entry permissions
+# Unicorn's access codes in the fill callback (UC_MEM_READ, UC_MEM_WRITE, UC_MEM_FETCH)
+ACCESS_READ, ACCESS_WRITE, ACCESS_FETCH = 16, 17, 18
+
+_FILL_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
+                            ctypes.POINTER(uc_tlb_entry), ctypes.c_void_p)
+_ENGINE_TLB_MAX = 1 << 20  # QEMU's CPU_TLB_DYN_MAX_BITS for 4 KiB pages
+_MAX_ENTRIES = 1 << 20  # the model drops everything past this, as a TLB may
+
+
+class Stage2Fault(Exception):
+    """Stage 2 (EPT, NPT, Arm stage 2) refused a guest-physical access; the architecture turns
+    it into its exit (EPT violation or misconfiguration, #VMEXIT(NPF), stage-2 abort).
+
+    ``write`` / ``fetch`` say what was tried; ``allowed`` is what the translation permits
+    (PERM_R | PERM_W | PERM_X, ANDed over its levels; 0 when an entry was not present);
+    ``walk`` is True when the access was to a guest paging-structure entry during the stage-1
+    walk (or an update of its accessed/dirty bits); ``level`` is the stage-2 level that faulted;
+    ``misconfig`` marks an entry the hardware cannot use (EPT misconfiguration); ``syndrome`` is
+    an architecture-specific fault code (NPT: the #PF-style error code).
+    """
+
+    def __init__(self, gpa: int, detail: str, *, write: bool = False, fetch: bool = False,
+                 allowed: int = 0, walk: bool = False, level: int = 0, misconfig: bool = False,
+                 syndrome: int = 0) -> None:
+        super().__init__(detail)
+        self.gpa, self.detail, self.write, self.fetch = gpa, detail, write, fetch
+        self.allowed, self.walk, self.level, self.misconfig, self.syndrome = allowed, walk, level, misconfig, syndrome
+        self.gla: int | None = None  # set by the stage-1 side when a linear address caused it
+
+
+@dataclass
+class TraceStep:
+    """One stage-1 table entry read: where it is (guest-physical), what it holds, and how its
+    own address went through stage 2."""
+
+    level: str  # the manual's name of the entry (PML4E, PTE, level-1 descriptor ...)
+    gpa: int
+    value: int
+    flags: str
+    stage2: list = field(default_factory=list)  # WalkStep of the stage-2 walk of ``gpa``
+    hpa: int | None = None
+
+
+@dataclass
+class TranslationTrace:
+    """A full GVA -> GPA -> HPA walk as ``hvsim translate`` prints it."""
+
+    address: int
+    stage1: list[TraceStep] = field(default_factory=list)
+    gpa: int | None = None
+    stage2: list = field(default_factory=list)  # WalkStep of the final address's stage-2 walk
+    stage2_name: str = "stage 2"  # EPT, NPT, stage 2, or "none" (guest-physical is host-physical)
+    stage2_levels: dict = field(default_factory=dict)  # level number -> the manual's entry name
+    hpa: int | None = None
+    fault: str | None = None
+
+    def as_json(self) -> dict:
+        def steps(ws):
+            return [{"level": w.level, "address": w.address, "value": w.value, "flags": w.flags} for w in ws]
+
+        return {"address": self.address, "gpa": self.gpa, "hpa": self.hpa, "fault": self.fault,
+                "stage2_name": self.stage2_name,
+                "stage1": [{"level": t.level, "gpa": t.gpa, "value": t.value, "flags": t.flags, "hpa": t.hpa,
+                            "stage2": steps(t.stage2)} for t in self.stage1],
+                "stage2": steps(self.stage2)}
+
+
+class DirtyLog:
+    """Which guest-physical pages a VM's guests wrote since the last :meth:`collect`, for live
+    migration (KVM's KVM_GET_DIRTY_LOG over write-protected pages).
+
+    While logging, the MMUs give a translation write permission only on a write access and
+    record its guest-physical page then; :meth:`collect` returns the pages and write-protects
+    everything again by dropping every vCPU's cached translations (a TLB flush), so the next
+    write to any page is seen. Device DMA is not logged here.
+    """
+
+    def __init__(self, vm) -> None:
+        self.vm = vm
+        self.enabled = False
+        self.pages: set[int] = set()  # guest-physical page numbers
+
+    def start(self) -> None:
+        self.enabled = True
+        self.pages.clear()
+        self._protect()
+
+    def stop(self) -> None:
+        self.enabled = False
+
+    def collect(self) -> list[int]:
+        """Guest-physical addresses of the pages written since the last call (or ``start``)."""
+        pages, self.pages = sorted(self.pages), set()
+        self._protect()
+        return [p << 12 for p in pages]
+
+    def _protect(self) -> None:
+        for vcpu in self.vm.vcpus:
+            mmu = getattr(vcpu, "mmu", None)
+            if mmu is not None:
+                mmu.tlb.invalidate()
+
+
+@dataclass(slots=True)
+class TlbEntry:
+    """One cached translation: the page's Unicorn-physical base, what it allows, and the stage-1
+    facts invalidation depends on (global, page size)."""
+
+    paddr: int
+    perms: int  # PERM_R | PERM_W | PERM_X as the combined translation allows them
+    user: bool  # stage 1 allows user-mode access (x86 U/S, Arm AP[1])
+    global_: bool  # survives a stage-1 address-space switch (x86 G, Arm nG clear)
+    size: int  # page size of the stage-1 translation (invalidation covers the whole page)
+    dirty: bool = True  # False: write permission withheld until the dirty bit is set
+    leaf: tuple[int, int] | None = None  # where that dirty bit lives: (address, size) of the leaf entry
+    gpa: int = 0  # the guest-physical page (dirty logging)
+
+
+class TaggedTlb:
+    """A vCPU's TLB: ``(tag, asid, vpn, user)`` -> :class:`TlbEntry` per 4 KiB page.
+
+    ``tag`` names the translation regime (VMX: VPID and EPTP; SVM: guest ASID; Arm: VMID);
+    ``asid`` the stage-1 address space (PCID, ASID; 0 when the architecture has none enabled).
+    Entries for large pages are stored per 4 KiB page with their page size, so invalidating one
+    address drops the whole large page, as the architectures require.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple, TlbEntry] = {}
+        self.hits = self.misses = self.invalidations = 0
+        self.on_flush: list = []  # called after any invalidation: engines drop their own copies
+
+    def lookup(self, tag, asid: int, vpn: int, user: bool) -> TlbEntry | None:
+        e = self.entries.get((tag, asid, vpn, user))
+        if e is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return e
+
+    def insert(self, tag, asid: int, vpn: int, user: bool, entry: TlbEntry) -> None:
+        if len(self.entries) >= _MAX_ENTRIES:
+            self.entries.clear()
+        self.entries[(tag, asid, vpn, user)] = entry
+
+    def invalidate(self, tag=..., asid=..., address: int | None = None, keep_global: bool = False,
+                   match=None) -> int:
+        """Drop the entries that match every given criterion (``...`` matches anything):
+        ``tag`` (a value, or a predicate on the tag when ``match`` is given), ``asid``,
+        ``address`` (the page containing it, whatever the page size), ``keep_global``.
+        Returns how many were dropped."""
+        self.invalidations += 1
+        if tag is ... and asid is ... and address is None and not keep_global and match is None:
+            n = len(self.entries)
+            self.entries.clear()
+        else:
+            doomed = []
+            for key, e in self.entries.items():
+                t, a, vpn, _u = key
+                if match is not None and not match(t):
+                    continue
+                if tag is not ... and t != tag:
+                    continue
+                if asid is not ... and a != asid and not (address is not None and e.global_):
+                    continue
+                if keep_global and e.global_:
+                    continue
+                if address is not None and (vpn << 12) // e.size != address // e.size:
+                    continue
+                doomed.append(key)
+            for key in doomed:
+                del self.entries[key]
+            n = len(doomed)
+        for flush in self.on_flush:
+            flush()
+        return n
+
+
+class EngineTlb:
+    """Puts one Unicorn engine in virtual-TLB mode with ``fill(vaddr, access) -> (paddr, perms)
+    | None`` as its miss handler (None: the access faults; the plugin kept the reason).
+
+    The callback is a C-level one (core/engine.RawHooks); it must not raise, so an exception is
+    handed to ``hooks.fail`` and re-raised by the vCPU after ``emu_start``.
+
+    Growing the engine's TLB: QEMU doubles it when a flush finds it more than 70% used. The
+    plugin's fill calls :meth:`refilled` when the model already held the translation (Unicorn
+    had evicted it); after twice the engine's estimated size of those, the engine is stopped at
+    the end of its block, and the vCPU calls :meth:`service` before re-entering, which flushes.
+    """
+
+    def __init__(self, uc, hooks, fill, tlb: TaggedTlb) -> None:
+        self.uc = uc
+        self.fills = 0
+        self.flushes_to_grow = 0
+        self.size = 256  # QEMU's initial TLB size (CPU_TLB_DYN_DEFAULT_BITS), doubled per growth flush
+        self._refills = 0
+        self.want_flush = False
+        self.tlb = tlb
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        fail, uch = hooks.fail, hooks._uch
+
+        def on_fill(_uch, vaddr, access, entry_p, _ud):
+            self.fills += 1
+            try:
+                result = fill(vaddr, access)
+            except BaseException as exc:
+                fail(exc)
+                return False
+            if result is None:
+                return False
+            e = entry_p[0]
+            e.paddr, e.perms = result
+            return True
+
+        self._uch = uch
+        hooks.add(UC_HOOK_TLB_FILL, _FILL_CB, on_fill)
+        tlb.on_flush.append(self.flush)
+
+    def flush(self) -> None:
+        """Drop every translation the engine cached (its copy of the model)."""
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self._refills = 0
+
+    def refilled(self) -> None:
+        """A fill the model answered: the engine's TLB had dropped that translation."""
+        self._refills += 1
+        if self._refills > 2 * self.size and not self.want_flush and self.size < _ENGINE_TLB_MAX:
+            self.want_flush = True
+            _emu_stop(self._uch)
+
+    def service(self) -> bool:
+        """After ``emu_start`` returned: True if it stopped only so the TLB could grow (flushed
+        now; the vCPU re-enters)."""
+        if not self.want_flush:
+            return False
+        self.want_flush = False
+        self.flush()
+        self.size *= 2
+        self.flushes_to_grow += 1
+        return True
