@@ -315,3 +315,33 @@ def test_svm_invpcid_exit_reports_the_descriptor_address_and_the_type(make_vm, h
     (exit, rip, _), = vmm.seen
     assert (exit.raw.EXITCODE, exit.raw.EXITINFO1, exit.raw.EXITINFO2) == (0xA2, X86_DATA, 2)
     assert exit.raw.NRIP == rip + 6
+
+
+@pytest.mark.parametrize("invpcid_type", [0, 2, 3])
+def test_vmx_invpcid_run_for_the_guest_drops_the_cached_translation(make_vm, invpcid_type):
+    """Enabled and not exiting, INVPCID does what its type says (SDM Vol. 2A): type 0 the one
+    address of the descriptor, 2 and 3 every context; the changed PTE is then seen."""
+    from test_x86_memory_virtualization import FRAME_A, FRAME_B, GUEST_PT, P, RW, WINDOW, paging_on
+
+    desc = X86_DATA + 0x100
+    vm = boot(make_vm, "intel_vtx", f"""
+        mov qword ptr [{FRAME_A:#x}], 0x1111
+        mov qword ptr [{FRAME_B:#x}], 0x2222
+        mov qword ptr [{desc:#x}], 0
+        mov rax, {WINDOW:#x}
+        mov qword ptr [{desc + 8:#x}], rax
+        {paging_on({0: FRAME_A | P | RW})}
+        mov rax, [{WINDOW:#x}]
+        mov [{X86_DATA:#x}], rax
+        mov qword ptr [{GUEST_PT:#x}], {FRAME_B | P | RW:#x}
+        mov rax, [{WINDOW:#x}]
+        mov [{X86_DATA + 8:#x}], rax
+        mov rdx, {invpcid_type}
+        mov rbx, {desc:#x}
+        invpcid rdx, [rbx]
+        mov rax, [{WINDOW:#x}]
+        mov [{X86_DATA + 16:#x}], rax
+        {END}""")
+    set_controls(vm.vcpus[0], proc2=msrs.SECONDARY_EXEC_ENABLE_INVPCID)
+    assert vm.run(timeout=10).status == 1
+    assert [vm.memory.read_u64(X86_DATA + 8 * i) for i in range(3)] == [0x1111, 0x1111, 0x2222]
