@@ -64,6 +64,8 @@ _SEGMENTS = (("ES", X.UC_X86_REG_ES), ("CS", X.UC_X86_REG_CS), ("SS", X.UC_X86_R
 class SvmGuestContext:
     """One vCPU's SVM structures in host memory, outside every VM's guest-physical space."""
 
+    exits_before_faults = frozenset()  # 15.7.1: intercepts come after #UD and CPL checks
+
     def __init__(self, vcpu, area: int) -> None:
         self.vcpu = vcpu
         host = vcpu.vm.host

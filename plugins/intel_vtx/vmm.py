@@ -65,6 +65,9 @@ INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION = 4, 
 class VmxGuestContext:
     """One vCPU's VMXON region, VMCS and MSR bitmap in host memory, outside every guest."""
 
+    # SDM 26.1.3: MOV-DR exits come before #GP for CPL > 0 and #UD for DR4/DR5 with CR4.DE
+    exits_before_faults = frozenset({"mov_to_dr", "mov_from_dr"})
+
     def __init__(self, vcpu, area: int) -> None:
         self.vcpu = vcpu
         host = vcpu.vm.host

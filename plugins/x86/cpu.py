@@ -391,12 +391,13 @@ class X86Vcpu(Vcpu):
         it; without one the vendor context may complete it (``passthrough``), else it runs in
         the engine, or is #UD where the engine does not implement it (``undefined``).
         Returns True when emulated (skip it), False to run it natively, None when RIP moved."""
-        fault = self._instruction_fault(kind, info)
-        if fault is not None:
-            self.guest_exception(fault[0], fault[1], rip)
-            return None
         context = self.context
         hit = context.intercepts(kind, info) if context is not None else False
+        if not (hit and kind in context.exits_before_faults):
+            fault = self._instruction_fault(kind, info)
+            if fault is not None:
+                self.guest_exception(fault[0], fault[1], rip)
+                return None
         if hit:
             # ``hit`` may name the exit more precisely (SVM: selective CR0 write, MWAIT armed)
             name = hit if isinstance(hit, str) else kind
