@@ -26,7 +26,8 @@ class X86Vendor:
         the same way, ``hlt_exits`` / ``cpuid_exits``, ``intercepts(kind, info)`` for the other
         sensitive instructions (True, False, or the name of a more precise exit),
         ``passthrough(kind, info, rip, length)`` for what one does without an exit where the
-        engine cannot (True: done, False: the engine runs it or #UD, None: RIP moved), and
+        engine cannot (True: done, False: the engine runs it or #UD, None: RIP moved),
+        ``exits_before_faults`` (the kinds whose exit comes before the #UD/#GP checks), and
         optionally ``after_exit()`` (VMCS fields that take effect without a re-entry); or None."""
         return None
 
