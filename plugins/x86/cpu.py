@@ -388,8 +388,9 @@ class X86Vcpu(Vcpu):
     def _on_instruction(self, kind: str, rip: int, length: int, info, undefined: bool = False) -> bool | None:
         """A sensitive instruction about to execute: the architectural faults that come before
         any intercept (SDM 26.1.1, APM 15.7.1), then an exit if the VMM's controls intercept
-        it; without one the vendor context may complete it (``passthrough``), else it runs in
-        the engine, or is #UD where the engine does not implement it (``undefined``).
+        it; without one, or when the VMM did not emulate it, the vendor context may complete it
+        (``passthrough``), else it runs in the engine, or is #UD where the engine does not
+        implement it (``undefined``).
         Returns True when emulated (skip it), False to run it natively, None when RIP moved."""
         context = self.context
         hit = context.intercepts(kind, info) if context is not None else False
@@ -422,7 +423,7 @@ class X86Vcpu(Vcpu):
                 if kind in ("monitor", "mwait"):
                     self.monitor_armed = kind == "monitor"  # MWAIT waits on (and disarms) it
                 return True
-        elif context is not None:
+        if context is not None:  # not intercepted, or the VMM let it complete as it would have
             done = context.passthrough(kind, info, rip, length)
             if done is not False:
                 return done

@@ -80,7 +80,7 @@ def handle_exception(vcpu, exit: Exit) -> None:
 def handle_instruction(vcpu, exit: Exit) -> None:
     """An intercepted sensitive instruction; it completes in the engine afterwards unless a
     handler emulated it. Under shadow paging the VMM keeps its shadow tables in step: MOV to
-    CR3 or a paging-mode change in CR0/CR4 drops them, INVLPG drops one entry."""
+    CR3 or a paging-mode change in CR0/CR4 or INVPCID drops them, INVLPG drops one entry."""
     shadow = vcpu.mmu.shadow
     if shadow is None or exit.info is None:
         return
@@ -89,6 +89,8 @@ def handle_instruction(vcpu, exit: Exit) -> None:
         shadow.reset()
     elif kind == "invlpg":
         shadow.invlpg(operand[0])
+    elif kind == "invpcid":  # any type may drop translations of the current PCID: start again
+        shadow.reset()
 
 
 def register(registry) -> None:

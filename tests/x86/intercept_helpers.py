@@ -63,12 +63,16 @@ class Vmm:
 
     @hookimpl
     def hvsim_exit_handlers(self, vm, registry):
+        platform = registry.get(ExitKind.INSTRUCTION)  # hvsim's own (shadow-paging bookkeeping)
+
         def on_instruction(vcpu, exit):
-            if vcpu.rip() < X86_BASE:
-                return
-            self.seen.append((exit, vcpu.rip(), vcpu.regs.read(X.UC_X86_REG_RBX)))
-            if self.emulate is not None and self.emulate(vcpu, exit):
-                exit.value = True
+            if vcpu.rip() >= X86_BASE:
+                self.seen.append((exit, vcpu.rip(), vcpu.regs.read(X.UC_X86_REG_RBX)))
+                if self.emulate is not None and self.emulate(vcpu, exit):
+                    exit.value = True
+                    return
+            if platform is not None:
+                platform(vcpu, exit)
 
         registry.add(ExitKind.INSTRUCTION, on_instruction)
 

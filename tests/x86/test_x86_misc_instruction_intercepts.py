@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 from unicorn import x86_const as X
 
+from guestlib import X86_STACK, x86_64
 from intercept_helpers import END, UD_MARK, X86_DATA, Vmm, boot, code, handler, msrs, set_controls, vmwrite
 
 RAX, RCX, RDX, RBX, RSI = 0, 1, 2, 3, 6
@@ -317,14 +318,21 @@ def test_svm_invpcid_exit_reports_the_descriptor_address_and_the_type(make_vm, h
     assert exit.raw.NRIP == rip + 6
 
 
+@pytest.mark.parametrize("paging", ["nested", "shadow"])
 @pytest.mark.parametrize("invpcid_type", [0, 2, 3])
-def test_vmx_invpcid_run_for_the_guest_drops_the_cached_translation(make_vm, invpcid_type):
+def test_vmx_invpcid_run_for_the_guest_drops_the_cached_translation(make_vm, hvsim_pm, invpcid_type, paging):
     """Enabled and not exiting, INVPCID does what its type says (SDM Vol. 2A): type 0 the one
-    address of the descriptor, 2 and 3 every context; the changed PTE is then seen."""
+    address of the descriptor, 2 and 3 every context; the changed PTE is then seen. Under
+    shadow paging INVLPG exiting is on, so INVPCID exits (58) and the VMM completes it, its
+    shadow tables dropped."""
     from test_x86_memory_virtualization import FRAME_A, FRAME_B, GUEST_PT, P, RW, WINDOW, paging_on
 
+    vmm = Vmm()
+    hvsim_pm.register(vmm)
     desc = X86_DATA + 0x100
-    vm = boot(make_vm, "intel_vtx", f"""
+    vm = make_vm("intel_vtx", **({"paging": "shadow"} if paging == "shadow" else {}))
+    vm.load(x86_64(f"""
+        mov rsp, {X86_STACK}
         mov qword ptr [{FRAME_A:#x}], 0x1111
         mov qword ptr [{FRAME_B:#x}], 0x2222
         mov qword ptr [{desc:#x}], 0
@@ -341,7 +349,23 @@ def test_vmx_invpcid_run_for_the_guest_drops_the_cached_translation(make_vm, inv
         invpcid rdx, [rbx]
         mov rax, [{WINDOW:#x}]
         mov [{X86_DATA + 16:#x}], rax
-        {END}""")
+        {END}"""))
     set_controls(vm.vcpus[0], proc2=msrs.SECONDARY_EXEC_ENABLE_INVPCID)
     assert vm.run(timeout=10).status == 1
     assert [vm.memory.read_u64(X86_DATA + 8 * i) for i in range(3)] == [0x1111, 0x1111, 0x2222]
+    assert [e.raw.EXIT_REASON for e, *_ in vmm.seen if e.raw.EXIT_REASON == 58] == ([58] if paging == "shadow" else [])
+
+
+def test_an_intercepted_cr8_write_the_vmm_lets_complete_reaches_the_tpr(make_vm, hvsim_pm, arch):
+    """A VMM that does not emulate the exit has the write completed as it would have been
+    without the intercept: into the APIC's TPR (no TPR shadow / V_INTR_MASKING here)."""
+    vmm = Vmm()
+    hvsim_pm.register(vmm)
+    vm = boot(make_vm, arch, f"mov rcx, 7\nmov cr8, rcx\nmov rbx, cr8\nmov [{X86_DATA:#x}], rbx\n{END}")
+    vcpu = vm.vcpus[0]
+    if arch == "intel_vtx":
+        set_controls(vcpu, proc=msrs.CPU_BASED_CR8_LOAD_EXITING)
+    else:
+        vcpu.context.vmcb.write("INTERCEPT_CR_WRITE", 1 << 8)
+    assert vm.run(timeout=10).status == 1
+    assert len(vmm.seen) == 1 and vm.memory.read_u64(X86_DATA) == 7 and vcpu.context.tpr == 0x70
