@@ -211,8 +211,9 @@ class TaggedTlb:
             for key in doomed:
                 del self.entries[key]
             n = len(doomed)
-        for flush in self.on_flush:
-            flush()
+        if n:  # the engines hold at most what the model holds
+            for flush in self.on_flush:
+                flush()
         return n
 
 

@@ -40,7 +40,7 @@ STATUS_TIMEOUT = 124  # as timeout(1)
 
 HV_AREA = 8 << 20  # host memory each VM reserves for the hypervisor's structures
 SLICE_US = 200_000  # one vCPU: long slices, re-entry is the cost
-SLICE_US_SMP = 2_000  # several vCPUs: short slices so they interleave
+SLICE_US_SMP = 10_000  # several vCPUs: short slices so they interleave (and a masked event waits at most this)
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGkmg]?)(i?[Bb])?\s*$")
 

@@ -109,6 +109,8 @@ class SvmGuestContext:
         self._intercepted: dict[str, bool] = {}
         self._cr_reads = self._cr_writes = self._dr_reads = self._dr_writes = 0
         self.tpr = 0  # the local APIC's TPR that CR8 reaches without V_INTR_MASKING (bits 7:4)
+        self._memory_virtualization({name: vmcb.read(name) for name in ("GUEST_ASID", "TLB_CONTROL", "NP_ENABLE",
+                                                                        "N_CR3")})
 
     @staticmethod
     def build_identity_npt(vm, base: int) -> int:

@@ -132,6 +132,7 @@ class VmxGuestContext:
         self._cr_saved: tuple = ()
         self._epts: dict[int, Ept] = {}  # by EPTP: each keeps its guest-physical mappings
         self.vmx.tlb = self  # INVEPT / INVVPID reach this logical processor's TLB model
+        self._memory_virtualization(self._values[Field.SECONDARY_VM_EXEC_CONTROL])
 
     def _vmwrite(self, field: int, value: int) -> None:
         result = self.vmx.vmwrite(field, value)

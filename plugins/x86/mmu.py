@@ -52,6 +52,7 @@ class PageFault(Exception):
 
 
 _CS = {}
+_decoded: dict = {}  # (bits, rip, bytes) -> capstone instruction: faulting instructions repeat
 _STACK_WRITES = {CX.X86_INS_PUSH, CX.X86_INS_CALL, CX.X86_INS_PUSHFQ, CX.X86_INS_PUSHFD, CX.X86_INS_PUSHF}
 _STACK_READS = {CX.X86_INS_POP, CX.X86_INS_RET, CX.X86_INS_POPFQ, CX.X86_INS_POPFD, CX.X86_INS_POPF,
                 CX.X86_INS_IRETQ, CX.X86_INS_IRETD, CX.X86_INS_IRET, CX.X86_INS_LEAVE}
@@ -140,13 +141,14 @@ class X86Mmu:
             if self.log.enabled:
                 self.log.pages.add(gpa >> 12)
 
-    def walk(self, linear: int, access: Access, cpl: int | None = None, set_ad: bool = True) -> Walk:
+    def walk(self, linear: int, access: Access, cpl: int | None = None, set_ad: bool = True,
+             record: bool = True) -> Walk:
         """The guest's stage-1 walk of ``linear`` with every table read through stage 2."""
         cr0, cr3, cr4, efer, _pcid = self._ctx or self._context()
         if cpl is None:
             cpl = self.vcpu.cpl()
         return paging.walk(linear, access, cr0, cr3, cr4, efer, cpl, self._table_u32, self._table_u64,
-                           self._table_update if set_ad else None)
+                           self._table_update if set_ad else None, record)
 
     # -- Unicorn's TLB miss -----------------------------------------------------------------------
     def fill(self, vaddr: int, access: int):
@@ -176,7 +178,7 @@ class X86Mmu:
         if self.shadow is not None:
             return self._fill_shadow(vaddr, mode, user, pcid)
         try:
-            w = self.walk(vaddr, mode, 3 if user else 0)
+            w = self.walk(vaddr, mode, 3 if user else 0, record=False)
         except Stage2Fault as fault:
             fault.gla = vaddr
             self.pending = fault
@@ -221,7 +223,7 @@ class X86Mmu:
         if w.fault:
             self.pending = PageFault(vaddr, w.error_code, w.fault)
             return None
-        if w.steps[-1].value & SHADOW_MMIO:
+        if w.entry & SHADOW_MMIO:
             return w.address & ~0xFFF, PERM_R | PERM_W
         perms = PERM_R | (PERM_W if w.writable else 0) | (PERM_X if w.executable else 0)
         paddr = HOST_PHYS_BASE + (w.address & ~0xFFF)
@@ -271,9 +273,14 @@ class X86Mmu:
             code = vcpu.read_linear(lin_rip, 15)
         except Exception:  # the code itself is unreadable: the page is what is known
             return page
-        insn = next(_disassembler(bits).disasm(code, rip, 1), None)
+        insn = _decoded.get((bits, rip, code))
         if insn is None:
-            return page
+            insn = next(_disassembler(bits).disasm(code, rip, 1), None)
+            if insn is None:
+                return page
+            if len(_decoded) > 4096:
+                _decoded.clear()
+            _decoded[(bits, rip, code)] = insn
         mask, r = (1 << bits) - 1, self.regs
         candidates = []
         for op in insn.operands:

@@ -96,7 +96,7 @@ class ShadowMmu:
             return _U64.unpack_from(view, hpa)[0] if hpa + 8 <= size else 0
 
         return paging.walk(gva, access, HW_CR0, self.root, HW_CR4, HW_EFER, cpl,
-                           lambda a: read(a) & 0xFFFF_FFFF, read)
+                           lambda a: read(a) & 0xFFFF_FFFF, read, record=False)
 
     # -- the VMM's exit handling ---------------------------------------------------------------------
     def page_fault(self, gva: int, error_code: int) -> None:

@@ -522,3 +522,75 @@ def test_shadow_paging_exits_where_nested_paging_does_not(make_vm, arch):
     assert counts["nested"] == {io: 1}
     shadow = counts["shadow"]
     assert shadow[pf] >= 64 and shadow[cr3] == 2 and shadow[invlpg] == 1  # paging_on's MOV CR3 and the reload
+
+
+# -- the other paging modes, over stage 2 ------------------------------------------------------------
+
+def _multiboot(src32: str) -> bytes:
+    from test_x86_platform import multiboot_kernel
+
+    return multiboot_kernel(src32)
+
+
+@pytest.mark.parametrize("mode", ["32-bit", "PAE"])
+def test_32_bit_and_pae_guest_paging_translate_through_stage2(make_vm, arch, mode):
+    """A Multiboot kernel (32-bit, paging off) turns on 32-bit paging (a 4 MiB PSE page and a
+    4 KiB page table, SDM 4.3) or PAE paging (SDM 4.4) itself and reads through the window."""
+    pd, pt, pdpt = 0x40_0000, 0x40_1000, 0x40_2000
+    if mode == "32-bit":
+        tables = f"""
+            mov dword ptr [{pd:#x}], 0x83
+            mov dword ptr [{pd + 4:#x}], {0x40_0000 | 0x83:#x}
+            mov dword ptr [{pd + 8:#x}], {pt | 3:#x}
+            mov dword ptr [{pt + 4:#x}], {FRAME_A | 3:#x}
+            mov eax, cr4
+            or eax, 0x10
+            mov cr4, eax
+            mov eax, {pd:#x}"""
+        window = 0x80_1000  # PDE 2, PTE 1
+    else:
+        tables = f"""
+            mov dword ptr [{pdpt:#x}], {pd | 1:#x}
+            mov dword ptr [{pd:#x}], 0x83
+            mov dword ptr [{pd + 8:#x}], {0x20_0000 | 0x83:#x}
+            mov dword ptr [{pd + 16:#x}], {0x40_0000 | 0x83:#x}
+            mov dword ptr [{pd + 32:#x}], {pt | 3:#x}
+            mov dword ptr [{pt + 8:#x}], {FRAME_A | 3:#x}
+            mov eax, cr4
+            or eax, 0x20
+            mov cr4, eax
+            mov eax, {pdpt:#x}"""
+        window = 0x80_1000  # PDE 4 (8 MiB / 2 MiB), PTE 1
+    vm = make_vm(arch)
+    vm.load(_multiboot(f"""
+        mov dword ptr [{FRAME_A + 0x10:#x}], 0x600dcafe
+        {tables}
+        mov cr3, eax
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        mov eax, [{window + 0x10:#x}]
+        mov [{X86_DATA:#x}], eax
+        {END}"""))
+    assert vm.run(timeout=10).status == 1
+    assert vm.memory.read_u32(X86_DATA) == 0x600dcafe
+
+
+def test_a_5_level_eptp_walks_five_levels(make_vm):
+    """SDM 29.3.2: with page-walk length 5 (EPTP bits 5:3 = 4) the walk starts at a PML5 table."""
+    from hvsim.plugins.intel_vtx.vmcs import Field
+
+    vm = boot(make_vm, "intel_vtx", f"""
+        {paging_on({0: FRAME_A | P | RW})}
+        mov qword ptr [{WINDOW + 8:#x}], 0x55
+        {END}""")
+    ctx = vm.vcpus[0].context
+    pml4 = ctx.vmcs.values[Field.EPT_POINTER] & ~0xFFF
+    pml5 = vm.arch.hv_area + STAGE2_AREA + 0x18_0000
+    vm.host.write(pml5, (pml4 | 7).to_bytes(8, "little") + bytes(0xFF8))
+    assert ctx.vmx.vmwrite(Field.EPT_POINTER, pml5 | 6 | 4 << 3).ok
+    assert vm.run(timeout=10).status == 1
+    assert u64(vm, FRAME_A + 8) == 0x55
+    trace = vm.vcpus[0].trace_translation(WINDOW + 8)
+    assert [w.address for w in trace.stage2][:2] == [pml5, pml4]
+    assert len(trace.stage2) == 4  # PML5E, PML4E, PDPTE, then the 2 MiB PDE
