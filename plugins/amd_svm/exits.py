@@ -40,7 +40,14 @@ VMEXIT_VMMCALL = 0x81
 VMEXIT_NPF = 0x400
 _INSTRUCTION_EXITS = {"rdtsc": "RDTSC", "rdtscp": "RDTSCP", "invlpg": "INVLPG", "wbinvd": "WBINVD",
                       "invd": "INVD", "pause": "PAUSE", "vmrun": "VMRUN", "vmload": "VMLOAD", "vmsave": "VMSAVE",
-                      "stgi": "STGI", "clgi": "CLGI", "skinit": "SKINIT", "invlpga": "INVLPGA"}
+                      "stgi": "STGI", "clgi": "CLGI", "skinit": "SKINIT", "invlpga": "INVLPGA",
+                      "rdpmc": "RDPMC", "pushf": "PUSHF", "popf": "POPF", "iret": "IRET", "intn": "SWINT",
+                      "icebp": "ICEBP", "monitor": "MONITOR", "mwait": "MWAIT",
+                      "mwait_conditional": "MWAIT_CONDITIONAL", "xsetbv": "XSETBV", "rdpru": "RDPRU",
+                      "efer_write_trap": "EFER_WRITE_TRAP", "invpcid": "INVPCID",
+                      "sidt": "IDTR_READ", "sgdt": "GDTR_READ", "sldt": "LDTR_READ", "str": "TR_READ",
+                      "lidt": "IDTR_WRITE", "lgdt": "GDTR_WRITE", "lldt": "LDTR_WRITE", "ltr": "TR_WRITE"}
+CR_VALID = 1 << 63  # EXITINFO1 of a CR access: the exit was a MOV CR and bits 3:0 name its GPR (15.33.1)
 
 # EXITINFO1 for IOIO intercepts (APM Vol. 2, Figure 15-2)
 IOIO_TYPE_IN = 1 << 0
@@ -116,15 +123,33 @@ class SvmVendor(X86Vendor):
 
     def instruction_exit(self, kind, rip, insn_len, operand):
         nrip = rip + insn_len
-        if kind in ("mov_to_cr", "mov_from_cr"):
-            # 15.8.1 with decode assists: EXITINFO1 bit 63 says the GPR number in 3:0 is valid.
-            cr, gpr, _value = operand
-            code = (0x10 if kind == "mov_to_cr" else 0x00) + cr
-            return Exit(ExitKind.INSTRUCTION, f"VMEXIT_{EXIT_CODES[code]}",
-                        SvmExitInfo(code, 1 << 63 | gpr, 0, nrip))
+        if kind in ("mov_to_cr", "mov_from_cr", "clts", "lmsw", "smsw", "cr0_sel_write"):
+            # 15.8.1: CLTS and LMSW are CR0 writes, SMSW a CR0 read; with decode assists
+            # (15.33.1) EXITINFO1 bit 63 marks a MOV CR and bits 3:0 give its GPR.
+            mov = kind in ("mov_to_cr", "mov_from_cr") or kind == "cr0_sel_write" and len(operand) == 3 \
+                and isinstance(operand[0], int)
+            if kind == "cr0_sel_write":
+                code = VMEXIT["CR0_SEL_WRITE"]
+            elif kind in ("mov_to_cr", "mov_from_cr"):
+                code = (0x10 if kind == "mov_to_cr" else 0x00) + operand[0]
+            else:
+                code = 0x00 if kind == "smsw" else 0x10
+            info1 = CR_VALID | operand[1] if mov else 0
+            return Exit(ExitKind.INSTRUCTION, f"VMEXIT_{EXIT_CODES[code]}", SvmExitInfo(code, info1, 0, nrip))
+        if kind in ("mov_to_dr", "mov_from_dr"):
+            dr, gpr = operand  # decode assists: EXITINFO1 3:0 the GPR (15.33.1)
+            code = (0x30 if kind == "mov_to_dr" else 0x20) + dr
+            return Exit(ExitKind.INSTRUCTION, f"VMEXIT_{EXIT_CODES[code]}", SvmExitInfo(code, gpr, 0, nrip))
         code = VMEXIT[_INSTRUCTION_EXITS[kind]]
-        info1 = operand[0] if kind == "invlpg" else 0  # INVLPG: the linear address (decode assists)
-        return Exit(ExitKind.INSTRUCTION, f"VMEXIT_{EXIT_CODES[code]}", SvmExitInfo(code, info1, 0, nrip))
+        info1 = info2 = 0
+        if kind in ("invlpg", "intn", "efer_write_trap"):
+            info1 = operand[0]  # the linear address; the vector (decode assists); the new EFER
+        elif kind == "invpcid":
+            ops, linear, _ = operand  # EXITINFO1 the descriptor's address, EXITINFO2 the type
+            info1, info2 = linear or 0, operand[2]
+        if kind == "efer_write_trap":
+            nrip = rip  # a trap: reported after the write, at the next instruction
+        return Exit(ExitKind.INSTRUCTION, f"VMEXIT_{EXIT_CODES[code]}", SvmExitInfo(code, info1, info2, nrip))
 
     def cpuid_exit(self, rip):
         return Exit(ExitKind.CPUID, "VMEXIT_CPUID", SvmExitInfo(VMEXIT_CPUID, 0, 0, rip + 2))

@@ -7,6 +7,7 @@ from hvsim.core.spec import SpecTable
 from .exits import EXIT_CODES
 from .svm import CHECKS
 from .vmcb import FIELDS, INTERCEPTS, Clean
+from .vmm import HONOURED
 
 
 def tables() -> dict[str, SpecTable]:
@@ -34,8 +35,9 @@ def tables() -> dict[str, SpecTable]:
         "intercepts": SpecTable(
             "VMCB intercept vectors and the exit code each intercept produces",
             "AMD APM Vol. 2, Table B-1 (0x000-0x014) and Appendix C",
-            ["offset", "bit", "name", "exit_code", "exit_name"],
-            [[f"{i.offset:#05x}", i.bit, i.name, f"{i.exit_code:#x}", i.exit_name] for i in INTERCEPTS]),
+            ["offset", "bit", "name", "exit_code", "exit_name", "hvsim"],
+            [[f"{i.offset:#05x}", i.bit, i.name, f"{i.exit_code:#x}", i.exit_name,
+              "honoured" if i.name in HONOURED else ""] for i in INTERCEPTS]),
         "vmrun-checks": SpecTable(
             "VMRUN consistency checks: any of these is #VMEXIT with EXITCODE VMEXIT_INVALID (-1)",
             "AMD APM Vol. 2, 15.5.1", ["check", "illegal state"], [[k, v] for k, v in CHECKS.items()]),

@@ -38,16 +38,33 @@ VMCB_OFFSET, IOPM_OFFSET, MSRPM_OFFSET, HSAVE_OFFSET = 0x0000, 0x1000, 0x4000, 0
 _INSTRUCTION_INTERCEPTS = {"rdtsc": "RDTSC", "rdtscp": "RDTSCP", "invlpg": "INVLPG", "wbinvd": "WBINVD",
                            "invd": "INVD", "pause": "PAUSE", "vmrun": "VMRUN", "vmload": "VMLOAD",
                            "vmsave": "VMSAVE", "stgi": "STGI", "clgi": "CLGI", "skinit": "SKINIT",
-                           "invlpga": "INVLPGA"}
+                           "invlpga": "INVLPGA", "rdpmc": "RDPMC", "pushf": "PUSHF", "popf": "POPF",
+                           "iret": "IRET", "intn": "INTN", "icebp": "ICEBP", "monitor": "MONITOR",
+                           "mwait": "MWAIT", "xsetbv": "XSETBV", "rdpru": "RDPRU", "invpcid": "INVPCID",
+                           "sidt": "IDTR_READ", "sgdt": "GDTR_READ", "sldt": "LDTR_READ", "str": "TR_READ",
+                           "lidt": "IDTR_WRITE", "lgdt": "GDTR_WRITE", "lldt": "LDTR_WRITE", "ltr": "TR_WRITE"}
+_OPTIONAL = ("pushf", "popf", "iret")  # trapped only while intercepted (plugins/x86/traps.py)
+CR0_TS_MP = (1 << 3) | (1 << 1)  # the bits a write may change without a selective CR0 write exit
+MSR_EFER = 0xC000_0080
+EFER_LMA = 1 << 10
+EFER_VALID = 0x1 | 0x100 | 0x400 | 0x800 | 0x1000 | 0x2000 | 0x4000 | 0x8000  # SCE LME LMA NXE SVME LMSLE FFXSR TCE
 INTERCEPTS = ("VMRUN", "VMMCALL", "CPUID", "HLT", "IOIO_PROT", "MSR_PROT", "SHUTDOWN")
+# Every intercept hvsim's SVM honours (`hvsim spec --arch amd_svm intercepts`).
+HONOURED = frozenset({*_INSTRUCTION_INTERCEPTS.values(), *INTERCEPTS, "CR0_SEL_WRITE", "MWAIT_CONDITIONAL",
+                      "EFER_WRITE_TRAP", *(f"CR{n}_{d}" for n in (0, 2, 3, 4, 8) for d in ("READ", "WRITE")),
+                      *(f"DR{n}_{d}" for n in range(8) for d in ("READ", "WRITE")), *(f"EXCP{n}" for n in range(32))})
 _LOADED_ON_VMRUN = (("RAX", X.UC_X86_REG_RAX), ("RSP", X.UC_X86_REG_RSP), ("RIP", X.UC_X86_REG_RIP),
                     ("RFLAGS", X.UC_X86_REG_RFLAGS), ("CR2", X.UC_X86_REG_CR2))
+_GPR_IDS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
+                                                     "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
 _SEGMENTS = (("ES", X.UC_X86_REG_ES), ("CS", X.UC_X86_REG_CS), ("SS", X.UC_X86_REG_SS),
              ("DS", X.UC_X86_REG_DS), ("FS", X.UC_X86_REG_FS), ("GS", X.UC_X86_REG_GS))
 
 
 class SvmGuestContext:
     """One vCPU's SVM structures in host memory, outside every VM's guest-physical space."""
+
+    exits_before_faults = frozenset()  # 15.7.1: intercepts come after #UD and CPL checks
 
     def __init__(self, vcpu, area: int) -> None:
         self.vcpu = vcpu
@@ -90,7 +107,8 @@ class SvmGuestContext:
         self.msr_check = None
         self.exception_check = None
         self._intercepted: dict[str, bool] = {}
-        self._cr_reads = self._cr_writes = 0
+        self._cr_reads = self._cr_writes = self._dr_reads = self._dr_writes = 0
+        self.tpr = 0  # the local APIC's TPR that CR8 reaches without V_INTR_MASKING (bits 7:4)
         self._memory_virtualization({name: vmcb.read(name) for name in ("GUEST_ASID", "TLB_CONTROL", "NP_ENABLE",
                                                                         "N_CR3")})
 
@@ -139,7 +157,11 @@ class SvmGuestContext:
                           if vmcb.is_intercepted("MSR_PROT") else _never)
         self.hlt_exits, self.cpuid_exits = vmcb.is_intercepted("HLT"), vmcb.is_intercepted("CPUID")
         self._intercepted = {kind: vmcb.is_intercepted(name) for kind, name in _INSTRUCTION_INTERCEPTS.items()}
+        for name in ("CR0_SEL_WRITE", "MWAIT_CONDITIONAL", "EFER_WRITE_TRAP"):
+            self._intercepted[name] = vmcb.is_intercepted(name)
+        self.vcpu.want_traps(frozenset(k for k in _OPTIONAL if self._intercepted[k]))
         self._cr_reads, self._cr_writes = vmcb.read("INTERCEPT_CR_READ"), vmcb.read("INTERCEPT_CR_WRITE")
+        self._dr_reads, self._dr_writes = vmcb.read("INTERCEPT_DR_READ"), vmcb.read("INTERCEPT_DR_WRITE")
         exceptions = vmcb.read("INTERCEPT_EXCEPTIONS")
         self.exception_check = (lambda vector, _code: bool(exceptions >> vector & 1)) if exceptions else None
         self._memory_virtualization(self.clean_cache.vmrun(vmcb))
@@ -186,13 +208,73 @@ class SvmGuestContext:
                 regs.write(reg, value)
         self._inject()
 
-    def intercepts(self, kind: str, info) -> bool:
-        """Whether this sensitive instruction is intercepted by the VMCB (15.9, 15.8.1)."""
+    def intercepts(self, kind: str, info) -> bool | str:
+        """Whether this sensitive instruction is intercepted by the VMCB (15.8-15.14); a string
+        names a more precise exit (the selective CR0 write, MWAIT with the monitor armed)."""
         if kind == "mov_to_cr":
-            return bool(self._cr_writes >> info[0] & 1)
+            if self._cr_writes >> info[0] & 1:
+                return True
+            return info[0] == 0 and self._selective_cr0(self.vcpu.read_gpr(info[1]))
         if kind == "mov_from_cr":
             return bool(self._cr_reads >> info[0] & 1)
+        if kind in ("clts", "lmsw"):  # 15.8.1: CR0 writes; LMSW may also be a selective one
+            if self._cr_writes & 1:
+                return True
+            if kind == "clts":
+                return False  # CLTS changes only TS
+            source = self.vcpu.lmsw_source(info)
+            if source is None:
+                return False  # its operand faults: LMSW runs in the engine and takes the fault
+            return self._selective_cr0(self.vcpu.cr0() & ~0xE | source & 0xF)
+        if kind == "smsw":
+            return bool(self._cr_reads & 1)
+        if kind == "mov_to_dr":
+            return bool(self._dr_writes >> info[0] & 1)
+        if kind == "mov_from_dr":
+            return bool(self._dr_reads >> info[0] & 1)
+        if kind == "mwait" and not self._intercepted.get("mwait"):
+            # 15.9: MWAIT_CONDITIONAL intercepts MWAIT only if the monitor hardware is armed
+            return "mwait_conditional" if self._intercepted.get("MWAIT_CONDITIONAL") and self.vcpu.monitor_armed else False
         return self._intercepted.get(kind, False)
+
+    def _selective_cr0(self, value: int) -> bool | str:
+        """15.8.2: the selective CR0 write intercept takes writes that change a CR0 bit other
+        than TS and MP (the CR0 write intercept, when also set, wins)."""
+        if self._intercepted.get("CR0_SEL_WRITE") and (value ^ self.vcpu.cr0()) & ~CR0_TS_MP & 0xFFFF_FFFF:
+            return "cr0_sel_write"
+        return False
+
+    def passthrough(self, kind: str, info, rip: int, length: int) -> bool | None:
+        """What a sensitive instruction does in the guest without an intercept, where the engine
+        cannot do it itself: CR8 reads/writes V_TPR under V_INTR_MASKING (15.21.1), else the
+        APIC's TPR; RDPMC finds no counter: #GP(0); an EFER write completes, then the EFER write
+        trap (15.9) reports the new value. True: done, skip it; False: the engine runs it (or
+        #UD where it cannot); None: RIP already moved."""
+        vcpu, vmcb = self.vcpu, self.vmcb
+        if kind in ("mov_to_cr", "mov_from_cr") and info[0] == 8:
+            masking = vmcb.read("V_INTR_MASKING")
+            if kind == "mov_from_cr":
+                vcpu.regs.write(_GPR_IDS[info[1]], vmcb.read("V_TPR") & 0xF if masking else self.tpr >> 4)
+            elif masking:
+                vmcb.write("V_TPR", vcpu.read_gpr(info[1]) & 0xF)
+            else:
+                self.tpr = (vcpu.read_gpr(info[1]) & 0xF) << 4
+            return True
+        if kind == "rdpmc":
+            vcpu.guest_exception(13, 0, rip)
+            return None
+        if kind == "wrmsr_efer" and self._intercepted.get("EFER_WRITE_TRAP"):
+            regs = vcpu.regs
+            value = (regs.read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | regs.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF
+            if value & ~EFER_VALID:
+                return False  # reserved bits: the engine's own #GP(0)
+            value = value & ~EFER_LMA | vcpu.efer() & EFER_LMA  # LMA is the processor's
+            regs_msr = vcpu.uc.reg_write
+            regs_msr(X.UC_X86_REG_MSR, (MSR_EFER, value))
+            vcpu.set_rip(rip + length)
+            vcpu._exit(vcpu.vendor.instruction_exit("efer_write_trap", rip + length, 0, (value,)))
+            return None
+        return False
 
     def _inject(self) -> None:
         """EVENTINJ (15.20): an event the VMM asked for is delivered as the guest starts, through

@@ -25,6 +25,22 @@ EXIT_REASONS = {
 }
 EXIT_REASON = {name: number for number, name in EXIT_REASONS.items()}
 
+# What makes hvsim's VMX exit with each reason it produces (`hvsim spec ... exit-reasons`).
+EXIT_CAUSES = {
+    0: "exception bitmap (#PF with error-code mask/match)", 2: "triple fault", 33: "VM-entry failure (bit 31 set)",
+    48: "an access to guest-physical memory the EPT does not map (MMIO)",
+    10: "CPUID (always)", 11: "GETSEC (always, once CR4.SMXE = 1; hvsim's processor has no SMX: #UD)",
+    12: "HLT exiting", 13: "INVD (always)", 14: "INVLPG exiting", 15: "RDPMC exiting", 16: "RDTSC exiting",
+    18: "VMCALL (always)", **{n: "the guest's VMX instruction (always)" for n in (19, 20, 21, 22, 23, 24, 25, 26, 27, 50, 53, 59)},
+    28: "MOV CR0/CR4 against the guest/host masks, CLTS, LMSW; CR3-load/store; CR8-load/store exiting",
+    29: "MOV-DR exiting", 30: "unconditional I/O exiting, I/O bitmaps", 31: "MSR bitmaps", 32: "MSR bitmaps",
+    36: "MWAIT exiting", 39: "MONITOR exiting", 40: "PAUSE exiting",
+    43: "use TPR shadow: MOV to CR8 below TPR_THRESHOLD (trap-like)", 46: "descriptor-table exiting (LGDT, LIDT, SGDT, SIDT)",
+    47: "descriptor-table exiting (LLDT, LTR, SLDT, STR)", 51: "RDTSC exiting with enable RDTSCP", 54: "WBINVD exiting",
+    55: "XSETBV (always)", 57: "RDRAND exiting", 58: "enable INVPCID and INVLPG exiting", 61: "RDSEED exiting",
+    63: "enable XSAVES/XRSTORS and the XSS-exiting bitmap", 64: "enable XSAVES/XRSTORS and the XSS-exiting bitmap",
+}
+
 EXIT_REASON_EXCEPTION_NMI = 0
 EXIT_REASON_TRIPLE_FAULT = 2
 EXIT_REASON_CPUID = 10
@@ -33,6 +49,10 @@ EXIT_REASON_VMCALL = 18
 EXIT_REASON_IO_INSTRUCTION = 30
 EXIT_REASON_CR_ACCESS = 28
 _INSTRUCTION_REASONS = {"rdtsc": 16, "rdtscp": 51, "invlpg": 14, "wbinvd": 54, "invd": 13, "pause": 40,
+                        "getsec": 11, "rdpmc": 15, "mwait": 36, "monitor": 39, "xsetbv": 55, "rdrand": 57,
+                        "invpcid": 58, "rdseed": 61, "xsaves": 63, "xrstors": 64,
+                        "sgdt": 46, "sidt": 46, "lgdt": 46, "lidt": 46, "sldt": 47, "str": 47, "lldt": 47,
+                        "ltr": 47, "tpr_below_threshold": 43,
                         # VMX instructions executed by the guest (SDM 26.1.2: they always exit)
                         "vmclear": 19, "vmlaunch": 20, "vmptrld": 21, "vmptrst": 22, "vmread": 23,
                         "vmresume": 24, "vmwrite": 25, "vmxoff": 26, "vmxon": 27, "invept": 50,
@@ -42,6 +62,63 @@ EXIT_REASON_MSR_WRITE = 32
 EXIT_REASON_EPT_VIOLATION = 48
 EXIT_REASON_EPT_MISCONFIG = 49
 EXIT_REASON_INVALID_STATE_FAILED_ENTRY = 33 | (1 << 31)  # bit 31: VM-entry failure (SDM 27.8)
+
+EXIT_REASON_DR_ACCESS = 29
+
+# Exit qualification for control-register accesses (SDM Table 28-3): access type, bits 5:4
+CR_MOV_TO, CR_MOV_FROM, CR_CLTS, CR_LMSW = 0, 1, 2, 3
+CR_LMSW_MEMORY = 1 << 6  # LMSW operand type: memory
+CR_LMSW_SOURCE_SHIFT = 16
+# Exit qualification for MOV DR (SDM Table 28-4): DR 2:0, direction bit 4 (1 = MOV from DR), GPR 11:8
+DR_DIRECTION_FROM = 1 << 4
+
+# VM-exit instruction-information field (SDM 28.2.5, Tables 28-9 to 28-15)
+INFO_MEM_REG = 1 << 10  # Mem/Reg: 1 = register operand
+INFO_INDEX_INVALID, INFO_BASE_INVALID = 1 << 22, 1 << 27
+_DESCRIPTOR_IDENTITY = {"sgdt": 0, "sidt": 1, "lgdt": 2, "lidt": 3, "sldt": 0, "str": 1, "lldt": 2, "ltr": 3}
+_SCALING = {1: 0, 2: 1, 4: 2, 8: 3}
+_ADDRESS_SIZE = {16: 0, 32: 1, 64: 2}
+
+
+def memory_info(op) -> int:
+    """The addressing part every instruction-information layout shares (SDM Tables 28-10 to
+    28-15): scaling 1:0, address size 9:7, segment 17:15, index 21:18 with its invalid bit 22,
+    base 26:23 with its invalid bit 27. For a register operand only Mem/Reg (bit 10) is set."""
+    if not op.memory:
+        return INFO_MEM_REG
+    info = _ADDRESS_SIZE[op.address_size] << 7 | op.segment << 15
+    info |= _SCALING[op.scale] | op.index << 18 if op.index is not None else INFO_INDEX_INVALID
+    info |= op.base << 23 if op.base is not None else INFO_BASE_INVALID
+    return info
+
+
+def instruction_information(kind: str, ops: tuple) -> tuple[int, int]:
+    """(VM-exit instruction information, exit qualification) for an instruction whose exit
+    reports its operands (SDM 28.2.5; the qualification is the memory operand's displacement,
+    sign-extended, RIP-relative ones including the next RIP, 0 for a register operand: 28.2.1)."""
+    mem = next((op for op in ops if op.memory), None)
+    qual = mem.displacement & (1 << 64) - 1 if mem is not None else 0
+    if kind in ("rdrand", "rdseed"):  # Table 28-9: destination register 6:3, operand size 12:11
+        op = ops[0]
+        return op.register << 3 | {2: 0, 4: 1, 8: 2}[op.size] << 11, 0
+    if kind in ("sgdt", "sidt", "lgdt", "lidt"):  # Table 28-10
+        info = memory_info(mem) & ~INFO_MEM_REG | _DESCRIPTOR_IDENTITY[kind] << 28
+        return info | (0 if mem.data16 else 1 << 11), qual  # operand size: 0 16-bit, 1 32-bit
+    if kind in ("sldt", "str", "lldt", "ltr"):  # Table 28-11
+        op = ops[0]
+        info = memory_info(op) | _DESCRIPTOR_IDENTITY[kind] << 28
+        return info | (op.register << 3 if not op.memory else 0), qual
+    if kind in ("vmread", "vmwrite"):  # Table 28-15: Reg1 6:3 (r/m register), Reg2 31:28 (field)
+        rm = ops[0] if kind == "vmread" else ops[1]
+        field = ops[1] if kind == "vmread" else ops[0]
+        info = memory_info(rm) | field.register << 28
+        return info | (rm.register << 3 if not rm.memory else 0), qual
+    if kind in ("invept", "invvpid", "invpcid"):  # Table 28-13: Reg2 31:28 (the type register)
+        return memory_info(mem) | ops[0].register << 28, qual
+    if mem is not None:  # Table 28-14: VMCLEAR, VMPTRLD, VMPTRST, VMXON, XRSTORS, XSAVES
+        return memory_info(mem), qual
+    return 0, 0
+
 
 # VM-exit interruption information (SDM 24.9.2, Table 24-19)
 INTR_INFO_VALID, INTR_INFO_DELIVER_CODE = 1 << 31, 1 << 11
@@ -65,11 +142,13 @@ class VmxExitInfo:
     """The VM-exit information fields a VMM reads after an exit (SDM 25.9)."""
 
     __slots__ = ("VM_EXIT_INTR_INFO", "VM_EXIT_INTR_ERROR_CODE", "EXIT_REASON", "EXIT_QUALIFICATION", "GUEST_PHYSICAL_ADDRESS",
-                 "GUEST_LINEAR_ADDRESS", "VM_EXIT_INSTRUCTION_LEN", "GUEST_RIP")
+                 "GUEST_LINEAR_ADDRESS", "VM_EXIT_INSTRUCTION_LEN", "GUEST_RIP", "VMX_INSTRUCTION_INFO")
 
     def __init__(self, exit_reason: int, exit_qualification: int = 0, guest_rip: int | None = None,
                  instruction_length: int = 0, guest_physical_address: int = 0,
-                 guest_linear_address: int = 0, intr_info: int = 0, intr_error_code: int = 0) -> None:
+                 guest_linear_address: int = 0, intr_info: int = 0, intr_error_code: int = 0,
+                 instruction_info: int = 0) -> None:
+        self.VMX_INSTRUCTION_INFO = instruction_info
         self.EXIT_REASON = exit_reason
         self.EXIT_QUALIFICATION = exit_qualification
         self.GUEST_RIP = guest_rip
@@ -134,15 +213,38 @@ class VmxVendor(X86Vendor):
                     cr2 if vector == 14 else 0, vector=vector, value=error_code)
 
     def instruction_exit(self, kind, rip, insn_len, operand):
-        if kind in ("mov_to_cr", "mov_from_cr"):
-            # SDM Table 28-3: CR number 3:0, access type 5:4 (0 MOV to CR, 1 MOV from CR), GPR 11:8.
-            cr, gpr, _value = operand
-            qual = cr | (0 if kind == "mov_to_cr" else 1) << 4 | gpr << 8
+        if kind in ("mov_to_cr", "mov_from_cr", "clts", "lmsw"):
+            # SDM Table 28-3: CR number 3:0, access type 5:4, LMSW operand type 6, GPR 11:8 (MOV
+            # CR only), LMSW source data 31:16; LMSW from memory also reports its linear address.
+            gla = 0
+            if kind in ("mov_to_cr", "mov_from_cr"):
+                cr, gpr, _value = operand
+                qual = cr | (CR_MOV_TO if kind == "mov_to_cr" else CR_MOV_FROM) << 4 | gpr << 8
+            elif kind == "clts":
+                qual = CR_CLTS << 4
+            else:
+                _ops, linear, source = operand
+                qual = CR_LMSW << 4 | (CR_LMSW_MEMORY if linear is not None else 0) | source << CR_LMSW_SOURCE_SHIFT
+                gla = linear or 0
             return Exit(ExitKind.INSTRUCTION, "EXIT_REASON_CR_ACCESS",
-                        VmxExitInfo(EXIT_REASON_CR_ACCESS, qual, rip, insn_len))
+                        VmxExitInfo(EXIT_REASON_CR_ACCESS, qual, rip, insn_len, guest_linear_address=gla))
+        if kind in ("mov_to_dr", "mov_from_dr"):
+            dr, gpr = operand
+            qual = dr | (DR_DIRECTION_FROM if kind == "mov_from_dr" else 0) | gpr << 8
+            return Exit(ExitKind.INSTRUCTION, "EXIT_REASON_DR_ACCESS",
+                        VmxExitInfo(EXIT_REASON_DR_ACCESS, qual, rip, insn_len))
         reason = _INSTRUCTION_REASONS[kind]
-        qual = operand[0] if kind == "invlpg" else 0  # INVLPG: the linear-address operand (SDM 28.2.1)
-        return Exit(ExitKind.INSTRUCTION, f"EXIT_REASON_{EXIT_REASONS[reason]}", VmxExitInfo(reason, qual, rip, insn_len))
+        info = 0
+        if kind == "invlpg":
+            qual = operand[0]  # the linear-address operand (SDM 28.2.1)
+        elif kind == "mwait":
+            qual = int(bool(operand and operand[0]))  # bit 0: the monitoring hardware is armed
+        elif len(operand) == 3 and isinstance(operand[0], tuple):  # (operands, linear, value)
+            info, qual = instruction_information(kind, operand[0])
+        else:
+            qual = 0
+        return Exit(ExitKind.INSTRUCTION, f"EXIT_REASON_{EXIT_REASONS[reason]}",
+                    VmxExitInfo(reason, qual, rip, insn_len, instruction_info=info))
 
     def stage2_exit(self, fault, rip):
         """An EPT violation (SDM 29.3.3.2; qualification Table 28-7: the access in bits 2:0, what

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hvsim.core.spec import SpecTable
 
 from . import msrs
-from .exits import EXIT_REASONS
+from .exits import EXIT_REASONS, EXIT_CAUSES
 from .vmcs import COMPONENTS, REQUIRES, TYPE_NAMES, WIDTH_NAMES, Encoding
 from .vmx import VMX_INSTRUCTION_ERRORS
 
@@ -54,6 +54,34 @@ def tables() -> dict[str, SpecTable]:
         "exit-reasons": SpecTable(
             "VMX basic exit reasons", "Intel SDM Vol. 3D, Appendix C", ["reason", "name"],
             [[n, f"EXIT_REASON_{name}"] for n, name in sorted(EXIT_REASONS.items())]),
+        "exit-causes": SpecTable(
+            "The exit reasons hvsim's VMX produces, and on what", "Intel SDM Vol. 3C 26.1-26.2, 28.2",
+            ["reason", "name", "hvsim exits on"],
+            [[n, f"EXIT_REASON_{EXIT_REASONS[n]}", cause] for n, cause in sorted(EXIT_CAUSES.items())]),
+        "cr-qualification": SpecTable(
+            "Exit qualification for control-register accesses", "Intel SDM Vol. 3C, Table 28-3", ["bits", "meaning"],
+            [["3:0", "control register (0 for CLTS and LMSW)"],
+             ["5:4", "access type: 0 MOV to CR, 1 MOV from CR, 2 CLTS, 3 LMSW"],
+             ["6", "LMSW operand type: 0 register, 1 memory"], ["11:8", "MOV CR: the general-purpose register"],
+             ["31:16", "LMSW source data"]]),
+        "dr-qualification": SpecTable(
+            "Exit qualification for MOV DR", "Intel SDM Vol. 3C, Table 28-4", ["bits", "meaning"],
+            [["2:0", "debug register"], ["4", "direction: 0 MOV to DR, 1 MOV from DR"],
+             ["11:8", "the general-purpose register"]]),
+        "instruction-information": SpecTable(
+            "VM-exit instruction-information field", "Intel SDM Vol. 3C 28.2.5, Tables 28-9 to 28-15",
+            ["bits", "meaning", "used by"],
+            [["1:0", "scaling: 0 none, 1 by 2, 2 by 4, 3 by 8", "memory operands"],
+             ["6:3", "Reg1: the register operand", "LLDT/LTR/SLDT/STR, VMREAD/VMWRITE (register form); RDRAND/RDSEED destination"],
+             ["9:7", "address size: 0 16-bit, 1 32-bit, 2 64-bit", "memory operands"],
+             ["10", "Mem/Reg: 0 memory, 1 register", "LLDT/LTR/SLDT/STR, VMREAD/VMWRITE"],
+             ["11", "operand size: 0 16-bit, 1 32-bit", "LGDT/LIDT/SGDT/SIDT"],
+             ["12:11", "operand size: 0 16-bit, 1 32-bit, 2 64-bit", "RDRAND/RDSEED"],
+             ["17:15", "segment register: 0 ES, 1 CS, 2 SS, 3 DS, 4 FS, 5 GS", "memory operands"],
+             ["21:18", "index register", "memory operands"], ["22", "index register invalid", "memory operands"],
+             ["26:23", "base register", "memory operands"], ["27", "base register invalid", "memory operands"],
+             ["29:28", "instruction identity: 0 SGDT/SLDT, 1 SIDT/STR, 2 LGDT/LLDT, 3 LIDT/LTR", "descriptor tables"],
+             ["31:28", "Reg2: the field encoding (VMREAD/VMWRITE), the type (INVEPT/INVPCID/INVVPID)", "VMX, INVPCID"]]),
         "io-qualification": SpecTable(
             "Exit qualification for I/O instructions", "Intel SDM Vol. 3C, Table 28-5", ["bits", "meaning"],
             [["2:0", "size of access: 0 = 1 byte, 1 = 2 bytes, 3 = 4 bytes"],

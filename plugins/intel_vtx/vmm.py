@@ -22,8 +22,11 @@ from .exits import VmxExitInfo
 from .vmcs import Field
 from .vmx import Status, Vmx
 
-VMXON_OFFSET, VMCS_OFFSET, MSR_BITMAP_OFFSET, IO_BITMAP_A_OFFSET, IO_BITMAP_B_OFFSET = (
-    0x0000, 0x1000, 0x2000, 0x3000, 0x4000)
+VMXON_OFFSET, VMCS_OFFSET, MSR_BITMAP_OFFSET, IO_BITMAP_A_OFFSET, IO_BITMAP_B_OFFSET, VIRTUAL_APIC_OFFSET = (
+    0x0000, 0x1000, 0x2000, 0x3000, 0x4000, 0x5000)
+VTPR = 0x80  # the virtual TPR in the virtual-APIC page (SDM 30.1.1)
+CR0_TS, CR0_PE_MP_EM_TS = 1 << 3, 0xF
+_DESCRIPTOR_TABLE = frozenset({"sgdt", "sidt", "lgdt", "lidt", "sldt", "str", "lldt", "ltr"})
 HOST_RIP = 0xFFFF_FFFF_8100_0000  # where the host's VM-exit handler would be: hvsim's Python
 HOST_RSP = 0xFFFF_FFFF_8100_8000
 
@@ -44,6 +47,7 @@ _SEGMENTS = (("ES", X.UC_X86_REG_ES), ("CS", X.UC_X86_REG_CS), ("SS", X.UC_X86_R
 _LOADED_ON_ENTRY = ((Field.GUEST_RIP, X.UC_X86_REG_RIP), (Field.GUEST_RSP, X.UC_X86_REG_RSP),
                     (Field.GUEST_RFLAGS, X.UC_X86_REG_RFLAGS))
 AR_UNUSABLE = 1 << 16
+IA32_XSS = 0xDA0
 _GPR_IDS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
                                                      "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
 TR_RESET = (0, 0, 0xFFFF, 0x8B)  # selector, base, limit, AR: a busy 32-bit TSS, TR after RESET
@@ -60,6 +64,9 @@ INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION = 4, 
 
 class VmxGuestContext:
     """One vCPU's VMXON region, VMCS and MSR bitmap in host memory, outside every guest."""
+
+    # SDM 26.1.3: MOV-DR exits come before #GP for CPL > 0 and #UD for DR4/DR5 with CR4.DE
+    exits_before_faults = frozenset({"mov_to_dr", "mov_from_dr"})
 
     def __init__(self, vcpu, area: int) -> None:
         self.vcpu = vcpu
@@ -106,6 +113,10 @@ class VmxGuestContext:
         for offset, field in ((IO_BITMAP_A_OFFSET, Field.IO_BITMAP_A), (IO_BITMAP_B_OFFSET, Field.IO_BITMAP_B)):
             host.write(area + offset, b"\xff" * 4096)
             self._vmwrite(field, area + offset)
+        # A virtual-APIC page, as KVM gives every vCPU: used when a VMM sets "use TPR shadow".
+        host.write(area + VIRTUAL_APIC_OFFSET, bytes(4096))
+        self._vmwrite(Field.VIRTUAL_APIC_PAGE_ADDR, area + VIRTUAL_APIC_OFFSET)
+        self.tpr = 0  # the local APIC's TPR that MOV CR8 reaches without a TPR shadow (bits 7:4)
         self._vmwrite(Field.VMCS_LINK_POINTER, (1 << 64) - 1)
         self._host_state()
         self._values = self.vmcs.values
@@ -117,6 +128,8 @@ class VmxGuestContext:
         self.exception_check = None
         self._exiting: dict[str, bool] = {}
         self._cr3_load = self._cr3_store = False
+        self._proc = self._proc2 = 0
+        self._cr_saved: tuple = ()
         self._epts: dict[int, Ept] = {}  # by EPTP: each keeps its guest-physical mappings
         self.vmx.tlb = self  # INVEPT / INVVPID reach this logical processor's TLB model
         self._memory_virtualization(self._values[Field.SECONDARY_VM_EXEC_CONTROL])
@@ -167,7 +180,8 @@ class VmxGuestContext:
         if raw is self._last:
             return
         self._last = raw
-        self.vmcs.record_exit(raw.EXIT_REASON, raw.EXIT_QUALIFICATION, raw.VM_EXIT_INSTRUCTION_LEN, 0,
+        self.vmcs.record_exit(raw.EXIT_REASON, raw.EXIT_QUALIFICATION, raw.VM_EXIT_INSTRUCTION_LEN,
+                              raw.VMX_INSTRUCTION_INFO,
                               raw.GUEST_LINEAR_ADDRESS or 0, raw.GUEST_PHYSICAL_ADDRESS or 0,
                               raw.VM_EXIT_INTR_INFO, raw.VM_EXIT_INTR_ERROR_CODE)
         if raw.GUEST_RIP is not None:
@@ -204,9 +218,20 @@ class VmxGuestContext:
             **{name: True for name in ("vmclear", "vmlaunch", "vmptrld", "vmptrst", "vmread", "vmresume",
                                        "vmwrite", "vmxoff", "vmxon", "invept", "invvpid", "vmfunc")},
             "pause": bool(proc & msrs.CPU_BASED_PAUSE_EXITING),
+            "getsec": True, "xsetbv": True,  # unconditional (SDM 26.1.2)
+            "invpcid": bool(proc2 & msrs.SECONDARY_EXEC_ENABLE_INVPCID and proc & msrs.CPU_BASED_INVLPG_EXITING),
+            "mwait": bool(proc & msrs.CPU_BASED_MWAIT_EXITING),
+            "monitor": bool(proc & msrs.CPU_BASED_MONITOR_EXITING),
+            "rdpmc": bool(proc & msrs.CPU_BASED_RDPMC_EXITING),
+            "rdrand": bool(proc2 & msrs.SECONDARY_EXEC_RDRAND_EXITING),
+            "rdseed": bool(proc2 & msrs.SECONDARY_EXEC_RDSEED_EXITING),
+            **dict.fromkeys(_DESCRIPTOR_TABLE, bool(proc2 & msrs.SECONDARY_EXEC_DESC)),
+            **dict.fromkeys(("mov_to_dr", "mov_from_dr"), bool(proc & msrs.CPU_BASED_MOV_DR_EXITING)),
         }
+        self._proc, self._proc2 = proc, proc2
         self._cr3_load, self._cr3_store = (bool(proc & msrs.CPU_BASED_CR3_LOAD_EXITING),
                                            bool(proc & msrs.CPU_BASED_CR3_STORE_EXITING))
+        self._load_guest_view_of_cr0_cr4()
         self._memory_virtualization(proc2)
         self.resume_state()
         return None
@@ -280,10 +305,17 @@ class VmxGuestContext:
 
     def intercepts(self, kind: str, info) -> bool:
         """Whether this sensitive instruction exits under the current controls (SDM 25.1)."""
+        if kind in ("clts", "lmsw"):
+            return self._cr0_access_exits(kind, info)
+        if kind in ("xsaves", "xrstors"):
+            return self._xss_exits()
         if kind not in ("mov_to_cr", "mov_from_cr"):
             return self._exiting.get(kind, False)
         cr, gpr = info
         v = self._values
+        if cr == 8:  # SDM 26.1.3: CR8-load / CR8-store exiting
+            return bool(self._proc & (msrs.CPU_BASED_CR8_LOAD_EXITING if kind == "mov_to_cr"
+                                      else msrs.CPU_BASED_CR8_STORE_EXITING))
         if cr == 3:
             if kind == "mov_from_cr":
                 return self._cr3_store
@@ -295,10 +327,95 @@ class VmxGuestContext:
             return value not in targets  # a CR3-target value loads without an exit
         if kind == "mov_to_cr" and cr in (0, 4):
             # Exits if a bit the VMM owns (guest/host mask) would differ from its read shadow.
+            # The read shadow's owned bits are what the engine holds (the guest's view).
             mask = v.get(Field.CR0_GUEST_HOST_MASK if cr == 0 else Field.CR4_GUEST_HOST_MASK, 0)
-            shadow = v.get(Field.CR0_READ_SHADOW if cr == 0 else Field.CR4_READ_SHADOW, 0)
+            shadow = self.vcpu.regs.read(X.UC_X86_REG_CR0 if cr == 0 else X.UC_X86_REG_CR4)
             return bool((self.vcpu.regs.read(_GPR_IDS[gpr]) ^ shadow) & mask)
-        return False  # MOV from CR0/CR4 reads the shadow; CR8 (TPR) comes with APICv
+        return False  # MOV from CR0/CR4 reads the shadow (the engine holds the guest's view)
+
+    def _cr0_access_exits(self, kind: str, info) -> bool:
+        """SDM 26.1.3: CLTS exits if TS is owned (CR0 guest/host mask) and set in the read
+        shadow; LMSW exits if it would set an owned PE the shadow has clear, or would make an
+        owned MP/EM/TS differ from the shadow."""
+        mask, shadow = self._values.get(Field.CR0_GUEST_HOST_MASK, 0), self.vcpu.cr0()  # the guest's view
+        if kind == "clts":
+            return bool(mask & shadow & CR0_TS)
+        if not mask & CR0_PE_MP_EM_TS:
+            return False
+        source = self.vcpu.lmsw_source(info)
+        if source is None:
+            return False  # its operand faults: LMSW runs in the engine and takes the fault
+        return bool(mask & 1 and source & 1 and not shadow & 1 or (source ^ shadow) & mask & 0xE)
+
+    def _xss_exits(self) -> bool:
+        """SDM 26.1.3: with "enable XSAVES/XRSTORS", XSAVES/XRSTORS exit if any bit is set in
+        EDX:EAX AND IA32_XSS AND the XSS-exiting bitmap (without it they are #UD)."""
+        if not self._proc2 & msrs.SECONDARY_EXEC_ENABLE_XSAVES:
+            return False
+        regs = self.vcpu.regs
+        mask = (regs.read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | regs.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF
+        return bool(mask & self.vcpu.msrs.get(IA32_XSS, 0) & self._values.get(Field.XSS_EXIT_BITMAP, 0))
+
+    def passthrough(self, kind: str, info, rip: int, length: int) -> bool | None:
+        """What a sensitive instruction does in VMX non-root operation without an exit, where
+        the engine cannot do it itself (SDM 26.3, 30.3): MOV CR8 reaches the virtual TPR with
+        "use TPR shadow", else the APIC's TPR; INVPCID (when enabled) invalidates the TLB;
+        RDPMC finds no counter (CPUID leaf 0AH reports none): #GP(0). True: done, skip it;
+        False: the engine runs it (or #UD where it cannot); None: RIP already moved."""
+        vcpu = self.vcpu
+        if kind in ("mov_to_cr", "mov_from_cr") and info[0] == 8:
+            use_shadow = self._proc & msrs.CPU_BASED_TPR_SHADOW
+            if kind == "mov_from_cr":
+                tpr = self._vtpr() if use_shadow else self.tpr
+                vcpu.regs.write(_GPR_IDS[info[1]], tpr >> 4 & 0xF)
+                return True
+            value = vcpu.regs.read(_GPR_IDS[info[1]]) & 0xF
+            if not use_shadow:
+                self.tpr = value << 4
+                return True
+            host = vcpu.vm.host  # bits 7:4 of VTPR <- source 3:0; the rest of VTPR cleared
+            host.write(self._values[Field.VIRTUAL_APIC_PAGE_ADDR] + VTPR, (value << 4).to_bytes(4, "little"))
+            threshold = self._values.get(Field.TPR_THRESHOLD, 0) & 0xF
+            if not self._proc2 & msrs.SECONDARY_EXEC_VIRTUAL_INTR_DELIVERY and value < threshold:
+                # TPR virtualization (SDM 30.1.2): a trap-like exit after the instruction
+                vcpu.set_rip(rip + length)
+                vcpu._exit(vcpu.vendor.instruction_exit("tpr_below_threshold", rip + length, 0, ()))
+                return None
+            return True
+        if kind == "invpcid" and self._proc2 & msrs.SECONDARY_EXEC_ENABLE_INVPCID:
+            return vcpu.invpcid(info, rip)
+        if kind == "rdpmc":
+            vcpu.guest_exception(13, 0, rip)
+            return None
+        return False
+
+    def _cr_fields(self) -> tuple:
+        v = self._values
+        return tuple(v.get(f, 0) for f in (Field.GUEST_CR0, Field.CR0_READ_SHADOW, Field.CR0_GUEST_HOST_MASK,
+                                            Field.GUEST_CR4, Field.CR4_READ_SHADOW, Field.CR4_GUEST_HOST_MASK))
+
+    def _load_guest_view_of_cr0_cr4(self) -> None:
+        """The engine holds the CR0/CR4 the guest reads (SDM 26.3: bits owned by the guest/host
+        mask read as the read shadow, the others as the register): loaded anew when the VMM
+        changed GUEST_CR0/CR4, a read shadow or a mask with VMWRITE since the exit (at the next
+        entry, or right after an exit the engine completes)."""
+        fields = self._cr_fields()
+        saved = self._cr_saved
+        if fields == saved or not saved:
+            return
+        regs = self.vcpu.regs
+        for i, reg in ((0, X.UC_X86_REG_CR0), (3, X.UC_X86_REG_CR4)):
+            cr, shadow, mask = fields[i:i + 3]
+            base = cr if cr != saved[i] else regs.read(reg)  # the engine is newer unless the VMM wrote it
+            view = (base & ~mask) | (shadow & mask)
+            if regs.read(reg) != view:
+                regs.write(reg, view)
+        self._cr_saved = fields
+
+    after_exit = _load_guest_view_of_cr0_cr4
+
+    def _vtpr(self) -> int:
+        return self.vcpu.vm.host.read(self._values[Field.VIRTUAL_APIC_PAGE_ADDR] + VTPR, 1)[0]
 
     def _exception_bitmap_check(self):
         """SDM 25.2: an exception exits if its bit in the exception bitmap is 1; for #PF the bit
@@ -365,10 +482,17 @@ class VmxGuestContext:
         regs = vcpu.regs
         for field, reg in _LOADED_ON_ENTRY:
             v[field] = self._saved[field] = regs.read(reg)
+        # The engine holds the guest's view (see _load_guest_view_of_cr0_cr4): the owned bits of
+        # GUEST_CR0/CR4 stay the VMM's, the read shadows follow what the guest sees.
         cr0, cr4 = vcpu.cr0(), regs.read(X.UC_X86_REG_CR4)
-        v[Field.GUEST_CR0], v[Field.CR0_READ_SHADOW] = cr0 | self.cr0_owned, cr0
+        m0, m4 = v.get(Field.CR0_GUEST_HOST_MASK, 0), v.get(Field.CR4_GUEST_HOST_MASK, 0)
+        real0, real4 = v.get(Field.GUEST_CR0, cr0 | self.cr0_owned), v.get(Field.GUEST_CR4, cr4 | CR4_OWNED)
+        if not self._cr_saved:  # the first save: the loader's state, with the bits VMX needs
+            real0, real4 = cr0 | self.cr0_owned, cr4 | CR4_OWNED
+        v[Field.GUEST_CR0], v[Field.CR0_READ_SHADOW] = (cr0 & ~m0) | (real0 & m0), cr0
         v[Field.GUEST_CR3] = regs.read(X.UC_X86_REG_CR3)
-        v[Field.GUEST_CR4], v[Field.CR4_READ_SHADOW] = cr4 | CR4_OWNED, cr4
+        v[Field.GUEST_CR4], v[Field.CR4_READ_SHADOW] = (cr4 & ~m4) | (real4 & m4), cr4
+        self._cr_saved = self._cr_fields()
         v[Field.GUEST_DR7] = regs.read(X.UC_X86_REG_DR7) | 0x400
         v[Field.GUEST_IA32_EFER] = vcpu.efer()
         v[Field.GUEST_ACTIVITY_STATE] = 0

@@ -35,15 +35,27 @@ from hvsim.core.mmu import HOST_PHYS_BASE, Stage2Fault
 
 from . import idt, layout, paging
 from .boot import GDT_ENTRIES, SEL_CODE32, SEL_CODE64, SEL_DATA, BootState
-from .decode import IoInsn, decode_io, virtualization_instruction, writes_memory
+from .decode import IoInsn, decode_io, undefined_instruction, writes_memory
 from .handlers import handle_msr
+from .operands import Operand, effective_address
 from .quirks import ExceptionLatch
 from .mmu import MSR_EFER, UNTIL, GeneralProtection, PageFault, X86Mmu
 from .traps import SensitiveTraps, reg_id
 
 MSR_IA32_APIC_BASE = 0x1B
+MASK64 = (1 << 64) - 1
 APIC_BASE_DEFAULT = 0xFEE0_0000 | (1 << 11)  # enabled, xAPIC mode
 APIC_BASE_BSP = 1 << 8
+CR4_DE, CR4_PCE, CR4_UMIP, CR4_SMXE, CR4_OSXSAVE = 1 << 3, 1 << 8, 1 << 11, 1 << 14, 1 << 18
+# Instruction exits whose record depends only on the instruction (not on register values)
+_STATIC_RECORDS = frozenset({"mov_to_cr", "mov_from_cr", "mov_to_dr", "mov_from_dr", "clts", "smsw", "sgdt", "sidt",
+                             "lgdt", "lidt", "sldt", "str", "lldt", "ltr", "rdtsc", "rdtscp", "wbinvd", "invd",
+                             "pause", "xsetbv", "rdrand", "rdseed", "rdpmc", "pushf", "popf", "iret", "icebp",
+                             "rdpru", "monitor", "getsec", "xsaves", "xrstors"})
+_FAULT_CHECKED = frozenset({"xsetbv", "xsaves", "xrstors", "getsec", "mov_to_dr", "mov_from_dr", "rdpmc",
+                            "monitor", "mwait", "sgdt", "sidt", "sldt", "str", "smsw"})
+# Instructions that need CPL 0 (#GP(0) otherwise, checked before any intercept)
+_PRIVILEGED = frozenset({"clts", "lmsw", "lgdt", "lidt", "lldt", "ltr", "invpcid", "wbinvd", "invd", "invlpg", "mov_to_cr", "mov_from_cr"})
 
 _ACCESS_NAMES = {UC_HOOK_MEM_READ_UNMAPPED: "read from", UC_HOOK_MEM_WRITE_UNMAPPED: "write to",
                  UC_HOOK_MEM_FETCH_UNMAPPED: "instruction fetch from"}
@@ -51,6 +63,12 @@ _MEM_READ_UNMAPPED, _MEM_WRITE_UNMAPPED, _MEM_FETCH_UNMAPPED = 19, 20, 21
 # General-purpose registers in the order exit qualifications number them (SDM Table 28-3).
 _GPRS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
                                                   "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
+
+
+def _canonical(address: int) -> bool:
+    """Bits 63:47 all equal (48-bit linear addresses, CPUID.80000008H)."""
+    top = address >> 47
+    return top == 0 or top == (1 << 17) - 1
 
 
 class X86Vcpu(Vcpu):
@@ -75,6 +93,7 @@ class X86Vcpu(Vcpu):
         self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive)
         self.context = vendor.attach(self, hv_area)  # the VMCB / VMCS this vCPU runs through
         self._record = self.context.record if self.context is not None else None
+        self._after_exit = getattr(self.context, "after_exit", None)
         for claim in vm.bus.mmio_claims:
             self._map_mmio(claim.base, claim.size)
         on_out, on_in, on_cpuid = self._make_io_hooks()
@@ -89,6 +108,8 @@ class X86Vcpu(Vcpu):
         self._stopping = False
         self._unmapped: tuple[int, int, int, int] | None = None
         self._hypercall = vendor.hypercall_insn
+        self.monitor_armed = False  # address-range monitoring armed by an emulated MONITOR
+        self._insn_records: dict[tuple, tuple[str, object]] = {}
 
     # -- engine set-up ---------------------------------------------------------------------
     def _map_mmio(self, base: int, size: int) -> None:
@@ -227,6 +248,8 @@ class X86Vcpu(Vcpu):
         if self._record is not None:
             self._record(exit.raw)
         self._dispatch(self, exit)
+        if self._after_exit is not None:
+            self._after_exit()  # VMCS fields a VMM wrote that take effect without a re-entry
 
     def request_stop(self) -> None:
         # Takes effect at the end of the current translation block (Unicorn checks the stop
@@ -335,16 +358,12 @@ class X86Vcpu(Vcpu):
             if self.vm.status is None:
                 self.regs.write(X.UC_X86_REG_RIP, rip + 3)
             return True
-        insn = virtualization_instruction(code, self.code_bits())
-        if insn is not None and self.context is not None and self.context.intercepts(insn[0], None):
-            # A VMX / SVM instruction the guest executed: an exit (VMX: always; SVM: when
-            # intercepted). The guest is shown no VMX/SVM, so unless the VMM emulates it
-            # (exit.value = True) it gets #UD, as KVM does without nested virtualization.
-            exit = self.vendor.instruction_exit(insn[0], rip, insn[1], ())
-            self._exit(exit)
-            if exit.value is True:
-                self.regs.write(X.UC_X86_REG_RIP, rip + insn[1])
-                return True
+        insn = undefined_instruction(code, self.code_bits(), rip)
+        if insn is not None:
+            kind, length, ops = insn
+            if self._on_instruction(kind, rip, length, ops, undefined=True) is True:
+                self.regs.write(X.UC_X86_REG_RIP, rip + length)
+            return True
         self.guest_exception(6, None, rip)  # #UD
         return True
 
@@ -355,30 +374,118 @@ class X86Vcpu(Vcpu):
             error_code = self._page_fault_error_code(rip)
         elif intno in idt.ERROR_CODE_VECTORS:
             error_code = 0  # Unicorn does not expose the error code; 0 is right for most #GP
-        if intno >= 32:  # INT n: a software interrupt, no error code, gate DPL checked
+        if intno >= 32 or intno not in (1, 3) and self._int_n(rip, intno):
+            # INT n: a software interrupt, no error code, gate DPL checked (RIP is past it)
+            context = self.context
+            if context is not None and context.intercepts("intn", intno):
+                self.regs.write(X.UC_X86_REG_RIP, rip - 2)  # intercepts come before execution
+                exit = self.vendor.instruction_exit("intn", rip - 2, 2, (intno,))
+                self._exit(exit)
+                if exit.value is True:
+                    self.regs.write(X.UC_X86_REG_RIP, rip)
+                    return
             self.deliver_event(intno, None, rip, software=True)
         else:
             self.guest_exception(intno, error_code, rip)
 
-    def _on_sensitive(self, kind: str, rip: int, length: int, info) -> bool | None:
-        """A trapped sensitive instruction (plugins/x86/traps.py): RDMSR/WRMSR of an MSR hvsim
-        models; any other kind exits when the VMM's controls intercept it, then completes
-        natively unless the handler emulated it (``exit.value = True``)."""
-        if kind not in ("rdmsr", "wrmsr"):
-            context = self.context
-            if context is None or not context.intercepts(kind, info):
-                self._runs_natively(kind, info)
+    def _int_n(self, rip: int, intno: int) -> bool:
+        """Whether the interrupt the engine reported below 32 came from INT n (CD ib), which
+        the engine reports as the vector with RIP past the instruction, as it does a trap."""
+        try:
+            return self.read_linear(self.segment_base("cs") + rip - 2, 2) == bytes((0xCD, intno))
+        except (GuestMemoryError, idt.DeliveryFault):
+            return False
+
+    def _on_instruction(self, kind: str, rip: int, length: int, info, undefined: bool = False) -> bool | None:
+        """A sensitive instruction about to execute: the architectural faults that come before
+        any intercept (SDM 26.1.1, APM 15.7.1), then an exit if the VMM's controls intercept
+        it; without one, or when the VMM did not emulate it, the vendor context may complete it
+        (``passthrough``), else it runs in the engine, or is #UD where the engine does not
+        implement it (``undefined``).
+        Returns True when emulated (skip it), False to run it natively, None when RIP moved."""
+        context = self.context
+        hit = context.intercepts(kind, info) if context is not None else False
+        if not (hit and kind in context.exits_before_faults):
+            fault = self._instruction_fault(kind, info)
+            if fault is not None:
+                self.guest_exception(fault[0], fault[1], rip)
+                return None
+        if hit:
+            # ``hit`` may name the exit more precisely (SVM: selective CR0 write, MWAIT armed)
+            name = hit if isinstance(hit, str) else kind
+            try:
+                operand = self.instruction_operand(kind, info)
+            except idt.DeliveryFault as fault:  # a memory operand the exit reports faulted
+                self.guest_exception(fault.vector, fault.error_code, rip)
+                return None
+            except GuestMemoryError:  # nothing backs the operand: the engine reports it
                 return False
-            operand = self.instruction_operand(kind, info)
-            exit = self.vendor.instruction_exit(kind, rip, length, operand)
-            exit.info = (kind, operand)
+            key = (name, rip, info) if kind in _STATIC_RECORDS else None
+            record = self._insn_records.get(key) if key is not None else None
+            if record is None:
+                exit = self.vendor.instruction_exit(name, rip, length, operand)
+                if key is not None:  # the record depends only on the instruction: kept, as for I/O
+                    self._insn_records[key] = exit.reason, exit.raw
+            else:
+                exit = Exit(ExitKind.INSTRUCTION, record[0], record[1])
+            exit.info = (kind, operand)  # for the VMM's own bookkeeping (shadow paging)
             self._exit(exit)
             if exit.value is True:
+                if kind in ("monitor", "mwait"):
+                    self.monitor_armed = kind == "monitor"  # MWAIT waits on (and disarms) it
                 return True
-            self._runs_natively(kind, info)
-            return False
+        if context is not None:  # not intercepted, or the VMM let it complete as it would have
+            done = context.passthrough(kind, info, rip, length)
+            if done is not False:
+                return done
+        if undefined:
+            if kind == "icebp":  # INT1: a #DB trap after the instruction (SDM Vol. 3A 6.15)
+                self.guest_exception(1, None, rip + length)
+            else:
+                self.guest_exception(6, None, rip)  # the engine has no such instruction: #UD
+            return None
+        self._runs_natively(kind, info)
+        return False
+
+    def _instruction_fault(self, kind: str, info) -> tuple[int, int | None] | None:
+        """(vector, error code) of a fault the instruction takes before any intercept is
+        checked: #UD for a disabled feature, #GP(0) for a privileged instruction at CPL > 0."""
+        if kind in _PRIVILEGED:
+            return (13, 0) if self.cpl() else None
+        if kind not in _FAULT_CHECKED:
+            return None
+        cr4 = self.regs.read(X.UC_X86_REG_CR4)
+        cpl = self.cpl()
+        if kind in ("xsetbv", "xsaves", "xrstors"):
+            if not cr4 & CR4_OSXSAVE:
+                return 6, None
+            return (13, 0) if cpl else None
+        if kind == "getsec":
+            return None if cr4 & CR4_SMXE else (6, None)
+        if kind in ("mov_to_dr", "mov_from_dr"):
+            if info[0] > 7 or info[0] in (4, 5) and cr4 & CR4_DE:
+                return 6, None
+            return (13, 0) if cpl else None
+        if kind == "rdpmc":
+            return (13, 0) if cpl and not cr4 & CR4_PCE else None
+        if kind in ("monitor", "mwait"):
+            return (6, None) if cpl else None
+        if kind in ("sgdt", "sidt", "sldt", "str", "smsw"):
+            return (13, 0) if cpl and cr4 & CR4_UMIP else None
+        return None
+
+    def _on_sensitive(self, kind: str, rip: int, length: int, info) -> bool | None:
+        """A trapped sensitive instruction (plugins/x86/traps.py): RDMSR/WRMSR of an MSR hvsim
+        models (and SVM's EFER write trap); any other kind as :meth:`_on_instruction` says."""
+        if kind not in ("rdmsr", "wrmsr"):
+            return self._on_instruction(kind, rip, length, info)
         r = self.regs
         msr = r.read(X.UC_X86_REG_RCX) & 0xFFFF_FFFF
+        if msr == MSR_EFER and kind == "wrmsr" and self.context is not None:
+            done = self.context.passthrough("wrmsr_efer", None, rip, length)  # SVM's EFER write trap
+            if done is not False:
+                self.mmu.context_changed()
+                return done
         if msr not in self.msrs:
             if msr == MSR_EFER and kind == "wrmsr":
                 self.mmu.context_changed()
@@ -421,7 +528,74 @@ class X86Vcpu(Vcpu):
             cr, gpr = info
             value = self.regs.read(_GPRS[gpr]) if kind == "mov_to_cr" else 0
             return cr, gpr, value
-        return ()
+        if kind in ("mov_to_dr", "mov_from_dr"):
+            return info
+        if kind == "mwait":
+            return (self.monitor_armed,)
+        if isinstance(info, tuple) and info and isinstance(info[0], Operand):
+            return self.operand_record(kind, info)
+        return info if isinstance(info, tuple) else ()
+
+    def want_traps(self, kinds: frozenset[str]) -> None:
+        """Trap these frequent instructions too (plugins/x86/traps.py OPTIONAL), for intercepts."""
+        self._traps.want_optional(kinds)
+
+    def invpcid(self, ops: tuple, rip: int) -> bool | None:
+        """INVPCID run for the guest (the engine has none; SDM Vol. 2A INVPCID): the type in the
+        register operand, the descriptor (PCID, linear address) in memory; the TLB model drops
+        what the type names. True when done, None when it faulted (#GP, #PF delivered)."""
+        kind = self.read_gpr(ops[0].register)
+        try:
+            _ops, linear, _ = self.operand_record("invpcid", ops)
+            desc = self.read_linear(linear, 16)
+        except idt.DeliveryFault as fault:
+            self.guest_exception(fault.vector, fault.error_code, rip)
+            return None
+        pcid, address = int.from_bytes(desc[:8], "little"), int.from_bytes(desc[8:], "little")
+        if kind > 3 or pcid >> 12 or kind == 0 and not _canonical(address):
+            self.guest_exception(idt.GP, 0, rip)
+            return None
+        mmu = self.mmu
+        if kind == 0:
+            mmu.tlb.invalidate(mmu.tag, pcid, address=address)
+        elif kind == 1:
+            mmu.tlb.invalidate(mmu.tag, pcid, keep_global=True)
+        else:  # 2: every context, globals too; 3: every context but globals
+            mmu.tlb.invalidate(mmu.tag, keep_global=kind == 3)
+        return True
+
+    def read_gpr(self, number: int) -> int:
+        return self.regs.read(_GPRS[number])
+
+    def operand_record(self, kind: str, ops: tuple) -> tuple:
+        """(operands, linear address of the memory operand or None, LMSW's source data or 0)
+        for exit information; reading LMSW's memory source may raise a #PF DeliveryFault."""
+        linear, value = None, 0
+        for op in ops:
+            if op.memory:
+                linear = (self.segment_base_of(op.segment) + effective_address(op, self.read_gpr)) & MASK64
+                if kind == "lmsw":
+                    value = int.from_bytes(self.read_linear(linear, 2), "little")
+            elif kind == "lmsw":
+                value = self.read_gpr(op.register) & 0xFFFF
+            elif kind == "invpcid":
+                value = self.read_gpr(op.register)  # the INVPCID type
+        return ops, linear, value
+
+    def lmsw_source(self, ops: tuple) -> int | None:
+        """LMSW's 16-bit source operand, or None if reading it faults."""
+        try:
+            return self.operand_record("lmsw", ops)[2]
+        except (idt.DeliveryFault, GuestMemoryError):
+            return None
+
+    def segment_base_of(self, segment: int) -> int:
+        """The base of segment register ``segment`` (0 ES .. 5 GS) for a data access; in long
+        mode FS/GS come from their base MSRs and the others are 0."""
+        if self.long_mode():
+            reg = {4: X.UC_X86_REG_FS_BASE, 5: X.UC_X86_REG_GS_BASE}.get(segment)
+            return self.regs.read(reg) if reg is not None else 0
+        return self.segment_base(("es", "cs", "ss", "ds", "fs", "gs")[segment])
 
     def code_bits(self) -> int:
         """Default operand size of the code being translated (compatibility mode not modelled)."""

@@ -16,12 +16,20 @@ FPU, TSC, MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, PSE, CLFSH, MMX, FXSR, SSE, 
     1 << 0, 1 << 4, 1 << 5, 1 << 6, 1 << 8, 1 << 9, 1 << 11, 1 << 13, 1 << 15, 1 << 16, 1 << 3,
     1 << 19, 1 << 23, 1 << 24, 1 << 25, 1 << 26)
 # CPUID.01H:ECX
-SSE3, CX16, HYPERVISOR = 1 << 0, 1 << 13, 1 << 31
+SSE3, CX16, XSAVE, OSXSAVE, RDRAND, HYPERVISOR = 1 << 0, 1 << 13, 1 << 26, 1 << 27, 1 << 30, 1 << 31
+# CPUID.(EAX=07H,ECX=0):EBX
+RDSEED = 1 << 18
+# CPUID.(EAX=0DH,ECX=0): the XCR0 bits XSETBV accepts (x87, SSE) and the XSAVE area's size
+XCR0_SUPPORTED, XSAVE_AREA_SIZE = 0x3, 512 + 64
 # CPUID.80000001H:EDX
 SYSCALL, NX, LM = 1 << 11, 1 << 20, 1 << 29
 
 LEAF1_EDX = FPU | PSE | TSC | MSR | PAE | CX8 | APIC | SEP | PGE | CMOV | PAT | CLFSH | MMX | FXSR | SSE | SSE2
-LEAF1_ECX = SSE3 | CX16 | HYPERVISOR
+# XSAVE: the engine runs XSAVE/XRSTOR/XGETBV/XSETBV (a VMM intercepts XSETBV); RDRAND and
+# RDSEED run in the engine too. Not offered: MONITOR/MWAIT, PCID/INVPCID, XSAVES, RDPRU, a
+# PMU (leaf 0AH is 0): the engine has none of them, so the guest gets #UD (RDPMC: #GP) unless
+# the VMM intercepts them.
+LEAF1_ECX = SSE3 | CX16 | XSAVE | RDRAND | HYPERVISOR
 
 
 def _regs(text: bytes) -> tuple[int, ...]:
@@ -37,6 +45,10 @@ def cpuid(leaf: int, subleaf: int, vendor: bytes, signature: int, brand: str, vc
     if leaf == 1:
         ebx = (vcpu_index << 24) | (vcpus << 16) | (8 << 8)  # initial APIC id, logical count, CLFLUSH 64 B
         return signature, ebx, LEAF1_ECX, LEAF1_EDX
+    if leaf == 7 and subleaf == 0:
+        return 0, RDSEED, 0, 0
+    if leaf == 0xD and subleaf == 0:
+        return XCR0_SUPPORTED, XSAVE_AREA_SIZE, XSAVE_AREA_SIZE, 0
     if leaf == 0x4000_0000:
         s = _regs(HYPERVISOR_SIGNATURE)
         return 0x4000_0000, s[0], s[1], s[2]

@@ -90,6 +90,35 @@ VMX_INSTRUCTIONS = frozenset({"vmclear", "vmlaunch", "vmptrld", "vmptrst", "vmre
 SVM_INSTRUCTIONS = frozenset({"vmrun", "vmload", "vmsave", "stgi", "clgi", "skinit", "invlpga"})
 
 
+# Instructions the engine raises #UD for (it does not implement them) that a VMM may intercept:
+# capstone mnemonic -> the kind hvsim's handlers use. RDPRU (0F 01 FD) capstone does not know.
+ENGINE_UNDEFINED = {"getsec": "getsec", "monitor": "monitor", "mwait": "mwait", "rdpmc": "rdpmc",
+                    "xsaves": "xsaves", "xsaves64": "xsaves", "xrstors": "xrstors", "xrstors64": "xrstors",
+                    "invpcid": "invpcid", "int1": "icebp"}
+
+
+def undefined_instruction(code: bytes, bits: int, address: int = 0):
+    """(kind, length, operands) for an instruction the engine reported as invalid that hvsim
+    can say more about: a VMX/SVM instruction (kind = its mnemonic) or one of ENGINE_UNDEFINED;
+    operands as plugins/x86/operands.py decodes them. None for anything else."""
+    import capstone
+
+    from .operands import operands
+
+    md = _CS.get(("detail", bits))
+    if md is None:
+        mode = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}[bits]
+        md = _CS[("detail", bits)] = capstone.Cs(capstone.CS_ARCH_X86, mode)
+        md.detail = True
+    insn = next(md.disasm(code, address, 1), None)  # at its address: RIP-relative operands
+    if insn is None:
+        return ("rdpru", 3, ()) if code[:3] == b"\x0f\x01\xfd" else None
+    kind = insn.mnemonic if insn.mnemonic in VMX_INSTRUCTIONS | SVM_INSTRUCTIONS else ENGINE_UNDEFINED.get(insn.mnemonic)
+    if kind is None:
+        return None
+    return kind, insn.size, operands(md, insn)
+
+
 def virtualization_instruction(code: bytes, bits: int) -> tuple[str, int] | None:
     """(mnemonic, length) when ``code`` starts with a VMX or SVM instruction, else None."""
     import capstone

@@ -17,6 +17,7 @@ KVM_ENOSYS = 1000
 KVM_HC_VAPIC_POLL_IRQ = 1
 
 _MASK64 = (1 << 64) - 1
+CR4_OSXSAVE, CPUID_OSXSAVE = 1 << 18, 1 << 27
 
 
 def handle_cpuid(vcpu, exit: Exit) -> None:
@@ -24,6 +25,8 @@ def handle_cpuid(vcpu, exit: Exit) -> None:
     leaf = r.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF
     subleaf = r.read(X.UC_X86_REG_RCX) & 0xFFFF_FFFF
     eax, ebx, ecx, edx = vcpu.vendor.cpuid_leaf(leaf, subleaf, vcpu.index, len(vcpu.vm.vcpus))
+    if leaf == 1 and r.read(X.UC_X86_REG_CR4) & CR4_OSXSAVE:
+        ecx |= CPUID_OSXSAVE  # CPUID.01H:ECX.OSXSAVE reflects CR4.OSXSAVE (SDM Vol. 2A CPUID)
     r.write(X.UC_X86_REG_RAX, eax)
     r.write(X.UC_X86_REG_RBX, ebx)
     r.write(X.UC_X86_REG_RCX, ecx)
@@ -77,7 +80,7 @@ def handle_exception(vcpu, exit: Exit) -> None:
 def handle_instruction(vcpu, exit: Exit) -> None:
     """An intercepted sensitive instruction; it completes in the engine afterwards unless a
     handler emulated it. Under shadow paging the VMM keeps its shadow tables in step: MOV to
-    CR3 or a paging-mode change in CR0/CR4 drops them, INVLPG drops one entry."""
+    CR3 or a paging-mode change in CR0/CR4 or INVPCID drops them, INVLPG drops one entry."""
     shadow = vcpu.mmu.shadow
     if shadow is None or exit.info is None:
         return
@@ -86,6 +89,8 @@ def handle_instruction(vcpu, exit: Exit) -> None:
         shadow.reset()
     elif kind == "invlpg":
         shadow.invlpg(operand[0])
+    elif kind == "invpcid":  # any type may drop translations of the current PCID: start again
+        shadow.reset()
 
 
 def register(registry) -> None:

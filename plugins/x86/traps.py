@@ -29,6 +29,8 @@ from unicorn import x86_const as X
 
 from hvsim.core.engine import FastRegs, _lib
 
+from .operands import operands
+
 _vmem_read = _lib.uc_vmem_read
 _vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
 _vmem_read.restype = ctypes.c_int
@@ -36,7 +38,20 @@ _vmem_read.restype = ctypes.c_int
 # capstone instruction id -> the name hvsim's handlers use
 TRAPPABLE = {CX.X86_INS_RDMSR: "rdmsr", CX.X86_INS_WRMSR: "wrmsr", CX.X86_INS_RDTSC: "rdtsc",
              CX.X86_INS_RDTSCP: "rdtscp", CX.X86_INS_INVLPG: "invlpg", CX.X86_INS_WBINVD: "wbinvd",
-             CX.X86_INS_INVD: "invd", CX.X86_INS_PAUSE: "pause"}
+             CX.X86_INS_INVD: "invd", CX.X86_INS_PAUSE: "pause", CX.X86_INS_XSETBV: "xsetbv",
+             CX.X86_INS_CLTS: "clts", CX.X86_INS_LMSW: "lmsw", CX.X86_INS_SMSW: "smsw",
+             CX.X86_INS_SGDT: "sgdt", CX.X86_INS_SIDT: "sidt", CX.X86_INS_LGDT: "lgdt",
+             CX.X86_INS_LIDT: "lidt", CX.X86_INS_SLDT: "sldt", CX.X86_INS_STR: "str",
+             CX.X86_INS_LLDT: "lldt", CX.X86_INS_LTR: "ltr", CX.X86_INS_RDRAND: "rdrand",
+             CX.X86_INS_RDSEED: "rdseed"}
+# Kinds whose decoded operands (plugins/x86/operands.py) the exit information needs.
+WITH_OPERANDS = frozenset({"lmsw", "smsw", "sgdt", "sidt", "lgdt", "lidt", "sldt", "str", "lldt", "ltr",
+                           "rdrand", "rdseed"})
+# Frequent instructions trapped only while some intercept wants them (SVM PUSHF/POPF/IRET):
+# a hook on every PUSHF of a guest that nobody intercepts would cost an exit's time each.
+OPTIONAL = {CX.X86_INS_PUSHF: "pushf", CX.X86_INS_PUSHFD: "pushf", CX.X86_INS_PUSHFQ: "pushf",
+            CX.X86_INS_POPF: "popf", CX.X86_INS_POPFD: "popf", CX.X86_INS_POPFQ: "popf",
+            CX.X86_INS_IRET: "iret", CX.X86_INS_IRETD: "iret", CX.X86_INS_IRETQ: "iret"}
 
 
 def _disassembler(mode):
@@ -62,6 +77,18 @@ def mov_cr_operands(raw: bytes) -> tuple[str, int, int] | None:
     return ("mov_to_cr" if raw[i + 1] == 0x22 else "mov_from_cr"), cr, gpr
 
 
+def mov_dr_operands(raw: bytes) -> tuple[str, int, int] | None:
+    """MOV to/from DRn (0F 23 /r, 0F 21 /r): (kind, DR number, GPR number) as mov_cr_operands."""
+    i = raw.find(b"\x0f")
+    if i < 0 or i + 2 >= len(raw) or raw[i + 1] not in (0x21, 0x23):
+        return None
+    rex = raw[i - 1] if i and 0x40 <= raw[i - 1] <= 0x4F else 0
+    modrm = raw[i + 2]
+    dr = (modrm >> 3) & 7 | (rex & 4) << 1
+    gpr = modrm & 7 | (rex & 1) << 3
+    return ("mov_to_dr" if raw[i + 1] == 0x23 else "mov_from_dr"), dr, gpr
+
+
 class SensitiveTraps:
     """Per-engine trap sites: virtual address -> (kind, instruction bytes)."""
 
@@ -72,6 +99,7 @@ class SensitiveTraps:
         self.code_bits = code_bits
         self.handler = handler
         self.sites: dict[int, tuple[str, bytes, object]] = {}  # kind, bytes, operands
+        self.optional: frozenset[str] = frozenset()  # the OPTIONAL kinds trapped now
         self._hooks: dict[int, int] = {}
         self._uch = ctypes.c_void_p(uc._uch.value)
         self._buf = ctypes.create_string_buffer(4096 + 16)
@@ -88,12 +116,19 @@ class SensitiveTraps:
         if code is None:
             return False
         new = False
-        for insn in _DISASM[self.code_bits()].disasm(code, pc):
+        md = _DISASM[self.code_bits()]
+        for insn in md.disasm(code, pc):
             kind, info = TRAPPABLE.get(insn.id), None
             if kind is None and insn.id == CX.X86_INS_MOV:
-                mov = mov_cr_operands(bytes(insn.bytes))
+                mov = mov_cr_operands(bytes(insn.bytes)) or mov_dr_operands(bytes(insn.bytes))
                 if mov is not None:
                     kind, info = mov[0], mov[1:]
+            elif kind is None:
+                kind = OPTIONAL.get(insn.id)
+                if kind not in self.optional:
+                    kind = None
+            elif kind in WITH_OPERANDS:
+                info = operands(md, insn)
             elif kind == "invlpg":
                 m = insn.operands[0].mem if insn.operands else None
                 info = (m.base, m.index, m.scale, m.disp) if m is not None else None
@@ -103,6 +138,14 @@ class SensitiveTraps:
                                                              insn.address, insn.address)
                 new = True
         return new
+
+    def want_optional(self, kinds: frozenset[str]) -> None:
+        """Trap these OPTIONAL kinds from now on; code translated before is translated again
+        (scanned anew) when a kind is added. Kinds are never dropped: their hooks stay and let
+        the instruction run once the vCPU's handler finds it no longer intercepted."""
+        if kinds - self.optional:
+            self.optional |= kinds
+            self.uc.ctl_flush_tb()
 
     def _on_edge(self, uc, cur, _prev, _ud):
         if self._scan(cur.pc, cur.size):

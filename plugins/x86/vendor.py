@@ -23,8 +23,12 @@ class X86Vendor:
         engine; a string is why the entry failed), ``vmexit()`` (leaving it) and ``io_check``
         (None when every port access exits, else ``check(port, size) -> bool``, set at each
         entry from the I/O controls), ``msr_check`` and ``exception_check(vector, error_code)`` in
-        the same way, ``hlt_exits`` / ``cpuid_exits``, and ``intercepts(kind, info)`` for the
-        other sensitive instructions; or None."""
+        the same way, ``hlt_exits`` / ``cpuid_exits``, ``intercepts(kind, info)`` for the other
+        sensitive instructions (True, False, or the name of a more precise exit),
+        ``passthrough(kind, info, rip, length)`` for what one does without an exit where the
+        engine cannot (True: done, False: the engine runs it or #UD, None: RIP moved),
+        ``exits_before_faults`` (the kinds whose exit comes before the #UD/#GP checks), and
+        optionally ``after_exit()`` (VMCS fields that take effect without a re-entry); or None."""
         return None
 
     def io_exit(self, port: int, size: int, is_in: bool, value: int | None, rip: int,
@@ -42,8 +46,14 @@ class X86Vendor:
         raise NotImplementedError
 
     def instruction_exit(self, kind: str, rip: int, insn_len: int, operand: tuple) -> Exit:
-        """An intercepted sensitive instruction (``rdtsc``, ``rdtscp``, ``invlpg``, ``wbinvd``,
-        ``invd``, ``pause``, ``mov_to_cr``, ``mov_from_cr``)."""
+        """An intercepted sensitive instruction: ``rdtsc``, ``rdtscp``, ``invlpg``, ``wbinvd``,
+        ``invd``, ``pause``, ``mov_to_cr``/``mov_from_cr`` (CR, GPR, value), ``clts``, ``lmsw``,
+        ``smsw``, ``mov_to_dr``/``mov_from_dr`` (DR, GPR), the descriptor-table instructions,
+        ``xsetbv``, ``rdpmc``, ``rdrand``, ``rdseed``, ``getsec``, ``monitor``, ``mwait``,
+        ``invpcid``, ``xsaves``, ``xrstors``, ``icebp``, ``rdpru``, ``intn`` (vector), SVM's
+        ``pushf``/``popf``/``iret``/``cr0_sel_write``/``mwait_conditional``/``efer_write_trap``,
+        and the VMX/SVM instructions. Instructions with decoded operands (plugins/x86/operands.py)
+        get ``(operands, linear address or None, LMSW source / INVPCID type)``."""
         raise NotImplementedError
 
     def hlt_exit(self, rip: int) -> Exit:

@@ -22,4 +22,4 @@ def test_spec_vmcb_table_rows_name_offset_width_and_area():
 def test_spec_intercepts_table_gives_each_bit_its_exit_code():
     rows = {r["name"]: r for r in spec.tables()["intercepts"].as_json()["rows"]}
     assert rows["CPUID"] == {"offset": "0x00c", "bit": 18, "name": "CPUID", "exit_code": "0x72",
-                             "exit_name": "VMEXIT_CPUID"}
+                             "exit_name": "VMEXIT_CPUID", "hvsim": "honoured"}

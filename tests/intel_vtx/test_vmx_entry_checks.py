@@ -460,7 +460,7 @@ def test_host_cr4_vmxe_clear_is_invalid_host_state(vmx):
 
 
 def test_host_cr4_bit_fixed1_does_not_allow_is_invalid_host_state(vmx):
-    w(vmx, HOST_CR4=0x26A0 | 1 << 18)  # OSXSAVE: hvsim's processor has no XSAVE
+    w(vmx, HOST_CR4=0x26A0 | 1 << 22)  # PKE: hvsim's processor has no protection keys
     invalid_host_state(vmx, "host_cr4_fixed_bits")
 
 

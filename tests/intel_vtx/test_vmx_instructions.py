@@ -73,7 +73,7 @@ def test_vmxon_with_a_cr0_bit_fixed_to_1_clear_is_general_protection(cpu):
 
 
 def test_vmxon_with_a_cr4_bit_fixed1_does_not_allow_is_general_protection(cpu):
-    cpu.cr4 |= 1 << 18  # CR4.OSXSAVE: hvsim's processor has no XSAVE
+    cpu.cr4 |= 1 << 22  # CR4.PKE: hvsim's processor has no protection keys
     with pytest.raises(GeneralProtection):
         cpu.vmxon(VMXON_REGION)
 
