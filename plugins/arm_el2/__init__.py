@@ -90,6 +90,22 @@ def hvsim_exit_handlers(vm, registry):
     if vm.arch.name == ArmEl2Arch.name:
         registry.add(ExitKind.HYPERCALL, psci.handle_hvc)
         registry.add(ExitKind.SYSREG, traps.handle_sysreg)
+        registry.add(ExitKind.EXCEPTION, traps.handle_fp_asimd)
+
+
+@hookimpl(hookwrapper=True, specname="hvsim_exit_handlers")
+def wrap_exit_handlers(vm, registry):
+    """Around whichever HALT handler the table ends with (the core's, or a hypervisor
+    plugin's): a vCPU it halts in WFI with a generic timer armed waits for that timer."""
+    yield
+    if vm.arch.name == ArmEl2Arch.name:
+        inner = registry.get(ExitKind.HALT)
+
+        def on_halt(vcpu, exit):
+            inner(vcpu, exit)
+            vcpu.halted()
+
+        registry.add(ExitKind.HALT, on_halt)
 
 
 @hookimpl

@@ -60,6 +60,7 @@ from hvsim.core.memory import Access, Walk
 from . import el2, exceptions, layout, stage1, sysregs
 from .exits import ESR_ELx_EC_HVC64, ESR_ELx_EC_SERROR, ESR_ELx_EC_SMC64, WFI_RECORD, El2Record, esr
 from .mmio import MmioTrap
+from .timer import Timers
 from .traps import SysregTraps
 
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF  # never reached: runs end on WFI, timeout or a stop
@@ -111,10 +112,8 @@ class Arm64Vcpu(Vcpu):
             uc.mem_map_ptr(slot.gpa, slot.size, UC_PROT_ALL, vm.host.ptr + slot.hpa)
         self.regs = FastRegs(uc)
         self.sysregs = sys = sysregs.SysRegs(uc)
-        self.mpidr = layout.mpidr(index)
         sys.write(sysregs.SCR_EL3, sysregs.SCR_EL3_NS | sysregs.SCR_EL3_HCE | sysregs.SCR_EL3_RW)
         sys.write(sysregs.HCR_EL2, sysregs.HCR_EL2_RW)
-        sys.write(sysregs.VMPIDR_EL2, self.mpidr)
         self.regs.write(UC_ARM64_REG_PSTATE, exceptions.PSTATE_ENTRY)
         self._sctlr_reset = sys.read(sysregs.SCTLR_EL1)
         self._uch = ctypes.c_void_p(uc._uch.value)
@@ -127,23 +126,110 @@ class Arm64Vcpu(Vcpu):
         self.mmio = MmioTrap(self)
         self._in_engine = False
         self._reenter = False  # the engine was stopped so that an HCR_EL2 change takes effect
-        self.sysreg_traps = SysregTraps(self)
         self.twi = self.tsc = False
-        self.el2 = el2.El2Regs(self._el2_changed)
-        self._el2_changed()
+        self.wfi_wait = False  # in WFI with a timer armed: run() waits for it (see _wait)
+        self._yield = False  # a trapped WFE gave the slice up
+        self._entry_error = ""  # why the next ERET to EL1 cannot happen (HCR_EL2.TGE)
+        self._slice_end_ns = 0
+        # VPIDR_EL2 / VMPIDR_EL2 reset to the CPU's MIDR_EL1 and this vCPU's MPIDR (D23.2).
+        self.el2 = el2.El2Regs(None, vpidr=sys.read(sysregs.MIDR_EL1), vmpidr=layout.mpidr(index))
+        self.sysreg_traps = SysregTraps(self)
+        self.timers = Timers(self)
+        self.el2.on_change = self._el2_changed
+        for name in ("VPIDR_EL2", "VMPIDR_EL2", "HCR_EL2"):
+            self._el2_changed(name)
         self.hooks.add(UC_HOOK_INTR, HOOK_INTR, self._intr_hook())
         self.hooks.add(UC_HOOK_MEM_UNMAPPED, HOOK_MEM_EVENT, self.mmio.on_unmapped)
 
     # -- EL2 ----------------------------------------------------------------------------------
-    def _el2_changed(self) -> None:
-        """HCR_EL2 was written: the trap controls follow at once; engine hooks that must be
-        added or removed wait for the next entry, forced now if the guest is in the engine."""
-        hcr = self.el2.hcr
+    @property
+    def mpidr(self) -> int:
+        """MPIDR_EL1 as the guest reads it: VMPIDR_EL2 (what PSCI's target_cpu names)."""
+        return self.el2.VMPIDR_EL2
+
+    def _el2_changed(self, name: str = "HCR_EL2") -> None:
+        """An EL2 register was written: the trap controls follow at once; engine hooks that
+        must be added or removed wait for the next entry, forced now if the guest is in the
+        engine. VPIDR/VMPIDR/CNTVOFF_EL2 go to the engine registers EL1 reads through."""
+        e = self.el2
+        if name == "VPIDR_EL2":
+            self.sysregs.write(sysregs.VPIDR_EL2, e.VPIDR_EL2)
+            return
+        if name == "VMPIDR_EL2":
+            self.sysregs.write(sysregs.VMPIDR_EL2, e.VMPIDR_EL2)
+            return
+        if name == "CNTVOFF_EL2":
+            self.sysregs.write(sysregs.CNTVOFF_EL2, e.CNTVOFF_EL2)
+            self.timer_changed()
+            return
+        hcr = e.HCR_EL2
         self.twi = bool(hcr & el2.HCR_TWI)
         self.tsc = bool(hcr & el2.HCR_TSC)
-        if self.sysreg_traps.update(hcr) and self._in_engine:
+        # With TGE set (and E2H clear) EL1 is not in use: an ERET to EL1 is an illegal
+        # exception return (Arm ARM D1.11.5, "Illegal return events from AArch64 state").
+        self._entry_error = ("HCR_EL2.TGE is 1: an exception return to EL1 is an illegal exception "
+                             "return (Arm ARM D1.11.5); hvsim models no EL2 host, so the guest "
+                             "cannot be entered") if hcr & el2.HCR_TGE and not hcr & el2.HCR_E2H else ""
+        if self.sysreg_traps.update_controls((hcr, e.MDCR_EL2, e.CNTHCTL_EL2, e.CPTR_EL2)) and self._in_engine:
             self._reenter = True
             self.uc.emu_stop()
+
+    def take_trap(self, record: El2Record, elr: int) -> None:
+        """A trap to EL2: ESR_EL2/FAR_EL2/HPFAR_EL2 from ``record``, ELR_EL2 = ``elr``,
+        SPSR_EL2 = the guest's PSTATE."""
+        e = self.el2
+        e.record = record
+        e._ELR_EL2 = elr
+        e._SPSR_EL2 = self.regs.read(UC_ARM64_REG_PSTATE)
+
+    # -- the generic timer ---------------------------------------------------------------------
+    def timer_changed(self) -> None:
+        """A timer register (or CNTVOFF_EL2) was written: its line now, and a slice running in
+        the engine ends before the new deadline (the engine stops at the end of the block)."""
+        if self.timers.poll():
+            self.deliver_pending_in_engine()
+        deadline = self.timers.next_deadline_ns()
+        if self._in_engine and (self.events or (deadline is not None and deadline < self._slice_end_ns)):
+            self._reenter = True
+            self.uc.emu_stop()
+
+    def deliver_pending_in_engine(self) -> None:
+        """An interrupt raised while the guest runs is taken when the slice is cut short."""
+        if self._in_engine:
+            self._reenter = True
+            self.uc.emu_stop()
+
+    def yield_slice(self) -> None:
+        self._yield = True
+        self.uc.emu_stop()
+
+    def _wait(self, slice_us: int) -> bool:
+        """WFI with a timer armed: True when the wait is over (an interrupt is pending), else
+        sleep toward the timer's deadline, at most one slice, unless another vCPU can run."""
+        timers = self.timers
+        timers.poll()
+        if not self.events:
+            deadline = timers.next_deadline_ns()
+            if deadline is None:  # nothing armed any more: an ordinary halt
+                self.wfi_wait = False
+                self.state = VcpuState.HALTED
+                return False
+            others = any(v is not self and v.state is VcpuState.RUNNABLE and not getattr(v, "wfi_wait", False)
+                         for v in self.vm.vcpus)
+            if not others:
+                time.sleep(max(0.0, min(deadline - time.monotonic_ns(), slice_us * 1000) / 1e9))
+                timers.poll()
+            if not self.events:
+                return False
+        self.wfi_wait = False  # WFI completes even if PSTATE masks the interrupt (D1.16.2)
+        self.deliver_pending()
+        return True
+
+    def halted(self) -> None:
+        """The vCPU was halted (WFI): with a timer armed it waits for it instead (``_wait``)."""
+        if self.state is VcpuState.HALTED and self.timers.next_deadline_ns() is not None:
+            self.state = VcpuState.RUNNABLE
+            self.wfi_wait = True
 
     # -- registers and guest memory as this CPU sees them -------------------------------------
     def xreg(self, n: int) -> int:
@@ -195,18 +281,29 @@ class Arm64Vcpu(Vcpu):
     # -- Vcpu ---------------------------------------------------------------------------------
     def run(self, slice_us: int) -> Exit | None:
         self.stop_requested = False
+        if self._entry_error:
+            return Exit(ExitKind.INVALID_STATE, "ERET_ILLEGAL_RETURN", None, detail=self._entry_error)
+        if self.wfi_wait and not self._wait(slice_us):
+            return None
         mmio = self.mmio
         mmio.sync_claims()
         mmio.forget()
         uc, regs = self.uc, self.regs
         deadline = time.perf_counter() + slice_us / 1e6
         timeout = slice_us
-        traps = self.sysreg_traps
+        traps, timers = self.sysreg_traps, self.timers
         while True:
             error = None
-            self._reenter = False
+            self._reenter = self._yield = False
             if traps.hooks_stale():
                 traps.sync_hooks()
+            if timers.poll():
+                self.deliver_pending()
+            due = timers.next_deadline_ns()
+            now = time.monotonic_ns()
+            if due is not None:
+                timeout = max(1, min(timeout, (due - now) // 1000 + 1))
+            self._slice_end_ns = now + timeout * 1000
             pc = regs.read(UC_ARM64_REG_PC)
             traps.prescan(pc)
             self._in_engine = True
@@ -231,14 +328,24 @@ class Arm64Vcpu(Vcpu):
             elif mmio.discovering:  # mmio stopped the engine to learn an instruction's PC
                 mmio.finish_discovery()
                 mmio.install_pending()
-            elif uc.query(UC_QUERY_TIMEOUT):
-                return None
+            elif self._yield:
+                return None  # a trapped WFE yielded to the other vCPUs
             elif self._reenter:
-                pass  # enter again with the new HCR_EL2
+                pass  # enter again with the new EL2 controls, or to take an interrupt
+            elif uc.query(UC_QUERY_TIMEOUT):
+                if timers.poll():
+                    self.deliver_pending()
+                    if time.perf_counter() < deadline:
+                        timeout = int((deadline - time.perf_counter()) * 1e6)
+                        if timeout > 0:
+                            continue
+                return None
             elif self.twi:  # emu_start returns by itself only after WFI
+                self.take_trap(WFI_RECORD, regs.read(UC_ARM64_REG_PC) - 4)
                 return Exit(ExitKind.HALT, "ESR_ELx_EC_WFx", WFI_RECORD)
             else:  # WFI not trapped: the vCPU waits inside the guest for an interrupt
                 self.state = VcpuState.HALTED
+                self.halted()
                 return None
             if self.vm.status is not None:
                 return None
@@ -282,9 +389,11 @@ class Arm64Vcpu(Vcpu):
         regs.write(UC_ARM64_REG_X0, context_id)
         regs.write(UC_ARM64_REG_PC, entry)
         self.events.clear()
+        self.wfi_wait = False
         self.state = VcpuState.RUNNABLE
 
     def power_off(self) -> None:
+        self.wfi_wait = False
         self.state = VcpuState.OFF
         self.request_stop()
 
@@ -292,28 +401,35 @@ class Arm64Vcpu(Vcpu):
     def _intr_hook(self):
         """UC_HOOK_INTR. HVC is the hot path: PC and X0 come in one engine call, the exit's
         arguments are cached per HVC instruction, and the exit is handled in place."""
-        ids = (ctypes.c_int * 2)(UC_ARM64_REG_PC, UC_ARM64_REG_X0)
-        pc_buf, x0_buf = ctypes.c_uint64(), ctypes.c_uint64()
-        ptrs = (ctypes.c_void_p * 2)(ctypes.addressof(pc_buf), ctypes.addressof(x0_buf))
+        ids = (ctypes.c_int * 3)(UC_ARM64_REG_PC, UC_ARM64_REG_X0, UC_ARM64_REG_PSTATE)
+        pc_buf, x0_buf, pstate_buf = ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_uint64()
+        ptrs = (ctypes.c_void_p * 3)(ctypes.addressof(pc_buf), ctypes.addressof(x0_buf),
+                                     ctypes.addressof(pstate_buf))
         read2, uch, hvc, dispatch = _reg_read_batch, self._uch, self._hvc, self._dispatch
         fail = self.hooks.fail
         vcpu, excp_hvc, excp_smc = self, exceptions.EXCP_HVC, exceptions.EXCP_SMC
+        el2regs = self.el2
 
         def on_intr(_uc, intno, _ud):
             try:
                 if intno == excp_hvc:
-                    read2(uch, ids, ptrs, 2)
+                    read2(uch, ids, ptrs, 3)
                     args = hvc.get(pc_buf.value)
                     if args is None:
                         args = hvc[pc_buf.value] = vcpu._hypercall(pc_buf.value)
                     vcpu.smccc_x0 = x0_buf.value
+                    # ELR_EL2: an HVC's preferred return is the next instruction, where PC is.
+                    el2regs.record, el2regs._ELR_EL2, el2regs._SPSR_EL2 = args[2], pc_buf.value, pstate_buf.value
                     dispatch(vcpu, Exit(*args))
                 elif intno == excp_smc and vcpu.tsc and exceptions.current_el(
                         vcpu.regs.read(UC_ARM64_REG_PSTATE)) == 1:
                     # HCR_EL2.TSC traps SMC from EL1 only; at EL0 it stays UNDEFINED.
-                    read2(uch, ids, ptrs, 2)
+                    read2(uch, ids, ptrs, 3)
                     vcpu.smccc_x0 = x0_buf.value
-                    dispatch(vcpu, Exit(*vcpu._smc(pc_buf.value)))
+                    args = vcpu._smc(pc_buf.value)
+                    # ELR_EL2: a trapped SMC's preferred return is the SMC itself.
+                    el2regs.record, el2regs._ELR_EL2, el2regs._SPSR_EL2 = args[2], pc_buf.value - 4, pstate_buf.value
+                    dispatch(vcpu, Exit(*args))
                 else:
                     vcpu.mmio.forget()
                     exceptions.on_exception(vcpu, intno)
