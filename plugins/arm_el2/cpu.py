@@ -392,6 +392,12 @@ class Arm64Vcpu(Vcpu):
         self.wfi_wait = False
         self.state = VcpuState.RUNNABLE
 
+    def suspend(self) -> None:
+        """PSCI CPU_SUSPEND as standby: the vCPU waits as in WFI, from inside an HVC."""
+        self.state = VcpuState.HALTED
+        self.halted()
+        self.request_stop()
+
     def power_off(self) -> None:
         self.wfi_wait = False
         self.state = VcpuState.OFF
