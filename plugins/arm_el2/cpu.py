@@ -13,8 +13,12 @@ What traps to "EL2" and how (see ../shared/notes/unicorn-facts.md):
   the run loop; without it the vCPU waits in the guest (HALTED, no exit) for an interrupt.
 - SMC at EL1 with HCR_EL2.TSC: a HYPERCALL exit (EC 0x17, ISS = imm16) handled like HVC, as KVM
   treats an SMC as an SMCCC call; without TSC it is UNDEFINED (QEMU virt has no EL3).
-- MRS/MSR of the registers HCR_EL2.TVM/TRVM/TID1/TID2/TID3/TACR trap: SYSREG exits (EC 0x18),
-  completed inside the engine (:mod:`.traps`).
+- MRS/MSR/SYS the EL2 controls trap (HCR_EL2, MDCR_EL2, CNTHCTL_EL2): SYSREG exits (EC 0x18);
+  WFE under TWE (EC 0x01, TI 0b01) and FP/SIMD under CPTR_EL2.TFP (EC 0x07): completed inside
+  the engine (:mod:`.traps`). Every trap writes ESR/FAR/HPFAR/ELR/SPSR_EL2 (``vcpu.el2``).
+- The guest's generic timers are modelled (:mod:`.timer`): a slice never runs past the next
+  deadline, and a vCPU in WFI (or PSCI CPU_SUSPEND) with a timer armed stays RUNNABLE for the
+  run loop with ``wfi_wait`` set, sleeping in :meth:`Arm64Vcpu.run` until the timer's PPI.
 - Loads and stores to IPAs without RAM: MMIO exits (EC 0x24), completed inside the engine.
 - SVC, BRK, undefined instructions and the guest's own MMU faults are the guest's business:
   they go to its VBAR_EL1 vectors (:mod:`.exceptions`), as on hardware with nothing trapped.

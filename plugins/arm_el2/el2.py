@@ -1,16 +1,19 @@
-"""The EL2 register file the hypervisor programs for each vCPU: HCR_EL2 and CPTR_EL2.
+"""The EL2 register file the hypervisor programs for each vCPU (Arm ARM DDI 0487, D23.2).
 
-Arm ARM (DDI 0487) D23.2 "HCR_EL2, Hypervisor Configuration Register" and "CPTR_EL2,
-Architectural Feature Trap Register (EL2)". The bit names are the Arm ARM's (Linux's
-``HCR_*`` macros in arch/arm64/include/asm/kvm_arm.h are the same bits).
+HCR_EL2, CPTR_EL2, MDCR_EL2, HSTR_EL2, CNTHCTL_EL2, CNTVOFF_EL2, VTTBR_EL2, VTCR_EL2,
+VBAR_EL2, VPIDR_EL2, VMPIDR_EL2 and the trap record ESR_EL2, FAR_EL2, HPFAR_EL2, ELR_EL2,
+SPSR_EL2 (:class:`El2Regs`, ``vcpu.el2``), with the bit names of the Arm ARM (Linux's
+``HCR_*`` / ``MDCR_EL2_*`` / ``CNTHCTL_*`` macros in arch/arm64/include/asm/kvm_arm.h are the
+same bits). hvsim models an ARMv8.0 CPU (the engine's Cortex-A72) with HCR_EL2.E2H = 0: the
+RES0/RES1 masks are the ones that CPU has.
 
-hvsim is the hypervisor, so these registers are Python state, ``vcpu.el2.hcr`` and
-``vcpu.el2.cptr``, not the engine's own HCR_EL2: the engine keeps only HCR_EL2.RW (EL1 is
-AArch64), because QEMU acting on VM, IMO, TSC ... would take the guest to an EL2 that has no
-code. hvsim enforces the trap controls itself (:mod:`.traps`). A write is effective at the
-next entry into the guest, as on hardware where the hypervisor's ERET follows it; written
-from an exit handler while the guest is inside the engine, the guest is re-entered before it
-runs on (the engine stops at the end of the current translation block).
+hvsim is the hypervisor, so these registers are Python state, not the engine's own EL2
+registers: the engine keeps HCR_EL2.RW (EL1 is AArch64) and the registers EL1 reads through
+(VPIDR_EL2, VMPIDR_EL2, CNTVOFF_EL2), because QEMU acting on VM, IMO, TSC ... would take the
+guest to an EL2 that has no code. hvsim enforces the trap controls itself (:mod:`.traps`). A
+write is effective at the next entry into the guest, as on hardware where the hypervisor's
+ERET follows it; written from an exit handler while the guest is inside the engine, the guest
+is re-entered before it runs on (the engine stops at the end of the current translation block).
 
 The value each vCPU starts with is what KVM programs for a 64-bit guest (``vcpu_reset_hcr``):
 ``HCR_GUEST_FLAGS`` (Linux 6.x: TSC TSW TWE TWI VM BSU_IS FB TACR AMO SWIO TIDCP RW TLOR FMO
@@ -18,9 +21,17 @@ IMO PTW TID3 TID1), plus FWB (hvsim plays a host with FEAT_S2FWB, so KVM does no
 watch the guest's MMU coming on), plus TID2 (no FEAT_EVT, so not TID4). KVM then clears TWE
 and keeps TWI at each vcpu_load when the vCPU thread runs alone on its CPU
 (``vcpu_clear_wfx_traps``, the default ``kvm-arm.wfe_trap_policy``): WFI exits, WFE does not.
-The ID-register and ACTLR traps (TID1/TID2/TID3/TACR) cost nothing on the guest's other
+MDCR_EL2 starts as ``kvm_arm_setup_mdcr_el2`` leaves it for a guest nobody debugs (all PMU
+counters to the guest, PMU, debug, OS-lock and debug-ROM registers trapped), CNTHCTL_EL2 as
+nVHE KVM's ``__timer_enable_traps`` (physical counter to the guest, physical timer trapped),
+CPTR_EL2 with nothing trapped. The trapped accesses cost nothing on the guest's other
 MRS/MSR: only the trapped instructions are hooked, found when their code is translated
 (:mod:`.traps`), so an untrapped MRS/MSR runs natively.
+
+Not modelled, and said so by ``hvsim spec --arch arm_el2 hcr|sysregs``: HSTR_EL2 and TID0 trap
+AArch32 accesses only (hvsim's guests are AArch64 at EL1 and EL0); TGE (with E2H = 0 an ERET
+to EL1 is then an illegal exception return: the entry fails); MDCR_EL2.TDE and HPMN are kept
+(no debug exceptions, no PMU partitioning); VTTBR_EL2/VTCR_EL2 are kept for the stage-2 work.
 """
 
 from __future__ import annotations
@@ -151,7 +162,8 @@ HCR_FIELDS = [
 HCR_RES0 = (1 << 48) | (1 << 39)
 
 # The bits hvsim acts on (the others are kept, read back, and shown with `hvsim spec hcr`).
-HCR_MODELLED = {"TWI", "TSC", "TVM", "TRVM", "TID1", "TID2", "TID3", "TACR", "RW"}
+HCR_MODELLED = {"TWI", "TWE", "TSC", "TVM", "TRVM", "TID1", "TID2", "TID3", "TACR", "TIDCP", "TSW",
+                "TPCP", "TPU", "TTLB", "TDZ", "TGE", "RW"}
 
 HCR_EL2_RESET = 0  # the Arm ARM leaves most fields UNKNOWN on a warm reset; hvsim uses 0
 
