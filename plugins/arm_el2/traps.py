@@ -461,7 +461,10 @@ class SysregTraps:
         vcpu = self.vcpu
         dispatch, fail, write = vcpu.vm.dispatch, vcpu.hooks.fail, vcpu.regs.write
         cp_bytes, kind, xzr, mrs = _CP_KEY.from_address, ExitKind.SYSREG, UC_ARM64_REG_XZR, UC_ARM64_INS_MRS
-        take, pc_reg = self._trap_state(), UC_ARM64_REG_PC
+        pc_reg = UC_ARM64_REG_PC
+        read2, uch, ids, ptrs = _lib.uc_reg_read_batch, self._uch, self._pc_pstate_ids, self._pc_pstate_ptrs
+        pc_buf, pstate_buf = self._pc_pstate
+        el2regs = vcpu.el2
 
         def on_mrs(_uch, reg, cp, _ud):
             try:
@@ -470,7 +473,10 @@ class SysregTraps:
                     args = records.get((key, reg, mrs))
                     if args is None:
                         args = record(key, reg, mrs)
-                    pc = take(args[0])
+                    read2(uch, ids, ptrs, 2)  # the trap record, inline: this is the hot path
+                    el2regs.record = args[0]
+                    el2regs._ELR_EL2 = pc = pc_buf.value
+                    el2regs._SPSR_EL2 = pstate_buf.value
                     exit = Exit(kind, REASON, args[0], args[1], 8, False, None)
                     dispatch(vcpu, exit)
                     if exit.value is not None:
@@ -498,7 +504,10 @@ class SysregTraps:
         vcpu = self.vcpu
         dispatch, fail, write = vcpu.vm.dispatch, vcpu.hooks.fail, vcpu.regs.write
         cp_bytes, from_address, kind, msr = _CP_KEY.from_address, ctypes.c_uint64.from_address, ExitKind.SYSREG, UC_ARM64_INS_MSR
-        take, pc_reg = self._trap_state(), UC_ARM64_REG_PC
+        pc_reg = UC_ARM64_REG_PC
+        read2, uch, ids, ptrs = _lib.uc_reg_read_batch, self._uch, self._pc_pstate_ids, self._pc_pstate_ptrs
+        pc_buf, pstate_buf = self._pc_pstate
+        el2regs = vcpu.el2
         uc = vcpu.uc
 
         def flush_tlb():
@@ -512,7 +521,10 @@ class SysregTraps:
                     args = records.get((key, reg, msr))
                     if args is None:
                         args = record(key, reg, msr)
-                    pc = take(args[0])
+                    read2(uch, ids, ptrs, 2)
+                    el2regs.record = args[0]
+                    el2regs._ELR_EL2 = pc = pc_buf.value
+                    el2regs._SPSR_EL2 = pstate_buf.value
                     exit = Exit(kind, REASON, args[0], args[1], 8, True, value)
                     dispatch(vcpu, exit)
                     if exit.value != value:
