@@ -62,7 +62,8 @@ from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, Walk
 
 from . import el2, exceptions, layout, stage1, sysregs
-from .exits import ESR_ELx_EC_HVC64, ESR_ELx_EC_SERROR, ESR_ELx_EC_SMC64, WFI_RECORD, El2Record, esr
+from .exits import (ESR_ELx_EC_HVC64, ESR_ELx_EC_ILL, ESR_ELx_EC_SERROR, ESR_ELx_EC_SMC64, WFI_RECORD,
+                    El2Record, esr)
 from .mmio import MmioTrap
 from .timer import Timers
 from .traps import SysregTraps
@@ -172,8 +173,9 @@ class Arm64Vcpu(Vcpu):
         # With TGE set (and E2H clear) EL1 is not in use: an ERET to EL1 is an illegal
         # exception return (Arm ARM D1.11.5, "Illegal return events from AArch64 state").
         self._entry_error = ("HCR_EL2.TGE is 1: an exception return to EL1 is an illegal exception "
-                             "return (Arm ARM D1.11.5); hvsim models no EL2 host, so the guest "
-                             "cannot be entered") if hcr & el2.HCR_TGE and not hcr & el2.HCR_E2H else ""
+                             "return (Arm ARM D1.11.5), taken to EL2 as an Illegal Execution state "
+                             "exception (EC 0x0E); hvsim models no EL2 host, so the guest cannot be "
+                             "entered") if hcr & el2.HCR_TGE and not hcr & el2.HCR_E2H else ""
         if self.sysreg_traps.update_controls((hcr, e.MDCR_EL2, e.CNTHCTL_EL2, e.CPTR_EL2)) and self._in_engine:
             self._reenter = True
             self.uc.emu_stop()
@@ -286,7 +288,11 @@ class Arm64Vcpu(Vcpu):
     def run(self, slice_us: int) -> Exit | None:
         self.stop_requested = False
         if self._entry_error:
-            return Exit(ExitKind.INVALID_STATE, "ERET_ILLEGAL_RETURN", None, detail=self._entry_error)
+            # The ERET sets PSTATE.IL and stays at EL2, whose next instruction takes an Illegal
+            # Execution state exception (EC 0x0E) to EL2 at ELR_EL2: the guest never runs.
+            rec = El2Record(esr(ESR_ELx_EC_ILL))
+            self.take_trap(rec, self.regs.read(UC_ARM64_REG_PC))
+            return Exit(ExitKind.INVALID_STATE, "ESR_ELx_EC_ILL", rec, detail=self._entry_error)
         if self.wfi_wait and not self._wait(slice_us):
             return None
         mmio = self.mmio

@@ -21,8 +21,12 @@ The interrupt output goes toward the interrupt controller through ``vm.inject`` 
 ``hvsim_inject_event`` hook) as a virtual IRQ carrying the INTID (``Event.vector``). No GIC
 is modelled yet: without a GIC plugin the event is queued on the vCPU and taken at its IRQ
 vector (VBAR_EL1 + 0x80/0x280/0x480) when PSTATE.I is clear, and a line that drops again
-before the guest took it is withdrawn. The GICv3 issue routes it through the redistributor
-(as a level-sensitive PPI) instead.
+before the guest took it is withdrawn. The line is raised once per rising edge: one that
+stays high after the guest took its interrupt is not raised again until it has dropped
+(rewriting CVAL/TVAL/CTL drops it), where a GIC would signal a level-sensitive PPI again. The
+GICv3 issue routes it through the redistributor as a level-sensitive PPI instead.
+CNTHCTL_EL2's event stream (EVNTEN) and CNTKCTL_EL1's EL0 access controls are not modelled:
+EL0 reaches the emulated timer registers as EL1 does.
 """
 
 from __future__ import annotations

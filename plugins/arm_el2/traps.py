@@ -196,6 +196,8 @@ def sys_reg(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
 def trapped(hcr: int, mdcr: int = 0, cnthctl: int = el2.CNTHCTL_EL1PCTEN | el2.CNTHCTL_EL1PCEN
             ) -> tuple[set, set, set]:
     """The encodings whose MRS, whose MSR, and whose SYS trap to EL2 under these controls."""
+    if mdcr & el2.MDCR_EL2_TDE:  # TDE: TDA, TDOSA and TDRA act as 1 (D23.2 "MDCR_EL2")
+        mdcr |= el2.MDCR_EL2_TDA | el2.MDCR_EL2_TDOSA | el2.MDCR_EL2_TDRA
     values = {"HCR_EL2": hcr, "MDCR_EL2": mdcr, "CNTHCTL_EL2": cnthctl}
     reads, writes, sys = set(), set(), set()
     for register, bit, r, w, s, when_set in SYSREG_TRAPS:

@@ -293,10 +293,18 @@ def test_an_fp_instruction_traps_again_while_tfp_stays_set(arm_vm, hvsim_pm, sna
 
 
 # -- HCR_EL2.TGE ----------------------------------------------------------------------------
-def test_tge_makes_entering_the_guest_an_illegal_exception_return(arm_vm):
+def test_tge_makes_entering_the_guest_an_illegal_exception_return(arm_vm, snaps):
     vm, result = run(arm_vm, SYSTEM_OFF, hcr_set=el2.HCR_TGE)
     assert result.status == STATUS_GUEST_CRASH
     assert "HCR_EL2.TGE" in result.reason and "illegal exception return" in result.reason
+    [(exit, esr, *_)] = snaps.seen
+    assert exit.kind is ExitKind.INVALID_STATE and esr == 0x3A00_0000  # EC 0x0E, IL
+
+
+def test_mdcr_tde_makes_tda_tdosa_and_tdra_act_as_set(arm_vm, snaps):
+    main = "mrs x5, mdscr_el1\nmrs x6, oslsr_el1\nmrs x7, mdrar_el1\n" + SYSTEM_OFF
+    run(arm_vm, main, mdcr=el2.PMCR_EL0_N | el2.MDCR_EL2_TDE)
+    assert [fields(s[0].raw) for s in snaps.of("ESR_ELx_EC_SYS64")] == [sr.MDSCR_EL1, sr.OSLSR_EL1, sr.MDRAR_EL1]
 
 
 # -- the trap record ------------------------------------------------------------------------
