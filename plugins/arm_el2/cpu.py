@@ -167,6 +167,8 @@ class Arm64Vcpu(Vcpu):
             self.sysregs.write(sysregs.CNTVOFF_EL2, e.CNTVOFF_EL2)
             self.timer_changed()
             return
+        if name not in ("HCR_EL2", "MDCR_EL2", "CNTHCTL_EL2", "CPTR_EL2"):
+            return  # kept for the hypervisor to read back (VTTBR_EL2, HSTR_EL2, ESR_EL2, ...)
         hcr = e.HCR_EL2
         self.twi = bool(hcr & el2.HCR_TWI)
         self.tsc = bool(hcr & el2.HCR_TSC)

@@ -80,7 +80,8 @@ _HCR_HVSIM = {
 }
 
 _SYSREG_HVSIM = {
-    "HCR_EL2": "trap controls, see `spec hcr`", "CPTR_EL2": "TFP: FP/SIMD traps (EC 0x07)",
+    "HCR_EL2": "trap controls, see `spec hcr`",
+    "CPTR_EL2": "TFP: FP/SIMD traps (EC 0x07); TCPAC: CPACR_EL1 accesses (EC 0x18); TTA, TAM kept",
     "MDCR_EL2": "TDA/TDOSA/TDRA/TPM/TPMCR trap their registers (EC 0x18); HPMN, TDE kept",
     "HSTR_EL2": "kept; traps only AArch32 CP15 accesses, and hvsim's guests are AArch64",
     "VTTBR_EL2": "kept; stage 2 comes with the memory-virtualization issue",
@@ -118,12 +119,12 @@ def _encoding(enc: tuple[int, int, int, int, int]) -> str:
 def _trap_rows() -> list[list]:
     names: dict[int, str] = {}
     for n, v in vars(el2).items():  # the first name of a bit is the Arm ARM's (TPCP before TPC)
-        if n.startswith(("HCR_", "MDCR_EL2_", "CNTHCTL_")) and isinstance(v, int) and v and v & (v - 1) == 0:
+        if n.startswith(("HCR_", "MDCR_EL2_", "CNTHCTL_", "CPTR_EL2_")) and isinstance(v, int) and v and v & (v - 1) == 0:
             names.setdefault((n.split("_")[0], v), n)
     rows = []
     for register, bit, reads, writes, sys, when_set in traps.SYSREG_TRAPS:
         field = names.get((register.split("_")[0], bit), hex(bit)).replace("HCR_", "").replace(
-            "MDCR_EL2_", "").replace("CNTHCTL_", "")
+            "MDCR_EL2_", "").replace("CNTHCTL_", "").replace("CPTR_EL2_", "")
         what = []
         if reads:
             what.append(f"MRS of {len(reads)} encodings, e.g. {_encoding(reads[0])}")

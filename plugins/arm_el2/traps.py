@@ -153,6 +153,7 @@ SYSREG_TRAPS = [
     ("MDCR_EL2", el2.MDCR_EL2_TPMCR, (sr.PMCR_EL0,), (sr.PMCR_EL0,), (), True),
     ("CNTHCTL_EL2", el2.CNTHCTL_EL1PCTEN, (sr.CNTPCT_EL0,), (), (), False),
     ("CNTHCTL_EL2", el2.CNTHCTL_EL1PCEN, CNTP_REGS, CNTP_REGS, (), False),
+    ("CPTR_EL2", el2.CPTR_EL2_TCPAC, (sr.CPACR_EL1,), (sr.CPACR_EL1,), (), True),
 ]
 
 # FP/SIMD accesses (CPTR_EL2.TFP, EC 0x07): ISS CV = 1, COND = 0b1110 from AArch64.
@@ -193,12 +194,12 @@ def sys_reg(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
     return (op0 << 19) | (op1 << 16) | (crn << 12) | (crm << 8) | (op2 << 5)
 
 
-def trapped(hcr: int, mdcr: int = 0, cnthctl: int = el2.CNTHCTL_EL1PCTEN | el2.CNTHCTL_EL1PCEN
-            ) -> tuple[set, set, set]:
+def trapped(hcr: int, mdcr: int = 0, cnthctl: int = el2.CNTHCTL_EL1PCTEN | el2.CNTHCTL_EL1PCEN,
+            cptr: int = 0) -> tuple[set, set, set]:
     """The encodings whose MRS, whose MSR, and whose SYS trap to EL2 under these controls."""
     if mdcr & el2.MDCR_EL2_TDE:  # TDE: TDA, TDOSA and TDRA act as 1 (D23.2 "MDCR_EL2")
         mdcr |= el2.MDCR_EL2_TDA | el2.MDCR_EL2_TDOSA | el2.MDCR_EL2_TDRA
-    values = {"HCR_EL2": hcr, "MDCR_EL2": mdcr, "CNTHCTL_EL2": cnthctl}
+    values = {"HCR_EL2": hcr, "MDCR_EL2": mdcr, "CNTHCTL_EL2": cnthctl, "CPTR_EL2": cptr}
     reads, writes, sys = set(), set(), set()
     for register, bit, r, w, s, when_set in SYSREG_TRAPS:
         if bool(values[register] & bit) == when_set:
@@ -318,7 +319,7 @@ class SysregTraps:
         change (:meth:`sync_hooks`)."""
         self._controls = controls
         hcr, mdcr, cnthctl, cptr = controls
-        reads, writes, sys = trapped(hcr, mdcr, cnthctl)
+        reads, writes, sys = trapped(hcr, mdcr, cnthctl, cptr)
         self._reads.clear()
         self._reads.update({cp_key(e): e for e in reads})
         self._writes.clear()

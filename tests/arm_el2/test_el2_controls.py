@@ -292,6 +292,17 @@ def test_an_fp_instruction_traps_again_while_tfp_stays_set(arm_vm, hvsim_pm, sna
     assert x(vm, 2) == 9
 
 
+@pytest.mark.parametrize("insn, direction", [("mrs x5, cpacr_el1", 1), ("msr cpacr_el1, x5", 0)])
+def test_cptr_tcpac_traps_cpacr_el1_accesses(arm_vm, snaps, insn, direction):
+    main = "mrs x5, cpacr_el1\n" if direction == 0 else ""
+    vm, _ = run(arm_vm, main + insn + "\n" + SYSTEM_OFF, cptr=el2.CPTR_EL2_TCPAC)
+    traps = [s[0] for s in snaps.of("ESR_ELx_EC_SYS64") if s[0].raw.Direction == direction]
+    assert [fields(e.raw) for e in traps] == [sr.CPACR_EL1]
+    snaps.seen.clear()
+    run(arm_vm, main + insn + "\n" + SYSTEM_OFF)
+    assert snaps.of("ESR_ELx_EC_SYS64") == []
+
+
 # -- HCR_EL2.TGE ----------------------------------------------------------------------------
 def test_tge_makes_entering_the_guest_an_illegal_exception_return(arm_vm, snaps):
     vm, result = run(arm_vm, SYSTEM_OFF, hcr_set=el2.HCR_TGE)
