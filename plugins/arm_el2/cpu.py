@@ -58,7 +58,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from hvsim.core.arch import Vcpu, VcpuState
 from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks
-from hvsim.core.exits import EventType, Exit, ExitKind
+from hvsim.core.exits import Event, EventType, Exit, ExitKind
 from hvsim.core.memory import Access, Walk
 
 from . import el2, exceptions, layout, stage1, sysregs
@@ -87,6 +87,19 @@ _EVENTS = {
     EventType.VIRTUAL_FIQ: (exceptions.FIQ, exceptions.PSTATE_F),
     EventType.VIRTUAL_SERROR: (exceptions.SERROR, exceptions.PSTATE_A),
 }
+
+
+# HCR_EL2's virtual-exception inputs and the events they make pending.
+_HCR_LINES = ((el2.HCR_VI, EventType.VIRTUAL_IRQ), (el2.HCR_VF, EventType.VIRTUAL_FIQ),
+              (el2.HCR_VSE, EventType.VIRTUAL_SERROR))
+
+
+def _withdraw(events, event) -> None:
+    """Remove ``event`` itself (not an equal one) from a vCPU's queue, if still there."""
+    for i, e in enumerate(events):
+        if e is event:
+            del events[i]
+            return
 
 
 def _x0_writer(uch: ctypes.c_void_p):
@@ -138,6 +151,7 @@ class Arm64Vcpu(Vcpu):
         self._slice_end_ns = 0
         # VPIDR_EL2 / VMPIDR_EL2 reset to the CPU's MIDR_EL1 and this vCPU's MPIDR (D23.2).
         self.el2 = el2.El2Regs(None, vpidr=sys.read(sysregs.MIDR_EL1), vmpidr=layout.mpidr(index))
+        self._hcr_events: dict[int, Event] = {}  # the events HCR_EL2.VI/VF/VSE hold pending
         self.sysreg_traps = SysregTraps(self)
         self.timers = Timers(self)
         self.el2.on_change = self._el2_changed
@@ -170,6 +184,7 @@ class Arm64Vcpu(Vcpu):
         if name not in ("HCR_EL2", "MDCR_EL2", "CNTHCTL_EL2", "CPTR_EL2"):
             return  # kept for the hypervisor to read back (VTTBR_EL2, HSTR_EL2, ESR_EL2, ...)
         hcr = e.HCR_EL2
+        self._virtual_lines(hcr)
         self.twi = bool(hcr & el2.HCR_TWI)
         self.tsc = bool(hcr & el2.HCR_TSC)
         # With TGE set (and E2H clear) EL1 is not in use: an ERET to EL1 is an illegal
@@ -181,6 +196,30 @@ class Arm64Vcpu(Vcpu):
         if self.sysreg_traps.update_controls((hcr, e.MDCR_EL2, e.CNTHCTL_EL2, e.CPTR_EL2)) and self._in_engine:
             self._reenter = True
             self.uc.emu_stop()
+
+    def _virtual_lines(self, hcr: int) -> None:
+        """HCR_EL2.VI / VF / VSE are the virtual IRQ / FIQ / SError inputs (D1.3.6): while a bit
+        is set its exception is pending for the guest, taken when PSTATE unmasks it. VI and VF
+        are levels (pending again after each time they are taken, until the hypervisor clears
+        them); VSE is cleared by the PE when the virtual SError is taken."""
+        for bit, etype in _HCR_LINES:
+            event = self._hcr_events.get(bit)
+            if hcr & bit and event is None:
+                self._hcr_events[bit] = event = Event(etype)
+                self.events.append(event)
+            elif not hcr & bit and event is not None:
+                del self._hcr_events[bit]
+                _withdraw(self.events, event)
+
+    def _taken(self, event: Event) -> None:
+        """A pending exception was taken: HCR_EL2's lines follow (VSE clears, VI/VF re-arm)."""
+        for bit, mine in list(self._hcr_events.items()):
+            if mine is event:
+                del self._hcr_events[bit]
+                if bit == el2.HCR_VSE:
+                    self.el2.HCR_EL2 &= ~el2.HCR_VSE
+                else:
+                    self._virtual_lines(self.el2.HCR_EL2)
 
     def take_trap(self, record: El2Record, elr: int) -> None:
         """A trap to EL2: ESR_EL2/FAR_EL2/HPFAR_EL2 from ``record``, ELR_EL2 = ``elr``,
@@ -379,6 +418,8 @@ class Arm64Vcpu(Vcpu):
             kind = kind_mask[0]
             syndrome = esr(ESR_ELx_EC_SERROR) if kind == exceptions.SERROR else None
             exceptions.take_exception(self, kind, self.regs.read(UC_ARM64_REG_PC), syndrome)
+            if self._hcr_events:
+                self._taken(event)
             self.vm.pm.hook.hvsim_interrupt_acknowledged(vcpu=self, event=event)
             return True
         return False
@@ -401,6 +442,8 @@ class Arm64Vcpu(Vcpu):
         regs.write(UC_ARM64_REG_X0, context_id)
         regs.write(UC_ARM64_REG_PC, entry)
         self.events.clear()
+        self._hcr_events.clear()
+        self._virtual_lines(self.el2.HCR_EL2)
         self.wfi_wait = False
         self.state = VcpuState.RUNNABLE
 

@@ -162,7 +162,7 @@ HCR_FIELDS = [
 HCR_RES0 = (1 << 48) | (1 << 39)
 
 # The bits hvsim acts on (the others are kept, read back, and shown with `hvsim spec hcr`).
-HCR_MODELLED = {"TWI", "TWE", "TSC", "TVM", "TRVM", "TID1", "TID2", "TID3", "TACR", "TIDCP", "TSW",
+HCR_MODELLED = {"VI", "VF", "VSE", "TWI", "TWE", "TSC", "TVM", "TRVM", "TID1", "TID2", "TID3", "TACR", "TIDCP", "TSW",
                 "TPCP", "TPU", "TTLB", "TDZ", "TGE", "RW"}
 
 HCR_EL2_RESET = 0  # the Arm ARM leaves most fields UNKNOWN on a warm reset; hvsim uses 0

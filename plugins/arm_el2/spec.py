@@ -76,7 +76,9 @@ _HCR_HVSIM = {
     "TGE": "modelled as E2H = 0 requires: entering EL1 is an illegal exception return (run ends)",
     "RW": "always 1 in the engine (AArch64 EL1)",
     "VM": "kept; stage 2 is hvsim's memslots (MMIO aborts always trap)",
-    "VI": "kept; virtual IRQs are queued events (vcpu.inject)",
+    "VI": "virtual IRQ pending while set (a level: taken again until cleared)",
+    "VF": "virtual FIQ pending while set (a level: taken again until cleared)",
+    "VSE": "virtual SError pending; cleared when taken (ESR_EL1 EC 0x2F, ISS 0: no FEAT_RAS)",
 }
 
 _SYSREG_HVSIM = {

@@ -121,10 +121,10 @@ class Timer:
             vcpu.vm.inject(vcpu, self._event)
             return True
         if not high and self._event is not None:
-            try:
-                vcpu.events.remove(self._event)  # not taken yet: a level that dropped
-            except ValueError:
-                pass
+            for i, e in enumerate(vcpu.events):  # not taken yet: a level that dropped
+                if e is self._event:
+                    del vcpu.events[i]
+                    break
             self._event = None
         return False
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from el2guest import SCRATCH, SYSTEM_OFF, guest, log_records
 from hvsim import hookimpl
-from hvsim.core.exits import ExitKind
+from hvsim.core.exits import EventType, ExitKind
 from hvsim.core.vm import STATUS_GUEST_CRASH, STATUS_OFF
 from hvsim.plugins.arm_el2 import el2
 from hvsim.plugins.arm_el2 import sysregs as sr
@@ -348,3 +348,46 @@ def test_a_trapped_wfi_sets_elr_at_the_wfi(arm_vm, snaps):
     vm, _ = run(arm_vm, "adr x23, the_wfi\nthe_wfi:\nwfi\n" + SYSTEM_OFF, hcr_set=el2.HCR_TWI)
     [(_exit, esr, _far, _hpfar, elr, _spsr)] = snaps.of("ESR_ELx_EC_WFx")
     assert esr == 0x07E0_0000 and elr == x(vm, 23)
+
+
+# -- HCR_EL2.VI / VSE: the virtual exception inputs ------------------------------------------
+def test_hcr_vi_is_a_level_taken_until_the_hypervisor_clears_it(arm_vm, hvsim_pm):
+    from el2guest import LOG, RECORD
+
+    # (A pending virtual exception is taken at the vCPU's next entry after the unmask: the
+    # WFIs give it one.)
+    main = f"""
+    msr daifclr, #2
+    wfi                             // the virtual IRQ VI holds pending is taken
+    wfi                             // VI is still set: pending again, taken again
+    {SYSTEM_OFF}
+    """
+    vm = arm_vm(guest(main))
+    vm.vcpus[0].el2.HCR_EL2 |= el2.HCR_VI
+    # The logging handler returns with ERET (I unmasked again): VI, still set, is taken again,
+    # until the hypervisor clears it, here after the second IRQ.
+    taken = []
+
+    class Watch:
+        @hookimpl
+        def hvsim_interrupt_acknowledged(self, vcpu, event):
+            taken.append(event.type)
+            if len(taken) == 2:
+                vcpu.el2.HCR_EL2 &= ~el2.HCR_VI
+
+    hvsim_pm.register(Watch())
+    assert vm.run(timeout=10).status == STATUS_OFF
+    assert taken == [EventType.VIRTUAL_IRQ] * 2
+    assert [r[0] for r in log_records(vm, 2)] == [0x280, 0x280]
+    assert vm.memory.read_u64(LOG + 8 * RECORD * 2) == 0  # no third
+    assert not vm.vcpus[0].events
+
+
+def test_hcr_vse_is_cleared_when_the_virtual_serror_is_taken(arm_vm):
+    main = "msr daifclr, #4\nwfi\n" + SYSTEM_OFF
+    vm = arm_vm(guest(main))
+    vm.vcpus[0].el2.HCR_EL2 |= el2.HCR_VSE
+    assert vm.run(timeout=10).status == STATUS_OFF
+    [(vector, esr, elr, _far, _spsr)] = log_records(vm, 1)
+    assert (vector, esr) == (0x380, 0xBE00_0000)  # EC 0x2F, IL, ISS 0 (no FEAT_RAS: no VSESR_EL2)
+    assert not vm.vcpus[0].el2.HCR_EL2 & el2.HCR_VSE
