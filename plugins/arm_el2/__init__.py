@@ -97,11 +97,11 @@ def hvsim_exit_handlers(vm, registry):
         registry.add(ExitKind.EXCEPTION, traps.handle_fp_asimd)
 
 
-@hookimpl(hookwrapper=True, specname="hvsim_exit_handlers")
+@hookimpl(wrapper=True, specname="hvsim_exit_handlers")
 def wrap_exit_handlers(vm, registry):
     """Around whichever HALT handler the table ends with (the core's, or a hypervisor
     plugin's): a vCPU it halts in WFI with a generic timer armed waits for that timer."""
-    yield
+    result = yield
     if vm.arch.name == ArmEl2Arch.name:
         inner = registry.get(ExitKind.HALT)
 
@@ -110,6 +110,7 @@ def wrap_exit_handlers(vm, registry):
             vcpu.halted()
 
         registry.add(ExitKind.HALT, on_halt)
+    return result
 
 
 @hookimpl

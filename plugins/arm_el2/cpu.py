@@ -154,6 +154,8 @@ class Arm64Vcpu(Vcpu):
         self._hcr_events: dict[int, Event] = {}  # the events HCR_EL2.VI/VF/VSE hold pending
         self.sysreg_traps = SysregTraps(self)
         self.timers = Timers(self)
+        sys.write(sysregs.CPACR_EL1, 0)  # FPEN 0b00 out of reset, as QEMU's system emulation
+        self.sysreg_traps.watch_cpacr()
         self.el2.on_change = self._el2_changed
         for name in ("VPIDR_EL2", "VMPIDR_EL2", "HCR_EL2"):
             self._el2_changed(name)

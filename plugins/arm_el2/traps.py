@@ -49,7 +49,9 @@ none on untrapped code):
   0x07 with CV = 1, COND = 0b1110 (as QEMU's syn_fp_access_trap for A64), ELR_EL2 the
   instruction. The default handler does what KVM does (``kvm_handle_fpasimd``: the guest's FP
   state is made live and CPTR_EL2.TFP cleared); the instruction is then executed again, and
-  traps again while TFP stays set, as on hardware.
+  traps again while TFP stays set, as on hardware. The guest's own CPACR_EL1.FPEN is checked
+  first (its MSR is always hooked; FPEN resets to 0b00 as in QEMU): a trapped FP/SIMD access
+  is then the guest's EC 0x07 exception at its VBAR_EL1, with no exit.
 
 The guest's generic-timer registers (CNTV_* and CNTP_*) are emulated here as well, by the
 hardware model rather than as exits: Unicorn ignores writes to them (measured), see
@@ -77,7 +79,7 @@ from unicorn.arm64_const import (
 from hvsim.core.engine import HOOK_CODE, _lib
 from hvsim.core.exits import Exit, ExitKind
 
-from . import el2
+from . import el2, exceptions
 from . import sysregs as sr
 from .exits import (
     ESR_ELx_COND_AL,
@@ -280,6 +282,9 @@ class SysregTraps:
         self._em_reads: set[tuple] = set()
         self._em_writes: set[tuple] = set()
         self.twe = self.tfp = False
+        # CPACR_EL1.FPEN, the guest's own FP trap (to EL1, before CPTR_EL2.TFP): its MSR is
+        # hooked always, so hvsim knows when FP/SIMD instructions must be found.
+        self.fpen = sr.CPACR_EL1_FPEN_RESET
         self._trapped: tuple = ()
         self._synced: tuple | None = None  # what the hooks follow
         self._records: dict[tuple, tuple] = {}  # (cp key, reg id, kind) -> (El2Record, address, enc)
@@ -295,6 +300,21 @@ class SysregTraps:
                            UC_ARM64_INS_SYS: self._sys_hook()}
         self._code_callbacks = {SITE_WFE: self._wfe_hook(), SITE_FP: self._fp_hook()}
         vcpu.hooks.add(UC_HOOK_EDGE_GENERATED, EDGE_CB, self._on_edge)
+
+    def watch_cpacr(self) -> None:
+        """Hook the guest's MSR CPACR_EL1 (performed, then FPEN followed)."""
+        vcpu = self.vcpu
+
+        def write_cpacr(value: int) -> None:
+            vcpu.sysregs.write(sr.CPACR_EL1, value)
+            fpen = value >> 20 & 3
+            if fpen != self.fpen:
+                self.fpen = fpen
+                if self.update_controls(self._controls) and vcpu._in_engine:
+                    vcpu._reenter = True  # FP instructions get (or lose) their hooks
+                    vcpu.uc.emu_stop()
+
+        self.emulate(sr.CPACR_EL1, write=write_cpacr)
 
     def emulate(self, enc: tuple, read=None, write=None) -> None:
         """Have the hardware model perform MRS (``read() -> value``) and MSR (``write(value)``)
@@ -330,7 +350,7 @@ class SysregTraps:
         self.twe = bool(hcr & el2.HCR_TWE)
         self.tfp = bool(cptr & el2.CPTR_EL2_TFP)
         self._trapped = (frozenset(reads | self._em_reads), frozenset(writes | self._em_writes),
-                         frozenset(sys), self.twe, self.tfp)
+                         frozenset(sys), self.twe, self.tfp or self.fpen != 0b11)
         return self.hooks_stale()
 
     def hooks_stale(self) -> bool:
@@ -603,6 +623,12 @@ class SysregTraps:
 
         def on_fp(_uch, address, _size, _ud):
             try:
+                if traps.fpen != 0b11:  # CPACR_EL1.FPEN first (D1.x "Configurable instruction
+                    # enables and disables, and trap controls"): to the guest's EL1, EC 0x07
+                    el = vcpu.regs.read(UC_ARM64_REG_PSTATE) >> 2 & 3
+                    if traps.fpen != 0b01 or el == 0:
+                        exceptions.take_exception(vcpu, exceptions.SYNC, address, FP_RECORD.ESR_EL2)
+                        return
                 if not traps.tfp:
                     return
                 take(FP_RECORD)

@@ -244,11 +244,12 @@ def test_with_both_enables_set_the_physical_counter_and_timer_do_not_trap(arm_vm
     assert snaps.of("ESR_ELx_EC_SYS64") == []
 
 
-# -- CPTR_EL2.TFP ---------------------------------------------------------------------------
+# -- CPTR_EL2.TFP, and the guest's own CPACR_EL1.FPEN ---------------------------------------
+FP_ON = "movz x0, #0x30, lsl #16\nmsr cpacr_el1, x0\nisb\n"  # CPACR_EL1.FPEN = 0b11
 @pytest.mark.parametrize("insn", ["fmov d0, x1", "add v0.4s, v1.4s, v2.4s", "str q0, [x5]",
                                   "ldr d1, [x5]", "mrs x3, fpcr", "msr fpsr, x1", "fadd s0, s1, s2"])
 def test_tfp_traps_fp_and_simd_with_ec_fp_asimd(arm_vm, snaps, insn):
-    main = (f"movz x5, #{SCRATCH >> 16:#x}, lsl #16\nmov x1, #7\nadr x23, the_insn\nthe_insn:\n{insn}\n"
+    main = (FP_ON + f"movz x5, #{SCRATCH >> 16:#x}, lsl #16\nmov x1, #7\nadr x23, the_insn\nthe_insn:\n{insn}\n"
             "fmov d0, x1\nfmov x2, d0\n" + SYSTEM_OFF)
     vm, result = run(arm_vm, main, cptr=el2.CPTR_EL2_RES1 | el2.CPTR_EL2_TFP)
     assert result.status == STATUS_OFF
@@ -261,7 +262,7 @@ def test_tfp_traps_fp_and_simd_with_ec_fp_asimd(arm_vm, snaps, insn):
 
 
 def test_without_tfp_fp_runs_without_an_exit(arm_vm, snaps):
-    vm, _ = run(arm_vm, "mov x1, #9\nfmov d0, x1\nfmov x2, d0\n" + SYSTEM_OFF)
+    vm, _ = run(arm_vm, FP_ON + "mov x1, #9\nfmov d0, x1\nfmov x2, d0\n" + SYSTEM_OFF)
     assert snaps.of("ESR_ELx_EC_FP_ASIMD") == [] and x(vm, 2) == 9
 
 
@@ -285,7 +286,7 @@ class LazyTwice:
 
 def test_an_fp_instruction_traps_again_while_tfp_stays_set(arm_vm, hvsim_pm, snaps):
     hvsim_pm.register(LazyTwice())
-    vm, _ = run(arm_vm, "mov x1, #9\nadr x23, fp\nfp:\nfmov d0, x1\nfmov x2, d0\n" + SYSTEM_OFF,
+    vm, _ = run(arm_vm, FP_ON + "mov x1, #9\nadr x23, fp\nfp:\nfmov d0, x1\nfmov x2, d0\n" + SYSTEM_OFF,
                 cptr=el2.CPTR_EL2_TFP)
     traps = snaps.of("ESR_ELx_EC_FP_ASIMD")
     assert [s[4] for s in traps] == [x(vm, 23)] * 3
@@ -301,6 +302,22 @@ def test_cptr_tcpac_traps_cpacr_el1_accesses(arm_vm, snaps, insn, direction):
     snaps.seen.clear()
     run(arm_vm, main + insn + "\n" + SYSTEM_OFF)
     assert snaps.of("ESR_ELx_EC_SYS64") == []
+
+
+@pytest.mark.parametrize("tfp", [False, True], ids=["TFP clear", "TFP set"])
+def test_cpacr_fpen_clear_traps_fp_to_the_guests_el1_before_cptr_tfp(arm_vm, snaps, tfp):
+    """Out of reset FPEN is 0b00: the guest's first FP instruction is its own EC 0x07
+    exception (ELR_EL1 the instruction), whatever CPTR_EL2.TFP says; after FPEN = 0b11 the
+    same code runs (and traps to EL2 only if TFP is set)."""
+    main = ("mov x1, #5\nadr x23, fp_insn\nadr x20, enable\n"  # the guest's handler returns to enable
+            "fp_insn:\nfmov d0, x1\nfmov x2, d0\n" + SYSTEM_OFF + "\nenable:\n" + FP_ON + "b fp_insn\n")
+    vm, result = run(arm_vm, main, cptr=el2.CPTR_EL2_RES1 | (el2.CPTR_EL2_TFP if tfp else 0))
+    assert result.status == STATUS_OFF
+    [(vector, esr, elr, _far, _spsr), second] = log_records(vm, 2)
+    assert second == (0, 0, 0, 0, 0)
+    assert (vector, esr, elr) == (CUR_SPX_SYNC, 0x1FE0_0000, x(vm, 23))
+    assert len(snaps.of("ESR_ELx_EC_FP_ASIMD")) == (1 if tfp else 0)  # only after FPEN = 0b11
+    assert x(vm, 2) == 5
 
 
 # -- HCR_EL2.TGE ----------------------------------------------------------------------------
