@@ -350,7 +350,8 @@ class Arm64Vcpu(Vcpu):
             self._reenter = self._yield = False
             if traps.hooks_stale():
                 traps.sync_hooks()
-            if timers.poll():
+            timers.poll()
+            if self.events:  # raised while the guest ran (a timer register write, a handler)
                 self.deliver_pending()
             due = timers.next_deadline_ns()
             now = time.monotonic_ns()

@@ -134,3 +134,25 @@ def test_the_timer_ppi_goes_through_the_inject_hook(arm_vm, hvsim_pm):
     vm.run(timeout=5)
     assert raised == [(0, timer.INTID_CNTV)]
     assert log_records(vm, 1)[0] == (0, 0, 0, 0, 0)
+
+
+def test_a_timer_armed_in_the_past_interrupts_right_after_the_write(arm_vm, acks):
+    """CVAL already reached when CTL enables it: ISTATUS at once, and the IRQ is taken as the
+    engine leaves the translation block of the MSR, not when the slice would have ended."""
+    main = f"""
+    movz x19, #0x4100, lsl #16
+    mov x22, #0
+    msr daifclr, #2
+    msr cntv_cval_el0, xzr
+    mov x1, #1
+    msr cntv_ctl_el0, x1
+spin:
+    add x22, x22, #1                // iterations before the interrupt
+    ldr x2, [x19]
+    cbz x2, spin
+    {SYSTEM_OFF}
+    """
+    vm = arm_vm(guest(main))
+    assert vm.run(timeout=10).status == STATUS_OFF
+    assert [e.vector for e in acks.events] == [timer.INTID_CNTV]
+    assert x(vm, 22) <= 2  # (a slice would have been ~10^8 iterations)
