@@ -173,6 +173,9 @@ class Arm64Vcpu(Vcpu):
         must be added or removed wait for the next entry, forced now if the guest is in the
         engine. VPIDR/VMPIDR/CNTVOFF_EL2 go to the engine registers EL1 reads through."""
         e = self.el2
+        mmu = getattr(self, "mmu", None)  # a stage-2 model, when the VM has one
+        if mmu is not None and name in ("HCR_EL2", "VTTBR_EL2", "VTCR_EL2"):
+            mmu.context_changed()  # HCR_EL2.VM, VTTBR_EL2 and VTCR_EL2 are the stage-2 context
         if name == "VPIDR_EL2":
             self.sysregs.write(sysregs.VPIDR_EL2, e.VPIDR_EL2)
             return
