@@ -15,8 +15,11 @@ from __future__ import annotations
 
 from unicorn import x86_const as X
 
+from hvsim.plugins.x86.events import EventControls
+from hvsim.plugins.x86.interruptibility import SHADOW
+
 from . import iopm
-from .exits import SvmExitInfo
+from .exits import SvmExitInfo, SvmVendor
 from .svm import EFER_SVME, MSR_VM_HSAVE_PA, SvmCpu
 from .vmcb import Segment, Vmcb
 
@@ -67,13 +70,16 @@ class SvmGuestContext:
         self.exception_check = None
         self._intercepted: dict[str, bool] = {}
         self._cr_reads = self._cr_writes = 0
+        self.event_controls = EventControls()
+        self._shadow_saved = 0
+        self._pause_count = 0
 
     # -- every exit -------------------------------------------------------------------------
     def record(self, raw: SvmExitInfo) -> None:
         """#VMEXIT: EXITCODE, EXITINFO1, EXITINFO2 and nRIP into the VMCB. Records are shared
         per instruction, so an exit from the same place as the last one is already there."""
         if raw is not self._last:
-            self._write_exit(raw.EXITCODE & MASK64, raw.EXITINFO1, raw.EXITINFO2, raw.NRIP)
+            self._write_exit(raw.EXITCODE & MASK64, raw.EXITINFO1, raw.EXITINFO2, raw.NRIP, raw.EXITINTINFO)
             self._last = raw
 
     # -- around each stay in the engine -----------------------------------------------------
@@ -93,6 +99,9 @@ class SvmGuestContext:
                           if vmcb.is_intercepted("MSR_PROT") else _never)
         self.hlt_exits, self.cpuid_exits = vmcb.is_intercepted("HLT"), vmcb.is_intercepted("CPUID")
         self._intercepted = {kind: vmcb.is_intercepted(name) for kind, name in _INSTRUCTION_INTERCEPTS.items()}
+        self._intercepted["shutdown"] = vmcb.is_intercepted("SHUTDOWN")
+        self._pause_count = vmcb.read("PAUSE_FILTER_COUNT")
+        self.event_controls = self._event_controls()
         self._cr_reads, self._cr_writes = vmcb.read("INTERCEPT_CR_READ"), vmcb.read("INTERCEPT_CR_WRITE")
         exceptions = vmcb.read("INTERCEPT_EXCEPTIONS")
         self.exception_check = (lambda vector, _code: bool(exceptions >> vector & 1)) if exceptions else None
@@ -106,10 +115,52 @@ class SvmGuestContext:
             value = read(name)
             if value != saved[name]:
                 regs.write(reg, value)
+        shadow = read("INTERRUPT_SHADOW")
+        if shadow != self._shadow_saved:  # the VMM set or cleared the guest's interrupt shadow
+            vcpu = self.vcpu
+            vcpu.set_interruptibility(shadow and 1 | (vcpu.blocking & ~SHADOW))
+            self._shadow_saved = shadow
         self._inject()
+
+    def _event_controls(self) -> EventControls:
+        """The interrupt intercepts and the virtual-interrupt fields (15.21): with V_INTR_MASKING
+        the guest's RFLAGS.IF masks only virtual interrupts, physical ones exit whatever it is."""
+        vmcb = self.vmcb
+        read = vmcb.read
+        vintr = None
+        if read("V_IRQ"):
+            vintr = (read("V_INTR_VECTOR"), read("V_INTR_PRIO"), bool(read("V_IGN_TPR")), read("V_TPR"))
+        return EventControls(intr_exits=vmcb.is_intercepted("INTR"), intr_exit_ignores_if=bool(read("V_INTR_MASKING")),
+                             nmi_exits=vmcb.is_intercepted("NMI"), init_exits=vmcb.is_intercepted("INIT"),
+                             vintr=vintr, vintr_exits=vmcb.is_intercepted("VINTR"))
+
+    def event_exit(self, kind: str, vector: int = 0):
+        return SvmVendor.event_exit(kind, vector)
+
+    def window_exit(self, kind: str):
+        return SvmVendor.window_exit(kind)
+
+    def take_virtual_interrupt(self) -> None:
+        """The processor takes the virtual interrupt: V_IRQ is cleared (15.21.4)."""
+        self.vmcb.write("V_IRQ", 0)
+        self.event_controls.vintr = None
+
+    def _pause_filtered(self) -> bool:
+        """Pause filter (15.14.4): with PAUSE_FILTER_COUNT non-zero, only the PAUSE that takes the
+        counter loaded at VMRUN to zero is intercepted; the counter then starts again."""
+        count = self.vmcb.read("PAUSE_FILTER_COUNT")
+        if not count:
+            return False
+        self._pause_count = (self._pause_count or count) - 1
+        if self._pause_count:
+            return True
+        self._pause_count = count
+        return False
 
     def intercepts(self, kind: str, info) -> bool:
         """Whether this sensitive instruction is intercepted by the VMCB (15.9, 15.8.1)."""
+        if kind == "pause" and self._intercepted.get("pause") and self._pause_filtered():
+            return False
         if kind == "mov_to_cr":
             return bool(self._cr_writes >> info[0] & 1)
         if kind == "mov_from_cr":
@@ -126,7 +177,9 @@ class SvmGuestContext:
         self.vmcb.write("EVENTINJ", 0)
         vcpu = self.vcpu
         error = event.error_code if event.error_code_valid else None
-        vcpu.deliver_event(event.vector, error, vcpu.rip(), software=event.type == EVENTINJ_SOFT_INT)
+        vcpu.activity_hlt = False
+        vcpu.deliver_event(event.vector, error, vcpu.rip(), software=event.type == EVENTINJ_SOFT_INT,
+                           event_type=event.type)
 
     def vmexit(self) -> None:
         """Leaving the engine: the processor saves the guest state into the VMCB (15.6)."""
@@ -146,6 +199,9 @@ class SvmGuestContext:
         write("DR6", regs.read(X.UC_X86_REG_DR6) | 0xFFFF0FF0)
         write("DR7", regs.read(X.UC_X86_REG_DR7) | 0x400)
         write("CPL", vcpu.cpl())
+        # INTERRUPT_SHADOW (offset 0x068 bit 0): the guest is in an STI / MOV SS shadow (15.21.5).
+        self._shadow_saved = int(bool(vcpu.interruptibility() & SHADOW))
+        write("INTERRUPT_SHADOW", self._shadow_saved)
         for name, reg in _SEGMENTS:
             vmcb.set_segment(name, self._segment(regs.read(reg) & 0xFFFF))
         for name, reg in (("GDTR", X.UC_X86_REG_GDTR), ("IDTR", X.UC_X86_REG_IDTR)):

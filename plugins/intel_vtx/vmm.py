@@ -14,10 +14,14 @@ from __future__ import annotations
 
 from unicorn import x86_const as X
 
+import time
+from functools import cache
+
 from hvsim.plugins.x86 import paging
+from hvsim.plugins.x86.events import EventControls
 
 from . import msrs
-from .exits import VmxExitInfo
+from .exits import VmxExitInfo, VmxVendor
 from .vmcs import Field
 from .vmx import Status, Vmx
 
@@ -55,6 +59,30 @@ EPTP_WB_4LEVEL = 6 | (4 - 1) << 3
 # VM-entry interruption-information field (SDM 24.8.3, Table 24-16)
 INTR_INFO_VALID, INTR_INFO_DELIVER_CODE = 1 << 31, 1 << 11
 INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION = 4, 5, 6
+INTR_TYPE_OTHER_EVENT = 7  # with vector 0: a pending MTF VM exit (SDM 26.6.2)
+GUEST_ACTIVITY_ACTIVE, GUEST_ACTIVITY_HLT = 0, 1
+MSR_IA32_PAT, MSR_EFER = 0x277, 0xC000_0080
+
+
+@cache
+def tsc_hz() -> float:
+    """The rate of the TSC the guest reads (the engine's RDTSC follows the host's counter):
+    measured once per process over 20 ms, so the preemption timer counts the guest's TSC."""
+    from unicorn import UC_PROT_ALL, Uc
+    from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
+
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.mem_map(0, 0x1000, UC_PROT_ALL)
+    uc.mem_write(0, b"\x0f\x31")  # rdtsc
+
+    def tsc() -> int:
+        uc.emu_start(0, 2)
+        return (uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF
+
+    t0, w0 = tsc(), time.perf_counter()
+    time.sleep(0.02)
+    t1, w1 = tsc(), time.perf_counter()
+    return max((t1 - t0) / (w1 - w0), 1e6)
 
 
 class VmxGuestContext:
@@ -102,6 +130,8 @@ class VmxGuestContext:
         self.exception_check = None
         self._exiting: dict[str, bool] = {}
         self._cr3_load = self._cr3_store = False
+        self.event_controls = EventControls()
+        self._timer_start: float | None = None
 
     def _vmwrite(self, field: int, value: int) -> None:
         result = self.vmx.vmwrite(field, value)
@@ -151,7 +181,9 @@ class VmxGuestContext:
         self._last = raw
         self.vmcs.record_exit(raw.EXIT_REASON, raw.EXIT_QUALIFICATION, raw.VM_EXIT_INSTRUCTION_LEN, 0,
                               raw.GUEST_LINEAR_ADDRESS or 0, raw.GUEST_PHYSICAL_ADDRESS or 0,
-                              raw.VM_EXIT_INTR_INFO, raw.VM_EXIT_INTR_ERROR_CODE)
+                              raw.VM_EXIT_INTR_INFO, raw.VM_EXIT_INTR_ERROR_CODE, raw.IDT_VECTORING_INFO_FIELD)
+        if raw.IDT_VECTORING_INFO_FIELD:
+            self._values[Field.IDT_VECTORING_ERROR_CODE] = raw.IDT_VECTORING_ERROR_CODE
         if raw.GUEST_RIP is not None:
             # The exit names its instruction; the engine has already completed it, as the VMM's
             # handler would (KVM's skip_emulated_instruction), so it is not to be loaded back.
@@ -186,7 +218,17 @@ class VmxGuestContext:
             **{name: True for name in ("vmclear", "vmlaunch", "vmptrld", "vmptrst", "vmread", "vmresume",
                                        "vmwrite", "vmxoff", "vmxon", "invept", "invvpid", "vmfunc")},
             "pause": bool(proc & msrs.CPU_BASED_PAUSE_EXITING),
+            "shutdown": True,  # a triple fault always exits (SDM 25.2)
         }
+        pin = self._values[Field.PIN_BASED_VM_EXEC_CONTROL]
+        self.event_controls = EventControls(
+            intr_exits=bool(pin & msrs.PIN_BASED_EXT_INTR_MASK), intr_exit_ignores_if=True,
+            nmi_exits=bool(pin & msrs.PIN_BASED_NMI_EXITING), virtual_nmis=bool(pin & msrs.PIN_BASED_VIRTUAL_NMIS),
+            init_exits=True,  # INIT signals always exit in VMX non-root operation (SDM 25.2)
+            intr_window=bool(proc & msrs.CPU_BASED_INTR_WINDOW_EXITING),
+            nmi_window=bool(proc & msrs.CPU_BASED_NMI_WINDOW_EXITING),
+            mtf=bool(proc & msrs.CPU_BASED_MONITOR_TRAP_FLAG))
+        self._start_preemption_timer(pin)
         self._cr3_load, self._cr3_store = (bool(proc & msrs.CPU_BASED_CR3_LOAD_EXITING),
                                            bool(proc & msrs.CPU_BASED_CR3_STORE_EXITING))
         self.resume_state()
@@ -198,7 +240,58 @@ class VmxGuestContext:
         for field, reg in _LOADED_ON_ENTRY:
             if values[field] != saved[field]:
                 regs.write(reg, values[field])
+        self._load_event_state()
         self._inject()
+
+    def _load_event_state(self) -> None:
+        """Interruptibility and activity state (SDM 26.3.2.5, 26.6.1), EFER and PAT with their
+        VM-entry controls (26.3.2.1), where the VMM changed them since the exit."""
+        vcpu, v, saved = self.vcpu, self._values, self._saved
+        intr = v.get(Field.GUEST_INTERRUPTIBILITY_INFO, 0)
+        if intr != saved.get(Field.GUEST_INTERRUPTIBILITY_INFO, 0):
+            vcpu.set_interruptibility(intr)
+        activity = v.get(Field.GUEST_ACTIVITY_STATE, 0)
+        if activity != saved.get(Field.GUEST_ACTIVITY_STATE, 0):
+            vcpu.activity_hlt = activity == GUEST_ACTIVITY_HLT
+        entry = v[Field.VM_ENTRY_CONTROLS]
+        if entry & msrs.VM_ENTRY_LOAD_IA32_EFER and v.get(Field.GUEST_IA32_EFER) != saved.get(Field.GUEST_IA32_EFER):
+            vcpu.uc.reg_write(X.UC_X86_REG_MSR, (MSR_EFER, v[Field.GUEST_IA32_EFER]))
+        if entry & msrs.VM_ENTRY_LOAD_IA32_PAT and v.get(Field.GUEST_IA32_PAT) != saved.get(Field.GUEST_IA32_PAT):
+            vcpu.uc.reg_write(X.UC_X86_REG_MSR, (MSR_IA32_PAT, v[Field.GUEST_IA32_PAT]))
+
+    # -- events (SDM 25.2, 26.7) -------------------------------------------------------------
+    def event_exit(self, kind: str, vector: int = 0):
+        ack = bool(self._values[Field.VM_EXIT_CONTROLS] & msrs.VM_EXIT_ACK_INTR_ON_EXIT)
+        if kind == "preemption_timer":
+            self._values[Field.VMX_PREEMPTION_TIMER_VALUE] = 0
+            self.vcpu.timer_deadline = None
+        return VmxVendor.event_exit(kind, vector, acknowledged=ack)
+
+    def window_exit(self, kind: str):
+        return VmxVendor.window_exit(kind)
+
+    def take_virtual_interrupt(self) -> None:  # an SVM notion; VMX has none here
+        raise AssertionError("VMX has no V_IRQ")
+
+    def _start_preemption_timer(self, pin: int) -> None:
+        """The VMX-preemption timer (SDM 25.5.1) counts down from its VMCS field once per
+        2^IA32_VMX_MISC[4:0] ticks of the TSC while the guest runs; at 0 it exits (reason 52),
+        before any instruction if it is 0 at entry."""
+        vcpu = self.vcpu
+        if not pin & msrs.PIN_BASED_VMX_PREEMPTION_TIMER:
+            vcpu.timer_deadline = self._timer_start = None
+            return
+        ticks = self._values.get(Field.VMX_PREEMPTION_TIMER_VALUE, 0) << (self.vmx.caps.misc & msrs.VMX_MISC_PREEMPTION_TIMER_RATE_MASK)
+        self._timer_start = now = time.perf_counter()
+        vcpu.timer_deadline = now + ticks / tsc_hz()
+
+    def _save_preemption_timer(self) -> None:
+        vcpu, v = self.vcpu, self._values
+        if self._timer_start is None or vcpu.timer_deadline is None:
+            return
+        if v[Field.VM_EXIT_CONTROLS] & msrs.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER:
+            left = max(0.0, vcpu.timer_deadline - time.perf_counter()) * tsc_hz()
+            v[Field.VMX_PREEMPTION_TIMER_VALUE] = int(left) >> (self.vmx.caps.misc & msrs.VMX_MISC_PREEMPTION_TIMER_RATE_MASK)
 
     def _inject(self) -> None:
         """Event injection (SDM 27.6): the VM-entry interruption-information field, if valid, is
@@ -210,12 +303,19 @@ class VmxGuestContext:
             return
         v[Field.VM_ENTRY_INTR_INFO_FIELD] = info & ~INTR_INFO_VALID
         vcpu, kind = self.vcpu, (info >> 8) & 7
+        mtf = bool(v[Field.CPU_BASED_VM_EXEC_CONTROL] & msrs.CPU_BASED_MONITOR_TRAP_FLAG)
+        if kind == INTR_TYPE_OTHER_EVENT:  # injecting a pending MTF VM exit (SDM 26.6.2)
+            vcpu.mtf_pending = True
+            return
         error = v.get(Field.VM_ENTRY_EXCEPTION_ERROR_CODE, 0) if info & INTR_INFO_DELIVER_CODE else None
         rip = vcpu.rip()
         if kind in (INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION):
             rip += v.get(Field.VM_ENTRY_INSTRUCTION_LEN, 0)  # software events return past the INT
-        vcpu.deliver_event(info & 0xFF, error, rip, software=kind in (INTR_TYPE_SOFT_INTR,
-                                                                         INTR_TYPE_SOFT_EXCEPTION))
+        vcpu.activity_hlt = False  # an injected event wakes the guest (SDM 26.6.2)
+        vcpu.deliver_event(info & 0xFF, error, rip, software=kind in (INTR_TYPE_SOFT_INTR, INTR_TYPE_SOFT_EXCEPTION),
+                           event_type=kind)
+        if mtf:  # MTF exit pending before the handler's first instruction (SDM 26.7.2)
+            vcpu.mtf_pending = True
 
     def intercepts(self, kind: str, info) -> bool:
         """Whether this sensitive instruction exits under the current controls (SDM 25.1)."""
@@ -309,8 +409,16 @@ class VmxGuestContext:
         v[Field.GUEST_CR3] = regs.read(X.UC_X86_REG_CR3)
         v[Field.GUEST_CR4], v[Field.CR4_READ_SHADOW] = cr4 | CR4_OWNED, cr4
         v[Field.GUEST_DR7] = regs.read(X.UC_X86_REG_DR7) | 0x400
-        v[Field.GUEST_IA32_EFER] = vcpu.efer()
-        v[Field.GUEST_ACTIVITY_STATE] = 0
+        exit_controls = v[Field.VM_EXIT_CONTROLS]
+        if exit_controls & msrs.VM_EXIT_SAVE_IA32_EFER or Field.GUEST_IA32_EFER not in self._saved:
+            v[Field.GUEST_IA32_EFER] = self._saved[Field.GUEST_IA32_EFER] = vcpu.efer()
+        if exit_controls & msrs.VM_EXIT_SAVE_IA32_PAT:
+            v[Field.GUEST_IA32_PAT] = self._saved[Field.GUEST_IA32_PAT] = vcpu.uc.reg_read(X.UC_X86_REG_MSR, MSR_IA32_PAT)
+        # Interruptibility and activity state (SDM 28.3.4): what the next entry resumes with.
+        v[Field.GUEST_INTERRUPTIBILITY_INFO] = self._saved[Field.GUEST_INTERRUPTIBILITY_INFO] = vcpu.interruptibility()
+        v[Field.GUEST_ACTIVITY_STATE] = self._saved[Field.GUEST_ACTIVITY_STATE] = (
+            GUEST_ACTIVITY_HLT if vcpu.activity_hlt else GUEST_ACTIVITY_ACTIVE)
+        self._save_preemption_timer()
         for name, reg in _SEGMENTS:
             selector, base, limit, ar = self._segment(regs.read(reg) & 0xFFFF)
             v[getattr(Field, f"GUEST_{name}_SELECTOR")] = selector

@@ -15,6 +15,7 @@ each exit in its own format. Which guest events leave the engine and how (measur
 from __future__ import annotations
 
 import struct
+import time
 
 from unicorn import (UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAPPED,
                      UC_HOOK_MEM_READ_UNMAPPED, UC_HOOK_MEM_WRITE_UNMAPPED, UC_PROT_ALL,
@@ -28,10 +29,12 @@ from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, FastRegs, R
 from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, GuestMemoryError
 
+from . import events as x86_events
 from . import idt, layout, paging
 from .boot import GDT_ENTRIES, SEL_CODE32, SEL_CODE64, SEL_DATA, BootState
 from .decode import IoInsn, decode_io, virtualization_instruction, writes_memory
 from .handlers import handle_msr
+from .interruptibility import BLOCKING_BY_NMI, InterruptShadow, shadow_cause
 from .quirks import ExceptionLatch
 from .traps import SensitiveTraps, reg_id
 
@@ -44,6 +47,7 @@ APIC_BASE_BSP = 1 << 8
 _ACCESS_NAMES = {UC_HOOK_MEM_READ_UNMAPPED: "read from", UC_HOOK_MEM_WRITE_UNMAPPED: "write to",
                  UC_HOOK_MEM_FETCH_UNMAPPED: "instruction fetch from"}
 _MEM_READ_UNMAPPED, _MEM_WRITE_UNMAPPED, _MEM_FETCH_UNMAPPED = 19, 20, 21
+_NO_CONTROLS = x86_events.EventControls()
 # General-purpose registers in the order exit qualifications number them (SDM Table 28-3).
 _GPRS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
                                                   "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
@@ -77,6 +81,17 @@ class X86Vcpu(Vcpu):
         uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
                     self._on_unmapped)
         self._latch = ExceptionLatch(uc)
+        # Interruptibility (plugins/x86/interruptibility.py) and event windows (events.py).
+        self._shadow = InterruptShadow(uc)
+        self._watch = x86_events.WindowWatch(uc, self.regs, self.code_bits)
+        self.blocking = 0  # interruptibility at the last boundary looked at (SDM Table 24-3 bits)
+        self.nmi_blocked = False  # blocking by NMI: from NMI delivery to the next IRET (SDM 6.7.1)
+        self.mtf_pending = False
+        self.activity_hlt = False  # halted by a HLT the VMM does not intercept (activity state HLT)
+        self.timer_deadline: float | None = None  # VMX-preemption timer expiry (perf_counter)
+        self._in_engine = False
+        self._delivered = 0
+        self._shadow_set: tuple[int, int] | None = None  # (RIP, cause) of a shadow a VM entry loaded
         self._stopping = False
         self._unmapped: tuple[int, int, int, int] | None = None
         self._hypercall = vendor.hypercall_insn
@@ -139,11 +154,65 @@ class X86Vcpu(Vcpu):
             if failed:
                 self._exit(self.vendor.invalid_exit(failed))
                 return None
-        rip = self.regs.read(X.UC_X86_REG_RIP)
-        self._traps.prescan(rip)
+        ctl = context.event_controls if context is not None else _NO_CONTROLS
+        regs, uc, watch = self.regs, self.uc, self._watch
+        end = time.perf_counter() + slice_us / 1e6
+        exit = None
+        halted = False
         try:
-            self.uc.emu_start(rip, END, timeout=slice_us)
-            self._raw.reraise()
+            if self.activity_hlt:  # entered in the HLT activity state: only an event wakes it
+                before = self._delivered
+                exit = x86_events.boundary(self, ctl)
+                if exit is None and self._delivered == before:
+                    self.state = VcpuState.HALTED
+                    return None
+                self.activity_hlt = False
+            while exit is None and not self._stopping and self.vm.status is None:
+                step, watching = False, frozenset()
+                if self.events or ctl.active or self.mtf_pending or self.nmi_blocked or self.timer_deadline:
+                    exit = x86_events.boundary(self, ctl)
+                    if exit is not None or self._stopping or self.vm.status is not None:
+                        break
+                    step, watching = x86_events.waiting(self, ctl)
+                watch.arm(watching)
+                rip = regs.read(X.UC_X86_REG_RIP)
+                if step:
+                    halted = self._step(rip)
+                    if ctl.mtf:
+                        self.mtf_pending = True
+                    if halted:
+                        break
+                    continue
+                remaining = int((end - time.perf_counter()) * 1e6)
+                if self.timer_deadline is not None:
+                    remaining = min(remaining, int((self.timer_deadline - time.perf_counter()) * 1e6) + 1)
+                if remaining <= 0:
+                    if self.timer_deadline is not None and self.timer_expired():
+                        continue  # the timer's exit is taken at this boundary
+                    break
+                self._traps.prescan(rip)
+                watch.prescan(rip)
+                self._in_engine = True
+                uc.emu_start(rip, END, timeout=remaining)
+                self._in_engine = False
+                self._raw.reraise()
+                if watch.hit is not None:
+                    at, watch.hit = watch.hit, None
+                    iret = watch.is_iret(at)
+                    halted = self._step(at)
+                    if iret:
+                        self.nmi_blocked = False  # IRET ends blocking by NMI (SDM 6.7.1)
+                    if halted:
+                        break
+                    continue
+                if self._stopping or self.vm.status is not None:
+                    break
+                if uc.query(UC_QUERY_TIMEOUT):
+                    if self.timer_deadline is not None and self.timer_expired():
+                        continue
+                    break
+                halted = True
+                break
         except UcError as exc:
             self._engine_error(exc)
             return None
@@ -151,11 +220,17 @@ class X86Vcpu(Vcpu):
             self.vm.crash(str(exc))
             return None
         finally:
+            self._in_engine = False
+            watch.hit = None
+            if halted and context is not None and not context.hlt_exits:
+                self.activity_hlt = True
             if context is not None:
                 context.vmexit()
-        if self._stopping or self.vm.status is not None:
-            return None
-        if self.uc.query(UC_QUERY_TIMEOUT):
+        if exit is not None:
+            if self._record is not None:
+                self._record(exit.raw)
+            return exit
+        if not halted or self._stopping or self.vm.status is not None:
             return None
         if context is not None and not context.hlt_exits:
             self.state = VcpuState.HALTED  # HLT runs in the guest: no exit, wait for an event
@@ -164,6 +239,52 @@ class X86Vcpu(Vcpu):
         if self._record is not None:
             self._record(exit.raw)
         return exit
+
+    def _step(self, rip: int) -> bool:
+        """Execute the one instruction at ``rip`` (an event may be taken right after it);
+        True if it was HLT, which leaves the engine halted with RIP after it."""
+        is_hlt = self._watch._read(rip, 1) == b"\xf4"
+        self._traps.prescan(rip)
+        # Unicorn counts instructions with a code hook that blocks translated before it existed
+        # lack: drop the block at RIP so the step is one instruction (measured). Going back to
+        # uncounted execution, Unicorn flushes its translation cache itself.
+        self.uc.ctl_remove_cache(rip, rip + 1)
+        self._watch.stepping = True
+        self._in_engine = True
+        try:
+            self.uc.emu_start(rip, END, count=1)
+        finally:
+            self._in_engine = False
+            self._watch.stepping = False
+            self._watch.hit = None
+        self._raw.reraise()
+        return is_hlt and self.regs.read(X.UC_X86_REG_RIP) == rip + 1
+
+    def interruptibility(self) -> int:
+        """Blocking by STI / MOV SS / NMI at this boundary, as GUEST_INTERRUPTIBILITY_INFO bits."""
+        blocking = BLOCKING_BY_NMI if self.nmi_blocked else 0
+        if self._shadow.active():
+            rip = self.regs.read(X.UC_X86_REG_RIP)
+            if self._shadow_set is not None and self._shadow_set[0] == rip:
+                self.blocking = blocking | self._shadow_set[1]  # the VMM's own, still unexecuted
+                return self.blocking
+            try:
+                before = self.read_linear(self.segment_base("cs") + rip - 2, 2)
+            except (GuestMemoryError, idt.DeliveryFault):
+                before = b""
+            blocking |= shadow_cause(before, self.long_mode())
+        self.blocking = blocking
+        return blocking
+
+    def set_interruptibility(self, blocking: int) -> None:
+        """What a VM entry / VMRUN loads: the shadow for the first instruction, NMI blocking."""
+        self._shadow.set(bool(blocking & (1 | 2)))
+        self._shadow_set = (self.regs.read(X.UC_X86_REG_RIP), blocking & (1 | 2)) if blocking & (1 | 2) else None
+        self.nmi_blocked = bool(blocking & BLOCKING_BY_NMI)
+        self.blocking = blocking
+
+    def timer_expired(self) -> bool:
+        return self.timer_deadline is not None and time.perf_counter() >= self.timer_deadline
 
     def _exit(self, exit: Exit) -> None:
         """Record ``exit`` in the vendor's structure (VMCB / VMCS), then handle it."""
@@ -380,15 +501,48 @@ class X86Vcpu(Vcpu):
         else:
             self.deliver_event(vector, error_code, rip)
 
-    def deliver_event(self, vector: int, error_code: int | None, rip: int, software: bool = False) -> None:
+    def deliver_event(self, vector: int, error_code: int | None, rip: int, software: bool = False,
+                      event_type: int | None = None) -> None:
         """Deliver ``vector`` through the guest's IDT (plugins/x86/idt.py); ``rip`` is the
-        return address pushed; a failure escalates to #DF and to a triple-fault shutdown."""
+        return address pushed; a failure escalates to #DF and to a triple-fault shutdown.
+        ``event_type`` is the interruption type (EventType values: 0 external interrupt, 2 NMI,
+        3 hardware exception, 4 software interrupt, 6 software exception); an exception during
+        delivery that the VMM intercepts exits with this event as the one being delivered (VMX
+        IDT-vectoring information, SVM EXITINTINFO)."""
+        if event_type is None:
+            event_type = 4 if software and vector >= 32 else (6 if software else (3 if vector < 32 else 0))
+        context = self.context
+        check = context.exception_check if context is not None else None
         try:
-            idt.deliver(self, vector, error_code, rip, software)
+            idt.deliver(self, vector, error_code, rip, software, intercepted=check)
             self._latch.clear()
+            self._delivered += 1
+            if event_type == 2:
+                self.nmi_blocked = True  # until the next IRET (SDM 6.7.1)
+        except idt.DeliveryIntercepted as hit:
+            cr2 = self.regs.read(X.UC_X86_REG_CR2) if hit.vector == idt.PF else 0
+            self._latch.clear()
+            context.vmexit()
+            self._exit(self.vendor.exception_exit(hit.vector, hit.error_code, rip, cr2,
+                                                  vectoring=(hit.original or (vector, error_code, event_type))))
+            if self.vm.status is None:
+                context.resume_state()
         except idt.TripleFault as tf:
-            self._exit(self.vendor.triple_fault_exit(f"triple fault: {tf}"))
-            self.request_stop()
+            self._latch.clear()
+            self.shutdown(f"triple fault: {tf}")
+
+    def shutdown(self, detail: str) -> None:
+        """Triple fault: a VM exit (VMX reason 2; SVM SHUTDOWN when intercepted) that the VMM
+        handles like any other; the default handler ends the run. Without the SVM intercept the
+        processor shuts down (the run ends as a guest crash)."""
+        context = self.context
+        if context is None or not context.intercepts("shutdown", None):
+            self.vm.crash(detail)
+            return
+        context.vmexit()
+        self._exit(self.vendor.triple_fault_exit(detail))
+        if self.vm.status is None:
+            context.resume_state()
 
     def _page_fault_error_code(self, rip: int) -> int:
         """Unicorn sets CR2 but not the error code: walk again with the access the faulting
@@ -409,17 +563,16 @@ class X86Vcpu(Vcpu):
         return w.error_code if w.fault else paging.PFEC_P
 
     def deliver_pending(self) -> bool:
-        if not self.events:
-            return False
-        event = self.events[0]
-        if event.type is EventType.EXTERNAL_INTERRUPT and not self.rflags() & idt.RFLAGS_IF:
-            return False
-        self.events.popleft()
-        rip = self.regs.read(X.UC_X86_REG_RIP)
-        software = event.type in (EventType.SOFTWARE_INTERRUPT, EventType.SOFTWARE_EXCEPTION)
-        self.deliver_event(event.vector, event.error_code, rip, software)
-        self.vm.pm.hook.hvsim_interrupt_acknowledged(vcpu=self, event=event)
-        return True
+        """Whether a queued event can be taken now (it ends a halt); the run loop takes it at
+        the next instruction boundary, in the manuals' priority order (events.boundary)."""
+        context = self.context
+        ctl = context.event_controls if context is not None else _NO_CONTROLS
+        for event in self.events:
+            if event.type is not EventType.EXTERNAL_INTERRUPT:
+                return True
+            if self.rflags() & idt.RFLAGS_IF or (ctl.intr_exits and ctl.intr_exit_ignores_if):
+                return True
+        return False
 
     # -- architectural state, used by idt.py and the handlers --------------------------------
     def rip(self) -> int:

@@ -1,0 +1,347 @@
+"""Events at exact instruction boundaries on both vendors (SDM 6.8.3, 25.2, 26.7; APM 15.21):
+the STI / MOV SS shadow, interrupt windows (VMX interrupt-window exiting, SVM V_IRQ + VINTR),
+queued interrupts taken the instruction after the shadow ends, the interruptibility state saved
+on exit and honoured on entry."""
+
+from __future__ import annotations
+
+import pytest
+
+from guestlib import X86_DATA, X86_STACK, x86_64, x86_idt_setup
+from hvsim import hookimpl
+from hvsim.core.exits import Event, EventType, ExitKind
+from hvsim.plugins.amd_svm.vmcb import Event as SvmEvent
+from hvsim.plugins.intel_vtx import msrs
+from hvsim.plugins.intel_vtx.vmcs import Field
+
+END = "mov al, byte ptr [{data:#x}]\nout 0xf4, al\nhlt".format(data=X86_DATA)
+LABELS = X86_DATA + 0x100  # guests store label addresses here (keystone gives no symbol table)
+
+
+def store_labels(*labels: str) -> str:
+    return "\n".join(f"lea rax, [rip + {label}]\nmov qword ptr [{LABELS + 8 * i:#x}], rax"
+                     for i, label in enumerate(labels))
+
+
+def label(vm, i: int) -> int:
+    return vm.memory.read_u64(LABELS + 8 * i)
+
+
+@pytest.fixture(params=["intel_vtx", "amd_svm"])
+def arch(request):
+    return request.param
+
+
+class Vmm:
+    """The few VMCS / VMCB operations these tests need, for either vendor."""
+
+    def __init__(self, vcpu):
+        self.vcpu = vcpu
+        self.intel = vcpu.vm.arch.name == "intel_vtx"
+
+    def read(self, field):
+        result = self.vcpu.context.vmx.vmread(field)
+        assert result.ok, result
+        return result.value
+
+    def write(self, field, value):
+        assert self.vcpu.context.vmx.vmwrite(field, value).ok
+
+    def set_proc(self, bits, on=True):
+        proc = self.read(Field.CPU_BASED_VM_EXEC_CONTROL)
+        self.write(Field.CPU_BASED_VM_EXEC_CONTROL, proc | bits if on else proc & ~bits)
+
+    def set_pin(self, bits, on=True):
+        pin = self.read(Field.PIN_BASED_VM_EXEC_CONTROL)
+        self.write(Field.PIN_BASED_VM_EXEC_CONTROL, pin | bits if on else pin & ~bits)
+
+    def rip(self):
+        return self.read(Field.GUEST_RIP) if self.intel else self.vcpu.context.vmcb.read("RIP")
+
+    def set_rip(self, value):
+        if self.intel:
+            self.write(Field.GUEST_RIP, value)
+        else:
+            self.vcpu.context.vmcb.write("RIP", value)
+
+    def shadow(self):
+        """Interruptibility as the vendor saved it: VMX bits (1 STI, 2 MOV SS); SVM 0/1."""
+        if self.intel:
+            return self.read(Field.GUEST_INTERRUPTIBILITY_INFO)
+        return self.vcpu.context.vmcb.read("INTERRUPT_SHADOW")
+
+    def inject_external(self, vector):
+        if self.intel:
+            self.write(Field.VM_ENTRY_INTR_INFO_FIELD, 1 << 31 | vector)
+        else:
+            self.vcpu.context.vmcb.eventinj = SvmEvent(vector, 0)
+
+    def arm_interrupt_window(self, vector=0x20, on=True):
+        """VMX: interrupt-window exiting. SVM: V_IRQ pending (V_IGN_TPR) plus the VINTR intercept,
+        KVM's way to find the window (svm_set_vintr)."""
+        if self.intel:
+            self.set_proc(msrs.CPU_BASED_INTR_WINDOW_EXITING, on)
+        else:
+            vmcb = self.vcpu.context.vmcb
+            vmcb.write("V_IRQ", int(on))
+            vmcb.write("V_IGN_TPR", 1)
+            vmcb.write("V_INTR_VECTOR", vector)
+            vmcb.set_intercept("VINTR", on)
+
+
+class Script:
+    """A VMM whose HLT handler runs the next step of a script; window / event exits recorded."""
+
+    def __init__(self, *on_hlt, on_window=None, on_event=None, on_exception=None):
+        self.on_hlt = list(on_hlt)
+        self.on_window, self.on_event, self.on_exception = on_window, on_event, on_exception
+        self.windows, self.events, self.exceptions = [], [], []
+
+    @hookimpl
+    def hvsim_exit_handlers(self, vm, registry):
+        def hlt(vcpu, exit):
+            if self.on_hlt:
+                self.on_hlt.pop(0)(Vmm(vcpu))
+
+        def window(vcpu, exit):
+            vmm = Vmm(vcpu)
+            self.windows.append((exit, vmm.rip(), vmm.shadow(), vcpu.rflags()))
+            if self.on_window:
+                self.on_window(vmm, exit)
+
+        def event(vcpu, exit):
+            vmm = Vmm(vcpu)
+            self.events.append((exit, vmm.rip(), vmm.shadow()))
+            if self.on_event:
+                self.on_event(vmm, exit)
+
+        def exception(vcpu, exit):
+            vmm = Vmm(vcpu)
+            self.exceptions.append((exit, vmm.rip(), vmm.shadow()))
+            if self.on_exception:
+                self.on_exception(vmm, exit)
+
+        registry.add(ExitKind.HALT, hlt)
+        registry.add(ExitKind.INTERRUPT_WINDOW, window)
+        registry.add(ExitKind.EVENT, event)
+        if self.on_exception is not None:
+            registry.add(ExitKind.EXCEPTION, exception)
+
+
+IRQ_HANDLER = f"""
+irq:
+    mov byte ptr [{X86_DATA:#x}], 0x21
+    mov rax, [rsp]
+    mov [{X86_DATA + 8:#x}], rax
+    iretq
+"""
+
+# cli; HLT exit (the VMM arms the window); a loop with IF = 0; STI; one shadowed instruction;
+# label 0 is where the window opens.
+STI_GUEST = f"""
+    mov rsp, {X86_STACK}
+    {store_labels('window')}
+    {x86_idt_setup({0x20: 'irq'})}
+    cli
+    hlt
+    mov ecx, 50
+spin:
+    dec ecx
+    jnz spin
+    sti
+    mov byte ptr [{X86_DATA + 1:#x}], 1
+window:
+    mov byte ptr [{X86_DATA + 2:#x}], 2
+    {END}
+{IRQ_HANDLER}
+"""
+
+
+def test_the_interrupt_window_opens_one_instruction_after_sti(make_vm, hvsim_pm, arch):
+    def on_window(vmm, exit):
+        seen.append(vmm.vcpu.vm.memory.read(X86_DATA + 1, 2))
+        if vmm.intel:  # the VMM clears the control and injects; SVM takes V_IRQ itself
+            vmm.arm_interrupt_window(on=False)
+            vmm.inject_external(0x20)
+        else:
+            vmm.vcpu.context.vmcb.set_intercept("VINTR", False)
+
+    seen = []
+    vmm = Script(lambda v: v.arm_interrupt_window(), on_window=on_window)
+    hvsim_pm.register(vmm)
+    vm = make_vm(arch)
+    vm.load(x86_64(STI_GUEST))
+    result = vm.run(timeout=10)
+    assert result.status == (0x21 << 1) | 1, result.reason
+    (exit, rip, shadow, rflags), = vmm.windows
+    if arch == "intel_vtx":
+        assert exit.reason == "EXIT_REASON_INTERRUPT_WINDOW" and exit.raw.EXIT_REASON == 7
+    else:
+        assert exit.reason == "VMEXIT_VINTR" and exit.raw.EXITCODE == 0x64
+        assert vm.vcpus[0].context.vmcb.read("V_IRQ") == 0  # taken: the processor cleared V_IRQ
+    assert rip == label(vm, 0)  # after the shadowed instruction, not after the STI
+    assert seen == [b"\x01\x00"]
+    assert shadow == 0 and rflags & (1 << 9)
+    assert vm.memory.read_u64(X86_DATA + 8) == label(vm, 0)  # the frame the handler saw
+
+
+def test_a_queued_interrupt_is_taken_after_the_sti_shadow_not_inside_it(make_vm, hvsim_pm, arch):
+    """No window controls: an interrupt queued while IF = 0 is delivered at the first boundary
+    where IF = 1 and the shadow is over, found by hooks on STI (the old inaccuracy)."""
+    vmm = Script(lambda v: v.vcpu.inject(Event(EventType.EXTERNAL_INTERRUPT, 0x20)))
+    hvsim_pm.register(vmm)
+    vm = make_vm(arch)
+    vm.load(x86_64(STI_GUEST))
+    assert vm.run(timeout=10).status == (0x21 << 1) | 1
+    assert vm.memory.read_u64(X86_DATA + 8) == label(vm, 0)
+    assert vmm.windows == []
+
+
+POPF_GUEST = f"""
+    mov rsp, {X86_STACK}
+    {store_labels('window')}
+    {x86_idt_setup({0x20: 'irq'})}
+    cli
+    hlt
+    pushfq
+    or qword ptr [rsp], 0x200
+    popfq
+window:
+    mov byte ptr [{X86_DATA + 2:#x}], 2
+    {END}
+{IRQ_HANDLER}
+"""
+
+
+def test_popf_setting_if_opens_the_window_at_the_next_instruction(make_vm, hvsim_pm, arch):
+    vmm = Script(lambda v: v.vcpu.inject(Event(EventType.EXTERNAL_INTERRUPT, 0x20)))
+    hvsim_pm.register(vmm)
+    vm = make_vm(arch)
+    vm.load(x86_64(POPF_GUEST))
+    assert vm.run(timeout=10).status == (0x21 << 1) | 1
+    assert vm.memory.read_u64(X86_DATA + 8) == label(vm, 0)  # POPF makes no shadow
+
+
+IRET_GUEST = f"""
+    mov rsp, {X86_STACK}
+    {store_labels('window')}
+    {x86_idt_setup({0x20: 'irq', 0x30: 'soft'})}
+    cli
+    hlt
+    int 0x30                          # the handler's IRET restores IF = 1 from a doctored frame
+window:
+    mov byte ptr [{X86_DATA + 2:#x}], 2
+    {END}
+soft:
+    or qword ptr [rsp + 16], 0x200
+    iretq
+{IRQ_HANDLER}
+"""
+
+
+def test_iret_restoring_if_opens_the_window_at_its_return_address(make_vm, hvsim_pm, arch):
+    vmm = Script(lambda v: v.vcpu.inject(Event(EventType.EXTERNAL_INTERRUPT, 0x20)))
+    hvsim_pm.register(vmm)
+    vm = make_vm(arch)
+    vm.load(x86_64(IRET_GUEST))
+    assert vm.run(timeout=10).status == (0x21 << 1) | 1
+    assert vm.memory.read_u64(X86_DATA + 8) == label(vm, 0)
+
+
+def test_with_the_window_already_open_the_exit_comes_before_any_instruction(make_vm, hvsim_pm, arch):
+    def on_window(vmm, exit):
+        vmm.arm_interrupt_window(on=False)
+
+    vmm = Script(lambda v: v.arm_interrupt_window(), on_window=on_window)
+    hvsim_pm.register(vmm)
+    vm = make_vm(arch)
+    vm.load(x86_64(f"""
+        mov rsp, {X86_STACK}
+        {store_labels('after')}
+        sti
+        nop
+        hlt
+    after:
+        mov byte ptr [{X86_DATA:#x}], 3
+        {END}"""))
+    assert vm.run(timeout=10).status == (3 << 1) | 1
+    ((_exit, rip, _shadow, _flags),) = vmm.windows
+    assert rip == label(vm, 0)
+
+
+def test_an_interrupt_shadow_the_vmm_sets_at_entry_delays_the_window_by_one_instruction(
+        make_vm, hvsim_pm, arch):
+    def arm(vmm):
+        vmm.arm_interrupt_window()
+        if vmm.intel:
+            vmm.write(Field.GUEST_INTERRUPTIBILITY_INFO, 1)  # blocking by STI (IF is 1)
+        else:
+            vmm.vcpu.context.vmcb.write("INTERRUPT_SHADOW", 1)
+
+    def on_window(vmm, exit):
+        vmm.arm_interrupt_window(on=False)
+
+    vmm = Script(arm, on_window=on_window)
+    hvsim_pm.register(vmm)
+    vm = make_vm(arch)
+    vm.load(x86_64(f"""
+        mov rsp, {X86_STACK}
+        {store_labels('second')}
+        sti
+        nop
+        hlt
+        mov byte ptr [{X86_DATA:#x}], 3
+    second:
+        {END}"""))
+    assert vm.run(timeout=10).status == (3 << 1) | 1
+    ((_exit, rip, shadow, _flags),) = vmm.windows
+    assert rip == label(vm, 0) and shadow == 0
+
+
+@pytest.mark.parametrize("shadowing, vmx_bit", [("sti", 1), ("mov ax, ss\nmov ss, ax", 2)])
+def test_an_exit_inside_the_shadow_saves_the_blocking_state(make_vm, hvsim_pm, arch, shadowing, vmx_bit):
+    def skip(vmm, exit):
+        vmm.set_rip(vmm.rip() + 2)
+
+    vmm = Script(on_exception=skip)
+    hvsim_pm.register(vmm)
+    vm = make_vm(arch)
+    vm.load(x86_64(f"""
+        mov rsp, {X86_STACK}
+        cli
+        {shadowing}
+        ud2
+        mov byte ptr [{X86_DATA:#x}], 4
+        {END}"""))
+    vcpu = vm.vcpus[0]
+    if arch == "intel_vtx":
+        Vmm(vcpu).write(Field.EXCEPTION_BITMAP, 1 << 6)
+    else:
+        vcpu.context.vmcb.write("INTERCEPT_EXCEPTIONS", 1 << 6)
+    assert vm.run(timeout=10).status == (4 << 1) | 1
+    ((_exit, _rip, shadow),) = vmm.exceptions
+    assert shadow == (vmx_bit if arch == "intel_vtx" else 1)
+
+
+def svm_virtual_interrupt(vmcb, vector, prio, tpr, ign_tpr=0):
+    vmcb.write("V_IRQ", 1)
+    vmcb.write("V_INTR_VECTOR", vector)
+    vmcb.write("V_INTR_PRIO", prio)
+    vmcb.write("V_TPR", tpr)
+    vmcb.write("V_IGN_TPR", ign_tpr)
+
+
+@pytest.mark.parametrize("prio, tpr, ign_tpr, taken", [(4, 3, 0, True), (3, 3, 0, False), (2, 3, 0, False),
+                                                       (2, 3, 1, True)])
+def test_svm_v_irq_is_taken_only_above_v_tpr_unless_v_ign_tpr(make_vm, hvsim_pm, prio, tpr, ign_tpr, taken):
+    vmm = Script(lambda v: svm_virtual_interrupt(v.vcpu.context.vmcb, 0x20, prio, tpr, ign_tpr))
+    hvsim_pm.register(vmm)
+    vm = make_vm("amd_svm")
+    vm.load(x86_64(STI_GUEST))
+    status = vm.run(timeout=10).status
+    vmcb = vm.vcpus[0].context.vmcb
+    if taken:
+        assert status == (0x21 << 1) | 1 and vmcb.read("V_IRQ") == 0
+        assert vm.memory.read_u64(X86_DATA + 8) == label(vm, 0)
+    else:
+        assert status == 1 and vmcb.read("V_IRQ") == 1  # still pending, never taken
