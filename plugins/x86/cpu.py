@@ -170,9 +170,12 @@ class X86Vcpu(Vcpu):
             while exit is None and not self._stopping and self.vm.status is None:
                 step, watching = False, frozenset()
                 if self.events or ctl.active or self.mtf_pending or self.nmi_blocked or self.timer_deadline:
+                    before = self._delivered
                     exit = x86_events.boundary(self, ctl)
                     if exit is not None or self._stopping or self.vm.status is not None:
                         break
+                    if self._delivered != before:
+                        continue  # an event was delivered: look again at the handler's first boundary
                     step, watching = x86_events.waiting(self, ctl)
                 watch.arm(watching)
                 rip = regs.read(X.UC_X86_REG_RIP)
