@@ -13,10 +13,13 @@ meanwhile, as VMRUN's EVENTINJ would, is kept).
 
 from __future__ import annotations
 
+import time
+
 from unicorn import x86_const as X
 
 from hvsim.plugins.x86.events import EventControls
 from hvsim.plugins.x86.interruptibility import SHADOW
+from hvsim.plugins.x86.tsc import tsc_hz
 
 from . import iopm
 from .exits import SvmExitInfo, SvmVendor
@@ -73,6 +76,7 @@ class SvmGuestContext:
         self.event_controls = EventControls()
         self._shadow_saved = 0
         self._pause_count = 0
+        self._last_pause: float | None = None
 
     # -- every exit -------------------------------------------------------------------------
     def record(self, raw: SvmExitInfo) -> None:
@@ -147,10 +151,17 @@ class SvmGuestContext:
 
     def _pause_filtered(self) -> bool:
         """Pause filter (15.14.4): with PAUSE_FILTER_COUNT non-zero, only the PAUSE that takes the
-        counter loaded at VMRUN to zero is intercepted; the counter then starts again."""
-        count = self.vmcb.read("PAUSE_FILTER_COUNT")
+        counter loaded at VMRUN to zero is intercepted; the counter then starts again. With
+        PAUSE_FILTER_THRESHOLD non-zero, a PAUSE more than that many TSC cycles after the
+        previous one reloads the counter first (the guest is not spinning on a lock)."""
+        read = self.vmcb.read
+        count = read("PAUSE_FILTER_COUNT")
         if not count:
             return False
+        threshold, now = read("PAUSE_FILTER_THRESHOLD"), time.perf_counter()
+        if threshold and self._last_pause is not None and (now - self._last_pause) * tsc_hz() > threshold:
+            self._pause_count = count
+        self._last_pause = now
         self._pause_count = (self._pause_count or count) - 1
         if self._pause_count:
             return True

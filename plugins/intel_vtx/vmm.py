@@ -12,13 +12,13 @@ GUEST_RIP, GUEST_RSP and GUEST_RFLAGS where a VMM plugin changed them with VMWRI
 
 from __future__ import annotations
 
-from unicorn import x86_const as X
-
 import time
-from functools import cache
+
+from unicorn import x86_const as X
 
 from hvsim.plugins.x86 import paging
 from hvsim.plugins.x86.events import EventControls
+from hvsim.plugins.x86.tsc import tsc_hz
 
 from . import msrs
 from .exits import VmxExitInfo, VmxVendor
@@ -62,27 +62,6 @@ INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION = 4, 
 INTR_TYPE_OTHER_EVENT = 7  # with vector 0: a pending MTF VM exit (SDM 26.6.2)
 GUEST_ACTIVITY_ACTIVE, GUEST_ACTIVITY_HLT = 0, 1
 MSR_IA32_PAT, MSR_EFER = 0x277, 0xC000_0080
-
-
-@cache
-def tsc_hz() -> float:
-    """The rate of the TSC the guest reads (the engine's RDTSC follows the host's counter):
-    measured once per process over 20 ms, so the preemption timer counts the guest's TSC."""
-    from unicorn import UC_PROT_ALL, Uc
-    from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
-
-    uc = Uc(UC_ARCH_X86, UC_MODE_64)
-    uc.mem_map(0, 0x1000, UC_PROT_ALL)
-    uc.mem_write(0, b"\x0f\x31")  # rdtsc
-
-    def tsc() -> int:
-        uc.emu_start(0, 2)
-        return (uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF
-
-    t0, w0 = tsc(), time.perf_counter()
-    time.sleep(0.02)
-    t1, w1 = tsc(), time.perf_counter()
-    return max((t1 - t0) / (w1 - w0), 1e6)
 
 
 class VmxGuestContext:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_x86_event_windows import END, Script, Vmm, label, store_labels
+from eventvmm import END, Script, Vmm, label, store_labels
 from guestlib import X86_DATA, X86_IDT, X86_STACK, x86_64, x86_idt_setup
 from hvsim import hookimpl
 from hvsim.core.exits import Event, EventType, ExitKind
