@@ -136,7 +136,31 @@ class SvmGuestContext:
             vintr = (read("V_INTR_VECTOR"), read("V_INTR_PRIO"), bool(read("V_IGN_TPR")), read("V_TPR"))
         return EventControls(intr_exits=vmcb.is_intercepted("INTR"), intr_exit_ignores_if=bool(read("V_INTR_MASKING")),
                              nmi_exits=vmcb.is_intercepted("NMI"), init_exits=vmcb.is_intercepted("INIT"),
-                             vintr=vintr, vintr_exits=vmcb.is_intercepted("VINTR"))
+                             vintr=vintr, vintr_exits=vmcb.is_intercepted("VINTR"),
+                             vgif=not read("V_GIF_ENABLE") or bool(read("V_GIF")))
+
+    def virtual_gif(self, value: bool) -> bool:
+        """The guest's STGI / CLGI with virtual GIF enabled and not intercepted (APM Vol. 2,
+        "Virtual GIF"): they
+        set / clear V_GIF, which then holds back virtual interrupts as GIF would. Returns False
+        (nothing done, the instruction is #UD) without V_GIF_ENABLE."""
+        if not self.vmcb.read("V_GIF_ENABLE"):
+            return False
+        self.vmcb.write("V_GIF", int(value))
+        self.event_controls.vgif = value
+        return True
+
+    def cr8(self, value: int | None = None) -> int:
+        """The guest's CR8 (TPR[3:0]) is V_TPR (15.21.2, with V_INTR_MASKING as KVM runs; hvsim
+        models no APIC TPR otherwise): a write updates it and the priority V_IRQ is compared
+        against; a read returns it."""
+        if value is None:
+            return self.vmcb.read("V_TPR") & 0xF
+        self.vmcb.write("V_TPR", value)
+        vintr = self.event_controls.vintr
+        if vintr is not None:
+            self.event_controls.vintr = vintr[:3] + (value,)
+        return value
 
     def event_exit(self, kind: str, vector: int = 0):
         return SvmVendor.event_exit(kind, vector)

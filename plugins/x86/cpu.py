@@ -48,6 +48,7 @@ _ACCESS_NAMES = {UC_HOOK_MEM_READ_UNMAPPED: "read from", UC_HOOK_MEM_WRITE_UNMAP
                  UC_HOOK_MEM_FETCH_UNMAPPED: "instruction fetch from"}
 _MEM_READ_UNMAPPED, _MEM_WRITE_UNMAPPED, _MEM_FETCH_UNMAPPED = 19, 20, 21
 _NO_CONTROLS = x86_events.EventControls()
+STGI = b"\x0f\x01\xdc"
 # General-purpose registers in the order exit qualifications number them (SDM Table 28-3).
 _GPRS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
                                                   "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
@@ -90,6 +91,7 @@ class X86Vcpu(Vcpu):
         self.activity_hlt = False  # halted by a HLT the VMM does not intercept (activity state HLT)
         self.timer_deadline: float | None = None  # VMX-preemption timer expiry (perf_counter)
         self._in_engine = False
+        self._recheck = False  # a hook stopped the engine so the next boundary is looked at
         self._delivered = 0
         self._shadow_set: tuple[int, int] | None = None  # (RIP, cause) of a shadow a VM entry loaded
         self._stopping = False
@@ -210,10 +212,17 @@ class X86Vcpu(Vcpu):
                     continue
                 if self._stopping or self.vm.status is not None:
                     break
+                if self._recheck:
+                    self._recheck = False
+                    continue
                 if uc.query(UC_QUERY_TIMEOUT):
                     if self.timer_deadline is not None and self.timer_expired():
                         continue
                     break
+                at = regs.read(X.UC_X86_REG_RIP)
+                if watch._read(at, 3) == STGI:
+                    self._stgi(at)  # the engine stops before STGI without running it (measured)
+                    continue
                 halted = True
                 break
         except UcError as exc:
@@ -242,6 +251,22 @@ class X86Vcpu(Vcpu):
         if self._record is not None:
             self._record(exit.raw)
         return exit
+
+    def _stgi(self, rip: int) -> None:
+        """STGI: Unicorn accepts it (its CPU model has SKINIT) but leaves the engine with RIP at
+        it. An exit if intercepted (APM 15.9); with virtual GIF it sets V_GIF; else #UD, as for
+        any SVM instruction the guest is not shown."""
+        context = self.context
+        if context is not None and context.intercepts("stgi", None):
+            exit = self.vendor.instruction_exit("stgi", rip, 3, ())
+            self._exit(exit)
+            if exit.value is True:
+                self.regs.write(X.UC_X86_REG_RIP, rip + 3)
+                return
+        elif getattr(context, "virtual_gif", None) and context.virtual_gif(True):
+            self.regs.write(X.UC_X86_REG_RIP, rip + 3)
+            return
+        self.guest_exception(6, None, rip)
 
     def _step(self, rip: int) -> bool:
         """Execute the one instruction at ``rip`` (an event may be taken right after it);
@@ -412,6 +437,13 @@ class X86Vcpu(Vcpu):
             if exit.value is True:
                 self.regs.write(X.UC_X86_REG_RIP, rip + insn[1])
                 return True
+        elif (insn is not None and insn[0] in ("stgi", "clgi") and getattr(self.context, "virtual_gif", None)
+              and self.context.virtual_gif(insn[0] == "stgi")):
+            # Virtual GIF: the guest's own STGI / CLGI set / clear V_GIF (the VMCB's V_GIF_ENABLE).
+            self._recheck = True  # V_GIF may have opened the window: look at the next boundary
+            self.uc.emu_stop()
+            self.regs.write(X.UC_X86_REG_RIP, rip + insn[1])
+            return True
         self.guest_exception(6, None, rip)  # #UD
         return True
 
@@ -434,6 +466,8 @@ class X86Vcpu(Vcpu):
         if kind not in ("rdmsr", "wrmsr"):
             context = self.context
             if context is None or not context.intercepts(kind, info):
+                if kind in ("mov_to_cr", "mov_from_cr") and info[0] == 8 and getattr(context, "cr8", None):
+                    return self._cr8_access(kind, info[1], rip, length)
                 return False
             exit = self.vendor.instruction_exit(kind, rip, length, self.instruction_operand(kind, info))
             self._exit(exit)
@@ -455,6 +489,20 @@ class X86Vcpu(Vcpu):
             self.guest_exception(exit.vector, 0, rip)
             return None
         return True
+
+    def _cr8_access(self, kind: str, gpr: int, rip: int, length: int) -> bool | None:
+        """MOV to / from CR8 (the TPR) the VMM does not intercept: the engine has no APIC (its
+        CR8 reads 0), so the vendor's model answers (SVM: V_TPR with V_INTR_MASKING, 15.21.2).
+        A lowered TPR may let a pending virtual interrupt in: the next boundary is looked at."""
+        reg = _GPRS[gpr]
+        if kind == "mov_from_cr":
+            self.regs.write(reg, self.context.cr8())
+            return True
+        self.context.cr8(self.regs.read(reg) & 0xF)
+        self._recheck = True
+        self.uc.emu_stop()
+        self.regs.write(X.UC_X86_REG_RIP, rip + length)  # leaves the block at once
+        return None
 
     def instruction_operand(self, kind: str, info) -> tuple:
         """What the exit information reports about a trapped instruction's operand: INVLPG's

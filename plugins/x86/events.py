@@ -66,6 +66,7 @@ class EventControls:
     mtf: bool = False
     vintr: tuple[int, int, bool, int] | None = None  # vector, V_INTR_PRIO, V_IGN_TPR, V_TPR
     vintr_exits: bool = False
+    vgif: bool = True  # SVM virtual GIF (V_GIF with V_GIF_ENABLE): 0 holds virtual interrupts
 
     @property
     def active(self) -> bool:
@@ -73,7 +74,7 @@ class EventControls:
         return self.intr_window or self.nmi_window or self.mtf or self.vintr is not None
 
     def waits_for_if(self) -> bool:
-        return self.intr_window or (self.vintr is not None and _vintr_above_tpr(self.vintr))
+        return self.intr_window or (self.vintr is not None and self.vgif and _vintr_above_tpr(self.vintr))
 
 
 def _vintr_above_tpr(vintr) -> bool:
@@ -135,7 +136,7 @@ def boundary(vcpu, ctl: EventControls):
     if rflags_if and not blocking & SHADOW:
         if ctl.intr_window:
             return context.window_exit("interrupt")
-        if ctl.vintr is not None and _vintr_above_tpr(ctl.vintr):
+        if ctl.vintr is not None and ctl.vgif and _vintr_above_tpr(ctl.vintr):
             if ctl.vintr_exits:
                 return context.window_exit("vintr")
             vector = ctl.vintr[0]
