@@ -320,3 +320,56 @@ def test_an_exception_during_delivery_reports_the_event_being_delivered(make_vm,
     else:
         assert exit.raw.EXITCODE == 0x4B and exit.raw.EXITINFO1 == 0x20 << 3 | 2 | 1
         assert exit.raw.EXITINTINFO == VALID | 0x20
+
+
+# RSP points above the 4 GiB the loader identity-maps: pushing the interrupt frame faults.
+PF_GUEST = f"""
+    mov rsp, {X86_STACK}
+    {store_labels('after')}
+    {x86_idt_setup({0x20: 'irq'})}
+    mov rsp, 0x100001000
+    sti
+    hlt
+after:
+    {END}
+irq:
+    mov byte ptr [{X86_DATA:#x}], 0x21
+    mov rax, [rsp]
+    mov [{X86_DATA + 8:#x}], rax
+    iretq
+"""
+
+
+def test_a_page_fault_pushing_the_frame_exits_with_the_interrupt_as_vectoring_information(
+        make_vm, hvsim_pm, arch):
+    seen = []
+
+    def move_stack_and_reinject(vmm, exit):
+        vcpu = vmm.vcpu
+        seen.append((exit.raw, vmm.read(Field.IDT_VECTORING_INFO_FIELD) if vmm.intel else exit.raw.EXITINTINFO))
+        if vmm.intel:
+            vmm.write(Field.GUEST_RSP, X86_STACK)
+        else:
+            vcpu.context.vmcb.write("RSP", X86_STACK)
+        vmm.inject_external(0x20)
+
+    vmm = Script(lambda v: v.inject_external(0x20), on_exception=move_stack_and_reinject)
+    hvsim_pm.register(vmm)
+    vm = make_vm(arch)
+    vm.load(x86_64(PF_GUEST))
+    vcpu = vm.vcpus[0]
+    if arch == "intel_vtx":
+        Vmm(vcpu).write(Field.EXCEPTION_BITMAP, 1 << 14)
+    else:
+        vcpu.context.vmcb.write("INTERCEPT_EXCEPTIONS", 1 << 14)
+    assert vm.run(timeout=10).status == (0x21 << 1) | 1
+    ((raw, vectoring),) = seen
+    assert vectoring == VALID | 0x20
+    if arch == "intel_vtx":
+        assert raw.EXIT_REASON == 0 and raw.VM_EXIT_INTR_INFO & 0xFF == 14
+        assert 0x1_0000_0000 <= raw.EXIT_QUALIFICATION < 0x1_0000_1000  # the faulting address
+        assert raw.VM_EXIT_INTR_ERROR_CODE == 0x2  # not present, write, supervisor
+    else:
+        assert raw.EXITCODE == 0x4E and raw.EXITINFO1 == 0x2
+        assert 0x1_0000_0000 <= raw.EXITINFO2 < 0x1_0000_1000
+    assert vm.memory.read_u64(X86_DATA + 8) == label(vm, 0)
