@@ -34,8 +34,9 @@ from . import idt, layout, paging
 from .boot import GDT_ENTRIES, SEL_CODE32, SEL_CODE64, SEL_DATA, BootState
 from .decode import IoInsn, decode_io, virtualization_instruction, writes_memory
 from .handlers import handle_msr
-from .interruptibility import BLOCKING_BY_NMI, InterruptShadow, shadow_cause
+from .interruptibility import BLOCKING_BY_NMI, BLOCKING_BY_STI, InterruptShadow, shadow_cause
 from .quirks import ExceptionLatch
+from .slicetimer import SliceTimer
 from .traps import SensitiveTraps, reg_id
 
 END = (1 << 64) - 1
@@ -85,6 +86,7 @@ class X86Vcpu(Vcpu):
         # Interruptibility (plugins/x86/interruptibility.py) and event windows (events.py).
         self._shadow = InterruptShadow(uc)
         self._watch = x86_events.WindowWatch(uc, self.regs, self.code_bits)
+        self._slice = SliceTimer(uc)
         self.blocking = 0  # interruptibility at the last boundary looked at (SDM Table 24-3 bits)
         self.nmi_blocked = False  # blocking by NMI: from NMI delivery to the next IRET (SDM 6.7.1)
         self.mtf_pending = False
@@ -198,7 +200,11 @@ class X86Vcpu(Vcpu):
                 self._traps.prescan(rip)
                 watch.prescan(rip)
                 self._in_engine = True
-                uc.emu_start(rip, END, timeout=remaining)
+                self._slice.arm(remaining / 1e6)
+                try:
+                    uc.emu_start(rip, END)
+                finally:
+                    self._slice.disarm()
                 self._in_engine = False
                 self._raw.reraise()
                 if watch.hit is not None:
@@ -215,11 +221,13 @@ class X86Vcpu(Vcpu):
                 if self._recheck:
                     self._recheck = False
                     continue
-                if uc.query(UC_QUERY_TIMEOUT):
+                at = regs.read(X.UC_X86_REG_RIP)
+                # The slice ran out, unless the engine stopped on a HLT just before the timer
+                # fired (the stop HLT makes leaves RIP after it).
+                if self._slice.fired and watch._read(at - 1, 1) != b"\xf4":
                     if self.timer_deadline is not None and self.timer_expired():
                         continue
                     break
-                at = regs.read(X.UC_X86_REG_RIP)
                 if watch._read(at, 3) == STGI:
                     self._stgi(at)  # the engine stops before STGI without running it (measured)
                     continue
@@ -271,22 +279,46 @@ class X86Vcpu(Vcpu):
     def _step(self, rip: int) -> bool:
         """Execute the one instruction at ``rip`` (an event may be taken right after it);
         True if it was HLT, which leaves the engine halted with RIP after it."""
-        is_hlt = self._watch._read(rip, 1) == b"\xf4"
+        code = self._watch._read(rip, 16) or b""
+        is_hlt = code[:1] == b"\xf4"
         self._traps.prescan(rip)
-        # Unicorn counts instructions with a code hook that blocks translated before it existed
-        # lack: drop the block at RIP so the step is one instruction (measured). Going back to
-        # uncounted execution, Unicorn flushes its translation cache itself.
-        self.uc.ctl_remove_cache(rip, rip + 1)
+        bits = self.code_bits()
+        until, shadow = x86_events.fallthrough(code, rip, bits)
+        if shadow == BLOCKING_BY_STI and self.rflags() & idt.RFLAGS_IF:
+            shadow = 0  # STI with IF already 1 starts no shadow (SDM 6.8.3)
         self._watch.stepping = True
         self._in_engine = True
         try:
-            self.uc.emu_start(rip, END, count=1)
+            # The engine checks a stop address only while translating: the blocks at RIP and
+            # at the stop address must be translated again for this step (measured: cached
+            # ones run past it); likewise for the count hook.
+            self.uc.ctl_remove_cache(rip, rip + 1)
+            if until is not None and bits == 64:
+                self.uc.ctl_remove_cache(until, until + 1)
+                self.uc.emu_start(rip, until)  # stops exactly there
+                if shadow:
+                    self._shadow.set(True)
+                    self._shadow_set = (until, shadow)
+            else:
+                # A branch (or not 64-bit code, where the engine's stop address is linear):
+                # count one instruction. Unicorn counts with a code hook that blocks translated
+                # before it existed lack, so drop the block at RIP first (measured); going back
+                # to uncounted execution, Unicorn flushes its whole translation cache.
+                self.uc.emu_start(rip, END, count=1)
         finally:
             self._in_engine = False
             self._watch.stepping = False
             self._watch.hit = None
         self._raw.reraise()
         return is_hlt and self.regs.read(X.UC_X86_REG_RIP) == rip + 1
+
+    def inject(self, event) -> None:
+        """Queue ``event``; raised while the guest runs (a device in an exit handler), the engine
+        stops at the end of its block so the event is looked at from that boundary on."""
+        self.events.append(event)
+        if self._in_engine:
+            self._recheck = True
+            self.uc.emu_stop()
 
     def interruptibility(self) -> int:
         """Blocking by STI / MOV SS / NMI at this boundary, as GUEST_INTERRUPTIBILITY_INFO bits."""

@@ -31,7 +31,7 @@ from hvsim.core.engine import _lib
 from hvsim.core.exits import EventType
 
 from . import idt
-from .interruptibility import BLOCKING_BY_MOV_SS, BLOCKING_BY_NMI, SHADOW
+from .interruptibility import BLOCKING_BY_MOV_SS, BLOCKING_BY_NMI, BLOCKING_BY_STI, SHADOW
 
 _vmem_read = _lib.uc_vmem_read
 _vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
@@ -43,7 +43,13 @@ SETS_IF = frozenset({CX.X86_INS_STI, CX.X86_INS_POPF, CX.X86_INS_POPFD, CX.X86_I
                      CX.X86_INS_SYSRETQ})
 IRETS = frozenset({CX.X86_INS_IRET, CX.X86_INS_IRETD, CX.X86_INS_IRETQ})
 WATCH_IF, WATCH_IRET = "if", "iret"
-_DISASM = {bits: capstone.Cs(capstone.CS_ARCH_X86, mode) for bits, mode in
+def _disassembler(mode):
+    md = capstone.Cs(capstone.CS_ARCH_X86, mode)
+    md.detail = True  # instruction groups: which instructions branch
+    return md
+
+
+_DISASM = {bits: _disassembler(mode) for bits, mode in
            ((16, capstone.CS_MODE_16), (32, capstone.CS_MODE_32), (64, capstone.CS_MODE_64))}
 
 
@@ -191,17 +197,25 @@ class WindowWatch:
         if not kinds:
             return self.disarm()
         if self._edge is None:
+            # The scanner stays once started (it costs only at translation time); blocks
+            # translated before it existed were never scanned: translate them again, once.
             self._edge = self.uc.hook_add(UC_HOOK_EDGE_GENERATED, self._on_edge)
-            # Blocks translated before the watch began hold no hook: translate them again.
             self.uc.ctl_flush_tb()
+        if not self.kinds:
+            for address in self.sites:
+                self._hook(address)
         self.kinds = kinds
 
     def disarm(self) -> None:
+        """No more hooks on the sites (so they run at native speed); the scanner keeps
+        recording them for the next time something waits."""
         for handle in self._hooks.values():
             self.uc.hook_del(handle)
-        if self._edge is not None:
-            self.uc.hook_del(self._edge)
-        self._hooks, self.sites, self._edge, self.kinds = {}, {}, None, frozenset()
+        self._hooks, self.kinds = {}, frozenset()
+
+    def _hook(self, address: int) -> None:
+        self._hooks[address] = self.uc.hook_add(UC_HOOK_CODE, self._on_site, None, address, address)
+        self.uc.ctl_remove_cache(address, address + 1)  # its block must call the new hook
 
     def _read(self, address: int, size: int) -> bytes | None:
         size = min(size, 4096 + 16)
@@ -217,9 +231,10 @@ class WindowWatch:
         for insn in _DISASM[self.code_bits()].disasm(code, pc):
             if insn.id in SETS_IF and insn.address not in self.sites:
                 self.sites[insn.address] = (insn.id, bytes(insn.bytes))
-                self._hooks[insn.address] = self.uc.hook_add(UC_HOOK_CODE, self._on_site, None,
-                                                             insn.address, insn.address)
-                new = True
+                if self.kinds:
+                    self._hooks[insn.address] = self.uc.hook_add(UC_HOOK_CODE, self._on_site, None,
+                                                                 insn.address, insn.address)
+                    new = True
         return new
 
     def _on_edge(self, uc, cur, _prev, _ud):
@@ -228,7 +243,7 @@ class WindowWatch:
             self.regs.write(X.UC_X86_REG_RIP, cur.pc)
 
     def prescan(self, rip: int) -> None:
-        if self._edge is None:
+        if not self.kinds:
             return
         try:
             pc, _icount, size = self.uc.ctl_request_cache(rip)
@@ -249,3 +264,29 @@ class WindowWatch:
     def is_iret(self, address: int) -> bool:
         site = self.sites.get(address)
         return site is not None and site[0] in IRETS
+
+
+_BRANCH_GROUPS = frozenset({capstone.CS_GRP_JUMP, capstone.CS_GRP_CALL, capstone.CS_GRP_RET,
+                            capstone.CS_GRP_INT, capstone.CS_GRP_IRET})
+_BRANCH_IDS = frozenset({CX.X86_INS_SYSCALL, CX.X86_INS_SYSRET, CX.X86_INS_SYSRETQ, CX.X86_INS_SYSENTER,
+                         CX.X86_INS_SYSEXIT, CX.X86_INS_LOOP, CX.X86_INS_LOOPE, CX.X86_INS_LOOPNE,
+                         CX.X86_INS_LJMP, CX.X86_INS_LCALL})
+
+
+def fallthrough(code: bytes, address: int, bits: int) -> tuple[int | None, int]:
+    """(the address after the instruction at ``address`` if execution surely continues there,
+    else None; the shadow it starts: BLOCKING_BY_STI for STI, BLOCKING_BY_MOV_SS for a load of
+    SS, else 0). Stepping to a known address with ``emu_start(until=...)`` costs no
+    translation-cache flush, unlike ``count=1``, but the engine drops its shadow flag at such a
+    stop (measured), so the caller sets it again."""
+    for insn in _DISASM[bits].disasm(code, address, 1):
+        if insn.id in _BRANCH_IDS or _BRANCH_GROUPS.intersection(insn.groups):
+            return None, 0
+        shadow = 0
+        if insn.id == CX.X86_INS_STI:
+            shadow = BLOCKING_BY_STI
+        elif insn.id in (CX.X86_INS_MOV, CX.X86_INS_POP) and insn.operands and \
+                insn.operands[0].type == CX.X86_OP_REG and insn.operands[0].reg == CX.X86_REG_SS:
+            shadow = BLOCKING_BY_MOV_SS
+        return address + insn.size, shadow
+    return None, 0
