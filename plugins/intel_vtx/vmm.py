@@ -249,9 +249,6 @@ class VmxGuestContext:
     def window_exit(self, kind: str):
         return VmxVendor.window_exit(kind)
 
-    def take_virtual_interrupt(self) -> None:  # an SVM notion; VMX has none here
-        raise AssertionError("VMX has no V_IRQ")
-
     def _start_preemption_timer(self, pin: int) -> None:
         """The VMX-preemption timer (SDM 25.5.1) counts down from its VMCS field once per
         2^IA32_VMX_MISC[4:0] ticks of the TSC while the guest runs; at 0 it exits (reason 52),

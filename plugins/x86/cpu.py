@@ -7,7 +7,9 @@ each exit in its own format. Which guest events leave the engine and how (measur
 - IN / OUT / CPUID: ``UC_HOOK_INSN``; completed inside the hook (no re-entry).
 - VMCALL / VMMCALL and other invalid opcodes: ``UC_HOOK_INSN_INVALID``; the vendor's own
   hypercall instruction is an exit, anything else is #UD delivered to the guest.
-- HLT: the engine returns with RIP after the HLT (``UC_QUERY_TIMEOUT`` tells it from a slice end).
+- HLT: the engine returns with RIP after the HLT (the slice timer's flag tells it from a slice end).
+- Pending events: taken at instruction boundaries in the manuals' order (:mod:`.events`); a
+  blocked one is waited for with exact-address hooks on the few instructions that unblock it.
 - CPU exceptions and INT n: ``UC_HOOK_INTR``; delivered through the guest's IDT (:mod:`.idt`).
 - MMIO: ``mmio_map`` callbacks for every claimed range.
 """
@@ -19,7 +21,7 @@ import time
 
 from unicorn import (UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAPPED,
                      UC_HOOK_MEM_READ_UNMAPPED, UC_HOOK_MEM_WRITE_UNMAPPED, UC_PROT_ALL,
-                     UC_QUERY_TIMEOUT, Uc, UcError)
+                     Uc, UcError)
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
 

@@ -91,8 +91,8 @@ def _vintr_above_tpr(vintr) -> bool:
 
 def boundary(vcpu, ctl: EventControls):
     """At this instruction boundary: the exit a pending event causes (returned, not yet
-    recorded), or None after delivering what the guest can take. ``vcpu.blocking`` is the
-    interruptibility state (STI / MOV SS shadow, NMI) the caller read for this boundary."""
+    recorded), or None after delivering what the guest can take (or nothing). Reads the
+    interruptibility state (STI / MOV SS shadow, NMI blocking) into ``vcpu.blocking``."""
     context, events = vcpu.context, vcpu.events
     if vcpu.mtf_pending:
         vcpu.mtf_pending = False
@@ -165,11 +165,11 @@ def waiting(vcpu, ctl: EventControls) -> tuple[bool, frozenset[str]]:
     blocking = vcpu.blocking
     watch = {WATCH_IRET} if blocking & BLOCKING_BY_NMI else set()
     events = vcpu.events
-    wants_if = ctl.waits_for_if() or any(
-        e.type is EventType.EXTERNAL_INTERRUPT for e in events) and not (ctl.intr_exits and ctl.intr_exit_ignores_if)
+    external = any(e.type is EventType.EXTERNAL_INTERRUPT for e in events)
+    wants_if = ctl.waits_for_if() or (external and not (ctl.intr_exits and ctl.intr_exit_ignores_if))
     wants_nmi = ctl.nmi_window or any(e.type is EventType.NMI for e in events)
     step = ctl.mtf
-    if blocking & SHADOW and (wants_if or wants_nmi or any(e.type is EventType.EXTERNAL_INTERRUPT for e in events)):
+    if blocking & SHADOW and (wants_if or wants_nmi or external):
         step = True
     if wants_if and not vcpu.rflags() & idt.RFLAGS_IF:
         watch.add(WATCH_IF)
