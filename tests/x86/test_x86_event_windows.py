@@ -234,3 +234,14 @@ def test_svm_v_irq_is_taken_only_above_v_tpr_unless_v_ign_tpr(make_vm, hvsim_pm,
         assert vm.memory.read_u64(X86_DATA + 8) == label(vm, 0)
     else:
         assert status == 1 and vmcb.read("V_IRQ") == 1  # still pending, never taken
+
+
+def test_once_nothing_waits_no_window_hook_is_left_on_the_guest_code(make_vm, hvsim_pm, arch):
+    """The STI/POPF/IRET hooks exist only while an event waits: afterwards those instructions run
+    at the engine's speed again (the scanner only records where they are)."""
+    hvsim_pm.register(Script(lambda v: v.vcpu.inject(Event(EventType.EXTERNAL_INTERRUPT, 0x20))))
+    vm = make_vm(arch)
+    vm.load(x86_64(STI_GUEST))
+    assert vm.run(timeout=10).status == (0x21 << 1) | 1
+    watch = vm.vcpus[0]._watch
+    assert watch.sites and not watch._hooks and not watch.kinds
