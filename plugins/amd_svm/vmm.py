@@ -18,7 +18,7 @@ import time
 from unicorn import x86_const as X
 
 from hvsim.plugins.x86.events import EventControls
-from hvsim.plugins.x86.interruptibility import SHADOW
+from hvsim.plugins.x86.interruptibility import BLOCKING_BY_NMI, SHADOW
 from hvsim.plugins.x86.tsc import tsc_hz
 
 from . import iopm
@@ -122,7 +122,7 @@ class SvmGuestContext:
         shadow = read("INTERRUPT_SHADOW")
         if shadow != self._shadow_saved:  # the VMM set or cleared the guest's interrupt shadow
             vcpu = self.vcpu
-            vcpu.set_interruptibility(shadow and 1 | (vcpu.blocking & ~SHADOW))
+            vcpu.set_interruptibility((1 if shadow else 0) | (BLOCKING_BY_NMI if vcpu.nmi_blocked else 0))
             self._shadow_saved = shadow
         self._inject()
 

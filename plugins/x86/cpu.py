@@ -51,6 +51,7 @@ _ACCESS_NAMES = {UC_HOOK_MEM_READ_UNMAPPED: "read from", UC_HOOK_MEM_WRITE_UNMAP
                  UC_HOOK_MEM_FETCH_UNMAPPED: "instruction fetch from"}
 _MEM_READ_UNMAPPED, _MEM_WRITE_UNMAPPED, _MEM_FETCH_UNMAPPED = 19, 20, 21
 _NO_CONTROLS = x86_events.EventControls()
+_MAX_VECTORING_DEPTH = 16  # nested exits for exceptions raised while delivering an event
 STGI = b"\x0f\x01\xdc"
 # General-purpose registers in the order exit qualifications number them (SDM Table 28-3).
 _GPRS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
@@ -96,6 +97,7 @@ class X86Vcpu(Vcpu):
         self.timer_deadline: float | None = None  # VMX-preemption timer expiry (perf_counter)
         self._in_engine = False
         self._recheck = False  # a hook stopped the engine so the next boundary is looked at
+        self._vectoring_depth = 0
         self._delivered = 0
         self._shadow_set: tuple[int, int] | None = None  # (RIP, cause) of a shadow a VM entry loaded
         self._stopping = False
@@ -607,11 +609,21 @@ class X86Vcpu(Vcpu):
         except idt.DeliveryIntercepted as hit:
             cr2 = self.regs.read(X.UC_X86_REG_CR2) if hit.vector == idt.PF else 0
             self._latch.clear()
-            context.vmexit()
-            self._exit(self.vendor.exception_exit(hit.vector, hit.error_code, rip, cr2,
-                                                  vectoring=(hit.original or (vector, error_code, event_type))))
-            if self.vm.status is None:
-                context.resume_state()
+            if self._vectoring_depth >= _MAX_VECTORING_DEPTH:
+                # The VMM answers each such exit by delivering an event that faults the same way
+                # (a livelock on hardware): end the run with one line instead of recursing.
+                self.vm.crash(f"event delivery keeps raising intercepted exception {hit.vector} "
+                              f"({idt.EXCEPTION_NAMES.get(hit.vector, hit.vector)}) and the VMM re-delivers it")
+                return
+            self._vectoring_depth += 1
+            try:
+                context.vmexit()
+                self._exit(self.vendor.exception_exit(hit.vector, hit.error_code, rip, cr2,
+                                                      vectoring=(hit.original or (vector, error_code, event_type))))
+                if self.vm.status is None:
+                    context.resume_state()
+            finally:
+                self._vectoring_depth -= 1
         except idt.TripleFault as tf:
             self._latch.clear()
             self.shutdown(f"triple fault: {tf}")

@@ -373,3 +373,27 @@ def test_a_page_fault_pushing_the_frame_exits_with_the_interrupt_as_vectoring_in
         assert raw.EXITCODE == 0x4E and raw.EXITINFO1 == 0x2
         assert 0x1_0000_0000 <= raw.EXITINFO2 < 0x1_0000_1000
     assert vm.memory.read_u64(X86_DATA + 8) == label(vm, 0)
+
+
+def test_a_vmm_that_reflects_a_fault_its_delivery_raises_again_ends_with_one_line(make_vm, hvsim_pm, arch):
+    """#NP intercepted, every gate absent, the default handler reflecting the #NP: each
+    delivery faults into another exit (a livelock on hardware); hvsim ends the run instead."""
+    hvsim_pm.register(Script(lambda v: v.inject_external(0x20)))
+    vm = make_vm(arch)
+    vm.load(x86_64(f"""
+        mov rsp, {X86_STACK}
+        {x86_idt_setup({0x20: 'irq', 11: 'irq'})}
+        and byte ptr [{X86_IDT + 16 * 0x20 + 5:#x}], 0x7f
+        and byte ptr [{X86_IDT + 16 * 11 + 5:#x}], 0x7f
+        sti
+        hlt
+        {END}
+    irq:
+        iretq"""))
+    vcpu = vm.vcpus[0]
+    if arch == "intel_vtx":
+        Vmm(vcpu).write(Field.EXCEPTION_BITMAP, 1 << 11)
+    else:
+        vcpu.context.vmcb.write("INTERCEPT_EXCEPTIONS", 1 << 11)
+    result = vm.run(timeout=10)
+    assert result.status == 4 and "intercepted exception 11" in result.reason and "\n" not in result.reason
