@@ -36,7 +36,8 @@ from . import idt, layout, paging
 from .boot import GDT_ENTRIES, SEL_CODE32, SEL_CODE64, SEL_DATA, BootState
 from .decode import IoInsn, decode_io, virtualization_instruction, writes_memory
 from .handlers import handle_msr
-from .interruptibility import BLOCKING_BY_NMI, BLOCKING_BY_STI, InterruptShadow, shadow_cause
+from .interruptibility import (BLOCKING_BY_MOV_SS, BLOCKING_BY_NMI, BLOCKING_BY_STI, SHADOW, InterruptShadow,
+                               shadow_cause)
 from .quirks import ExceptionLatch
 from .slicetimer import SliceTimer
 from .traps import SensitiveTraps, reg_id
@@ -336,14 +337,17 @@ class X86Vcpu(Vcpu):
                 before = self.read_linear(self.segment_base("cs") + rip - 2, 2)
             except (GuestMemoryError, idt.DeliveryFault):
                 before = b""
-            blocking |= shadow_cause(before, self.long_mode())
+            cause = shadow_cause(before, self.long_mode())
+            if cause == BLOCKING_BY_STI and not self.rflags() & idt.RFLAGS_IF:
+                cause = BLOCKING_BY_MOV_SS  # an STI shadow has IF = 1 (SDM 26.3.1.5): it was MOV SS
+            blocking |= cause
         self.blocking = blocking
         return blocking
 
     def set_interruptibility(self, blocking: int) -> None:
         """What a VM entry / VMRUN loads: the shadow for the first instruction, NMI blocking."""
-        self._shadow.set(bool(blocking & (1 | 2)))
-        self._shadow_set = (self.regs.read(X.UC_X86_REG_RIP), blocking & (1 | 2)) if blocking & (1 | 2) else None
+        self._shadow.set(bool(blocking & SHADOW))
+        self._shadow_set = (self.regs.read(X.UC_X86_REG_RIP), blocking & SHADOW) if blocking & SHADOW else None
         self.nmi_blocked = bool(blocking & BLOCKING_BY_NMI)
         self.blocking = blocking
 
