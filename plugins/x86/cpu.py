@@ -169,13 +169,18 @@ class X86Vcpu(Vcpu):
         exit = None
         halted = False
         try:
-            if self.activity_hlt:  # entered in the HLT activity state: only an event wakes it
+            if self.activity_hlt:  # in the HLT activity state: only an event wakes it
                 before = self._delivered
                 exit = x86_events.boundary(self, ctl)
                 if exit is None and self._delivered == before:
-                    self.state = VcpuState.HALTED
-                    return None
-                self.activity_hlt = False
+                    exit = self._halt_until_timer(end)
+                    if exit is None:
+                        if self.timer_deadline is None:
+                            self.state = VcpuState.HALTED
+                        return None
+                if self._delivered != before:
+                    self.activity_hlt = False  # delivered: the guest runs its handler
+                # An exit leaves the guest halted: the activity state saved is HLT (SDM 28.3.4).
             while exit is None and not self._stopping and self.vm.status is None:
                 step, watching = False, frozenset()
                 if self.events or ctl.active or self.mtf_pending or self.nmi_blocked or self.timer_deadline:
@@ -258,12 +263,30 @@ class X86Vcpu(Vcpu):
         if not halted or self._stopping or self.vm.status is not None:
             return None
         if context is not None and not context.hlt_exits:
-            self.state = VcpuState.HALTED  # HLT runs in the guest: no exit, wait for an event
+            exit = self._halt_until_timer(end)  # HLT runs in the guest: no exit, wait for an event
+            if exit is not None:
+                if self._record is not None:
+                    self._record(exit.raw)
+                return exit
+            if self.timer_deadline is None:
+                self.state = VcpuState.HALTED
             return None
         exit = self.vendor.hlt_exit(self.regs.read(X.UC_X86_REG_RIP))
         if self._record is not None:
             self._record(exit.raw)
         return exit
+
+    def _halt_until_timer(self, end: float) -> Exit | None:
+        """Halted with the VMX-preemption timer running: it keeps counting in the HLT state
+        (SDM 25.5.1), so wait for it (within this slice) and exit when it reaches 0."""
+        if self.timer_deadline is None or self.events:
+            return None
+        wait = min(self.timer_deadline, end) - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        if not self.timer_expired():
+            return None
+        return self.context.event_exit("preemption_timer")
 
     def _stgi(self, rip: int) -> None:
         """STGI: Unicorn accepts it (its CPU model has SKINIT) but leaves the engine with RIP at

@@ -247,3 +247,33 @@ def test_efer_is_loaded_on_entry_under_its_control(make_vm, hvsim_pm):
         {END}"""))
     assert vm.run(timeout=10).status == 1
     assert vm.memory.read_u32(X86_DATA + 8) & 0xD00 == 0xD00  # LME | LMA kept, NXE loaded
+
+
+def test_the_preemption_timer_counts_in_the_hlt_state_and_its_exit_saves_hlt(make_vm, hvsim_pm):
+    seen = []
+
+    def on_event(vmm, exit):
+        seen.append((exit.raw.EXIT_REASON, vmm.rip(), vmm.read(Field.GUEST_ACTIVITY_STATE)))
+        vmm.set_pin(TIMER, False)
+        vmm.write(Field.GUEST_ACTIVITY_STATE, 0)  # the VMM wakes the guest
+        vmm.set_rip(label(vmm.vcpu.vm, 1))
+
+    def arm(vmm):
+        arm_timer(20_000)(vmm)
+        vmm.set_proc(msrs.CPU_BASED_HLT_EXITING, False)
+
+    hvsim_pm.register(Script(arm, on_event=on_event))
+    vm = make_vm("intel_vtx")
+    vm.load(x86_64(f"""
+        mov rsp, {X86_STACK}
+        {store_labels('after', 'out')}
+        cli
+        hlt                               # HLT exit: the VMM arms the timer, HLT runs in the guest now
+        hlt
+    after:
+        ud2
+    out:
+        mov byte ptr [{X86_DATA:#x}], 9
+        {END}"""))
+    assert vm.run(timeout=10).status == (9 << 1) | 1
+    assert seen == [(52, label(vm, 0), 1)]  # after the HLT, in the HLT activity state
