@@ -233,7 +233,7 @@ class X86Vcpu(Vcpu):
                     continue
                 at = regs.read(X.UC_X86_REG_RIP)
                 # The slice ran out, unless the engine stopped on a HLT just before the timer
-                # fired (the stop HLT makes leaves RIP after it).
+                # fired (a HLT stop leaves RIP after the HLT).
                 if self._slice.fired and watch._read(at - 1, 1) != b"\xf4":
                     if self.timer_deadline is not None and self.timer_expired():
                         continue
@@ -279,8 +279,8 @@ class X86Vcpu(Vcpu):
     def _halt_until_timer(self, end: float) -> Exit | None:
         """Halted with the VMX-preemption timer running: it keeps counting in the HLT state
         (SDM 25.5.1), so wait for it (within this slice) and exit when it reaches 0."""
-        if self.timer_deadline is None or self.events:
-            return None
+        if self.timer_deadline is None:
+            return None  # (an event that could wake the guest was taken at the boundary before)
         wait = min(self.timer_deadline, end) - time.perf_counter()
         if wait > 0:
             time.sleep(wait)
