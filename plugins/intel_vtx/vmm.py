@@ -232,11 +232,13 @@ class VmxGuestContext:
         activity = v.get(Field.GUEST_ACTIVITY_STATE, 0)
         if activity != saved.get(Field.GUEST_ACTIVITY_STATE, 0):
             vcpu.activity_hlt = activity == GUEST_ACTIVITY_HLT
-        entry = v[Field.VM_ENTRY_CONTROLS]
-        if entry & msrs.VM_ENTRY_LOAD_IA32_EFER and v.get(Field.GUEST_IA32_EFER) != saved.get(Field.GUEST_IA32_EFER):
-            vcpu.uc.reg_write(X.UC_X86_REG_MSR, (MSR_EFER, v[Field.GUEST_IA32_EFER]))
-        if entry & msrs.VM_ENTRY_LOAD_IA32_PAT and v.get(Field.GUEST_IA32_PAT) != saved.get(Field.GUEST_IA32_PAT):
-            vcpu.uc.reg_write(X.UC_X86_REG_MSR, (MSR_IA32_PAT, v[Field.GUEST_IA32_PAT]))
+        # The load controls load the field at every entry (a stale field overwrites what the
+        # guest wrote since); the engine's register is written only when it differs.
+        entry, uc = v[Field.VM_ENTRY_CONTROLS], vcpu.uc
+        for control, field, msr in ((msrs.VM_ENTRY_LOAD_IA32_EFER, Field.GUEST_IA32_EFER, MSR_EFER),
+                                    (msrs.VM_ENTRY_LOAD_IA32_PAT, Field.GUEST_IA32_PAT, MSR_IA32_PAT)):
+            if entry & control and v.get(field, 0) != uc.reg_read(X.UC_X86_REG_MSR, msr):
+                uc.reg_write(X.UC_X86_REG_MSR, (msr, v.get(field, 0)))
 
     # -- events (SDM 25.2, 26.7) -------------------------------------------------------------
     def event_exit(self, kind: str, vector: int = 0):
