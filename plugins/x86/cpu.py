@@ -189,6 +189,8 @@ class X86Vcpu(Vcpu):
                     if exit is not None or self._stopping or self.vm.status is not None:
                         break
                     if self._delivered != before:
+                        if ctl.mtf:  # MTF exit before the handler's first instruction (SDM 25.5.2)
+                            self.mtf_pending = True
                         continue  # an event was delivered: look again at the handler's first boundary
                     step, watching = x86_events.waiting(self, ctl)
                 watch.arm(watching)

@@ -2,8 +2,9 @@
 AMD APM Vol. 2 8.5, 15.21): which pending event is taken, exits or is delivered, and when.
 
 At each boundary the run loop stops at, :func:`boundary` goes through the pending events in the
-manuals' priority order: a pending MTF VM exit, INIT, the VMX-preemption timer, NMI, the
-NMI window, external interrupts, the interrupt window, then SVM's virtual interrupt (V_IRQ).
+manuals' priority order (SDM Table 6-2 with 25.2 / 25.5 / 26.7 placing the VMX exits): INIT, a
+pending MTF VM exit, the VMX-preemption timer, the NMI window, NMI, the interrupt window,
+external interrupts, then SVM's virtual interrupt (V_IRQ, below physical interrupts, APM 15.21.4).
 Each is either blocked (RFLAGS.IF, the STI / MOV SS shadow, NMI blocking), or causes the exit
 the VMM's controls ask for (``EventControls``), or is delivered through the guest's IDT.
 
@@ -94,10 +95,6 @@ def boundary(vcpu, ctl: EventControls):
     recorded), or None after delivering what the guest can take (or nothing). Reads the
     interruptibility state (STI / MOV SS shadow, NMI blocking) into ``vcpu.blocking``."""
     context, events = vcpu.context, vcpu.events
-    if vcpu.mtf_pending:
-        vcpu.mtf_pending = False
-        return context.event_exit("mtf")
-    blocking = vcpu.interruptibility()
     for i, event in enumerate(events):
         if event.type is EventType.INIT:
             del events[i]
@@ -106,9 +103,16 @@ def boundary(vcpu, ctl: EventControls):
             vcpu.vm.crash("an INIT signal reached the guest without the INIT intercept: the "
                           "processor would reset, which hvsim does not model")
             return None
+    if vcpu.mtf_pending:  # below INIT / SMI, above debug traps and everything after (SDM 6.9, 25.5.2)
+        vcpu.mtf_pending = False
+        return context.event_exit("mtf")
+    blocking = vcpu.interruptibility()
     if vcpu.timer_expired():
         return context.event_exit("preemption_timer")
     rflags_if = vcpu.rflags() & idt.RFLAGS_IF
+    # NMI-window exits come before NMIs, interrupt-window exits before external interrupts.
+    if ctl.nmi_window and not blocking & (SHADOW | BLOCKING_BY_NMI):
+        return context.window_exit("nmi")
     nmi = next((e for e in events if e.type is EventType.NMI), None)
     if nmi is not None and not blocking & BLOCKING_BY_MOV_SS:
         if ctl.nmi_exits:
@@ -122,8 +126,8 @@ def boundary(vcpu, ctl: EventControls):
             vcpu.deliver_event(2, None, vcpu.rip(), event_type=EventType.NMI.value)
             vcpu.vm.pm.hook.hvsim_interrupt_acknowledged(vcpu=vcpu, event=nmi)
             return None
-    if ctl.nmi_window and not blocking & (SHADOW | BLOCKING_BY_NMI):
-        return context.window_exit("nmi")
+    if ctl.intr_window and rflags_if and not blocking & SHADOW:
+        return context.window_exit("interrupt")
     intr = next((e for e in events if e.type is EventType.EXTERNAL_INTERRUPT), None)
     if intr is not None and not blocking & SHADOW:
         if ctl.intr_exits:
@@ -140,14 +144,13 @@ def boundary(vcpu, ctl: EventControls):
             vcpu.vm.pm.hook.hvsim_interrupt_acknowledged(vcpu=vcpu, event=intr)
             return None
     if rflags_if and not blocking & SHADOW:
-        if ctl.intr_window:
-            return context.window_exit("interrupt")
         if ctl.vintr is not None and ctl.vgif and _vintr_above_tpr(ctl.vintr):
             if ctl.vintr_exits:
                 return context.window_exit("vintr")
             vector = ctl.vintr[0]
             context.take_virtual_interrupt()
             vcpu.deliver_event(vector, None, vcpu.rip(), event_type=EventType.EXTERNAL_INTERRUPT.value)
+            return None
     # Software events queued for the guest (a VMM's INT n, exceptions) are not masked by IF.
     other = next((e for e in events if e.type not in (EventType.NMI, EventType.EXTERNAL_INTERRUPT)), None)
     if other is not None:

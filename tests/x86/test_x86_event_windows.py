@@ -245,3 +245,58 @@ def test_once_nothing_waits_no_window_hook_is_left_on_the_guest_code(make_vm, hv
     assert vm.run(timeout=10).status == (0x21 << 1) | 1
     watch = vm.vcpus[0]._watch
     assert watch.sites and not watch._hooks and not watch.kinds
+
+
+ORDER_GUEST = f"""
+    mov rsp, {X86_STACK}
+    {x86_idt_setup({0x20: 'irq20', 0x30: 'irq30'})}
+    sti
+    hlt
+    nop
+    {END}
+irq20:
+    mov al, 0x20
+    jmp record
+irq30:
+    mov al, 0x30
+record:
+    movzx rbx, byte ptr [{X86_DATA + 0x20:#x}]
+    mov byte ptr [rbx + {X86_DATA + 0x21:#x}], al
+    inc byte ptr [{X86_DATA + 0x20:#x}]
+    iretq
+"""
+
+
+def test_vmx_the_interrupt_window_exit_comes_before_a_pending_external_interrupt(make_vm, hvsim_pm):
+    """SDM 26.7.5: interrupt-window exits take priority over external interrupts."""
+    def arm(vmm):
+        vmm.arm_interrupt_window()
+        vmm.vcpu.inject(Event(EventType.EXTERNAL_INTERRUPT, 0x20))
+
+    def on_window(vmm, exit):
+        order.append(("window", bytes(vm.memory.read(X86_DATA + 0x20, 1))))
+        vmm.arm_interrupt_window(on=False)
+
+    order = []
+    hvsim_pm.register(Script(arm, on_window=on_window))
+    vm = make_vm("intel_vtx")
+    vm.load(x86_64(ORDER_GUEST))
+    vm.run(timeout=10)
+    assert order == [("window", b"\x00")]  # nothing delivered yet when the window exit came
+    assert vm.memory.read(X86_DATA + 0x20, 2) == b"\x01\x20"  # then the interrupt
+
+
+def test_svm_a_physical_interrupt_is_taken_before_the_virtual_one(make_vm, hvsim_pm):
+    """APM 15.21.4: V_IRQ has lower priority than physical interrupts."""
+    def arm(vmm):
+        vmcb = vmm.vcpu.context.vmcb
+        for name, value in (("V_IRQ", 1), ("V_IGN_TPR", 1), ("V_INTR_VECTOR", 0x30)):
+            vmcb.write(name, value)
+        vmm.vcpu.inject(Event(EventType.EXTERNAL_INTERRUPT, 0x20))
+
+    hvsim_pm.register(Script(arm))
+    vm = make_vm("amd_svm")
+    vm.load(x86_64(ORDER_GUEST))
+    vm.run(timeout=10)
+    # 0x20 first; 0x30 then at the first boundary with IF = 1, which is after 0x20's IRETQ.
+    assert vm.memory.read(X86_DATA + 0x20, 3) == b"\x02\x20\x30"
