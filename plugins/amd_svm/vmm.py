@@ -9,6 +9,11 @@ saves the guest state into the state-save area; entering it runs VMRUN's consist
 (15.5.1) and loads those of RAX, RSP, RIP, RFLAGS and CR2 that changed in the VMCB since the
 exit, so a VMM plugin that edits them between exits is obeyed (an event hvsim itself delivered
 meanwhile, as VMRUN's EVENTINJ would, is kept).
+
+Interrupts (15.21): the INTR / NMI / INIT / VINTR intercepts, V_INTR_MASKING, V_IRQ with its
+priority against V_TPR (the guest's CR8) and virtual GIF become an ``EventControls`` at every
+VMRUN for plugins/x86/events.py; INTERRUPT_SHADOW is saved and loaded, EXITINTINFO records an
+event whose delivery an intercepted exception interrupted, and the PAUSE filter counts PAUSEs.
 """
 
 from __future__ import annotations

@@ -8,6 +8,12 @@ the host state and the guest state, then VMLAUNCH, and VMRESUME for every later 
 exit writes its exit reason, qualification, instruction length and addresses into the VMCS
 (SDM 28.2); leaving the engine saves the guest-state area (SDM 28.3); an entry loads
 GUEST_RIP, GUEST_RSP and GUEST_RFLAGS where a VMM plugin changed them with VMWRITE.
+
+Events (SDM 25.2, 25.5, 26.6, 26.7): the pin-based and processor-based event controls become an
+``EventControls`` at every entry for plugins/x86/events.py, which takes each pending event at
+its exact boundary; the guest interruptibility and activity states are saved on exit and loaded
+on entry, the VMX-preemption timer counts the guest's TSC, EFER and PAT follow their load/save
+controls.
 """
 
 from __future__ import annotations
