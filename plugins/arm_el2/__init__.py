@@ -23,8 +23,9 @@ from hvsim import hookimpl
 from hvsim.core.arch import Arch, Vcpu, VcpuState
 from hvsim.core.exits import ExitKind
 from hvsim.core.loader import Image
+from hvsim.core.vm import HV_AREA
 
-from . import boot, layout, psci, spec, traps
+from . import boot, layout, psci, spec, stage2, traps
 from .cpu import Arm64Vcpu
 from .exceptions import PSTATE_ENTRY
 from .exits import El2Record
@@ -53,6 +54,10 @@ class ArmEl2Arch(Arch):
     def build(self) -> None:
         vm = self.vm
         vm.memory.add_ram(layout.RAM_BASE, vm.config.mem_size)
+        # The hypervisor's area of host memory; its second half holds the VM's stage-2 tables,
+        # built once and shared by every vCPU (one VMID per VM), as KVM's.
+        self.hv_area = vm.host.allocate(HV_AREA)
+        self.stage2_tables = stage2.build_identity(vm, self.hv_area + HV_AREA // 2, HV_AREA // 2)
         for device, base, size, label in layout.MMIO_DEVICES:
             vm.bus.add_mmio(base, size, vm.pm.devices.create(device, vm), label)
 

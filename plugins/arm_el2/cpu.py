@@ -29,14 +29,13 @@ import time
 
 from unicorn import (
     UC_ARCH_ARM64,
+    UC_ERR_EXCEPTION,
     UC_ERR_FETCH_UNMAPPED,
     UC_HOOK_INTR,
     UC_HOOK_MEM_UNMAPPED,
     UC_MODE_ARM,
     UC_PROT_ALL,
     UC_PROT_EXEC,
-    UC_PROT_READ,
-    UC_PROT_WRITE,
     UC_QUERY_TIMEOUT,
     Uc,
     UcError,
@@ -56,13 +55,14 @@ from hvsim.core.arch import Vcpu, VcpuState
 from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks
 from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, Walk
+from hvsim.core.mmu import HOST_PHYS_BASE, Stage2Fault
 
 from . import el2, exceptions, layout, stage1, sysregs
 from .exits import ESR_ELx_EC_HVC64, ESR_ELx_EC_SERROR, ESR_ELx_EC_SMC64, WFI_RECORD, El2Record, esr
 from .mmio import MmioTrap
+from .mmu import UNTIL, Arm64Mmu, Stage1Abort, deliver_stage1, stage2_exit
+from .tlbi import MaintenanceSites
 from .traps import SysregTraps
-
-_UNTIL = 0xFFFF_FFFF_FFFF_FFFF  # never reached: runs end on WFI, timeout or a stop
 
 # Xn by register number; 31 is SP in an address (XZR as data is handled by xreg_zr).
 _XREGS = [UC_ARM64_REG_X0 + n for n in range(29)] + [UC_ARM64_REG_X29, UC_ARM64_REG_X30, UC_ARM64_REG_SP]
@@ -70,8 +70,6 @@ _XREGS = [UC_ARM64_REG_X0 + n for n in range(29)] + [UC_ARM64_REG_X29, UC_ARM64_
 _lib = ctypes.CDLL(uclib._name)
 _vmem_read = _lib.uc_vmem_read
 _vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
-_vmem_translate = _lib.uc_vmem_translate
-_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p]
 _reg_read_batch = _lib.uc_reg_read_batch
 _reg_write = _lib.uc_reg_write
 
@@ -107,8 +105,10 @@ class Arm64Vcpu(Vcpu):
     def __init__(self, vm, index: int) -> None:
         super().__init__(vm, index)
         uc = self.uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
-        for slot in vm.memory.slots:
-            uc.mem_map_ptr(slot.gpa, slot.size, UC_PROT_ALL, vm.host.ptr + slot.hpa)
+        uc.ctl_set_page_size(0x1000)  # QEMU's arm default is 1 KiB; the granule the TLB fills is 4 KiB
+        # Host memory sits high in the engine's physical space; the MMU's fills (guest stage 1,
+        # then stage 2) point into it. MMIO ranges stay at their IPAs (:mod:`.mmio`).
+        uc.mem_map_ptr(HOST_PHYS_BASE, vm.host.size, UC_PROT_ALL, vm.host.ptr)
         self.regs = FastRegs(uc)
         self.sysregs = sys = sysregs.SysRegs(uc)
         self.mpidr = layout.mpidr(index)
@@ -131,6 +131,8 @@ class Arm64Vcpu(Vcpu):
         self.twi = self.tsc = False
         self.el2 = el2.El2Regs(self._el2_changed)
         self._el2_changed()
+        self.mmu = Arm64Mmu(self, self.hooks, getattr(vm.arch, "stage2_tables", None))
+        self.tlbi_sites = MaintenanceSites(self)
         self.hooks.add(UC_HOOK_INTR, HOOK_INTR, self._intr_hook())
         self.hooks.add(UC_HOOK_MEM_UNMAPPED, HOOK_MEM_EVENT, self.mmio.on_unmapped)
 
@@ -139,6 +141,8 @@ class Arm64Vcpu(Vcpu):
         """HCR_EL2 was written: the trap controls follow at once; engine hooks that must be
         added or removed wait for the next entry, forced now if the guest is in the engine."""
         hcr = self.el2.hcr
+        if getattr(self, "mmu", None) is not None:
+            self.mmu.context_changed()  # HCR_EL2.VM turns stage 2 on or off
         self.twi = bool(hcr & el2.HCR_TWI)
         self.tsc = bool(hcr & el2.HCR_TSC)
         if self.sysreg_traps.update(hcr) and self._in_engine:
@@ -166,10 +170,12 @@ class Arm64Vcpu(Vcpu):
         return int.from_bytes(self.read_code(va, 4) or bytes(4), "little")
 
     def translate(self, va: int, is_write: bool = False, execute: bool = False) -> int | None:
-        """Guest VA to IPA with Unicorn's stage-1 MMU, or None when it faults."""
-        pa = ctypes.c_uint64()
-        prot = UC_PROT_EXEC if execute else (UC_PROT_WRITE if is_write else UC_PROT_READ)
-        return pa.value if _vmem_translate(self._uch, va, prot, ctypes.byref(pa)) == 0 else None
+        """Guest VA to IPA through the guest's stage 1 at the current EL (descriptors read
+        through stage 2, nothing updated), or None when it faults."""
+        access = Access.EXECUTE if execute else (Access.WRITE if is_write else Access.READ)
+        if exceptions.current_el(self.regs.read(UC_ARM64_REG_PSTATE)) == 0:
+            access |= Access.USER
+        return self.mmu.va_to_ipa(va, access)
 
     def is_mapped_code(self, va: int) -> bool:
         pa = self.translate(va, execute=True)
@@ -177,11 +183,11 @@ class Arm64Vcpu(Vcpu):
 
     def stage1_walk(self, va: int, access: Access) -> Walk:
         """The guest's stage-1 walk for ``va`` (identity when SCTLR_EL1.M is 0)."""
-        sys = self.sysregs
-        if not sys.read(sysregs.SCTLR_EL1) & sysregs.SCTLR_EL1_M:
-            return Walk(va)
-        return stage1.walk(self.vm.memory.read_u64, va, sys.read(sysregs.TCR_EL1),
-                           sys.read(sysregs.TTBR0_EL1), sys.read(sysregs.TTBR1_EL1), access)
+        try:
+            return self.mmu.walk(va, access)[0]
+        except Stage2Fault as fault:
+            return Walk(None, [], f"{fault.detail} on the stage-1 walk (IPA {fault.gpa:#x})",
+                        fault.syndrome & 0x3F)
 
     def stage1_fault(self, va: int, access: Access) -> int:
         """The fault status code the hardware reports for a stage-1 fault on ``va``."""
@@ -198,7 +204,8 @@ class Arm64Vcpu(Vcpu):
         mmio = self.mmio
         mmio.sync_claims()
         mmio.forget()
-        uc, regs = self.uc, self.regs
+        uc, regs, mmu = self.uc, self.regs, self.mmu
+        mmu.context_changed()
         deadline = time.perf_counter() + slice_us / 1e6
         timeout = slice_us
         traps = self.sysreg_traps
@@ -209,13 +216,16 @@ class Arm64Vcpu(Vcpu):
                 traps.sync_hooks()
             pc = regs.read(UC_ARM64_REG_PC)
             traps.prescan(pc)
+            self.tlbi_sites.prescan(pc)
+            mmu.pending = None
             self._in_engine = True
             try:
-                uc.emu_start(pc, _UNTIL, timeout=timeout)
+                uc.emu_start(pc, UNTIL, timeout=timeout)
             except UcError as exc:
                 error = exc
             finally:
                 self._in_engine = False
+                mmu.engine.after_slice()
             hook_error = self.hooks.take_error()
             if hook_error is not None:
                 raise hook_error
@@ -226,7 +236,11 @@ class Arm64Vcpu(Vcpu):
                 mmio.discovering = False
                 return None
             if error is not None:
-                if not self._on_error(error):
+                fault = mmu.take_pending() if error.errno == UC_ERR_EXCEPTION else None
+                if fault is not None:
+                    if not self._take_fault(fault):
+                        return None
+                elif not self._on_error(error):
                     return None
             elif mmio.discovering:  # mmio stopped the engine to learn an instruction's PC
                 mmio.finish_discovery()
@@ -279,6 +293,7 @@ class Arm64Vcpu(Vcpu):
         regs = self.regs
         regs.write(UC_ARM64_REG_PSTATE, exceptions.PSTATE_ENTRY)
         self.sysregs.write(sysregs.SCTLR_EL1, self._sctlr_reset)
+        self.mmu.context_changed()
         regs.write(UC_ARM64_REG_X0, context_id)
         regs.write(UC_ARM64_REG_PC, entry)
         self.events.clear()
@@ -336,6 +351,29 @@ class Arm64Vcpu(Vcpu):
         imm16 = (self.read_insn(pc - 4) >> 5) & 0xFFFF
         rec = El2Record(esr(ESR_ELx_EC_SMC64, imm16))
         return (ExitKind.HYPERCALL, "ESR_ELx_EC_SMC64", rec, 0, 0, False, imm16)
+
+    def _take_fault(self, fault: Exception) -> bool:
+        """A translation the MMU refused, with PC at the faulting instruction: a stage-1 abort
+        to the guest's vectors, or a stage-2 abort, which is an exit to EL2 handled before the
+        instruction is retried. A fetch from an IPA no RAM backs is KVM's: an external abort
+        injected into the guest (kvm_inject_pabt). False: the run ends."""
+        pc = self.regs.read(UC_ARM64_REG_PC)
+        if isinstance(fault, Stage1Abort):
+            if deliver_stage1(self, fault):
+                return True
+            self.vm.crash(f"{fault.detail} on the instruction fetch from {pc:#x}, in the guest's own "
+                          f"vector table: the abort cannot be taken")
+            return False
+        if fault.fetch and not fault.walk and not self.vm.memory.is_ram(fault.gpa):
+            if exceptions.instruction_abort_external(self, pc):
+                return True
+            self.vm.crash(f"instruction fetch from {pc:#x}, where no RAM is, and the guest has "
+                          f"no vector table to take the abort (VBAR_EL1 "
+                          f"{self.regs.read(UC_ARM64_REG_VBAR_EL1):#x})")
+            return False
+        self.mmio.forget()
+        self._dispatch(self, stage2_exit(self, fault))
+        return self.vm.status is None
 
     def _on_error(self, error: UcError) -> bool:
         """emu_start raised: deliver what the guest should see, or end the run (False)."""

@@ -155,6 +155,12 @@ class MmioTrap:
             self.map_region(claim.base, claim.size)
         self._claims_seen = len(claims)
 
+    def map_lazy(self, page: int) -> None:
+        """Make one unbacked page MMIO (an hvsim_mmio plugin answers for any address)."""
+        if page not in self._lazy:
+            self.map_region(page, PAGE)
+            self._lazy.add(page)
+
     def on_unmapped(self, _uc, access, address, size, value, _ud) -> bool:
         """UC_HOOK_MEM_UNMAPPED: a data access to an unbacked IPA becomes MMIO (retry it)."""
         if access == UC_MEM_FETCH_UNMAPPED:
