@@ -1,0 +1,400 @@
+"""Two-stage translation on arm64: the guest's own stage 1 and hvsim's stage 2, end to end.
+
+Arm ARM (DDI 0487) D8 (VMSAv8-64), D24.2 ESR_EL2 / FAR_EL2 / HPFAR_EL2 and the ESR_ELx "ISS
+encoding for an exception from a Data Abort / Instruction Abort". The guests build their own
+stage-1 tables with stores (4 KiB granule, 39-bit VAs, start at level 1) and enable the MMU;
+the VMM side is a test plugin that edits hvsim's stage-2 tables and invalidates as KVM does.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from el2guest import LOG, SYSTEM_OFF, guest, log_records, u64, w0
+from hvsim import hookimpl
+from hvsim.core.exits import ExitKind
+from hvsim.core.vm import STATUS_GUEST_CRASH, STATUS_OFF
+from hvsim.plugins.arm_el2 import psci, stage2
+
+RESULT = 0x4140_0000  # where the guests store what they read
+L1, L2, L3 = 0x4180_0000, 0x4180_1000, 0x4180_2000
+REMAPPED_VA, REMAPPED_PA = 0x4200_0000, 0x4300_0000  # L3[0]
+INVALID_VA = 0x4200_1000  # L3[1] = 0
+NO_AF_VA = 0x4200_2000  # L3[2]: AF clear
+READ_ONLY_VA = 0x4200_3000  # L3[3]: AP[2] set
+UNMAPPED_TABLE_VA, UNMAPPED_TABLE_IPA = 0x4220_0000, 0x43F0_0000  # L2[17] -> an L3 stage 2 lacks
+MARK_A, MARK_B = 0xA1A1_A1A1_0000_0001, 0xB2B2_B2B2_0000_0002
+
+EC_IABT_LOW, EC_IABT_CUR, EC_DABT_LOW, EC_DABT_CUR = 0x20, 0x21, 0x24, 0x25
+CUR_SPX_SYNC = 0x200
+HVC_REMAP, HVC_FLUSH_IPA, HVC_FLUSH_ALL = 0x8600_0001, 0x8600_0002, 0x8600_0003  # vendor hyp calls
+
+
+def esr(ec: int, iss: int) -> int:
+    return (ec << 26) | (1 << 25) | iss
+
+
+def mmu_on(ha: bool = False) -> str:
+    """Stage-1 tables built by the guest, then TCR_EL1/TTBR0_EL1/SCTLR_EL1: VA 0x4000_0000 +
+    64 MiB identity (2 MiB blocks) except the 2 MiB at 0x4200_0000 (pages: L3[0] remapped to
+    0x4300_0000, L3[1] invalid, L3[2] without AF, L3[3] read-only) and 0x4220_0000, whose L3
+    table is at an IPA stage 2 may leave unmapped."""
+    tcr_hi = 0x0002 | (0x80 if ha else 0)  # IPS 40 bits, HA (bit 39)
+    return f"""
+    movz x1, #0x4180, lsl #16
+    add x2, x1, #0x1000
+    add x7, x1, #0x2000
+    orr x3, x2, #3
+    str x3, [x1, #8]
+    movz x4, #0x4000, lsl #16
+    movz x5, #0x0705
+    orr x4, x4, x5
+    mov x6, #32
+    mov x8, x2
+l2_loop:
+    str x4, [x8], #8
+    add x4, x4, #0x200, lsl #12
+    subs x6, x6, #1
+    b.ne l2_loop
+    orr x3, x7, #3
+    str x3, [x2, #128]
+    movz x3, #0x43f0, lsl #16
+    orr x3, x3, #3
+    str x3, [x2, #136]
+    movz x4, #0x4200, lsl #16
+    movz x5, #0x0707
+    orr x4, x4, x5
+    mov x6, #512
+    mov x8, x7
+l3_loop:
+    str x4, [x8], #8
+    add x4, x4, #1, lsl #12
+    subs x6, x6, #1
+    b.ne l3_loop
+    movz x4, #0x4300, lsl #16
+    orr x4, x4, x5
+    str x4, [x7]
+    str xzr, [x7, #8]
+    movz x4, #0x4200, lsl #16
+    movk x4, #0x2307
+    str x4, [x7, #16]
+    movz x4, #0x4200, lsl #16
+    movk x4, #0x3787
+    str x4, [x7, #24]
+    movz x3, #0xff00
+    msr mair_el1, x3
+    movz x3, #0x3519
+    movk x3, #0x0080, lsl #16
+    movk x3, #{tcr_hi:#x}, lsl #32
+    msr tcr_el1, x3
+    msr ttbr0_el1, x1
+    isb
+    mrs x3, sctlr_el1
+    orr x3, x3, #1
+    msr sctlr_el1, x3
+    isb
+    movz x19, #0x4140, lsl #16
+"""
+
+
+def mov64(reg: str, value: int) -> str:
+    parts = [f"movz {reg}, #{value & 0xFFFF:#x}"]
+    parts += [f"movk {reg}, #{(value >> s) & 0xFFFF:#x}, lsl #{s}" for s in (16, 32, 48) if (value >> s) & 0xFFFF]
+    return "\n".join(parts)
+
+
+@pytest.fixture
+def tables_of():
+    return lambda vm: vm.arch.stage2_tables
+
+
+# -- the guest's own stage 1 ---------------------------------------------------------------------
+def test_guest_mmu_with_its_own_tables_reads_through_a_remapped_page(arm_vm):
+    main = mmu_on() + f"""
+    {mov64('x4', REMAPPED_VA)}
+    ldr x5, [x4, #0x10]
+    str x5, [x19]
+    movz x4, #0x4300, lsl #16
+    ldr x5, [x4, #0x10]
+    str x5, [x19, #8]
+    {SYSTEM_OFF}"""
+    vm = arm_vm(guest(main))
+    vm.memory.write(REMAPPED_VA + 0x10, MARK_A.to_bytes(8, "little"))
+    vm.memory.write(REMAPPED_PA + 0x10, MARK_B.to_bytes(8, "little"))
+    assert vm.run(timeout=5).status == STATUS_OFF
+    assert (u64(vm, RESULT), u64(vm, RESULT + 8)) == (MARK_B, MARK_B)  # VA 0x4200_0010 is PA 0x4300_0010
+    walk = vm.vcpus[0].stage1_walk(REMAPPED_VA + 0x10, 0)
+    assert walk.address == REMAPPED_PA + 0x10 and [s.level for s in walk.steps] == [1, 2, 3]
+
+
+STAGE1_FAULTS = [  # (access, VA offset, ESR_EL1 ISS)
+    ("ldr x5, [x4, #0x28]", INVALID_VA, 0x07),  # translation fault, level 3
+    ("str x5, [x4, #0x28]", INVALID_VA, 0x47),  # ... WnR
+    ("ldrb w5, [x4, #0x28]", NO_AF_VA, 0x0B),  # access flag fault, level 3
+    ("str w5, [x4, #0x28]", READ_ONLY_VA, 0x4F),  # permission fault, level 3, WnR
+    ("ldp x5, x6, [x4, #0x28]", 0x4400_0000, 0x06),  # L2[32] was never written: level 2
+]
+
+
+@pytest.mark.parametrize("insn, va, iss", STAGE1_FAULTS, ids=[f[0] for f in STAGE1_FAULTS])
+def test_stage1_fault_is_a_data_abort_at_the_guest_vector_with_the_exact_far(run_guest, recorder, insn, va, iss):
+    main = mmu_on() + f"""
+    {mov64('x4', va)}
+    adr x20, after
+    adr x23, fault
+fault:
+    {insn}
+after:
+    nop
+    {SYSTEM_OFF}"""
+    vm, result = run_guest(guest(main))
+    assert result.status == STATUS_OFF
+    [(vector, esr_el1, elr, far, _spsr)] = log_records(vm, 1)
+    assert vector == CUR_SPX_SYNC
+    assert esr_el1 == esr(EC_DABT_CUR, iss)
+    assert far == va + 0x28
+    assert elr == vm.vcpus[0].regs.read(__import__("unicorn").arm64_const.UC_ARM64_REG_X23)
+    assert not recorder.of(ExitKind.STAGE2_FAULT)  # the guest's own business
+
+
+def test_stage1_fault_on_an_instruction_fetch_is_an_instruction_abort(run_guest):
+    main = mmu_on() + f"""
+    {mov64('x4', INVALID_VA + 0x40)}
+    adr x20, after
+    br x4
+after:
+    {SYSTEM_OFF}"""
+    vm, result = run_guest(guest(main))
+    assert result.status == STATUS_OFF
+    [(vector, esr_el1, elr, far, _spsr)] = log_records(vm, 1)
+    assert (vector, esr_el1, elr, far) == (CUR_SPX_SYNC, esr(EC_IABT_CUR, 0x07), INVALID_VA + 0x40, INVALID_VA + 0x40)
+
+
+def test_hardware_access_flag_update_with_tcr_ha_sets_af_instead_of_faulting(run_guest):
+    main = mmu_on(ha=True) + f"""
+    {mov64('x4', NO_AF_VA)}
+    mov x5, #0x77
+    str x5, [x4, #0x30]
+    {SYSTEM_OFF}"""
+    vm, result = run_guest(guest(main))
+    assert result.status == STATUS_OFF
+    assert u64(vm, LOG) == 0  # no exception was logged
+    assert u64(vm, NO_AF_VA + 0x30) == 0x77
+    assert u64(vm, L3 + 16) == NO_AF_VA | 0x707  # the walk set AF in the descriptor
+
+
+def test_a_descriptor_changed_without_tlbi_keeps_translating_the_old_way(arm_vm):
+    """D8.13: a TLB may hold a translation until it is invalidated: the remapped page stays
+    remapped after L3[0] is rewritten, until TLBI VAE1 + DSB + ISB."""
+    main = mmu_on() + f"""
+    {mov64('x4', REMAPPED_VA)}
+    ldr x5, [x4]
+    str x5, [x19]
+    movz x6, #0x4200, lsl #16
+    movz x5, #0x0707
+    orr x6, x6, x5
+    str x6, [x7]
+    dsb ish
+    isb
+    ldr x5, [x4]
+    str x5, [x19, #8]
+    lsr x6, x4, #12
+    tlbi vae1, x6
+    dsb ish
+    isb
+    ldr x5, [x4]
+    str x5, [x19, #16]
+    {SYSTEM_OFF}"""
+    vm = arm_vm(guest(main))
+    vm.memory.write(REMAPPED_VA, MARK_A.to_bytes(8, "little"))
+    vm.memory.write(REMAPPED_PA, MARK_B.to_bytes(8, "little"))
+    assert vm.run(timeout=5).status == STATUS_OFF
+    assert [u64(vm, RESULT + 8 * i) for i in range(3)] == [MARK_B, MARK_B, MARK_A]
+
+
+TLBIS = ["tlbi vae1is, x6", "tlbi vale1, x6", "tlbi vaae1, x6", "tlbi vmalle1", "tlbi vmalle1is",
+         "tlbi aside1, xzr"]
+
+
+@pytest.mark.parametrize("tlbi", TLBIS)
+def test_each_tlbi_form_drops_the_stale_translation(arm_vm, tlbi):
+    main = mmu_on() + f"""
+    {mov64('x4', REMAPPED_VA)}
+    ldr x5, [x4]
+    movz x6, #0x4200, lsl #16
+    movz x5, #0x0f07
+    orr x6, x6, x5
+    str x6, [x7]
+    dsb ish
+    lsr x6, x4, #12
+    {tlbi}
+    dsb ish
+    isb
+    ldr x5, [x4]
+    str x5, [x19]
+    {SYSTEM_OFF}"""
+    vm = arm_vm(guest(main))
+    vm.memory.write(REMAPPED_VA, MARK_A.to_bytes(8, "little"))
+    vm.memory.write(REMAPPED_PA, MARK_B.to_bytes(8, "little"))
+    assert vm.run(timeout=5).status == STATUS_OFF
+    # L3[0] was global (nG clear) when its translation was cached: ASIDE1 invalidates only
+    # non-global entries of the ASID, so the old translation survives it
+    expected = MARK_A if "aside1" not in tlbi else MARK_B
+    assert u64(vm, RESULT) == expected
+
+
+# -- hvsim's stage 2 -----------------------------------------------------------------------------
+def test_stage2_tables_map_ram_as_kvm_and_leave_devices_out(arm_vm):
+    vm = arm_vm()
+    mmu = vm.vcpus[0].mmu
+    assert mmu.VTCR_EL2 == 0x8002_3558  # RES1, PS 40 bits, SH0 inner, WBWA, SL0 1, T0SZ 24
+    assert mmu.VTTBR_EL2 >> 48 == 1 and mmu.VTTBR_EL2 & ~(0xFFFF << 48) == vm.arch.stage2_tables.root
+    s2 = mmu.stage2()
+    assert s2.translate(0x4000_1234)[0] == vm.memory.translate(0x4000_1234)
+    steps, pa, fault = s2.steps(0x0900_0000)
+    assert pa is None and fault == "stage-2 translation fault, level 1" and [s.level for s in steps] == [1]
+
+
+def _unmap(vm, ipa):
+    vm.arch.stage2_tables.unmap_page(ipa)
+
+
+def test_unmapped_ipa_is_a_stage2_data_abort_with_esr_far_and_hpfar(arm_vm, recorder):
+    vm = arm_vm(guest(f"{mov64('x1', 0x4300_5000)}\nldr w5, [x1, #0x18]\n{SYSTEM_OFF}"))
+    _unmap(vm, 0x4300_5000)
+    result = vm.run(timeout=5)
+    [exit] = recorder.of(ExitKind.STAGE2_FAULT)
+    rec = exit.raw
+    # EC DABT_LOW, IL, ISV, SAS word, SRT 5, DFSC translation fault level 3
+    assert rec.ESR_EL2 == esr(EC_DABT_LOW, (1 << 24) | (2 << 22) | (5 << 16) | 0x07)
+    assert (rec.FAR_EL2, rec.HPFAR_EL2, exit.address, exit.is_write) == (0x4300_5018, 0x43005 << 4, 0x4300_5018, False)
+    assert result.status == STATUS_GUEST_CRASH
+    assert "ESR_ELx_EC_DABT_LOW at guest-physical 0x43005018 that no handler resolved" in result.reason
+
+
+def test_stage2_abort_under_the_guest_mmu_reports_the_va_and_the_ipa(arm_vm, recorder):
+    main = mmu_on() + f"""
+    {mov64('x4', REMAPPED_VA)}
+    mov x3, #9
+    str x3, [x4, #0x40]!
+    {SYSTEM_OFF}"""
+    vm = arm_vm(guest(main))
+    _unmap(vm, REMAPPED_PA)
+    vm.run(timeout=5)
+    [exit] = recorder.of(ExitKind.STAGE2_FAULT)
+    rec = exit.raw
+    # writeback form: no instruction syndrome (ISV 0), WnR
+    assert rec.ESR_EL2 == esr(EC_DABT_LOW, (1 << 6) | 0x07)
+    assert (rec.FAR_EL2, rec.HPFAR_EL2, exit.address) == (REMAPPED_VA + 0x40, REMAPPED_PA >> 8, REMAPPED_PA + 0x40)
+
+
+def test_stage2_fault_on_a_stage1_table_sets_s1ptw(arm_vm, recorder):
+    main = mmu_on() + f"""
+    {mov64('x4', UNMAPPED_TABLE_VA)}
+    ldr x5, [x4, #0x48]
+    {SYSTEM_OFF}"""
+    vm = arm_vm(guest(main))
+    _unmap(vm, UNMAPPED_TABLE_IPA)
+    vm.run(timeout=5)
+    [exit] = recorder.of(ExitKind.STAGE2_FAULT)
+    rec = exit.raw
+    assert rec.ESR_EL2 == esr(EC_DABT_LOW, (1 << 7) | 0x07)  # S1PTW, no ISV, WnR 0, level 3
+    assert (rec.FAR_EL2, rec.HPFAR_EL2, exit.address) == (UNMAPPED_TABLE_VA + 0x48, UNMAPPED_TABLE_IPA >> 8,
+                                                         UNMAPPED_TABLE_IPA)
+
+
+class MakeWritable:
+    """A VMM that resolves stage-2 permission faults by granting write, as KVM does for a
+    dirty-logged page: set S2AP[1], TLBI IPAS2E1IS, TLBI VMALLE1IS, resume."""
+
+    def __init__(self) -> None:
+        self.resolved = []
+
+    @hookimpl
+    def hvsim_exit_handlers(self, vm, registry):
+        default = registry.get(ExitKind.STAGE2_FAULT)
+
+        def handle(vcpu, exit):
+            if exit.raw.DFSC & 0x3C != 0x0C:  # not a permission fault
+                return default(vcpu, exit)
+            vm.arch.stage2_tables.set_page(exit.address, stage2.S2AP_W)
+            vcpu.mmu.tlbi("IPAS2E1IS", exit.address)
+            vcpu.mmu.tlbi("VMALLE1IS")
+            self.resolved.append(exit)
+
+        registry.add(ExitKind.STAGE2_FAULT, handle)
+
+
+def test_stage2_permission_fault_resolved_by_the_vmm_and_the_store_retried(arm_vm, hvsim_pm, recorder):
+    vmm = MakeWritable()
+    hvsim_pm.register(vmm, name="make-writable")
+    code = f"""
+    {mov64('x1', 0x4300_6000)}
+    ldr x5, [x1, #8]
+    {mov64('x3', 0x1122_3344_5566_7788)}
+    str x3, [x1, #8]
+    ldr x6, [x1, #8]
+    movz x19, #0x4140, lsl #16
+    str x6, [x19]
+    {SYSTEM_OFF}"""
+    vm = arm_vm(guest(code))
+    vm.arch.stage2_tables.set_page(0x4300_6000, clear_bits=stage2.S2AP_W)
+    assert vm.run(timeout=5).status == STATUS_OFF
+    [exit] = vmm.resolved
+    rec = exit.raw
+    # EC DABT_LOW, ISV, SAS doubleword, SRT 3, SF, WnR, DFSC permission fault level 3
+    assert rec.ESR_EL2 == esr(EC_DABT_LOW, (1 << 24) | (3 << 22) | (3 << 16) | (1 << 15) | (1 << 6) | 0x0F)
+    assert (rec.FAR_EL2, exit.address, exit.size) == (0x4300_6008, 0x4300_6008, 8)
+    assert u64(vm, 0x4300_6008) == u64(vm, RESULT) == 0x1122_3344_5566_7788
+    assert len(recorder.of(ExitKind.STAGE2_FAULT)) == 1
+
+
+class Remapper:
+    """A VMM with three vendor hypercalls: point IPA 0x4300_A000 at the memory of IPA 0x4300_B000
+    (no invalidation), TLBI IPAS2E1IS for it, TLBI VMALLE1IS."""
+
+    @hookimpl
+    def hvsim_exit_handlers(self, vm, registry):
+        def handle(vcpu, exit):
+            fid = vcpu.smccc_x0 & 0xFFFF_FFFF
+            tables = vm.arch.stage2_tables
+            if fid == HVC_REMAP:
+                tables.map_page(0x4300_A000, vm.memory.translate(0x4300_B000))
+            elif fid == HVC_FLUSH_IPA:
+                vcpu.mmu.tlbi("IPAS2E1IS", 0x4300_A000)
+            elif fid == HVC_FLUSH_ALL:
+                vcpu.mmu.tlbi("VMALLE1IS")
+            else:
+                return psci.handle_hvc(vcpu, exit)
+            vcpu.smccc_return(0)
+
+        registry.add(ExitKind.HYPERCALL, handle)
+
+
+def test_a_stage2_change_is_seen_only_after_the_vmm_invalidates(arm_vm, hvsim_pm):
+    """Without TLBI the old IPA mapping stays; TLBI IPAS2E1IS drops the stage-2 entry only,
+    the combined stage 1+2 entry stays until TLBI VMALLE1IS (KVM issues both)."""
+    hvsim_pm.register(Remapper(), name="remapper")
+    reads = []
+    for n, fid in enumerate((HVC_REMAP, HVC_FLUSH_IPA, HVC_FLUSH_ALL)):
+        reads.append(f"{w0(fid)}\nhvc #0\nldr x5, [x1]\nstr x5, [x19, #{8 * (n + 1)}]")
+    code = f"""
+    {mov64('x1', 0x4300_A000)}
+    movz x19, #0x4140, lsl #16
+    ldr x5, [x1]
+    str x5, [x19]
+    {chr(10).join(reads)}
+    {SYSTEM_OFF}"""
+    vm = arm_vm(guest(code))
+    vm.memory.write(0x4300_A000, MARK_A.to_bytes(8, "little"))
+    vm.memory.write(0x4300_B000, MARK_B.to_bytes(8, "little"))
+    assert vm.run(timeout=5).status == STATUS_OFF
+    assert [u64(vm, RESULT + 8 * i) for i in range(4)] == [MARK_A, MARK_A, MARK_A, MARK_B]
+
+
+def test_stage2_invalidation_rejects_unknown_operations(arm_vm):
+    mmu = arm_vm().vcpus[0].mmu
+    with pytest.raises(ValueError, match="unknown TLBI"):
+        mmu.tlbi("VAE2")
+    with pytest.raises(ValueError, match="needs the IPA"):
+        mmu.tlbi("IPAS2E1IS")
