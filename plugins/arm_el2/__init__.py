@@ -45,6 +45,8 @@ class ArmEl2Arch(Arch):
         "EL2 registers": "vcpu.el2.hcr (HCR_EL2), vcpu.el2.cptr (CPTR_EL2); KVM's HCR_EL2 by default",
         "traps": "WFI (TWI), SMC (TSC), MRS/MSR (TVM, TRVM, TID1-3, TACR) with ESR_EL2 syndromes",
         "MMIO": "stage-2 data aborts with the instruction syndrome (ISV, SAS, SRT, WnR)",
+        "memory": "guest stage 1 (VMSAv8-64) and stage 2 (VTTBR_EL2/VTCR_EL2) in Unicorn's TLB; "
+                  "VMID/ASID-tagged TLB model, guest TLBI, vcpu.mmu.tlbi() for the hypervisor's",
         "virtual exceptions": "IRQ, FIQ, SError to the guest's VBAR_EL1",
         "boot": "Linux arm64 Image, ELF64, raw; device tree in X0",
         "platform": "QEMU virt: RAM 0x4000_0000, PL011 0x0900_0000",

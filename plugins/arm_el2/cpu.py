@@ -2,8 +2,9 @@
 
 The engine is set up the way a hypervisor leaves a CPU before ERET to a guest: SCR_EL3.{NS,
 HCE,RW} and HCR_EL2.RW so EL1 is AArch64 and HVC traps (Arm ARM D23.2 SCR_EL3, HCR_EL2),
-VMPIDR_EL2 so the guest's MPIDR_EL1 reads name this vCPU. Guest RAM is the VM's host memory
-mapped with ``mem_map_ptr``; MMIO goes through :mod:`.mmio`.
+VMPIDR_EL2 so the guest's MPIDR_EL1 reads name this vCPU. Host memory is mapped once, high in
+the engine's physical space; the engine runs in virtual-TLB mode and :mod:`.mmu` fills it with
+the guest's stage 1 and hvsim's stage 2 (VTTBR_EL2 / VTCR_EL2). MMIO goes through :mod:`.mmio`.
 
 What traps to "EL2" and how (see ../shared/notes/unicorn-facts.md):
 
@@ -15,9 +16,11 @@ What traps to "EL2" and how (see ../shared/notes/unicorn-facts.md):
   treats an SMC as an SMCCC call; without TSC it is UNDEFINED (QEMU virt has no EL3).
 - MRS/MSR of the registers HCR_EL2.TVM/TRVM/TID1/TID2/TID3/TACR trap: SYSREG exits (EC 0x18),
   completed inside the engine (:mod:`.traps`).
-- Loads and stores to IPAs without RAM: MMIO exits (EC 0x24), completed inside the engine.
-- SVC, BRK, undefined instructions and the guest's own MMU faults are the guest's business:
-  they go to its VBAR_EL1 vectors (:mod:`.exceptions`), as on hardware with nothing trapped.
+- Loads and stores to IPAs where a device sits: MMIO exits (EC 0x24), completed inside the
+  engine. Any other stage-2 fault (an IPA nothing backs, a descriptor the hypervisor changed):
+  a STAGE2_FAULT exit (EC 0x24 / 0x20), after which the instruction is retried.
+- SVC, BRK, undefined instructions and the guest's own stage-1 faults are the guest's
+  business: they go to its VBAR_EL1 vectors (:mod:`.exceptions`), as on hardware.
 - An instruction fetch from an IPA without RAM is reported to the guest as a synchronous
   external abort, as KVM does; if its vector table is not there either, the run ends.
 """

@@ -4,11 +4,12 @@ On hardware a guest access to an IPA that stage 2 leaves unmapped traps to EL2 w
 ESR_EL2.EC = 0x24 (Data Abort from a lower EL), FAR_EL2 = the VA, HPFAR_EL2 = the IPA page,
 and an instruction syndrome (ISV, SAS, SSE, SRT, SF, AR, WnR) that lets the hypervisor emulate
 the access without decoding (Arm ARM D24.2 ESR_EL2, "ISS encoding for an exception from a
-Data Abort"; KVM's io_mem_abort()). hvsim does the same: every MMIO claim on the bus, and every
-other unbacked page the guest touches, is mapped with Unicorn's ``mmio_map``; each access
-becomes an ``ExitKind.MMIO`` exit dispatched through ``vm.dispatch``. An access nobody claims
-therefore reaches the core's MMIO handler and ends the run as a guest crash, as KVM hands it to
-a VMM that has no device there (QEMU's TCG would instead answer with an external abort).
+Data Abort"; KVM's io_mem_abort()). hvsim does the same: every MMIO claim on the bus is mapped
+with Unicorn's ``mmio_map`` at its IPA, and the TLB fill (:mod:`.mmu`) answers a stage-2
+translation fault there with that page; each access becomes an ``ExitKind.MMIO`` exit
+dispatched through ``vm.dispatch``. With an ``hvsim_mmio`` plugin any IPA that is not RAM is
+mapped so on first touch; without one, an access nobody claims is a STAGE2_FAULT exit whose
+default handler ends the run as a guest crash, as KVM hands it to a VMM with no device there.
 
 Which instruction made the access: Unicorn does not update PC before an MMIO callback (PC is
 wherever it was last synced, measured), so the syndrome cannot come from reading PC there. But

@@ -61,7 +61,7 @@ class MaintenanceSites:
         self._handles: dict[int, int] = {}
         self._uch = ctypes.c_void_p(vcpu.uc._uch.value)
         self._buf = ctypes.create_string_buffer(_MAX_BLOCK)
-        self._callback = self._code_hook()
+        self._callbacks = {"tlbi": self._code_hook(), "msr": self._msr_hook()}
         vcpu.hooks.add(UC_HOOK_EDGE_GENERATED, EDGE_CB, self._on_edge)
 
     def _code_hook(self):
@@ -71,16 +71,22 @@ class MaintenanceSites:
             try:
                 site = sites.get(address)
                 if site is None:
-                    return
+                    return  # no longer a TLBI the model knows (the code there was rewritten)
                 kind, what, rt = site
                 if kind == "tlbi":
                     vcpu.mmu.on_guest_tlbi(what, vcpu.xreg_zr(rt))
-                else:
-                    vcpu.mmu.context_changed()
             except BaseException as exc:  # noqa: BLE001 (re-raised by the vCPU's run)
                 fail(exc)
 
         return on_site
+
+    def _msr_hook(self):
+        mmu = self.vcpu.mmu
+
+        def on_msr(_uch, _address, _size, _ud):  # the next fill reads the context again
+            mmu._ctx = None
+
+        return on_msr
 
     def _scan(self, pc: int, size: int) -> bool:
         """Record the sites in the block at ``pc``; True when one got a new hook."""
@@ -98,9 +104,12 @@ class MaintenanceSites:
             if site is None:
                 continue
             address = pc + 4 * i
+            old = self.sites.get(address)
             self.sites[address] = site
+            if old is not None and old[0] != site[0]:  # code rewritten: the other callback
+                self.vcpu.hooks.delete(self._handles.pop(address))
             if address not in self._handles:
-                self._handles[address] = self.vcpu.hooks.add(UC_HOOK_CODE, HOOK_CODE, self._callback,
+                self._handles[address] = self.vcpu.hooks.add(UC_HOOK_CODE, HOOK_CODE, self._callbacks[site[0]],
                                                              address, address)
                 new = True
         return new

@@ -398,3 +398,68 @@ def test_stage2_invalidation_rejects_unknown_operations(arm_vm):
         mmu.tlbi("VAE2")
     with pytest.raises(ValueError, match="needs the IPA"):
         mmu.tlbi("IPAS2E1IS")
+
+
+def test_el0_access_to_a_page_without_ap1_is_a_permission_fault_from_the_lower_el(run_guest):
+    """AP[2:1] = 0b00: EL1 only. The EL0 load is a Data Abort from a lower EL (EC 0x24) at
+    the lower-EL vector; EL0 still executes that memory (UXN clear)."""
+    main = mmu_on() + f"""
+    adr x1, el0_code
+    msr elr_el1, x1
+    msr spsr_el1, xzr
+    adr x20, el0_after
+    eret
+el0_code:
+    {mov64('x4', REMAPPED_VA)}
+    ldr x5, [x4, #0x50]
+el0_after:
+    svc #0xffff
+"""
+    vm, result = run_guest(guest(main))
+    assert result.status == STATUS_OFF
+    (vector, esr_el1, _elr, far, spsr), (vector2, esr2, *_rest) = log_records(vm, 2)
+    assert (vector, esr_el1, far, spsr & 0xF) == (0x400, esr(EC_DABT_LOW, 0x0F), REMAPPED_VA + 0x50, 0)
+    assert (vector2, esr2) == (0x400, 0x5600_FFFF)
+
+
+def test_ng_translations_are_tagged_by_asid_and_survive_an_address_space_switch(arm_vm):
+    """nG entries belong to the ASID in TTBR0_EL1[63:48] (TCR_EL1.A1 = 0): switching to ASID 1
+    walks the changed tables, switching back finds ASID 0's stale entry, TLBI ASIDE1 drops it."""
+    main = mmu_on() + f"""
+    movz x4, #0x4300, lsl #16
+    movz x5, #0x0f07
+    orr x4, x4, x5
+    str x4, [x7]
+    dsb ish
+    tlbi vmalle1
+    dsb ish
+    isb
+    {mov64('x4', REMAPPED_VA)}
+    ldr x5, [x4]
+    str x5, [x19]
+    movz x6, #0x4200, lsl #16
+    movz x5, #0x0f07
+    orr x6, x6, x5
+    str x6, [x7]
+    dsb ish
+    movz x8, #1, lsl #48
+    orr x8, x8, x1
+    msr ttbr0_el1, x8
+    isb
+    ldr x5, [x4]
+    str x5, [x19, #8]
+    msr ttbr0_el1, x1
+    isb
+    ldr x5, [x4]
+    str x5, [x19, #16]
+    tlbi aside1, xzr
+    dsb ish
+    isb
+    ldr x5, [x4]
+    str x5, [x19, #24]
+    {SYSTEM_OFF}"""
+    vm = arm_vm(guest(main))
+    vm.memory.write(REMAPPED_VA, MARK_A.to_bytes(8, "little"))
+    vm.memory.write(REMAPPED_PA, MARK_B.to_bytes(8, "little"))
+    assert vm.run(timeout=5).status == STATUS_OFF
+    assert [u64(vm, RESULT + 8 * i) for i in range(4)] == [MARK_B, MARK_A, MARK_B, MARK_A]
