@@ -73,6 +73,8 @@ _XREGS = [UC_ARM64_REG_X0 + n for n in range(29)] + [UC_ARM64_REG_X29, UC_ARM64_
 _lib = ctypes.CDLL(uclib._name)
 _vmem_read = _lib.uc_vmem_read
 _vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+_vmem_translate = _lib.uc_vmem_translate
+_vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p]
 _reg_read_batch = _lib.uc_reg_read_batch
 _reg_write = _lib.uc_reg_write
 
@@ -179,6 +181,13 @@ class Arm64Vcpu(Vcpu):
         if exceptions.current_el(self.regs.read(UC_ARM64_REG_PSTATE)) == 0:
             access |= Access.USER
         return self.mmu.va_to_ipa(va, access)
+
+    def engine_address(self, va: int, is_write: bool = False) -> int | None:
+        """Where the engine's TLB puts ``va`` (filling it on a miss): an MMIO page's IPA, or
+        HOST_PHYS_BASE + the host-physical address of RAM; None when the translation faults."""
+        pa = ctypes.c_uint64()
+        prot = 2 if is_write else 1  # UC_PROT_WRITE, UC_PROT_READ
+        return pa.value if _vmem_translate(self._uch, va, prot, ctypes.byref(pa)) == 0 else None
 
     def is_mapped_code(self, va: int) -> bool:
         pa = self.translate(va, execute=True)

@@ -227,7 +227,7 @@ class MmioTrap:
         else:
             va = insn.address(self.vcpu.xreg, site.pc)
             if va != site.va or ipa != site.ipa:
-                pa = self.vcpu.translate(va, is_write)
+                pa = self.vcpu.engine_address(va, is_write)  # MMIO pages sit at their IPA
                 if pa is None or not 0 <= ipa - pa < insn.total:
                     return False
         if insn.is_load is None:  # either direction: no record to reuse

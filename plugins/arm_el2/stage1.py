@@ -65,7 +65,7 @@ def translate(read_u64, va, tcr, ttbr0, ttbr1, access, write_u64=None, sctlr=0) 
         granule, hpd = _TG0.get((tcr >> 14) & 3, 12), tcr & TCR_HPD0
     steps: list[WalkStep] = []
     top = 56 if tbi else 64
-    inputsize = 64 - max(txsz, 16)  # T0SZ/T1SZ below 16 behave as 16 (48-bit VAs)
+    inputsize = 64 - min(max(txsz, 16), 39)  # TxSZ is used as if 16..39 (48-bit to 25-bit VAs)
     high = (va & ((1 << top) - 1)) >> inputsize
     if epd or high != (((1 << (top - inputsize)) - 1) if upper else 0):
         return Walk(None, steps, "translation fault, level 0 (VA outside the table's range)",

@@ -463,3 +463,65 @@ def test_ng_translations_are_tagged_by_asid_and_survive_an_address_space_switch(
     vm.memory.write(REMAPPED_PA, MARK_B.to_bytes(8, "little"))
     assert vm.run(timeout=5).status == STATUS_OFF
     assert [u64(vm, RESULT + 8 * i) for i in range(4)] == [MARK_B, MARK_A, MARK_B, MARK_A]
+
+
+def test_a_64k_granule_guest_translates_through_a_512m_block_and_a_64k_page(arm_vm):
+    """TCR_EL1.TG0 = 0b01: 64 KiB pages, 13 index bits a level; a 39-bit VA starts at level 2,
+    whose entries are 512 MiB blocks. VA 0x6000_0000 + 64 KiB goes through L3[0] to 0x4300_0000."""
+    main = f"""
+    movz x1, #0x4181, lsl #16
+    add x2, x1, #0x10, lsl #12
+    movz x3, #0x4000, lsl #16
+    movz x5, #0x0705
+    orr x3, x3, x5
+    str x3, [x1, #16]
+    orr x3, x2, #3
+    str x3, [x1, #24]
+    movz x3, #0x4300, lsl #16
+    movz x5, #0x0707
+    orr x3, x3, x5
+    str x3, [x2]
+    movz x3, #0xff00
+    msr mair_el1, x3
+    movz x3, #0x7519
+    movk x3, #0x0080, lsl #16
+    movk x3, #0x0002, lsl #32
+    msr tcr_el1, x3
+    msr ttbr0_el1, x1
+    isb
+    mrs x3, sctlr_el1
+    orr x3, x3, #1
+    msr sctlr_el1, x3
+    isb
+    movz x19, #0x4140, lsl #16
+    movz x4, #0x6000, lsl #16
+    movk x4, #0x8010
+    ldr x5, [x4]
+    str x5, [x19]
+    {SYSTEM_OFF}"""
+    vm = arm_vm(guest(main))
+    vm.memory.write(REMAPPED_PA + 0x8010, MARK_B.to_bytes(8, "little"))
+    assert vm.run(timeout=5).status == STATUS_OFF
+    assert u64(vm, RESULT) == MARK_B
+    walk = vm.vcpus[0].stage1_walk(0x6000_8010, 0)
+    assert walk.address == REMAPPED_PA + 0x8010 and [s.level for s in walk.steps] == [2, 3]
+    assert walk.page_size == 0x1_0000
+
+
+@pytest.mark.parametrize("change, ifsc", [("unmap", 0x07), ("xn", 0x0F)], ids=["unmapped", "XN"])
+def test_a_fetch_stage2_refuses_is_an_instruction_abort_exit(arm_vm, recorder, change, ifsc):
+    """Stage 2 has no entry (translation fault) or XN[1:0] = 0b10 (permission fault) for the
+    page the guest branches to: EC 0x20, IFSC with level 3, no WnR, FAR_EL2 = the target."""
+    target = 0x4300_C000
+    vm = arm_vm(guest(f"{mov64('x4', target + 0x20)}\nbr x4\n{SYSTEM_OFF}"))
+    vm.memory.write(target + 0x20, (0xD503201F).to_bytes(4, "little"))  # NOP
+    tables = vm.arch.stage2_tables
+    if change == "unmap":
+        tables.unmap_page(target)
+    else:
+        tables.set_page(target, 0b10 << stage2.XN_SHIFT)
+    result = vm.run(timeout=5)
+    [exit] = recorder.of(ExitKind.STAGE2_FAULT)
+    assert exit.raw.ESR_EL2 == esr(EC_IABT_LOW, ifsc)
+    assert (exit.raw.FAR_EL2, exit.raw.HPFAR_EL2, exit.address) == (target + 0x20, target >> 8, target + 0x20)
+    assert result.status == STATUS_GUEST_CRASH and "ESR_ELx_EC_IABT_LOW at guest-physical 0x4300c020" in result.reason
