@@ -525,3 +525,25 @@ def test_a_fetch_stage2_refuses_is_an_instruction_abort_exit(arm_vm, recorder, c
     assert exit.raw.ESR_EL2 == esr(EC_IABT_LOW, ifsc)
     assert (exit.raw.FAR_EL2, exit.raw.HPFAR_EL2, exit.address) == (target + 0x20, target >> 8, target + 0x20)
     assert result.status == STATUS_GUEST_CRASH and "ESR_ELx_EC_IABT_LOW at guest-physical 0x4300c020" in result.reason
+
+
+@pytest.mark.parametrize("ha", [False, True], ids=["fault", "VTCR_EL2.HA"])
+def test_stage2_access_flag_clear_faults_to_el2_or_is_set_by_the_walk(arm_vm, recorder, ha):
+    """A stage-2 descriptor with AF = 0: an Access flag fault (DFSC 0b001011) to EL2, or with
+    VTCR_EL2.HA (FEAT_HAFDBS) the walk sets AF and the access completes."""
+    ipa = 0x4300_D000
+    vm = arm_vm(guest(f"{mov64('x1', ipa)}\nmov x2, #5\nstr x2, [x1, #0x10]\n{SYSTEM_OFF}"))
+    tables = vm.arch.stage2_tables
+    tables.set_page(ipa, clear_bits=stage2.DESC_AF)
+    mmu = vm.vcpus[0].mmu
+    if ha:
+        mmu.set_stage2(mmu.VTTBR_EL2, mmu.VTCR_EL2 | stage2.VTCR_HA)
+    result = vm.run(timeout=5)
+    faults = recorder.of(ExitKind.STAGE2_FAULT)
+    if ha:
+        assert result.status == STATUS_OFF and not faults
+        assert u64(vm, ipa + 0x10) == 5 and int.from_bytes(vm.host.read(tables.page_descriptor(ipa), 8), "little") & stage2.DESC_AF
+    else:
+        [exit] = faults
+        assert exit.raw.ESR_EL2 == esr(EC_DABT_LOW, (1 << 24) | (3 << 22) | (2 << 16) | (1 << 15) | (1 << 6) | 0x0B)
+        assert result.status == STATUS_GUEST_CRASH
