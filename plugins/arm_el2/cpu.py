@@ -227,8 +227,9 @@ class Arm64Vcpu(Vcpu):
             if traps.hooks_stale():
                 traps.sync_hooks()
             pc = regs.read(UC_ARM64_REG_PC)
-            traps.prescan(pc)
-            self.tlbi_sites.prescan(pc)
+            if mmu.fetchable(pc):  # else the fetch faults in emu_start, which reports it
+                traps.prescan(pc)
+                self.tlbi_sites.prescan(pc)
             mmu.pending = None
             self._in_engine = True
             try:

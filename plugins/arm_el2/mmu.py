@@ -185,8 +185,8 @@ class Arm64Mmu:
                 fault.fetch = need == PERM_X  # the walk was for a fetch: an Instruction Abort
             else:
                 mmio = self._mmio_page(fault)
-                if mmio is not None:
-                    return mmio, PERM_R | PERM_W
+                if mmio is not None:  # what stage 1 allows: a write to a read-only VA walks again
+                    return mmio, perms1 & (PERM_R | PERM_W)
             fault.gla = vaddr
             self.pending = fault
             return None
@@ -195,6 +195,14 @@ class Arm64Mmu:
         self.tlb.insert(tag, asid, vpn, el0,
                         TlbEntry(paddr, perms, w.user, w.global_, w.page_size))
         return paddr, perms
+
+    def fetchable(self, pc: int) -> bool:
+        """Can the engine fetch at ``pc``? Asked before anything makes Unicorn translate a block
+        outside ``emu_start`` (``ctl_request_cache``): a refused fill there crashes the process
+        (measured), where inside ``emu_start`` it is the fault the run loop takes."""
+        ok = self.fill(pc & ~0xFFF, ACCESS_FETCH) is not None
+        self.pending = None
+        return ok
 
     def _mmio_page(self, fault: Stage2Fault) -> int | None:
         """A stage-2 translation fault where a device sits is MMIO, as under KVM: the page is the

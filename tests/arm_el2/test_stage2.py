@@ -547,3 +547,45 @@ def test_stage2_access_flag_clear_faults_to_el2_or_is_set_by_the_walk(arm_vm, re
         [exit] = faults
         assert exit.raw.ESR_EL2 == esr(EC_DABT_LOW, (1 << 24) | (3 << 22) | (2 << 16) | (1 << 15) | (1 << 6) | 0x0B)
         assert result.status == STATUS_GUEST_CRASH
+
+
+def test_a_vmm_can_program_a_64k_granule_stage2_with_512m_blocks(arm_vm, recorder):
+    """VTCR_EL2.TG0 = 0b01, T0SZ 24, SL0 = 0b01: the walk starts at level 2 (2048 entries of
+    512 MiB blocks). IPA 0x4000_0000 + 512 MiB is one block; IPA 0x6000_0000 has no entry."""
+    code = f"""
+    {mov64('x1', 0x4300_0010)}
+    ldr x5, [x1]
+    movz x19, #0x4140, lsl #16
+    str x5, [x19]
+    movz x1, #0x6000, lsl #16
+    ldr x6, [x1, #0x20]
+    {SYSTEM_OFF}"""
+    vm = arm_vm(guest(code))
+    [slot] = vm.memory.slots
+    assert slot.hpa % (512 << 20) == 0
+    root = vm.arch.hv_area  # the first half of the hypervisor area is free on arm_el2
+    vm.host.write(root, bytes(0x4000))
+    vm.host.write(root + 8 * 2, (slot.hpa | stage2.PAGE_DEFAULT | 1).to_bytes(8, "little"))
+    vtcr = stage2.VTCR_RES1 | (0b010 << stage2.VTCR_PS_SHIFT) | (stage2.TG0_64K << stage2.VTCR_TG0_SHIFT) \
+        | (1 << stage2.VTCR_SL0_SHIFT) | 24
+    vm.vcpus[0].mmu.set_stage2((2 << 48) | root, vtcr)
+    vm.memory.write(0x4300_0010, MARK_B.to_bytes(8, "little"))
+    result = vm.run(timeout=5)
+    assert u64(vm, RESULT) == MARK_B
+    [exit] = recorder.of(ExitKind.STAGE2_FAULT)
+    assert exit.raw.DFSC == 0x06 and (exit.raw.FAR_EL2, exit.address) == (0x6000_0020, 0x6000_0020)
+    assert vm.vcpus[0].mmu.stage2().vmid == 2
+    assert result.status == STATUS_GUEST_CRASH
+
+
+def test_an_inconsistent_vtcr_faults_the_first_fetch_at_level_0(arm_vm, recorder):
+    """4 KiB granule, T0SZ 24 (40 bits) with SL0 = 0b00 (start at level 2) would need 512
+    concatenated tables: every walk is a stage-2 translation fault at level 0."""
+    vm = arm_vm(guest(SYSTEM_OFF))
+    mmu = vm.vcpus[0].mmu
+    mmu.set_stage2(mmu.VTTBR_EL2, mmu.VTCR_EL2 & ~(3 << stage2.VTCR_SL0_SHIFT))
+    result = vm.run(timeout=5)
+    [exit] = recorder.of(ExitKind.STAGE2_FAULT)
+    assert exit.raw.ESR_EL2 == esr(EC_IABT_LOW, 0x04)
+    assert exit.raw.FAR_EL2 == vm.arch.boot_state.entry
+    assert result.status == STATUS_GUEST_CRASH
