@@ -9,6 +9,7 @@ the VMM side is a test plugin that edits hvsim's stage-2 tables and invalidates 
 from __future__ import annotations
 
 import pytest
+from unicorn.arm64_const import UC_ARM64_REG_X23
 
 from el2guest import LOG, SYSTEM_OFF, guest, log_records, u64, w0
 from hvsim import hookimpl
@@ -103,11 +104,6 @@ def mov64(reg: str, value: int) -> str:
     return "\n".join(parts)
 
 
-@pytest.fixture
-def tables_of():
-    return lambda vm: vm.arch.stage2_tables
-
-
 # -- the guest's own stage 1 ---------------------------------------------------------------------
 def test_guest_mmu_with_its_own_tables_reads_through_a_remapped_page(arm_vm):
     main = mmu_on() + f"""
@@ -153,7 +149,7 @@ after:
     assert vector == CUR_SPX_SYNC
     assert esr_el1 == esr(EC_DABT_CUR, iss)
     assert far == va + 0x28
-    assert elr == vm.vcpus[0].regs.read(__import__("unicorn").arm64_const.UC_ARM64_REG_X23)
+    assert elr == vm.vcpus[0].regs.read(UC_ARM64_REG_X23)
     assert not recorder.of(ExitKind.STAGE2_FAULT)  # the guest's own business
 
 
