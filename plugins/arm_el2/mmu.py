@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 
-from unicorn.arm64_const import UC_ARM64_REG_PC, UC_ARM64_REG_PSTATE, UC_ARM64_REG_VBAR_EL1
+from unicorn.arm64_const import UC_ARM64_REG_MAIR_EL1, UC_ARM64_REG_PC, UC_ARM64_REG_PSTATE, UC_ARM64_REG_VBAR_EL1
 
 from hvsim.core.exits import Exit, ExitKind
 from hvsim.core.memory import Access, Walk
@@ -45,6 +45,7 @@ _MMU_OFF = -1  # the "ASID" of translations made with stage 1 off (VA = IPA)
 _NO_STAGE2 = -1  # the tag of translations made with HCR_EL2.VM = 0
 PA_BITS = 48  # with stage 1 off, a VA at or above 2^48 is an address size fault (D8, "PAMax")
 _U64 = struct.Struct("<Q")
+_PA_MASK = 0x0000_FFFF_FFFF_F000
 _NEED = {ACCESS_WRITE: PERM_W, ACCESS_FETCH: PERM_X}
 
 # The guest's TLBI operations by (op1, CRm, op2) of SYS #op1, C8, Cm, #op2 (C5.5 "A64 system
@@ -301,6 +302,28 @@ class Arm64Mmu:
                 each.invalidate()
             self.tlb.invalidate()
         self.engine.flush()
+
+    # -- address translation instructions ------------------------------------------------------
+    def par_for(self, op2: int, va: int) -> int:
+        """PAR_EL1 after AT S1E1R/S1E1W/S1E0R/S1E0W (op2 0-3) of ``va`` (D23.2 "PAR_EL1"):
+        F = 0 with PA [47:12] (the IPA, stage 1 only), SH [8:7], NS [9], ATTR [63:56] from
+        MAIR_EL1; or F = 1 with FST [6:1]; bit 11 is RES1. The engine's own AT walks QEMU's
+        tables on the engine's physical space, so hvsim computes the result from its walk. A
+        stage-2 fault on the walk is reported with PTW [8] and S [9] (hardware takes it to EL2
+        as an abort instead: not modelled)."""
+        access = (Access.WRITE if op2 & 1 else Access.READ) | (Access.USER if op2 & 2 else 0)
+        try:
+            w, _perms = self.walk(va, access)
+        except Stage2Fault as fault:
+            return (1 << 11) | (1 << 9) | (1 << 8) | ((fault.syndrome & 0x3F) << 1) | 1
+        if w.fault:
+            return (1 << 11) | ((w.error_code & 0x3F) << 1) | 1
+        if not w.steps:  # stage 1 off: Device-nGnRnE, outer shareable
+            return (1 << 11) | (1 << 9) | (0b10 << 7) | (w.address & _PA_MASK)
+        desc = w.steps[-1].value
+        mair = self.regs.read(UC_ARM64_REG_MAIR_EL1)
+        attr = (mair >> (8 * ((desc >> 2) & 7))) & 0xFF
+        return (attr << 56) | (1 << 11) | (1 << 9) | (((desc >> 8) & 3) << 7) | (w.address & _PA_MASK)
 
     # -- Python's own accesses at virtual addresses ------------------------------------------------
     def va_to_ipa(self, va: int, access: Access) -> int | None:

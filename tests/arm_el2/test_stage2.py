@@ -585,3 +585,30 @@ def test_an_inconsistent_vtcr_faults_the_first_fetch_at_level_0(arm_vm, recorder
     assert exit.raw.ESR_EL2 == esr(EC_IABT_LOW, 0x04)
     assert exit.raw.FAR_EL2 == vm.arch.boot_state.entry
     assert result.status == STATUS_GUEST_CRASH
+
+
+def test_at_s1e1r_reports_the_guest_translation_in_par_el1(run_guest):
+    """AT S1E1R through hvsim's walk (D23.2 PAR_EL1): F = 0 with the IPA, ATTR = MAIR_EL1
+    attribute 1 (0xFF), SH inner (0b11), NS, bit 11 RES1; F = 1 with FST = translation fault
+    level 3 for the invalid page; AT S1E1W of the read-only page: permission fault level 3."""
+    main = mmu_on() + f"""
+    {mov64('x4', REMAPPED_VA + 0x10)}
+    at s1e1r, x4
+    isb
+    mrs x5, par_el1
+    str x5, [x19]
+    {mov64('x4', INVALID_VA)}
+    at s1e1r, x4
+    isb
+    mrs x5, par_el1
+    str x5, [x19, #8]
+    {mov64('x4', READ_ONLY_VA)}
+    at s1e1w, x4
+    isb
+    mrs x5, par_el1
+    str x5, [x19, #16]
+    {SYSTEM_OFF}"""
+    vm, result = run_guest(guest(main))
+    assert result.status == STATUS_OFF
+    assert [u64(vm, RESULT + 8 * i) for i in range(3)] == [
+        0xFF << 56 | REMAPPED_PA | 1 << 11 | 1 << 9 | 0b11 << 7, 1 << 11 | 0x07 << 1 | 1, 1 << 11 | 0x0F << 1 | 1]
