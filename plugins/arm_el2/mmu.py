@@ -47,6 +47,9 @@ PA_BITS = 48  # with stage 1 off, a VA at or above 2^48 is an address size fault
 _U64 = struct.Struct("<Q")
 _PA_MASK = 0x0000_FFFF_FFFF_F000
 _NEED = {ACCESS_WRITE: PERM_W, ACCESS_FETCH: PERM_X}
+_MODE = {PERM_R: int(Access.READ), PERM_W: int(Access.WRITE), PERM_X: int(Access.EXECUTE)}
+_USER = int(Access.USER)
+_WALK_CACHE_MAX = 1 << 16
 
 # The guest's TLBI operations by (op1, CRm, op2) of SYS #op1, C8, Cm, #op2 (C5.5 "A64 system
 # instructions for TLB maintenance"): (name, scope, last level only, inner/outer shareable).
@@ -80,6 +83,9 @@ class Arm64Mmu:
         self.VTTBR_EL2 = tables.vttbr(vmid) if tables is not None else 0  # noqa: N815
         self.VTCR_EL2 = tables.vtcr if tables is not None else 0  # noqa: N815
         self._stage2s: dict[tuple[int, int], Stage2] = {}
+        # A walk cache (D8.13: intermediate entries may be cached): valid table descriptors by
+        # their IPA, dropped on any TLB invalidation, the guest's or the hypervisor's.
+        self.walk_cache: dict[int, int] = {}
         self.pending: Exception | None = None  # the fault a refused fill left for the vCPU
         self._ctx: tuple | None = None
         self._pstate = UC_ARM64_REG_PSTATE
@@ -113,6 +119,7 @@ class Arm64Mmu:
     def set_stage2(self, vttbr: int, vtcr: int) -> None:
         """Program VTTBR_EL2 and VTCR_EL2 (the hypervisor's writes; the TLB keeps what it has)."""
         self.VTTBR_EL2, self.VTCR_EL2 = vttbr, vtcr
+        self.walk_cache.clear()
         self._ctx = None
 
     # -- stage 2 as the walk sees it ---------------------------------------------------------
@@ -134,9 +141,12 @@ class Arm64Mmu:
         return pa, perms
 
     def _walker(self, s2, el0: bool, look_only: bool):
-        view, u64 = self.host.view, _U64
+        view, u64, cache = self.host.view, _U64, self.walk_cache
 
         def read_u64(ipa: int) -> int:
+            value = cache.get(ipa)
+            if value is not None:
+                return value
             return u64.unpack_from(view, self.ipa_to_pa(ipa, walk=True, el0=el0, s2=s2)[0])[0]
 
         def write_u64(ipa: int, value: int) -> None:  # the hardware Access flag update
@@ -144,7 +154,7 @@ class Arm64Mmu:
 
         return read_u64, (None if look_only else write_u64)
 
-    def walk(self, va: int, access: Access, look_only: bool = True) -> tuple[Walk, int]:
+    def walk(self, va: int, access: Access, look_only: bool = True, describe: bool = True) -> tuple[Walk, int]:
         """The guest's stage-1 walk of ``va`` (Access.USER: at EL0), descriptors read through
         stage 2 (a Stage2Fault on a descriptor propagates). Returns the Walk and what the
         translation allows (PERM_*)."""
@@ -153,8 +163,8 @@ class Arm64Mmu:
             if va >> PA_BITS:
                 return Walk(None, [], "address size fault, level 0 (stage 1 off)", 0x00), 0
             return Walk(va, global_=True), PERM_R | PERM_W | PERM_X
-        read_u64, write_u64 = self._walker(s2, bool(access & Access.USER), look_only)
-        return stage1.translate(read_u64, va, tcr, ttbr0, ttbr1, access, write_u64, sctlr)
+        read_u64, write_u64 = self._walker(s2, bool(access & _USER), look_only)
+        return stage1.translate(read_u64, va, tcr, ttbr0, ttbr1, access, write_u64, sctlr, describe)
 
     # -- Unicorn's TLB miss ------------------------------------------------------------------------
     def fill(self, vaddr: int, access: int):
@@ -171,11 +181,8 @@ class Arm64Mmu:
             return e.paddr, e.perms
         # A miss, or an entry that does not allow this access: walk again (a fault is never
         # cached; a changed descriptor may now allow it).
-        mode = Access.EXECUTE if need == PERM_X else Access.WRITE if need == PERM_W else Access.READ
-        if el0:
-            mode |= Access.USER
         try:
-            w, perms1 = self.walk(vaddr, mode, look_only=False)
+            w, perms1 = self.walk(vaddr, _MODE[need] | (_USER if el0 else 0), look_only=False, describe=False)
             if w.fault:
                 self.pending = Stage1Abort(vaddr, w.error_code, need == PERM_W, need == PERM_X, w.fault)
                 return None
@@ -192,6 +199,11 @@ class Arm64Mmu:
             self.pending = fault
             return None
         perms = perms1 & perms2
+        cache = self.walk_cache
+        if len(cache) > _WALK_CACHE_MAX:
+            cache.clear()
+        for step in w.steps[:-1]:  # the table descriptors this walk went through
+            cache[step.address] = step.value
         paddr = HOST_PHYS_BASE + (pa & ~0xFFF)
         self.tlb.insert(tag, asid, vpn, el0,
                         TlbEntry(paddr, perms, w.user, w.global_, w.page_size))
@@ -251,6 +263,7 @@ class Arm64Mmu:
             mmu._stage1_invalidate(scope, xt)
 
     def _stage1_invalidate(self, scope: str, xt: int) -> None:
+        self.walk_cache.clear()
         ctx = self._ctx or self._context()
         tag, tcr = ctx[5], ctx[1]
         asid = (xt >> 48) & (0xFFFF if tcr & stage1.TCR_AS else 0xFF)
@@ -286,6 +299,7 @@ class Arm64Mmu:
             mmu._hyp_invalidate(base, ipa)
 
     def _hyp_invalidate(self, base: str, ipa: int | None) -> None:
+        self.walk_cache.clear()
         ctx = self._ctx or self._context()
         s2, tag = ctx[6], ctx[5]
         if base == "IPAS2E1":

@@ -38,6 +38,7 @@ SCTLR_WXN = 1 << 19
 # TCR_EL1.TG0 and TG1 encode the granule differently (D23.2 "TCR_EL1")
 _TG0 = {0b00: 12, 0b10: 14, 0b01: 16}
 _TG1 = {0b10: 12, 0b01: 14, 0b11: 16}
+_USER, _WRITE, _EXECUTE = int(Access.USER), int(Access.WRITE), int(Access.EXECUTE)
 
 
 def asid(tcr: int, ttbr0: int, ttbr1: int) -> int:
@@ -54,8 +55,11 @@ def walk(read_u64: Callable[[int], int], va: int, tcr: int, ttbr0: int, ttbr1: i
     return translate(read_u64, va, tcr, ttbr0, ttbr1, access, write_u64, sctlr)[0]
 
 
-def translate(read_u64, va, tcr, ttbr0, ttbr1, access, write_u64=None, sctlr=0) -> tuple[Walk, int]:
-    """:func:`walk`, plus what the translation allows at the access's EL (PERM_R|W|X)."""
+def translate(read_u64, va, tcr, ttbr0, ttbr1, access, write_u64=None, sctlr=0,
+              describe: bool = True) -> tuple[Walk, int]:
+    """:func:`walk`, plus what the translation allows at the access's EL (PERM_R|W|X).
+    ``describe``: decode each step's flags for display (the TLB fill does without)."""
+    access = int(access)  # plain ints from here: Flag operators cost ~1 us each
     upper = (va >> 55) & 1
     if upper:  # TTBR1_EL1: T1SZ [21:16], EPD1 [23], TG1 [31:30], TBI1 [38]
         txsz, epd, tbi, ttbr = (tcr >> 16) & 0x3F, (tcr >> 23) & 1, (tcr >> 38) & 1, ttbr1
@@ -74,7 +78,7 @@ def translate(read_u64, va, tcr, ttbr0, ttbr1, access, write_u64=None, sctlr=0) 
     level = 4 - -(-(inputsize - granule) // stride)  # the start level for the granule
     table = ttbr & 0x0000_FFFF_FFFF_FFFE & ~((1 << 3) - 1)
     pxn_t = uxn_t = ro_t = no_el0_t = False  # hierarchical controls gathered from table entries
-    user = bool(access & Access.USER)
+    user = bool(access & _USER)
     while True:
         shift = granule + stride * (3 - level)
         index = (va >> shift) & ((1 << min(stride, inputsize - shift)) - 1)
@@ -84,7 +88,7 @@ def translate(read_u64, va, tcr, ttbr0, ttbr1, access, write_u64=None, sctlr=0) 
         except GuestMemoryError:
             return Walk(None, steps, f"external abort on the table walk, level {level}",
                         FSC_WALK_EXTABT | level), 0
-        steps.append(WalkStep(level, addr, desc, _flags(desc, level)))
+        steps.append(WalkStep(level, addr, desc, _flags(desc, level) if describe else ""))
         is_table = level < 3 and desc & DESC_TABLE
         if not desc & DESC_VALID or (level == 3 and not desc & DESC_TABLE) \
                 or (not is_table and level < 3 and not _block_allowed(granule, level)):
@@ -116,7 +120,7 @@ def translate(read_u64, va, tcr, ttbr0, ttbr1, access, write_u64=None, sctlr=0) 
     if sctlr & SCTLR_WXN and can_write:
         executable = False
     perms = (PERM_R if readable else 0) | (PERM_W if can_write else 0) | (PERM_X if executable else 0)
-    need = PERM_X if access & Access.EXECUTE else PERM_W if access & Access.WRITE else PERM_R
+    need = PERM_X if access & _EXECUTE else PERM_W if access & _WRITE else PERM_R
     if not perms & need:
         return Walk(None, steps, f"permission fault, level {level}", FSC_PERMISSION | level), perms
     offset_mask = (1 << shift) - 1

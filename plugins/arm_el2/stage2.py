@@ -115,7 +115,12 @@ class Stage2:
         self.oa_bits = _PS_BITS.get((vtcr >> VTCR_PS_SHIFT) & 7, 48)
         self.ha = bool(vtcr & VTCR_HA)
         self.root = vttbr & BADDR_MASK
+        self._last_shift = 12
         self.cache: dict[tuple[int, bool], tuple[int, int]] = {}  # (IPA page, EL0) -> (PA page, perms)
+        # block translations, (block shift, IPA >> shift, EL0) -> (PA base, perms): one walk
+        # serves every page of a block, as a TLB entry for the block would
+        self.blocks: dict[tuple[int, int, bool], tuple[int, int]] = {}
+        self._shifts: list[int] = []
         # the start level resolves the bits left above it, in up to 16 concatenated tables;
         # any other SL0/T0SZ pairing is inconsistent and faults every walk
         bits = self.ipa_bits - (self.granule + self.stride * (3 - self.level0))
@@ -129,17 +134,34 @@ class Stage2:
         need = PERM_X if fetch else (PERM_W if write else PERM_R)
         if hit is not None and hit[1] & need:
             return hit[0] | (ipa & 0xFFF), hit[1]
+        for shift in self._shifts:
+            hit = self.blocks.get((shift, ipa >> shift, el0))
+            if hit is not None and hit[1] & need:
+                pa = hit[0] | (ipa & ((1 << shift) - 1))
+                self.cache[key] = (pa & ~0xFFF, hit[1])
+                return pa, hit[1]
         pa, perms = self._walk(ipa, write, fetch, walk, el0, None)
         self.cache[key] = (pa & ~0xFFF, perms)
+        shift = self._last_shift
+        if shift > 12:
+            if shift not in self._shifts:
+                self._shifts.append(shift)
+            self.blocks[(shift, ipa >> shift, el0)] = (pa & ~((1 << shift) - 1), perms)
         return pa, perms
 
     def invalidate(self, ipa: int | None = None) -> None:
         """TLBI IPAS2E1 for ``ipa`` (the stage-2 entries for its page), or all of them."""
         if ipa is None:
             self.cache.clear()
+            self.blocks.clear()
             return
         for key in [k for k in self.cache if k[0] == ipa >> 12]:
             del self.cache[key]
+        for key in [k for k in self.blocks if k[1] == ipa >> k[0]]:
+            del self.blocks[key]
+            # the block's pages were cached one by one too
+            for page in [k for k in self.cache if k[0] >> (key[0] - 12) == key[1]]:
+                del self.cache[page]
 
     def steps(self, ipa: int) -> tuple[list[WalkStep], int | None, str | None]:
         """The descriptors a walk of ``ipa`` reads, its result and any fault, no side effects."""
@@ -193,6 +215,7 @@ class Stage2:
                 raise self._fault(ipa, FSC_TRANSLATION, level, "reserved descriptor", write, fetch, walk)
             break
         mask = (1 << shift) - 1
+        self._last_shift = shift
         pa = (desc & _OA_MASK & ~mask) | (ipa & mask)
         if pa >> self.oa_bits:
             raise self._fault(ipa, FSC_ADDRESS_SIZE, level, "", write, fetch, walk)
