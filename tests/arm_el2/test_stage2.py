@@ -612,3 +612,78 @@ def test_at_s1e1r_reports_the_guest_translation_in_par_el1(run_guest):
     assert result.status == STATUS_OFF
     assert [u64(vm, RESULT + 8 * i) for i in range(3)] == [
         0xFF << 56 | REMAPPED_PA | 1 << 11 | 1 << 9 | 0b11 << 7, 1 << 11 | 0x07 << 1 | 1, 1 << 11 | 0x0F << 1 | 1]
+
+
+@pytest.mark.parametrize("tlbi, seen", [("tlbi vae1is, x6", MARK_A), ("tlbi vae1, x6", MARK_B)],
+                         ids=["inner-shareable", "local"])
+def test_tlbi_is_reaches_the_other_vcpu_and_the_local_form_does_not(arm_vm, tlbi, seen):
+    """vCPU 1 caches VA 0x4200_0000 -> 0x4300_0000; vCPU 0 rewrites L3[0] and invalidates:
+    the inner shareable TLBI reaches vCPU 1's TLB (it then reads the new mapping), the local
+    one leaves it stale (D8.13 "Broadcast TLB maintenance")."""
+    enable = """
+    movz x1, #0x4180, lsl #16
+    movz x3, #0xff00
+    msr mair_el1, x3
+    movz x3, #0x3519
+    movk x3, #0x0080, lsl #16
+    movk x3, #0x0002, lsl #32
+    msr tcr_el1, x3
+    msr ttbr0_el1, x1
+    isb
+    mrs x3, sctlr_el1
+    orr x3, x3, #1
+    msr sctlr_el1, x3
+    isb
+    movz x19, #0x4140, lsl #16
+"""
+    main = mmu_on() + f"""
+    {w0(psci.PSCI_0_2_FN64_CPU_ON)}
+    mov x1, #1
+    adr x2, secondary
+    mov x3, #0
+    hvc #0
+    movz x19, #0x4140, lsl #16
+    movz x7, #0x4180, lsl #16
+    add x7, x7, #0x2000
+wait_read:
+    ldr x6, [x19, #0x100]
+    cbz x6, wait_read
+    movz x6, #0x4200, lsl #16
+    movz x5, #0x0707
+    orr x6, x6, x5
+    str x6, [x7]
+    dsb ish
+    {mov64('x4', REMAPPED_VA)}
+    lsr x6, x4, #12
+    {tlbi}
+    dsb ish
+    isb
+    mov x6, #1
+    str x6, [x19, #0x108]
+wait_done:
+    ldr x6, [x19, #0x110]
+    cbz x6, wait_done
+    {SYSTEM_OFF}
+secondary:
+    {enable}
+    {mov64('x4', REMAPPED_VA)}
+    ldr x5, [x4]
+    str x5, [x19, #0x10]
+    mov x6, #1
+    str x6, [x19, #0x100]
+wait_flush:
+    ldr x6, [x19, #0x108]
+    cbz x6, wait_flush
+    ldr x5, [x4]
+    str x5, [x19, #0x18]
+    mov x6, #1
+    str x6, [x19, #0x110]
+park:
+    wfi
+    b park
+"""
+    vm = arm_vm(guest(main), vcpus=2)
+    vm.memory.write(REMAPPED_VA, MARK_A.to_bytes(8, "little"))
+    vm.memory.write(REMAPPED_PA, MARK_B.to_bytes(8, "little"))
+    assert vm.run(timeout=10).status == STATUS_OFF
+    assert (u64(vm, RESULT + 0x10), u64(vm, RESULT + 0x18)) == (MARK_B, seen)
