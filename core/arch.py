@@ -50,6 +50,11 @@ class Vcpu:
         """Deliver the first queued event the guest can take now; True when one was delivered."""
         raise NotImplementedError
 
+    def trace_translation(self, address: int):
+        """The full GVA -> GPA -> HPA walk of ``address`` in the vCPU's current state, as a
+        :class:`hvsim.core.mmu.TranslationTrace` (``hvsim translate``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot trace translations")
+
     # -- shared ----------------------------------------------------------------------------
     def wake(self) -> bool:
         """A halted vCPU has queued events: deliver what it can take, and say whether the halt

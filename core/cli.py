@@ -100,6 +100,7 @@ def run(
     stats_json: Annotated[Optional[Path], typer.Option("--stats-json", help="Write exit counts as JSON")] = None,
     log_json: Annotated[bool, typer.Option("--log-json", help="Logs as JSON lines on stderr")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")] = "warning",
+    paging: Annotated[str, typer.Option("--paging", help="x86: nested (EPT / NPT) or shadow")] = "nested",
 ) -> None:
     """Run a guest image on one architecture. Exit status: the guest's own (isa-debug-exit
     (v<<1)|1, PSCI SYSTEM_OFF 0), 2 bad input, 4 guest crash, 6 halted forever, 124 timeout."""
@@ -115,7 +116,7 @@ def run(
 
     vm = VM(arch, mem=mem, vcpus=vcpus, append=append, initrd=initrd,
             load_addr=_parse_int(load_addr, "--load-addr"), entry=_parse_int(entry, "--entry"),
-            console=Console(sys.stdout.buffer, keep=False))
+            console=Console(sys.stdout.buffer, keep=False), **_paging(arch, paging))
     vm.load(image)
     result = vm.run(timeout=timeout)
     if stats:
@@ -125,6 +126,17 @@ def run(
     if result.status not in (0,) and not (result.status & 1):
         print(f"hvsim: {result.reason}", file=sys.stderr)
     raise typer.Exit(result.status)
+
+
+def _paging(arch: str, paging: str) -> dict:
+    """--paging: nested (EPT / NPT, the default) or shadow (the VMM's shadow page tables, x86)."""
+    if paging not in ("nested", "shadow"):
+        raise HvsimError(f"bad --paging {paging!r}: use nested or shadow")
+    if paging == "nested":
+        return {}
+    if arch == "arm_el2":
+        raise HvsimError("--paging shadow is for x86: Arm's EL2 always has stage 2 (see docs/memory.md)")
+    return {"paging": "shadow"}
 
 
 def print_stats(vm, wall: float, console=None) -> None:
@@ -150,6 +162,70 @@ def write_stats_json(vm, wall: float, path: Path) -> None:
         path.write_text(json.dumps(doc, indent=2) + "\n")
     except OSError as exc:
         raise HvsimError(f"cannot write --stats-json {path}: {exc.strerror or exc}") from None
+
+
+@app.command()
+def translate(
+    image: Annotated[Path, typer.Argument(help="Guest image: Multiboot, arm64 Image, ELF or raw")],
+    address: Annotated[str, typer.Argument(help="Guest virtual address, e.g. 0xffff800000001000")],
+    arch: Annotated[str, typer.Option("--arch", help="intel_vtx, amd_svm or arm_el2")] = "intel_vtx",
+    mem: Annotated[str, typer.Option("--mem", help="Guest RAM, e.g. 128M")] = "128M",
+    load_addr: Annotated[Optional[str], typer.Option("--load-addr", help="Raw image load address")] = None,
+    entry: Annotated[Optional[str], typer.Option("--entry", help="Raw image entry point")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Run the guest at most SECONDS first")] = 10.0,
+    vcpu: Annotated[int, typer.Option("--vcpu", help="Whose translation regime to use")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+    paging: Annotated[str, typer.Option("--paging", help="x86: nested (EPT / NPT) or shadow")] = "nested",
+) -> None:
+    """Run a guest until it stops (its page tables are then built), then print the full walk of
+    ADDRESS: every guest page-table entry read, each through stage 2 (EPT, NPT, Arm stage 2),
+    the guest-physical address, its stage-2 walk and the host-physical address."""
+    from .console import Console
+    from .vm import VM
+
+    va = _parse_int(address, "address")
+    if timeout <= 0:
+        raise HvsimError(f"bad --timeout {timeout}: it must be positive")
+    vm = VM(arch, mem=mem, load_addr=_parse_int(load_addr, "--load-addr"), entry=_parse_int(entry, "--entry"),
+            console=Console(sys.stdout.buffer, keep=False), **_paging(arch, paging))
+    vm.load(image)
+    vm.run(timeout=timeout)
+    if not 0 <= vcpu < len(vm.vcpus):
+        raise HvsimError(f"bad --vcpu {vcpu}: the VM has {len(vm.vcpus)}")
+    try:
+        trace = vm.vcpus[vcpu].trace_translation(va)
+    except NotImplementedError as exc:
+        raise HvsimError(f"{arch}: {exc}") from None
+    if as_json:
+        print(json.dumps(trace.as_json(), indent=2))
+        return
+    print_trace(trace)
+
+
+def print_trace(trace, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(highlight=False, width=132)
+    names = trace.stage2_levels
+    table = Table(title=f"GVA {trace.address:#x}: stage 1 (the guest's tables), stage 2 = {trace.stage2_name}")
+    for col in ("stage", "entry", "at (GPA)", "value", "flags", "entry's HPA"):
+        table.add_column(col)
+    for t in trace.stage1:
+        table.add_row("1", t.level, f"{t.gpa:#x}", f"{t.value:#018x}", t.flags,
+                      f"{t.hpa:#x}" if t.hpa is not None else "-")
+        for w in t.stage2:
+            table.add_row("  2", f"  {names.get(w.level, w.level)}", f"  {w.address:#x} (HPA)", f"{w.value:#018x}",
+                          w.flags, "")
+    if trace.gpa is not None:
+        table.add_row("", "GPA", f"{trace.gpa:#x}", "", "", "")
+        for w in trace.stage2:
+            table.add_row("2", str(names.get(w.level, w.level)), f"{w.address:#x} (HPA)", f"{w.value:#018x}", w.flags, "")
+    console.print(table)
+    if trace.fault:
+        console.print(f"fault: {trace.fault}")
+    else:
+        console.print(f"GVA {trace.address:#x} -> GPA {trace.gpa:#x} -> HPA {trace.hpa:#x}")
 
 
 @app.command()

@@ -41,10 +41,12 @@ class Exit:
 
     Attributes by kind: PORT_IO/MMIO: ``address`` (port or GPA), ``size``, ``is_write``,
     ``value`` (written value; a handler sets ``value`` for a read); HYPERCALL: ``value``
-    (the immediate on arm64, 0 on x86); EXCEPTION/SHUTDOWN: ``vector``, ``detail``.
+    (the immediate on arm64, 0 on x86); EXCEPTION/SHUTDOWN: ``vector``, ``detail`` (a #PF
+    also its linear address in ``address``); STAGE2_FAULT: ``address`` (the guest-physical
+    address), ``is_write``, ``detail``; INSTRUCTION: ``info`` = (kind, operand).
     """
 
-    __slots__ = ("kind", "reason", "raw", "address", "size", "is_write", "value", "vector", "detail")
+    __slots__ = ("kind", "reason", "raw", "address", "size", "is_write", "value", "vector", "detail", "info")
 
     def __init__(self, kind: ExitKind, reason: str, raw: Any, address: int = 0, size: int = 0,
                  is_write: bool = False, value: int | None = None, vector: int = 0,
@@ -58,6 +60,7 @@ class Exit:
         self.value = value
         self.vector = vector
         self.detail = detail
+        self.info: tuple | None = None  # INSTRUCTION: (kind, operand) as plugins/x86/traps.py names them
 
     def __repr__(self) -> str:
         return f"Exit({self.kind.name}, {self.reason}, raw={self.raw!r})"

@@ -90,7 +90,8 @@ def hvsim_exit_handlers(registry):
     registry.add(ExitKind.HALT, handle_halt)
     registry.add(ExitKind.SHUTDOWN, handle_shutdown)
     registry.add(ExitKind.INVALID_STATE, handle_invalid_state)
-    registry.add(ExitKind.INSTRUCTION, lambda vcpu, exit: None)  # the instruction completes itself
+    if registry.get(ExitKind.INSTRUCTION) is None:  # an architecture's own handler stays
+        registry.add(ExitKind.INSTRUCTION, lambda vcpu, exit: None)  # the instruction completes itself
 
 
 @hookimpl(trylast=True)

@@ -186,6 +186,8 @@ class Walk:
     global_: bool = False
     page_size: int = 0x1000
     dirty: bool = True  # False: the leaf's dirty bit is clear, so a write must walk again
+    leaf: tuple[int, int] | None = None  # (address, size) of the leaf entry, where dirty is set
+    entry: int = 0  # the leaf entry's value
 
 
 @dataclass(frozen=True, slots=True)

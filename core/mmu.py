@@ -28,11 +28,13 @@ translation, deterministically, because fills consult this model before walking.
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from unicorn import UC_HOOK_TLB_FILL, UC_TLB_VIRTUAL
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.unicorn_py3.unicorn import uc_tlb_entry
+
+from .engine import _emu_stop
 
 HOST_PHYS_BASE = 1 << 44  # host memory's place in every engine's physical space
 PERM_R, PERM_W, PERM_X = 1, 2, 4  # Unicorn's TLB entry permissions
@@ -41,7 +43,7 @@ ACCESS_READ, ACCESS_WRITE, ACCESS_FETCH = 16, 17, 18
 
 _FILL_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
                             ctypes.POINTER(uc_tlb_entry), ctypes.c_void_p)
-_GROW_REFILLS = 2048  # re-fills in one slice that mean the engine's TLB is too small
+_ENGINE_TLB_MAX = 1 << 20  # QEMU's CPU_TLB_DYN_MAX_BITS for 4 KiB pages
 _MAX_ENTRIES = 1 << 20  # the model drops everything past this, as a TLB may
 
 
@@ -66,6 +68,79 @@ class Stage2Fault(Exception):
         self.gla: int | None = None  # set by the stage-1 side when a linear address caused it
 
 
+@dataclass
+class TraceStep:
+    """One stage-1 table entry read: where it is (guest-physical), what it holds, and how its
+    own address went through stage 2."""
+
+    level: str  # the manual's name of the entry (PML4E, PTE, level-1 descriptor ...)
+    gpa: int
+    value: int
+    flags: str
+    stage2: list = field(default_factory=list)  # WalkStep of the stage-2 walk of ``gpa``
+    hpa: int | None = None
+
+
+@dataclass
+class TranslationTrace:
+    """A full GVA -> GPA -> HPA walk as ``hvsim translate`` prints it."""
+
+    address: int
+    stage1: list[TraceStep] = field(default_factory=list)
+    gpa: int | None = None
+    stage2: list = field(default_factory=list)  # WalkStep of the final address's stage-2 walk
+    stage2_name: str = "stage 2"  # EPT, NPT, stage 2, or "none" (guest-physical is host-physical)
+    stage2_levels: dict = field(default_factory=dict)  # level number -> the manual's entry name
+    hpa: int | None = None
+    fault: str | None = None
+
+    def as_json(self) -> dict:
+        def steps(ws):
+            return [{"level": w.level, "address": w.address, "value": w.value, "flags": w.flags} for w in ws]
+
+        return {"address": self.address, "gpa": self.gpa, "hpa": self.hpa, "fault": self.fault,
+                "stage2_name": self.stage2_name,
+                "stage1": [{"level": t.level, "gpa": t.gpa, "value": t.value, "flags": t.flags, "hpa": t.hpa,
+                            "stage2": steps(t.stage2)} for t in self.stage1],
+                "stage2": steps(self.stage2)}
+
+
+class DirtyLog:
+    """Which guest-physical pages a VM's guests wrote since the last :meth:`collect`, for live
+    migration (KVM's KVM_GET_DIRTY_LOG over write-protected pages).
+
+    While logging, the MMUs give a translation write permission only on a write access and
+    record its guest-physical page then; :meth:`collect` returns the pages and write-protects
+    everything again by dropping every vCPU's cached translations (a TLB flush), so the next
+    write to any page is seen. Device DMA is not logged here.
+    """
+
+    def __init__(self, vm) -> None:
+        self.vm = vm
+        self.enabled = False
+        self.pages: set[int] = set()  # guest-physical page numbers
+
+    def start(self) -> None:
+        self.enabled = True
+        self.pages.clear()
+        self._protect()
+
+    def stop(self) -> None:
+        self.enabled = False
+
+    def collect(self) -> list[int]:
+        """Guest-physical addresses of the pages written since the last call (or ``start``)."""
+        pages, self.pages = sorted(self.pages), set()
+        self._protect()
+        return [p << 12 for p in pages]
+
+    def _protect(self) -> None:
+        for vcpu in self.vm.vcpus:
+            mmu = getattr(vcpu, "mmu", None)
+            if mmu is not None:
+                mmu.tlb.invalidate()
+
+
 @dataclass(slots=True)
 class TlbEntry:
     """One cached translation: the page's Unicorn-physical base, what it allows, and the stage-1
@@ -77,6 +152,8 @@ class TlbEntry:
     global_: bool  # survives a stage-1 address-space switch (x86 G, Arm nG clear)
     size: int  # page size of the stage-1 translation (invalidation covers the whole page)
     dirty: bool = True  # False: write permission withheld until the dirty bit is set
+    leaf: tuple[int, int] | None = None  # where that dirty bit lives: (address, size) of the leaf entry
+    gpa: int = 0  # the guest-physical page (dirty logging)
 
 
 class TaggedTlb:
@@ -134,8 +211,9 @@ class TaggedTlb:
             for key in doomed:
                 del self.entries[key]
             n = len(doomed)
-        for flush in self.on_flush:
-            flush()
+        if n:  # the engines hold at most what the model holds
+            for flush in self.on_flush:
+                flush()
         return n
 
 
@@ -145,15 +223,23 @@ class EngineTlb:
 
     The callback is a C-level one (core/engine.RawHooks); it must not raise, so an exception is
     handed to ``hooks.fail`` and re-raised by the vCPU after ``emu_start``.
+
+    Growing the engine's TLB: QEMU doubles it when a flush finds it more than 70% used. The
+    plugin's fill calls :meth:`refilled` when the model already held the translation (Unicorn
+    had evicted it); after twice the engine's estimated size of those, the engine is stopped at
+    the end of its block, and the vCPU calls :meth:`service` before re-entering, which flushes.
     """
 
     def __init__(self, uc, hooks, fill, tlb: TaggedTlb) -> None:
         self.uc = uc
         self.fills = 0
-        self._mark = (0, 0)
+        self.flushes_to_grow = 0
+        self.size = 256  # QEMU's initial TLB size (CPU_TLB_DYN_DEFAULT_BITS), doubled per growth flush
+        self._refills = 0
+        self.want_flush = False
         self.tlb = tlb
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
-        fail = hooks.fail
+        fail, uch = hooks.fail, hooks._uch
 
         def on_fill(_uch, vaddr, access, entry_p, _ud):
             self.fills += 1
@@ -168,18 +254,29 @@ class EngineTlb:
             e.paddr, e.perms = result
             return True
 
+        self._uch = uch
         hooks.add(UC_HOOK_TLB_FILL, _FILL_CB, on_fill)
         tlb.on_flush.append(self.flush)
 
     def flush(self) -> None:
         """Drop every translation the engine cached (its copy of the model)."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self._refills = 0
 
-    def after_slice(self) -> None:
-        """Called when a slice ends: if most fills re-fetched translations the model still held,
-        the engine's TLB is too small for the working set; a flush lets QEMU double it."""
-        fills, hits = self.fills, self.tlb.hits
-        refills = min(fills - self._mark[0], hits - self._mark[1])
-        self._mark = (fills, hits)
-        if refills > _GROW_REFILLS:
-            self.flush()
+    def refilled(self) -> None:
+        """A fill the model answered: the engine's TLB had dropped that translation."""
+        self._refills += 1
+        if self._refills > 2 * self.size and not self.want_flush and self.size < _ENGINE_TLB_MAX:
+            self.want_flush = True
+            _emu_stop(self._uch)
+
+    def service(self) -> bool:
+        """After ``emu_start`` returned: True if it stopped only so the TLB could grow (flushed
+        now; the vCPU re-enters)."""
+        if not self.want_flush:
+            return False
+        self.want_flush = False
+        self.flush()
+        self.size *= 2
+        self.flushes_to_grow += 1
+        return True

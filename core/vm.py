@@ -24,6 +24,7 @@ from .errors import ConfigError, HvsimError
 from .exits import Exit, ExitHandlerRegistry
 from .loader import Image, parse_image, read_image
 from .memory import Access, DmaMemory, GuestMemory, HostMemory, Walk
+from .mmu import DirtyLog
 from .plugins import PluginManager, default_manager
 from .stats import ExitStats
 
@@ -37,9 +38,9 @@ STATUS_GUEST_CRASH = 4  # triple fault, unhandled exit, access to memory nothing
 STATUS_HALTED_FOREVER = 6  # every vCPU halted with nothing that could wake it
 STATUS_TIMEOUT = 124  # as timeout(1)
 
-HV_AREA = 4 << 20  # host memory each VM reserves for the hypervisor's structures
+HV_AREA = 8 << 20  # host memory each VM reserves for the hypervisor's structures
 SLICE_US = 200_000  # one vCPU: long slices, re-entry is the cost
-SLICE_US_SMP = 2_000  # several vCPUs: short slices so they interleave
+SLICE_US_SMP = 10_000  # several vCPUs: short slices so they interleave (and a masked event waits at most this)
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGkmg]?)(i?[Bb])?\s*$")
 
@@ -101,6 +102,7 @@ class VM:
         self.bus = IoBus()
         self.console = console if console is not None else Console()
         self.stats = ExitStats()
+        self.dirty_log = DirtyLog(self)  # vm.dirty_log.start() / .collect(): pages the guest wrote
         self.status: int | None = None
         self.stop_reason = ""
         self.image: Image | None = None

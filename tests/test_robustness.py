@@ -13,7 +13,7 @@ from guestlib import ARCH_FAMILY, ARM_ENTRY
 from hvsim.core.console import Console
 from hvsim.core.errors import ImageError
 from hvsim.core.memory import HostMemory
-from hvsim.core.vm import VM
+from hvsim.core.vm import HV_AREA, VM
 
 OUTCOMES = {0, 4, 6, 124}
 
@@ -21,7 +21,7 @@ OUTCOMES = {0, 4, 6, 124}
 @settings(max_examples=int(os.environ.get("HVSIM_FUZZ_EXAMPLES", "25")), deadline=None, suppress_health_check=list(HealthCheck))
 @given(code=st.binary(min_size=1, max_size=256), arch=st.sampled_from(["intel_vtx", "amd_svm", "arm_el2"]))
 def test_random_guest_code_ends_with_a_status_and_touches_only_its_own_ram(code, arch):
-    host = HostMemory(16 << 20)
+    host = HostMemory(2 * ((2 << 20) + HV_AREA))
     kw = {"entry": ARM_ENTRY} if ARCH_FAMILY[arch] == "arm64" else {}
     victim = VM(arch, mem="2M", host=host, console=Console(), **kw)  # a neighbour on the same host memory
     vm = VM(arch, mem="2M", host=host, console=Console(), **kw)

@@ -112,7 +112,7 @@ class SvmVendor(X86Vendor):
         # EXITINFO2 the faulting address of a #PF (CR2 itself is not written).
         return Exit(ExitKind.EXCEPTION, f"VMEXIT_EXCP{vector}",
                     SvmExitInfo(0x40 + vector, error_code or 0, cr2 if vector == 14 else 0, 0),
-                    vector=vector, value=error_code)
+                    cr2 if vector == 14 else 0, vector=vector, value=error_code)
 
     def instruction_exit(self, kind, rip, insn_len, operand):
         nrip = rip + insn_len

@@ -61,13 +61,13 @@ class Npt:
         access = Access.USER | (Access.EXECUTE if fetch else Access.WRITE if write else Access.READ)
         try:
             w = paging.walk(gpa, access, HOST_CR0, self.ncr3, HOST_CR4, HOST_EFER, 3,
-                            self._read(4), self._read(8), self._update)
+                            self._read(4), self._read(8), self._update, record=False)
         except Stage2Fault as fault:
             fault.gpa, fault.write, fault.fetch, fault.walk = gpa, write, fetch, walk
             raise
         if w.fault:
             raise Stage2Fault(gpa, f"NPF: {w.fault.removeprefix('#PF: ')}", write=write, fetch=fetch, walk=walk,
-                              allowed=0, level=w.steps[-1].level if w.steps else 0, syndrome=w.error_code)
+                              syndrome=w.error_code)
         perms = PERM_R | (PERM_W if w.writable else 0) | (PERM_X if w.executable else 0)
         self.cache[page] = (w.address & ~0xFFF, perms, w.dirty)
         return w.address, perms

@@ -30,6 +30,7 @@ VMEXIT_INVALID = MASK64  # -1 as the VMCB stores it
 # TLB_CONTROL (APM 15.16.1)
 TLB_CONTROL_DO_NOTHING, TLB_CONTROL_FLUSH_ALL_ASID, TLB_CONTROL_FLUSH_ASID, TLB_CONTROL_FLUSH_ASID_LOCAL = 0, 1, 3, 7
 _NPT_TABLE = paging.P | paging.RW | paging.US  # NPT accesses are user accesses (15.25.5)
+_CR0_PE_PG = 1 | paging.CR0_PG
 
 # Layout of the per-vCPU hypervisor area (4 KiB aligned pieces).
 VMCB_OFFSET, IOPM_OFFSET, MSRPM_OFFSET, HSAVE_OFFSET = 0x0000, 0x1000, 0x4000, 0x6000
@@ -63,9 +64,20 @@ class SvmGuestContext:
         vmcb.write("IOPM_BASE_PA", self.iopm_pa)
         vmcb.write("MSRPM_BASE_PA", self.msrpm_pa)
         vmcb.write("GUEST_ASID", 1)
-        # KVM's configuration: nested paging on, one nested page table per VM.
-        vmcb.write("NP_ENABLE", 1)
-        vmcb.write("N_CR3", vcpu.vm.arch.ept_root(self.build_identity_npt))
+        # KVM's configuration: nested paging on, one nested page table per VM; or, with shadow
+        # paging, no NPT and the intercepts that feed the VMM's shadow tables (#PF, CR0/CR3/CR4
+        # writes, INVLPG), the guest running with PE and PG set in the real CR0.
+        self.shadow = vcpu.vm.arch.paging == "shadow"
+        if self.shadow:
+            from hvsim.plugins.x86.shadow import ShadowMmu
+
+            vmcb.write("INTERCEPT_EXCEPTIONS", 1 << 14)
+            vmcb.write("INTERCEPT_CR_WRITE", 1 << 0 | 1 << 3 | 1 << 4)
+            vmcb.set_intercept("INVLPG")
+            vcpu.mmu.shadow = ShadowMmu(vcpu, *vcpu.vm.arch.shadow_pool(vcpu.index))
+        else:
+            vmcb.write("NP_ENABLE", 1)
+            vmcb.write("N_CR3", vcpu.vm.arch.ept_root(self.build_identity_npt))
         self.clean_cache = VmcbCache()  # what VMRUN may take from its cached copy (15.15.3)
         self._npts: dict[int, Npt] = {}
         self.cpu = SvmCpu(efer=EFER_SVME)
@@ -79,6 +91,8 @@ class SvmGuestContext:
         self.exception_check = None
         self._intercepted: dict[str, bool] = {}
         self._cr_reads = self._cr_writes = 0
+        self._memory_virtualization({name: vmcb.read(name) for name in ("GUEST_ASID", "TLB_CONTROL", "NP_ENABLE",
+                                                                        "N_CR3")})
 
     @staticmethod
     def build_identity_npt(vm, base: int) -> int:
@@ -203,7 +217,7 @@ class SvmGuestContext:
         for name, reg in _LOADED_ON_VMRUN:
             self._saved[name] = value = regs.read(reg)
             write(name, value)
-        write("CR0", vcpu.cr0())
+        write("CR0", vcpu.cr0() | (_CR0_PE_PG if self.shadow else 0))
         write("CR3", regs.read(X.UC_X86_REG_CR3))
         write("CR4", regs.read(X.UC_X86_REG_CR4))
         write("EFER", vcpu.efer() | EFER_SVME)  # the guest's EFER.SVME is the VMM's, as KVM keeps it

@@ -131,7 +131,7 @@ class VmxVendor(X86Vendor):
         return Exit(ExitKind.EXCEPTION, "EXIT_REASON_EXCEPTION_NMI",
                     VmxExitInfo(EXIT_REASON_EXCEPTION_NMI, cr2 if vector == 14 else 0, rip, 0,
                                 intr_info=info, intr_error_code=error_code or 0),
-                    vector=vector, value=error_code)
+                    cr2 if vector == 14 else 0, vector=vector, value=error_code)
 
     def instruction_exit(self, kind, rip, insn_len, operand):
         if kind in ("mov_to_cr", "mov_from_cr"):

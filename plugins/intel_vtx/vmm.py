@@ -81,12 +81,26 @@ class VmxGuestContext:
             if not result.ok:
                 raise RuntimeError(f"{step} failed: {result}")
         self.vmcs = vmx.current
+        wanted = dict(_WANTED)
+        self.cr0_owned = CR0_OWNED
+        shadow = vcpu.vm.arch.paging == "shadow"
+        if shadow:  # KVM without EPT: the VMM's shadow page tables, fed by #PF, CR3 and INVLPG exits
+            wanted[msrs.PROC] |= msrs.CPU_BASED_CR3_LOAD_EXITING | msrs.CPU_BASED_INVLPG_EXITING
+            wanted[msrs.PROC2] &= ~(msrs.SECONDARY_EXEC_ENABLE_EPT | msrs.SECONDARY_EXEC_UNRESTRICTED_GUEST)
+            # Without unrestricted guest the processor runs the guest with PE and PG set; the VMM
+            # owns them, and the guest reads its own values from the CR0 read shadow (SDM 25.3).
+            self.cr0_owned |= msrs.X86_CR0_PE | msrs.X86_CR0_PG
         for control, field in _CONTROL_FIELD.items():
-            self._vmwrite(field, (_WANTED.get(control, 0) | caps.allowed0[control]) & caps.allowed1[control])
+            self._vmwrite(field, (wanted.get(control, 0) | caps.allowed0[control]) & caps.allowed1[control])
         self._vmwrite(Field.MSR_BITMAP, self.msr_bitmap)
         self._vmwrite(Field.EPT_POINTER, vcpu.vm.arch.ept_root(self.build_identity_ept) | EPTP_WB_4LEVEL)
         self._vmwrite(Field.VIRTUAL_PROCESSOR_ID, 1 + vcpu.index)
-        self._vmwrite(Field.CR0_GUEST_HOST_MASK, CR0_OWNED)
+        self._vmwrite(Field.CR0_GUEST_HOST_MASK, self.cr0_owned)
+        if shadow:
+            from hvsim.plugins.x86.shadow import ShadowMmu
+
+            self._vmwrite(Field.EXCEPTION_BITMAP, 1 << 14)
+            vcpu.mmu.shadow = ShadowMmu(vcpu, *vcpu.vm.arch.shadow_pool(vcpu.index))
         self._vmwrite(Field.CR4_GUEST_HOST_MASK, CR4_OWNED)
         # I/O bitmaps with every port set: used when a VMM switches "use I/O bitmaps" on.
         for offset, field in ((IO_BITMAP_A_OFFSET, Field.IO_BITMAP_A), (IO_BITMAP_B_OFFSET, Field.IO_BITMAP_B)):
@@ -105,6 +119,7 @@ class VmxGuestContext:
         self._cr3_load = self._cr3_store = False
         self._epts: dict[int, Ept] = {}  # by EPTP: each keeps its guest-physical mappings
         self.vmx.tlb = self  # INVEPT / INVVPID reach this logical processor's TLB model
+        self._memory_virtualization(self._values[Field.SECONDARY_VM_EXEC_CONTROL])
 
     def _vmwrite(self, field: int, value: int) -> None:
         result = self.vmx.vmwrite(field, value)
@@ -351,7 +366,7 @@ class VmxGuestContext:
         for field, reg in _LOADED_ON_ENTRY:
             v[field] = self._saved[field] = regs.read(reg)
         cr0, cr4 = vcpu.cr0(), regs.read(X.UC_X86_REG_CR4)
-        v[Field.GUEST_CR0], v[Field.CR0_READ_SHADOW] = cr0 | CR0_OWNED, cr0
+        v[Field.GUEST_CR0], v[Field.CR0_READ_SHADOW] = cr0 | self.cr0_owned, cr0
         v[Field.GUEST_CR3] = regs.read(X.UC_X86_REG_CR3)
         v[Field.GUEST_CR4], v[Field.CR4_READ_SHADOW] = cr4 | CR4_OWNED, cr4
         v[Field.GUEST_DR7] = regs.read(X.UC_X86_REG_DR7) | 0x400

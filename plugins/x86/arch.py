@@ -13,7 +13,11 @@ from hvsim.core.vm import HV_AREA
 from . import boot, layout
 from .cpu import X86Vcpu
 
-VCPU_AREA = 0x8000  # each vCPU's share of the first half of the hypervisor area (64 vCPUs)
+# The hypervisor area (core/vm.HV_AREA, 8 MiB): the vCPUs' VMCS / VMCB structures, the VM's
+# stage-2 tables, and the vCPUs' shadow page tables when shadow paging is on.
+VCPU_AREA = 0x8000  # each vCPU's share of the first 2 MiB (64 vCPUs)
+STAGE2_AREA = 2 << 20  # offset of the EPT / NPT tables (2 MiB)
+SHADOW_AREA = 4 << 20  # offset of the shadow page-table pools (4 MiB, shared out per vCPU)
 
 
 class X86Arch(Arch):
@@ -36,11 +40,26 @@ class X86Arch(Arch):
     def create_vcpu(self, index: int) -> X86Vcpu:
         return X86Vcpu(self.vm, index, self.vendor, self.hv_area + index * VCPU_AREA)
 
+    @property
+    def paging(self) -> str:
+        """"nested" (EPT / NPT, the default) or "shadow" (VM(..., paging="shadow"))."""
+        mode = self.vm.config.extra.get("paging", "nested")
+        if mode not in ("nested", "shadow"):
+            from hvsim.core.errors import ConfigError
+
+            raise ConfigError(f"bad paging mode {mode!r}: use nested or shadow")
+        return mode
+
+    def shadow_pool(self, index: int) -> tuple[int, int]:
+        """(host-physical address, pages) of vCPU ``index``'s shadow page-table pool."""
+        pages = min(512, (HV_AREA - SHADOW_AREA) // 0x1000 // max(1, self.vm.config.vcpus))
+        return self.hv_area + SHADOW_AREA + index * pages * 0x1000, pages
+
     def ept_root(self, build) -> int:
         """The VM's stage-2 root, built once (by the first vCPU's vendor code) in the second
         half of the hypervisor area and shared by every vCPU, as KVM shares one EPT per VM."""
         if self._stage2_root is None:
-            self._stage2_root = build(self.vm, self.hv_area + (HV_AREA >> 1))
+            self._stage2_root = build(self.vm, self.hv_area + STAGE2_AREA)
         return self._stage2_root
 
     def load(self, image: Image) -> None:

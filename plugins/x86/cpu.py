@@ -7,26 +7,28 @@ each exit in its own format. Which guest events leave the engine and how (measur
 - IN / OUT / CPUID: ``UC_HOOK_INSN``; completed inside the hook (no re-entry).
 - VMCALL / VMMCALL and other invalid opcodes: ``UC_HOOK_INSN_INVALID``; the vendor's own
   hypercall instruction is an exit, anything else is #UD delivered to the guest.
-- HLT: the engine returns with RIP after the HLT (``UC_QUERY_TIMEOUT`` tells it from a slice end).
+- HLT: the engine returns with RIP after the HLT (the slice timer tells it from a slice end).
 - CPU exceptions and INT n: ``UC_HOOK_INTR``; delivered through the guest's IDT (:mod:`.idt`).
 - MMIO: ``mmio_map`` callbacks for every claimed range.
 """
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import time
 
 from unicorn import (UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAPPED,
                      UC_HOOK_MEM_READ_UNMAPPED, UC_HOOK_MEM_WRITE_UNMAPPED, UC_PROT_ALL,
-                     UC_QUERY_TIMEOUT, Uc, UcError)
+                     UC_PROT_READ, Uc, UcError)
 from unicorn.unicorn_const import UC_ERR_EXCEPTION
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
 
 from hvsim.core.arch import Vcpu, VcpuState
 from hvsim.core.handlers import handle_port_io
-from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, FastRegs, RawHooks
+from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, FastRegs, RawHooks, slice_timer
+from hvsim.plugins.x86.traps import _vmem_read
 from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, GuestMemoryError
 from hvsim.core.mmu import HOST_PHYS_BASE, Stage2Fault
@@ -63,6 +65,9 @@ class X86Vcpu(Vcpu):
         self._io_decoded: dict[int, IoInsn] = {}  # by RIP; only the exit record depends on it
         self._io_records: dict[tuple, tuple[str, object]] = {}
         self._raw = RawHooks(uc)
+        self._rbuf = ctypes.create_string_buffer(64)
+        self._segments: dict = {}  # hidden segment parts (hidden_segment)
+        self._timer = slice_timer()
         self._dispatch = vm.dispatch
         self.mmu = X86Mmu(self, self._raw)
         # MSRs Unicorn cannot model (it has no APIC): RDMSR/WRMSR of these are trapped and exit.
@@ -152,7 +157,6 @@ class X86Vcpu(Vcpu):
         finally:
             if context is not None:
                 context.vmexit()
-            self.mmu.engine.after_slice()
         if ended != "halt" or self._stopping or self.vm.status is not None:
             return None
         if context is not None and not context.hlt_exits:
@@ -168,24 +172,32 @@ class X86Vcpu(Vcpu):
         faulting instruction, the fault is taken (#PF to the guest, or an EPT violation / NPF
         exit) and the guest goes on. Returns "halt" (the engine stopped at a HLT), "slice" (time
         is up or a stop was asked for) or None (an engine error ended the run)."""
-        deadline = time.perf_counter() + slice_us / 1e6
-        while True:
-            rip = self.regs.read(X.UC_X86_REG_RIP)
-            self._traps.prescan(rip)
-            self.mmu.pending = None
-            try:
-                self.uc.emu_start(rip, UNTIL, timeout=slice_us)
-                self._raw.reraise()
-                return "slice" if self.uc.query(UC_QUERY_TIMEOUT) else "halt"
-            except UcError as exc:
-                fault = self.mmu.take_pending()
-                if fault is None or exc.errno != UC_ERR_EXCEPTION:
-                    self._engine_error(exc)
-                    return None
-            self._take_fault(fault)
-            slice_us = int((deadline - time.perf_counter()) * 1e6)
-            if self._stopping or self.vm.status is not None or slice_us <= 0:
-                return "slice"
+        timer, armed = self._timer, False
+        try:
+            while True:
+                rip = self.regs.read(X.UC_X86_REG_RIP)
+                if self.mmu.fetchable(rip):  # Unicorn's translation-cache request crashes on a fault
+                    self._traps.prescan(rip)
+                self.mmu.pending = None
+                if not armed:  # the slice counts from the guest's first instruction
+                    timer.arm(self._raw._uch, slice_us / 1e6)
+                    armed = True
+                try:
+                    self.uc.emu_start(rip, UNTIL)
+                    self._raw.reraise()
+                    if self.mmu.engine.service():
+                        continue  # stopped only so the engine's TLB could grow
+                    return "slice" if self._stopping or timer.expired else "halt"
+                except UcError as exc:
+                    fault = self.mmu.take_pending()
+                    if fault is None or exc.errno != UC_ERR_EXCEPTION:
+                        self._engine_error(exc)
+                        return None
+                    self._take_fault(fault)
+                if self._stopping or self.vm.status is not None or timer.expired:
+                    return "slice"
+        finally:
+            timer.disarm()
 
     def _take_fault(self, fault: Exception) -> None:
         """A translation the MMU refused: a guest #PF (SDM 4.7: CR2 = the linear address), or a
@@ -196,8 +208,7 @@ class X86Vcpu(Vcpu):
             return
         if isinstance(fault, PageFault):
             fault.address = self.mmu.exact_address(fault.address, bool(fault.error_code & paging.PFEC_I))
-            self.regs.write(X.UC_X86_REG_CR2, fault.address)
-            self.guest_exception(idt.PF, fault.error_code, rip)
+            self.guest_exception(idt.PF, fault.error_code, rip, fault.address)
             return
         if fault.gla is not None:
             gla = self.mmu.exact_address(fault.gla, fault.fetch and not fault.walk)
@@ -358,7 +369,9 @@ class X86Vcpu(Vcpu):
             if context is None or not context.intercepts(kind, info):
                 self._runs_natively(kind, info)
                 return False
-            exit = self.vendor.instruction_exit(kind, rip, length, self.instruction_operand(kind, info))
+            operand = self.instruction_operand(kind, info)
+            exit = self.vendor.instruction_exit(kind, rip, length, operand)
+            exit.info = (kind, operand)
             self._exit(exit)
             if exit.value is True:
                 return True
@@ -425,19 +438,25 @@ class X86Vcpu(Vcpu):
         return False
 
     # -- exceptions ------------------------------------------------------------------------
-    def guest_exception(self, vector: int, error_code: int | None, rip: int) -> None:
+    def guest_exception(self, vector: int, error_code: int | None, rip: int, cr2: int | None = None) -> None:
         """An exception the guest's own instruction raised: an exit if the VMM intercepts it
-        (VMX exception bitmap, SVM exception intercepts), else delivered through the IDT."""
+        (VMX exception bitmap, SVM exception intercepts), else delivered through the IDT.
+        ``cr2``: a #PF's linear address, written to CR2 only if the guest takes the #PF (an
+        intercepted #PF reports it in the exit instead: SDM 27.1, APM 15.12)."""
         context = self.context
         check = context.exception_check if context is not None else None
+        if vector == idt.PF and cr2 is None:
+            cr2 = self.regs.read(X.UC_X86_REG_CR2)
         if check is not None and check(vector, error_code):
             # A full VM exit and re-entry around it: the VMM sees the whole guest state and may
             # change it (skip the instruction, inject something else) before the guest resumes.
-            cr2 = self.regs.read(X.UC_X86_REG_CR2) if vector == idt.PF else 0
+            cr2 = cr2 if vector == idt.PF else 0
             context.vmexit()
             self._exit(self.vendor.exception_exit(vector, error_code, rip, cr2))
             context.resume_state()
         else:
+            if vector == idt.PF:
+                self.regs.write(X.UC_X86_REG_CR2, cr2)
             self.deliver_event(vector, error_code, rip)
 
     def deliver_event(self, vector: int, error_code: int | None, rip: int, software: bool = False) -> None:
@@ -544,9 +563,21 @@ class X86Vcpu(Vcpu):
     def hidden_segment(self, selector: int) -> tuple[int, int, int, int] | None:
         """The hidden part a segment register holds: (base, limit in bytes, access byte, flags
         nibble G|D/B|L|AVL), from the descriptor its selector names; None for a null or
-        unreadable selector. Real mode: base = selector << 4, limit 64 KiB, data read/write."""
+        unreadable selector. Real mode: base = selector << 4, limit 64 KiB, data read/write.
+
+        Kept per selector until GDTR or CR3 changes, as the processor keeps a descriptor in the
+        segment register until the segment is loaded again (the engine does not report loads)."""
         if not self.cr0() & 1:
             return selector << 4, 0xFFFF, 0x93, 0
+        key = (selector, self.uc.reg_read(X.UC_X86_REG_GDTR)[1:3], self.regs.read(X.UC_X86_REG_CR3))
+        cache = self._segments
+        if key not in cache:
+            if len(cache) > 64:
+                cache.clear()
+            cache[key] = self._hidden_segment(selector)
+        return cache[key]
+
+    def _hidden_segment(self, selector: int) -> tuple[int, int, int, int] | None:
         if selector & ~3 == 0:
             return None
         try:
@@ -596,6 +627,9 @@ class X86Vcpu(Vcpu):
         return struct.unpack("<Q", self.read_linear(base + offset, 8))[0]
 
     # -- memory at linear addresses (through the guest's own paging) ------------------------
+    def trace_translation(self, address: int):
+        return self.mmu.trace(address)
+
     def translate(self, linear: int, access: Access):
         """The guest's stage-1 walk of ``linear`` (tables read through stage 2), A/D untouched."""
         return self.mmu.walk(linear, access, set_ad=False)
@@ -616,6 +650,13 @@ class X86Vcpu(Vcpu):
         return pieces
 
     def read_linear(self, linear: int, size: int) -> bytes:
+        # Through the engine's own TLB first (a C-level hit, or one fill); a fault is then taken
+        # the slow way, which raises the #PF delivery needs.
+        if (size <= len(self._rbuf) and self.mmu.shadow is None
+                and not _vmem_read(self._raw._uch, linear, UC_PROT_READ, self._rbuf, size)):
+            self.mmu.pending = None
+            return self._rbuf.raw[:size]
+        self.mmu.pending = None
         host = self.vm.host
         return b"".join(host.read(hpa, n) for hpa, n in self._access_linear(linear, size, Access.READ))
 

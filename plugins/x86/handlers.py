@@ -62,9 +62,30 @@ def handle_msr(vcpu, exit: Exit) -> None:
 
 
 def handle_exception(vcpu, exit: Exit) -> None:
-    """An intercepted exception the VMM did not handle otherwise: reflect it into the guest,
-    as KVM does for exceptions it intercepts only to watch."""
+    """An intercepted exception: a #PF feeds the shadow page tables under shadow paging;
+    anything else the VMM did not handle is reflected into the guest, as KVM does for
+    exceptions it intercepts only to watch (a #PF with its CR2)."""
+    shadow = vcpu.mmu.shadow
+    if exit.vector == 14:
+        if shadow is not None:
+            shadow.page_fault(exit.address, exit.value or 0)
+            return
+        vcpu.regs.write(X.UC_X86_REG_CR2, exit.address)
     vcpu.deliver_event(exit.vector, exit.value, vcpu.rip())
+
+
+def handle_instruction(vcpu, exit: Exit) -> None:
+    """An intercepted sensitive instruction; it completes in the engine afterwards unless a
+    handler emulated it. Under shadow paging the VMM keeps its shadow tables in step: MOV to
+    CR3 or a paging-mode change in CR0/CR4 drops them, INVLPG drops one entry."""
+    shadow = vcpu.mmu.shadow
+    if shadow is None or exit.info is None:
+        return
+    kind, operand = exit.info
+    if kind == "mov_to_cr" and operand[0] in (0, 3, 4):
+        shadow.reset()
+    elif kind == "invlpg":
+        shadow.invlpg(operand[0])
 
 
 def register(registry) -> None:
@@ -72,6 +93,7 @@ def register(registry) -> None:
     registry.add(ExitKind.HYPERCALL, handle_hypercall)
     registry.add(ExitKind.SYSREG, handle_msr)
     registry.add(ExitKind.EXCEPTION, handle_exception)
+    registry.add(ExitKind.INSTRUCTION, handle_instruction)
 
 
 def stage1_walk(vcpu, address, access):

@@ -22,9 +22,10 @@ from unicorn import x86_const as X
 
 from hvsim.core.memory import Access, GuestMemoryError, Walk
 from hvsim.core.mmu import (ACCESS_FETCH, ACCESS_WRITE, HOST_PHYS_BASE, PERM_R, PERM_W, PERM_X, EngineTlb,
-                            Stage2Fault, TaggedTlb, TlbEntry)
+                            Stage2Fault, TaggedTlb, TlbEntry, TraceStep, TranslationTrace)
 
 from . import paging
+from .shadow import SHADOW_MMIO
 
 MSR_EFER = 0xC000_0080
 # emu_start's end address: never reached (runs end on HLT, a slice or a stop), non-canonical so
@@ -51,6 +52,7 @@ class PageFault(Exception):
 
 
 _CS = {}
+_decoded: dict = {}  # (bits, rip, bytes) -> capstone instruction: faulting instructions repeat
 _STACK_WRITES = {CX.X86_INS_PUSH, CX.X86_INS_CALL, CX.X86_INS_PUSHFQ, CX.X86_INS_PUSHFD, CX.X86_INS_PUSHF}
 _STACK_READS = {CX.X86_INS_POP, CX.X86_INS_RET, CX.X86_INS_POPFQ, CX.X86_INS_POPFD, CX.X86_INS_POPF,
                 CX.X86_INS_IRETQ, CX.X86_INS_IRETD, CX.X86_INS_IRET, CX.X86_INS_LEAVE}
@@ -83,7 +85,9 @@ class X86Mmu:
         self.host = vcpu.vm.host
         self.regs = vcpu.regs
         self.tlb = TaggedTlb()
+        self.log = vcpu.vm.dirty_log
         self.stage2 = None
+        self.shadow = None  # a ShadowMmu (plugins/x86/shadow.py) when the VMM uses shadow paging
         self.tag = 0
         self.pending: Exception | None = None  # the fault a refused fill left for the vCPU
         self._ctx: tuple | None = None
@@ -108,6 +112,12 @@ class X86Mmu:
         """Guest-physical -> host-physical through the current stage 2 (or Stage2Fault)."""
         s2 = self.stage2
         if s2 is None:
+            if self.shadow is not None:  # the VMM's own view of guest memory: its memslots
+                try:
+                    return self.vm.memory.translate(gpa)
+                except GuestMemoryError:
+                    raise Stage2Fault(gpa, f"guest-physical {gpa:#x} is not in any memory slot", write=write,
+                                      fetch=fetch, walk=walk) from None
             if gpa >= self.host.size:
                 raise Stage2Fault(gpa, f"guest-physical {gpa:#x} is beyond host memory", write=write,
                                   fetch=fetch, walk=walk)
@@ -123,17 +133,22 @@ class X86Mmu:
         return _U64.unpack_from(self.host.view, hpa)[0] if hpa + 8 <= self.host.size else (1 << 64) - 1
 
     def _table_update(self, gpa: int, size: int, value: int) -> None:
+        """The processor's accessed/dirty update of a guest paging-structure entry (a write, and
+        logged as one)."""
         hpa = self.gpa_to_hpa(gpa, write=True, walk=True)
         if hpa + size <= self.host.size:
             (_U32 if size == 4 else _U64).pack_into(self.host.view, hpa, value)
+            if self.log.enabled:
+                self.log.pages.add(gpa >> 12)
 
-    def walk(self, linear: int, access: Access, cpl: int | None = None, set_ad: bool = True) -> Walk:
+    def walk(self, linear: int, access: Access, cpl: int | None = None, set_ad: bool = True,
+             record: bool = True) -> Walk:
         """The guest's stage-1 walk of ``linear`` with every table read through stage 2."""
         cr0, cr3, cr4, efer, _pcid = self._ctx or self._context()
         if cpl is None:
             cpl = self.vcpu.cpl()
         return paging.walk(linear, access, cr0, cr3, cr4, efer, cpl, self._table_u32, self._table_u64,
-                           self._table_update if set_ad else None)
+                           self._table_update if set_ad else None, record)
 
     # -- Unicorn's TLB miss -----------------------------------------------------------------------
     def fill(self, vaddr: int, access: int):
@@ -150,13 +165,20 @@ class X86Mmu:
         vpn = vaddr >> 12
         need = PERM_X if access == ACCESS_FETCH else PERM_W if access == ACCESS_WRITE else PERM_R
         e = self.tlb.lookup(self.tag, pcid, vpn, user)
-        if e is not None and e.perms & need:
-            return e.paddr, e.perms
+        if e is not None:
+            if e.perms & need:
+                self.engine.refilled()
+                return e.paddr, e.perms
+            if need == PERM_W and not e.dirty and e.leaf is not None and self._set_dirty(e):
+                self._log_write(e)
+                return e.paddr, e.perms
         # A miss, or an entry that does not allow this access: walk again (a fault would drop the
         # entry anyway, SDM 4.10.4.1; a changed entry may now allow it).
         mode = _ACCESS.get(access, Access.READ)
+        if self.shadow is not None:
+            return self._fill_shadow(vaddr, mode, user, pcid)
         try:
-            w = self.walk(vaddr, mode, 3 if user else 0)
+            w = self.walk(vaddr, mode, 3 if user else 0, record=False)
         except Stage2Fault as fault:
             fault.gla = vaddr
             self.pending = fault
@@ -178,10 +200,49 @@ class X86Mmu:
             fault.gla = vaddr
             self.pending = fault
             return None
-        perms = (PERM_R | (PERM_W if w.writable and w.dirty else 0) | (PERM_X if w.executable else 0)) & perms2
+        writable = w.writable and perms2 & PERM_W
+        dirty = w.dirty
+        if self.log.enabled and need != PERM_W:
+            dirty = False  # logging: write permission waits for a write, which is recorded
+        perms = (PERM_R | (PERM_W if writable and dirty else 0) | (PERM_X if w.executable else 0)) & perms2
         paddr = HOST_PHYS_BASE + (hpa & ~0xFFF)
-        self.tlb.insert(self.tag, pcid, vpn, user, TlbEntry(paddr, perms, w.user, w.global_, w.page_size, w.dirty))
+        e = TlbEntry(paddr, perms, w.user, w.global_, w.page_size, dirty, w.leaf if writable else None, gpa >> 12)
+        self.tlb.insert(self.tag, pcid, vpn, user, e)
+        if perms & PERM_W:
+            self._log_write(e)
         return paddr, perms
+
+    def _log_write(self, e: TlbEntry) -> None:
+        if self.log.enabled:
+            self.log.pages.add(e.gpa)
+
+    def _fill_shadow(self, vaddr: int, mode: Access, user: bool, pcid: int):
+        """Shadow paging: the processor walks the VMM's shadow tables (host-physical, GVA ->
+        HPA); a miss there is a #PF, which the VMM intercepts (plugins/x86/shadow.py)."""
+        w = self.shadow.walk(vaddr, mode, 3 if user else 0)
+        if w.fault:
+            self.pending = PageFault(vaddr, w.error_code, w.fault)
+            return None
+        if w.entry & SHADOW_MMIO:
+            return w.address & ~0xFFF, PERM_R | PERM_W
+        perms = PERM_R | (PERM_W if w.writable else 0) | (PERM_X if w.executable else 0)
+        paddr = HOST_PHYS_BASE + (w.address & ~0xFFF)
+        self.tlb.insert(self.tag, pcid, vaddr >> 12, user, TlbEntry(paddr, perms, w.user, w.global_, 0x1000))
+        return paddr, perms
+
+    def _set_dirty(self, e: TlbEntry) -> bool:
+        """The first write through a cached, writable translation whose dirty flag is clear: set
+        D in the leaf entry (SDM 4.8), if that entry still maps the page writable; else walk."""
+        address, size = e.leaf
+        try:
+            value = self._table_u64(address) if size == 8 else self._table_u32(address)
+            if value & (paging.P | paging.RW) != paging.P | paging.RW:
+                return False
+            self._table_update(address, size, value | paging.A | paging.D)
+        except Stage2Fault:
+            return False
+        e.dirty, e.perms = True, e.perms | PERM_W
+        return True
 
     def _mmio_page(self, gpa: int, fault: Stage2Fault) -> int | None:
         """A not-present stage-2 entry where a device sits is MMIO, as under KVM (the page is
@@ -212,9 +273,14 @@ class X86Mmu:
             code = vcpu.read_linear(lin_rip, 15)
         except Exception:  # the code itself is unreadable: the page is what is known
             return page
-        insn = next(_disassembler(bits).disasm(code, rip, 1), None)
+        insn = _decoded.get((bits, rip, code))
         if insn is None:
-            return page
+            insn = next(_disassembler(bits).disasm(code, rip, 1), None)
+            if insn is None:
+                return page
+            if len(_decoded) > 4096:
+                _decoded.clear()
+            _decoded[(bits, rip, code)] = insn
         mask, r = (1 << bits) - 1, self.regs
         candidates = []
         for op in insn.operands:
@@ -247,6 +313,12 @@ class X86Mmu:
                 return page
         return page
 
+    def fetchable(self, address: int) -> bool:
+        """Whether an instruction fetch at ``address`` translates now (without faulting)."""
+        ok = self.fill(address & ~0xFFF, ACCESS_FETCH) is not None
+        self.pending = None
+        return ok
+
     def take_pending(self) -> Exception | None:
         fault, self.pending = self.pending, None
         return fault
@@ -270,6 +342,42 @@ class X86Mmu:
 
     def flush_tag(self, tag=..., keep_global: bool = False) -> None:
         self.tlb.invalidate(tag, keep_global=keep_global)
+
+    # -- the translation tool ---------------------------------------------------------------------
+    def trace(self, linear: int) -> TranslationTrace:
+        """The full walk of ``linear`` for ``hvsim translate``: every guest table entry with its
+        own stage-2 walk, then the final address's. Looks only (no A/D bits set)."""
+        s2 = self.stage2
+        name = "shadow paging (the VMM's memory slots)" if self.shadow is not None else \
+            "none" if s2 is None else type(s2).__name__.upper()
+        trace = TranslationTrace(linear, stage2_name=name,
+                                 stage2_levels={n: f"{name} {e}" for n, e in paging.LEVEL_NAMES.items()})
+
+        def s2_steps(gpa):
+            if s2 is None:
+                try:
+                    return [], self.gpa_to_hpa(gpa), None
+                except Stage2Fault as fault:
+                    return [], None, fault.detail
+            return s2.steps(gpa)
+
+        try:
+            walk = self.walk(linear, Access.READ, set_ad=False)
+        except Stage2Fault as fault:
+            trace.fault = fault.detail
+            return trace
+        for step in walk.steps:
+            steps, hpa, _fault = s2_steps(step.address)
+            trace.stage1.append(TraceStep(paging.LEVEL_NAMES.get(step.level, str(step.level)), step.address,
+                                          step.value, step.flags, steps, hpa))
+        if walk.fault:
+            trace.fault = walk.fault
+            return trace
+        trace.gpa = walk.address
+        trace.stage2, trace.hpa, fault = s2_steps(walk.address)
+        if fault:
+            trace.fault = fault
+        return trace
 
     # -- Python's own accesses at linear addresses ---------------------------------------------------
     def linear_to_hpa(self, linear: int, access: Access) -> int:

@@ -34,7 +34,7 @@ MAXPHYADDR = 40
 _ADDR = ((1 << MAXPHYADDR) - 1) & ~0xFFF
 _RSVD64 = ((1 << 52) - 1) & ~((1 << MAXPHYADDR) - 1)  # bits MAXPHYADDR..51 must be zero
 
-_LEVEL_NAMES = {5: "PML5E", 4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
+LEVEL_NAMES = {5: "PML5E", 4: "PML4E", 3: "PDPTE", 2: "PDE", 1: "PTE"}
 
 
 def _flags(entry: int) -> str:
@@ -47,7 +47,7 @@ def _flags(entry: int) -> str:
 
 def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl: int,
          read_u32: Callable[[int], int], read_u64: Callable[[int], int],
-         update: Callable[[int, int, int], None] | None = None) -> Walk:
+         update: Callable[[int, int, int], None] | None = None, record: bool = True) -> Walk:
     """Translate ``gva``; a fault comes back as ``Walk.fault`` with ``error_code`` set.
 
     ``read_u32``/``read_u64`` read a paging-structure entry at a guest-physical address (a
@@ -56,6 +56,8 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
     leaf on a write, as the processor does (SDM 4.8); without it the walk only looks. A
     successful Walk also says what the translation allows at this CPL (``writable``,
     ``executable``, ``user``), whether it is global, its page size, and the leaf's dirty flag.
+    ``record=False`` (a TLB fill) keeps only the leaf entry's value in ``Walk.entry`` instead of
+    every step with its decoded flags.
     """
     if not cr0 & CR0_PG:
         return Walk(gva & 0xFFFF_FFFF if not efer & EFER_LMA else gva, page_size=1 << 30)
@@ -67,6 +69,7 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
     if fetch and (nxe or cr4 & CR4_SMEP):
         ec |= PFEC_I
     steps: list[WalkStep] = []
+    note = steps.append if record else _ignore
 
     def fault(why: str, extra: int = 0) -> Walk:
         return Walk(None, steps, f"#PF: {why}", ec | extra)
@@ -82,7 +85,7 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
             idx = (gva >> 30) & 3
             addr = (cr3 & 0xFFFF_FFE0) + idx * 8
             pdpte = read_u64(addr)
-            steps.append(WalkStep(3, addr, pdpte, _flags(pdpte)))
+            record and note(WalkStep(3, addr, pdpte, _flags(pdpte)))
             if not pdpte & P:
                 return fault("PDPTE not present")
             if pdpte & (0x1E6 | _RSVD64 | XD):
@@ -93,11 +96,11 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
             shift = 12 + 9 * (level - 1)
             addr = table + ((gva >> shift) & 0x1FF) * 8
             entry = read_u64(addr)
-            steps.append(WalkStep(level, addr, entry, _flags(entry)))
+            record and note(WalkStep(level, addr, entry, _flags(entry)))
             if not entry & P:
-                return _done(fault(f"{_LEVEL_NAMES[level]} not present"), used, update)
+                return _done(fault(f"{LEVEL_NAMES[level]} not present"), used, update)
             if entry & _RSVD64 or (entry & XD and not nxe):
-                return _done(fault(f"reserved bit set in {_LEVEL_NAMES[level]}", PFEC_P | PFEC_RSVD), used, update)
+                return _done(fault(f"reserved bit set in {LEVEL_NAMES[level]}", PFEC_P | PFEC_RSVD), used, update)
             allowed_w &= bool(entry & RW)
             allowed_u &= bool(entry & US)
             nx |= bool(entry & XD)
@@ -105,7 +108,7 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
                 if level > 1 and entry & PS:
                     mask = (1 << shift) - 1
                     if entry & (mask & ~0x1FFF) & _ADDR:  # base bits below the page size
-                        return _done(fault(f"reserved bit set in {_LEVEL_NAMES[level]}", PFEC_P | PFEC_RSVD),
+                        return _done(fault(f"reserved bit set in {LEVEL_NAMES[level]}", PFEC_P | PFEC_RSVD),
                                      used, update)
                     gpa = (entry & _ADDR & ~mask) | (gva & mask)
                     size = mask + 1
@@ -122,7 +125,7 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
     else:  # 32-bit paging
         addr = (cr3 & 0xFFFF_F000) + ((gva >> 22) & 0x3FF) * 4
         pde = read_u32(addr)
-        steps.append(WalkStep(2, addr, pde, _flags(pde)))
+        record and note(WalkStep(2, addr, pde, _flags(pde)))
         if not pde & P:
             return fault("PDE not present")
         allowed_w, allowed_u = bool(pde & RW), bool(pde & US)
@@ -133,7 +136,7 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
         else:
             addr = (pde & 0xFFFF_F000) + ((gva >> 12) & 0x3FF) * 4
             pte = read_u32(addr)
-            steps.append(WalkStep(1, addr, pte, _flags(pte)))
+            record and note(WalkStep(1, addr, pte, _flags(pte)))
             if not pte & P:
                 return _done(fault("PTE not present"), used, update)
             allowed_w &= bool(pte & RW)
@@ -155,7 +158,12 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
         return _done(fault("SMEP: supervisor fetch from a user page", PFEC_P), used, update)
     _done(None, used, update, dirty_leaf=write)  # the write the translation allows sets D
     return Walk(gpa, steps, writable=writable, executable=executable, user=allowed_u,
-                global_=bool(leaf & G and cr4 & CR4_PGE), page_size=size, dirty=bool(leaf & D) or write)
+                global_=bool(leaf & G and cr4 & CR4_PGE), page_size=size, dirty=bool(leaf & D) or write,
+                leaf=used[-1][:2], entry=leaf)
+
+
+def _ignore(_step) -> None:
+    pass
 
 
 def _done(result: Walk | None, used: list[tuple[int, int, int]], update, dirty_leaf: bool = False) -> Walk | None:
