@@ -28,7 +28,6 @@ What traps to "EL2" and how (see ../shared/notes/unicorn-facts.md):
 from __future__ import annotations
 
 import ctypes
-import time
 
 from unicorn import (
     UC_ARCH_ARM64,
@@ -39,7 +38,6 @@ from unicorn import (
     UC_MODE_ARM,
     UC_PROT_ALL,
     UC_PROT_EXEC,
-    UC_QUERY_TIMEOUT,
     Uc,
     UcError,
 )
@@ -55,7 +53,7 @@ from unicorn.arm64_const import (
 from unicorn.unicorn_py3.unicorn import uclib
 
 from hvsim.core.arch import Vcpu, VcpuState
-from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks
+from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks, slice_timer
 from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, Walk
 from hvsim.core.mmu import HOST_PHYS_BASE, Stage2Fault
@@ -137,6 +135,7 @@ class Arm64Vcpu(Vcpu):
         self.el2 = el2.El2Regs(self._el2_changed)
         self._el2_changed()
         self.mmu = Arm64Mmu(self, self.hooks, getattr(vm.arch, "stage2_tables", None))
+        self._timer = slice_timer()
         self.tlbi_sites = MaintenanceSites(self)
         self.hooks.add(UC_HOOK_INTR, HOOK_INTR, self._intr_hook())
         self.hooks.add(UC_HOOK_MEM_UNMAPPED, HOOK_MEM_EVENT, self.mmio.on_unmapped)
@@ -218,8 +217,16 @@ class Arm64Vcpu(Vcpu):
         mmio.forget()
         uc, regs, mmu = self.uc, self.regs, self.mmu
         mmu.context_changed()
-        deadline = time.perf_counter() + slice_us / 1e6
-        timeout = slice_us
+        timer = self._timer
+        timer.arm(self._uch, slice_us / 1e6)  # one watchdog for the slice, not one per entry
+        try:
+            return self._run_slice(mmio, uc, regs, mmu, timer)
+        finally:
+            timer.disarm()
+
+    def _run_slice(self, mmio, uc, regs, mmu, timer) -> Exit | None:
+        """Enter the engine until the slice ends, an exit must leave it, or the run stops; a
+        fault (refused fill) is taken and the guest entered again."""
         traps = self.sysreg_traps
         while True:
             error = None
@@ -233,12 +240,11 @@ class Arm64Vcpu(Vcpu):
             mmu.pending = None
             self._in_engine = True
             try:
-                uc.emu_start(pc, UNTIL, timeout=timeout)
+                uc.emu_start(pc, UNTIL)
             except UcError as exc:
                 error = exc
             finally:
                 self._in_engine = False
-                mmu.engine.after_slice()
             hook_error = self.hooks.take_error()
             if hook_error is not None:
                 raise hook_error
@@ -258,7 +264,9 @@ class Arm64Vcpu(Vcpu):
             elif mmio.discovering:  # mmio stopped the engine to learn an instruction's PC
                 mmio.finish_discovery()
                 mmio.install_pending()
-            elif uc.query(UC_QUERY_TIMEOUT):
+            elif mmu.engine.service():
+                pass  # stopped only so the engine's TLB could grow
+            elif timer.expired:
                 return None
             elif self._reenter:
                 pass  # enter again with the new HCR_EL2
@@ -267,10 +275,7 @@ class Arm64Vcpu(Vcpu):
             else:  # WFI not trapped: the vCPU waits inside the guest for an interrupt
                 self.state = VcpuState.HALTED
                 return None
-            if self.vm.status is not None:
-                return None
-            timeout = int((deadline - time.perf_counter()) * 1e6)
-            if timeout <= 0:
+            if self.vm.status is not None or timer.expired:
                 return None
 
     def request_stop(self) -> None:

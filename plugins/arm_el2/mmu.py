@@ -178,6 +178,7 @@ class Arm64Mmu:
         tag, asid = ctx[5], ctx[4]
         e = self.tlb.lookup(tag, asid, vpn, el0)
         if e is not None and e.perms & need:
+            self.engine.refilled()  # the engine's TLB had dropped it: it may be too small
             return e.paddr, e.perms
         # A miss, or an entry that does not allow this access: walk again (a fault is never
         # cached; a changed descriptor may now allow it).
