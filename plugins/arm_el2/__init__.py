@@ -23,8 +23,9 @@ from hvsim import hookimpl
 from hvsim.core.arch import Arch, Vcpu, VcpuState
 from hvsim.core.exits import ExitKind
 from hvsim.core.loader import Image
+from hvsim.core.vm import HV_AREA
 
-from . import boot, layout, psci, spec, traps
+from . import boot, layout, psci, spec, stage2, traps
 from .cpu import Arm64Vcpu
 from .exceptions import PSTATE_ENTRY
 from .exits import El2Record
@@ -48,6 +49,8 @@ class ArmEl2Arch(Arch):
                  "CNTHCTL_EL2), SYS (TSW TPCP TPU TTLB TDZ), FP/SIMD (CPTR_EL2.TFP), with ESR_EL2 syndromes",
         "timer": "virtual and EL1 physical timers through CNTVOFF_EL2; PPIs 27 / 30 to hvsim_inject_event",
         "MMIO": "stage-2 data aborts with the instruction syndrome (ISV, SAS, SRT, WnR)",
+        "memory": "guest stage 1 (VMSAv8-64) and stage 2 (VTTBR_EL2/VTCR_EL2) in Unicorn's TLB; "
+                  "VMID/ASID-tagged TLB model, guest TLBI, vcpu.mmu.tlbi() for the hypervisor's",
         "virtual exceptions": "IRQ, FIQ, SError to the guest's VBAR_EL1",
         "boot": "Linux arm64 Image, ELF64, raw; device tree in X0",
         "platform": "QEMU virt: RAM 0x4000_0000, PL011 0x0900_0000",
@@ -57,6 +60,10 @@ class ArmEl2Arch(Arch):
     def build(self) -> None:
         vm = self.vm
         vm.memory.add_ram(layout.RAM_BASE, vm.config.mem_size)
+        # The hypervisor's area of host memory; its second half holds the VM's stage-2 tables,
+        # built once and shared by every vCPU (one VMID per VM), as KVM's.
+        self.hv_area = vm.host.allocate(HV_AREA)
+        self.stage2_tables = stage2.build_identity(vm, self.hv_area + HV_AREA // 2, HV_AREA // 2)
         for device, base, size, label in layout.MMIO_DEVICES:
             vm.bus.add_mmio(base, size, vm.pm.devices.create(device, vm), label)
 

@@ -2,8 +2,9 @@
 
 The engine is set up the way a hypervisor leaves a CPU before ERET to a guest: SCR_EL3.{NS,
 HCE,RW} and HCR_EL2.RW so EL1 is AArch64 and HVC traps (Arm ARM D23.2 SCR_EL3, HCR_EL2),
-VMPIDR_EL2 so the guest's MPIDR_EL1 reads name this vCPU. Guest RAM is the VM's host memory
-mapped with ``mem_map_ptr``; MMIO goes through :mod:`.mmio`.
+VMPIDR_EL2 so the guest's MPIDR_EL1 reads name this vCPU. Host memory is mapped once, high in
+the engine's physical space; the engine runs in virtual-TLB mode and :mod:`.mmu` fills it with
+the guest's stage 1 and hvsim's stage 2 (VTTBR_EL2 / VTCR_EL2). MMIO goes through :mod:`.mmio`.
 
 What traps to "EL2" and how (see ../shared/notes/unicorn-facts.md):
 
@@ -19,8 +20,10 @@ What traps to "EL2" and how (see ../shared/notes/unicorn-facts.md):
 - The guest's generic timers are modelled (:mod:`.timer`): a slice never runs past the next
   deadline, and a vCPU in WFI (or PSCI CPU_SUSPEND) with a timer armed stays RUNNABLE for the
   run loop with ``wfi_wait`` set, sleeping in :meth:`Arm64Vcpu.run` until the timer's PPI.
-- Loads and stores to IPAs without RAM: MMIO exits (EC 0x24), completed inside the engine.
-- SVC, BRK, undefined instructions and the guest's own MMU faults are the guest's business:
+- Loads and stores to IPAs where a device sits: MMIO exits (EC 0x24), completed inside the
+  engine. Any other stage-2 fault (an IPA nothing backs, a descriptor the hypervisor changed):
+  a STAGE2_FAULT exit (EC 0x24 / 0x20), after which the instruction is retried.
+- SVC, BRK, undefined instructions and the guest's own stage-1 faults are the guest's business:
   they go to its VBAR_EL1 vectors (:mod:`.exceptions`), as on hardware with nothing trapped.
 - An instruction fetch from an IPA without RAM is reported to the guest as a synchronous
   external abort, as KVM does; if its vector table is not there either, the run ends.
@@ -33,15 +36,13 @@ import time
 
 from unicorn import (
     UC_ARCH_ARM64,
+    UC_ERR_EXCEPTION,
     UC_ERR_FETCH_UNMAPPED,
     UC_HOOK_INTR,
     UC_HOOK_MEM_UNMAPPED,
     UC_MODE_ARM,
     UC_PROT_ALL,
     UC_PROT_EXEC,
-    UC_PROT_READ,
-    UC_PROT_WRITE,
-    UC_QUERY_TIMEOUT,
     Uc,
     UcError,
 )
@@ -57,18 +58,19 @@ from unicorn.arm64_const import (
 from unicorn.unicorn_py3.unicorn import uclib
 
 from hvsim.core.arch import Vcpu, VcpuState
-from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks
+from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks, slice_timer
 from hvsim.core.exits import Event, EventType, Exit, ExitKind
 from hvsim.core.memory import Access, Walk
+from hvsim.core.mmu import HOST_PHYS_BASE, Stage2Fault
 
 from . import el2, exceptions, layout, stage1, sysregs
 from .exits import (ESR_ELx_EC_HVC64, ESR_ELx_EC_ILL, ESR_ELx_EC_SERROR, ESR_ELx_EC_SMC64, WFI_RECORD,
                     El2Record, esr)
 from .mmio import MmioTrap
+from .mmu import UNTIL, Arm64Mmu, Stage1Abort, deliver_stage1, stage2_exit
+from .tlbi import MaintenanceSites
 from .timer import Timers
 from .traps import SysregTraps
-
-_UNTIL = 0xFFFF_FFFF_FFFF_FFFF  # never reached: runs end on WFI, timeout or a stop
 
 # Xn by register number; 31 is SP in an address (XZR as data is handled by xreg_zr).
 _XREGS = [UC_ARM64_REG_X0 + n for n in range(29)] + [UC_ARM64_REG_X29, UC_ARM64_REG_X30, UC_ARM64_REG_SP]
@@ -126,8 +128,10 @@ class Arm64Vcpu(Vcpu):
     def __init__(self, vm, index: int) -> None:
         super().__init__(vm, index)
         uc = self.uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
-        for slot in vm.memory.slots:
-            uc.mem_map_ptr(slot.gpa, slot.size, UC_PROT_ALL, vm.host.ptr + slot.hpa)
+        uc.ctl_set_page_size(0x1000)  # QEMU's arm default is 1 KiB; the granule the TLB fills is 4 KiB
+        # Host memory sits high in the engine's physical space; the MMU's fills (guest stage 1,
+        # then stage 2) point into it. MMIO ranges stay at their IPAs (:mod:`.mmio`).
+        uc.mem_map_ptr(HOST_PHYS_BASE, vm.host.size, UC_PROT_ALL, vm.host.ptr)
         self.regs = FastRegs(uc)
         self.sysregs = sys = sysregs.SysRegs(uc)
         sys.write(sysregs.SCR_EL3, sysregs.SCR_EL3_NS | sysregs.SCR_EL3_HCE | sysregs.SCR_EL3_RW)
@@ -159,6 +163,9 @@ class Arm64Vcpu(Vcpu):
         self.el2.on_change = self._el2_changed
         for name in ("VPIDR_EL2", "VMPIDR_EL2", "HCR_EL2"):
             self._el2_changed(name)
+        self.mmu = Arm64Mmu(self, self.hooks, getattr(vm.arch, "stage2_tables", None))
+        self._timer = slice_timer()
+        self.tlbi_sites = MaintenanceSites(self)
         self.hooks.add(UC_HOOK_INTR, HOOK_INTR, self._intr_hook())
         self.hooks.add(UC_HOOK_MEM_UNMAPPED, HOOK_MEM_EVENT, self.mmio.on_unmapped)
 
@@ -304,9 +311,18 @@ class Arm64Vcpu(Vcpu):
         return int.from_bytes(self.read_code(va, 4) or bytes(4), "little")
 
     def translate(self, va: int, is_write: bool = False, execute: bool = False) -> int | None:
-        """Guest VA to IPA with Unicorn's stage-1 MMU, or None when it faults."""
+        """Guest VA to IPA through the guest's stage 1 at the current EL (descriptors read
+        through stage 2, nothing updated), or None when it faults."""
+        access = Access.EXECUTE if execute else (Access.WRITE if is_write else Access.READ)
+        if exceptions.current_el(self.regs.read(UC_ARM64_REG_PSTATE)) == 0:
+            access |= Access.USER
+        return self.mmu.va_to_ipa(va, access)
+
+    def engine_address(self, va: int, is_write: bool = False) -> int | None:
+        """Where the engine's TLB puts ``va`` (filling it on a miss): an MMIO page's IPA, or
+        HOST_PHYS_BASE + the host-physical address of RAM; None when the translation faults."""
         pa = ctypes.c_uint64()
-        prot = UC_PROT_EXEC if execute else (UC_PROT_WRITE if is_write else UC_PROT_READ)
+        prot = 2 if is_write else 1  # UC_PROT_WRITE, UC_PROT_READ
         return pa.value if _vmem_translate(self._uch, va, prot, ctypes.byref(pa)) == 0 else None
 
     def is_mapped_code(self, va: int) -> bool:
@@ -315,11 +331,11 @@ class Arm64Vcpu(Vcpu):
 
     def stage1_walk(self, va: int, access: Access) -> Walk:
         """The guest's stage-1 walk for ``va`` (identity when SCTLR_EL1.M is 0)."""
-        sys = self.sysregs
-        if not sys.read(sysregs.SCTLR_EL1) & sysregs.SCTLR_EL1_M:
-            return Walk(va)
-        return stage1.walk(self.vm.memory.read_u64, va, sys.read(sysregs.TCR_EL1),
-                           sys.read(sysregs.TTBR0_EL1), sys.read(sysregs.TTBR1_EL1), access)
+        try:
+            return self.mmu.walk(va, access)[0]
+        except Stage2Fault as fault:
+            return Walk(None, [], f"{fault.detail} on the stage-1 walk (IPA {fault.gpa:#x})",
+                        fault.syndrome & 0x3F)
 
     def stage1_fault(self, va: int, access: Access) -> int:
         """The fault status code the hardware reports for a stage-1 fault on ``va``."""
@@ -344,10 +360,10 @@ class Arm64Vcpu(Vcpu):
         mmio = self.mmio
         mmio.sync_claims()
         mmio.forget()
-        uc, regs = self.uc, self.regs
+        uc, regs, mmu = self.uc, self.regs, self.mmu
+        mmu.context_changed()
         deadline = time.perf_counter() + slice_us / 1e6
-        timeout = slice_us
-        traps, timers = self.sysreg_traps, self.timers
+        traps, timers, timer = self.sysreg_traps, self.timers, self._timer
         while True:
             error = None
             self._reenter = self._yield = False
@@ -356,19 +372,27 @@ class Arm64Vcpu(Vcpu):
             timers.poll()
             if self.events:  # raised while the guest ran (a timer register write, a handler)
                 self.deliver_pending()
+            timeout = int((deadline - time.perf_counter()) * 1e6)
+            if timeout <= 0:
+                return None
             due = timers.next_deadline_ns()
             now = time.monotonic_ns()
             if due is not None:
                 timeout = max(1, min(timeout, (due - now) // 1000 + 1))
             self._slice_end_ns = now + timeout * 1000
             pc = regs.read(UC_ARM64_REG_PC)
-            traps.prescan(pc)
+            if mmu.fetchable(pc):  # else the fetch faults in emu_start, which reports it
+                traps.prescan(pc)
+                self.tlbi_sites.prescan(pc)
+            mmu.pending = None
             self._in_engine = True
+            timer.arm(self._uch, timeout / 1e6)  # emu_start's own timeout starts a thread a call
             try:
-                uc.emu_start(pc, _UNTIL, timeout=timeout)
+                uc.emu_start(pc, UNTIL)
             except UcError as exc:
                 error = exc
             finally:
+                timer.disarm()
                 self._in_engine = False
             hook_error = self.hooks.take_error()
             if hook_error is not None:
@@ -380,22 +404,25 @@ class Arm64Vcpu(Vcpu):
                 mmio.discovering = False
                 return None
             if error is not None:
-                if not self._on_error(error):
+                fault = mmu.take_pending() if error.errno == UC_ERR_EXCEPTION else None
+                if fault is not None:
+                    if not self._take_fault(fault):
+                        return None
+                elif not self._on_error(error):
                     return None
             elif mmio.discovering:  # mmio stopped the engine to learn an instruction's PC
                 mmio.finish_discovery()
                 mmio.install_pending()
             elif self._yield:
                 return None  # a trapped WFE yielded to the other vCPUs
+            elif mmu.engine.service():
+                pass  # stopped only so the engine's TLB could grow
             elif self._reenter:
                 pass  # enter again with the new EL2 controls, or to take an interrupt
-            elif uc.query(UC_QUERY_TIMEOUT):
+            elif timer.expired:
                 if timers.poll():
                     self.deliver_pending()
-                    if time.perf_counter() < deadline:
-                        timeout = int((deadline - time.perf_counter()) * 1e6)
-                        if timeout > 0:
-                            continue
+                    continue  # the loop ends the slice if its time is up
                 return None
             elif self.twi:  # emu_start returns by itself only after WFI
                 self.take_trap(WFI_RECORD, regs.read(UC_ARM64_REG_PC) - 4)
@@ -405,9 +432,6 @@ class Arm64Vcpu(Vcpu):
                 self.halted()
                 return None
             if self.vm.status is not None:
-                return None
-            timeout = int((deadline - time.perf_counter()) * 1e6)
-            if timeout <= 0:
                 return None
 
     def request_stop(self) -> None:
@@ -445,6 +469,7 @@ class Arm64Vcpu(Vcpu):
         regs = self.regs
         regs.write(UC_ARM64_REG_PSTATE, exceptions.PSTATE_ENTRY)
         self.sysregs.write(sysregs.SCTLR_EL1, self._sctlr_reset)
+        self.mmu.context_changed()
         regs.write(UC_ARM64_REG_X0, context_id)
         regs.write(UC_ARM64_REG_PC, entry)
         self.events.clear()
@@ -519,6 +544,29 @@ class Arm64Vcpu(Vcpu):
         imm16 = (self.read_insn(pc - 4) >> 5) & 0xFFFF
         rec = El2Record(esr(ESR_ELx_EC_SMC64, imm16))
         return (ExitKind.HYPERCALL, "ESR_ELx_EC_SMC64", rec, 0, 0, False, imm16)
+
+    def _take_fault(self, fault: Exception) -> bool:
+        """A translation the MMU refused, with PC at the faulting instruction: a stage-1 abort
+        to the guest's vectors, or a stage-2 abort, which is an exit to EL2 handled before the
+        instruction is retried. A fetch from an IPA no RAM backs is KVM's: an external abort
+        injected into the guest (kvm_inject_pabt). False: the run ends."""
+        pc = self.regs.read(UC_ARM64_REG_PC)
+        if isinstance(fault, Stage1Abort):
+            if deliver_stage1(self, fault):
+                return True
+            self.vm.crash(f"{fault.detail} on the instruction fetch from {pc:#x}, in the guest's own "
+                          f"vector table: the abort cannot be taken")
+            return False
+        if fault.fetch and not fault.walk and not self.vm.memory.is_ram(fault.gpa):
+            if exceptions.instruction_abort_external(self, pc):
+                return True
+            self.vm.crash(f"instruction fetch from {pc:#x}, where no RAM is, and the guest has "
+                          f"no vector table to take the abort (VBAR_EL1 "
+                          f"{self.regs.read(UC_ARM64_REG_VBAR_EL1):#x})")
+            return False
+        self.mmio.forget()
+        self._dispatch(self, stage2_exit(self, fault))
+        return self.vm.status is None
 
     def _on_error(self, error: UcError) -> bool:
         """emu_start raised: deliver what the guest should see, or end the run (False)."""

@@ -4,11 +4,12 @@ On hardware a guest access to an IPA that stage 2 leaves unmapped traps to EL2 w
 ESR_EL2.EC = 0x24 (Data Abort from a lower EL), FAR_EL2 = the VA, HPFAR_EL2 = the IPA page,
 and an instruction syndrome (ISV, SAS, SSE, SRT, SF, AR, WnR) that lets the hypervisor emulate
 the access without decoding (Arm ARM D24.2 ESR_EL2, "ISS encoding for an exception from a
-Data Abort"; KVM's io_mem_abort()). hvsim does the same: every MMIO claim on the bus, and every
-other unbacked page the guest touches, is mapped with Unicorn's ``mmio_map``; each access
-becomes an ``ExitKind.MMIO`` exit dispatched through ``vm.dispatch``. An access nobody claims
-therefore reaches the core's MMIO handler and ends the run as a guest crash, as KVM hands it to
-a VMM that has no device there (QEMU's TCG would instead answer with an external abort).
+Data Abort"; KVM's io_mem_abort()). hvsim does the same: every MMIO claim on the bus is mapped
+with Unicorn's ``mmio_map`` at its IPA, and the TLB fill (:mod:`.mmu`) answers a stage-2
+translation fault there with that page; each access becomes an ``ExitKind.MMIO`` exit
+dispatched through ``vm.dispatch``. With an ``hvsim_mmio`` plugin any IPA that is not RAM is
+mapped so on first touch; without one, an access nobody claims is a STAGE2_FAULT exit whose
+default handler ends the run as a guest crash, as KVM hands it to a VMM with no device there.
 
 Which instruction made the access: Unicorn does not update PC before an MMIO callback (PC is
 wherever it was last synced, measured), so the syndrome cannot come from reading PC there. But
@@ -158,6 +159,12 @@ class MmioTrap:
             self.map_region(claim.base, claim.size)
         self._claims_seen = len(claims)
 
+    def map_lazy(self, page: int) -> None:
+        """Make one unbacked page MMIO (an hvsim_mmio plugin answers for any address)."""
+        if page not in self._lazy:
+            self.map_region(page, PAGE)
+            self._lazy.add(page)
+
     def on_unmapped(self, _uc, access, address, size, value, _ud) -> bool:
         """UC_HOOK_MEM_UNMAPPED: a data access to an unbacked IPA becomes MMIO (retry it)."""
         if access == UC_MEM_FETCH_UNMAPPED:
@@ -224,7 +231,7 @@ class MmioTrap:
         else:
             va = insn.address(self.vcpu.xreg, site.pc)
             if va != site.va or ipa != site.ipa:
-                pa = self.vcpu.translate(va, is_write)
+                pa = self.vcpu.engine_address(va, is_write)  # MMIO pages sit at their IPA
                 if pa is None or not 0 <= ipa - pa < insn.total:
                     return False
         if insn.is_load is None:  # either direction: no record to reuse

@@ -161,11 +161,15 @@ def test_writeback_and_pair_forms_have_no_valid_syndrome(run_guest, recorder):
     assert vm.console.text == "AA"  # the pair's second word went to UARTRSR
 
 
-def test_an_access_nobody_claims_ends_the_run_as_a_guest_crash(run_guest):
+def test_an_access_nobody_claims_is_a_stage2_abort_that_ends_the_run_as_a_guest_crash(run_guest, recorder):
+    """No device and no RAM: KVM's stage 2 has nothing there and no VMM claims it."""
     code = "movz x1, #0x0a00, lsl #16\nmov w2, #1\nstr w2, [x1, #0x70]\n" + SYSTEM_OFF
     vm, result = run_guest(guest(code))
     assert result.status == STATUS_GUEST_CRASH
-    assert "unhandled MMIO write to guest-physical 0xa000070" in result.reason
+    assert "write to guest-physical 0xa000070, which no RAM or device backs" in result.reason
+    [exit] = recorder.of(ExitKind.STAGE2_FAULT)
+    assert (exit.raw.EC, exit.raw.ISV, exit.raw.WnR, exit.raw.DFSC) == (EC_DABT_LOW, 1, 1, DFSC_L1)
+    assert (exit.raw.FAR_EL2, exit.raw.HPFAR_EL2, exit.address) == (0x0A00_0070, 0x0A00_0000 >> 8, 0x0A00_0070)
 
 
 def test_a_plugin_can_answer_unclaimed_mmio(run_guest, hvsim_pm, recorder):
