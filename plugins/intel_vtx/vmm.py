@@ -15,6 +15,7 @@ from __future__ import annotations
 from unicorn import x86_const as X
 
 from hvsim.plugins.x86 import paging
+from hvsim.plugins.x86.traps import ON_DEMAND
 
 from . import msrs
 from .ept import Ept, ep4ta
@@ -229,6 +230,9 @@ class VmxGuestContext:
             **dict.fromkeys(("mov_to_dr", "mov_from_dr"), bool(proc & msrs.CPU_BASED_MOV_DR_EXITING)),
         }
         self._proc, self._proc2 = proc, proc2
+        mask = self._values.get(Field.CR0_GUEST_HOST_MASK, 0)
+        self.vcpu.want_traps(frozenset(k for k, on in self._exiting.items() if on and k in ON_DEMAND)
+                             | (frozenset({"clts", "lmsw"}) if mask & CR0_PE_MP_EM_TS else frozenset()))
         self._cr3_load, self._cr3_store = (bool(proc & msrs.CPU_BASED_CR3_LOAD_EXITING),
                                            bool(proc & msrs.CPU_BASED_CR3_STORE_EXITING))
         self._load_guest_view_of_cr0_cr4()
