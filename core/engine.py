@@ -141,6 +141,7 @@ class SliceTimer:
         self._deadline: float | None = None
         self._uch = None
         self._expired = False
+        self._waiting_until: float | None = None
         threading.Thread(target=self._watch, name="hvsim-slice-timer", daemon=True).start()
 
     def arm(self, uch, seconds: float) -> None:
@@ -148,8 +149,13 @@ class SliceTimer:
 
         with self._cv:
             self._uch, self._expired = uch, False
-            self._deadline = time.monotonic() + seconds
-            self._cv.notify()
+            deadline = time.monotonic() + max(seconds, 0.0)
+            # Wake the thread only if it would sleep past the new deadline (notifying on every
+            # entry cost more than it saved, measured by the event work).
+            wake = self._waiting_until is None or deadline < self._waiting_until
+            self._deadline = deadline
+            if wake:
+                self._cv.notify()
 
     def disarm(self) -> bool:
         """Stop watching; True if the slice ran out (the engine was asked to stop)."""
@@ -167,10 +173,12 @@ class SliceTimer:
         with self._cv:
             while True:
                 if self._deadline is None:
+                    self._waiting_until = None
                     self._cv.wait()
                     continue
                 remaining = self._deadline - time.monotonic()
                 if remaining > 0:
+                    self._waiting_until = self._deadline
                     self._cv.wait(remaining)
                     continue
                 self._expired = True

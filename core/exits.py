@@ -23,7 +23,9 @@ class ExitKind(enum.Enum):
     SYSREG = "sysreg"  # RDMSR/WRMSR (address = MSR), MRS/MSR (address = Linux's sys_reg() encoding)
     STAGE2_FAULT = "stage2-fault"  # EPT violation, NPF, stage-2 abort
     EXCEPTION = "exception"  # a guest exception the hypervisor intercepts
-    INTERRUPT_WINDOW = "interrupt-window"
+    INTERRUPT_WINDOW = "interrupt-window"  # VMX interrupt / NMI window, SVM VINTR
+    # An event the VMM intercepts: external interrupt, NMI, INIT, VMX-preemption timer, MTF.
+    EVENT = "event"
     SHUTDOWN = "shutdown"  # triple fault, PSCI SYSTEM_OFF / SYSTEM_RESET
     INVALID_STATE = "invalid-state"  # VM entry failed its checks
     # A sensitive instruction the VMM intercepts (RDTSC, INVLPG, MOV CR3, WBINVD, PAUSE ...).
@@ -78,6 +80,7 @@ class EventType(enum.Enum):
     VIRTUAL_IRQ = 16  # HCR_EL2.VI
     VIRTUAL_FIQ = 17  # HCR_EL2.VF
     VIRTUAL_SERROR = 18  # HCR_EL2.VSE
+    INIT = 19  # the x86 INIT signal (VMX exit 3, SVM INIT intercept)
 
 
 @dataclass(frozen=True, slots=True)

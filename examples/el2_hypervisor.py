@@ -22,6 +22,7 @@ from hvsim.core.console import Console
 from hvsim.core.exits import Event, EventType, ExitKind
 from hvsim.core.plugins import PluginManager
 from hvsim.core.vm import VM
+from hvsim.plugins.arm_el2 import el2
 
 BASE = 0x4008_0000  # vector table here, code at BASE + 0x800
 DEVICE = 0x0A00_0000  # an emulated register block
@@ -108,7 +109,8 @@ class TinyEl2Hypervisor:
 
             def handle(vcpu, exit):
                 self.classes[exit.reason] += 1
-                table[exit.raw.ESR_EL2 >> 26](vcpu, exit, inner)
+                esr = vcpu.el2.ESR_EL2  # what the trap wrote, as EL2 software reads it
+                table[esr >> 26](vcpu, exit, inner)
 
             return handle
 
@@ -123,6 +125,10 @@ def main() -> int:
     pm.register(hyp, name="tiny-el2")
     vm = VM("arm_el2", mem="32M", pm=pm, console=Console(), entry=BASE + 0x800)
     vm.load(assemble())
+    # Program HCR_EL2 before the first ERET: stage 2 on, physical IRQ/FIQ/SError to EL2 with
+    # the virtual ones enabled, WFI and SMC trapped, EL1 in AArch64 (KVM's choice for a guest).
+    e = vm.vcpus[0].el2
+    e.HCR_EL2 = el2.HCR_VM | el2.HCR_IMO | el2.HCR_FMO | el2.HCR_AMO | el2.HCR_TWI | el2.HCR_TSC | el2.HCR_RW
     result = vm.run(timeout=10)
     data = vm.memory.read_u64
     print(f"guest ended: status {result.status} ({result.reason})")
@@ -130,6 +136,7 @@ def main() -> int:
           f"virtual IRQs taken {data(0x4020_0000)}")
     for name, count in hyp.classes.most_common():
         print(f"  {name:22} {count}")
+    print(f"last trap: ESR_EL2 {e.ESR_EL2:#010x} ELR_EL2 {e.ELR_EL2:#x} SPSR_EL2 {e.SPSR_EL2:#x}")
     ok = result.status == 0 and data(0x4020_0008) == 0xE12 and data(0x4020_0010) == 0x2B and data(0x4020_0000) == 1
     return 0 if ok else 1
 

@@ -25,7 +25,9 @@ class SvmArch(X86Arch):
         "injection": "EVENTINJ",
         "hypercall": "VMMCALL (EXITCODE 0x81), KVM hypercall ABI",
         "platform": "PC: Multiboot v1, ELF64, raw; COM1, isa-debug-exit, fw_cfg, 8259 masks",
-        "events": "exceptions and injected interrupts through the guest IDT (protected and long mode, same privilege level)",
+        "events": "IDT delivery (real, protected, long mode, same privilege level) at exact boundaries: interrupt "
+                  "shadow, V_IRQ/V_INTR_PRIO/V_IGN_TPR/V_TPR (guest CR8), VINTR, INTR/NMI/INIT intercepts, "
+                  "V_INTR_MASKING, SHUTDOWN, EXITINTINFO, virtual GIF, pause filter",
     }
 
 

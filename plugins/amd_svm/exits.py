@@ -31,6 +31,8 @@ EXIT_CODES = {
 }
 VMEXIT = {name: code for code, name in EXIT_CODES.items()}
 
+VMEXIT_INTR, VMEXIT_NMI, VMEXIT_INIT, VMEXIT_VINTR = 0x60, 0x61, 0x63, 0x64
+_EVENT_EXITS = {"external": VMEXIT_INTR, "nmi": VMEXIT_NMI, "init": VMEXIT_INIT}
 VMEXIT_CPUID = 0x72
 VMEXIT_HLT = 0x78
 VMEXIT_IOIO = 0x7B
@@ -67,13 +69,15 @@ NPF_GUEST_TABLE = 1 << 33  # the fault was on a guest page-table access
 class SvmExitInfo:
     """The VMCB control-area fields a VMM reads after #VMEXIT."""
 
-    __slots__ = ("EXITCODE", "EXITINFO1", "EXITINFO2", "NRIP")
+    __slots__ = ("EXITCODE", "EXITINFO1", "EXITINFO2", "NRIP", "EXITINTINFO")
 
-    def __init__(self, exitcode: int, exitinfo1: int = 0, exitinfo2: int = 0, nrip: int = 0) -> None:
+    def __init__(self, exitcode: int, exitinfo1: int = 0, exitinfo2: int = 0, nrip: int = 0,
+                 exitintinfo: int = 0) -> None:
         self.EXITCODE = exitcode
         self.EXITINFO1 = exitinfo1
         self.EXITINFO2 = exitinfo2
         self.NRIP = nrip
+        self.EXITINTINFO = exitintinfo
 
     def __repr__(self) -> str:
         return (f"EXITCODE={self.EXITCODE:#x} ({EXIT_CODES.get(self.EXITCODE)}) "
@@ -114,12 +118,32 @@ class SvmVendor(X86Vendor):
         return Exit(ExitKind.MMIO, "VMEXIT_NPF", SvmExitInfo(VMEXIT_NPF, info1, gpa, 0),
                     gpa, size, is_write, value)
 
-    def exception_exit(self, vector, error_code, rip, cr2):
+    def exception_exit(self, vector, error_code, rip, cr2, vectoring=None):
         # 15.12: EXITCODE 0x40 + vector; EXITINFO1 the error code where the exception has one;
-        # EXITINFO2 the faulting address of a #PF (CR2 itself is not written).
+        # EXITINFO2 the faulting address of a #PF (CR2 itself is not written). An exception
+        # raised while delivering another event records that event in EXITINTINFO (15.7.2), in
+        # EVENTINJ's format; the event types are EVENTINJ's (a software exception is TYPE 3).
+        intinfo = 0
+        if vectoring is not None:
+            v_vector, v_code, v_type = vectoring
+            v_type = {0: 0, 2: 2, 3: 3, 4: 4, 5: 3, 6: 3}.get(v_type, 3)
+            intinfo = (v_vector & 0xFF | v_type << 8 | (1 << 11 if v_code is not None else 0) | 1 << 31
+                       | ((v_code or 0) & 0xFFFF_FFFF) << 32)
         return Exit(ExitKind.EXCEPTION, f"VMEXIT_EXCP{vector}",
-                    SvmExitInfo(0x40 + vector, error_code or 0, cr2 if vector == 14 else 0, 0),
+                    SvmExitInfo(0x40 + vector, error_code or 0, cr2 if vector == 14 else 0, 0, intinfo),
                     cr2 if vector == 14 else 0, vector=vector, value=error_code)
+
+    @staticmethod
+    def event_exit(kind: str, vector: int = 0) -> Exit:
+        """An intercepted physical INTR (0x60), NMI (0x61) or INIT (0x63) (15.13): EXITINFO1/2
+        are 0, and SVM has no acknowledge-on-exit: the host takes the interrupt itself."""
+        code = _EVENT_EXITS[kind]
+        return Exit(ExitKind.EVENT, f"VMEXIT_{EXIT_CODES[code]}", SvmExitInfo(code), vector=vector)
+
+    @staticmethod
+    def window_exit(kind: str) -> Exit:
+        """VINTR (0x64, 15.21.4): a virtual interrupt (V_IRQ) is about to be taken."""
+        return Exit(ExitKind.INTERRUPT_WINDOW, "VMEXIT_VINTR", SvmExitInfo(VMEXIT_VINTR))
 
     def instruction_exit(self, kind, rip, insn_len, operand):
         nrip = rip + insn_len

@@ -9,16 +9,26 @@ saves the guest state into the state-save area; entering it runs VMRUN's consist
 (15.5.1) and loads those of RAX, RSP, RIP, RFLAGS and CR2 that changed in the VMCB since the
 exit, so a VMM plugin that edits them between exits is obeyed (an event hvsim itself delivered
 meanwhile, as VMRUN's EVENTINJ would, is kept).
+
+Interrupts (15.21): the INTR / NMI / INIT / VINTR intercepts, V_INTR_MASKING, V_IRQ with its
+priority against V_TPR (the guest's CR8) and virtual GIF become an ``EventControls`` at every
+VMRUN for plugins/x86/events.py; INTERRUPT_SHADOW is saved and loaded, EXITINTINFO records an
+event whose delivery an intercepted exception interrupted, and the PAUSE filter counts PAUSEs.
 """
 
 from __future__ import annotations
 
+import time
+
 from unicorn import x86_const as X
 
 from hvsim.plugins.x86 import paging
+from hvsim.plugins.x86.events import EventControls
+from hvsim.plugins.x86.interruptibility import BLOCKING_BY_NMI, SHADOW
+from hvsim.plugins.x86.tsc import tsc_hz
 
 from . import iopm
-from .exits import SvmExitInfo
+from .exits import SvmExitInfo, SvmVendor
 from .npt import Npt
 from .svm import EFER_SVME, MSR_VM_HSAVE_PA, SvmCpu
 from .vmcb import Segment, Vmcb, VmcbCache
@@ -109,6 +119,10 @@ class SvmGuestContext:
         self._intercepted: dict[str, bool] = {}
         self._cr_reads = self._cr_writes = self._dr_reads = self._dr_writes = 0
         self.tpr = 0  # the local APIC's TPR that CR8 reaches without V_INTR_MASKING (bits 7:4)
+        self.event_controls = EventControls()
+        self._shadow_saved = 0
+        self._pause_count = 0
+        self._last_pause: float | None = None
         self._memory_virtualization({name: vmcb.read(name) for name in ("GUEST_ASID", "TLB_CONTROL", "NP_ENABLE",
                                                                         "N_CR3")})
 
@@ -137,7 +151,7 @@ class SvmGuestContext:
         """#VMEXIT: EXITCODE, EXITINFO1, EXITINFO2 and nRIP into the VMCB. Records are shared
         per instruction, so an exit from the same place as the last one is already there."""
         if raw is not self._last:
-            self._write_exit(raw.EXITCODE & MASK64, raw.EXITINFO1, raw.EXITINFO2, raw.NRIP)
+            self._write_exit(raw.EXITCODE & MASK64, raw.EXITINFO1, raw.EXITINFO2, raw.NRIP, raw.EXITINTINFO)
             self._last = raw
 
     # -- around each stay in the engine -----------------------------------------------------
@@ -160,6 +174,9 @@ class SvmGuestContext:
         for name in ("CR0_SEL_WRITE", "MWAIT_CONDITIONAL", "EFER_WRITE_TRAP"):
             self._intercepted[name] = vmcb.is_intercepted(name)
         self.vcpu.want_traps(frozenset(k for k in _OPTIONAL if self._intercepted[k]))
+        self._intercepted["shutdown"] = vmcb.is_intercepted("SHUTDOWN")
+        self._pause_count = vmcb.read("PAUSE_FILTER_COUNT")
+        self.event_controls = self._event_controls()
         self._cr_reads, self._cr_writes = vmcb.read("INTERCEPT_CR_READ"), vmcb.read("INTERCEPT_CR_WRITE")
         self._dr_reads, self._dr_writes = vmcb.read("INTERCEPT_DR_READ"), vmcb.read("INTERCEPT_DR_WRITE")
         wanted = {k for k in ("sgdt", "sidt", "lgdt", "lidt", "sldt", "str", "lldt", "ltr") if self._intercepted[k]}
@@ -212,11 +229,84 @@ class SvmGuestContext:
             value = read(name)
             if value != saved[name]:
                 regs.write(reg, value)
+        shadow = read("INTERRUPT_SHADOW")
+        if shadow != self._shadow_saved:  # the VMM set or cleared the guest's interrupt shadow
+            vcpu = self.vcpu
+            vcpu.set_interruptibility((1 if shadow else 0) | (BLOCKING_BY_NMI if vcpu.nmi_blocked else 0))
+            self._shadow_saved = shadow
         self._inject()
+
+    def _event_controls(self) -> EventControls:
+        """The interrupt intercepts and the virtual-interrupt fields (15.21): with V_INTR_MASKING
+        the guest's RFLAGS.IF masks only virtual interrupts, physical ones exit whatever it is."""
+        vmcb = self.vmcb
+        read = vmcb.read
+        vintr = None
+        if read("V_IRQ"):
+            vintr = (read("V_INTR_VECTOR"), read("V_INTR_PRIO"), bool(read("V_IGN_TPR")), read("V_TPR"))
+        return EventControls(intr_exits=vmcb.is_intercepted("INTR"), intr_exit_ignores_if=bool(read("V_INTR_MASKING")),
+                             nmi_exits=vmcb.is_intercepted("NMI"), init_exits=vmcb.is_intercepted("INIT"),
+                             vintr=vintr, vintr_exits=vmcb.is_intercepted("VINTR"),
+                             vgif=not read("V_GIF_ENABLE") or bool(read("V_GIF")))
+
+    def virtual_gif(self, value: bool) -> bool:
+        """The guest's STGI / CLGI with virtual GIF enabled and not intercepted (APM Vol. 2,
+        "Virtual GIF"): they
+        set / clear V_GIF, which then holds back virtual interrupts as GIF would. Returns False
+        (nothing done, the instruction is #UD) without V_GIF_ENABLE."""
+        if not self.vmcb.read("V_GIF_ENABLE"):
+            return False
+        self.vmcb.write("V_GIF", int(value))
+        self.event_controls.vgif = value
+        return True
+
+    def cr8(self, value: int | None = None) -> int:
+        """The guest's CR8 (TPR[3:0]) is V_TPR (15.21.2, with V_INTR_MASKING as KVM runs; hvsim
+        models no APIC TPR otherwise): a write updates it and the priority V_IRQ is compared
+        against; a read returns it."""
+        if value is None:
+            return self.vmcb.read("V_TPR") & 0xF
+        self.vmcb.write("V_TPR", value)
+        vintr = self.event_controls.vintr
+        if vintr is not None:
+            self.event_controls.vintr = vintr[:3] + (value,)
+        return value
+
+    def event_exit(self, kind: str, vector: int = 0):
+        return SvmVendor.event_exit(kind, vector)
+
+    def window_exit(self, kind: str):
+        return SvmVendor.window_exit(kind)
+
+    def take_virtual_interrupt(self) -> None:
+        """The processor takes the virtual interrupt: V_IRQ is cleared (15.21.4)."""
+        self.vmcb.write("V_IRQ", 0)
+        self.event_controls.vintr = None
+
+    def _pause_filtered(self) -> bool:
+        """Pause filter (15.14.4): with PAUSE_FILTER_COUNT non-zero, only the PAUSE that takes the
+        counter loaded at VMRUN to zero is intercepted; the counter then starts again. With
+        PAUSE_FILTER_THRESHOLD non-zero, a PAUSE more than that many TSC cycles after the
+        previous one reloads the counter first (the guest is not spinning on a lock)."""
+        read = self.vmcb.read
+        count = read("PAUSE_FILTER_COUNT")
+        if not count:
+            return False
+        threshold, now = read("PAUSE_FILTER_THRESHOLD"), time.perf_counter()
+        if threshold and self._last_pause is not None and (now - self._last_pause) * tsc_hz() > threshold:
+            self._pause_count = count
+        self._last_pause = now
+        self._pause_count = (self._pause_count or count) - 1
+        if self._pause_count:
+            return True
+        self._pause_count = count
+        return False
 
     def intercepts(self, kind: str, info) -> bool | str:
         """Whether this sensitive instruction is intercepted by the VMCB (15.8-15.14); a string
         names a more precise exit (the selective CR0 write, MWAIT with the monitor armed)."""
+        if kind == "pause" and self._intercepted.get("pause") and self._pause_filtered():
+            return False
         if kind == "mov_to_cr":
             if self._cr_writes >> info[0] & 1:
                 return True
@@ -262,9 +352,13 @@ class SvmGuestContext:
             if kind == "mov_from_cr":
                 vcpu.regs.write(_GPR_IDS[info[1]], vmcb.read("V_TPR") & 0xF if masking else self.tpr >> 4)
             elif masking:
-                vmcb.write("V_TPR", vcpu.read_gpr(info[1]) & 0xF)
+                self.cr8(vcpu.read_gpr(info[1]) & 0xF)
+                vcpu.recheck()  # a lowered TPR may let V_IRQ in at the next boundary
             else:
                 self.tpr = (vcpu.read_gpr(info[1]) & 0xF) << 4
+            return True
+        if kind in ("stgi", "clgi") and self.virtual_gif(kind == "stgi"):
+            vcpu.recheck()  # V_GIF may have opened the window
             return True
         if kind == "rdpmc":
             vcpu.guest_exception(13, 0, rip)
@@ -292,7 +386,9 @@ class SvmGuestContext:
         self.vmcb.write("EVENTINJ", 0)
         vcpu = self.vcpu
         error = event.error_code if event.error_code_valid else None
-        vcpu.deliver_event(event.vector, error, vcpu.rip(), software=event.type == EVENTINJ_SOFT_INT)
+        vcpu.activity_hlt = False
+        vcpu.deliver_event(event.vector, error, vcpu.rip(), software=event.type == EVENTINJ_SOFT_INT,
+                           event_type=event.type)
 
     def vmexit(self) -> None:
         """Leaving the engine: the processor saves the guest state into the VMCB (15.6)."""
@@ -312,6 +408,9 @@ class SvmGuestContext:
         write("DR6", regs.read(X.UC_X86_REG_DR6) | 0xFFFF0FF0)
         write("DR7", regs.read(X.UC_X86_REG_DR7) | 0x400)
         write("CPL", vcpu.cpl())
+        # INTERRUPT_SHADOW (offset 0x068 bit 0): the guest is in an STI / MOV SS shadow (15.21.5).
+        self._shadow_saved = int(bool(vcpu.interruptibility() & SHADOW))
+        write("INTERRUPT_SHADOW", self._shadow_saved)
         for name, reg in _SEGMENTS:
             vmcb.set_segment(name, self._segment(regs.read(reg) & 0xFFFF))
         for name, reg in (("GDTR", X.UC_X86_REG_GDTR), ("IDTR", X.UC_X86_REG_IDTR)):

@@ -40,9 +40,13 @@ class ArmEl2Arch(Arch):
     ram_base = layout.RAM_BASE
     features = {
         "exit record": "ESR_EL2, FAR_EL2, HPFAR_EL2",
-        "hypercalls": "HVC #0, and SMC #0 with HCR_EL2.TSC: PSCI 1.1, SMCCC 1.1",
-        "EL2 registers": "vcpu.el2.hcr (HCR_EL2), vcpu.el2.cptr (CPTR_EL2); KVM's HCR_EL2 by default",
-        "traps": "WFI (TWI), SMC (TSC), MRS/MSR (TVM, TRVM, TID1-3, TACR) with ESR_EL2 syndromes",
+        "hypercalls": "HVC #0, and SMC #0 with HCR_EL2.TSC: PSCI 1.1 (CPU_ON/OFF/SUSPEND, "
+                      "AFFINITY_INFO, SYSTEM_OFF/RESET/RESET2, FEATURES), SMCCC 1.1",
+        "EL2 registers": "vcpu.el2: HCR/CPTR/MDCR/HSTR/CNTHCTL/CNTVOFF/VTTBR/VTCR/VBAR/VPIDR/VMPIDR_EL2 "
+                         "and the trap record ESR/FAR/HPFAR/ELR/SPSR_EL2; KVM's values by default",
+        "traps": "WFI/WFE (TWI/TWE), SMC (TSC), MRS/MSR (TVM TRVM TID1-3 TACR TIDCP; MDCR_EL2; "
+                 "CNTHCTL_EL2), SYS (TSW TPCP TPU TTLB TDZ), FP/SIMD (CPTR_EL2.TFP), with ESR_EL2 syndromes",
+        "timer": "virtual and EL1 physical timers through CNTVOFF_EL2; PPIs 27 / 30 to hvsim_inject_event",
         "MMIO": "stage-2 data aborts with the instruction syndrome (ISV, SAS, SRT, WnR)",
         "virtual exceptions": "IRQ, FIQ, SError to the guest's VBAR_EL1",
         "boot": "Linux arm64 Image, ELF64, raw; device tree in X0",
@@ -90,6 +94,23 @@ def hvsim_exit_handlers(vm, registry):
     if vm.arch.name == ArmEl2Arch.name:
         registry.add(ExitKind.HYPERCALL, psci.handle_hvc)
         registry.add(ExitKind.SYSREG, traps.handle_sysreg)
+        registry.add(ExitKind.EXCEPTION, traps.handle_fp_asimd)
+
+
+@hookimpl(wrapper=True, specname="hvsim_exit_handlers")
+def wrap_exit_handlers(vm, registry):
+    """Around whichever HALT handler the table ends with (the core's, or a hypervisor
+    plugin's): a vCPU it halts in WFI with a generic timer armed waits for that timer."""
+    result = yield
+    if vm.arch.name == ArmEl2Arch.name:
+        inner = registry.get(ExitKind.HALT)
+
+        def on_halt(vcpu, exit):
+            inner(vcpu, exit)
+            vcpu.halted()
+
+        registry.add(ExitKind.HALT, on_halt)
+    return result
 
 
 @hookimpl

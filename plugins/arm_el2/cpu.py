@@ -13,8 +13,12 @@ What traps to "EL2" and how (see ../shared/notes/unicorn-facts.md):
   the run loop; without it the vCPU waits in the guest (HALTED, no exit) for an interrupt.
 - SMC at EL1 with HCR_EL2.TSC: a HYPERCALL exit (EC 0x17, ISS = imm16) handled like HVC, as KVM
   treats an SMC as an SMCCC call; without TSC it is UNDEFINED (QEMU virt has no EL3).
-- MRS/MSR of the registers HCR_EL2.TVM/TRVM/TID1/TID2/TID3/TACR trap: SYSREG exits (EC 0x18),
-  completed inside the engine (:mod:`.traps`).
+- MRS/MSR/SYS the EL2 controls trap (HCR_EL2, MDCR_EL2, CNTHCTL_EL2): SYSREG exits (EC 0x18);
+  WFE under TWE (EC 0x01, TI 0b01) and FP/SIMD under CPTR_EL2.TFP (EC 0x07): completed inside
+  the engine (:mod:`.traps`). Every trap writes ESR/FAR/HPFAR/ELR/SPSR_EL2 (``vcpu.el2``).
+- The guest's generic timers are modelled (:mod:`.timer`): a slice never runs past the next
+  deadline, and a vCPU in WFI (or PSCI CPU_SUSPEND) with a timer armed stays RUNNABLE for the
+  run loop with ``wfi_wait`` set, sleeping in :meth:`Arm64Vcpu.run` until the timer's PPI.
 - Loads and stores to IPAs without RAM: MMIO exits (EC 0x24), completed inside the engine.
 - SVC, BRK, undefined instructions and the guest's own MMU faults are the guest's business:
   they go to its VBAR_EL1 vectors (:mod:`.exceptions`), as on hardware with nothing trapped.
@@ -54,12 +58,14 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from hvsim.core.arch import Vcpu, VcpuState
 from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks
-from hvsim.core.exits import EventType, Exit, ExitKind
+from hvsim.core.exits import Event, EventType, Exit, ExitKind
 from hvsim.core.memory import Access, Walk
 
 from . import el2, exceptions, layout, stage1, sysregs
-from .exits import ESR_ELx_EC_HVC64, ESR_ELx_EC_SERROR, ESR_ELx_EC_SMC64, WFI_RECORD, El2Record, esr
+from .exits import (ESR_ELx_EC_HVC64, ESR_ELx_EC_ILL, ESR_ELx_EC_SERROR, ESR_ELx_EC_SMC64, WFI_RECORD,
+                    El2Record, esr)
 from .mmio import MmioTrap
+from .timer import Timers
 from .traps import SysregTraps
 
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF  # never reached: runs end on WFI, timeout or a stop
@@ -81,6 +87,19 @@ _EVENTS = {
     EventType.VIRTUAL_FIQ: (exceptions.FIQ, exceptions.PSTATE_F),
     EventType.VIRTUAL_SERROR: (exceptions.SERROR, exceptions.PSTATE_A),
 }
+
+
+# HCR_EL2's virtual-exception inputs and the events they make pending.
+_HCR_LINES = ((el2.HCR_VI, EventType.VIRTUAL_IRQ), (el2.HCR_VF, EventType.VIRTUAL_FIQ),
+              (el2.HCR_VSE, EventType.VIRTUAL_SERROR))
+
+
+def _withdraw(events, event) -> None:
+    """Remove ``event`` itself (not an equal one) from a vCPU's queue, if still there."""
+    for i, e in enumerate(events):
+        if e is event:
+            del events[i]
+            return
 
 
 def _x0_writer(uch: ctypes.c_void_p):
@@ -111,10 +130,8 @@ class Arm64Vcpu(Vcpu):
             uc.mem_map_ptr(slot.gpa, slot.size, UC_PROT_ALL, vm.host.ptr + slot.hpa)
         self.regs = FastRegs(uc)
         self.sysregs = sys = sysregs.SysRegs(uc)
-        self.mpidr = layout.mpidr(index)
         sys.write(sysregs.SCR_EL3, sysregs.SCR_EL3_NS | sysregs.SCR_EL3_HCE | sysregs.SCR_EL3_RW)
         sys.write(sysregs.HCR_EL2, sysregs.HCR_EL2_RW)
-        sys.write(sysregs.VMPIDR_EL2, self.mpidr)
         self.regs.write(UC_ARM64_REG_PSTATE, exceptions.PSTATE_ENTRY)
         self._sctlr_reset = sys.read(sysregs.SCTLR_EL1)
         self._uch = ctypes.c_void_p(uc._uch.value)
@@ -127,23 +144,144 @@ class Arm64Vcpu(Vcpu):
         self.mmio = MmioTrap(self)
         self._in_engine = False
         self._reenter = False  # the engine was stopped so that an HCR_EL2 change takes effect
-        self.sysreg_traps = SysregTraps(self)
         self.twi = self.tsc = False
-        self.el2 = el2.El2Regs(self._el2_changed)
-        self._el2_changed()
+        self.wfi_wait = False  # in WFI with a timer armed: run() waits for it (see _wait)
+        self._yield = False  # a trapped WFE gave the slice up
+        self._entry_error = ""  # why the next ERET to EL1 cannot happen (HCR_EL2.TGE)
+        self._slice_end_ns = 0
+        # VPIDR_EL2 / VMPIDR_EL2 reset to the CPU's MIDR_EL1 and this vCPU's MPIDR (D23.2).
+        self.el2 = el2.El2Regs(None, vpidr=sys.read(sysregs.MIDR_EL1), vmpidr=layout.mpidr(index))
+        self._hcr_events: dict[int, Event] = {}  # the events HCR_EL2.VI/VF/VSE hold pending
+        self.sysreg_traps = SysregTraps(self)
+        self.timers = Timers(self)
+        sys.write(sysregs.CPACR_EL1, 0)  # FPEN 0b00 out of reset, as QEMU's system emulation
+        self.sysreg_traps.watch_cpacr()
+        self.el2.on_change = self._el2_changed
+        for name in ("VPIDR_EL2", "VMPIDR_EL2", "HCR_EL2"):
+            self._el2_changed(name)
         self.hooks.add(UC_HOOK_INTR, HOOK_INTR, self._intr_hook())
         self.hooks.add(UC_HOOK_MEM_UNMAPPED, HOOK_MEM_EVENT, self.mmio.on_unmapped)
 
     # -- EL2 ----------------------------------------------------------------------------------
-    def _el2_changed(self) -> None:
-        """HCR_EL2 was written: the trap controls follow at once; engine hooks that must be
-        added or removed wait for the next entry, forced now if the guest is in the engine."""
-        hcr = self.el2.hcr
+    @property
+    def mpidr(self) -> int:
+        """MPIDR_EL1 as the guest reads it: VMPIDR_EL2 (what PSCI's target_cpu names)."""
+        return self.el2.VMPIDR_EL2
+
+    def _el2_changed(self, name: str = "HCR_EL2") -> None:
+        """An EL2 register was written: the trap controls follow at once; engine hooks that
+        must be added or removed wait for the next entry, forced now if the guest is in the
+        engine. VPIDR/VMPIDR/CNTVOFF_EL2 go to the engine registers EL1 reads through."""
+        e = self.el2
+        mmu = getattr(self, "mmu", None)  # a stage-2 model, when the VM has one
+        if mmu is not None and name in ("HCR_EL2", "VTTBR_EL2", "VTCR_EL2"):
+            mmu.context_changed()  # HCR_EL2.VM, VTTBR_EL2 and VTCR_EL2 are the stage-2 context
+        if name == "VPIDR_EL2":
+            self.sysregs.write(sysregs.VPIDR_EL2, e.VPIDR_EL2)
+            return
+        if name == "VMPIDR_EL2":
+            self.sysregs.write(sysregs.VMPIDR_EL2, e.VMPIDR_EL2)
+            return
+        if name == "CNTVOFF_EL2":
+            self.sysregs.write(sysregs.CNTVOFF_EL2, e.CNTVOFF_EL2)
+            self.timer_changed()
+            return
+        if name not in ("HCR_EL2", "MDCR_EL2", "CNTHCTL_EL2", "CPTR_EL2"):
+            return  # kept for the hypervisor to read back (VTTBR_EL2, HSTR_EL2, ESR_EL2, ...)
+        hcr = e.HCR_EL2
+        self._virtual_lines(hcr)
         self.twi = bool(hcr & el2.HCR_TWI)
         self.tsc = bool(hcr & el2.HCR_TSC)
-        if self.sysreg_traps.update(hcr) and self._in_engine:
+        # With TGE set (and E2H clear) EL1 is not in use: an ERET to EL1 is an illegal
+        # exception return (Arm ARM D1.11.5, "Illegal return events from AArch64 state").
+        self._entry_error = ("HCR_EL2.TGE is 1: an exception return to EL1 is an illegal exception "
+                             "return (Arm ARM D1.11.5), taken to EL2 as an Illegal Execution state "
+                             "exception (EC 0x0E); hvsim models no EL2 host, so the guest cannot be "
+                             "entered") if hcr & el2.HCR_TGE and not hcr & el2.HCR_E2H else ""
+        if self.sysreg_traps.update_controls((hcr, e.MDCR_EL2, e.CNTHCTL_EL2, e.CPTR_EL2)) and self._in_engine:
             self._reenter = True
             self.uc.emu_stop()
+
+    def _virtual_lines(self, hcr: int) -> None:
+        """HCR_EL2.VI / VF / VSE are the virtual IRQ / FIQ / SError inputs (D1.3.6): while a bit
+        is set its exception is pending for the guest, taken when PSTATE unmasks it. VI and VF
+        are levels (pending again after each time they are taken, until the hypervisor clears
+        them); VSE is cleared by the PE when the virtual SError is taken."""
+        for bit, etype in _HCR_LINES:
+            event = self._hcr_events.get(bit)
+            if hcr & bit and event is None:
+                self._hcr_events[bit] = event = Event(etype)
+                self.events.append(event)
+            elif not hcr & bit and event is not None:
+                del self._hcr_events[bit]
+                _withdraw(self.events, event)
+
+    def _taken(self, event: Event) -> None:
+        """A pending exception was taken: HCR_EL2's lines follow (VSE clears, VI/VF re-arm)."""
+        for bit, mine in list(self._hcr_events.items()):
+            if mine is event:
+                del self._hcr_events[bit]
+                if bit == el2.HCR_VSE:
+                    self.el2.HCR_EL2 &= ~el2.HCR_VSE
+                else:
+                    self._virtual_lines(self.el2.HCR_EL2)
+
+    def take_trap(self, record: El2Record, elr: int) -> None:
+        """A trap to EL2: ESR_EL2/FAR_EL2/HPFAR_EL2 from ``record``, ELR_EL2 = ``elr``,
+        SPSR_EL2 = the guest's PSTATE."""
+        e = self.el2
+        e.record = record
+        e._ELR_EL2 = elr
+        e._SPSR_EL2 = self.regs.read(UC_ARM64_REG_PSTATE)
+
+    # -- the generic timer ---------------------------------------------------------------------
+    def timer_changed(self) -> None:
+        """A timer register (or CNTVOFF_EL2) was written: its line now, and a slice running in
+        the engine ends before the new deadline (the engine stops at the end of the block)."""
+        if self.timers.poll():
+            self.deliver_pending_in_engine()
+        deadline = self.timers.next_deadline_ns()
+        if self._in_engine and (self.events or (deadline is not None and deadline < self._slice_end_ns)):
+            self._reenter = True
+            self.uc.emu_stop()
+
+    def deliver_pending_in_engine(self) -> None:
+        """An interrupt raised while the guest runs is taken when the slice is cut short."""
+        if self._in_engine:
+            self._reenter = True
+            self.uc.emu_stop()
+
+    def yield_slice(self) -> None:
+        self._yield = True
+        self.uc.emu_stop()
+
+    def _wait(self, slice_us: int) -> bool:
+        """WFI with a timer armed: True when the wait is over (an interrupt is pending), else
+        sleep toward the timer's deadline, at most one slice, unless another vCPU can run."""
+        timers = self.timers
+        timers.poll()
+        if not self.events:
+            deadline = timers.next_deadline_ns()
+            if deadline is None:  # nothing armed any more: an ordinary halt
+                self.wfi_wait = False
+                self.state = VcpuState.HALTED
+                return False
+            others = any(v is not self and v.state is VcpuState.RUNNABLE and not getattr(v, "wfi_wait", False)
+                         for v in self.vm.vcpus)
+            if not others:
+                time.sleep(max(0.0, min(deadline - time.monotonic_ns(), slice_us * 1000) / 1e9))
+                timers.poll()
+            if not self.events:
+                return False
+        self.wfi_wait = False  # WFI completes even if PSTATE masks the interrupt (D1.16.2)
+        self.deliver_pending()
+        return True
+
+    def halted(self) -> None:
+        """The vCPU was halted (WFI): with a timer armed it waits for it instead (``_wait``)."""
+        if self.state is VcpuState.HALTED and self.timers.next_deadline_ns() is not None:
+            self.state = VcpuState.RUNNABLE
+            self.wfi_wait = True
 
     # -- registers and guest memory as this CPU sees them -------------------------------------
     def xreg(self, n: int) -> int:
@@ -195,18 +333,34 @@ class Arm64Vcpu(Vcpu):
     # -- Vcpu ---------------------------------------------------------------------------------
     def run(self, slice_us: int) -> Exit | None:
         self.stop_requested = False
+        if self._entry_error:
+            # The ERET sets PSTATE.IL and stays at EL2, whose next instruction takes an Illegal
+            # Execution state exception (EC 0x0E) to EL2 at ELR_EL2: the guest never runs.
+            rec = El2Record(esr(ESR_ELx_EC_ILL))
+            self.take_trap(rec, self.regs.read(UC_ARM64_REG_PC))
+            return Exit(ExitKind.INVALID_STATE, "ESR_ELx_EC_ILL", rec, detail=self._entry_error)
+        if self.wfi_wait and not self._wait(slice_us):
+            return None
         mmio = self.mmio
         mmio.sync_claims()
         mmio.forget()
         uc, regs = self.uc, self.regs
         deadline = time.perf_counter() + slice_us / 1e6
         timeout = slice_us
-        traps = self.sysreg_traps
+        traps, timers = self.sysreg_traps, self.timers
         while True:
             error = None
-            self._reenter = False
+            self._reenter = self._yield = False
             if traps.hooks_stale():
                 traps.sync_hooks()
+            timers.poll()
+            if self.events:  # raised while the guest ran (a timer register write, a handler)
+                self.deliver_pending()
+            due = timers.next_deadline_ns()
+            now = time.monotonic_ns()
+            if due is not None:
+                timeout = max(1, min(timeout, (due - now) // 1000 + 1))
+            self._slice_end_ns = now + timeout * 1000
             pc = regs.read(UC_ARM64_REG_PC)
             traps.prescan(pc)
             self._in_engine = True
@@ -231,14 +385,24 @@ class Arm64Vcpu(Vcpu):
             elif mmio.discovering:  # mmio stopped the engine to learn an instruction's PC
                 mmio.finish_discovery()
                 mmio.install_pending()
-            elif uc.query(UC_QUERY_TIMEOUT):
-                return None
+            elif self._yield:
+                return None  # a trapped WFE yielded to the other vCPUs
             elif self._reenter:
-                pass  # enter again with the new HCR_EL2
+                pass  # enter again with the new EL2 controls, or to take an interrupt
+            elif uc.query(UC_QUERY_TIMEOUT):
+                if timers.poll():
+                    self.deliver_pending()
+                    if time.perf_counter() < deadline:
+                        timeout = int((deadline - time.perf_counter()) * 1e6)
+                        if timeout > 0:
+                            continue
+                return None
             elif self.twi:  # emu_start returns by itself only after WFI
+                self.take_trap(WFI_RECORD, regs.read(UC_ARM64_REG_PC) - 4)
                 return Exit(ExitKind.HALT, "ESR_ELx_EC_WFx", WFI_RECORD)
             else:  # WFI not trapped: the vCPU waits inside the guest for an interrupt
                 self.state = VcpuState.HALTED
+                self.halted()
                 return None
             if self.vm.status is not None:
                 return None
@@ -260,6 +424,8 @@ class Arm64Vcpu(Vcpu):
             kind = kind_mask[0]
             syndrome = esr(ESR_ELx_EC_SERROR) if kind == exceptions.SERROR else None
             exceptions.take_exception(self, kind, self.regs.read(UC_ARM64_REG_PC), syndrome)
+            if self._hcr_events:
+                self._taken(event)
             self.vm.pm.hook.hvsim_interrupt_acknowledged(vcpu=self, event=event)
             return True
         return False
@@ -282,9 +448,19 @@ class Arm64Vcpu(Vcpu):
         regs.write(UC_ARM64_REG_X0, context_id)
         regs.write(UC_ARM64_REG_PC, entry)
         self.events.clear()
+        self._hcr_events.clear()
+        self._virtual_lines(self.el2.HCR_EL2)
+        self.wfi_wait = False
         self.state = VcpuState.RUNNABLE
 
+    def suspend(self) -> None:
+        """PSCI CPU_SUSPEND as standby: the vCPU waits as in WFI, from inside an HVC."""
+        self.state = VcpuState.HALTED
+        self.halted()
+        self.request_stop()
+
     def power_off(self) -> None:
+        self.wfi_wait = False
         self.state = VcpuState.OFF
         self.request_stop()
 
@@ -292,28 +468,35 @@ class Arm64Vcpu(Vcpu):
     def _intr_hook(self):
         """UC_HOOK_INTR. HVC is the hot path: PC and X0 come in one engine call, the exit's
         arguments are cached per HVC instruction, and the exit is handled in place."""
-        ids = (ctypes.c_int * 2)(UC_ARM64_REG_PC, UC_ARM64_REG_X0)
-        pc_buf, x0_buf = ctypes.c_uint64(), ctypes.c_uint64()
-        ptrs = (ctypes.c_void_p * 2)(ctypes.addressof(pc_buf), ctypes.addressof(x0_buf))
+        ids = (ctypes.c_int * 3)(UC_ARM64_REG_PC, UC_ARM64_REG_X0, UC_ARM64_REG_PSTATE)
+        pc_buf, x0_buf, pstate_buf = ctypes.c_uint64(), ctypes.c_uint64(), ctypes.c_uint64()
+        ptrs = (ctypes.c_void_p * 3)(ctypes.addressof(pc_buf), ctypes.addressof(x0_buf),
+                                     ctypes.addressof(pstate_buf))
         read2, uch, hvc, dispatch = _reg_read_batch, self._uch, self._hvc, self._dispatch
         fail = self.hooks.fail
         vcpu, excp_hvc, excp_smc = self, exceptions.EXCP_HVC, exceptions.EXCP_SMC
+        el2regs = self.el2
 
         def on_intr(_uc, intno, _ud):
             try:
                 if intno == excp_hvc:
-                    read2(uch, ids, ptrs, 2)
+                    read2(uch, ids, ptrs, 3)
                     args = hvc.get(pc_buf.value)
                     if args is None:
                         args = hvc[pc_buf.value] = vcpu._hypercall(pc_buf.value)
                     vcpu.smccc_x0 = x0_buf.value
+                    # ELR_EL2: an HVC's preferred return is the next instruction, where PC is.
+                    el2regs.record, el2regs._ELR_EL2, el2regs._SPSR_EL2 = args[2], pc_buf.value, pstate_buf.value
                     dispatch(vcpu, Exit(*args))
                 elif intno == excp_smc and vcpu.tsc and exceptions.current_el(
                         vcpu.regs.read(UC_ARM64_REG_PSTATE)) == 1:
                     # HCR_EL2.TSC traps SMC from EL1 only; at EL0 it stays UNDEFINED.
-                    read2(uch, ids, ptrs, 2)
+                    read2(uch, ids, ptrs, 3)
                     vcpu.smccc_x0 = x0_buf.value
-                    dispatch(vcpu, Exit(*vcpu._smc(pc_buf.value)))
+                    args = vcpu._smc(pc_buf.value)
+                    # ELR_EL2: a trapped SMC's preferred return is the SMC itself.
+                    el2regs.record, el2regs._ELR_EL2, el2regs._SPSR_EL2 = args[2], pc_buf.value - 4, pstate_buf.value
+                    dispatch(vcpu, Exit(*args))
                 else:
                     vcpu.mmio.forget()
                     exceptions.on_exception(vcpu, intno)

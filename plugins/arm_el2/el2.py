@@ -1,16 +1,19 @@
-"""The EL2 register file the hypervisor programs for each vCPU: HCR_EL2 and CPTR_EL2.
+"""The EL2 register file the hypervisor programs for each vCPU (Arm ARM DDI 0487, D23.2).
 
-Arm ARM (DDI 0487) D23.2 "HCR_EL2, Hypervisor Configuration Register" and "CPTR_EL2,
-Architectural Feature Trap Register (EL2)". The bit names are the Arm ARM's (Linux's
-``HCR_*`` macros in arch/arm64/include/asm/kvm_arm.h are the same bits).
+HCR_EL2, CPTR_EL2, MDCR_EL2, HSTR_EL2, CNTHCTL_EL2, CNTVOFF_EL2, VTTBR_EL2, VTCR_EL2,
+VBAR_EL2, VPIDR_EL2, VMPIDR_EL2 and the trap record ESR_EL2, FAR_EL2, HPFAR_EL2, ELR_EL2,
+SPSR_EL2 (:class:`El2Regs`, ``vcpu.el2``), with the bit names of the Arm ARM (Linux's
+``HCR_*`` / ``MDCR_EL2_*`` / ``CNTHCTL_*`` macros in arch/arm64/include/asm/kvm_arm.h are the
+same bits). hvsim models an ARMv8.0 CPU (the engine's Cortex-A72) with HCR_EL2.E2H = 0: the
+RES0/RES1 masks are the ones that CPU has.
 
-hvsim is the hypervisor, so these registers are Python state, ``vcpu.el2.hcr`` and
-``vcpu.el2.cptr``, not the engine's own HCR_EL2: the engine keeps only HCR_EL2.RW (EL1 is
-AArch64), because QEMU acting on VM, IMO, TSC ... would take the guest to an EL2 that has no
-code. hvsim enforces the trap controls itself (:mod:`.traps`). A write is effective at the
-next entry into the guest, as on hardware where the hypervisor's ERET follows it; written
-from an exit handler while the guest is inside the engine, the guest is re-entered before it
-runs on (the engine stops at the end of the current translation block).
+hvsim is the hypervisor, so these registers are Python state, not the engine's own EL2
+registers: the engine keeps HCR_EL2.RW (EL1 is AArch64) and the registers EL1 reads through
+(VPIDR_EL2, VMPIDR_EL2, CNTVOFF_EL2), because QEMU acting on VM, IMO, TSC ... would take the
+guest to an EL2 that has no code. hvsim enforces the trap controls itself (:mod:`.traps`). A
+write is effective at the next entry into the guest, as on hardware where the hypervisor's
+ERET follows it; written from an exit handler while the guest is inside the engine, the guest
+is re-entered before it runs on (the engine stops at the end of the current translation block).
 
 The value each vCPU starts with is what KVM programs for a 64-bit guest (``vcpu_reset_hcr``):
 ``HCR_GUEST_FLAGS`` (Linux 6.x: TSC TSW TWE TWI VM BSU_IS FB TACR AMO SWIO TIDCP RW TLOR FMO
@@ -18,9 +21,17 @@ IMO PTW TID3 TID1), plus FWB (hvsim plays a host with FEAT_S2FWB, so KVM does no
 watch the guest's MMU coming on), plus TID2 (no FEAT_EVT, so not TID4). KVM then clears TWE
 and keeps TWI at each vcpu_load when the vCPU thread runs alone on its CPU
 (``vcpu_clear_wfx_traps``, the default ``kvm-arm.wfe_trap_policy``): WFI exits, WFE does not.
-The ID-register and ACTLR traps (TID1/TID2/TID3/TACR) cost nothing on the guest's other
+MDCR_EL2 starts as ``kvm_arm_setup_mdcr_el2`` leaves it for a guest nobody debugs (all PMU
+counters to the guest, PMU, debug, OS-lock and debug-ROM registers trapped), CNTHCTL_EL2 as
+nVHE KVM's ``__timer_enable_traps`` (physical counter to the guest, physical timer trapped),
+CPTR_EL2 with nothing trapped. The trapped accesses cost nothing on the guest's other
 MRS/MSR: only the trapped instructions are hooked, found when their code is translated
 (:mod:`.traps`), so an untrapped MRS/MSR runs natively.
+
+Not modelled, and said so by ``hvsim spec --arch arm_el2 hcr|sysregs``: HSTR_EL2 and TID0 trap
+AArch32 accesses only (hvsim's guests are AArch64 at EL1 and EL0); TGE (with E2H = 0 an ERET
+to EL1 is then an illegal exception return: the entry fails); MDCR_EL2.TDE and HPMN are kept
+(no debug exceptions, no PMU partitioning); VTTBR_EL2/VTCR_EL2 are kept for the stage-2 work.
 """
 
 from __future__ import annotations
@@ -151,7 +162,8 @@ HCR_FIELDS = [
 HCR_RES0 = (1 << 48) | (1 << 39)
 
 # The bits hvsim acts on (the others are kept, read back, and shown with `hvsim spec hcr`).
-HCR_MODELLED = {"TWI", "TSC", "TVM", "TRVM", "TID1", "TID2", "TID3", "TACR", "RW"}
+HCR_MODELLED = {"VI", "VF", "VSE", "TWI", "TWE", "TSC", "TVM", "TRVM", "TID1", "TID2", "TID3", "TACR", "TIDCP", "TSW",
+                "TPCP", "TPU", "TTLB", "TDZ", "TGE", "RW"}
 
 HCR_EL2_RESET = 0  # the Arm ARM leaves most fields UNKNOWN on a warm reset; hvsim uses 0
 
@@ -162,15 +174,86 @@ HCR_GUEST_FLAGS = (HCR_TSC | HCR_TSW | HCR_TWE | HCR_TWI | HCR_VM | HCR_BSU_IS
 HCR_EL2_DEFAULT = (HCR_GUEST_FLAGS | HCR_FWB | HCR_TID2) & ~HCR_TWE
 
 # CPTR_EL2 with HCR_EL2.E2H == 0 (D23.2 "CPTR_EL2"): RES1 bits 13, 12 (no SME), 9, 7:0.
-CPTR_EL2_TFP = 1 << 10  # trap FP / Advanced SIMD (EC 0x07): kept, not enforced yet
+CPTR_EL2_TFP = 1 << 10  # trap FP / Advanced SIMD (EC 0x07)
 CPTR_EL2_TZ = 1 << 8
 CPTR_EL2_TTA = 1 << 20
 CPTR_EL2_TAM = 1 << 30
 CPTR_EL2_TCPAC = 1 << 31
-CPTR_EL2_RES1 = 0x32FF  # Linux CPTR_NVHE_EL2_RES1
+CPTR_EL2_RES1 = 0x32FF
+CPTR_EL2_RES0 = ~(CPTR_EL2_RES1 | CPTR_EL2_TFP | CPTR_EL2_TZ | CPTR_EL2_TTA | CPTR_EL2_TAM
+                  | CPTR_EL2_TCPAC) & 0xFFFF_FFFF_FFFF_FFFF
 CPTR_EL2_DEFAULT = CPTR_EL2_RES1  # KVM traps nothing by default for a guest that may use FP
 
+# MDCR_EL2 (D23.2 "MDCR_EL2", ARMv8.0 fields; bits 63:12 RES0 without SPE/TRF/PMUv3p5).
+MDCR_EL2_HPMN = 0x1F  # event counters EL1/EL0 may use
+MDCR_EL2_TPMCR = 1 << 5  # trap PMCR_EL0
+MDCR_EL2_TPM = 1 << 6  # trap the PMU registers
+MDCR_EL2_HPME = 1 << 7
+MDCR_EL2_TDE = 1 << 8  # route debug exceptions to EL2 (not modelled: hvsim has no debug exceptions)
+MDCR_EL2_TDA = 1 << 9  # trap debug register accesses (MDSCR_EL1, DBGB*/DBGW*, ...)
+MDCR_EL2_TDOSA = 1 << 10  # trap the OS-lock registers (OSLAR/OSLSR/OSDLR_EL1, DBGPRCR_EL1)
+MDCR_EL2_TDRA = 1 << 11  # trap the debug ROM registers (MDRAR_EL1)
+MDCR_EL2_RES0 = ~0xFFF & 0xFFFF_FFFF_FFFF_FFFF
+PMCR_EL0_N = 4  # event counters of the engine's CPU (its PMCR_EL0 reads 0x41002040: N = 4)
+# KVM's kvm_arm_setup_mdcr_el2() for a guest not being debugged: all counters, PMU, debug and
+# OS-lock and debug-ROM registers trapped (KVM emulates them lazily).
+MDCR_EL2_DEFAULT = (PMCR_EL0_N | MDCR_EL2_TPM | MDCR_EL2_TPMCR | MDCR_EL2_TDRA | MDCR_EL2_TDOSA
+                    | MDCR_EL2_TDA)
+
+# CNTHCTL_EL2 with E2H == 0 (D23.2 "CNTHCTL_EL2", ARMv8.0 fields).
+CNTHCTL_EL1PCTEN = 1 << 0  # EL1/EL0 may read CNTPCT_EL0 (clear: the read traps, EC 0x18)
+CNTHCTL_EL1PCEN = 1 << 1  # EL1/EL0 may use CNTP_CTL/CVAL/TVAL_EL0 (clear: they trap)
+CNTHCTL_EVNTEN = 1 << 2
+CNTHCTL_EVNTDIR = 1 << 3
+CNTHCTL_EVNTI = 0xF << 4
+CNTHCTL_EL2_RES0 = ~0xFF & 0xFFFF_FFFF_FFFF_FFFF
+# KVM (nVHE, __timer_enable_traps): the physical counter is the guest's, the physical timer
+# is emulated (its registers trap).
+CNTHCTL_EL2_DEFAULT = CNTHCTL_EL1PCTEN
+
+# HSTR_EL2 (D23.2): T<n> traps AArch32 EL1/EL0 accesses to the CP15 registers with primary
+# CRn = n. hvsim guests are AArch64 at EL1 and EL0 (HCR_EL2.RW is 1), so it holds values only.
+HSTR_EL2_RES0 = ~0xBFEF & 0xFFFF_FFFF_FFFF_FFFF  # T4, T14 and bits 63:16 RES0
+
+# VTCR_EL2 (D23.2, ARMv8.0 fields T0SZ SL0 IRGN0 ORGN0 SH0 TG0 PS): bit 31 RES1.
+VTCR_EL2_RES1 = 1 << 31
+VTCR_EL2_RES0 = ~(0x7_FFFF | VTCR_EL2_RES1) & 0xFFFF_FFFF_FFFF_FFFF
+# VTTBR_EL2: BADDR [47:1], VMID [55:48] (8-bit VMIDs, no FEAT_VMID16), CnP [0].
+VTTBR_EL2_RES0 = 0xFF00_0000_0000_0000
+VBAR_EL2_RES0 = 0x7FF  # the vector table is 2 KiB aligned
+# VPIDR_EL2 / VMPIDR_EL2 (D23.2): what the guest's MIDR_EL1 / MPIDR_EL1 read at EL1.
+VPIDR_EL2_RES0 = 0xFFFF_FFFF_0000_0000
+VMPIDR_EL2_RES1 = 1 << 31
+VMPIDR_EL2_RES0 = 0xFFFF_FF00_3E00_0000  # bits 63:40 and 29:25
+HPFAR_EL2_RES0 = ~(((1 << 44) - 1) & ~0xF) & 0xFFFF_FFFF_FFFF_FFFF  # FIPA [43:4]
+# SPSR_EL2 from AArch64 (ARMv8.0): NZCV [31:28], SS [21], IL [20], DAIF [9:6], M [4:0].
+SPSR_EL2_RES0 = 0xFFFF_FFFF_0FC0_FC20
+ESR_EL2_RES0 = 0xFFFF_FFFF_0000_0000  # no ISS2 (FEAT_LS64 etc.)
+
 _MASK64 = (1 << 64) - 1
+
+# name: (encoding, RES0, RES1, reset value or None = set per vCPU). Encodings (op0, op1, CRn,
+# CRm, op2) as the Arm ARM's "Accessing" sections give them. The reset values are what hvsim
+# programs before the first entry: architecturally most EL2 fields reset to UNKNOWN, hvsim
+# picks KVM's values (HCR_EL2, MDCR_EL2, CNTHCTL_EL2, CPTR_EL2) or 0.
+REGISTERS: dict[str, tuple[tuple[int, int, int, int, int], int, int, int | None]] = {
+    "HCR_EL2": ((3, 4, 1, 1, 0), HCR_RES0, 0, HCR_EL2_DEFAULT),
+    "CPTR_EL2": ((3, 4, 1, 1, 2), CPTR_EL2_RES0, CPTR_EL2_RES1, CPTR_EL2_DEFAULT),
+    "MDCR_EL2": ((3, 4, 1, 1, 1), MDCR_EL2_RES0, 0, MDCR_EL2_DEFAULT),
+    "HSTR_EL2": ((3, 4, 1, 1, 3), HSTR_EL2_RES0, 0, 0),
+    "VTTBR_EL2": ((3, 4, 2, 1, 0), VTTBR_EL2_RES0, 0, 0),
+    "VTCR_EL2": ((3, 4, 2, 1, 2), VTCR_EL2_RES0, VTCR_EL2_RES1, VTCR_EL2_RES1),
+    "VBAR_EL2": ((3, 4, 12, 0, 0), VBAR_EL2_RES0, 0, 0),
+    "VPIDR_EL2": ((3, 4, 0, 0, 0), VPIDR_EL2_RES0, 0, None),
+    "VMPIDR_EL2": ((3, 4, 0, 0, 5), VMPIDR_EL2_RES0, VMPIDR_EL2_RES1, None),
+    "CNTHCTL_EL2": ((3, 4, 14, 1, 0), CNTHCTL_EL2_RES0, 0, CNTHCTL_EL2_DEFAULT),
+    "CNTVOFF_EL2": ((3, 4, 14, 0, 3), 0, 0, 0),
+    "ESR_EL2": ((3, 4, 5, 2, 0), ESR_EL2_RES0, 0, 0),
+    "FAR_EL2": ((3, 4, 6, 0, 0), 0, 0, 0),
+    "HPFAR_EL2": ((3, 4, 6, 0, 4), HPFAR_EL2_RES0, 0, 0),
+    "ELR_EL2": ((3, 4, 4, 0, 1), 0, 0, 0),
+    "SPSR_EL2": ((3, 4, 4, 0, 0), SPSR_EL2_RES0, 0, 0),
+}
 
 
 def hcr_names(value: int) -> list[str]:
@@ -183,39 +266,119 @@ def hcr_names(value: int) -> list[str]:
     return names
 
 
+def _control(name: str):
+    """A trap-control register: RES0/RES1 enforced on write, ``on_change`` called after it."""
+    _enc, res0, res1, _reset = REGISTERS[name]
+    slot = "_" + name
+
+    def get(self) -> int:
+        return getattr(self, slot)
+
+    def set_(self, value: int) -> None:
+        setattr(self, slot, ((value & _MASK64) & ~res0) | res1)
+        if self.on_change is not None:
+            self.on_change(name)
+
+    return property(get, set_, doc=f"{name}; RES0 bits read as 0, RES1 bits as 1")
+
+
 class El2Regs:
-    """One vCPU's EL2 registers as its hypervisor programs them.
+    """One vCPU's EL2 registers as its hypervisor programs them (Arm ARM D23.2), by their
+    Arm ARM names: ``HCR_EL2``, ``VTTBR_EL2`` ... (``hcr`` and ``cptr`` are short names).
 
-    ``hcr`` and ``cptr`` read and write HCR_EL2 and CPTR_EL2 (RES0 bits read as 0, RES1 bits
-    as 1). ``on_change`` is called after each write (the vCPU's trap set-up); it is the vCPU
-    that decides when the change reaches the running guest (the next entry)."""
+    Every write keeps the register's RES0 bits 0 and RES1 bits 1. Writes of the trap controls
+    (HCR_EL2, CPTR_EL2, MDCR_EL2, CNTHCTL_EL2) and of VPIDR_EL2 / VMPIDR_EL2 / CNTVOFF_EL2
+    call ``on_change(name)``: the vCPU makes them reach the guest at its next entry (the
+    hypervisor's ERET). The trap record, ESR_EL2 / FAR_EL2 / HPFAR_EL2 (``record``, an
+    :class:`.exits.El2Record`) and ELR_EL2 / SPSR_EL2 (the trapping instruction's address as
+    the Arm ARM gives the preferred return, and the guest's PSTATE then), is written by the
+    vCPU on every trap, before the exit handler runs; a handler moves the guest by writing its
+    PC, not ELR_EL2 (hvsim's ERET returns to the guest's own PC).
 
-    __slots__ = ("_cptr", "_hcr", "on_change")
+    The guest's EL1 system registers (SCTLR_EL1, TTBR0_EL1, VBAR_EL1 ...) are not here: they
+    live in the vCPU's engine (``vcpu.sysregs``), which only the guest and trapped-access
+    emulation touch, so the guest and hypervisor contexts never mix; each vCPU has its own."""
 
-    def __init__(self, on_change=None) -> None:
-        self._hcr = HCR_EL2_DEFAULT
-        self._cptr = CPTR_EL2_DEFAULT
+    __slots__ = ("_HCR_EL2", "_CPTR_EL2", "_MDCR_EL2", "_CNTHCTL_EL2", "_HSTR_EL2", "_VTTBR_EL2",
+                 "_VTCR_EL2", "_VBAR_EL2", "_VPIDR_EL2", "_VMPIDR_EL2", "_CNTVOFF_EL2",
+                 "record", "_ELR_EL2", "_SPSR_EL2", "on_change")
+
+    def __init__(self, on_change=None, *, vpidr: int = 0, vmpidr: int = VMPIDR_EL2_RES1) -> None:
+        from .exits import El2Record
+
+        self.on_change = None
+        for name, (_enc, res0, res1, reset) in REGISTERS.items():
+            if "_" + name in self.__slots__:
+                setattr(self, "_" + name, reset if reset is not None else 0)
+        self._VPIDR_EL2 = vpidr & ~VPIDR_EL2_RES0
+        self._VMPIDR_EL2 = (vmpidr & ~VMPIDR_EL2_RES0) | VMPIDR_EL2_RES1
+        self.record = El2Record(0)
+        self._ELR_EL2 = 0
+        self._SPSR_EL2 = 0
         self.on_change = on_change
 
+    HCR_EL2 = _control("HCR_EL2")
+    CPTR_EL2 = _control("CPTR_EL2")
+    MDCR_EL2 = _control("MDCR_EL2")
+    CNTHCTL_EL2 = _control("CNTHCTL_EL2")
+    HSTR_EL2 = _control("HSTR_EL2")
+    VTTBR_EL2 = _control("VTTBR_EL2")
+    VTCR_EL2 = _control("VTCR_EL2")
+    VBAR_EL2 = _control("VBAR_EL2")
+    VPIDR_EL2 = _control("VPIDR_EL2")
+    VMPIDR_EL2 = _control("VMPIDR_EL2")
+    CNTVOFF_EL2 = _control("CNTVOFF_EL2")
+    ELR_EL2 = _control("ELR_EL2")  # the vCPU writes _ELR_EL2 / _SPSR_EL2 on a trap
+    SPSR_EL2 = _control("SPSR_EL2")
+    hcr = HCR_EL2
+    cptr = CPTR_EL2
+
+    # -- the trap record ------------------------------------------------------------------
     @property
-    def hcr(self) -> int:
-        return self._hcr
+    def ESR_EL2(self) -> int:  # noqa: N802 (the Arm ARM's names)
+        return self.record.ESR_EL2
 
-    @hcr.setter
-    def hcr(self, value: int) -> None:
-        self._hcr = value & _MASK64 & ~HCR_RES0
-        if self.on_change is not None:
-            self.on_change()
+    @ESR_EL2.setter
+    def ESR_EL2(self, value: int) -> None:  # noqa: N802
+        from .exits import El2Record
+
+        r = self.record
+        self.record = El2Record(value & ~ESR_EL2_RES0 & _MASK64, r.FAR_EL2, r.HPFAR_EL2)
 
     @property
-    def cptr(self) -> int:
-        return self._cptr
+    def FAR_EL2(self) -> int:  # noqa: N802
+        return self.record.FAR_EL2
 
-    @cptr.setter
-    def cptr(self, value: int) -> None:
-        self._cptr = (value & 0xFFFF_FFFF) | CPTR_EL2_RES1
-        if self.on_change is not None:
-            self.on_change()
+    @FAR_EL2.setter
+    def FAR_EL2(self, value: int) -> None:  # noqa: N802
+        from .exits import El2Record
+
+        r = self.record
+        self.record = El2Record(r.ESR_EL2, value & _MASK64, r.HPFAR_EL2)
+
+    @property
+    def HPFAR_EL2(self) -> int:  # noqa: N802
+        return self.record.HPFAR_EL2
+
+    @HPFAR_EL2.setter
+    def HPFAR_EL2(self, value: int) -> None:  # noqa: N802
+        from .exits import El2Record
+
+        r = self.record
+        self.record = El2Record(r.ESR_EL2, r.FAR_EL2, value & ~HPFAR_EL2_RES0 & _MASK64)
+
+    def read(self, name: str) -> int:
+        """A register by its Arm ARM name (``el2.read("VTCR_EL2")``)."""
+        if name not in REGISTERS:
+            raise KeyError(f"{name} is not an EL2 register hvsim models ({', '.join(REGISTERS)})")
+        return getattr(self, name)
+
+    def write(self, name: str, value: int) -> None:
+        if name not in REGISTERS:
+            raise KeyError(f"{name} is not an EL2 register hvsim models ({', '.join(REGISTERS)})")
+        setattr(self, name, value)
 
     def __repr__(self) -> str:
-        return f"El2Regs(HCR_EL2={self._hcr:#x} [{' '.join(hcr_names(self._hcr))}], CPTR_EL2={self._cptr:#x})"
+        return (f"El2Regs(HCR_EL2={self._HCR_EL2:#x} [{' '.join(hcr_names(self._HCR_EL2))}], "
+                f"CPTR_EL2={self._CPTR_EL2:#x}, MDCR_EL2={self._MDCR_EL2:#x}, "
+                f"ESR_EL2={self.ESR_EL2:#x})")

@@ -4,7 +4,13 @@ Devicetree Specification v0.4 (nodes, ``reg``, ``/chosen``), the bindings in Lin
 Documentation/devicetree/bindings (arm/psci.yaml, serial/pl011.yaml, clock/fixed-clock.yaml,
 arm/cpus.yaml), and QEMU hw/arm/virt.c for names, phandles and property order, so a kernel
 that boots on ``qemu-system-aarch64 -M virt`` reads the same tree here. Nodes appear only for
-what hvsim models; the GIC and timer nodes arrive with the vGIC.
+what hvsim models; the GIC node arrives with the vGIC (the timer's ``interrupts`` then get
+their ``interrupt-parent``).
+
+The ``timer`` node follows Linux's arm,armv8-timer binding (timer/arm,arch_timer.yaml) as QEMU
+writes it: four PPIs in the order secure physical, non-secure physical, virtual, hypervisor
+physical, each ``<GIC_PPI n IRQ_TYPE_LEVEL_HIGH>`` (cells: 1 = PPI, the PPI number, 4 = level
+high; with GICv3 no CPU mask), and ``always-on`` for an ARMv8 CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import fdt
 from . import layout, psci
 
 CLOCK_PHANDLE = 0x8000  # QEMU allocates phandles from 0x8000; the UART clock is the first
+GIC_FDT_IRQ_TYPE_PPI = 1  # the GIC binding's first interrupt cell
+IRQ_TYPE_LEVEL_HIGH = 4  # its third cell (dt-bindings/interrupt-controller/irq.h)
 
 
 @dataclass(slots=True)
@@ -69,6 +77,16 @@ def build(cfg: DeviceTreeConfig) -> bytes:
             fdt.PropStrings("device_type", "cpu"),
         ))
     root.append(cpus)
+
+    cells = []
+    for ppi in layout.TIMER_PPIS:
+        cells += [GIC_FDT_IRQ_TYPE_PPI, ppi, IRQ_TYPE_LEVEL_HIGH]
+    root.append(fdt.Node(
+        "timer",
+        fdt.Property("always-on"),
+        fdt.PropWords("interrupts", *cells),
+        fdt.PropStrings("compatible", "arm,armv8-timer", "arm,armv7-timer"),
+    ))
 
     root.append(fdt.Node(
         "apb-pclk",

@@ -114,6 +114,7 @@ class MmioTrap:
         The access itself is always right: Unicorn performs it.)"""
         dfsc = fsc_translation(self.fault_level(base))
         trap, vcpu, dispatch, access, fail = self, self.vcpu, self._dispatch, self._access, self.hooks.fail
+        take = vcpu.take_trap
 
         def read(_uc, offset, size_, _ud):
             try:
@@ -121,6 +122,7 @@ class MmioTrap:
                 if site is not None and site.single is True and ipa == site.ipa and size_ == site.size:
                     trap._site = None
                     exit = Exit(_MMIO, _REASON, site.rec, ipa, size_, False, None)
+                    take(site.rec, site.pc)
                     dispatch(vcpu, exit)
                     if vcpu.stop_requested:
                         trap.rollback = (site.insn, site.pc, site.va, exit.value or 0)
@@ -135,6 +137,7 @@ class MmioTrap:
                 site, ipa = trap._site, base + offset
                 if site is not None and site.single is False and ipa == site.ipa and size_ == site.size:
                     trap._site = None
+                    take(site.rec, site.pc)
                     dispatch(vcpu, Exit(_MMIO, _REASON, site.rec, ipa, size_, True, value))
                     if vcpu.stop_requested:
                         trap.rollback = (site.insn, site.pc, site.va, 0)
@@ -206,6 +209,7 @@ class MmioTrap:
 
     def _exit(self, site: Site, rec, ipa: int, size: int, is_write: bool, value) -> int:
         exit = Exit(_MMIO, _REASON, rec, ipa, size, is_write, value)
+        self.vcpu.take_trap(rec, site.pc)
         self._dispatch(self.vcpu, exit)
         if self.vcpu.stop_requested:  # Unicorn will roll this instruction back: see run()
             self.rollback = (site.insn, site.pc, self._va, exit.value or 0)

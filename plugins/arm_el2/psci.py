@@ -26,9 +26,15 @@ PSCI_0_2_FN64_AFFINITY_INFO = 0xC400_0004
 PSCI_0_2_FN_MIGRATE = 0x8400_0005
 PSCI_0_2_FN64_MIGRATE = 0xC400_0005
 PSCI_0_2_FN_MIGRATE_INFO_TYPE = 0x8400_0006
+PSCI_0_2_FN_MIGRATE_INFO_UP_CPU = 0x8400_0007
+PSCI_0_2_FN64_MIGRATE_INFO_UP_CPU = 0xC400_0007
 PSCI_0_2_FN_SYSTEM_OFF = 0x8400_0008
 PSCI_0_2_FN_SYSTEM_RESET = 0x8400_0009
 PSCI_1_0_FN_PSCI_FEATURES = 0x8400_000A
+PSCI_1_0_FN_SYSTEM_SUSPEND = 0x8400_000E
+PSCI_1_0_FN64_SYSTEM_SUSPEND = 0xC400_000E
+PSCI_1_1_FN_SYSTEM_RESET2 = 0x8400_0012
+PSCI_1_1_FN64_SYSTEM_RESET2 = 0xC400_0012
 
 ARM_SMCCC_VERSION_FUNC_ID = 0x8000_0000  # DEN0028 section 7.2
 ARM_SMCCC_ARCH_FEATURES_FUNC_ID = 0x8000_0001
@@ -49,6 +55,13 @@ PSCI_0_2_AFFINITY_LEVEL_ON = 0
 PSCI_0_2_AFFINITY_LEVEL_OFF = 1
 
 PSCI_0_2_TOS_MP = 2  # MIGRATE_INFO_TYPE: no Trusted OS that needs migrating
+
+# CPU_SUSPEND power_state, original format (DEN0022 5.4.2.1): StateID [15:0], StateType [16]
+# (1 = power down), PowerLevel [25:24]; the other bits are reserved and must be zero.
+PSCI_0_2_POWER_STATE_RESERVED = 0xFCFE_0000
+# SYSTEM_RESET2 reset_type (5.16): bit 31 set = vendor-specific; architectural 0 = warm reset.
+PSCI_1_1_RESET_TYPE_VENDOR_START = 1 << 31
+PSCI_1_1_RESET_TYPE_SYSTEM_WARM_RESET = 0
 
 _MASK64 = (1 << 64) - 1
 _SMC64 = 1 << 30  # function id bit 30: the SMC64/HVC64 calling convention
@@ -100,6 +113,18 @@ def affinity_info(vcpu, fid: int) -> int:
     return PSCI_0_2_AFFINITY_LEVEL_OFF if target.state is VcpuState.OFF else PSCI_0_2_AFFINITY_LEVEL_ON
 
 
+def cpu_suspend(vcpu, fid: int) -> int | None:
+    """CPU_SUSPEND (DEN0022 5.4) as KVM implements it (kvm_psci_vcpu_suspend): every power
+    state is entered as standby, i.e. like WFI; the call returns SUCCESS when an interrupt
+    wakes the vCPU (a shallower state than a power-down request is allowed, 5.4.2). A
+    power_state with reserved bits set is INVALID_PARAMETERS."""
+    if _arg(vcpu, fid, UC_ARM64_REG_X1) & 0xFFFF_FFFF & PSCI_0_2_POWER_STATE_RESERVED:
+        return PSCI_RET_INVALID_PARAMS
+    vcpu.smccc_return(PSCI_RET_SUCCESS)
+    vcpu.suspend()
+    return None
+
+
 def migrate_info_type(vcpu, fid: int) -> int:
     return PSCI_0_2_TOS_MP
 
@@ -113,8 +138,22 @@ def system_reset(vcpu, fid: int) -> None:
     vcpu.vm.stop(0, "PSCI SYSTEM_RESET")
 
 
+def system_reset2(vcpu, fid: int) -> int | None:
+    """SYSTEM_RESET2 (DEN0022 5.16): the architectural SYSTEM_WARM_RESET or a vendor-specific
+    reset (bit 31) ends the run as SYSTEM_RESET does; any other architectural reset_type is
+    INVALID_PARAMETERS (KVM's check)."""
+    reset_type = vcpu.regs.read(UC_ARM64_REG_X1) & 0xFFFF_FFFF
+    if reset_type & PSCI_1_1_RESET_TYPE_VENDOR_START or reset_type == PSCI_1_1_RESET_TYPE_SYSTEM_WARM_RESET:
+        kind = "vendor-specific" if reset_type else "SYSTEM_WARM_RESET"
+        vcpu.vm.stop(0, f"PSCI SYSTEM_RESET2 ({kind})")
+        return None
+    return PSCI_RET_INVALID_PARAMS
+
+
 def psci_features(vcpu, fid: int) -> int:
-    """0 for an implemented function id, NOT_SUPPORTED otherwise (DEN0022 5.15)."""
+    """For an implemented function id 0, NOT_SUPPORTED otherwise (DEN0022 5.15). For
+    CPU_SUSPEND the 0 is its feature flags: the original power_state format (bit 1 clear)
+    and platform-coordinated mode only (bit 0 clear), as KVM answers."""
     queried = vcpu.regs.read(UC_ARM64_REG_X1) & 0xFFFF_FFFF
     return PSCI_RET_SUCCESS if queried in FUNCTIONS else PSCI_RET_NOT_SUPPORTED
 
@@ -128,9 +167,14 @@ def smccc_arch_features(vcpu, fid: int) -> int:
     return PSCI_RET_NOT_SUPPORTED
 
 
-# The function-id table, like KVM's switch in kvm_psci_1_x_call().
+# The function-id table, like KVM's switch in kvm_psci_1_x_call(). Not here, so
+# NOT_SUPPORTED as with KVM: MIGRATE and MIGRATE_INFO_UP_CPU (MIGRATE_INFO_TYPE says no
+# Trusted OS needs migrating), SYSTEM_SUSPEND (optional; KVM offers it only if the VMM asks),
+# CPU_FREEZE, CPU_DEFAULT_SUSPEND, NODE_HW_STATE, the residency and statistics calls.
 FUNCTIONS = {
     PSCI_0_2_FN_PSCI_VERSION: psci_version,
+    PSCI_0_2_FN_CPU_SUSPEND: cpu_suspend,
+    PSCI_0_2_FN64_CPU_SUSPEND: cpu_suspend,
     PSCI_0_2_FN_CPU_OFF: cpu_off,
     PSCI_0_2_FN_CPU_ON: cpu_on,
     PSCI_0_2_FN64_CPU_ON: cpu_on,
@@ -139,6 +183,8 @@ FUNCTIONS = {
     PSCI_0_2_FN_MIGRATE_INFO_TYPE: migrate_info_type,
     PSCI_0_2_FN_SYSTEM_OFF: system_off,
     PSCI_0_2_FN_SYSTEM_RESET: system_reset,
+    PSCI_1_1_FN_SYSTEM_RESET2: system_reset2,
+    PSCI_1_1_FN64_SYSTEM_RESET2: system_reset2,
     PSCI_1_0_FN_PSCI_FEATURES: psci_features,
     ARM_SMCCC_VERSION_FUNC_ID: smccc_version,
     ARM_SMCCC_ARCH_FEATURES_FUNC_ID: smccc_arch_features,

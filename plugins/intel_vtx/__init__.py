@@ -26,7 +26,10 @@ class VtxArch(X86Arch):
         "stage 2": "identity EPT with unrestricted guest and VPID (walks come with issue 6)",
         "hypercall": "VMCALL (exit reason 18), KVM hypercall ABI",
         "platform": "PC: Multiboot v1, ELF64, raw; COM1, isa-debug-exit, fw_cfg, 8259 masks",
-        "events": "exceptions and injected interrupts through the guest IDT (protected and long mode, same privilege level)",
+        "events": "IDT delivery (real, protected, long mode, same privilege level) at exact boundaries: STI/MOV SS "
+                  "shadow, interrupt/NMI-window exiting, external-interrupt exiting + ack on exit, NMI exiting, "
+                  "virtual NMIs, INIT, triple fault exits, IDT-vectoring information, MTF, preemption timer, "
+                  "interruptibility and HLT activity state, EFER/PAT load/save",
     }
 
 

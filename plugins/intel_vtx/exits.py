@@ -42,7 +42,13 @@ EXIT_CAUSES = {
 }
 
 EXIT_REASON_EXCEPTION_NMI = 0
+EXIT_REASON_EXTERNAL_INTERRUPT = 1
 EXIT_REASON_TRIPLE_FAULT = 2
+EXIT_REASON_INIT_SIGNAL = 3
+EXIT_REASON_INTERRUPT_WINDOW = 7
+EXIT_REASON_NMI_WINDOW = 8
+EXIT_REASON_MONITOR_TRAP_FLAG = 37
+EXIT_REASON_PREEMPTION_TIMER = 52
 EXIT_REASON_CPUID = 10
 EXIT_REASON_HLT = 12
 EXIT_REASON_VMCALL = 18
@@ -120,8 +126,21 @@ def instruction_information(kind: str, ops: tuple) -> tuple[int, int]:
     return 0, 0
 
 
-# VM-exit interruption information (SDM 24.9.2, Table 24-19)
+# VM-exit interruption information (SDM 24.9.2, Table 24-19); IDT-vectoring information has
+# the same layout (Table 24-20). Types in bits 10:8.
 INTR_INFO_VALID, INTR_INFO_DELIVER_CODE = 1 << 31, 1 << 11
+INTR_TYPE_EXT_INTR, INTR_TYPE_NMI_INTR, INTR_TYPE_HARD_EXCEPTION = 0, 2, 3
+INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION = 4, 5, 6
+_EVENT_EXITS = {"external": EXIT_REASON_EXTERNAL_INTERRUPT, "nmi": EXIT_REASON_EXCEPTION_NMI,
+                "init": EXIT_REASON_INIT_SIGNAL, "preemption_timer": EXIT_REASON_PREEMPTION_TIMER,
+                "mtf": EXIT_REASON_MONITOR_TRAP_FLAG}
+_WINDOW_EXITS = {"interrupt": EXIT_REASON_INTERRUPT_WINDOW, "nmi": EXIT_REASON_NMI_WINDOW}
+
+
+def interruption_info(vector: int, kind: int, error_code: int | None) -> int:
+    """Interruption-information format (SDM Tables 24-19 / 24-20): vector 7:0, type 10:8, error
+    code valid 11, valid 31."""
+    return vector & 0xFF | (kind & 7) << 8 | (INTR_INFO_DELIVER_CODE if error_code is not None else 0) | INTR_INFO_VALID
 
 # Exit qualification for I/O instructions (SDM Table 28-5)
 IO_SIZE_MASK = 0x7  # 0 = 1 byte, 1 = 2 bytes, 3 = 4 bytes
@@ -142,12 +161,13 @@ class VmxExitInfo:
     """The VM-exit information fields a VMM reads after an exit (SDM 25.9)."""
 
     __slots__ = ("VM_EXIT_INTR_INFO", "VM_EXIT_INTR_ERROR_CODE", "EXIT_REASON", "EXIT_QUALIFICATION", "GUEST_PHYSICAL_ADDRESS",
-                 "GUEST_LINEAR_ADDRESS", "VM_EXIT_INSTRUCTION_LEN", "GUEST_RIP", "VMX_INSTRUCTION_INFO")
+                 "GUEST_LINEAR_ADDRESS", "VM_EXIT_INSTRUCTION_LEN", "GUEST_RIP", "VMX_INSTRUCTION_INFO",
+                 "IDT_VECTORING_INFO_FIELD", "IDT_VECTORING_ERROR_CODE")
 
     def __init__(self, exit_reason: int, exit_qualification: int = 0, guest_rip: int | None = None,
                  instruction_length: int = 0, guest_physical_address: int = 0,
                  guest_linear_address: int = 0, intr_info: int = 0, intr_error_code: int = 0,
-                 instruction_info: int = 0) -> None:
+                 instruction_info: int = 0, idt_vectoring_info: int = 0, idt_vectoring_error_code: int = 0) -> None:
         self.VMX_INSTRUCTION_INFO = instruction_info
         self.EXIT_REASON = exit_reason
         self.EXIT_QUALIFICATION = exit_qualification
@@ -157,6 +177,8 @@ class VmxExitInfo:
         self.GUEST_LINEAR_ADDRESS = guest_linear_address
         self.VM_EXIT_INTR_INFO = intr_info
         self.VM_EXIT_INTR_ERROR_CODE = intr_error_code
+        self.IDT_VECTORING_INFO_FIELD = idt_vectoring_info
+        self.IDT_VECTORING_ERROR_CODE = idt_vectoring_error_code
 
     def __repr__(self) -> str:
         return (f"EXIT_REASON={self.EXIT_REASON} ({EXIT_REASONS.get(self.EXIT_REASON & 0xFFFF)}) "
@@ -201,16 +223,45 @@ class VmxVendor(X86Vendor):
                     VmxExitInfo(EXIT_REASON_EPT_VIOLATION, qual, rip, 0, gpa, gla or 0),
                     gpa, size, is_write, value)
 
-    def exception_exit(self, vector, error_code, rip, cr2):
+    def exception_exit(self, vector, error_code, rip, cr2, vectoring=None):
         # SDM 28.2.1/28.2.2: reason 0; VM-exit interruption information: vector, type 3 (hardware
         # exception; 6 for #BP/#OF, software exceptions), error-code valid, valid; the exit
-        # qualification of a #PF is the faulting linear address (CR2 is not written).
+        # qualification of a #PF is the faulting linear address (CR2 is not written). An
+        # exception raised while delivering another event also records that event as the
+        # IDT-vectoring information (SDM 28.2.4); the exit then names no instruction.
         kind = 6 if vector in (3, 4) else 3
         info = vector | kind << 8 | (INTR_INFO_DELIVER_CODE if error_code is not None else 0) | INTR_INFO_VALID
+        idt_info = idt_code = 0
+        if vectoring is not None:
+            v_vector, v_code, v_type = vectoring
+            idt_info, idt_code = interruption_info(v_vector, v_type, v_code), v_code or 0
+            rip = None
         return Exit(ExitKind.EXCEPTION, "EXIT_REASON_EXCEPTION_NMI",
                     VmxExitInfo(EXIT_REASON_EXCEPTION_NMI, cr2 if vector == 14 else 0, rip, 0,
-                                intr_info=info, intr_error_code=error_code or 0),
+                                intr_info=info, intr_error_code=error_code or 0,
+                                idt_vectoring_info=idt_info, idt_vectoring_error_code=idt_code),
                     cr2 if vector == 14 else 0, vector=vector, value=error_code)
+
+    @staticmethod
+    def event_exit(kind: str, vector: int = 0, acknowledged: bool = False) -> Exit:
+        """An event the controls make exit (SDM 25.2): external interrupt (reason 1; with
+        "acknowledge interrupt on exit" the interruption information holds its vector, type 0),
+        NMI (reason 0, type 2, vector 2), INIT (3), VMX-preemption timer (52), MTF (37). None
+        of them names an instruction: GUEST_RIP is the boundary where it was recognised."""
+        reason = _EVENT_EXITS[kind]
+        info = 0
+        if kind == "nmi":
+            info = interruption_info(2, INTR_TYPE_NMI_INTR, None)
+        elif kind == "external" and acknowledged:
+            info = interruption_info(vector, INTR_TYPE_EXT_INTR, None)
+        return Exit(ExitKind.EVENT, _NAME[reason], VmxExitInfo(reason, intr_info=info), vector=vector)
+
+    @staticmethod
+    def window_exit(kind: str) -> Exit:
+        """Interrupt-window (7) or NMI-window (8) exiting (SDM 25.2): before the first
+        instruction at which the guest could take an interrupt / a virtual NMI."""
+        reason = _WINDOW_EXITS[kind]
+        return Exit(ExitKind.INTERRUPT_WINDOW, _NAME[reason], VmxExitInfo(reason))
 
     def instruction_exit(self, kind, rip, insn_len, operand):
         if kind in ("mov_to_cr", "mov_from_cr", "clts", "lmsw"):

@@ -8,18 +8,28 @@ the host state and the guest state, then VMLAUNCH, and VMRESUME for every later 
 exit writes its exit reason, qualification, instruction length and addresses into the VMCS
 (SDM 28.2); leaving the engine saves the guest-state area (SDM 28.3); an entry loads
 GUEST_RIP, GUEST_RSP and GUEST_RFLAGS where a VMM plugin changed them with VMWRITE.
+
+Events (SDM 25.2, 25.5, 26.6, 26.7): the pin-based and processor-based event controls become an
+``EventControls`` at every entry for plugins/x86/events.py, which takes each pending event at
+its exact boundary; the guest interruptibility and activity states are saved on exit and loaded
+on entry, the VMX-preemption timer counts the guest's TSC, EFER and PAT follow their load/save
+controls.
 """
 
 from __future__ import annotations
+
+import time
 
 from unicorn import x86_const as X
 
 from hvsim.plugins.x86 import paging
 from hvsim.plugins.x86.traps import ON_DEMAND
+from hvsim.plugins.x86.events import EventControls
+from hvsim.plugins.x86.tsc import tsc_hz
 
 from . import msrs
 from .ept import Ept, ep4ta
-from .exits import VmxExitInfo
+from .exits import VmxExitInfo, VmxVendor
 from .vmcs import Field
 from .vmx import Status, Vmx
 
@@ -61,6 +71,9 @@ EPTP_WB_4LEVEL = 6 | (4 - 1) << 3
 # VM-entry interruption-information field (SDM 24.8.3, Table 24-16)
 INTR_INFO_VALID, INTR_INFO_DELIVER_CODE = 1 << 31, 1 << 11
 INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION = 4, 5, 6
+INTR_TYPE_OTHER_EVENT = 7  # with vector 0: a pending MTF VM exit (SDM 26.6.2)
+GUEST_ACTIVITY_ACTIVE, GUEST_ACTIVITY_HLT = 0, 1
+MSR_IA32_PAT, MSR_EFER = 0x277, 0xC000_0080
 
 
 class VmxGuestContext:
@@ -133,6 +146,8 @@ class VmxGuestContext:
         self._cr_saved: tuple = ()
         self._epts: dict[int, Ept] = {}  # by EPTP: each keeps its guest-physical mappings
         self.vmx.tlb = self  # INVEPT / INVVPID reach this logical processor's TLB model
+        self.event_controls = EventControls()
+        self._timer_start: float | None = None
         self._memory_virtualization(self._values[Field.SECONDARY_VM_EXEC_CONTROL])
 
     def _vmwrite(self, field: int, value: int) -> None:
@@ -184,7 +199,9 @@ class VmxGuestContext:
         self.vmcs.record_exit(raw.EXIT_REASON, raw.EXIT_QUALIFICATION, raw.VM_EXIT_INSTRUCTION_LEN,
                               raw.VMX_INSTRUCTION_INFO,
                               raw.GUEST_LINEAR_ADDRESS or 0, raw.GUEST_PHYSICAL_ADDRESS or 0,
-                              raw.VM_EXIT_INTR_INFO, raw.VM_EXIT_INTR_ERROR_CODE)
+                              raw.VM_EXIT_INTR_INFO, raw.VM_EXIT_INTR_ERROR_CODE, raw.IDT_VECTORING_INFO_FIELD)
+        if raw.IDT_VECTORING_INFO_FIELD:
+            self._values[Field.IDT_VECTORING_ERROR_CODE] = raw.IDT_VECTORING_ERROR_CODE
         if raw.GUEST_RIP is not None:
             # The exit names its instruction; the engine has already completed it, as the VMM's
             # handler would (KVM's skip_emulated_instruction), so it is not to be loaded back.
@@ -228,11 +245,21 @@ class VmxGuestContext:
             "rdseed": bool(proc2 & msrs.SECONDARY_EXEC_RDSEED_EXITING),
             **dict.fromkeys(_DESCRIPTOR_TABLE, bool(proc2 & msrs.SECONDARY_EXEC_DESC)),
             **dict.fromkeys(("mov_to_dr", "mov_from_dr"), bool(proc & msrs.CPU_BASED_MOV_DR_EXITING)),
+            "shutdown": True,  # a triple fault always exits (SDM 25.2)
         }
         self._proc, self._proc2 = proc, proc2
         mask = self._values.get(Field.CR0_GUEST_HOST_MASK, 0)
         self.vcpu.want_traps(frozenset(k for k, on in self._exiting.items() if on and k in ON_DEMAND)
                              | (frozenset({"clts", "lmsw"}) if mask & CR0_PE_MP_EM_TS else frozenset()))
+        pin = self._values[Field.PIN_BASED_VM_EXEC_CONTROL]
+        self.event_controls = EventControls(
+            intr_exits=bool(pin & msrs.PIN_BASED_EXT_INTR_MASK), intr_exit_ignores_if=True,
+            nmi_exits=bool(pin & msrs.PIN_BASED_NMI_EXITING), virtual_nmis=bool(pin & msrs.PIN_BASED_VIRTUAL_NMIS),
+            init_exits=True,  # INIT signals always exit in VMX non-root operation (SDM 25.2)
+            intr_window=bool(proc & msrs.CPU_BASED_INTR_WINDOW_EXITING),
+            nmi_window=bool(proc & msrs.CPU_BASED_NMI_WINDOW_EXITING),
+            mtf=bool(proc & msrs.CPU_BASED_MONITOR_TRAP_FLAG))
+        self._start_preemption_timer(pin)
         self._cr3_load, self._cr3_store = (bool(proc & msrs.CPU_BASED_CR3_LOAD_EXITING),
                                            bool(proc & msrs.CPU_BASED_CR3_STORE_EXITING))
         self._load_guest_view_of_cr0_cr4()
@@ -288,7 +315,57 @@ class VmxGuestContext:
         for field, reg in _LOADED_ON_ENTRY:
             if values[field] != saved[field]:
                 regs.write(reg, values[field])
+        self._load_event_state()
         self._inject()
+
+    def _load_event_state(self) -> None:
+        """Interruptibility and activity state (SDM 26.3.2.5, 26.6.1), EFER and PAT with their
+        VM-entry controls (26.3.2.1), where the VMM changed them since the exit."""
+        vcpu, v, saved = self.vcpu, self._values, self._saved
+        intr = v.get(Field.GUEST_INTERRUPTIBILITY_INFO, 0)
+        if intr != saved.get(Field.GUEST_INTERRUPTIBILITY_INFO, 0):
+            vcpu.set_interruptibility(intr)
+        activity = v.get(Field.GUEST_ACTIVITY_STATE, 0)
+        if activity != saved.get(Field.GUEST_ACTIVITY_STATE, 0):
+            vcpu.activity_hlt = activity == GUEST_ACTIVITY_HLT
+        # The load controls load the field at every entry (a stale field overwrites what the
+        # guest wrote since); the engine's register is written only when it differs.
+        entry, uc = v[Field.VM_ENTRY_CONTROLS], vcpu.uc
+        for control, field, msr in ((msrs.VM_ENTRY_LOAD_IA32_EFER, Field.GUEST_IA32_EFER, MSR_EFER),
+                                    (msrs.VM_ENTRY_LOAD_IA32_PAT, Field.GUEST_IA32_PAT, MSR_IA32_PAT)):
+            if entry & control and v.get(field, 0) != uc.reg_read(X.UC_X86_REG_MSR, msr):
+                uc.reg_write(X.UC_X86_REG_MSR, (msr, v.get(field, 0)))
+
+    # -- events (SDM 25.2, 26.7) -------------------------------------------------------------
+    def event_exit(self, kind: str, vector: int = 0):
+        ack = bool(self._values[Field.VM_EXIT_CONTROLS] & msrs.VM_EXIT_ACK_INTR_ON_EXIT)
+        if kind == "preemption_timer":
+            self._values[Field.VMX_PREEMPTION_TIMER_VALUE] = 0
+            self.vcpu.timer_deadline = None
+        return VmxVendor.event_exit(kind, vector, acknowledged=ack)
+
+    def window_exit(self, kind: str):
+        return VmxVendor.window_exit(kind)
+
+    def _start_preemption_timer(self, pin: int) -> None:
+        """The VMX-preemption timer (SDM 25.5.1) counts down from its VMCS field once per
+        2^IA32_VMX_MISC[4:0] ticks of the TSC while the guest runs; at 0 it exits (reason 52),
+        before any instruction if it is 0 at entry."""
+        vcpu = self.vcpu
+        if not pin & msrs.PIN_BASED_VMX_PREEMPTION_TIMER:
+            vcpu.timer_deadline = self._timer_start = None
+            return
+        ticks = self._values.get(Field.VMX_PREEMPTION_TIMER_VALUE, 0) << (self.vmx.caps.misc & msrs.VMX_MISC_PREEMPTION_TIMER_RATE_MASK)
+        self._timer_start = now = time.perf_counter()
+        vcpu.timer_deadline = now + ticks / tsc_hz()
+
+    def _save_preemption_timer(self) -> None:
+        vcpu, v = self.vcpu, self._values
+        if self._timer_start is None or vcpu.timer_deadline is None:
+            return
+        if v[Field.VM_EXIT_CONTROLS] & msrs.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER:
+            left = max(0.0, vcpu.timer_deadline - time.perf_counter()) * tsc_hz()
+            v[Field.VMX_PREEMPTION_TIMER_VALUE] = int(left) >> (self.vmx.caps.misc & msrs.VMX_MISC_PREEMPTION_TIMER_RATE_MASK)
 
     def _inject(self) -> None:
         """Event injection (SDM 27.6): the VM-entry interruption-information field, if valid, is
@@ -300,12 +377,19 @@ class VmxGuestContext:
             return
         v[Field.VM_ENTRY_INTR_INFO_FIELD] = info & ~INTR_INFO_VALID
         vcpu, kind = self.vcpu, (info >> 8) & 7
+        mtf = bool(v[Field.CPU_BASED_VM_EXEC_CONTROL] & msrs.CPU_BASED_MONITOR_TRAP_FLAG)
+        if kind == INTR_TYPE_OTHER_EVENT:  # injecting a pending MTF VM exit (SDM 26.6.2)
+            vcpu.mtf_pending = True
+            return
         error = v.get(Field.VM_ENTRY_EXCEPTION_ERROR_CODE, 0) if info & INTR_INFO_DELIVER_CODE else None
         rip = vcpu.rip()
         if kind in (INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION):
             rip += v.get(Field.VM_ENTRY_INSTRUCTION_LEN, 0)  # software events return past the INT
-        vcpu.deliver_event(info & 0xFF, error, rip, software=kind in (INTR_TYPE_SOFT_INTR,
-                                                                         INTR_TYPE_SOFT_EXCEPTION))
+        vcpu.activity_hlt = False  # an injected event wakes the guest (SDM 26.6.2)
+        vcpu.deliver_event(info & 0xFF, error, rip, software=kind in (INTR_TYPE_SOFT_INTR, INTR_TYPE_SOFT_EXCEPTION),
+                           event_type=kind)
+        if mtf:  # MTF exit pending before the handler's first instruction (SDM 26.7.2)
+            vcpu.mtf_pending = True
 
     def intercepts(self, kind: str, info) -> bool:
         """Whether this sensitive instruction exits under the current controls (SDM 25.1)."""
@@ -498,8 +582,16 @@ class VmxGuestContext:
         v[Field.GUEST_CR4], v[Field.CR4_READ_SHADOW] = (cr4 & ~m4) | (real4 & m4), cr4
         self._cr_saved = self._cr_fields()
         v[Field.GUEST_DR7] = regs.read(X.UC_X86_REG_DR7) | 0x400
-        v[Field.GUEST_IA32_EFER] = vcpu.efer()
-        v[Field.GUEST_ACTIVITY_STATE] = 0
+        exit_controls = v[Field.VM_EXIT_CONTROLS]
+        if exit_controls & msrs.VM_EXIT_SAVE_IA32_EFER or Field.GUEST_IA32_EFER not in self._saved:
+            v[Field.GUEST_IA32_EFER] = self._saved[Field.GUEST_IA32_EFER] = vcpu.efer()
+        if exit_controls & msrs.VM_EXIT_SAVE_IA32_PAT:
+            v[Field.GUEST_IA32_PAT] = self._saved[Field.GUEST_IA32_PAT] = vcpu.uc.reg_read(X.UC_X86_REG_MSR, MSR_IA32_PAT)
+        # Interruptibility and activity state (SDM 28.3.4): what the next entry resumes with.
+        v[Field.GUEST_INTERRUPTIBILITY_INFO] = self._saved[Field.GUEST_INTERRUPTIBILITY_INFO] = vcpu.interruptibility()
+        v[Field.GUEST_ACTIVITY_STATE] = self._saved[Field.GUEST_ACTIVITY_STATE] = (
+            GUEST_ACTIVITY_HLT if vcpu.activity_hlt else GUEST_ACTIVITY_ACTIVE)
+        self._save_preemption_timer()
         for name, reg in _SEGMENTS:
             selector, base, limit, ar = self._segment(regs.read(reg) & 0xFFFF)
             v[getattr(Field, f"GUEST_{name}_SELECTOR")] = selector

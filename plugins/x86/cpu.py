@@ -7,7 +7,9 @@ each exit in its own format. Which guest events leave the engine and how (measur
 - IN / OUT / CPUID: ``UC_HOOK_INSN``; completed inside the hook (no re-entry).
 - VMCALL / VMMCALL and other invalid opcodes: ``UC_HOOK_INSN_INVALID``; the vendor's own
   hypercall instruction is an exit, anything else is #UD delivered to the guest.
-- HLT: the engine returns with RIP after the HLT (the slice timer tells it from a slice end).
+- HLT: the engine returns with RIP after the HLT (the slice timer's flag tells it from a slice end).
+- Pending events: taken at instruction boundaries in the manuals' order (:mod:`.events`); a
+  blocked one is waited for with exact-address hooks on the few instructions that unblock it.
 - CPU exceptions and INT n: ``UC_HOOK_INTR``; delivered through the guest's IDT (:mod:`.idt`).
 - MMIO: ``mmio_map`` callbacks for every claimed range.
 """
@@ -33,6 +35,7 @@ from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, GuestMemoryError
 from hvsim.core.mmu import HOST_PHYS_BASE, Stage2Fault
 
+from . import events as x86_events
 from . import idt, layout, paging
 from .boot import GDT_ENTRIES, SEL_CODE32, SEL_CODE64, SEL_DATA, BootState
 from .decode import IoInsn, decode_io, undefined_instruction, writes_memory
@@ -40,6 +43,8 @@ from .handlers import handle_msr
 from .operands import Operand, effective_address
 from .quirks import ExceptionLatch
 from .mmu import MSR_EFER, UNTIL, GeneralProtection, PageFault, X86Mmu
+from .interruptibility import (BLOCKING_BY_MOV_SS, BLOCKING_BY_NMI, BLOCKING_BY_STI, SHADOW, InterruptShadow,
+                               shadow_cause)
 from .traps import SensitiveTraps, reg_id
 
 MSR_IA32_APIC_BASE = 0x1B
@@ -60,6 +65,9 @@ _PRIVILEGED = frozenset({"clts", "lmsw", "lgdt", "lidt", "lldt", "ltr", "invpcid
 _ACCESS_NAMES = {UC_HOOK_MEM_READ_UNMAPPED: "read from", UC_HOOK_MEM_WRITE_UNMAPPED: "write to",
                  UC_HOOK_MEM_FETCH_UNMAPPED: "instruction fetch from"}
 _MEM_READ_UNMAPPED, _MEM_WRITE_UNMAPPED, _MEM_FETCH_UNMAPPED = 19, 20, 21
+_NO_CONTROLS = x86_events.EventControls()
+_MAX_VECTORING_DEPTH = 16  # nested exits for exceptions raised while delivering an event
+STGI = b"\x0f\x01\xdc"
 # General-purpose registers in the order exit qualifications number them (SDM Table 28-3).
 _GPRS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
                                                   "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
@@ -105,6 +113,19 @@ class X86Vcpu(Vcpu):
         uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
                     self._on_unmapped)
         self._latch = ExceptionLatch(uc)
+        # Interruptibility (plugins/x86/interruptibility.py) and event windows (events.py).
+        self._shadow = InterruptShadow(uc)
+        self._watch = x86_events.WindowWatch(uc, self.regs, self.code_bits)
+        self.blocking = 0  # interruptibility at the last boundary looked at (SDM Table 24-3 bits)
+        self.nmi_blocked = False  # blocking by NMI: from NMI delivery to the next IRET (SDM 6.7.1)
+        self.mtf_pending = False
+        self.activity_hlt = False  # halted by a HLT the VMM does not intercept (activity state HLT)
+        self.timer_deadline: float | None = None  # VMX-preemption timer expiry (perf_counter)
+        self._in_engine = False
+        self._recheck = False  # a hook stopped the engine so the next boundary is looked at
+        self._vectoring_depth = 0
+        self._delivered = 0
+        self._shadow_set: tuple[int, int] | None = None  # (RIP, cause) of a shadow a VM entry loaded
         self._stopping = False
         self._unmapped: tuple[int, int, int, int] | None = None
         self._hypercall = vendor.hypercall_insn
@@ -170,55 +191,132 @@ class X86Vcpu(Vcpu):
                 self._exit(self.vendor.invalid_exit(failed))
                 return None
         self.mmu.context_changed()
+        ctl = context.event_controls if context is not None else _NO_CONTROLS
+        regs, uc, watch = self.regs, self.uc, self._watch
+        end = time.perf_counter() + slice_us / 1e6
+        exit = None
+        halted = False
         try:
-            ended = self._run_engine(slice_us)
+            if self.activity_hlt:  # in the HLT activity state: only an event wakes it
+                before = self._delivered
+                exit = x86_events.boundary(self, ctl)
+                if exit is None and self._delivered == before:
+                    exit = self._halt_until_timer(end)
+                    if exit is None:
+                        if self.timer_deadline is None:
+                            self.state = VcpuState.HALTED
+                        return None
+                if self._delivered != before:
+                    self.activity_hlt = False  # delivered: the guest runs its handler
+                # An exit leaves the guest halted: the activity state saved is HLT (SDM 28.3.4).
+            while exit is None and not self._stopping and self.vm.status is None:
+                step, watching = False, frozenset()
+                if self.events or ctl.active or self.mtf_pending or self.nmi_blocked or self.timer_deadline:
+                    before = self._delivered
+                    exit = x86_events.boundary(self, ctl)
+                    if exit is not None or self._stopping or self.vm.status is not None:
+                        break
+                    if self._delivered != before:
+                        if ctl.mtf:  # MTF exit before the handler's first instruction (SDM 25.5.2)
+                            self.mtf_pending = True
+                        continue  # an event was delivered: look again at the handler's first boundary
+                    step, watching = x86_events.waiting(self, ctl)
+                watch.arm(watching)
+                rip = regs.read(X.UC_X86_REG_RIP)
+                if step:
+                    halted = self._step(rip)
+                    if ctl.mtf:
+                        self.mtf_pending = True
+                    if halted:
+                        break
+                    continue
+                remaining = int((end - time.perf_counter()) * 1e6)
+                if self.timer_deadline is not None:
+                    remaining = min(remaining, int((self.timer_deadline - time.perf_counter()) * 1e6) + 1)
+                if remaining <= 0:
+                    if self.timer_deadline is not None and self.timer_expired():
+                        continue  # the timer's exit is taken at this boundary
+                    break
+                if self.mmu.fetchable(rip):  # Unicorn's translation-cache request crashes on a fault
+                    self._traps.prescan(rip)
+                    watch.prescan(rip)
+                self.mmu.pending = None
+                self._in_engine = True
+                self._timer.arm(self._raw._uch, remaining / 1e6)
+                fault = None
+                try:
+                    uc.emu_start(rip, UNTIL)
+                except UcError as exc:
+                    fault = self.mmu.take_pending()
+                    if fault is None or exc.errno != UC_ERR_EXCEPTION:
+                        raise
+                finally:
+                    self._timer.disarm()
+                    self._in_engine = False
+                self._raw.reraise()
+                if fault is not None:  # a fill the MMU refused: the fault is taken, the guest goes on
+                    self._take_fault(fault)
+                    continue
+                if self.mmu.engine.service():
+                    continue  # stopped only so the engine's TLB could grow
+                if watch.hit is not None:
+                    at, watch.hit = watch.hit, None
+                    iret = watch.is_iret(at)
+                    halted = self._step(at)
+                    if iret:
+                        self.nmi_blocked = False  # IRET ends blocking by NMI (SDM 6.7.1)
+                    if halted:
+                        break
+                    continue
+                if self._stopping or self.vm.status is not None:
+                    break
+                if self._recheck:
+                    self._recheck = False
+                    continue
+                at = regs.read(X.UC_X86_REG_RIP)
+                # The slice ran out (a HLT the stop landed behind then counts as the slice's end:
+                # the guest resumes after it, like a spurious wake-up; see core/engine.SliceTimer).
+                if self._timer.expired:
+                    if self.timer_deadline is not None and self.timer_expired():
+                        continue
+                    break
+                if watch._read(at, 3) == STGI:
+                    self._stgi(at)  # the engine stops before STGI without running it (measured)
+                    continue
+                halted = True
+                break
+        except UcError as exc:
+            self._engine_error(exc)
+            return None
         except GuestMemoryError as exc:
             self.vm.crash(str(exc))
             return None
         finally:
+            self._in_engine = False
+            watch.hit = None
+            if halted and context is not None and not context.hlt_exits:
+                self.activity_hlt = True
             if context is not None:
                 context.vmexit()
-        if ended != "halt" or self._stopping or self.vm.status is not None:
+        if exit is not None:
+            if self._record is not None:
+                self._record(exit.raw)
+            return exit
+        if not halted or self._stopping or self.vm.status is not None:
             return None
         if context is not None and not context.hlt_exits:
-            self.state = VcpuState.HALTED  # HLT runs in the guest: no exit, wait for an event
+            exit = self._halt_until_timer(end)  # HLT runs in the guest: no exit, wait for an event
+            if exit is not None:
+                if self._record is not None:
+                    self._record(exit.raw)
+                return exit
+            if self.timer_deadline is None:
+                self.state = VcpuState.HALTED
             return None
         exit = self.vendor.hlt_exit(self.regs.read(X.UC_X86_REG_RIP))
         if self._record is not None:
             self._record(exit.raw)
         return exit
-
-    def _run_engine(self, slice_us: int) -> str | None:
-        """Run the guest for the slice; a TLB fill the MMU refused ends ``emu_start`` at the
-        faulting instruction, the fault is taken (#PF to the guest, or an EPT violation / NPF
-        exit) and the guest goes on. Returns "halt" (the engine stopped at a HLT), "slice" (time
-        is up or a stop was asked for) or None (an engine error ended the run)."""
-        timer, armed = self._timer, False
-        try:
-            while True:
-                rip = self.regs.read(X.UC_X86_REG_RIP)
-                if self.mmu.fetchable(rip):  # Unicorn's translation-cache request crashes on a fault
-                    self._traps.prescan(rip)
-                self.mmu.pending = None
-                if not armed:  # the slice counts from the guest's first instruction
-                    timer.arm(self._raw._uch, slice_us / 1e6)
-                    armed = True
-                try:
-                    self.uc.emu_start(rip, UNTIL)
-                    self._raw.reraise()
-                    if self.mmu.engine.service():
-                        continue  # stopped only so the engine's TLB could grow
-                    return "slice" if self._stopping or timer.expired else "halt"
-                except UcError as exc:
-                    fault = self.mmu.take_pending()
-                    if fault is None or exc.errno != UC_ERR_EXCEPTION:
-                        self._engine_error(exc)
-                        return None
-                    self._take_fault(fault)
-                if self._stopping or self.vm.status is not None or timer.expired:
-                    return "slice"
-        finally:
-            timer.disarm()
 
     def _take_fault(self, fault: Exception) -> None:
         """A translation the MMU refused: a guest #PF (SDM 4.7: CR2 = the linear address), or a
@@ -242,6 +340,112 @@ class X86Vcpu(Vcpu):
         self._exit(self.vendor.stage2_exit(fault, rip))
         if context is not None:
             context.resume_state()
+
+    def _halt_until_timer(self, end: float) -> Exit | None:
+        """Halted with the VMX-preemption timer running: it keeps counting in the HLT state
+        (SDM 25.5.1), so wait for it (within this slice) and exit when it reaches 0."""
+        if self.timer_deadline is None:
+            return None  # (an event that could wake the guest was taken at the boundary before)
+        wait = min(self.timer_deadline, end) - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        if not self.timer_expired():
+            return None
+        return self.context.event_exit("preemption_timer")
+
+    def _stgi(self, rip: int) -> None:
+        """STGI: Unicorn accepts it (its CPU model has SKINIT) but leaves the engine with RIP at
+        it (measured): taken here as the instruction it is (an exit if intercepted, APM 15.9;
+        V_GIF with virtual GIF; else #UD, as for any SVM instruction the guest is not shown)."""
+        if self._on_instruction("stgi", rip, 3, (), undefined=True) is True:
+            self.regs.write(X.UC_X86_REG_RIP, rip + 3)
+
+    def _step(self, rip: int) -> bool:
+        """Execute the one instruction at ``rip`` (an event may be taken right after it);
+        True if it was HLT, which leaves the engine halted with RIP after it."""
+        code = self._watch._read(rip, 16) or b""
+        is_hlt = code[:1] == b"\xf4"
+        self._traps.prescan(rip)
+        bits = self.code_bits()
+        until, shadow = x86_events.fallthrough(code, rip, bits)
+        if shadow == BLOCKING_BY_STI and self.rflags() & idt.RFLAGS_IF:
+            shadow = 0  # STI with IF already 1 starts no shadow (SDM 6.8.3)
+        self._watch.stepping = True
+        self._in_engine = True
+        try:
+            # The engine checks a stop address only while translating: the blocks at RIP and
+            # at the stop address must be translated again for this step (measured: cached
+            # ones run past it); likewise for the count hook.
+            self.uc.ctl_remove_cache(rip, rip + 1)
+            if until is not None and bits == 64:
+                self.uc.ctl_remove_cache(until, until + 1)
+                self.mmu.pending = None
+                self.uc.emu_start(rip, until)  # stops exactly there
+                if shadow:
+                    self._shadow.set(True)
+                    self._shadow_set = (until, shadow)
+            else:
+                # A branch (or not 64-bit code, where the engine's stop address is linear):
+                # count one instruction. Unicorn counts with a code hook that blocks translated
+                # before it existed lack, so drop the block at RIP first (measured); going back
+                # to uncounted execution, Unicorn flushes its whole translation cache.
+                self.uc.emu_start(rip, UNTIL, count=1)
+        except UcError as exc:  # the step's access faulted: taken like any other fault
+            fault = self.mmu.take_pending()
+            if fault is None or exc.errno != UC_ERR_EXCEPTION:
+                raise
+            self._in_engine = False
+            self._take_fault(fault)
+            return False
+        finally:
+            self._in_engine = False
+            self._watch.stepping = False
+            self._watch.hit = None
+        self._raw.reraise()
+        return is_hlt and self.regs.read(X.UC_X86_REG_RIP) == rip + 1
+
+    def recheck(self) -> None:
+        """Something the guest just did may make a pending event deliverable: the engine stops
+        at the end of its block and the next boundary is looked at."""
+        self._recheck = True
+        self.uc.emu_stop()
+
+    def inject(self, event) -> None:
+        """Queue ``event``; raised while the guest runs (a device in an exit handler), the engine
+        stops at the end of its block so the event is looked at from that boundary on."""
+        self.events.append(event)
+        if self._in_engine:
+            self._recheck = True
+            self.uc.emu_stop()
+
+    def interruptibility(self) -> int:
+        """Blocking by STI / MOV SS / NMI at this boundary, as GUEST_INTERRUPTIBILITY_INFO bits."""
+        blocking = BLOCKING_BY_NMI if self.nmi_blocked else 0
+        if self._shadow.active():
+            rip = self.regs.read(X.UC_X86_REG_RIP)
+            if self._shadow_set is not None and self._shadow_set[0] == rip:
+                self.blocking = blocking | self._shadow_set[1]  # the VMM's own, still unexecuted
+                return self.blocking
+            try:
+                before = self.read_linear(self.segment_base("cs") + rip - 2, 2)
+            except (GuestMemoryError, idt.DeliveryFault):
+                before = b""
+            cause = shadow_cause(before, self.long_mode())
+            if cause == BLOCKING_BY_STI and not self.rflags() & idt.RFLAGS_IF:
+                cause = BLOCKING_BY_MOV_SS  # an STI shadow has IF = 1 (SDM 26.3.1.5): it was MOV SS
+            blocking |= cause
+        self.blocking = blocking
+        return blocking
+
+    def set_interruptibility(self, blocking: int) -> None:
+        """What a VM entry / VMRUN loads: the shadow for the first instruction, NMI blocking."""
+        self._shadow.set(bool(blocking & SHADOW))
+        self._shadow_set = (self.regs.read(X.UC_X86_REG_RIP), blocking & SHADOW) if blocking & SHADOW else None
+        self.nmi_blocked = bool(blocking & BLOCKING_BY_NMI)
+        self.blocking = blocking
+
+    def timer_expired(self) -> bool:
+        return self.timer_deadline is not None and time.perf_counter() >= self.timer_deadline
 
     def _exit(self, exit: Exit) -> None:
         """Record ``exit`` in the vendor's structure (VMCB / VMCS), then handle it."""
@@ -633,15 +837,58 @@ class X86Vcpu(Vcpu):
                 self.regs.write(X.UC_X86_REG_CR2, cr2)
             self.deliver_event(vector, error_code, rip)
 
-    def deliver_event(self, vector: int, error_code: int | None, rip: int, software: bool = False) -> None:
+    def deliver_event(self, vector: int, error_code: int | None, rip: int, software: bool = False,
+                      event_type: int | None = None) -> None:
         """Deliver ``vector`` through the guest's IDT (plugins/x86/idt.py); ``rip`` is the
-        return address pushed; a failure escalates to #DF and to a triple-fault shutdown."""
+        return address pushed; a failure escalates to #DF and to a triple-fault shutdown.
+        ``event_type`` is the interruption type (EventType values: 0 external interrupt, 2 NMI,
+        3 hardware exception, 4 software interrupt, 6 software exception); an exception during
+        delivery that the VMM intercepts exits with this event as the one being delivered (VMX
+        IDT-vectoring information, SVM EXITINTINFO)."""
+        if event_type is None:
+            event_type = 4 if software and vector >= 32 else (6 if software else (3 if vector < 32 else 0))
+        context = self.context
+        check = context.exception_check if context is not None else None
         try:
-            idt.deliver(self, vector, error_code, rip, software)
+            idt.deliver(self, vector, error_code, rip, software, intercepted=check)
             self._latch.clear()
+            self._delivered += 1
+            if event_type == 2:
+                self.nmi_blocked = True  # until the next IRET (SDM 6.7.1)
+        except idt.DeliveryIntercepted as hit:
+            cr2 = self.regs.read(X.UC_X86_REG_CR2) if hit.vector == idt.PF else 0
+            self._latch.clear()
+            if self._vectoring_depth >= _MAX_VECTORING_DEPTH:
+                # The VMM answers each such exit by delivering an event that faults the same way
+                # (a livelock on hardware): end the run with one line instead of recursing.
+                self.vm.crash(f"event delivery keeps raising intercepted exception {hit.vector} "
+                              f"({idt.EXCEPTION_NAMES.get(hit.vector, hit.vector)}) and the VMM re-delivers it")
+                return
+            self._vectoring_depth += 1
+            try:
+                context.vmexit()
+                self._exit(self.vendor.exception_exit(hit.vector, hit.error_code, rip, cr2,
+                                                      vectoring=(hit.original or (vector, error_code, event_type))))
+                if self.vm.status is None:
+                    context.resume_state()
+            finally:
+                self._vectoring_depth -= 1
         except idt.TripleFault as tf:
-            self._exit(self.vendor.triple_fault_exit(f"triple fault: {tf}"))
-            self.request_stop()
+            self._latch.clear()
+            self.shutdown(f"triple fault: {tf}")
+
+    def shutdown(self, detail: str) -> None:
+        """Triple fault: a VM exit (VMX reason 2; SVM SHUTDOWN when intercepted) that the VMM
+        handles like any other; the default handler ends the run. Without the SVM intercept the
+        processor shuts down (the run ends as a guest crash)."""
+        context = self.context
+        if context is None or not context.intercepts("shutdown", None):
+            self.vm.crash(detail)
+            return
+        context.vmexit()
+        self._exit(self.vendor.triple_fault_exit(detail))
+        if self.vm.status is None:
+            context.resume_state()
 
     def _page_fault_error_code(self, rip: int) -> int:
         """Unicorn sets CR2 but not the error code: walk again with the access the faulting
@@ -662,17 +909,16 @@ class X86Vcpu(Vcpu):
         return w.error_code if w.fault else paging.PFEC_P
 
     def deliver_pending(self) -> bool:
-        if not self.events:
-            return False
-        event = self.events[0]
-        if event.type is EventType.EXTERNAL_INTERRUPT and not self.rflags() & idt.RFLAGS_IF:
-            return False
-        self.events.popleft()
-        rip = self.regs.read(X.UC_X86_REG_RIP)
-        software = event.type in (EventType.SOFTWARE_INTERRUPT, EventType.SOFTWARE_EXCEPTION)
-        self.deliver_event(event.vector, event.error_code, rip, software)
-        self.vm.pm.hook.hvsim_interrupt_acknowledged(vcpu=self, event=event)
-        return True
+        """Whether a queued event can be taken now (it ends a halt); the run loop takes it at
+        the next instruction boundary, in the manuals' priority order (events.boundary)."""
+        context = self.context
+        ctl = context.event_controls if context is not None else _NO_CONTROLS
+        for event in self.events:
+            if event.type is not EventType.EXTERNAL_INTERRUPT:
+                return True
+            if self.rflags() & idt.RFLAGS_IF or (ctl.intr_exits and ctl.intr_exit_ignores_if):
+                return True
+        return False
 
     # -- architectural state, used by idt.py and the handlers --------------------------------
     def rip(self) -> int:

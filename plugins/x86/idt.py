@@ -37,6 +37,19 @@ class DeliveryFault(Exception):
         self.why = why
 
 
+class DeliveryIntercepted(Exception):
+    """An exception raised while delivering an event is one the VMM intercepts: a VM exit for
+    that exception, with the event being delivered reported as IDT-vectoring information (VMX,
+    SDM 28.2.4) / EXITINTINFO (SVM, APM 15.7.2). ``original`` is (vector, error code, type) of
+    that event when it is not the one first asked for."""
+
+    def __init__(self, vector: int, error_code: int | None, original: tuple | None) -> None:
+        super().__init__(f"exception {vector} during event delivery")
+        self.vector = vector
+        self.error_code = error_code
+        self.original = original
+
+
 class TripleFault(Exception):
     """The processor could not deliver a double fault: shutdown."""
 
@@ -49,12 +62,17 @@ def _benign_or_contributory(vector: int) -> str:
     return "benign"
 
 
-def deliver(cpu, vector: int, error_code: int | None, return_rip: int, software: bool = False) -> None:
-    """Deliver ``vector`` to the guest, escalating to #DF and triple fault per SDM Table 6-5."""
+def deliver(cpu, vector: int, error_code: int | None, return_rip: int, software: bool = False,
+            intercepted=None, original: tuple | None = None) -> None:
+    """Deliver ``vector`` to the guest, escalating to #DF and triple fault per SDM Table 6-5.
+    ``intercepted(vector, error_code)``, if given, says whether an exception raised on the way
+    is the VMM's (it then ends delivery with :class:`DeliveryIntercepted`)."""
     try:
         _deliver_once(cpu, vector, error_code, return_rip, software)
         return
     except DeliveryFault as second:
+        if intercepted is not None and intercepted(second.vector, second.error_code):
+            raise DeliveryIntercepted(second.vector, second.error_code, original) from None
         first_class = _benign_or_contributory(vector)
         second_class = _benign_or_contributory(second.vector)
         if vector == DF:
@@ -62,10 +80,15 @@ def deliver(cpu, vector: int, error_code: int | None, return_rip: int, software:
         double = (first_class == "contributory" and second_class == "contributory") or (
             first_class == "page-fault" and second_class in ("contributory", "page-fault"))
         if not double:
-            return deliver(cpu, second.vector, second.error_code, return_rip)
+            return deliver(cpu, second.vector, second.error_code, return_rip, intercepted=intercepted,
+                           original=(second.vector, second.error_code, 3))
+        if intercepted is not None and intercepted(DF, 0):
+            raise DeliveryIntercepted(DF, 0, original) from None
         try:
             _deliver_once(cpu, DF, 0, return_rip, False)
         except DeliveryFault as third:
+            if intercepted is not None and intercepted(third.vector, third.error_code):
+                raise DeliveryIntercepted(third.vector, third.error_code, (DF, 0, 3)) from None
             raise TripleFault(f"{EXCEPTION_NAMES.get(vector, vector)} then {second.why}, "
                               f"then #DF failed: {third.why}") from None
 

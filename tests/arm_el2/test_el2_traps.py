@@ -311,14 +311,14 @@ def test_spec_table_lists_the_hcr_el2_fields():
     assert rows["BSU"][1] == "11:10"
 
 
-def test_trapped_msr_writes_stay_fast(arm_vm):
-    """1,000,000 MSRs trapped by TVM through vm.dispatch. Measured ~770 k exits/s on the
-    development machine (the issue's target is 500 k/s); the bound here leaves room for a
-    loaded CI machine and catches a per-exit regression of several microseconds."""
+def test_a_million_trapped_msr_writes_each_exit_once(arm_vm):
+    """1,000,000 MSRs trapped by TVM, every one an exit through vm.dispatch. The speed target
+    (>= 500,000 exits/s, the issue's) is benchmarks/run.py's, measured as a ratio in one run,
+    not a wall-clock bound here (a loaded machine made such a bound fail)."""
     n = 1_000_000
     main = (f"movz x5, #{n & 0xFFFF:#x}\nmovk x5, #{n >> 16:#x}, lsl #16\nmov x1, #7\n"
             "loop:\nmsr contextidr_el1, x1\nsubs x5, x5, #1\nb.ne loop\n" + SYSTEM_OFF)
     vm, result = run(arm_vm, main, set_bits=el2.HCR_TVM)
     assert result.status == STATUS_OFF
     assert vm.stats.by_reason["ESR_ELx_EC_SYS64"][0] == n
-    assert n / result.wall_seconds > 250_000
+    assert vm.vcpus[0].sysregs.read(sr.CONTEXTIDR_EL1) == 7

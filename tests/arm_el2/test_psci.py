@@ -34,12 +34,26 @@ def test_psci_version_is_1_1(run_guest):
 
 @pytest.mark.parametrize("queried, expected", [
     (psci.PSCI_0_2_FN_PSCI_VERSION, 0),
+    (psci.PSCI_0_2_FN_CPU_SUSPEND, 0),  # feature flags: original power_state format, PC mode
+    (psci.PSCI_0_2_FN64_CPU_SUSPEND, 0),
+    (psci.PSCI_0_2_FN_CPU_OFF, 0),
+    (psci.PSCI_0_2_FN_CPU_ON, 0),
     (psci.PSCI_0_2_FN64_CPU_ON, 0),
+    (psci.PSCI_0_2_FN_AFFINITY_INFO, 0),
+    (psci.PSCI_0_2_FN64_AFFINITY_INFO, 0),
+    (psci.PSCI_0_2_FN_MIGRATE_INFO_TYPE, 0),
     (psci.PSCI_0_2_FN_SYSTEM_OFF, 0),
+    (psci.PSCI_0_2_FN_SYSTEM_RESET, 0),
+    (psci.PSCI_1_1_FN_SYSTEM_RESET2, 0),
+    (psci.PSCI_1_1_FN64_SYSTEM_RESET2, 0),
+    (psci.PSCI_1_0_FN_PSCI_FEATURES, 0),
     (psci.ARM_SMCCC_VERSION_FUNC_ID, 0),
-    (psci.PSCI_0_2_FN64_CPU_SUSPEND, NOT_SUPPORTED),
-    (0xC400_0012, NOT_SUPPORTED),  # SYSTEM_RESET2
-])
+    (psci.PSCI_0_2_FN_MIGRATE, NOT_SUPPORTED),
+    (psci.PSCI_0_2_FN64_MIGRATE, NOT_SUPPORTED),
+    (psci.PSCI_0_2_FN_MIGRATE_INFO_UP_CPU, NOT_SUPPORTED),
+    (psci.PSCI_1_0_FN64_SYSTEM_SUSPEND, NOT_SUPPORTED),
+    (0x8400_000B, NOT_SUPPORTED),  # CPU_FREEZE
+], ids=lambda v: f"{v:#x}" if v != NOT_SUPPORTED else "NOT_SUPPORTED")
 def test_psci_features_says_which_functions_exist(run_guest, queried, expected):
     code = call_and_store(psci.PSCI_1_0_FN_PSCI_FEATURES, x1=queried) + SYSTEM_OFF
     vm, _ = run_guest(guest(code))
@@ -190,3 +204,112 @@ def test_affinity_info_of_a_running_cpu_is_on(run_guest):
     code = call_and_store(psci.PSCI_0_2_FN64_AFFINITY_INFO, x1=0) + SYSTEM_OFF
     vm, _ = run_guest(guest(code))
     assert u64(vm, SCRATCH) == 0
+
+
+# -- CPU_SUSPEND, SYSTEM_RESET2, the 32-bit CPU_ON, SMP with both vCPUs printing -------------
+def test_cpu_suspend_waits_like_wfi_and_returns_success_when_an_interrupt_wakes_it(run_guest):
+    """A standby request with interrupts masked: the virtual timer's PPI wakes the vCPU, the
+    call returns SUCCESS, and the interrupt stays pending (DAIF masked: not taken)."""
+    main = f"""
+    movz x1, #0xf424                // 1 ms of the 62.5 MHz counter
+    msr cntv_tval_el0, x1
+    mov x1, #1
+    msr cntv_ctl_el0, x1
+    mrs x20, cntv_cval_el0
+    {w0(psci.PSCI_0_2_FN64_CPU_SUSPEND)}
+    mov x1, #0                      // power_state: standby, StateID 0
+    hvc #0
+    mrs x21, cntvct_el0
+    movz x8, #0x4180, lsl #16
+    str x0, [x8]
+    str x21, [x8, #8]
+    str x20, [x8, #16]
+    {SYSTEM_OFF}
+    """
+    vm, result = run_guest(guest(main))
+    assert result.status == STATUS_OFF
+    assert u64(vm, SCRATCH) == psci.PSCI_RET_SUCCESS
+    assert u64(vm, SCRATCH + 8) >= u64(vm, SCRATCH + 16)  # it waited for the timer's CVAL
+
+
+def test_cpu_suspend_with_reserved_power_state_bits_is_invalid_parameters(run_guest):
+    code = call_and_store(psci.PSCI_0_2_FN_CPU_SUSPEND, x1=1 << 30) + SYSTEM_OFF
+    vm, _ = run_guest(guest(code))
+    assert u64(vm, SCRATCH) == psci.PSCI_RET_INVALID_PARAMS & NOT_SUPPORTED
+
+
+@pytest.mark.parametrize("fid", [psci.PSCI_1_1_FN_SYSTEM_RESET2, psci.PSCI_1_1_FN64_SYSTEM_RESET2])
+@pytest.mark.parametrize("reset_type, reason", [
+    (0, "PSCI SYSTEM_RESET2 (SYSTEM_WARM_RESET)"),
+    (0x8000_0001, "PSCI SYSTEM_RESET2 (vendor-specific)"),
+])
+def test_system_reset2_warm_or_vendor_reset_ends_the_run(run_guest, fid, reset_type, reason):
+    vm, result = run_guest(guest(call_and_store(fid, x1=reset_type) + "b ."))
+    assert (result.status, result.reason) == (0, reason)
+
+
+def test_system_reset2_with_another_architectural_type_is_invalid_parameters(run_guest):
+    code = call_and_store(psci.PSCI_1_1_FN64_SYSTEM_RESET2, x1=1) + SYSTEM_OFF
+    vm, result = run_guest(guest(code))
+    assert result.reason == "PSCI SYSTEM_OFF"
+    assert u64(vm, SCRATCH) == psci.PSCI_RET_INVALID_PARAMS & NOT_SUPPORTED
+
+
+def test_cpu_on_with_the_32_bit_id_takes_w_registers(run_guest):
+    main = f"""
+    {w0(psci.PSCI_0_2_FN_CPU_ON)}
+    mov x1, #1
+    movk x1, #0xdead, lsl #48       // target W1 = 1: the upper half is ignored
+    adr x2, secondary
+    movz x3, #0x55
+    movk x3, #0xbeef, lsl #48       // context id W3 = 0x55
+    hvc #0
+    movz x8, #0x4180, lsl #16
+    str x0, [x8]
+wait_flag:
+    ldr x6, [x8, #0x118]
+    cbz x6, wait_flag
+    {SYSTEM_OFF}
+    {SECONDARY}
+    """
+    vm, result = run_guest(guest(main), vcpus=2)
+    assert result.status == STATUS_OFF
+    assert u64(vm, SCRATCH) == 0 and u64(vm, SCRATCH + 0x100) == 0x55
+
+
+def _print(text: str) -> str:
+    return "".join(f"mov w2, #{b}\nstrb w2, [x1]\n" for b in text.encode())
+
+
+BOOT_UP, SECOND_UP, REPORTED = "boot cpu up\n", "second cpu up\n", "boot cpu: second cpu reported\n"
+
+
+def test_smp_bring_up_with_cpu_on_and_both_vcpus_printing(run_guest):
+    main = f"""
+    movz x1, #0x0900, lsl #16       // PL011 data register
+    {_print(BOOT_UP)}
+    {w0(psci.PSCI_0_2_FN64_CPU_ON)}
+    mov x1, #1
+    adr x2, second
+    mov x3, #0
+    hvc #0
+    movz x8, #0x4180, lsl #16
+wait_second:
+    ldr x6, [x8]
+    cbz x6, wait_second
+    movz x1, #0x0900, lsl #16
+    {_print(REPORTED)}
+    {SYSTEM_OFF}
+second:
+    movz x1, #0x0900, lsl #16
+    {_print(SECOND_UP)}
+    mrs x5, mpidr_el1
+    movz x8, #0x4180, lsl #16
+    str x5, [x8]
+    {w0(psci.PSCI_0_2_FN_CPU_OFF)}
+    hvc #0
+    """
+    vm, result = run_guest(guest(main), vcpus=2)
+    assert result.status == STATUS_OFF
+    assert vm.console.text == BOOT_UP + SECOND_UP + REPORTED
+    assert u64(vm, SCRATCH) == 0x8000_0001

@@ -594,3 +594,45 @@ def test_a_5_level_eptp_walks_five_levels(make_vm):
     trace = vm.vcpus[0].trace_translation(WINDOW + 8)
     assert [w.address for w in trace.stage2][:2] == [pml5, pml4]
     assert len(trace.stage2) == 4  # PML5E, PML4E, PDPTE, then the 2 MiB PDE
+
+
+def test_an_execute_only_ept_page_runs_but_cannot_be_read(make_vm, hvsim_pm):
+    """SDM 29.3.3.2 with IA32_VMX_EPT_VPID_CAP bit 0: an entry with only X set is executable,
+    and a data read from it is an EPT violation whose qualification says executable, not
+    readable. The guest stores a RET there, the VMM (at a HLT exit) makes the page
+    execute-only, the guest calls it, then reads it."""
+    code_page, faults = 0x60_0000, []
+
+    class Vmm:
+        @hookimpl
+        def hvsim_exit_handlers(self, vm, registry):
+            def on_fault(vcpu, exit):
+                faults.append(exit.raw)
+                vcpu.vm.crash("read of an execute-only page")
+
+            registry.add(ExitKind.STAGE2_FAULT, on_fault)
+
+    def execute_only(vcpu):
+        s2.set_leaf(code_page, (s2.leaf(code_page) & ~7) | 4)
+        s2.invalidate(vcpu)
+
+    hvsim_pm.register(Vmm())
+    hvsim_pm.register(OnHalt(execute_only))
+    vm = boot(make_vm, "intel_vtx", f"""
+        mov rax, 0xc3
+        mov [{code_page:#x}], rax
+        hlt
+        mov rax, {code_page:#x}
+        call rax
+        mov qword ptr [{X86_DATA:#x}], 1
+        mov rax, [{code_page:#x}]
+        {END}""")
+    s2 = Stage2(vm)
+    s2.split(code_page)
+    result = vm.run(timeout=10)
+    assert result.status == 4 and "execute-only" in result.reason
+    assert u64(vm, X86_DATA) == 1  # the call returned: the page executed
+    (raw,) = faults
+    assert raw.EXIT_REASON == 48
+    assert raw.EXIT_QUALIFICATION & 0x3F == 0x1 | 0x20  # a read; the translation is executable only
+    assert raw.GUEST_PHYSICAL_ADDRESS == code_page
