@@ -179,6 +179,12 @@ class SvmGuestContext:
         self.event_controls = self._event_controls()
         self._cr_reads, self._cr_writes = vmcb.read("INTERCEPT_CR_READ"), vmcb.read("INTERCEPT_CR_WRITE")
         self._dr_reads, self._dr_writes = vmcb.read("INTERCEPT_DR_READ"), vmcb.read("INTERCEPT_DR_WRITE")
+        wanted = {k for k in ("sgdt", "sidt", "lgdt", "lidt", "sldt", "str", "lldt", "ltr") if self._intercepted[k]}
+        wanted |= {"mov_from_dr"} if self._dr_reads else set()
+        wanted |= {"mov_to_dr"} if self._dr_writes else set()
+        wanted |= {"smsw"} if self._cr_reads & 1 else set()
+        wanted |= {"clts", "lmsw"} if self._cr_writes & 1 or self._intercepted["CR0_SEL_WRITE"] else set()
+        self.vcpu.want_traps(frozenset(wanted))
         exceptions = vmcb.read("INTERCEPT_EXCEPTIONS")
         self.exception_check = (lambda vector, _code: bool(exceptions >> vector & 1)) if exceptions else None
         self._memory_virtualization(self.clean_cache.vmrun(vmcb))

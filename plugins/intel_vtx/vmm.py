@@ -23,6 +23,7 @@ import time
 from unicorn import x86_const as X
 
 from hvsim.plugins.x86 import paging
+from hvsim.plugins.x86.traps import ON_DEMAND
 from hvsim.plugins.x86.events import EventControls
 from hvsim.plugins.x86.tsc import tsc_hz
 
@@ -247,6 +248,9 @@ class VmxGuestContext:
             "shutdown": True,  # a triple fault always exits (SDM 25.2)
         }
         self._proc, self._proc2 = proc, proc2
+        mask = self._values.get(Field.CR0_GUEST_HOST_MASK, 0)
+        self.vcpu.want_traps(frozenset(k for k, on in self._exiting.items() if on and k in ON_DEMAND)
+                             | (frozenset({"clts", "lmsw"}) if mask & CR0_PE_MP_EM_TS else frozenset()))
         pin = self._values[Field.PIN_BASED_VM_EXEC_CONTROL]
         self.event_controls = EventControls(
             intr_exits=bool(pin & msrs.PIN_BASED_EXT_INTR_MASK), intr_exit_ignores_if=True,

@@ -52,6 +52,11 @@ WITH_OPERANDS = frozenset({"lmsw", "smsw", "sgdt", "sidt", "lgdt", "lidt", "sldt
 OPTIONAL = {CX.X86_INS_PUSHF: "pushf", CX.X86_INS_PUSHFD: "pushf", CX.X86_INS_PUSHFQ: "pushf",
             CX.X86_INS_POPF: "popf", CX.X86_INS_POPFD: "popf", CX.X86_INS_POPFQ: "popf",
             CX.X86_INS_IRET: "iret", CX.X86_INS_IRETD: "iret", CX.X86_INS_IRETQ: "iret"}
+# Kinds of TRAPPABLE (and MOV DR) that the engine runs correctly itself: hooked, like OPTIONAL,
+# only while some control intercepts them (callgrind: a hooked MOV DR in a loop cost a Python
+# call per iteration even with no intercept set).
+ON_DEMAND = frozenset({"mov_to_dr", "mov_from_dr", "clts", "lmsw", "smsw", "sgdt", "sidt", "lgdt", "lidt",
+                       "sldt", "str", "lldt", "ltr", "rdrand", "rdseed"})
 
 
 def _disassembler(mode):
@@ -121,12 +126,14 @@ class SensitiveTraps:
             kind, info = TRAPPABLE.get(insn.id), None
             if kind is None and insn.id == CX.X86_INS_MOV:
                 mov = mov_cr_operands(bytes(insn.bytes)) or mov_dr_operands(bytes(insn.bytes))
-                if mov is not None:
+                if mov is not None and (mov[0] not in ON_DEMAND or mov[0] in self.optional):
                     kind, info = mov[0], mov[1:]
             elif kind is None:
                 kind = OPTIONAL.get(insn.id)
                 if kind not in self.optional:
                     kind = None
+            elif kind in ON_DEMAND and kind not in self.optional:
+                kind = None
             elif kind in WITH_OPERANDS:
                 info = operands(md, insn)
             elif kind == "invlpg":

@@ -173,3 +173,12 @@ def test_descriptor_table_instructions_run_in_the_guest_when_not_intercepted(mak
     if arch == "intel_vtx":
         assert vmread(vm.vcpus[0], "GUEST_GDTR_BASE") == gdtr[1]
     assert code  # the helper module is shared with the other intercept tests
+
+
+def test_mov_dr_and_descriptor_table_sites_are_hooked_only_while_intercepted(make_vm, arch):
+    """Hot-path rule: instructions the engine runs correctly get no hook unless a control wants
+    them (plugins/x86/traps.py ON_DEMAND)."""
+    vm = boot(make_vm, arch, f"{DR_GUEST}\nsgdt [{X86_DATA + 0x40:#x}]\nrdrand eax")
+    assert vm.run(timeout=10).status == 1
+    kinds = {kind for kind, *_ in vm.vcpus[0]._traps.sites.values()}
+    assert not kinds & {"mov_to_dr", "mov_from_dr", "sgdt", "rdrand"}
