@@ -159,8 +159,13 @@ def exit_rates(out: Table) -> None:
     arm_hvc = f"{mov_imm_arm('x3', EXITS)}\nloop:\n{mov_imm_arm('w0', 0x8400_0000)}\nhvc #0\nsubs x3, x3, #1\nb.ne loop\n"
     arm_msr = f"{mov_imm_arm('x3', EXITS)}\nloop:\nmsr sctlr_el1, x4\nsubs x3, x3, #1\nb.ne loop\n"
 
+    x86_cpuid = f"mov rsi, {EXITS}\nloop:\nxor eax, eax\ncpuid\ndec rsi\njnz loop\n"
+
     def bare_out(uc):
         uc.hook_add(UC_HOOK_INSN, lambda *a: None, None, 1, 0, X.UC_X86_INS_OUT)
+
+    def bare_cpuid(uc):
+        uc.hook_add(UC_HOOK_INSN, lambda *a: 1, None, 1, 0, X.UC_X86_INS_CPUID)
 
     def bare_mmio(uc):
         uc.mmio_map(0x0900_0000, 0x1000, lambda *a: 0, None, lambda *a: None, None)
@@ -173,6 +178,8 @@ def exit_rates(out: Table) -> None:
 
     cases = [("OUT 0x80", "intel_vtx", "x86", x86_out, X86_END, bare_out),
              ("OUT 0x80", "amd_svm", "x86", x86_out, X86_END, bare_out),
+             ("CPUID", "intel_vtx", "x86", x86_cpuid, X86_END, bare_cpuid),
+             ("CPUID", "amd_svm", "x86", x86_cpuid, X86_END, bare_cpuid),
              ("MMIO write to the PL011", "arm_el2", "arm", arm_mmio, ARM_END, bare_mmio),
              ("HVC PSCI_VERSION", "arm_el2", "arm", arm_hvc, ARM_END, bare_hvc),
              ("MSR SCTLR_EL1 trapped by HCR_EL2.TVM", "arm_el2", "arm", arm_msr, ARM_END, bare_msr)]
@@ -452,7 +459,7 @@ def main() -> None:
     memory_virtualization(table)
     shadow_vs_nested(table)
     x86_event_rounds(table)
-    Console().print(table)
+    Console(width=max(160, Console().width)).print(table)
 
 
 if __name__ == "__main__":

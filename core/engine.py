@@ -43,6 +43,38 @@ class FastRegs:
         if err:
             raise UcError(err)
 
+    def batch(self, regs: tuple[int, ...]) -> "RegBatch":
+        """A reusable batch of registers, read or written in one C call (``uc_reg_*_batch``)."""
+        return RegBatch(self._uch, regs)
+
+
+class RegBatch:
+    """``uc_reg_read_batch`` / ``uc_reg_write_batch`` over a fixed register list: one call where
+    separate reads or writes would cost ~0.25 us each."""
+
+    __slots__ = ("_uch", "_ids", "_vals", "_ptrs", "_n")
+
+    def __init__(self, uch, regs: tuple[int, ...]) -> None:
+        n = len(regs)
+        self._uch, self._n = uch, ctypes.c_int(n)
+        self._ids = (ctypes.c_int * n)(*regs)
+        self._vals = (ctypes.c_uint64 * n)()
+        self._ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(self._vals) + 8 * i for i in range(n)))
+
+    def read(self) -> list[int]:
+        err = _lib.uc_reg_read_batch(self._uch, self._ids, self._ptrs, self._n)
+        if err:
+            raise UcError(err)
+        return self._vals[:]
+
+    def write(self, values) -> None:
+        vals = self._vals
+        for i, v in enumerate(values):
+            vals[i] = v & 0xFFFF_FFFF_FFFF_FFFF
+        err = _lib.uc_reg_write_batch(self._uch, self._ids, self._ptrs, self._n)
+        if err:
+            raise UcError(err)
+
 
 # Hooks registered through Unicorn's C API, without the Python binding's wrapper: the binding
 # wraps every callback in generic Python frames (measured: 0.37-0.43 us per empty hook call,

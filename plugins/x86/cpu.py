@@ -92,6 +92,8 @@ class X86Vcpu(Vcpu):
         self._io_records: dict[tuple, tuple[str, object]] = {}
         self._raw = RawHooks(uc)
         self._rbuf = ctypes.create_string_buffer(64)
+        self.cpuid_cache: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # handlers.handle_cpuid
+        self.cpuid_out = self.regs.batch((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
         self._segments: dict = {}  # hidden segment parts (hidden_segment)
         self._timer = slice_timer()
         self._dispatch = vm.dispatch
@@ -537,11 +539,17 @@ class X86Vcpu(Vcpu):
                 fail(exc)
                 return 0
 
+        cpuid_records: dict[int, Exit] = {}
+
         def on_cpuid(_uch, _ud):
             if context is not None and not context.cpuid_exits:
                 return 0  # not intercepted: the engine's own CPUID answers
             try:
-                exit = cpuid_exit(read(rip_id))
+                rip = read(rip_id)
+                rec = cpuid_records.get(rip)  # the record is the same at every CPUID there
+                if rec is None:
+                    rec = cpuid_records[rip] = cpuid_exit(rip)
+                exit = Exit(rec.kind, rec.reason, rec.raw)
                 if vmcb is not None:
                     vmcb(exit.raw)
                 dispatch(self, exit)

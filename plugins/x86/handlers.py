@@ -24,13 +24,14 @@ def handle_cpuid(vcpu, exit: Exit) -> None:
     r = vcpu.regs
     leaf = r.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF
     subleaf = r.read(X.UC_X86_REG_RCX) & 0xFFFF_FFFF
-    eax, ebx, ecx, edx = vcpu.vendor.cpuid_leaf(leaf, subleaf, vcpu.index, len(vcpu.vm.vcpus))
+    key = (leaf, subleaf)
+    values = vcpu.cpuid_cache.get(key)  # the processor's answers are fixed; only OSXSAVE follows CR4
+    if values is None:
+        values = vcpu.cpuid_cache[key] = vcpu.vendor.cpuid_leaf(leaf, subleaf, vcpu.index, len(vcpu.vm.vcpus))
+    eax, ebx, ecx, edx = values
     if leaf == 1 and r.read(X.UC_X86_REG_CR4) & CR4_OSXSAVE:
         ecx |= CPUID_OSXSAVE  # CPUID.01H:ECX.OSXSAVE reflects CR4.OSXSAVE (SDM Vol. 2A CPUID)
-    r.write(X.UC_X86_REG_RAX, eax)
-    r.write(X.UC_X86_REG_RBX, ebx)
-    r.write(X.UC_X86_REG_RCX, ecx)
-    r.write(X.UC_X86_REG_RDX, edx)
+    vcpu.cpuid_out.write((eax, ebx, ecx, edx))
 
 
 def handle_hypercall(vcpu, exit: Exit) -> None:
