@@ -131,20 +131,7 @@ class SvmGuestContext:
         """A nested page table at host-physical ``base`` mapping every RAM slot of ``vm``
         (guest-physical -> its host-physical backing) with 2 MiB pages; MMIO stays unmapped,
         so a device access is an NPF, as under KVM. Returns N_CR3."""
-        host = vm.host
-        pml4, pdpt, pd = base, base + 0x1000, base + 0x2000
-        host.write(pml4, bytes(0x2000))
-        host.write(pml4, (pdpt | _NPT_TABLE).to_bytes(8, "little"))
-        for slot in vm.memory.slots:
-            for gpa in range(slot.gpa, slot.end, 1 << 21):
-                gb = gpa >> 30
-                table = pd + gb * 0x1000
-                if not int.from_bytes(host.read(pdpt + gb * 8, 8), "little"):
-                    host.write(table, bytes(0x1000))
-                    host.write(pdpt + gb * 8, (table | _NPT_TABLE).to_bytes(8, "little"))
-                entry = (slot.hpa + gpa - slot.gpa) | _NPT_TABLE | paging.PS
-                host.write(table + ((gpa >> 21) & 0x1FF) * 8, entry.to_bytes(8, "little"))
-        return pml4
+        return vm.arch.identity_stage2(vm, base, _NPT_TABLE, _NPT_TABLE | paging.PS)
 
     # -- every exit -------------------------------------------------------------------------
     def record(self, raw: SvmExitInfo) -> None:

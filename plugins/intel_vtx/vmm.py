@@ -160,20 +160,7 @@ class VmxGuestContext:
         """EPT paging structures at host-physical ``base`` mapping every RAM slot of ``vm``
         (guest-physical -> its host-physical backing) with 2 MiB pages, write-back; MMIO stays
         unmapped, so a device access is an EPT violation, as under KVM. Returns the PML4."""
-        host = vm.host
-        pml4, pdpt, pd = base, base + 0x1000, base + 0x2000
-        host.write(pml4, bytes(0x2000))
-        host.write(pml4, (pdpt | EPT_RWX).to_bytes(8, "little"))
-        for slot in vm.memory.slots:
-            for gpa in range(slot.gpa, slot.end, 1 << 21):
-                gb = gpa >> 30
-                table = pd + gb * 0x1000
-                if not int.from_bytes(host.read(pdpt + gb * 8, 8), "little"):
-                    host.write(table, bytes(0x1000))
-                    host.write(pdpt + gb * 8, (table | EPT_RWX).to_bytes(8, "little"))
-                entry = (slot.hpa + gpa - slot.gpa) | EPT_RWX | EPT_WB | EPT_PS
-                host.write(table + ((gpa >> 21) & 0x1FF) * 8, entry.to_bytes(8, "little"))
-        return pml4
+        return vm.arch.identity_stage2(vm, base, EPT_RWX, EPT_RWX | EPT_WB | EPT_PS)
 
     def _host_state(self) -> None:
         """A 64-bit host, as KVM's: the state VM exits return to (SDM 25.5)."""

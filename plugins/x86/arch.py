@@ -62,6 +62,27 @@ class X86Arch(Arch):
             self._stage2_root = build(self.vm, self.hv_area + STAGE2_AREA)
         return self._stage2_root
 
+    @staticmethod
+    def identity_stage2(vm, base: int, table_bits: int, leaf_bits: int) -> int:
+        """4-level stage-2 tables at host-physical ``base`` mapping every RAM slot of ``vm``
+        (guest-physical -> its host-physical backing) with 2 MiB pages, as KVM maps memslots;
+        MMIO stays unmapped, so a device access faults at stage 2. EPT and NPT share this shape
+        and differ only in their entry bits. Returns the root (PML4) address."""
+        host = vm.host
+        pml4, pdpt, pd = base, base + 0x1000, base + 0x2000
+        host.write(pml4, bytes(0x2000))
+        host.write(pml4, (pdpt | table_bits).to_bytes(8, "little"))
+        for slot in vm.memory.slots:
+            for gpa in range(slot.gpa, slot.end, 1 << 21):
+                gb = gpa >> 30
+                table = pd + gb * 0x1000
+                if not int.from_bytes(host.read(pdpt + gb * 8, 8), "little"):
+                    host.write(table, bytes(0x1000))
+                    host.write(pdpt + gb * 8, (table | table_bits).to_bytes(8, "little"))
+                entry = (slot.hpa + gpa - slot.gpa) | leaf_bits
+                host.write(table + ((gpa >> 21) & 0x1FF) * 8, entry.to_bytes(8, "little"))
+        return pml4
+
     def load(self, image: Image) -> None:
         vm = self.vm
         if image.machine == "arm64":
