@@ -310,6 +310,9 @@ class Arm64Vcpu(Vcpu):
         """The instruction word at ``va`` through the guest's MMU (0, a UDF, if unreadable)."""
         return int.from_bytes(self.read_code(va, 4) or bytes(4), "little")
 
+    def trace_translation(self, address: int):
+        return self.mmu.trace(address)
+
     def translate(self, va: int, is_write: bool = False, execute: bool = False) -> int | None:
         """Guest VA to IPA through the guest's stage 1 at the current EL (descriptors read
         through stage 2, nothing updated), or None when it faults."""

@@ -27,7 +27,7 @@ from unicorn.arm64_const import UC_ARM64_REG_MAIR_EL1, UC_ARM64_REG_PC, UC_ARM64
 from hvsim.core.exits import Exit, ExitKind
 from hvsim.core.memory import Access, Walk
 from hvsim.core.mmu import (ACCESS_FETCH, ACCESS_WRITE, HOST_PHYS_BASE, PERM_R, PERM_W, PERM_X, EngineTlb,
-                            Stage2Fault, TaggedTlb, TlbEntry)
+                            Stage2Fault, TaggedTlb, TlbEntry, TraceStep, TranslationTrace)
 
 from . import el2, exceptions, stage1, sysregs
 from .decode import ADDR_UNKNOWN, decode
@@ -151,6 +151,8 @@ class Arm64Mmu:
 
         def write_u64(ipa: int, value: int) -> None:  # the hardware Access flag update
             u64.pack_into(view, self.ipa_to_pa(ipa, write=True, walk=True, el0=el0, s2=s2)[0], value)
+            if self.vm.dirty_log.enabled:
+                self.vm.dirty_log.pages.add(ipa >> 12)
 
         return read_u64, (None if look_only else write_u64)
 
@@ -165,6 +167,38 @@ class Arm64Mmu:
             return Walk(va, global_=True), PERM_R | PERM_W | PERM_X
         read_u64, write_u64 = self._walker(s2, bool(access & _USER), look_only)
         return stage1.translate(read_u64, va, tcr, ttbr0, ttbr1, access, write_u64, sctlr, describe)
+
+    def trace(self, va: int) -> TranslationTrace:
+        """The full walk of ``va`` for ``hvsim translate``: every stage-1 descriptor with the
+        stage-2 walk of its IPA, then the final IPA's. Looks only (no Access flag set)."""
+        s2 = (self._ctx or self._context())[6]
+        trace = TranslationTrace(va, stage2_name="stage 2" if s2 is not None else "none (HCR_EL2.VM clear)",
+                                 stage2_levels={n: f"stage-2 level {n}" for n in range(-1, 4)})
+
+        def s2_steps(ipa):
+            if s2 is None:
+                try:
+                    return [], self.ipa_to_pa(ipa, s2=None)[0], None
+                except Stage2Fault as fault:
+                    return [], None, fault.detail
+            return s2.steps(ipa)
+
+        try:
+            w, _perms = self.walk(va, Access.READ)
+        except Stage2Fault as fault:
+            trace.fault = fault.detail
+            return trace
+        for step in w.steps:
+            steps, pa, _fault = s2_steps(step.address)
+            trace.stage1.append(TraceStep(f"level {step.level} descriptor", step.address, step.value, step.flags,
+                                          steps, pa))
+        if w.fault:
+            trace.fault = w.fault
+            return trace
+        trace.gpa = w.address
+        trace.stage2, trace.hpa, fault = s2_steps(w.address)
+        trace.fault = fault
+        return trace
 
     # -- Unicorn's TLB miss ------------------------------------------------------------------------
     def fill(self, vaddr: int, access: int):
@@ -200,6 +234,12 @@ class Arm64Mmu:
             self.pending = fault
             return None
         perms = perms1 & perms2
+        log = self.vm.dirty_log
+        if log.enabled:  # logging: write permission only on a write, which is recorded
+            if need != PERM_W:
+                perms &= ~PERM_W
+            elif perms & PERM_W:
+                log.pages.add(ipa >> 12)
         cache = self.walk_cache
         if len(cache) > _WALK_CACHE_MAX:
             cache.clear()

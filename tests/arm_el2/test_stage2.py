@@ -687,3 +687,54 @@ park:
     vm.memory.write(REMAPPED_PA, MARK_B.to_bytes(8, "little"))
     assert vm.run(timeout=10).status == STATUS_OFF
     assert (u64(vm, RESULT + 0x10), u64(vm, RESULT + 0x18)) == (MARK_B, seen)
+
+
+# -- tools: the walk printer and dirty logging --------------------------------------------------
+
+def test_the_translation_trace_shows_both_stages(arm_vm):
+    """hvsim translate on arm64: each stage-1 descriptor with the stage-2 walk of its IPA,
+    then the final IPA's stage-2 walk and the physical address."""
+    vm = arm_vm(guest(mmu_on() + SYSTEM_OFF))
+    assert vm.run(timeout=5).status == STATUS_OFF
+    trace = vm.vcpus[0].trace_translation(REMAPPED_VA + 0x123)
+    assert trace.fault is None and trace.stage2_name == "stage 2"
+    assert [t.level for t in trace.stage1] == ["level 1 descriptor", "level 2 descriptor", "level 3 descriptor"]
+    assert trace.stage1[0].gpa == L1 + 8 and all(t.stage2 for t in trace.stage1)
+    assert trace.gpa == REMAPPED_PA + 0x123 and trace.stage2
+    assert trace.hpa == vm.memory.translate(REMAPPED_PA + 0x123)
+    missing = vm.vcpus[0].trace_translation(INVALID_VA)
+    assert missing.fault and "translation fault" in missing.fault and missing.gpa is None
+
+
+def test_the_dirty_log_reports_the_pages_an_arm_guest_wrote(arm_vm, hvsim_pm):
+    """vm.dirty_log on arm64: with logging on, write permission is granted only on a write,
+    which records the page; pages only read are not reported."""
+    class StartLogging:
+        @hookimpl
+        def hvsim_exit_handlers(self, vm, registry):
+            handler = registry.get(ExitKind.HYPERCALL)
+
+            def on_hvc(vcpu, exit):
+                if vcpu.regs.read(UC_ARM64_REG_X0) == HVC_REMAP:
+                    vcpu.vm.dirty_log.start()
+                    return
+                handler(vcpu, exit)
+
+            registry.add(ExitKind.HYPERCALL, on_hvc)
+
+    from unicorn.arm64_const import UC_ARM64_REG_X0
+
+    hvsim_pm.register(StartLogging())
+    vm = arm_vm(guest(f"""
+    movz x1, #0x4250, lsl #16
+    ldr x2, [x1]
+    {mov64('x0', HVC_REMAP)}
+    hvc #0
+    movz x1, #0x4250, lsl #16
+    ldr x2, [x1]
+    movz x3, #0x4260, lsl #16
+    str x2, [x3, #0x18]
+    {SYSTEM_OFF}"""))
+    assert vm.run(timeout=5).status == STATUS_OFF
+    written = vm.dirty_log.collect()
+    assert 0x4260_0000 in written and 0x4250_0000 not in written
