@@ -18,24 +18,19 @@ import ctypes
 import struct
 
 from unicorn import UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED, UC_PROT_EXEC
-from unicorn.arm64_const import UC_ARM64_REG_PAR_EL1, UC_ARM64_REG_PC
+from unicorn.arm64_const import UC_ARM64_REG_PAR_EL1
 
 from hvsim.core.engine import HOOK_CODE, _lib
 
 from . import sysregs as sr
 from .mmu import TLBI_OPS
+from .traps import EDGE_CB, on_new_block
 
 _vmem_read = _lib.uc_vmem_read
 _vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
 _vmem_read.restype = ctypes.c_int
 _MAX_BLOCK = 4096
 
-
-class _UcTb(ctypes.Structure):
-    _fields_ = [("pc", ctypes.c_uint64), ("icount", ctypes.c_uint16), ("size", ctypes.c_uint16)]
-
-
-EDGE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(_UcTb), ctypes.POINTER(_UcTb), ctypes.c_void_p)
 CONTEXT_REGS = frozenset((sr.SCTLR_EL1, sr.TCR_EL1, sr.TTBR0_EL1, sr.TTBR1_EL1))
 
 
@@ -71,7 +66,7 @@ class MaintenanceSites:
         self._after: dict[int, int] = {}  # address after an AT -> hook handle
         self._callbacks = {"tlbi": self._code_hook(), "msr": self._msr_hook(), "at": self._code_hook()}
         self._after_at = self._after_at_hook()
-        vcpu.hooks.add(UC_HOOK_EDGE_GENERATED, EDGE_CB, self._on_edge)
+        vcpu.hooks.add(UC_HOOK_EDGE_GENERATED, EDGE_CB, on_new_block(vcpu, self._scan))
 
     def _code_hook(self):
         sites, vcpu, fail, owner = self.sites, self.vcpu, self.vcpu.hooks.fail, self
@@ -143,15 +138,6 @@ class MaintenanceSites:
                 new = True
         return new
 
-    def _on_edge(self, _uch, cur, _prev, _ud) -> None:
-        try:
-            tb = cur.contents
-            pc, size = tb.pc, tb.size
-            if self._scan(pc, size):
-                self.vcpu.uc.ctl_remove_cache(pc, pc + size)
-                self.vcpu.regs.write(UC_ARM64_REG_PC, pc)  # leave the stale block before it runs
-        except BaseException as exc:  # noqa: BLE001
-            self.vcpu.hooks.fail(exc)
 
     def prescan(self, pc: int) -> None:
         """Scan the block at ``pc`` before ``emu_start`` (the edge hook does not report it)."""

@@ -251,6 +251,24 @@ def is_fp_asimd(word: int) -> bool:
     return word & 0xFFDF_FFC0 == 0xD51B_4400  # MRS/MSR S3_3_C4_C4_{0,1}: FPCR, FPSR
 
 
+
+def on_new_block(vcpu, scan):
+    """A ``UC_HOOK_EDGE_GENERATED`` callback: ``scan(pc, size)`` each newly translated block;
+    when it hooked a site there, the block (translated before the hook existed) is dropped and
+    PC written so the stale copy does not run once untrapped."""
+
+    def on_edge(_uch, cur, _prev, _ud) -> None:
+        try:
+            tb = cur.contents
+            pc, size = tb.pc, tb.size
+            if scan(pc, size):
+                vcpu.uc.ctl_remove_cache(pc, pc + size)
+                vcpu.regs.write(UC_ARM64_REG_PC, pc)
+        except BaseException as exc:  # noqa: BLE001 (re-raised by the vCPU's run)
+            vcpu.hooks.fail(exc)
+
+    return on_edge
+
 class SysregTraps:
     """One vCPU's trapped MRS/MSR/SYS, WFE and FP/SIMD instructions, and its emulated
     timer-register accesses. :meth:`update` follows the EL2 controls at once (which accesses
@@ -299,7 +317,7 @@ class SysregTraps:
         self._callbacks = {UC_ARM64_INS_MRS: self._mrs_hook(), UC_ARM64_INS_MSR: self._msr_hook(),
                            UC_ARM64_INS_SYS: self._sys_hook()}
         self._code_callbacks = {SITE_WFE: self._wfe_hook(), SITE_FP: self._fp_hook()}
-        vcpu.hooks.add(UC_HOOK_EDGE_GENERATED, EDGE_CB, self._on_edge)
+        vcpu.hooks.add(UC_HOOK_EDGE_GENERATED, EDGE_CB, on_new_block(vcpu, self._scan))
 
     def watch_cpacr(self) -> None:
         """Hook the guest's MSR CPACR_EL1 (performed, then FPEN followed)."""
@@ -433,15 +451,6 @@ class SysregTraps:
                 new = True
         return new
 
-    def _on_edge(self, _uch, cur, _prev, _ud) -> None:
-        try:
-            tb = cur.contents
-            pc, size = tb.pc, tb.size
-            if self._scan(pc, size):
-                self.vcpu.uc.ctl_remove_cache(pc, pc + size)
-                self.vcpu.regs.write(UC_ARM64_REG_PC, pc)  # leave the stale block before it runs
-        except BaseException as exc:  # noqa: BLE001 (re-raised by the vCPU's run)
-            self.vcpu.hooks.fail(exc)
 
     def prescan(self, pc: int) -> None:
         """Scan the block at ``pc`` before ``emu_start`` (the edge hook does not report it)."""

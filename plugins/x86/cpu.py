@@ -33,7 +33,7 @@ from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, FastRegs, R
 from hvsim.plugins.x86.traps import _vmem_read
 from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, GuestMemoryError
-from hvsim.core.mmu import HOST_PHYS_BASE, Stage2Fault
+from hvsim.core.mmu import HOST_PHYS_BASE
 
 from . import events as x86_events
 from . import idt, layout, paging

@@ -25,18 +25,14 @@ from dataclasses import dataclass
 
 import capstone
 from capstone import x86_const as CX
-from unicorn import UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED, UC_PROT_EXEC
+from unicorn import UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED
 from unicorn import x86_const as X
 
-from hvsim.core.engine import _lib
 from hvsim.core.exits import EventType
 
 from . import idt
 from .interruptibility import BLOCKING_BY_MOV_SS, BLOCKING_BY_NMI, BLOCKING_BY_STI, SHADOW
-
-_vmem_read = _lib.uc_vmem_read
-_vmem_read.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
-_vmem_read.restype = ctypes.c_int
+from .traps import read_code
 
 # Instructions after which a blocked event may have become deliverable.
 SETS_IF = frozenset({CX.X86_INS_STI, CX.X86_INS_POPF, CX.X86_INS_POPFD, CX.X86_INS_POPFQ,
@@ -221,10 +217,7 @@ class WindowWatch:
         self.uc.ctl_remove_cache(address, address + 1)  # its block must call the new hook
 
     def _read(self, address: int, size: int) -> bytes | None:
-        size = min(size, 4096 + 16)
-        if _vmem_read(self._uch, address, UC_PROT_EXEC, self._buf, size):
-            return None
-        return self._buf.raw[:size]
+        return read_code(self._uch, self._buf, address, size)
 
     def _scan(self, pc: int, size: int) -> bool:
         code = self._read(pc, size)

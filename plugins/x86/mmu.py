@@ -340,9 +340,6 @@ class X86Mmu:
     def on_invlpg(self, linear: int) -> None:
         self.tlb.invalidate(self.tag, address=linear)
 
-    def flush_tag(self, tag=..., keep_global: bool = False) -> None:
-        self.tlb.invalidate(tag, keep_global=keep_global)
-
     # -- the translation tool ---------------------------------------------------------------------
     def trace(self, linear: int) -> TranslationTrace:
         """The full walk of ``linear`` for ``hvsim translate``: every guest table entry with its

@@ -111,10 +111,7 @@ class SensitiveTraps:
         uc.hook_add(UC_HOOK_EDGE_GENERATED, self._on_edge)
 
     def _read(self, address: int, size: int) -> bytes | None:
-        size = min(size, 4096 + 16)
-        if _vmem_read(self._uch, address, UC_PROT_EXEC, self._buf, size):
-            return None
-        return self._buf.raw[:size]
+        return read_code(self._uch, self._buf, address, size)
 
     def _scan(self, pc: int, size: int) -> bool:
         code = self._read(pc, size)
@@ -174,6 +171,15 @@ class SensitiveTraps:
             return  # the code there changed: it runs as whatever it is now
         if self.handler(kind, address, len(raw), info) is True:
             self.regs.write(X.UC_X86_REG_RIP, address + len(raw))
+
+
+def read_code(uch, buf, address: int, size: int) -> bytes | None:
+    """Up to ``len(buf)`` bytes of code at virtual ``address``, through the engine's MMU (a
+    fill, for a page it has not cached), or None if they do not translate."""
+    size = min(size, len(buf))
+    if _vmem_read(uch, address, UC_PROT_EXEC, buf, size):
+        return None
+    return buf.raw[:size]
 
 
 def reg_id(bits: int, capstone_reg: int) -> int | None:
