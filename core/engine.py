@@ -9,6 +9,7 @@ hooks, so they use :class:`FastRegs`. See ../shared/notes/unicorn-facts.md.
 from __future__ import annotations
 
 import ctypes
+import functools
 
 from unicorn import Uc, UcError
 from unicorn.unicorn_py3.unicorn import uclib
@@ -74,6 +75,16 @@ class RegBatch:
         err = _lib.uc_reg_write_batch(self._uch, self._ids, self._ptrs, self._n)
         if err:
             raise UcError(err)
+
+    def preset(self, values) -> "functools.partial":
+        """A call that writes these fixed ``values`` in one C call, with no Python per register:
+        for answers written again and again (CPUID leaves). Returns the engine's error code."""
+        n = self._n.value
+        vals = (ctypes.c_uint64 * n)(*(v & 0xFFFF_FFFF_FFFF_FFFF for v in values))
+        ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(vals) + 8 * i for i in range(n)))
+        call = functools.partial(_lib.uc_reg_write_batch, self._uch, self._ids, ptrs, self._n)
+        call.keep = vals  # type: ignore[attr-defined]  # the pointers point into it
+        return call
 
 
 # Hooks registered through Unicorn's C API, without the Python binding's wrapper: the binding

@@ -45,7 +45,8 @@ class Exit:
     ``value`` (written value; a handler sets ``value`` for a read); HYPERCALL: ``value``
     (the immediate on arm64, 0 on x86); EXCEPTION/SHUTDOWN: ``vector``, ``detail`` (a #PF
     also its linear address in ``address``); STAGE2_FAULT: ``address`` (the guest-physical
-    address), ``is_write``, ``detail``; INSTRUCTION: ``info`` = (kind, operand).
+    address), ``is_write``, ``detail``; INSTRUCTION: ``info`` = (kind, operand); CPUID:
+    ``address`` = the leaf (EAX), ``size`` = the subleaf (ECX).
     """
 
     __slots__ = ("kind", "reason", "raw", "address", "size", "is_write", "value", "vector", "detail", "info")

@@ -92,8 +92,11 @@ class X86Vcpu(Vcpu):
         self._io_records: dict[tuple, tuple[str, object]] = {}
         self._raw = RawHooks(uc)
         self._rbuf = ctypes.create_string_buffer(64)
-        self.cpuid_cache: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # handlers.handle_cpuid
+        # handlers.handle_cpuid: the answers per (leaf, subleaf, CR4.OSXSAVE), each with its
+        # one-call write of EAX..EDX; the exit reads RIP, EAX and ECX in one call too.
+        self.cpuid_cache: dict[tuple[int, int, bool], tuple[tuple[int, int, int, int], object]] = {}
         self.cpuid_out = self.regs.batch((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
+        self.cpuid_in = self.regs.batch((X.UC_X86_REG_RIP, X.UC_X86_REG_RAX, X.UC_X86_REG_RCX))
         self._segments: dict = {}  # hidden segment parts (hidden_segment)
         self._timer = slice_timer()
         self._dispatch = vm.dispatch
@@ -540,16 +543,17 @@ class X86Vcpu(Vcpu):
                 return 0
 
         cpuid_records: dict[int, Exit] = {}
+        cpuid_in = self.cpuid_in.read
 
         def on_cpuid(_uch, _ud):
             if context is not None and not context.cpuid_exits:
                 return 0  # not intercepted: the engine's own CPUID answers
             try:
-                rip = read(rip_id)
+                rip, rax, rcx = cpuid_in()
                 rec = cpuid_records.get(rip)  # the record is the same at every CPUID there
                 if rec is None:
                     rec = cpuid_records[rip] = cpuid_exit(rip)
-                exit = Exit(rec.kind, rec.reason, rec.raw)
+                exit = Exit(rec.kind, rec.reason, rec.raw, rax & 0xFFFF_FFFF, rcx & 0xFFFF_FFFF)
                 if vmcb is not None:
                     vmcb(exit.raw)
                 dispatch(self, exit)

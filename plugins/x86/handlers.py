@@ -21,17 +21,21 @@ CR4_OSXSAVE, CPUID_OSXSAVE = 1 << 18, 1 << 27
 
 
 def handle_cpuid(vcpu, exit: Exit) -> None:
-    r = vcpu.regs
-    leaf = r.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF
-    subleaf = r.read(X.UC_X86_REG_RCX) & 0xFFFF_FFFF
-    key = (leaf, subleaf)
-    values = vcpu.cpuid_cache.get(key)  # the processor's answers are fixed; only OSXSAVE follows CR4
-    if values is None:
-        values = vcpu.cpuid_cache[key] = vcpu.vendor.cpuid_leaf(leaf, subleaf, vcpu.index, len(vcpu.vm.vcpus))
-    eax, ebx, ecx, edx = values
-    if leaf == 1 and r.read(X.UC_X86_REG_CR4) & CR4_OSXSAVE:
-        ecx |= CPUID_OSXSAVE  # CPUID.01H:ECX.OSXSAVE reflects CR4.OSXSAVE (SDM Vol. 2A CPUID)
-    vcpu.cpuid_out.write((eax, ebx, ecx, edx))
+    """The processor's CPUID answers for the leaf in ``exit.address`` (EAX) and the subleaf in
+    ``exit.size`` (ECX). They are fixed but for CPUID.01H:ECX.OSXSAVE, which reflects
+    CR4.OSXSAVE (SDM Vol. 2A, CPUID), so the cache keys on that bit for leaf 1."""
+    leaf, subleaf = exit.address, exit.size
+    osxsave = leaf == 1 and bool(vcpu.regs.read(X.UC_X86_REG_CR4) & CR4_OSXSAVE)
+    key = (leaf, subleaf, osxsave)
+    entry = vcpu.cpuid_cache.get(key)
+    if entry is None:
+        eax, ebx, ecx, edx = vcpu.vendor.cpuid_leaf(leaf, subleaf, vcpu.index, len(vcpu.vm.vcpus))
+        if osxsave:
+            ecx |= CPUID_OSXSAVE
+        values = (eax, ebx, ecx, edx)
+        entry = vcpu.cpuid_cache[key] = (values, vcpu.cpuid_out.preset(values))
+    if entry[1]():
+        vcpu.cpuid_out.write(entry[0])  # the one-call write failed: the checked path raises why
 
 
 def handle_hypercall(vcpu, exit: Exit) -> None:
