@@ -189,6 +189,9 @@ FIELDS: tuple[Field, ...] = (
     _s("SPEC_CTRL", 0x2E0, 8),
 )
 FIELD: dict[str, Field] = {f.name: f for f in FIELDS}
+# (pack_into, offset, largest value) of the fields that fill their unit: VMCB.state_writer
+_PACKERS = {f.name: (struct.Struct("<" + {1: "B", 2: "H", 4: "I", 8: "Q"}[f.width]).pack_into, f.offset, f.mask)
+            for f in FIELDS if not f.bits and f.lsb == 0 and f.width in (1, 2, 4, 8)}
 
 # What the processor writes back into the VMCB on #VMEXIT (15.6), so its cached copy matches.
 WRITTEN_AT_VMEXIT = frozenset(
@@ -236,6 +239,7 @@ INTERCEPTS: tuple[Intercept, ...] = (
     *(Intercept(name, 0x014, bit, 0xA0 + bit) for bit, name in enumerate(_MISC3)),
 )
 INTERCEPT: dict[str, Intercept] = {i.name: i for i in INTERCEPTS}
+_INTERCEPT_INDEX = {name: i.index for name, i in INTERCEPT.items()}
 INTERCEPT_VECTOR_BYTES = 0x18  # 0x000-0x017: six 32-bit words
 
 
@@ -363,6 +367,24 @@ class Vmcb:
     __getitem__ = read
     __setitem__ = write
 
+    def state_writer(self) -> Callable[[str, int], None]:
+        """``write(name, value)`` for the #VMEXIT state save: whole-unit fields packed straight
+        into the VMCB's bytes (bounds checked once, here); bit fields and values that do not
+        fit take :meth:`write`, which checks them."""
+        view, base = direct_view(self.mem, self.pa, VMCB_SIZE)
+        if view is None:
+            return self.write
+        packers, checked = _PACKERS, self.write
+
+        def write(name: str, value: int) -> None:
+            entry = packers.get(name)
+            if entry is None or not 0 <= value <= entry[2]:
+                checked(name, value)
+            else:
+                entry[0](view, base + entry[1], value)
+
+        return write
+
     def page(self) -> bytes:
         return self.mem.read(self.pa, VMCB_SIZE)
 
@@ -380,17 +402,24 @@ class Vmcb:
         att = r(f"{seg}_ATTRIB") if f"{seg}_ATTRIB" in FIELD else 0
         return Segment(sel, att, r(f"{seg}_LIMIT"), r(f"{seg}_BASE"))
 
-    def set_segment(self, seg: str, s: Segment) -> None:
-        if f"{seg}_SELECTOR" in FIELD:
-            self.write(f"{seg}_SELECTOR", s.selector)
-            self.write(f"{seg}_ATTRIB", s.attrib)
-        self.write(f"{seg}_LIMIT", s.limit)
-        self.write(f"{seg}_BASE", s.base)
+    def set_segment(self, seg: str, s: Segment, write: Callable[[str, int], None] | None = None) -> None:
+        write = write or self.write
+        names = _SEGMENT_NAMES.get(seg) or _segment_names(seg)
+        if names[0] is not None:
+            write(names[0], s.selector)
+            write(names[1], s.attrib)
+        write(names[2], s.limit)
+        write(names[3], s.base)
 
     # intercepts
     def intercept_vector(self) -> int:
         """All intercept words 0x000-0x017 as one integer; test bit ``INTERCEPT[name].index``."""
         return int.from_bytes(self.mem.read(self.pa, INTERCEPT_VECTOR_BYTES), "little")
+
+    def intercepts(self) -> Callable[[str], bool]:
+        """``is_intercepted`` over one read of the intercept vector, for VMRUN's many tests."""
+        vector, index = self.intercept_vector(), _INTERCEPT_INDEX
+        return lambda name: bool(vector >> index[name] & 1)
 
     def is_intercepted(self, name: str) -> bool:
         i = INTERCEPT[name]
@@ -441,13 +470,62 @@ class Vmcb:
         return write
 
 
+def _segment_names(seg: str) -> tuple[str | None, str | None, str, str]:
+    names = tuple(f"{seg}_{p}" if f"{seg}_{p}" in FIELD else None for p in ("SELECTOR", "ATTRIB", "LIMIT", "BASE"))
+    _SEGMENT_NAMES[seg] = names  # type: ignore[assignment]
+    return names  # type: ignore[return-value]
+
+
+_SEGMENT_NAMES: dict[str, tuple[str | None, str | None, str, str]] = {}
+
+
 # -- the processor's VMCB cache (15.15.3) ----------------------------------------------------------
 _ALWAYS_LOADED = tuple(f for f in FIELDS if f.clean is None)
 _BY_CLEAN = {bit: tuple(f for f in FIELDS if f.clean == bit) for bit in Clean}
 
 
+_UNIT_FORMAT = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+
+class _Decoder:
+    """Decodes a set of fields from a VMCB page with one ``struct.unpack_from`` over the units
+    they live in (VMRUN loads ~120 fields at every entry; field by field costs ~1 us each)."""
+
+    def __init__(self, fields: tuple[Field, ...]) -> None:
+        self.raw = tuple(f for f in fields if f.width not in _UNIT_FORMAT)  # GUEST_INSN_BYTES
+        units = sorted({(f.offset, f.width) for f in fields if f.width in _UNIT_FORMAT},
+                       key=lambda u: (u[0], -u[1]))
+        fmt, pos, where = "<", 0, {}  # where: unit -> (index of the unpacked unit, bit shift in it)
+        start = count = 0
+        for offset, width in units:
+            if offset < pos:  # inside the unit before (V_INTR_VECTOR, byte 4 of the 0x060 unit)
+                if offset + width > pos:
+                    raise ValueError(f"VMCB units overlap at {offset:#x}")  # Table B-1 has none
+                where[(offset, width)] = (count - 1, 8 * (offset - start))
+                continue
+            fmt += (f"{offset - pos}x" if offset > pos else "") + _UNIT_FORMAT[width]
+            where[(offset, width)] = (count, 0)
+            start, pos, count = offset, offset + width, count + 1
+        self.unpack = struct.Struct(fmt).unpack_from
+        self.plan = tuple((f.name, where[(f.offset, f.width)][0], where[(f.offset, f.width)][1] + f.lsb, f.mask)
+                          for f in fields if f.width in _UNIT_FORMAT)
+
+    def __call__(self, page: bytes) -> dict[str, int | bytes]:
+        units = self.unpack(page)
+        out = {name: units[i] >> lsb & mask for name, i, lsb, mask in self.plan}
+        for f in self.raw:
+            out[f.name] = field_value(page, f)
+        return out
+
+
 def _decode_all(page: bytes, fields: tuple[Field, ...]) -> dict[str, int | bytes]:
-    return {f.name: field_value(page, f) for f in fields}
+    decoder = _DECODERS.get(id(fields))  # by identity: hashing ~120 dataclasses costs more than decoding
+    if decoder is None or decoder[0] is not fields:
+        decoder = _DECODERS[id(fields)] = (fields, _Decoder(fields))
+    return decoder[1](page)
+
+
+_DECODERS: dict[int, tuple[tuple[Field, ...], _Decoder]] = {}
 
 
 class VmcbCache:

@@ -152,16 +152,17 @@ class SvmGuestContext:
         if failures:
             return "VMRUN failed its consistency checks (APM 15.5.1): " + "; ".join(str(f) for f in failures)
         vmcb, host = self.vmcb, self.vcpu.vm.host
+        intercepted = vmcb.intercepts()
         self.io_check = (iopm.iopm_checker(host, vmcb.read("IOPM_BASE_PA"))
-                         if vmcb.is_intercepted("IOIO_PROT") else _never)
+                         if intercepted("IOIO_PROT") else _never)
         self.msr_check = (iopm.msrpm_checker(host, vmcb.read("MSRPM_BASE_PA"))
-                          if vmcb.is_intercepted("MSR_PROT") else _never)
-        self.hlt_exits, self.cpuid_exits = vmcb.is_intercepted("HLT"), vmcb.is_intercepted("CPUID")
-        self._intercepted = {kind: vmcb.is_intercepted(name) for kind, name in _INSTRUCTION_INTERCEPTS.items()}
+                          if intercepted("MSR_PROT") else _never)
+        self.hlt_exits, self.cpuid_exits = intercepted("HLT"), intercepted("CPUID")
+        self._intercepted = {kind: intercepted(name) for kind, name in _INSTRUCTION_INTERCEPTS.items()}
         for name in ("CR0_SEL_WRITE", "MWAIT_CONDITIONAL", "EFER_WRITE_TRAP"):
-            self._intercepted[name] = vmcb.is_intercepted(name)
+            self._intercepted[name] = intercepted(name)
         self.vcpu.want_traps(frozenset(k for k in _OPTIONAL if self._intercepted[k]))
-        self._intercepted["shutdown"] = vmcb.is_intercepted("SHUTDOWN")
+        self._intercepted["shutdown"] = intercepted("SHUTDOWN")
         self._pause_count = vmcb.read("PAUSE_FILTER_COUNT")
         self.event_controls = self._event_controls()
         self._cr_reads, self._cr_writes = vmcb.read("INTERCEPT_CR_READ"), vmcb.read("INTERCEPT_CR_WRITE")
@@ -227,13 +228,13 @@ class SvmGuestContext:
         """The interrupt intercepts and the virtual-interrupt fields (15.21): with V_INTR_MASKING
         the guest's RFLAGS.IF masks only virtual interrupts, physical ones exit whatever it is."""
         vmcb = self.vmcb
-        read = vmcb.read
+        read, intercepted = vmcb.read, vmcb.intercepts()
         vintr = None
         if read("V_IRQ"):
             vintr = (read("V_INTR_VECTOR"), read("V_INTR_PRIO"), bool(read("V_IGN_TPR")), read("V_TPR"))
-        return EventControls(intr_exits=vmcb.is_intercepted("INTR"), intr_exit_ignores_if=bool(read("V_INTR_MASKING")),
-                             nmi_exits=vmcb.is_intercepted("NMI"), init_exits=vmcb.is_intercepted("INIT"),
-                             vintr=vintr, vintr_exits=vmcb.is_intercepted("VINTR"),
+        return EventControls(intr_exits=intercepted("INTR"), intr_exit_ignores_if=bool(read("V_INTR_MASKING")),
+                             nmi_exits=intercepted("NMI"), init_exits=intercepted("INIT"),
+                             vintr=vintr, vintr_exits=intercepted("VINTR"),
                              vgif=not read("V_GIF_ENABLE") or bool(read("V_GIF")))
 
     def virtual_gif(self, value: bool) -> bool:
@@ -384,7 +385,7 @@ class SvmGuestContext:
 
     def save_guest_state(self) -> None:
         vcpu, vmcb = self.vcpu, self.vmcb
-        regs, write = vcpu.regs, vmcb.write
+        regs, write = vcpu.regs, vmcb.state_writer()
         for name, reg in _LOADED_ON_VMRUN:
             self._saved[name] = value = regs.read(reg)
             write(name, value)
@@ -399,10 +400,10 @@ class SvmGuestContext:
         self._shadow_saved = int(bool(vcpu.interruptibility() & SHADOW))
         write("INTERRUPT_SHADOW", self._shadow_saved)
         for name, reg in _SEGMENTS:
-            vmcb.set_segment(name, self._segment(regs.read(reg) & 0xFFFF))
+            vmcb.set_segment(name, self._segment(regs.read(reg) & 0xFFFF), write)
         for name, reg in (("GDTR", X.UC_X86_REG_GDTR), ("IDTR", X.UC_X86_REG_IDTR)):
-            _sel, base, limit, _flags = vcpu.uc.reg_read(reg)
-            vmcb.set_segment(name, Segment(0, 0, limit, base))
+            _sel, base, limit, _flags = vcpu.regs.mmr(reg)
+            vmcb.set_segment(name, Segment(0, 0, limit, base), write)
 
     def _segment(self, selector: int) -> Segment:
         """VMCB segment: attributes are descriptor bits 47:40 and 55:52 (Table B-2)."""

@@ -101,6 +101,17 @@ class EntryCheckFailed(Exception):
         return f"SDM {self.section} [{self.check}]: {self.rule}" + (f" ({self.detail})" if self.detail else "")
 
 
+# Field encodings by register name, looked up once: the checks run at every VM entry.
+GUEST_SEGMENT_FIELDS = {name: tuple(int(getattr(Field, f"GUEST_{name}_{part}"))
+                                    for part in ("SELECTOR", "BASE", "LIMIT", "AR_BYTES"))
+                        for name in ("ES", "CS", "SS", "DS", "FS", "GS", "LDTR", "TR")}
+GUEST_TABLE_FIELDS = {name: (int(getattr(Field, f"GUEST_{name}_BASE")), int(getattr(Field, f"GUEST_{name}_LIMIT")))
+                      for name in ("GDTR", "IDTR")}
+HOST_SELECTOR_FIELDS = {name: int(getattr(Field, f"HOST_{name}_SELECTOR"))
+                        for name in ("ES", "CS", "SS", "DS", "FS", "GS", "TR")}
+HOST_BASE_FIELDS = {name: int(getattr(Field, f"HOST_{name}_BASE")) for name in ("FS", "GS", "GDTR", "IDTR", "TR")}
+
+
 def canonical(address: int, width: int = LINEAR_ADDRESS_WIDTH) -> bool:
     """Bits 63:width-1 all equal (SDM 3.3.7.1)."""
     top = address >> (width - 1)
@@ -142,8 +153,8 @@ class Entry:
     def segment(self, name: str) -> tuple[int, int, int, int]:
         """(selector, base, limit, access rights) of a guest segment register."""
         v = self.values
-        return (v[getattr(Field, f"GUEST_{name}_SELECTOR")], v[getattr(Field, f"GUEST_{name}_BASE")],
-                v[getattr(Field, f"GUEST_{name}_LIMIT")], v[getattr(Field, f"GUEST_{name}_AR_BYTES")])
+        selector, base, limit, ar = GUEST_SEGMENT_FIELDS[name]
+        return v[selector], v[base], v[limit], v[ar]
 
     def bad_address(self, address: int, alignment: int = 0x1000) -> bool:
         """Not aligned, or beyond the physical-address width (CPUID.80000008H:EAX[7:0])."""
@@ -464,8 +475,8 @@ def check_host_control_registers_and_msrs(e: Entry) -> None:
 def check_host_segment_and_descriptor_table_registers(e: Entry) -> None:
     """SDM 26.2.3 "Checks on Host Segment and Descriptor-Table Registers"."""
     v = e.values
-    for name in ("ES", "CS", "SS", "DS", "FS", "GS", "TR"):
-        selector = v[getattr(Field, f"HOST_{name}_SELECTOR")]
+    for name, field in HOST_SELECTOR_FIELDS.items():
+        selector = v[field]
         if selector & 7:
             e.fail("host_selector_rpl_ti", "In the selector field for each of CS, SS, DS, ES, FS, GS and TR, "
                    "the RPL (bits 1:0) and the TI flag (bit 2) must be 0", f"host {name} selector {selector:#x}")
@@ -476,8 +487,8 @@ def check_host_segment_and_descriptor_table_registers(e: Entry) -> None:
     if v[Field.HOST_SS_SELECTOR] == 0 and not e.host_64:
         e.fail("host_ss_selector_zero", "The selector field for SS cannot be 0000H if the 'host address-space "
                "size' VM-exit control is 0")
-    for name in ("FS", "GS", "GDTR", "IDTR", "TR"):
-        base = v[getattr(Field, f"HOST_{name}_BASE")]
+    for name, field in HOST_BASE_FIELDS.items():
+        base = v[field]
         if not canonical(base):
             e.fail("host_base_canonical", "The base-address fields for FS, GS, GDTR, IDTR, and TR must contain "
                    "canonical addresses", f"host {name} base {base:#x}")
@@ -748,8 +759,8 @@ def _check_system_segment(e: Entry, name: str, limit: int, ar: int, check: str) 
 
 def check_guest_descriptor_table_registers(e: Entry) -> None:
     """SDM 26.3.1.3 "Checks on Guest Descriptor-Table Registers"."""
-    for name in ("GDTR", "IDTR"):
-        base, limit = e.values[getattr(Field, f"GUEST_{name}_BASE")], e.values[getattr(Field, f"GUEST_{name}_LIMIT")]
+    for name, (base_field, limit_field) in GUEST_TABLE_FIELDS.items():
+        base, limit = e.values[base_field], e.values[limit_field]
         if not canonical(base):
             e.fail("guest_descriptor_table_base_canonical", "The base-address fields for GDTR and IDTR must "
                    "contain canonical addresses", f"{name} base {base:#x}")

@@ -28,6 +28,7 @@ from hvsim.plugins.x86.events import EventControls
 from hvsim.plugins.x86.tsc import tsc_hz
 
 from . import msrs
+from .entry import GUEST_SEGMENT_FIELDS, GUEST_TABLE_FIELDS
 from .ept import Ept, ep4ta
 from .exits import VmxExitInfo, VmxVendor
 from .vmcs import Field
@@ -141,6 +142,7 @@ class VmxGuestContext:
         self.msr_check = None
         self.exception_check = None
         self._exiting: dict[str, bool] = {}
+        self._exiting_by_controls: dict[tuple[int, int], dict[str, bool]] = {}
         self._cr3_load = self._cr3_store = False
         self._proc = self._proc2 = 0
         self._cr_saved: tuple = ()
@@ -214,26 +216,10 @@ class VmxGuestContext:
         self.msr_check = self._msr_bitmap_check() if proc & msrs.CPU_BASED_USE_MSR_BITMAPS else None
         self.exception_check = self._exception_bitmap_check()
         proc2 = self._values.get(Field.SECONDARY_VM_EXEC_CONTROL, 0) if proc & msrs.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS else 0
-        self._exiting = {  # SDM 25.1.2 / 25.1.3: which instructions the controls make exit
-            "rdtsc": bool(proc & msrs.CPU_BASED_RDTSC_EXITING),
-            "rdtscp": bool(proc & msrs.CPU_BASED_RDTSC_EXITING and proc2 & msrs.SECONDARY_EXEC_ENABLE_RDTSCP),
-            "invlpg": bool(proc & msrs.CPU_BASED_INVLPG_EXITING),
-            "wbinvd": bool(proc2 & msrs.SECONDARY_EXEC_WBINVD_EXITING),
-            "invd": True,  # unconditional (SDM 25.1.2), as are the VMX instructions:
-            **{name: True for name in ("vmclear", "vmlaunch", "vmptrld", "vmptrst", "vmread", "vmresume",
-                                       "vmwrite", "vmxoff", "vmxon", "invept", "invvpid", "vmfunc")},
-            "pause": bool(proc & msrs.CPU_BASED_PAUSE_EXITING),
-            "getsec": True, "xsetbv": True,  # unconditional (SDM 26.1.2)
-            "invpcid": bool(proc2 & msrs.SECONDARY_EXEC_ENABLE_INVPCID and proc & msrs.CPU_BASED_INVLPG_EXITING),
-            "mwait": bool(proc & msrs.CPU_BASED_MWAIT_EXITING),
-            "monitor": bool(proc & msrs.CPU_BASED_MONITOR_EXITING),
-            "rdpmc": bool(proc & msrs.CPU_BASED_RDPMC_EXITING),
-            "rdrand": bool(proc2 & msrs.SECONDARY_EXEC_RDRAND_EXITING),
-            "rdseed": bool(proc2 & msrs.SECONDARY_EXEC_RDSEED_EXITING),
-            **dict.fromkeys(_DESCRIPTOR_TABLE, bool(proc2 & msrs.SECONDARY_EXEC_DESC)),
-            **dict.fromkeys(("mov_to_dr", "mov_from_dr"), bool(proc & msrs.CPU_BASED_MOV_DR_EXITING)),
-            "shutdown": True,  # a triple fault always exits (SDM 25.2)
-        }
+        exiting = self._exiting_by_controls.get((proc, proc2))
+        if exiting is None:
+            exiting = self._exiting_by_controls[(proc, proc2)] = _exiting(proc, proc2)
+        self._exiting = exiting
         self._proc, self._proc2 = proc, proc2
         mask = self._values.get(Field.CR0_GUEST_HOST_MASK, 0)
         self.vcpu.want_traps(frozenset(k for k, on in self._exiting.items() if on and k in ON_DEMAND)
@@ -573,23 +559,20 @@ class VmxGuestContext:
         if exit_controls & msrs.VM_EXIT_SAVE_IA32_EFER or Field.GUEST_IA32_EFER not in self._saved:
             v[Field.GUEST_IA32_EFER] = self._saved[Field.GUEST_IA32_EFER] = vcpu.efer()
         if exit_controls & msrs.VM_EXIT_SAVE_IA32_PAT:
-            v[Field.GUEST_IA32_PAT] = self._saved[Field.GUEST_IA32_PAT] = vcpu.uc.reg_read(X.UC_X86_REG_MSR, MSR_IA32_PAT)
+            v[Field.GUEST_IA32_PAT] = self._saved[Field.GUEST_IA32_PAT] = vcpu.regs.msr(MSR_IA32_PAT)
         # Interruptibility and activity state (SDM 28.3.4): what the next entry resumes with.
         v[Field.GUEST_INTERRUPTIBILITY_INFO] = self._saved[Field.GUEST_INTERRUPTIBILITY_INFO] = vcpu.interruptibility()
         v[Field.GUEST_ACTIVITY_STATE] = self._saved[Field.GUEST_ACTIVITY_STATE] = (
             GUEST_ACTIVITY_HLT if vcpu.activity_hlt else GUEST_ACTIVITY_ACTIVE)
         self._save_preemption_timer()
         for name, reg in _SEGMENTS:
-            selector, base, limit, ar = self._segment(regs.read(reg) & 0xFFFF)
-            v[getattr(Field, f"GUEST_{name}_SELECTOR")] = selector
-            v[getattr(Field, f"GUEST_{name}_BASE")] = base
-            v[getattr(Field, f"GUEST_{name}_LIMIT")] = limit
-            v[getattr(Field, f"GUEST_{name}_AR_BYTES")] = ar
+            f_selector, f_base, f_limit, f_ar = GUEST_SEGMENT_FIELDS[name]
+            v[f_selector], v[f_base], v[f_limit], v[f_ar] = self._segment(regs.read(reg) & 0xFFFF)
         for name, reg in (("GDTR", X.UC_X86_REG_GDTR), ("IDTR", X.UC_X86_REG_IDTR)):
-            _sel, base, limit, _flags = vcpu.uc.reg_read(reg)
-            v[getattr(Field, f"GUEST_{name}_BASE")] = base
-            v[getattr(Field, f"GUEST_{name}_LIMIT")] = limit
-        tr = vcpu.uc.reg_read(X.UC_X86_REG_TR)
+            _sel, base, limit, _flags = vcpu.regs.mmr(reg)
+            f_base, f_limit = GUEST_TABLE_FIELDS[name]
+            v[f_base], v[f_limit] = base, limit
+        tr = vcpu.regs.mmr(X.UC_X86_REG_TR)
         selector, base, limit, ar = (tr[0], tr[1], tr[2], (tr[3] & 0xFF) | ((tr[3] >> 12) & 0xF) << 12) \
             if tr[0] & ~3 else TR_RESET  # never loaded: the reset state, as KVM models it
         v[Field.GUEST_TR_SELECTOR], v[Field.GUEST_TR_BASE] = selector, base
@@ -604,6 +587,30 @@ class VmxGuestContext:
             return selector, 0, 0, AR_UNUSABLE
         base, limit, access, flags = hidden
         return selector, base, limit, access | flags << 12
+
+
+def _exiting(proc: int, proc2: int) -> dict[str, bool]:
+    """Which instructions exit under these primary and secondary processor-based controls."""
+    return {  # SDM 25.1.2 / 25.1.3: which instructions the controls make exit
+        "rdtsc": bool(proc & msrs.CPU_BASED_RDTSC_EXITING),
+        "rdtscp": bool(proc & msrs.CPU_BASED_RDTSC_EXITING and proc2 & msrs.SECONDARY_EXEC_ENABLE_RDTSCP),
+        "invlpg": bool(proc & msrs.CPU_BASED_INVLPG_EXITING),
+        "wbinvd": bool(proc2 & msrs.SECONDARY_EXEC_WBINVD_EXITING),
+        "invd": True,  # unconditional (SDM 25.1.2), as are the VMX instructions:
+        **{name: True for name in ("vmclear", "vmlaunch", "vmptrld", "vmptrst", "vmread", "vmresume",
+                                   "vmwrite", "vmxoff", "vmxon", "invept", "invvpid", "vmfunc")},
+        "pause": bool(proc & msrs.CPU_BASED_PAUSE_EXITING),
+        "getsec": True, "xsetbv": True,  # unconditional (SDM 26.1.2)
+        "invpcid": bool(proc2 & msrs.SECONDARY_EXEC_ENABLE_INVPCID and proc & msrs.CPU_BASED_INVLPG_EXITING),
+        "mwait": bool(proc & msrs.CPU_BASED_MWAIT_EXITING),
+        "monitor": bool(proc & msrs.CPU_BASED_MONITOR_EXITING),
+        "rdpmc": bool(proc & msrs.CPU_BASED_RDPMC_EXITING),
+        "rdrand": bool(proc2 & msrs.SECONDARY_EXEC_RDRAND_EXITING),
+        "rdseed": bool(proc2 & msrs.SECONDARY_EXEC_RDSEED_EXITING),
+        **dict.fromkeys(_DESCRIPTOR_TABLE, bool(proc2 & msrs.SECONDARY_EXEC_DESC)),
+        **dict.fromkeys(("mov_to_dr", "mov_from_dr"), bool(proc & msrs.CPU_BASED_MOV_DR_EXITING)),
+        "shutdown": True,  # a triple fault always exits (SDM 25.2)
+    }
 
 
 def _never(*_access) -> bool:

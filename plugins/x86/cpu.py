@@ -29,7 +29,7 @@ from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
 
 from hvsim.core.arch import Vcpu, VcpuState
 from hvsim.core.handlers import handle_port_io
-from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, FastRegs, RawHooks, slice_timer
+from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, RawHooks, slice_timer
 from hvsim.plugins.x86.traps import _vmem_read
 from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, GuestMemoryError
@@ -42,6 +42,7 @@ from .decode import IoInsn, decode_io, undefined_instruction, writes_memory
 from .handlers import handle_msr
 from .operands import Operand, effective_address
 from .quirks import ExceptionLatch
+from .regs import X86Regs
 from .mmu import MSR_EFER, UNTIL, GeneralProtection, PageFault, X86Mmu
 from .interruptibility import (BLOCKING_BY_MOV_SS, BLOCKING_BY_NMI, BLOCKING_BY_STI, SHADOW, InterruptShadow,
                                shadow_cause)
@@ -84,7 +85,7 @@ class X86Vcpu(Vcpu):
         super().__init__(vm, index)
         self.vendor = vendor
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
-        self.regs = FastRegs(uc)
+        self.regs = X86Regs(uc)
         # Host memory sits high in the engine's physical space; the MMU's fills (guest paging,
         # then EPT / NPT) point into it. MMIO ranges stay at their guest-physical addresses.
         uc.mem_map_ptr(HOST_PHYS_BASE, vm.host.size, UC_PROT_ALL, vm.host.ptr)
@@ -955,7 +956,7 @@ class X86Vcpu(Vcpu):
         return self.regs.read(X.UC_X86_REG_CR0)
 
     def efer(self) -> int:
-        return self.uc.reg_read(X.UC_X86_REG_MSR, MSR_EFER)
+        return self.regs.msr(MSR_EFER)
 
     def long_mode(self) -> bool:
         return bool(self.efer() & paging.EFER_LMA)
@@ -970,7 +971,7 @@ class X86Vcpu(Vcpu):
         return self.cs() & 3 if self.cr0() & 1 else 0
 
     def idtr(self) -> tuple[int, int, int, int]:
-        return self.uc.reg_read(X.UC_X86_REG_IDTR)
+        return self.regs.mmr(X.UC_X86_REG_IDTR)
 
     def segment_base(self, name: str) -> int:
         if not self.cr0() & 1:
@@ -983,7 +984,7 @@ class X86Vcpu(Vcpu):
         """(base, limit, access byte | flags << 8) of a GDT/LDT selector."""
         if selector & 4:
             raise idt.DeliveryFault(idt.GP, selector & ~3, "LDT selectors are not modelled")
-        _s, base, limit, _f = self.uc.reg_read(X.UC_X86_REG_GDTR)
+        _s, base, limit, _f = self.regs.mmr(X.UC_X86_REG_GDTR)
         index = selector & ~7
         if index + 7 > limit:
             raise idt.DeliveryFault(idt.GP, selector & ~3, f"selector {selector:#x} is beyond the GDT limit")
@@ -1001,7 +1002,7 @@ class X86Vcpu(Vcpu):
         segment register until the segment is loaded again (the engine does not report loads)."""
         if not self.cr0() & 1:
             return selector << 4, 0xFFFF, 0x93, 0
-        key = (selector, self.uc.reg_read(X.UC_X86_REG_GDTR)[1:3], self.regs.read(X.UC_X86_REG_CR3))
+        key = (selector, self.regs.mmr(X.UC_X86_REG_GDTR)[1:3], self.regs.read(X.UC_X86_REG_CR3))
         cache = self._segments
         if key not in cache:
             if len(cache) > 64:
@@ -1043,7 +1044,7 @@ class X86Vcpu(Vcpu):
         self.regs.write(X.UC_X86_REG_SS, selector)
 
     def _tss_base(self) -> int:
-        _sel, base, limit, _f = self.uc.reg_read(X.UC_X86_REG_TR)
+        _sel, base, limit, _f = self.regs.mmr(X.UC_X86_REG_TR)
         if limit == 0:
             raise idt.DeliveryFault(10, 0, "no TSS is loaded for the stack switch (#TS)")
         return base

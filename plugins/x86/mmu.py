@@ -98,7 +98,7 @@ class X86Mmu:
     def _context(self) -> tuple[int, int, int, int, int]:
         r = self.regs
         cr0, cr3, cr4 = r.read(X.UC_X86_REG_CR0), r.read(X.UC_X86_REG_CR3), r.read(X.UC_X86_REG_CR4)
-        efer = self.vcpu.uc.reg_read(X.UC_X86_REG_MSR, MSR_EFER)
+        efer = self.vcpu.regs.msr(MSR_EFER)
         pcid = cr3 & 0xFFF if cr4 & paging.CR4_PCIDE else 0
         self._ctx = ctx = (cr0, cr3, cr4, efer, pcid)
         return ctx
@@ -398,5 +398,5 @@ def _segment_base(vcpu, name: str) -> int:
     # FS/GS bases in long mode come from the hidden part (IA32_FS_BASE / IA32_GS_BASE).
     msr = {"fs": 0xC000_0100, "gs": 0xC000_0101}[name]
     if vcpu.long_mode():
-        return vcpu.uc.reg_read(X.UC_X86_REG_MSR, msr)
+        return vcpu.regs.msr(msr)
     return vcpu.segment_base(name)

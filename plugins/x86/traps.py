@@ -106,6 +106,7 @@ class SensitiveTraps:
         self.sites: dict[int, tuple[str, bytes, object]] = {}  # kind, bytes, operands
         self.optional: frozenset[str] = frozenset()  # the OPTIONAL kinds trapped now
         self._hooks: dict[int, int] = {}
+        self._scanned: dict[tuple[int, int], bytes] = {}  # (pc, code bits) -> the bytes scanned there
         self._uch = ctypes.c_void_p(uc._uch.value)
         self._buf = ctypes.create_string_buffer(4096 + 16)
         uc.hook_add(UC_HOOK_EDGE_GENERATED, self._on_edge)
@@ -117,8 +118,15 @@ class SensitiveTraps:
         code = self._read(pc, size)
         if code is None:
             return False
+        bits = self.code_bits()
+        key = (pc, bits)
+        if self._scanned.get(key) == code:
+            return False  # the same bytes were scanned before (prescan at every entry): no new site
+        if len(self._scanned) > 65536:
+            self._scanned.clear()
+        self._scanned[key] = code
         new = False
-        md = _DISASM[self.code_bits()]
+        md = _DISASM[bits]
         for insn in md.disasm(code, pc):
             kind, info = TRAPPABLE.get(insn.id), None
             if kind is None and insn.id == CX.X86_INS_MOV:
@@ -149,6 +157,7 @@ class SensitiveTraps:
         the instruction run once the vCPU's handler finds it no longer intercepted."""
         if kinds - self.optional:
             self.optional |= kinds
+            self._scanned.clear()
             self.uc.ctl_flush_tb()
 
     def _on_edge(self, uc, cur, _prev, _ud):
