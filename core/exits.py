@@ -24,7 +24,7 @@ class ExitKind(enum.Enum):
     STAGE2_FAULT = "stage2-fault"  # EPT violation, NPF, stage-2 abort
     EXCEPTION = "exception"  # a guest exception the hypervisor intercepts
     INTERRUPT_WINDOW = "interrupt-window"  # VMX interrupt / NMI window, SVM VINTR
-    # An event the VMM intercepts: external interrupt, NMI, INIT, VMX-preemption timer, MTF.
+    # An event the VMM intercepts: external interrupt, NMI, INIT, SMI, VMX-preemption timer, MTF.
     EVENT = "event"
     SHUTDOWN = "shutdown"  # triple fault, PSCI SYSTEM_OFF / SYSTEM_RESET
     INVALID_STATE = "invalid-state"  # VM entry failed its checks
@@ -82,6 +82,7 @@ class EventType(enum.Enum):
     VIRTUAL_FIQ = 17  # HCR_EL2.VF
     VIRTUAL_SERROR = 18  # HCR_EL2.VSE
     INIT = 19  # the x86 INIT signal (VMX exit 3, SVM INIT intercept)
+    SMI = 20  # the x86 system-management interrupt (SVM SMI intercept; VMX: taken by SMM)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,8 @@ EXIT_CODES = {
 }
 VMEXIT = {name: code for code, name in EXIT_CODES.items()}
 
-VMEXIT_INTR, VMEXIT_NMI, VMEXIT_INIT, VMEXIT_VINTR = 0x60, 0x61, 0x63, 0x64
-_EVENT_EXITS = {"external": VMEXIT_INTR, "nmi": VMEXIT_NMI, "init": VMEXIT_INIT}
+VMEXIT_INTR, VMEXIT_NMI, VMEXIT_SMI, VMEXIT_INIT, VMEXIT_VINTR = 0x60, 0x61, 0x62, 0x63, 0x64
+_EVENT_EXITS = {"external": VMEXIT_INTR, "nmi": VMEXIT_NMI, "smi": VMEXIT_SMI, "init": VMEXIT_INIT}
 VMEXIT_CPUID = 0x72
 VMEXIT_HLT = 0x78
 VMEXIT_IOIO = 0x7B
@@ -135,8 +135,9 @@ class SvmVendor(X86Vendor):
 
     @staticmethod
     def event_exit(kind: str, vector: int = 0) -> Exit:
-        """An intercepted physical INTR (0x60), NMI (0x61) or INIT (0x63) (15.13): EXITINFO1/2
-        are 0, and SVM has no acknowledge-on-exit: the host takes the interrupt itself."""
+        """An intercepted physical INTR (0x60), NMI (0x61), SMI (0x62) or INIT (0x63) (15.13):
+        EXITINFO1/2 are 0 (an SMI from outside, not from an I/O instruction), and SVM has no
+        acknowledge-on-exit: the host takes the interrupt itself."""
         code = _EVENT_EXITS[kind]
         return Exit(ExitKind.EVENT, f"VMEXIT_{EXIT_CODES[code]}", SvmExitInfo(code), vector=vector)
 

@@ -234,6 +234,7 @@ class SvmGuestContext:
             vintr = (read("V_INTR_VECTOR"), read("V_INTR_PRIO"), bool(read("V_IGN_TPR")), read("V_TPR"))
         return EventControls(intr_exits=intercepted("INTR"), intr_exit_ignores_if=bool(read("V_INTR_MASKING")),
                              nmi_exits=intercepted("NMI"), init_exits=intercepted("INIT"),
+                             smi_exits=intercepted("SMI"),
                              vintr=vintr, vintr_exits=intercepted("VINTR"),
                              vgif=not read("V_GIF_ENABLE") or bool(read("V_GIF")))
 

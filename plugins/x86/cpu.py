@@ -125,6 +125,7 @@ class X86Vcpu(Vcpu):
         self.blocking = 0  # interruptibility at the last boundary looked at (SDM Table 24-3 bits)
         self.nmi_blocked = False  # blocking by NMI: from NMI delivery to the next IRET (SDM 6.7.1)
         self.mtf_pending = False
+        self.smis_taken = 0  # SMIs SMM took without an exit (events.boundary)
         self.activity_hlt = False  # halted by a HLT the VMM does not intercept (activity state HLT)
         self.timer_deadline: float | None = None  # VMX-preemption timer expiry (perf_counter)
         self._in_engine = False

@@ -56,7 +56,7 @@ class EventControls:
 
     VMX: external-interrupt exiting (ignores RFLAGS.IF, SDM 25.2), NMI exiting, virtual NMIs,
     interrupt-window and NMI-window exiting, MTF, the preemption timer; INIT always exits in
-    VMX non-root. SVM: the INTR / NMI / INIT / VINTR intercepts, V_INTR_MASKING (the guest's
+    VMX non-root, SMIs never do (default treatment). SVM: the INTR / NMI / SMI / INIT / VINTR intercepts, V_INTR_MASKING (the guest's
     IF then masks only virtual interrupts), V_IRQ with its vector, priority and V_TPR."""
 
     intr_exits: bool = False
@@ -64,6 +64,7 @@ class EventControls:
     nmi_exits: bool = False
     virtual_nmis: bool = False
     init_exits: bool = False
+    smi_exits: bool = False
     intr_window: bool = False
     nmi_window: bool = False
     mtf: bool = False
@@ -99,6 +100,16 @@ def boundary(vcpu, ctl: EventControls):
             vcpu.vm.crash("an INIT signal reached the guest without the INIT intercept: the "
                           "processor would reset, which hvsim does not model")
             return None
+    for i, event in enumerate(events):
+        if event.type is EventType.SMI:
+            del events[i]
+            if ctl.smi_exits:  # SVM's SMI intercept: the host's SMM takes it once GIF is set again
+                return context.event_exit("smi")
+            # Otherwise SMM takes it (VMX: the default treatment of SMIs, SDM 34.14.1; SVM
+            # without the intercept) and RSM resumes the guest where it was, halted or not
+            # (auto-HALT restart): nothing the guest or the VMM can see, as hvsim has no SMM.
+            vcpu.smis_taken += 1
+            break
     if vcpu.mtf_pending:  # below INIT / SMI, above debug traps and everything after (SDM 6.9, 25.5.2)
         vcpu.mtf_pending = False
         return context.event_exit("mtf")
