@@ -400,15 +400,17 @@ class SvmGuestContext:
         # INTERRUPT_SHADOW (offset 0x068 bit 0): the guest is in an STI / MOV SS shadow (15.21.5).
         self._shadow_saved = int(bool(vcpu.interruptibility() & SHADOW))
         write("INTERRUPT_SHADOW", self._shadow_saved)
+        context = vcpu.segment_context()  # one GDTR/CR3 read for all six
         for name, reg in _SEGMENTS:
-            vmcb.set_segment(name, self._segment(regs.read(reg) & 0xFFFF), write)
+            vmcb.set_segment(name, self._segment(regs.read(reg) & 0xFFFF, context), write)
         for name, reg in (("GDTR", X.UC_X86_REG_GDTR), ("IDTR", X.UC_X86_REG_IDTR)):
             _sel, base, limit, _flags = vcpu.regs.mmr(reg)
             vmcb.set_segment(name, Segment(0, 0, limit, base), write)
 
-    def _segment(self, selector: int) -> Segment:
+    def _segment(self, selector: int, context: tuple | None = None) -> Segment:
         """VMCB segment: attributes are descriptor bits 47:40 and 55:52 (Table B-2)."""
-        hidden = self.vcpu.hidden_segment(selector)
+        hidden = (self.vcpu.hidden_segment(selector) if context is None
+                  else self.vcpu.hidden_segment_in(selector, context))
         if hidden is None:
             return Segment(selector, 0, 0, 0)
         base, limit, access, flags = hidden

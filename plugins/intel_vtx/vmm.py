@@ -565,9 +565,10 @@ class VmxGuestContext:
         v[Field.GUEST_ACTIVITY_STATE] = self._saved[Field.GUEST_ACTIVITY_STATE] = (
             GUEST_ACTIVITY_HLT if vcpu.activity_hlt else GUEST_ACTIVITY_ACTIVE)
         self._save_preemption_timer()
+        context = vcpu.segment_context()  # one GDTR/CR3 read for all six
         for name, reg in _SEGMENTS:
             f_selector, f_base, f_limit, f_ar = GUEST_SEGMENT_FIELDS[name]
-            v[f_selector], v[f_base], v[f_limit], v[f_ar] = self._segment(regs.read(reg) & 0xFFFF)
+            v[f_selector], v[f_base], v[f_limit], v[f_ar] = self._segment(regs.read(reg) & 0xFFFF, context)
         for name, reg in (("GDTR", X.UC_X86_REG_GDTR), ("IDTR", X.UC_X86_REG_IDTR)):
             _sel, base, limit, _flags = vcpu.regs.mmr(reg)
             f_base, f_limit = GUEST_TABLE_FIELDS[name]
@@ -579,10 +580,11 @@ class VmxGuestContext:
         v[Field.GUEST_TR_LIMIT], v[Field.GUEST_TR_AR_BYTES] = limit, ar
         v[Field.GUEST_LDTR_SELECTOR], v[Field.GUEST_LDTR_AR_BYTES] = 0, AR_UNUSABLE
 
-    def _segment(self, selector: int) -> tuple[int, int, int, int]:
+    def _segment(self, selector: int, context: tuple | None = None) -> tuple[int, int, int, int]:
         """(selector, base, limit, access rights) in the VMCS format (SDM 24.4.1, Table 24-2):
         access byte in 7:0, AVL/L/D-B/G in 15:12, bit 16 for an unusable segment."""
-        hidden = self.vcpu.hidden_segment(selector)
+        hidden = (self.vcpu.hidden_segment(selector) if context is None
+                  else self.vcpu.hidden_segment_in(selector, context))
         if hidden is None:
             return selector, 0, 0, AR_UNUSABLE
         base, limit, access, flags = hidden

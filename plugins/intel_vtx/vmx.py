@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from . import entry, msrs
 from .msrs import VmxCapabilities
-from .vmcs import COMPONENTS, TYPE_READ_ONLY, Vmcs, VmcsRegion, read_u32
+from .vmcs import COMPONENTS, TYPE_CONTROL, TYPE_HOST, TYPE_READ_ONLY, Field, Vmcs, VmcsRegion, read_u32
 
 # -- VM-instruction error numbers (SDM 31.4, Table 31-1); 14, 21 and 27 are reserved -------------
 VMX_INSTRUCTION_ERRORS = {
@@ -153,6 +153,9 @@ def eptp_valid(eptp: int, caps: VmxCapabilities) -> bool:
     return not (eptp & 0xF80 or eptp >> caps.maxphyaddr)  # bits 11:7 and 63:MAXPHYADDR reserved
 
 
+_CONTROL_AND_HOST_FIELDS = tuple(enc for enc, c in COMPONENTS.items() if c.type in (TYPE_CONTROL, TYPE_HOST))
+
+
 class Vmx:
     """VMX operation on one logical processor: its VMX state (VMXON pointer, current VMCS,
     the active VMCSs it caches) and the host state the instructions consult.
@@ -174,6 +177,8 @@ class Vmx:
         self.rflags = 0x2
         self.feature_control = msrs.FEATURE_CONTROL_LOCKED | msrs.FEATURE_CONTROL_VMXON_OUTSIDE_SMX
         self.blocked_by_mov_ss = False
+        self._controls_passed: tuple | None = None  # check_vmx_controls_and_host_state's last pass
+        self._controls_waived: list[str] = []
         # VMX state
         self.in_vmx_operation = False
         self.vmxon_pointer: int | None = None
@@ -377,11 +382,31 @@ class Vmx:
         """SDM 26.2: checks on the VMX controls and the host-state area (:mod:`.entry`). Return 0
         if they pass, else VMXERR_ENTRY_INVALID_CONTROL_FIELD (7) or
         VMXERR_ENTRY_INVALID_HOST_STATE_FIELD (8), the reason in ``last_entry_failure``."""
+        key = self._controls_key(vmcs)
+        if key == self._controls_passed:  # the same inputs passed before: they pass again
+            self.last_entry_failure, self.last_entry_waived = None, list(self._controls_waived)
+            return 0
         checks = entry.Entry(self, vmcs)
         error, failure = entry.check_vmx_controls_and_host_state(checks)
         self.last_entry_failure = None if failure is None else f"VMfailValid({error}): {failure}"
         self.last_entry_waived = checks.waived
+        if not error:
+            self._controls_passed, self._controls_waived = key, list(checks.waived)
         return error
+
+    def _controls_key(self, vmcs: Vmcs) -> tuple:
+        """Everything the checks of SDM 26.2 read: the control and host-state fields, the
+        capability MSRs, the processor's EFER (26.2.4) and the VTPR byte (26.2.1.1). Equal keys
+        give equal results, so the run loop's VMRESUMEs need not re-run them."""
+        v = vmcs.values
+        vtpr = None
+        if v.get(Field.CPU_BASED_VM_EXEC_CONTROL, 0) & msrs.CPU_BASED_TPR_SHADOW:
+            try:
+                vtpr = read_u32(self.memory, v.get(Field.VIRTUAL_APIC_PAGE_ADDR, 0) + 0x80)
+            except Exception:  # noqa: BLE001 - an unreadable page: the checks themselves report it
+                vtpr = -1
+        return (id(vmcs), tuple(map(v.get, _CONTROL_AND_HOST_FIELDS)), tuple(self.caps.msrs.items()),
+                self.caps.maxphyaddr, self.efer, vtpr)
 
     def check_and_load_guest_state(self, vmcs: Vmcs) -> int:
         """SDM 26.3-26.4: check the guest state (26.3.1), then the VM-entry MSR-load area (26.4).

@@ -1001,9 +1001,20 @@ class X86Vcpu(Vcpu):
 
         Kept per selector until GDTR or CR3 changes, as the processor keeps a descriptor in the
         segment register until the segment is loaded again (the engine does not report loads)."""
+        return self.hidden_segment_in(selector, self.segment_context())
+
+    def segment_context(self) -> tuple | None:
+        """What hidden segment parts depend on: None in real mode, else (GDTR base and limit,
+        CR3). Read once when several segments are looked up together (the exit's state save)."""
         if not self.cr0() & 1:
+            return None
+        return self.regs.mmr(X.UC_X86_REG_GDTR)[1:3], self.regs.read(X.UC_X86_REG_CR3)
+
+    def hidden_segment_in(self, selector: int, context: tuple | None) -> tuple[int, int, int, int] | None:
+        """:meth:`hidden_segment` under a :meth:`segment_context` read before."""
+        if context is None:
             return selector << 4, 0xFFFF, 0x93, 0
-        key = (selector, self.regs.mmr(X.UC_X86_REG_GDTR)[1:3], self.regs.read(X.UC_X86_REG_CR3))
+        key = (selector, context)
         cache = self._segments
         if key not in cache:
             if len(cache) > 64:

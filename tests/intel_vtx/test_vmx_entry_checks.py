@@ -1092,3 +1092,28 @@ def test_guest_state_checks_come_before_msr_loading(vmx):
     msr_load_area(vmx, (0xC000_0100, 0))
     w(vmx, GUEST_RFLAGS=0)
     invalid_guest_state(vmx, "guest_rflags_bit_1")
+
+
+# -- the checks of 26.2 are kept between entries only while their inputs stay the same ----------
+def test_a_control_written_after_a_passing_entry_is_checked_at_the_next_vmresume(vmx):
+    enters(vmx)
+    control(vmx, "PIN_BASED_VM_EXEC_CONTROL", msrs.PIN_BASED_VIRTUAL_NMIS)  # without NMI exiting
+    result = vmx.vmresume()
+    assert result.status is not Status.ENTERED and r(vmx, "VM_INSTRUCTION_ERROR") == 7
+    assert "virtual_nmis_without_nmi_exiting" in vmx.last_entry_failure
+
+
+def test_a_host_field_written_after_a_passing_entry_is_checked_at_the_next_vmresume(vmx):
+    enters(vmx)
+    w(vmx, HOST_CS_SELECTOR=0)
+    assert vmx.vmresume().status is not Status.ENTERED and r(vmx, "VM_INSTRUCTION_ERROR") == 8
+    assert "host_cs_selector_zero" in vmx.last_entry_failure
+
+
+def test_a_vtpr_lowered_in_memory_after_a_passing_entry_is_checked_at_the_next_vmresume(vmx):
+    tpr_shadow(vmx, vtpr=0x30)
+    w(vmx, TPR_THRESHOLD=3)
+    enters(vmx)
+    vmx.memory.write(VIRTUAL_APIC + 0x80, bytes([0x20]))  # VTPR[7:4] = 2 < threshold 3
+    assert vmx.vmresume().status is not Status.ENTERED and r(vmx, "VM_INSTRUCTION_ERROR") == 7
+    assert "tpr_threshold_above_vtpr" in vmx.last_entry_failure
