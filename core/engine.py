@@ -171,10 +171,10 @@ class SliceTimer:
     per call against 9 us without it, which every exit that leaves the engine (a fault, HLT)
     would pay. One long-lived thread serves every engine of the process (the run loop enters one
     engine at a time); ``emu_start`` runs without the GIL, so the thread gets to run. A stop
-    that arrives after the engine returned is a no-op (measured). As with ``timeout``, a stop
-    that lands in the block that ends in HLT makes that HLT look like the slice's end (the guest
-    then resumes after it, like a spurious wake-up); a code hook would tell them apart but makes
-    the engine's RIP stale in the IN/OUT hooks of that block (measured), so hvsim does not.
+    that arrives after the engine returned is a no-op (measured). A stop that lands in the block
+    that ends in HLT makes the engine return as for the HLT alone: the x86 vCPU tells them apart
+    by an exact-address hook on the HLT (plugins/x86/traps.py, which also keeps RIP right for the
+    IN/OUT/CPUID hooks of such blocks).
     """
 
     def __init__(self) -> None:

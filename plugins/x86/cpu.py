@@ -126,6 +126,7 @@ class X86Vcpu(Vcpu):
         self.nmi_blocked = False  # blocking by NMI: from NMI delivery to the next IRET (SDM 6.7.1)
         self.mtf_pending = False
         self.smis_taken = 0  # SMIs SMM took without an exit (events.boundary)
+        self._hlt_at: int | None = None  # the HLT the engine was about to execute in this stay
         self.activity_hlt = False  # halted by a HLT the VMM does not intercept (activity state HLT)
         self.timer_deadline: float | None = None  # VMX-preemption timer expiry (perf_counter)
         self._in_engine = False
@@ -249,6 +250,7 @@ class X86Vcpu(Vcpu):
                     watch.prescan(rip)
                 self.mmu.pending = None
                 self._in_engine = True
+                self._hlt_at = None
                 self._timer.arm(self._raw._uch, remaining / 1e6)
                 fault = None
                 try:
@@ -281,9 +283,10 @@ class X86Vcpu(Vcpu):
                     self._recheck = False
                     continue
                 at = regs.read(X.UC_X86_REG_RIP)
-                # The slice ran out (a HLT the stop landed behind then counts as the slice's end:
-                # the guest resumes after it, like a spurious wake-up; see core/engine.SliceTimer).
-                if self._timer.expired:
+                # The slice ran out, unless the stop landed in a block that ended with a HLT the
+                # guest executed (its trap hook saw it: RIP is right after it).
+                hlt_ran = self._hlt_at is not None and at == self._hlt_at + 1
+                if self._timer.expired and not hlt_ran:
                     if self.timer_deadline is not None and self.timer_expired():
                         continue
                     break
@@ -695,6 +698,9 @@ class X86Vcpu(Vcpu):
     def _on_sensitive(self, kind: str, rip: int, length: int, info) -> bool | None:
         """A trapped sensitive instruction (plugins/x86/traps.py): RDMSR/WRMSR of an MSR hvsim
         models (and SVM's EFER write trap); any other kind as :meth:`_on_instruction` says."""
+        if kind == "hlt":  # about to halt: the run loop tells a HLT from a slice's end by it
+            self._hlt_at = rip
+            return False
         if kind not in ("rdmsr", "wrmsr"):
             return self._on_instruction(kind, rip, length, info)
         r = self.regs

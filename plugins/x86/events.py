@@ -32,12 +32,8 @@ from hvsim.core.exits import EventType
 
 from . import idt
 from .interruptibility import BLOCKING_BY_MOV_SS, BLOCKING_BY_NMI, BLOCKING_BY_STI, SHADOW
-from .traps import read_code
+from .traps import SETS_IF, read_code  # SETS_IF: the instructions that can open a window
 
-# Instructions after which a blocked event may have become deliverable.
-SETS_IF = frozenset({CX.X86_INS_STI, CX.X86_INS_POPF, CX.X86_INS_POPFD, CX.X86_INS_POPFQ,
-                     CX.X86_INS_IRET, CX.X86_INS_IRETD, CX.X86_INS_IRETQ, CX.X86_INS_SYSRET,
-                     CX.X86_INS_SYSRETQ})
 IRETS = frozenset({CX.X86_INS_IRET, CX.X86_INS_IRETD, CX.X86_INS_IRETQ})
 WATCH_IF, WATCH_IRET = "if", "iret"
 def _disassembler(mode):

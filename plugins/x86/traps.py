@@ -43,7 +43,7 @@ TRAPPABLE = {CX.X86_INS_RDMSR: "rdmsr", CX.X86_INS_WRMSR: "wrmsr", CX.X86_INS_RD
              CX.X86_INS_SGDT: "sgdt", CX.X86_INS_SIDT: "sidt", CX.X86_INS_LGDT: "lgdt",
              CX.X86_INS_LIDT: "lidt", CX.X86_INS_SLDT: "sldt", CX.X86_INS_STR: "str",
              CX.X86_INS_LLDT: "lldt", CX.X86_INS_LTR: "ltr", CX.X86_INS_RDRAND: "rdrand",
-             CX.X86_INS_RDSEED: "rdseed"}
+             CX.X86_INS_RDSEED: "rdseed", CX.X86_INS_HLT: "hlt"}
 # Kinds whose decoded operands (plugins/x86/operands.py) the exit information needs.
 WITH_OPERANDS = frozenset({"lmsw", "smsw", "sgdt", "sidt", "lgdt", "lidt", "sldt", "str", "lldt", "ltr",
                            "rdrand", "rdseed"})
@@ -55,6 +55,17 @@ OPTIONAL = {CX.X86_INS_PUSHF: "pushf", CX.X86_INS_PUSHFD: "pushf", CX.X86_INS_PU
 # Kinds of TRAPPABLE (and MOV DR) that the engine runs correctly itself: hooked, like OPTIONAL,
 # only while some control intercepts them (callgrind: a hooked MOV DR in a loop cost a Python
 # call per iteration even with no intercept set).
+# Instructions after which a blocked event may have become deliverable (events.WindowWatch
+# hooks them while an event waits).
+SETS_IF = frozenset({CX.X86_INS_STI, CX.X86_INS_POPF, CX.X86_INS_POPFD, CX.X86_INS_POPFQ,
+                     CX.X86_INS_IRET, CX.X86_INS_IRETD, CX.X86_INS_IRETQ, CX.X86_INS_SYSRET,
+                     CX.X86_INS_SYSRETQ})
+# Instructions whose engine hooks read RIP (the exit records are per RIP). In a block holding
+# an exact-address code hook, the engine's RIP is that of the last hooked instruction (or the
+# block's start) until the next hook (measured), so these get a hook of their own that only
+# brings RIP up to date.
+READS_RIP = frozenset({CX.X86_INS_IN, CX.X86_INS_OUT, CX.X86_INS_INSB, CX.X86_INS_INSW, CX.X86_INS_INSD,
+                       CX.X86_INS_OUTSB, CX.X86_INS_OUTSW, CX.X86_INS_OUTSD, CX.X86_INS_CPUID})
 ON_DEMAND = frozenset({"mov_to_dr", "mov_from_dr", "clts", "lmsw", "smsw", "sgdt", "sidt", "lgdt", "lidt",
                        "sldt", "str", "lldt", "ltr", "rdrand", "rdseed"})
 
@@ -72,6 +83,12 @@ _LITE = {bits: capstone.Cs(capstone.CS_ARCH_X86, mode)
 # The mnemonics of what _scan traps (MOV to/from CR/DR is told by its operands): _may_trap.
 _TRAP_NAMES = frozenset(_DISASM[64].insn_name(i) for i in TRAPPABLE)
 _OPTIONAL_NAMES = frozenset(_DISASM[64].insn_name(i) for i in OPTIONAL)
+_WATCH_NAMES = frozenset(_DISASM[64].insn_name(i) for i in SETS_IF)
+_READS_RIP_NAMES = frozenset(_DISASM[64].insn_name(i) for i in READS_RIP)
+
+
+def _sync_pc(_uc, _address, _size, _ud) -> None:
+    """A code hook that does nothing: the engine writes RIP before calling it (READS_RIP)."""
 
 
 def mov_cr_operands(raw: bytes) -> tuple[str, int, int] | None:
@@ -112,6 +129,7 @@ class SensitiveTraps:
         self.optional: frozenset[str] = frozenset()  # the OPTIONAL kinds trapped now
         self._hooks: dict[int, int] = {}
         self._scanned: dict[tuple[int, int], bytes] = {}  # (pc, code bits) -> the bytes scanned there
+        self._syncs: dict[int, int] = {}  # READS_RIP instructions in hooked blocks -> their hook
         self._uch = ctypes.c_void_p(uc._uch.value)
         self._buf = ctypes.create_string_buffer(4096 + 16)
         uc.hook_add(UC_HOOK_EDGE_GENERATED, self._on_edge)
@@ -132,9 +150,14 @@ class SensitiveTraps:
         self._scanned[key] = code
         if not self._may_trap(code, pc, bits):
             return False
-        new = False
+        new = hooked = False
+        reading_rip: list[int] = []
         md = _DISASM[bits]
         for insn in md.disasm(code, pc):
+            if insn.id in READS_RIP:
+                reading_rip.append(insn.address)
+            elif insn.id in SETS_IF:
+                hooked = True  # WindowWatch may hook it
             kind, info = TRAPPABLE.get(insn.id), None
             if kind is None and insn.id == CX.X86_INS_MOV:
                 mov = mov_cr_operands(bytes(insn.bytes)) or mov_dr_operands(bytes(insn.bytes))
@@ -156,16 +179,26 @@ class SensitiveTraps:
                 self._hooks[insn.address] = self.uc.hook_add(UC_HOOK_CODE, self._on_site, None,
                                                              insn.address, insn.address)
                 new = True
+            hooked = hooked or insn.address in self._hooks
+        if hooked:
+            for address in reading_rip:
+                if address not in self._syncs:
+                    self._syncs[address] = self.uc.hook_add(UC_HOOK_CODE, _sync_pc, None, address, address)
+                    new = True
         return new
 
     def _may_trap(self, code: bytes, pc: int, bits: int) -> bool:
         """Whether the block holds an instruction _scan may trap, by mnemonic: capstone without
         details decodes ~3.5x faster, and most blocks hold none (measured: 14 us -> 4 us)."""
         names = _TRAP_NAMES if not self.optional else _TRAP_NAMES | _OPTIONAL_NAMES
+        watch = reads_rip = False
         for _address, _size, mnemonic, op_str in _LITE[bits].disasm_lite(code, pc):
+            mnemonic = mnemonic.rpartition(" ")[2]  # "rep outsb": the instruction, not its prefix
             if mnemonic in names or mnemonic == "mov" and ("cr" in op_str or "dr" in op_str):
                 return True
-        return False
+            watch = watch or mnemonic in _WATCH_NAMES
+            reads_rip = reads_rip or mnemonic in _READS_RIP_NAMES
+        return watch and reads_rip  # a window-watch site may be hooked there later
 
     def want_optional(self, kinds: frozenset[str]) -> None:
         """Trap these OPTIONAL kinds from now on; code translated before is translated again
