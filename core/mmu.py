@@ -56,13 +56,15 @@ class Stage2Fault(Exception):
     ``walk`` is True when the access was to a guest paging-structure entry during the stage-1
     walk (or an update of its accessed/dirty bits); ``level`` is the stage-2 level that faulted;
     ``misconfig`` marks an entry the hardware cannot use (EPT misconfiguration); ``syndrome`` is
-    an architecture-specific fault code (NPT: the #PF-style error code).
+    an architecture-specific fault code (NPT: the #PF-style error code); ``pml_full`` marks
+    Intel's page-modification-log-full event (SDM 29.3.6), which is not a translation fault.
     """
 
     def __init__(self, gpa: int, detail: str, *, write: bool = False, fetch: bool = False,
                  allowed: int = 0, walk: bool = False, level: int = 0, misconfig: bool = False,
-                 syndrome: int = 0) -> None:
+                 syndrome: int = 0, pml_full: bool = False) -> None:
         super().__init__(detail)
+        self.pml_full = pml_full
         self.gpa, self.detail, self.write, self.fetch = gpa, detail, write, fetch
         self.allowed, self.walk, self.level, self.misconfig, self.syndrome = allowed, walk, level, misconfig, syndrome
         self.gla: int | None = None  # set by the stage-1 side when a linear address caused it

@@ -11,6 +11,8 @@ execute-only without the capability, reserved bits set, or a reserved memory typ
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import struct
 
 from hvsim.core.memory import WalkStep
@@ -66,6 +68,10 @@ class Ept:
         self.rsvd_high = ((1 << 52) - 1) & ~((1 << maxphyaddr) - 1)
         self.addr_mask = ((1 << maxphyaddr) - 1) & ~0xFFF
         self.cache: dict[int, tuple[int, int, bool]] = {}  # GPA page -> (HPA page, perms, dirty)
+        # Page-modification logging (29.3.6), when the VMM enabled it: called before the walk
+        # sets an accessed or dirty flag, with whether it sets the leaf's dirty flag; it logs the
+        # page, or raises the log-full event.
+        self.pml: Callable[[int, bool], None] | None = None
 
     def translate(self, gpa: int, write: bool = False, fetch: bool = False, walk: bool = False) -> tuple[int, int]:
         """(host-physical address, permissions of the translation) or :class:`Stage2Fault`.
@@ -79,10 +85,12 @@ class Ept:
             hpa, perms, dirty = hit
             need = PERM_X if fetch else (PERM_W if write else PERM_R)
             if perms & need and (dirty or not write):
-                return hpa | (gpa & 0xFFF), perms
+                return hpa | (gpa & 0xFFF), perms if dirty else perms & ~PERM_W
         hpa, perms, dirty = self._walk(gpa, write, fetch, walk, None)
         self.cache[page] = (hpa & ~0xFFF, perms, dirty)
-        return hpa, perms
+        # Until the leaf's dirty flag is set, a write must walk again (and set it): a translation
+        # cached for a read does not allow writes.
+        return hpa, perms if dirty else perms & ~PERM_W
 
     def steps(self, gpa: int) -> tuple[list[WalkStep], int | None, str | None]:
         """The entries a walk of ``gpa`` reads, its result and any fault, without side effects
@@ -130,10 +138,13 @@ class Ept:
         dirty = bool(used[-1][1] & EPT_DIRTY) or write
         if self.ad and not look_only:  # accessed in every entry used, dirty in the leaf (29.3.5)
             last = len(used) - 1
-            for i, (addr, entry) in enumerate(used):
-                new = entry | EPT_ACCESSED | (EPT_DIRTY if write and i == last else 0)
-                if new != entry:
-                    _U64.pack_into(self.host.view, addr, new)
+            updates = [(addr, entry | EPT_ACCESSED | (EPT_DIRTY if write and i == last else 0), entry)
+                       for i, (addr, entry) in enumerate(used)]
+            updates = [(addr, new) for addr, new, entry in updates if new != entry]
+            if updates and self.pml is not None:
+                self.pml(gpa, write and not used[-1][1] & EPT_DIRTY)  # may raise: no flag set then
+            for addr, new in updates:
+                _U64.pack_into(self.host.view, addr, new)
         if not self.ad:
             dirty = True
         return hpa, allowed, dirty

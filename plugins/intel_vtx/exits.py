@@ -38,6 +38,7 @@ EXIT_CAUSES = {
     43: "use TPR shadow: MOV to CR8 below TPR_THRESHOLD (trap-like)", 46: "descriptor-table exiting (LGDT, LIDT, SGDT, SIDT)",
     47: "descriptor-table exiting (LLDT, LTR, SLDT, STR)", 51: "RDTSC exiting with enable RDTSCP", 54: "WBINVD exiting",
     55: "XSETBV (always)", 57: "RDRAND exiting", 58: "enable INVPCID and INVLPG exiting", 61: "RDSEED exiting",
+    62: "enable PML: the PML index left 0-511 when an EPT accessed/dirty flag was to be set",
     63: "enable XSAVES/XRSTORS and the XSS-exiting bitmap", 64: "enable XSAVES/XRSTORS and the XSS-exiting bitmap",
 }
 
@@ -45,6 +46,7 @@ EXIT_REASON_EXCEPTION_NMI = 0
 EXIT_REASON_EXTERNAL_INTERRUPT = 1
 EXIT_REASON_TRIPLE_FAULT = 2
 EXIT_REASON_INIT_SIGNAL = 3
+EXIT_REASON_PML_FULL = 62
 EXIT_REASON_INTERRUPT_WINDOW = 7
 EXIT_REASON_NMI_WINDOW = 8
 EXIT_REASON_MONITOR_TRAP_FLAG = 37
@@ -302,6 +304,9 @@ class VmxVendor(X86Vendor):
         the translation allows in 5:3, whether a linear address caused it in 7 and whether that
         was the final translation (8) rather than a paging-structure access) or an EPT
         misconfiguration (29.3.3.1; no qualification). Both report the guest-physical address."""
+        if fault.pml_full:  # SDM 28.2.1: no qualification but bit 12 (NMI unblocking), no address
+            return Exit(ExitKind.STAGE2_FAULT, "EXIT_REASON_PML_FULL", VmxExitInfo(EXIT_REASON_PML_FULL, 0),
+                        fault.gpa, 0, fault.write, detail=fault.detail)
         if fault.misconfig:
             return Exit(ExitKind.STAGE2_FAULT, "EXIT_REASON_EPT_MISCONFIG",
                         VmxExitInfo(EXIT_REASON_EPT_MISCONFIG, 0, None, 0, fault.gpa),

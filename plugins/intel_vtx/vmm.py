@@ -22,6 +22,7 @@ import time
 
 from unicorn import x86_const as X
 
+from hvsim.core.mmu import Stage2Fault
 from hvsim.plugins.x86 import paging
 from hvsim.plugins.x86.traps import ON_DEMAND
 from hvsim.plugins.x86.events import EventControls
@@ -254,10 +255,25 @@ class VmxGuestContext:
                 ept = self._epts[eptp] = Ept(self.vcpu.vm.host, eptp, self.vmx.caps.ept_vpid_cap,
                                              self.vmx.caps.maxphyaddr)
             mmu.stage2, mmu.tag = ept, (vpid, ept.root)
+            ept.pml = self._pml if proc2 & msrs.SECONDARY_EXEC_ENABLE_PML and ept.ad else None
         else:
             mmu.stage2, mmu.tag = None, (vpid, None)
         if vpid == 0:
             mmu.tlb.invalidate(match=lambda tag: tag[0] == 0)
+
+    def _pml(self, gpa: int, dirtied: bool) -> None:
+        """Page-modification logging (SDM 29.3.6): before the processor sets an accessed or
+        dirty flag for EPT, a PML index outside 0-511 is a page-modification-log-full event (a VM
+        exit; no flag is set, the access does not happen). When it sets a dirty flag, the page's
+        guest-physical address goes to PML_ADDRESS + 8 * index and the index decrements."""
+        v = self._values
+        index = v.get(Field.GUEST_PML_INDEX, 0)
+        if index > 511:
+            raise Stage2Fault(gpa, f"page-modification log full: PML index {index} is outside 0-511",
+                              write=dirtied, pml_full=True)
+        if dirtied:
+            self.vcpu.vm.host.write(v[Field.PML_ADDRESS] + 8 * index, (gpa & ~0xFFF).to_bytes(8, "little"))
+            v[Field.GUEST_PML_INDEX] = (index - 1) & 0xFFFF
 
     # -- INVEPT / INVVPID reach the TLB model (SDM 29.4.3.1) ------------------------------------
     def invept(self, type_: int, eptp: int) -> None:
