@@ -57,7 +57,7 @@ class Npt:
         if hit is not None:
             hpa, perms, dirty = hit
             if perms & need and (dirty or not write):
-                return hpa | (gpa & 0xFFF), perms
+                return hpa | (gpa & 0xFFF), perms if dirty else perms & ~PERM_W
         access = Access.USER | (Access.EXECUTE if fetch else Access.WRITE if write else Access.READ)
         try:
             w = paging.walk(gpa, access, HOST_CR0, self.ncr3, HOST_CR4, HOST_EFER, 3,
@@ -70,7 +70,8 @@ class Npt:
                               syndrome=w.error_code)
         perms = PERM_R | (PERM_W if w.writable else 0) | (PERM_X if w.executable else 0)
         self.cache[page] = (w.address & ~0xFFF, perms, w.dirty)
-        return w.address, perms
+        # Until the nested leaf's dirty bit is set, a write must walk again (and set it).
+        return w.address, perms if w.dirty else perms & ~PERM_W
 
     def steps(self, gpa: int) -> tuple[list[WalkStep], int | None, str | None]:
         """The entries a walk of ``gpa`` reads, its result and any fault, without side effects."""
