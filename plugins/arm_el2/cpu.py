@@ -67,7 +67,7 @@ from . import el2, exceptions, layout, stage1, sysregs
 from .exits import (ESR_ELx_EC_HVC64, ESR_ELx_EC_ILL, ESR_ELx_EC_SERROR, ESR_ELx_EC_SMC64, WFI_RECORD,
                     El2Record, esr)
 from .mmio import MmioTrap
-from .mmu import UNTIL, Arm64Mmu, Stage1Abort, deliver_stage1, stage2_exit
+from .mmu import UNTIL, Arm64Mmu, Stage1Abort, deliver_stage1, run_end_abort, stage2_exit
 from .tlbi import MaintenanceSites
 from .timer import Timers
 from .traps import SysregTraps
@@ -239,7 +239,7 @@ class Arm64Vcpu(Vcpu):
         e = self.el2
         e.record = record
         e._ELR_EL2 = elr
-        e._SPSR_EL2 = self.regs.read(UC_ARM64_REG_PSTATE)
+        e._SPSR_EL2 = self.regs.read(UC_ARM64_REG_PSTATE) & 0xFFFF_FFFF  # a 32-bit read into a 64-bit buffer
 
     # -- the generic timer ---------------------------------------------------------------------
     def timer_changed(self) -> None:
@@ -413,6 +413,10 @@ class Arm64Vcpu(Vcpu):
                         return None
                 elif not self._on_error(error):
                     return None
+            elif regs.read(UC_ARM64_REG_PC) == UNTIL:  # the guest branched to emu_start's end
+                if not run_end_abort(self, UNTIL):
+                    self.vm.crash(f"instruction fetch from {UNTIL:#x} faults and so would its vector")
+                    return None
             elif mmio.discovering:  # mmio stopped the engine to learn an instruction's PC
                 mmio.finish_discovery()
                 mmio.install_pending()
@@ -514,7 +518,7 @@ class Arm64Vcpu(Vcpu):
                         args = hvc[pc_buf.value] = vcpu._hypercall(pc_buf.value)
                     vcpu.smccc_x0 = x0_buf.value
                     # ELR_EL2: an HVC's preferred return is the next instruction, where PC is.
-                    el2regs.record, el2regs._ELR_EL2, el2regs._SPSR_EL2 = args[2], pc_buf.value, pstate_buf.value
+                    el2regs.record, el2regs._ELR_EL2, el2regs._SPSR_EL2 = args[2], pc_buf.value, pstate_buf.value & 0xFFFF_FFFF
                     dispatch(vcpu, Exit(*args))
                 elif intno == excp_smc and vcpu.tsc and exceptions.current_el(
                         vcpu.regs.read(UC_ARM64_REG_PSTATE)) == 1:
@@ -523,7 +527,7 @@ class Arm64Vcpu(Vcpu):
                     vcpu.smccc_x0 = x0_buf.value
                     args = vcpu._smc(pc_buf.value)
                     # ELR_EL2: a trapped SMC's preferred return is the SMC itself.
-                    el2regs.record, el2regs._ELR_EL2, el2regs._SPSR_EL2 = args[2], pc_buf.value - 4, pstate_buf.value
+                    el2regs.record, el2regs._ELR_EL2, el2regs._SPSR_EL2 = args[2], pc_buf.value - 4, pstate_buf.value & 0xFFFF_FFFF
                     dispatch(vcpu, Exit(*args))
                 else:
                     vcpu.mmio.forget()
@@ -568,7 +572,9 @@ class Arm64Vcpu(Vcpu):
                           f"{self.regs.read(UC_ARM64_REG_VBAR_EL1):#x})")
             return False
         self.mmio.forget()
-        self._dispatch(self, stage2_exit(self, fault))
+        exit = stage2_exit(self, fault)
+        self.take_trap(exit.raw, pc)  # ELR_EL2: the faulting instruction, retried after the handler
+        self._dispatch(self, exit)
         return self.vm.status is None
 
     def _on_error(self, error: UcError) -> bool:

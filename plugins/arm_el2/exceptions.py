@@ -69,7 +69,9 @@ def take_exception(vcpu, kind: int, elr: int, esr: int | None = None,
                    far: int | None = None) -> int:
     """Enter the guest's EL1 handler for ``kind`` (SYNC/IRQ/FIQ/SERROR); returns the vector."""
     regs = vcpu.regs
-    pstate = regs.read(UC_ARM64_REG_PSTATE)
+    # PSTATE reads fill 32 bits of FastRegs' reused 64-bit buffer (measured): SPSR_EL1's
+    # upper half is RES0, not the last register read
+    pstate = regs.read(UC_ARM64_REG_PSTATE) & 0xFFFF_FFFF
     sp = regs.read(UC_ARM64_REG_SP)  # the live SP is the banked one PSTATE.SP selects
     regs.write(UC_ARM64_REG_SP_EL1 if (pstate & 1 and current_el(pstate)) else UC_ARM64_REG_SP_EL0, sp)
     regs.write(UC_ARM64_REG_ELR_EL1, elr)
@@ -97,6 +99,13 @@ def on_exception(vcpu, intno: int) -> None:
         imm16 = (vcpu.read_insn(pc - 4) >> 5) & 0xFFFF
         take_exception(vcpu, SYNC, pc, e.esr(e.ESR_ELx_EC_SVC64, imm16))
     elif intno == EXCP_UDEF:
+        from .mmu import in_run_end_pages, run_end_abort
+
+        if in_run_end_pages(pc):  # hvsim's private page, never the guest's memory
+            if not run_end_abort(vcpu, pc):
+                vcpu.vm.crash(f"instruction fetch from {pc:#x} faults and so would its vector")
+                vcpu.request_stop()
+            return
         take_exception(vcpu, SYNC, pc, e.esr(e.ESR_ELx_EC_UNKNOWN))
     elif intno == EXCP_BKPT:
         imm16 = (vcpu.read_insn(pc) >> 5) & 0xFFFF

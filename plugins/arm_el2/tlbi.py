@@ -18,11 +18,13 @@ import ctypes
 import struct
 
 from unicorn import UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED, UC_PROT_EXEC
-from unicorn.arm64_const import UC_ARM64_REG_PAR_EL1
+from unicorn.arm64_const import UC_ARM64_REG_PAR_EL1, UC_ARM64_REG_PC
 
 from hvsim.core.engine import HOOK_CODE, _lib
+from hvsim.core.exits import Exit, ExitKind
 
 from . import sysregs as sr
+from .exits import ESR_ELx_CM, ESR_ELx_EC_DABT_LOW, ESR_ELx_S1PTW, ESR_ELx_WNR, El2Record, esr, hpfar
 from .mmu import TLBI_OPS
 from .traps import EDGE_CB, on_new_block
 
@@ -80,11 +82,32 @@ class MaintenanceSites:
                 if kind == "tlbi":
                     vcpu.mmu.on_guest_tlbi(what, vcpu.xreg_zr(rt))
                 elif kind == "at":
-                    owner._at = (address, what, vcpu.xreg_zr(rt))
+                    va = vcpu.xreg_zr(rt)
+                    if not owner._at_stage2_abort(address, what, va):
+                        owner._at = (address, what, va)
             except BaseException as exc:  # noqa: BLE001 (re-raised by the vCPU's run)
                 fail(exc)
 
         return on_site
+
+    def _at_stage2_abort(self, address: int, op2: int, va: int) -> bool:
+        """AT S1E1R/W, S1E0R/W executed at EL1 whose stage-1 walk faults at stage 2: not a
+        PAR_EL1 result but a Data Abort to EL2 (as QEMU's do_ats_write, per the Arm ARM's
+        rules for address translation instructions): ESR_EL2 EC 0x24 with CM, S1PTW and WnR
+        set and the stage-2 DFSC, FAR_EL2 = the VA, HPFAR_EL2 = the descriptor's IPA, ELR_EL2 =
+        the AT. The AT runs again after the handler unless it moved the guest on."""
+        vcpu = self.vcpu
+        fault = vcpu.mmu.at_stage2_fault(op2, va)
+        if fault is None:
+            return False
+        rec = El2Record(esr(ESR_ELx_EC_DABT_LOW, ESR_ELx_CM | ESR_ELx_S1PTW | ESR_ELx_WNR | (fault.syndrome & 0x3F)),
+                        va, hpfar(fault.gpa))
+        vcpu.take_trap(rec, address)
+        vcpu.vm.dispatch(vcpu, Exit(ExitKind.STAGE2_FAULT, "ESR_ELx_EC_DABT_LOW", rec, fault.gpa, 0, False, None,
+                                    detail=f"{fault.detail} on the stage-1 walk of AT for {va:#x}"))
+        if vcpu.vm.status is None and vcpu.regs.read(UC_ARM64_REG_PC) == address:
+            vcpu.regs.write(UC_ARM64_REG_PC, address)  # retried, as after any stage-2 abort
+        return True
 
     def _after_at_hook(self):
         """At the instruction after an AT: the engine's PAR_EL1 is replaced by hvsim's."""

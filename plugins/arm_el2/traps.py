@@ -482,7 +482,7 @@ class SysregTraps:
             read2(uch, ids, ptrs, 2)
             el2regs.record = record
             el2regs._ELR_EL2 = pc = pc_buf.value
-            el2regs._SPSR_EL2 = pstate_buf.value
+            el2regs._SPSR_EL2 = pstate_buf.value & 0xFFFF_FFFF
             return pc
 
         return take
@@ -508,7 +508,7 @@ class SysregTraps:
                     read2(uch, ids, ptrs, 2)  # the trap record, inline: this is the hot path
                     el2regs.record = args[0]
                     el2regs._ELR_EL2 = pc = pc_buf.value
-                    el2regs._SPSR_EL2 = pstate_buf.value
+                    el2regs._SPSR_EL2 = pstate_buf.value & 0xFFFF_FFFF
                     exit = Exit(kind, REASON, args[0], args[1], 8, False, None)
                     dispatch(vcpu, exit)
                     if exit.value is not None:
@@ -556,7 +556,7 @@ class SysregTraps:
                     read2(uch, ids, ptrs, 2)
                     el2regs.record = args[0]
                     el2regs._ELR_EL2 = pc = pc_buf.value
-                    el2regs._SPSR_EL2 = pstate_buf.value
+                    el2regs._SPSR_EL2 = pstate_buf.value & 0xFFFF_FFFF
                     exit = Exit(kind, REASON, args[0], args[1], 8, True, value)
                     dispatch(vcpu, exit)
                     if exit.value != value:
