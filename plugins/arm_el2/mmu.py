@@ -142,6 +142,22 @@ class Arm64Mmu:
                               fetch=fetch, walk=walk, syndrome=0x00)
         return pa, perms
 
+    def stage2_lookup(self, ipa: int, access: Access) -> int | None:
+        """``hvsim_stage2_translate`` on arm64: the physical address stage 2 (VTTBR_EL2 and
+        VTCR_EL2 as programmed, or the RAM slots with HCR_EL2.VM clear) gives ``ipa`` for
+        ``access`` (Access.USER: at EL0, for XN), or None where the guest's access would be a
+        stage-2 abort. Looks only: nothing cached, no Access flag set."""
+        access = int(access)
+        write, fetch = bool(access & int(Access.WRITE)), bool(access & int(Access.EXECUTE))
+        s2 = (self._ctx or self._context())[6]
+        try:
+            if s2 is None:
+                return self.ipa_to_pa(ipa, write, fetch, s2=None)[0]
+            pa = s2._walk(ipa, write, fetch, False, bool(access & _USER), None, look_only=True)[0]
+        except Stage2Fault:
+            return None
+        return pa if pa < self.host.size else None
+
     def _walker(self, s2, el0: bool, look_only: bool):
         view, u64, cache = self.host.view, _U64, self.walk_cache
 
