@@ -292,8 +292,14 @@ class El2Regs:
     hypervisor's ERET). The trap record, ESR_EL2 / FAR_EL2 / HPFAR_EL2 (``record``, an
     :class:`.exits.El2Record`) and ELR_EL2 / SPSR_EL2 (the trapping instruction's address as
     the Arm ARM gives the preferred return, and the guest's PSTATE then), is written by the
-    vCPU on every trap, before the exit handler runs; a handler moves the guest by writing its
-    PC, not ELR_EL2 (hvsim's ERET returns to the guest's own PC).
+    vCPU on every trap, before the exit handler runs. After the handler hvsim completes the
+    trapped instruction as KVM would (an HVC or WFE continues after it, an emulated MRS/MSR is
+    performed, a stage-2 abort is retried); a handler that writes ELR_EL2 or SPSR_EL2 sets up
+    the hypervisor's ERET instead: the guest resumes at ELR_EL2 with PSTATE = SPSR_EL2 (to
+    skip an aborting instruction, ``el2.ELR_EL2 += 4``). For HVC, SMC, WFI, WFE, FP/SIMD, AT
+    and stage-2 aborts; a SYSREG (MRS/MSR/SYS) handler's write ends the run with one line, as
+    its hook runs inside a translated block that would go on regardless; MMIO exits complete
+    the access inside the engine.
 
     The guest's EL1 system registers (SCTLR_EL1, TTBR0_EL1, VBAR_EL1 ...) are not here: they
     live in the vCPU's engine (``vcpu.sysregs``), which only the guest and trapped-access

@@ -87,6 +87,21 @@ def take_exception(vcpu, kind: int, elr: int, esr: int | None = None,
     return vector
 
 
+def exception_return(vcpu, spsr: int) -> None:
+    """PSTATE = ``spsr`` as an ERET sets it (``AArch64.ExceptionReturn``): the stack pointer
+    the old mode used is saved to its bank (SP_EL0 or SP_EL1) and the new mode's is loaded,
+    which Unicorn does not do on a PSTATE write; ends with a system register write so Unicorn's
+    cached state follows (as :func:`take_exception`)."""
+    regs = vcpu.regs
+    pstate = regs.read(UC_ARM64_REG_PSTATE) & 0xFFFF_FFFF
+    sp = regs.read(UC_ARM64_REG_SP)
+    regs.write(UC_ARM64_REG_SP_EL1 if (pstate & 1 and current_el(pstate)) else UC_ARM64_REG_SP_EL0, sp)
+    regs.write(UC_ARM64_REG_PSTATE, spsr & 0xFFFF_FFFF)
+    regs.write(UC_ARM64_REG_SP, regs.read(UC_ARM64_REG_SP_EL1 if (spsr & 1 and current_el(spsr))
+                                          else UC_ARM64_REG_SP_EL0))
+    vcpu.sysregs.write(SPSR_EL1, vcpu.sysregs.read(SPSR_EL1))
+
+
 def _abort_ec(pstate: int, lower: int, current: int) -> int:
     return lower if current_el(pstate) == 0 else current
 

@@ -105,7 +105,7 @@ class MaintenanceSites:
         vcpu.take_trap(rec, address)
         vcpu.vm.dispatch(vcpu, Exit(ExitKind.STAGE2_FAULT, "ESR_ELx_EC_DABT_LOW", rec, fault.gpa, 0, False, None,
                                     detail=f"{fault.detail} on the stage-1 walk of AT for {va:#x}"))
-        if vcpu.vm.status is None and vcpu.regs.read(UC_ARM64_REG_PC) == address:
+        if vcpu.vm.status is None and not vcpu.redirected:
             vcpu.regs.write(UC_ARM64_REG_PC, address)  # retried, as after any stage-2 abort
         return True
 

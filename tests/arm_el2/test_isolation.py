@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 
-from unicorn.arm64_const import UC_ARM64_REG_PC
-
 from el2guest import LOG, SYSTEM_OFF, guest, log_records, w0
 from hvsim import hookimpl
 from hvsim.core.exits import ExitKind
@@ -57,7 +55,7 @@ class RefusingVmm:
         def on_stage2(vcpu, exit):
             rec = exit.raw
             self.aborts.append((rec.ESR_EL2, rec.FAR_EL2, rec.HPFAR_EL2))
-            vcpu.regs.write(UC_ARM64_REG_PC, vcpu.el2.ELR_EL2 + 4)
+            vcpu.el2.ELR_EL2 += 4  # the hypervisor's ERET skips the aborting instruction
 
         def on_hvc(vcpu, exit):
             if vcpu.smccc_x0 & 0xFFFF_FFFF != HVC_REVOKE:
