@@ -7,8 +7,9 @@ SCTLR_EL1, TCR_EL1, TTBR0_EL1 and TTBR1_EL1 run natively in the engine; the mode
 the next fill read the translation context again; an AT S1E1R/W or S1E0R/W gets its PAR_EL1
 from hvsim's walk (hooked at the instruction and the next one). Each such instruction is found when Unicorn
 translates its block (``UC_HOOK_EDGE_GENERATED``, once per translation; :meth:`prescan` for
-the block ``emu_start`` begins with) and gets a ``UC_HOOK_CODE`` bounded to its own address,
-as :mod:`.traps` does for trapped MRS/MSR: no hook runs anywhere else. A block whose new sites
+the block ``emu_start`` begins with) and gets a ``UC_HOOK_CODE`` bounded to its own address
+(MSR DAIFClr and MSR DAIF one at the next instruction, where a pending virtual interrupt they
+unmask is taken), as :mod:`.traps` does for trapped MRS/MSR: no hook runs anywhere else. A block whose new sites
 were hooked after it was translated is dropped and PC rewritten so it does not run stale.
 """
 
@@ -37,6 +38,11 @@ CONTEXT_REGS = frozenset((sr.SCTLR_EL1, sr.TCR_EL1, sr.TTBR0_EL1, sr.TTBR1_EL1))
 
 
 AT_OPS = {0: "S1E1R", 1: "S1E1W", 2: "S1E0R", 3: "S1E0W"}  # AT: SYS #0, C7, C8, #op2
+# Unmasking (C5.2 "DAIF"; C6.2 "MSR (immediate)"): MSR DAIFClr, #imm is 1101 0101 0000 0011
+# 0100 CRm 111 11111; MSR DAIF, Xt is the register form of (3, 3, 4, 2, 1).
+MSR_DAIFCLR = 0xD503_40FF
+_WFI = (0xD503_207F).to_bytes(4, "little")
+DAIF = (3, 3, 4, 2, 1)
 
 
 def decode_site(word: int):
@@ -51,7 +57,11 @@ def decode_site(word: int):
         return ("tlbi", key, word & 31) if crn == 8 and key in TLBI_OPS else None
     if word & 0xFFF0_0000 == 0xD510_0000:
         enc = (2 + (word >> 19 & 1), word >> 16 & 7, word >> 12 & 15, word >> 8 & 15, word >> 5 & 7)
+        if enc == DAIF:
+            return ("unmask", enc, word & 31)
         return ("msr", enc, word & 31) if enc in CONTEXT_REGS else None
+    if word & 0xFFFF_F0FF == MSR_DAIFCLR and word >> 8 & 0b0111:  # clears A, I or F
+        return ("unmask", None, 31)
     return None
 
 
@@ -66,8 +76,10 @@ class MaintenanceSites:
         self._buf = ctypes.create_string_buffer(_MAX_BLOCK)
         self._at: tuple[int, int, int] | None = None  # (address, op2, VA) of the AT about to run
         self._after: dict[int, int] = {}  # address after an AT -> hook handle
-        self._callbacks = {"tlbi": self._code_hook(), "msr": self._msr_hook(), "at": self._code_hook()}
+        self._callbacks = {"tlbi": self._code_hook(), "msr": self._msr_hook(), "at": self._code_hook(),
+                           "unmask": self._msr_hook()}
         self._after_at = self._after_at_hook()
+        self._after_unmask = self._after_unmask_hook()
         vcpu.hooks.add(UC_HOOK_EDGE_GENERATED, EDGE_CB, on_new_block(vcpu, self._scan))
 
     def _code_hook(self):
@@ -123,6 +135,31 @@ class MaintenanceSites:
 
         return on_after
 
+    def _next_is_wfi(self, address: int) -> bool:
+        mmu = self.vcpu.mmu
+        pending = mmu.pending  # a refused fill here must not leave a fault for the run loop
+        try:
+            return self.vcpu.read_code(address + 4, 4) == _WFI
+        finally:
+            mmu.pending = pending
+
+    def _after_unmask_hook(self):
+        """At the instruction after MSR DAIFClr / MSR DAIF: a virtual interrupt pending while
+        PSTATE masked it (HCR_EL2.VI/VF/VSE, or one injected) is taken now, with ELR_EL1 = this
+        instruction, not at the next entry into the guest (D1.3.6). Not after an unmask that a
+        WFI follows (the ``msr daifclr; wfi`` idle idiom): the WFI completes at once, as an
+        interrupt is pending, and the interrupt is taken after it."""
+        vcpu, fail = self.vcpu, self.vcpu.hooks.fail
+
+        def on_after(_uch, _address, _size, _ud):
+            try:
+                if vcpu.events:
+                    vcpu.deliver_pending()
+            except BaseException as exc:  # noqa: BLE001
+                fail(exc)
+
+        return on_after
+
     def _msr_hook(self):
         mmu = self.vcpu.mmu
 
@@ -155,8 +192,11 @@ class MaintenanceSites:
                 self._handles[address] = self.vcpu.hooks.add(UC_HOOK_CODE, HOOK_CODE, self._callbacks[site[0]],
                                                              address, address)
                 new = True
-            if site[0] == "at" and address + 4 not in self._after:
-                self._after[address + 4] = self.vcpu.hooks.add(UC_HOOK_CODE, HOOK_CODE, self._after_at,
+            if site[0] == "unmask" and self._next_is_wfi(address):
+                continue  # WFI completes at once with an interrupt pending; it is taken after it
+            if site[0] in ("at", "unmask") and address + 4 not in self._after:
+                after = self._after_at if site[0] == "at" else self._after_unmask
+                self._after[address + 4] = self.vcpu.hooks.add(UC_HOOK_CODE, HOOK_CODE, after,
                                                                address + 4, address + 4)
                 new = True
         return new
