@@ -176,11 +176,14 @@ HCR_EL2_DEFAULT = (HCR_GUEST_FLAGS | HCR_FWB | HCR_TID2) & ~HCR_TWE
 # CPTR_EL2 with HCR_EL2.E2H == 0 (D23.2 "CPTR_EL2"): RES1 bits 13, 12 (no SME), 9, 7:0.
 CPTR_EL2_TFP = 1 << 10  # trap FP / Advanced SIMD (EC 0x07)
 CPTR_EL2_TZ = 1 << 8
+# TTA traps the System-register interface of the trace unit (op0 2, op1 1): the engine's CPU
+# implements none (MRS TRCPRGCTLR is UNDEFINED, measured), so TTA is kept with nothing to trap;
+# TAM is RES0 as the CPU has no activity monitors (ID_AA64PFR0_EL1.AMU [47:44] reads 0).
 CPTR_EL2_TTA = 1 << 20
 CPTR_EL2_TAM = 1 << 30
 CPTR_EL2_TCPAC = 1 << 31
 CPTR_EL2_RES1 = 0x32FF
-CPTR_EL2_RES0 = ~(CPTR_EL2_RES1 | CPTR_EL2_TFP | CPTR_EL2_TZ | CPTR_EL2_TTA | CPTR_EL2_TAM
+CPTR_EL2_RES0 = ~(CPTR_EL2_RES1 | CPTR_EL2_TFP | CPTR_EL2_TZ | CPTR_EL2_TTA
                   | CPTR_EL2_TCPAC) & 0xFFFF_FFFF_FFFF_FFFF
 CPTR_EL2_DEFAULT = CPTR_EL2_RES1  # KVM traps nothing by default for a guest that may use FP
 

@@ -120,3 +120,17 @@ def test_an_spsr_el2_naming_el2_ends_the_run_as_an_illegal_exception_return(eret
     vm = eret_vm(guest(f"{w0(HVC_BAD_SPSR)}\nhvc #0\n{SYSTEM_OFF}"))
     result = vm.run(timeout=5)
     assert result.status == STATUS_GUEST_CRASH and "illegal exception return" in result.reason
+
+
+def test_cptr_el2_tam_is_res0_and_tta_leaves_the_missing_trace_registers_undefined(arm_vm, recorder):
+    """No FEAT_AMUv1 (ID_AA64PFR0_EL1.AMU = 0): CPTR_EL2.TAM is RES0. TTA traps accesses to the
+    implemented trace registers; the CPU has no System-register trace interface, so an MRS of
+    TRCPRGCTLR (S2_1_C0_C1_0) stays UNDEFINED at the guest's EL1 (EC 0x00), with no exit."""
+    vm = arm_vm(guest(f"adr x20, after\nmrs x5, s2_1_c0_c1_0\nafter:\n{SYSTEM_OFF}"))
+    cptr = vm.vcpus[0].el2
+    cptr.CPTR_EL2 |= el2.CPTR_EL2_TAM | el2.CPTR_EL2_TTA
+    assert not cptr.CPTR_EL2 & el2.CPTR_EL2_TAM and cptr.CPTR_EL2 & el2.CPTR_EL2_TTA
+    assert vm.run(timeout=5).status == STATUS_OFF
+    [(vector, esr_el1, *_rest)] = log_records(vm, 1)
+    assert (vector, esr_el1 >> 26) == (0x200, 0x00)
+    assert not recorder.of(ExitKind.SYSREG)
