@@ -135,7 +135,9 @@ def _paging(arch: str, paging: str) -> dict:
     if paging == "nested":
         return {}
     if arch == "arm_el2":
-        raise HvsimError("--paging shadow is for x86: Arm's EL2 always has stage 2 (see docs/memory.md)")
+        raise HvsimError("--paging shadow does not apply to arm_el2: an EL1 guest's stage-1 faults are taken to "
+                         "its own EL1 vectors and no EL2 control traps them, so a VMM cannot fill shadow tables "
+                         "on demand; stage 2 is always there instead (see docs/memory.md)")
     return {"paging": "shadow"}
 
 

@@ -130,3 +130,14 @@ def hvsim_stage1_walk(vcpu, address, access):
     if isinstance(vcpu, Arm64Vcpu):
         return vcpu.stage1_walk(address, access)
     return None
+
+
+@hookimpl(wrapper=True, specname="hvsim_stage2_translate")
+def stage2_translate(vm, gpa, access):
+    """On arm_el2 the answer is stage 2's (:meth:`.mmu.Arm64Mmu.stage2_lookup`, vCPU 0's
+    VTTBR_EL2/VTCR_EL2): what the guest's own accesses get, so an IPA stage 2 leaves unmapped
+    or forbids for ``access`` is None even where the VM has RAM (the core's memslot answer)."""
+    result = yield
+    if vm.arch.name != ArmEl2Arch.name or not vm.vcpus:
+        return result
+    return vm.vcpus[0].mmu.stage2_lookup(gpa, access)

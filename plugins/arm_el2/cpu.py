@@ -67,7 +67,7 @@ from . import el2, exceptions, layout, stage1, sysregs
 from .exits import (ESR_ELx_EC_HVC64, ESR_ELx_EC_ILL, ESR_ELx_EC_SERROR, ESR_ELx_EC_SMC64, WFI_RECORD,
                     El2Record, esr)
 from .mmio import MmioTrap
-from .mmu import UNTIL, Arm64Mmu, Stage1Abort, deliver_stage1, stage2_exit
+from .mmu import UNTIL, Arm64Mmu, Stage1Abort, deliver_stage1, run_end_abort, stage2_exit
 from .tlbi import MaintenanceSites
 from .timer import Timers
 from .traps import SysregTraps
@@ -152,6 +152,7 @@ class Arm64Vcpu(Vcpu):
         self.wfi_wait = False  # in WFI with a timer armed: run() waits for it (see _wait)
         self._yield = False  # a trapped WFE gave the slice up
         self._entry_error = ""  # why the next ERET to EL1 cannot happen (HCR_EL2.TGE)
+        self.redirected = False  # the handler of the current trap wrote ELR_EL2 / SPSR_EL2
         self._slice_end_ns = 0
         # VPIDR_EL2 / VMPIDR_EL2 reset to the CPU's MIDR_EL1 and this vCPU's MPIDR (D23.2).
         self.el2 = el2.El2Regs(None, vpidr=sys.read(sysregs.MIDR_EL1), vmpidr=layout.mpidr(index))
@@ -188,6 +189,9 @@ class Arm64Vcpu(Vcpu):
             return
         if name == "VMPIDR_EL2":
             self.sysregs.write(sysregs.VMPIDR_EL2, e.VMPIDR_EL2)
+            return
+        if name in ("ELR_EL2", "SPSR_EL2"):
+            self._exception_return(name)
             return
         if name == "CNTVOFF_EL2":
             self.sysregs.write(sysregs.CNTVOFF_EL2, e.CNTVOFF_EL2)
@@ -233,13 +237,33 @@ class Arm64Vcpu(Vcpu):
                 else:
                     self._virtual_lines(self.el2.HCR_EL2)
 
+    def _exception_return(self, name: str) -> None:
+        """The hypervisor wrote ELR_EL2 or SPSR_EL2 while handling a trap: its ERET returns
+        there (D1.11 "Exception return": PC = ELR_EL2, PSTATE = SPSR_EL2), so the guest resumes
+        at once at the new address / in the new state, instead of where hvsim would complete the
+        trapped instruction. SPSR_EL2.M must name EL0t, EL1t or EL1h in AArch64; any other
+        value is an illegal exception return hvsim cannot model (there is no EL2 code to run):
+        the run ends with one line."""
+        e, regs = self.el2, self.regs
+        self.redirected = True
+        if name == "ELR_EL2":
+            regs.write(UC_ARM64_REG_PC, e.ELR_EL2)
+            return
+        spsr = e.SPSR_EL2
+        if spsr & 0x1F not in (0b00000, 0b00100, 0b00101):
+            self.vm.crash(f"SPSR_EL2.M = {spsr & 0x1F:#07b}: an exception return to that mode is an illegal "
+                          f"exception return (Arm ARM D1.11.5); hvsim's guests run at EL1 or EL0 in AArch64")
+            return
+        exceptions.exception_return(self, spsr)
+
     def take_trap(self, record: El2Record, elr: int) -> None:
         """A trap to EL2: ESR_EL2/FAR_EL2/HPFAR_EL2 from ``record``, ELR_EL2 = ``elr``,
         SPSR_EL2 = the guest's PSTATE."""
         e = self.el2
+        self.redirected = False
         e.record = record
         e._ELR_EL2 = elr
-        e._SPSR_EL2 = self.regs.read(UC_ARM64_REG_PSTATE)
+        e._SPSR_EL2 = self.regs.read(UC_ARM64_REG_PSTATE) & 0xFFFF_FFFF  # a 32-bit read into a 64-bit buffer
 
     # -- the generic timer ---------------------------------------------------------------------
     def timer_changed(self) -> None:
@@ -413,6 +437,10 @@ class Arm64Vcpu(Vcpu):
                         return None
                 elif not self._on_error(error):
                     return None
+            elif regs.read(UC_ARM64_REG_PC) == UNTIL:  # the guest branched to emu_start's end
+                if not run_end_abort(self, UNTIL):
+                    self.vm.crash(f"instruction fetch from {UNTIL:#x} faults and so would its vector")
+                    return None
             elif mmio.discovering:  # mmio stopped the engine to learn an instruction's PC
                 mmio.finish_discovery()
                 mmio.install_pending()
@@ -514,7 +542,8 @@ class Arm64Vcpu(Vcpu):
                         args = hvc[pc_buf.value] = vcpu._hypercall(pc_buf.value)
                     vcpu.smccc_x0 = x0_buf.value
                     # ELR_EL2: an HVC's preferred return is the next instruction, where PC is.
-                    el2regs.record, el2regs._ELR_EL2, el2regs._SPSR_EL2 = args[2], pc_buf.value, pstate_buf.value
+                    vcpu.redirected = False
+                    el2regs.record, el2regs._ELR_EL2, el2regs._SPSR_EL2 = args[2], pc_buf.value, pstate_buf.value & 0xFFFF_FFFF
                     dispatch(vcpu, Exit(*args))
                 elif intno == excp_smc and vcpu.tsc and exceptions.current_el(
                         vcpu.regs.read(UC_ARM64_REG_PSTATE)) == 1:
@@ -523,7 +552,8 @@ class Arm64Vcpu(Vcpu):
                     vcpu.smccc_x0 = x0_buf.value
                     args = vcpu._smc(pc_buf.value)
                     # ELR_EL2: a trapped SMC's preferred return is the SMC itself.
-                    el2regs.record, el2regs._ELR_EL2, el2regs._SPSR_EL2 = args[2], pc_buf.value - 4, pstate_buf.value
+                    vcpu.redirected = False
+                    el2regs.record, el2regs._ELR_EL2, el2regs._SPSR_EL2 = args[2], pc_buf.value - 4, pstate_buf.value & 0xFFFF_FFFF
                     dispatch(vcpu, Exit(*args))
                 else:
                     vcpu.mmio.forget()
@@ -568,7 +598,9 @@ class Arm64Vcpu(Vcpu):
                           f"{self.regs.read(UC_ARM64_REG_VBAR_EL1):#x})")
             return False
         self.mmio.forget()
-        self._dispatch(self, stage2_exit(self, fault))
+        exit = stage2_exit(self, fault)
+        self.take_trap(exit.raw, pc)  # ELR_EL2: the faulting instruction, retried after the handler
+        self._dispatch(self, exit)
         return self.vm.status is None
 
     def _on_error(self, error: UcError) -> bool:

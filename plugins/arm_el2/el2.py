@@ -176,11 +176,14 @@ HCR_EL2_DEFAULT = (HCR_GUEST_FLAGS | HCR_FWB | HCR_TID2) & ~HCR_TWE
 # CPTR_EL2 with HCR_EL2.E2H == 0 (D23.2 "CPTR_EL2"): RES1 bits 13, 12 (no SME), 9, 7:0.
 CPTR_EL2_TFP = 1 << 10  # trap FP / Advanced SIMD (EC 0x07)
 CPTR_EL2_TZ = 1 << 8
+# TTA traps the System-register interface of the trace unit (op0 2, op1 1): the engine's CPU
+# implements none (MRS TRCPRGCTLR is UNDEFINED, measured), so TTA is kept with nothing to trap;
+# TAM is RES0 as the CPU has no activity monitors (ID_AA64PFR0_EL1.AMU [47:44] reads 0).
 CPTR_EL2_TTA = 1 << 20
 CPTR_EL2_TAM = 1 << 30
 CPTR_EL2_TCPAC = 1 << 31
 CPTR_EL2_RES1 = 0x32FF
-CPTR_EL2_RES0 = ~(CPTR_EL2_RES1 | CPTR_EL2_TFP | CPTR_EL2_TZ | CPTR_EL2_TTA | CPTR_EL2_TAM
+CPTR_EL2_RES0 = ~(CPTR_EL2_RES1 | CPTR_EL2_TFP | CPTR_EL2_TZ | CPTR_EL2_TTA
                   | CPTR_EL2_TCPAC) & 0xFFFF_FFFF_FFFF_FFFF
 CPTR_EL2_DEFAULT = CPTR_EL2_RES1  # KVM traps nothing by default for a guest that may use FP
 
@@ -292,8 +295,14 @@ class El2Regs:
     hypervisor's ERET). The trap record, ESR_EL2 / FAR_EL2 / HPFAR_EL2 (``record``, an
     :class:`.exits.El2Record`) and ELR_EL2 / SPSR_EL2 (the trapping instruction's address as
     the Arm ARM gives the preferred return, and the guest's PSTATE then), is written by the
-    vCPU on every trap, before the exit handler runs; a handler moves the guest by writing its
-    PC, not ELR_EL2 (hvsim's ERET returns to the guest's own PC).
+    vCPU on every trap, before the exit handler runs. After the handler hvsim completes the
+    trapped instruction as KVM would (an HVC or WFE continues after it, an emulated MRS/MSR is
+    performed, a stage-2 abort is retried); a handler that writes ELR_EL2 or SPSR_EL2 sets up
+    the hypervisor's ERET instead: the guest resumes at ELR_EL2 with PSTATE = SPSR_EL2 (to
+    skip an aborting instruction, ``el2.ELR_EL2 += 4``). For HVC, SMC, WFI, WFE, FP/SIMD, AT
+    and stage-2 aborts; a SYSREG (MRS/MSR/SYS) handler's write ends the run with one line, as
+    its hook runs inside a translated block that would go on regardless; MMIO exits complete
+    the access inside the engine.
 
     The guest's EL1 system registers (SCTLR_EL1, TTBR0_EL1, VBAR_EL1 ...) are not here: they
     live in the vCPU's engine (``vcpu.sysregs``), which only the guest and trapped-access

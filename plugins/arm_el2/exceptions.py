@@ -69,7 +69,9 @@ def take_exception(vcpu, kind: int, elr: int, esr: int | None = None,
                    far: int | None = None) -> int:
     """Enter the guest's EL1 handler for ``kind`` (SYNC/IRQ/FIQ/SERROR); returns the vector."""
     regs = vcpu.regs
-    pstate = regs.read(UC_ARM64_REG_PSTATE)
+    # PSTATE reads fill 32 bits of FastRegs' reused 64-bit buffer (measured): SPSR_EL1's
+    # upper half is RES0, not the last register read
+    pstate = regs.read(UC_ARM64_REG_PSTATE) & 0xFFFF_FFFF
     sp = regs.read(UC_ARM64_REG_SP)  # the live SP is the banked one PSTATE.SP selects
     regs.write(UC_ARM64_REG_SP_EL1 if (pstate & 1 and current_el(pstate)) else UC_ARM64_REG_SP_EL0, sp)
     regs.write(UC_ARM64_REG_ELR_EL1, elr)
@@ -85,6 +87,21 @@ def take_exception(vcpu, kind: int, elr: int, esr: int | None = None,
     return vector
 
 
+def exception_return(vcpu, spsr: int) -> None:
+    """PSTATE = ``spsr`` as an ERET sets it (``AArch64.ExceptionReturn``): the stack pointer
+    the old mode used is saved to its bank (SP_EL0 or SP_EL1) and the new mode's is loaded,
+    which Unicorn does not do on a PSTATE write; ends with a system register write so Unicorn's
+    cached state follows (as :func:`take_exception`)."""
+    regs = vcpu.regs
+    pstate = regs.read(UC_ARM64_REG_PSTATE) & 0xFFFF_FFFF
+    sp = regs.read(UC_ARM64_REG_SP)
+    regs.write(UC_ARM64_REG_SP_EL1 if (pstate & 1 and current_el(pstate)) else UC_ARM64_REG_SP_EL0, sp)
+    regs.write(UC_ARM64_REG_PSTATE, spsr & 0xFFFF_FFFF)
+    regs.write(UC_ARM64_REG_SP, regs.read(UC_ARM64_REG_SP_EL1 if (spsr & 1 and current_el(spsr))
+                                          else UC_ARM64_REG_SP_EL0))
+    vcpu.sysregs.write(SPSR_EL1, vcpu.sysregs.read(SPSR_EL1))
+
+
 def _abort_ec(pstate: int, lower: int, current: int) -> int:
     return lower if current_el(pstate) == 0 else current
 
@@ -97,6 +114,13 @@ def on_exception(vcpu, intno: int) -> None:
         imm16 = (vcpu.read_insn(pc - 4) >> 5) & 0xFFFF
         take_exception(vcpu, SYNC, pc, e.esr(e.ESR_ELx_EC_SVC64, imm16))
     elif intno == EXCP_UDEF:
+        from .mmu import in_run_end_pages, run_end_abort
+
+        if in_run_end_pages(pc):  # hvsim's private page, never the guest's memory
+            if not run_end_abort(vcpu, pc):
+                vcpu.vm.crash(f"instruction fetch from {pc:#x} faults and so would its vector")
+                vcpu.request_stop()
+            return
         take_exception(vcpu, SYNC, pc, e.esr(e.ESR_ELx_EC_UNKNOWN))
     elif intno == EXCP_BKPT:
         imm16 = (vcpu.read_insn(pc) >> 5) & 0xFFFF

@@ -36,14 +36,16 @@ from .exits import (ESR_ELx_EC_DABT_CUR, ESR_ELx_EC_DABT_LOW, ESR_ELx_EC_IABT_CU
 from .stage2 import Stage2, Stage2Tables
 
 # emu_start's end address: never reached (runs end on WFI, a slice or a stop) and no VA: bits
-# [55:52] are not all equal, so it is outside both TTBR ranges for every T0SZ/T1SZ. Unicorn
-# translates its page when a run starts (measured): the fill answers with a private page.
+# [55:52] are not all equal, so it is outside both TTBR ranges for every T0SZ/T1SZ (and beyond
+# PAMax with stage 1 off). Unicorn translates its page when a run starts (measured): the fill
+# answers with a private page of zeros (UDF). A guest that branches there itself gets the
+# Instruction Abort its own translation gives (:func:`run_end_abort`), not the private page.
 UNTIL = 0x0040_0000_0000_0000
 SENTINEL_PAGE = HOST_PHYS_BASE - 0x1000
 _UNTIL_PAGES = (UNTIL >> 12, (UNTIL - 1) >> 12)
 _MMU_OFF = -1  # the "ASID" of translations made with stage 1 off (VA = IPA)
 _NO_STAGE2 = -1  # the tag of translations made with HCR_EL2.VM = 0
-PA_BITS = 48  # with stage 1 off, a VA at or above 2^48 is an address size fault (D8, "PAMax")
+PA_BITS = stage1.PA_MAX  # with stage 1 off, a VA at or above 2^PAMax is an address size fault, level 0
 _U64 = struct.Struct("<Q")
 _PA_MASK = 0x0000_FFFF_FFFF_F000
 _NEED = {ACCESS_WRITE: PERM_W, ACCESS_FETCH: PERM_X}
@@ -139,6 +141,22 @@ class Arm64Mmu:
             raise Stage2Fault(ipa, f"stage 2 maps IPA {ipa:#x} beyond host memory ({pa:#x})", write=write,
                               fetch=fetch, walk=walk, syndrome=0x00)
         return pa, perms
+
+    def stage2_lookup(self, ipa: int, access: Access) -> int | None:
+        """``hvsim_stage2_translate`` on arm64: the physical address stage 2 (VTTBR_EL2 and
+        VTCR_EL2 as programmed, or the RAM slots with HCR_EL2.VM clear) gives ``ipa`` for
+        ``access`` (Access.USER: at EL0, for XN), or None where the guest's access would be a
+        stage-2 abort. Looks only: nothing cached, no Access flag set."""
+        access = int(access)
+        write, fetch = bool(access & int(Access.WRITE)), bool(access & int(Access.EXECUTE))
+        s2 = (self._ctx or self._context())[6]
+        try:
+            if s2 is None:
+                return self.ipa_to_pa(ipa, write, fetch, s2=None)[0]
+            pa = s2._walk(ipa, write, fetch, False, bool(access & _USER), None, look_only=True)[0]
+        except Stage2Fault:
+            return None
+        return pa if pa < self.host.size else None
 
     def _walker(self, s2, el0: bool, look_only: bool):
         view, u64, cache = self.host.view, _U64, self.walk_cache
@@ -359,13 +377,22 @@ class Arm64Mmu:
         self.engine.flush()
 
     # -- address translation instructions ------------------------------------------------------
+    def at_stage2_fault(self, op2: int, va: int) -> Stage2Fault | None:
+        """The stage-2 fault the stage-1 walk of AT (op2 0-3) of ``va`` meets, if any."""
+        access = (Access.WRITE if op2 & 1 else Access.READ) | (Access.USER if op2 & 2 else 0)
+        try:
+            self.walk(va, access)
+        except Stage2Fault as fault:
+            return fault
+        return None
+
     def par_for(self, op2: int, va: int) -> int:
         """PAR_EL1 after AT S1E1R/S1E1W/S1E0R/S1E0W (op2 0-3) of ``va`` (D23.2 "PAR_EL1"):
         F = 0 with PA [47:12] (the IPA, stage 1 only), SH [8:7], NS [9], ATTR [63:56] from
         MAIR_EL1; or F = 1 with FST [6:1]; bit 11 is RES1. The engine's own AT walks QEMU's
         tables on the engine's physical space, so hvsim computes the result from its walk. A
-        stage-2 fault on the walk is reported with PTW [8] and S [9] (hardware takes it to EL2
-        as an abort instead: not modelled)."""
+        stage-2 fault on the walk is no PAR result: :mod:`.tlbi` takes it to EL2 as a Data
+        Abort first (:meth:`at_stage2_fault`); here it would read PTW [8] and S [9]."""
         access = (Access.WRITE if op2 & 1 else Access.READ) | (Access.USER if op2 & 2 else 0)
         try:
             w, _perms = self.walk(va, access)
@@ -412,6 +439,24 @@ def deliver_stage1(vcpu, abort: Stage1Abort) -> bool:
                        abort.fsc | (ESR_ELx_WNR if abort.write else 0))
     exceptions.take_exception(vcpu, exceptions.SYNC, pc, syndrome, far)
     return True
+
+
+def in_run_end_pages(pc: int) -> bool:
+    """Is ``pc`` on the pages hvsim keeps for emu_start's end address (``UNTIL``)?"""
+    return pc >> 12 in _UNTIL_PAGES
+
+
+def run_end_abort(vcpu, pc: int) -> bool:
+    """The guest fetched from hvsim's run-end pages (a branch to ``UNTIL`` or near it): the
+    Instruction Abort its stage 1 gives for that VA (translation fault, level 0, outside both
+    TTBR ranges; address size fault, level 0, with stage 1 off), at its VBAR_EL1."""
+    el0 = exceptions.current_el(vcpu.regs.read(UC_ARM64_REG_PSTATE)) == 0
+    try:
+        w, _perms = vcpu.mmu.walk(pc, Access.EXECUTE | (Access.USER if el0 else 0))
+        fsc = w.error_code if w.fault else stage1.fsc_translation(0)
+    except Stage2Fault:
+        fsc = stage1.fsc_translation(0)
+    return deliver_stage1(vcpu, Stage1Abort(pc, fsc, False, True, "fetch from the run-end pages"))
 
 
 def stage2_exit(vcpu, fault: Stage2Fault) -> Exit:

@@ -86,7 +86,7 @@ _HCR_HVSIM = {
 
 _SYSREG_HVSIM = {
     "HCR_EL2": "trap controls, see `spec hcr`",
-    "CPTR_EL2": "TFP: FP/SIMD traps (EC 0x07); TCPAC: CPACR_EL1 accesses (EC 0x18); TTA, TAM kept",
+    "CPTR_EL2": "TFP: FP/SIMD traps (EC 0x07); TCPAC: CPACR_EL1 accesses (EC 0x18); TTA kept (no System-register trace interface to trap); TAM RES0 (no FEAT_AMUv1)",
     "MDCR_EL2": "TDA/TDOSA/TDRA/TPM/TPMCR trap their registers (EC 0x18); HPMN, TDE kept",
     "HSTR_EL2": "kept; traps only AArch32 CP15 accesses, and hvsim's guests are AArch64",
     "VTTBR_EL2": "kept; stage 2 comes with the memory-virtualization issue",

@@ -7,8 +7,13 @@ block, page), the Access flag (a fault, or a hardware update with TCR_EL1.HA), t
 permissions AP[2:1], UXN and PXN, the hierarchical APTable / UXNTable / PXNTable controls, nG.
 It fills the engine's TLB (:mod:`.mmu`: every descriptor read through stage 2), explains a
 fault Unicorn reported (the fault status code the hardware would give) and answers
-``hvsim_stage1_walk``. Not modelled: FEAT_LPA/LPA2 52-bit addresses, the dirty state (DBM),
-address size faults against TCR_EL1.IPS.
+``hvsim_stage1_walk``. Address size faults (D8 "Address size configuration"; KVM's
+arch/arm64/kvm/at.c follows the same rules): the output size is the smaller of TCR_EL1.IPS and
+PAMax (the CPU's ID_AA64MMFR0_EL1.PARange); a TTBR base address beyond it faults at level 0, a
+table or block/page descriptor whose address is beyond it faults at the descriptor's level. An
+output address within that size but beyond stage 2's input size is stage 2's business (a
+stage-2 translation fault at level 0). Not modelled: FEAT_LPA/LPA2 52-bit addresses, the dirty
+state (DBM).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from hvsim.core.mmu import PERM_R, PERM_W, PERM_X
 
 from .exits import fsc_translation
 
+FSC_ADDRESS_SIZE = 0x00  # 0b0000LL
 FSC_ACCESS_FLAG = 0x08  # 0b0010LL
 FSC_PERMISSION = 0x0C  # 0b0011LL
 FSC_WALK_EXTABT = 0x14  # 0b0101LL: synchronous external abort on a table walk
@@ -39,6 +45,16 @@ SCTLR_WXN = 1 << 19
 _TG0 = {0b00: 12, 0b10: 14, 0b01: 16}
 _TG1 = {0b10: 12, 0b01: 14, 0b11: 16}
 _USER, _WRITE, _EXECUTE = int(Access.USER), int(Access.WRITE), int(Access.EXECUTE)
+# PAMax: ID_AA64MMFR0_EL1.PARange of the engine's CPU reads 0b0100, 44 bits (measured)
+PA_MAX = 44
+# TCR_EL1.IPS [34:32] (and VTCR_EL2.PS): the output address size
+PS_BITS = {0: 32, 1: 36, 2: 40, 3: 42, 4: 44, 5: 48, 6: 52}
+
+
+def output_bits(ps: int) -> int:
+    """The output address size for an IPS/PS encoding: never more than PAMax (a larger or
+    reserved value is treated as PAMax, as the Arm ARM has it)."""
+    return min(PS_BITS.get(ps & 7, PA_MAX), PA_MAX)
 
 
 def asid(tcr: int, ttbr0: int, ttbr1: int) -> int:
@@ -77,6 +93,10 @@ def translate(read_u64, va, tcr, ttbr0, ttbr1, access, write_u64=None, sctlr=0,
     stride = granule - 3
     level = 4 - -(-(inputsize - granule) // stride)  # the start level for the granule
     table = ttbr & 0x0000_FFFF_FFFF_FFFE & ~((1 << 3) - 1)
+    oa_bits = output_bits(tcr >> 32)
+    if table >> oa_bits:
+        return Walk(None, steps, f"address size fault, level 0 (TTBR{upper}_EL1 beyond the {oa_bits}-bit "
+                    f"output size)", FSC_ADDRESS_SIZE), 0
     pxn_t = uxn_t = ro_t = no_el0_t = False  # hierarchical controls gathered from table entries
     user = bool(access & _USER)
     while True:
@@ -99,9 +119,17 @@ def translate(read_u64, va, tcr, ttbr0, ttbr1, access, write_u64=None, sctlr=0,
                 uxn_t |= bool(desc & TABLE_UXN)
                 no_el0_t |= bool(desc & TABLE_AP1)
                 ro_t |= bool(desc & TABLE_AP2)
-            table, level = desc & _OA_MASK & ~((1 << granule) - 1), level + 1
+            table = desc & _OA_MASK & ~((1 << granule) - 1)
+            if table >> oa_bits:
+                return Walk(None, steps, f"address size fault, level {level} (next table beyond the "
+                            f"{oa_bits}-bit output size)", FSC_ADDRESS_SIZE | level), 0
+            level += 1
             continue
         break
+    offset_mask = (1 << shift) - 1
+    if (desc & _OA_MASK & ~offset_mask) >> oa_bits:
+        return Walk(None, steps, f"address size fault, level {level} (output address beyond the "
+                    f"{oa_bits}-bit output size)", FSC_ADDRESS_SIZE | level), 0
     if not desc & DESC_AF:
         if not tcr & TCR_HA:
             return Walk(None, steps, f"access flag fault, level {level}", FSC_ACCESS_FLAG | level), 0
@@ -123,7 +151,6 @@ def translate(read_u64, va, tcr, ttbr0, ttbr1, access, write_u64=None, sctlr=0,
     need = PERM_X if access & _EXECUTE else PERM_W if access & _WRITE else PERM_R
     if not perms & need:
         return Walk(None, steps, f"permission fault, level {level}", FSC_PERMISSION | level), perms
-    offset_mask = (1 << shift) - 1
     w = Walk((desc & _OA_MASK & ~offset_mask) | (va & offset_mask), steps,
              writable=can_write, executable=executable, user=el0_ok, global_=not desc & DESC_NG,
              page_size=1 << shift)

@@ -54,6 +54,7 @@ _OA_MASK = 0x0000_FFFF_FFFF_F000
 # ESR_ELx.DFSC / IFSC fault status codes (level in bits [1:0])
 FSC_ADDRESS_SIZE, FSC_TRANSLATION, FSC_ACCESS_FLAG, FSC_PERMISSION = 0x00, 0x04, 0x08, 0x0C
 _PS_BITS = {0: 32, 1: 36, 2: 40, 3: 42, 4: 44, 5: 48, 6: 52}
+PA_MAX = 44  # ID_AA64MMFR0_EL1.PARange of the engine's CPU (stage1.PA_MAX)
 _U64 = struct.Struct("<Q")
 _KIND = {FSC_ADDRESS_SIZE: "address size fault", FSC_TRANSLATION: "translation fault",
          FSC_ACCESS_FLAG: "access flag fault", FSC_PERMISSION: "permission fault"}
@@ -112,7 +113,7 @@ class Stage2:
         self.stride = self.granule - 3
         self.ipa_bits = 64 - (vtcr & VTCR_T0SZ_MASK)
         self.level0 = start_level(vtcr)
-        self.oa_bits = _PS_BITS.get((vtcr >> VTCR_PS_SHIFT) & 7, 48)
+        self.oa_bits = min(_PS_BITS.get((vtcr >> VTCR_PS_SHIFT) & 7, PA_MAX), PA_MAX)  # PS beyond PAMax acts as PAMax
         self.ha = bool(vtcr & VTCR_HA)
         self.root = vttbr & BADDR_MASK
         self._last_shift = 12

@@ -211,6 +211,13 @@ def trapped(hcr: int, mdcr: int = 0, cnthctl: int = el2.CNTHCTL_EL1PCTEN | el2.C
     return reads, writes, sys
 
 
+def _no_redirect(vcpu) -> None:
+    """A SYSREG handler wrote ELR_EL2 / SPSR_EL2: the trapped MRS/MSR/SYS runs in a hook inside
+    its translation block, which would go on with the next instruction whatever PC says."""
+    vcpu.vm.crash("a SYSREG exit handler wrote ELR_EL2/SPSR_EL2: hvsim cannot redirect a trapped "
+                  "MRS/MSR/SYS yet (set exit.value to emulate it; the guest continues after it)")
+
+
 def handle_sysreg(vcpu, exit: Exit) -> None:
     """The SYSREG exit handler: the guest's access is performed (see the module docstring)."""
 
@@ -480,9 +487,10 @@ class SysregTraps:
 
         def take(record) -> int:
             read2(uch, ids, ptrs, 2)
+            vcpu.redirected = False
             el2regs.record = record
             el2regs._ELR_EL2 = pc = pc_buf.value
-            el2regs._SPSR_EL2 = pstate_buf.value
+            el2regs._SPSR_EL2 = pstate_buf.value & 0xFFFF_FFFF
             return pc
 
         return take
@@ -507,14 +515,18 @@ class SysregTraps:
                         args = record(key, reg, mrs)
                     read2(uch, ids, ptrs, 2)  # the trap record, inline: this is the hot path
                     el2regs.record = args[0]
+                    vcpu.redirected = False
                     el2regs._ELR_EL2 = pc = pc_buf.value
-                    el2regs._SPSR_EL2 = pstate_buf.value
+                    el2regs._SPSR_EL2 = pstate_buf.value & 0xFFFF_FFFF
                     exit = Exit(kind, REASON, args[0], args[1], 8, False, None)
                     dispatch(vcpu, exit)
+                    if vcpu.redirected:
+                        _no_redirect(vcpu)
+                        return 1
                     if exit.value is not None:
                         if reg != xzr:
                             write(reg, exit.value)
-                        if args[2] in _IMP_DEF:  # the engine has no such register to skip
+                        if args[2] in _IMP_DEF and not vcpu.redirected:  # no such register to skip
                             write(pc_reg, pc + 4)
                         return 1
                 fn = emulated.get(key)
@@ -555,10 +567,14 @@ class SysregTraps:
                         args = record(key, reg, msr)
                     read2(uch, ids, ptrs, 2)
                     el2regs.record = args[0]
+                    vcpu.redirected = False
                     el2regs._ELR_EL2 = pc = pc_buf.value
-                    el2regs._SPSR_EL2 = pstate_buf.value
+                    el2regs._SPSR_EL2 = pstate_buf.value & 0xFFFF_FFFF
                     exit = Exit(kind, REASON, args[0], args[1], 8, True, value)
                     dispatch(vcpu, exit)
+                    if vcpu.redirected:
+                        _no_redirect(vcpu)
+                        return 1
                     if exit.value != value:
                         if exit.value is not None:  # the hypervisor wrote another value
                             value = exit.value
@@ -567,7 +583,7 @@ class SysregTraps:
                                 vcpu.uc.ctl_flush_tlb()  # a raw register write does not flush, the MSR would
                                 return 1
                         else:
-                            if args[2] in _IMP_DEF:
+                            if args[2] in _IMP_DEF and not vcpu.redirected:
                                 write(pc_reg, pc + 4)
                             return 1
                 fn = emulated.get(key)
@@ -599,6 +615,9 @@ class SysregTraps:
                 take(args[0])
                 exit = Exit(kind, REASON, args[0], args[1], 8, True, xreg(_RT.get(reg, 31)))
                 dispatch(vcpu, exit)
+                if vcpu.redirected:
+                    _no_redirect(vcpu)
+                    return 1
                 return 0 if exit.value is not None else 1  # None: the handler did it instead
             except BaseException as exc:  # noqa: BLE001
                 fail(exc)
@@ -617,7 +636,8 @@ class SysregTraps:
                     return
                 take(WFE_RECORD)
                 dispatch(vcpu, Exit(kind, "ESR_ELx_EC_WFx", WFE_RECORD))
-                write(pc_reg, address + 4)  # the WFE completes (kvm_incr_pc)
+                if not vcpu.redirected:
+                    write(pc_reg, address + 4)  # the WFE completes (kvm_incr_pc)
                 if len(vcpu.vm.vcpus) > 1:
                     vcpu.yield_slice()  # kvm_vcpu_on_spin: let the vCPU it waits for run
             except BaseException as exc:  # noqa: BLE001
@@ -642,7 +662,7 @@ class SysregTraps:
                     return
                 take(FP_RECORD)
                 dispatch(vcpu, Exit(kind, "ESR_ELx_EC_FP_ASIMD", FP_RECORD, address))
-                if traps.tfp:  # still trapped: the guest takes the trap again, as on hardware
+                if traps.tfp and not vcpu.redirected:  # still trapped: the guest traps again, as on hardware
                     write(pc_reg, vcpu.regs.read(pc_reg))
             except BaseException as exc:  # noqa: BLE001
                 fail(exc)

@@ -371,12 +371,11 @@ def test_a_trapped_wfi_sets_elr_at_the_wfi(arm_vm, snaps):
 def test_hcr_vi_is_a_level_taken_until_the_hypervisor_clears_it(arm_vm, hvsim_pm):
     from el2guest import LOG, RECORD
 
-    # (A pending virtual exception is taken at the vCPU's next entry after the unmask: the
-    # WFIs give it one.)
+    # (The pending virtual IRQ is taken right after the unmask, at the NOP; the handler's ERET
+    # returns there with I clear and VI still set, so it is taken again at once, as on hardware.)
     main = f"""
     msr daifclr, #2
-    wfi                             // the virtual IRQ VI holds pending is taken
-    wfi                             // VI is still set: pending again, taken again
+    nop                             // VI's IRQ is taken here, again and again while VI is set
     {SYSTEM_OFF}
     """
     vm = arm_vm(guest(main))
@@ -401,7 +400,7 @@ def test_hcr_vi_is_a_level_taken_until_the_hypervisor_clears_it(arm_vm, hvsim_pm
 
 
 def test_hcr_vse_is_cleared_when_the_virtual_serror_is_taken(arm_vm):
-    main = "msr daifclr, #4\nwfi\n" + SYSTEM_OFF
+    main = "msr daifclr, #4\nnop\n" + SYSTEM_OFF  # taken at the NOP, right after the unmask
     vm = arm_vm(guest(main))
     vm.vcpus[0].el2.HCR_EL2 |= el2.HCR_VSE
     assert vm.run(timeout=10).status == STATUS_OFF
