@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from guestlib import ARCH_FAMILY, ARM_ENTRY
@@ -20,6 +20,7 @@ OUTCOMES = {0, 4, 6, 124}
 
 @settings(max_examples=int(os.environ.get("HVSIM_FUZZ_EXAMPLES", "25")), deadline=None, suppress_health_check=list(HealthCheck))
 @given(code=st.binary(min_size=1, max_size=256), arch=st.sampled_from(["intel_vtx", "amd_svm", "arm_el2"]))
+@example(code=b"\x00\x8c \x00\x00 ", arch="intel_vtx")  # a SIB with no index (capstone's RIZ) faulting
 def test_random_guest_code_ends_with_a_status_and_touches_only_its_own_ram(code, arch):
     host = HostMemory(2 * ((2 << 20) + HV_AREA))
     kw = {"entry": ARM_ENTRY} if ARCH_FAMILY[arch] == "arm64" else {}

@@ -292,7 +292,7 @@ class X86Mmu:
                 ea += rip + insn.size
             elif m.base:
                 ea += r.read(_reg(bits, m.base))
-            if m.index:
+            if m.index and m.index not in _NO_INDEX:
                 ea += r.read(_reg(bits, m.index)) * m.scale
             seg = {CX.X86_REG_FS: "fs", CX.X86_REG_GS: "gs"}.get(m.segment)
             base = _segment_base(vcpu, seg) if seg else 0
@@ -388,6 +388,10 @@ class X86Mmu:
         except Stage2Fault as fault:
             raise GuestMemoryError(fault.gpa, 1) from None
         return hpa
+
+
+# Capstone's pseudo index register of a SIB byte with no index (index field 100b): adds 0.
+_NO_INDEX = frozenset({CX.X86_REG_RIZ, CX.X86_REG_EIZ})
 
 
 def _reg(bits: int, capstone_reg: int) -> int:
