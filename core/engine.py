@@ -33,10 +33,12 @@ class FastRegs:
         self._write = _reg_write
 
     def read(self, reg: int) -> int:
+        buf = self._buf
+        buf.value = 0  # the engine writes only a narrower register's own bytes (PSTATE: 32 bits)
         err = self._read(self._uch, reg, self._ref)
         if err:
             raise UcError(err)
-        return self._buf.value
+        return buf.value
 
     def write(self, reg: int, value: int) -> None:
         self._buf.value = value  # ctypes wraps to 64 bits, negative values included

@@ -18,3 +18,12 @@ def test_descriptor_table_registers_and_msrs_read_as_the_binding_reads_them():
     assert regs.mmr(X.UC_X86_REG_GDTR)[1:3] == (0xFFFF_8000_1234_5000, 0x7F)
     assert regs.msr(0xC000_0102) == 0x1122_3344_5566_7788
     assert regs.msr(0xC000_0080) == uc.reg_read(X.UC_X86_REG_MSR, 0xC000_0080)  # EFER
+
+
+def test_a_narrow_register_read_after_a_wide_one_has_no_stale_upper_bytes():
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.reg_write(X.UC_X86_REG_RAX, (1 << 64) - 1)
+    uc.reg_write(X.UC_X86_REG_CS, 0x10)
+    regs = X86Regs(uc)
+    assert regs.read(X.UC_X86_REG_RAX) == (1 << 64) - 1
+    assert regs.read(X.UC_X86_REG_CS) == uc.reg_read(X.UC_X86_REG_CS) == 0x10  # 16 bits written
