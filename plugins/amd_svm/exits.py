@@ -31,6 +31,8 @@ EXIT_CODES = {
 }
 VMEXIT = {name: code for code, name in EXIT_CODES.items()}
 
+VMEXIT_TASK_SWITCH = 0x7D
+TS_IRET, TS_JMP, TS_HAS_ERROR_CODE, TS_RF = 1 << 36, 1 << 38, 1 << 44, 1 << 48  # EXITINFO2 (15.14.1)
 VMEXIT_INTR, VMEXIT_NMI, VMEXIT_SMI, VMEXIT_INIT, VMEXIT_VINTR = 0x60, 0x61, 0x62, 0x63, 0x64
 _EVENT_EXITS = {"external": VMEXIT_INTR, "nmi": VMEXIT_NMI, "smi": VMEXIT_SMI, "init": VMEXIT_INIT}
 VMEXIT_CPUID = 0x72
@@ -148,6 +150,13 @@ class SvmVendor(X86Vendor):
 
     def instruction_exit(self, kind, rip, insn_len, operand):
         nrip = rip + insn_len
+        if kind == "task_switch":
+            # 15.14.1: EXITINFO1 the new TSS's selector; EXITINFO2 bit 36 an IRET, bit 38 a JMP,
+            # bit 44 an error code in 31:0 (task gates in the IDT only), bit 48 EFLAGS.RF. No
+            # next RIP is saved for it (not an instruction intercept).
+            source, selector, rf = operand
+            info2 = (TS_IRET if source == "iret" else 0) | (TS_JMP if source == "jmp" else 0) | (TS_RF if rf else 0)
+            return Exit(ExitKind.INSTRUCTION, "VMEXIT_TASK_SWITCH", SvmExitInfo(VMEXIT_TASK_SWITCH, selector, info2))
         if kind in ("mov_to_cr", "mov_from_cr", "clts", "lmsw", "smsw", "cr0_sel_write"):
             # 15.8.1: CLTS and LMSW are CR0 writes, SMSW a CR0 read; with decode assists
             # (15.33.1) EXITINFO1 bit 63 marks a MOV CR and bits 3:0 give its GPR.

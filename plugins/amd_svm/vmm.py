@@ -52,7 +52,8 @@ _INSTRUCTION_INTERCEPTS = {"rdtsc": "RDTSC", "rdtscp": "RDTSCP", "invlpg": "INVL
                            "iret": "IRET", "intn": "INTN", "icebp": "ICEBP", "monitor": "MONITOR",
                            "mwait": "MWAIT", "xsetbv": "XSETBV", "rdpru": "RDPRU", "invpcid": "INVPCID",
                            "sidt": "IDTR_READ", "sgdt": "GDTR_READ", "sldt": "LDTR_READ", "str": "TR_READ",
-                           "lidt": "IDTR_WRITE", "lgdt": "GDTR_WRITE", "lldt": "LDTR_WRITE", "ltr": "TR_WRITE"}
+                           "lidt": "IDTR_WRITE", "lgdt": "GDTR_WRITE", "lldt": "LDTR_WRITE", "ltr": "TR_WRITE",
+                           "task_switch": "TASK_SWITCH"}
 _OPTIONAL = ("pushf", "popf", "iret")  # trapped only while intercepted (plugins/x86/traps.py)
 CR0_TS_MP = (1 << 3) | (1 << 1)  # the bits a write may change without a selective CR0 write exit
 MSR_EFER = 0xC000_0080
@@ -406,6 +407,9 @@ class SvmGuestContext:
         for name, reg in (("GDTR", X.UC_X86_REG_GDTR), ("IDTR", X.UC_X86_REG_IDTR)):
             _sel, base, limit, _flags = vcpu.regs.mmr(reg)
             vmcb.set_segment(name, Segment(0, 0, limit, base), write)
+        tr = vcpu.task_register()  # attributes: descriptor bits 47:40 and 55:52 (Table B-2)
+        if tr is not None:
+            vmcb.set_segment("TR", Segment(tr[0], tr[3] | tr[4] << 8, tr[2], tr[1]), write)
 
     def _segment(self, selector: int, context: tuple | None = None) -> Segment:
         """VMCB segment: attributes are descriptor bits 47:40 and 55:52 (Table B-2)."""

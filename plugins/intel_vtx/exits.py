@@ -29,7 +29,7 @@ EXIT_REASON = {name: number for number, name in EXIT_REASONS.items()}
 EXIT_CAUSES = {
     0: "exception bitmap (#PF with error-code mask/match)", 2: "triple fault", 33: "VM-entry failure (bit 31 set)",
     48: "an access to guest-physical memory the EPT does not map (MMIO)",
-    10: "CPUID (always)", 11: "GETSEC (always, once CR4.SMXE = 1; hvsim's processor has no SMX: #UD)",
+    9: "a far JMP/CALL to a TSS or task gate, IRET with EFLAGS.NT = 1 (always)", 10: "CPUID (always)", 11: "GETSEC (always, once CR4.SMXE = 1; hvsim's processor has no SMX: #UD)",
     12: "HLT exiting", 13: "INVD (always)", 14: "INVLPG exiting", 15: "RDPMC exiting", 16: "RDTSC exiting",
     18: "VMCALL (always)", **{n: "the guest's VMX instruction (always)" for n in (19, 20, 21, 22, 23, 24, 25, 26, 27, 50, 53, 59)},
     28: "MOV CR0/CR4 against the guest/host masks, CLTS, LMSW; CR3-load/store; CR8-load/store exiting",
@@ -47,6 +47,8 @@ EXIT_REASON_EXTERNAL_INTERRUPT = 1
 EXIT_REASON_TRIPLE_FAULT = 2
 EXIT_REASON_INIT_SIGNAL = 3
 EXIT_REASON_PML_FULL = 62
+EXIT_REASON_TASK_SWITCH = 9
+TASK_SWITCH_SOURCES = {"call": 0, "iret": 1, "jmp": 2, "idt_task_gate": 3}
 EXIT_REASON_INTERRUPT_WINDOW = 7
 EXIT_REASON_NMI_WINDOW = 8
 EXIT_REASON_MONITOR_TRAP_FLAG = 37
@@ -266,6 +268,13 @@ class VmxVendor(X86Vendor):
         return Exit(ExitKind.INTERRUPT_WINDOW, _NAME[reason], VmxExitInfo(reason))
 
     def instruction_exit(self, kind, rip, insn_len, operand):
+        if kind == "task_switch":
+            # SDM Table 28-2 (exit qualification for task switches): the new TSS's selector in
+            # 15:0, the source in 31:30 (0 CALL, 1 IRET, 2 JMP, 3 task gate in the IDT).
+            source, selector = operand[:2]
+            qual = selector & 0xFFFF | TASK_SWITCH_SOURCES[source] << 30
+            return Exit(ExitKind.INSTRUCTION, "EXIT_REASON_TASK_SWITCH",
+                        VmxExitInfo(EXIT_REASON_TASK_SWITCH, qual, rip, insn_len))
         if kind in ("mov_to_cr", "mov_from_cr", "clts", "lmsw"):
             # SDM Table 28-3: CR number 3:0, access type 5:4, LMSW operand type 6, GPR 11:8 (MOV
             # CR only), LMSW source data 31:16; LMSW from memory also reports its linear address.

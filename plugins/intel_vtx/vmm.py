@@ -589,9 +589,9 @@ class VmxGuestContext:
             _sel, base, limit, _flags = vcpu.regs.mmr(reg)
             f_base, f_limit = GUEST_TABLE_FIELDS[name]
             v[f_base], v[f_limit] = base, limit
-        tr = vcpu.regs.mmr(X.UC_X86_REG_TR)
-        selector, base, limit, ar = (tr[0], tr[1], tr[2], (tr[3] & 0xFF) | ((tr[3] >> 12) & 0xF) << 12) \
-            if tr[0] & ~3 else TR_RESET  # never loaded: the reset state, as KVM models it
+        tr = vcpu.task_register()
+        selector, base, limit, ar = (tr[0], tr[1], tr[2], tr[3] | tr[4] << 12) \
+            if tr is not None else TR_RESET  # never loaded: the reset state, as KVM models it
         v[Field.GUEST_TR_SELECTOR], v[Field.GUEST_TR_BASE] = selector, base
         v[Field.GUEST_TR_LIMIT], v[Field.GUEST_TR_AR_BYTES] = limit, ar
         v[Field.GUEST_LDTR_SELECTOR], v[Field.GUEST_LDTR_AR_BYTES] = 0, AR_UNUSABLE
@@ -628,6 +628,7 @@ def _exiting(proc: int, proc2: int) -> dict[str, bool]:
         **dict.fromkeys(_DESCRIPTOR_TABLE, bool(proc2 & msrs.SECONDARY_EXEC_DESC)),
         **dict.fromkeys(("mov_to_dr", "mov_from_dr"), bool(proc & msrs.CPU_BASED_MOV_DR_EXITING)),
         "shutdown": True,  # a triple fault always exits (SDM 25.2)
+        "task_switch": True,  # task switches always exit (SDM 26.4.2)
     }
 
 

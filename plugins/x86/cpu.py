@@ -127,6 +127,7 @@ class X86Vcpu(Vcpu):
         self.mtf_pending = False
         self.smis_taken = 0  # SMIs SMM took without an exit (events.boundary)
         self._hlt_at: int | None = None  # the HLT the engine was about to execute in this stay
+        self._task_step: int | None = None  # a task switch the run loop executes alone (RIP)
         self.activity_hlt = False  # halted by a HLT the VMM does not intercept (activity state HLT)
         self.timer_deadline: float | None = None  # VMX-preemption timer expiry (perf_counter)
         self._in_engine = False
@@ -277,10 +278,22 @@ class X86Vcpu(Vcpu):
                     if halted:
                         break
                     continue
+                if self._task_step is not None:
+                    at = self._task_step
+                    try:
+                        halted = self._step(at)
+                    finally:
+                        self._task_step = None
+                        self.mmu.tlb.invalidate(self.mmu.tag)
+                        self.mmu.context_changed()
+                    if halted:
+                        break
+                    continue
                 if self._stopping or self.vm.status is not None:
                     break
                 if self._recheck:
                     self._recheck = False
+                    self.mmu.context_changed()  # a hook may have changed CR0/CR3/CR4 behind the MMU
                     continue
                 at = regs.read(X.UC_X86_REG_RIP)
                 # The slice ran out, unless the stop landed in a block that ended with a HLT the
@@ -668,6 +681,102 @@ class X86Vcpu(Vcpu):
         self._runs_natively(kind, info)
         return False
 
+    # -- task switches (SDM Vol. 3A 7.3; VMX exit 9, SDM 26.4.2; SVM intercept, APM 15.14.1) ---
+    def _task_switch(self, kind: str, rip: int, length: int, info) -> bool | None:
+        """A far JMP / CALL whose selector names an available TSS or a task gate, or an IRET
+        with EFLAGS.NT = 1, in protected mode outside IA-32e mode: the new TSS is checked as the
+        processor does before the exit (present, privilege, limit; any failure is left to the
+        engine, which raises the fault), then the task switch is an exit (always under VMX,
+        with the intercept under SVM). Unless the VMM emulated it, the engine performs it."""
+        if self._task_step == rip:
+            return False  # the run loop executes it alone, after its exit
+        if not self.cr0() & 1 or self.long_mode() or self.rflags() & idt.RFLAGS_VM:
+            return False  # real mode, IA-32e mode (#GP) or virtual-8086 mode: no task switch
+        if kind == "iret_task":
+            if not self.rflags() & idt.RFLAGS_NT:
+                return False  # an ordinary IRET
+            _sel, tr_base, _limit, _flags = self.regs.mmr(X.UC_X86_REG_TR)
+            try:
+                selector = struct.unpack("<H", self.read_linear(tr_base, 2))[0]  # previous task link
+            except (GuestMemoryError, idt.DeliveryFault):
+                return False
+            source = "iret"
+        else:
+            selector = self._far_selector(info)
+            if selector is None:
+                return False
+            selector = self._task_target(selector)
+            if selector is None:
+                return False  # a code segment (an ordinary far transfer), or a fault the engine raises
+            source = "jmp" if kind == "far_jmp" else "call"
+        rf = bool(self.rflags() & idt.RFLAGS_RF)
+        handled = self._on_instruction("task_switch", rip, length, (source, selector, rf))
+        if handled is False:
+            # The engine performs the switch (QEMU's switch_tss), which may load CR3: the engine
+            # leaves before the instruction, the run loop executes it alone, then flushes the
+            # TLB model so the next translation walks with the new task's paging context.
+            self._task_step = rip
+            self.uc.emu_stop()
+            self.regs.write(X.UC_X86_REG_RIP, rip)
+        return handled
+
+    def _far_selector(self, info) -> int | None:
+        """The selector of a far JMP / CALL: the immediate of ptr16:16/32, or the word after the
+        offset in an m16:16/32 operand."""
+        if info and isinstance(info[0], int):
+            return info[0]
+        op = info[0] if info else None
+        if not isinstance(op, Operand):
+            return None
+        width = 2 if op.data16 else 4
+        linear = (self.segment_base_of(op.segment) + effective_address(op, self.read_gpr)) & 0xFFFF_FFFF
+        try:
+            return struct.unpack("<H", self.read_linear(linear + width, 2))[0]
+        except (GuestMemoryError, idt.DeliveryFault):
+            return None  # the engine takes the fault
+
+    def _task_target(self, selector: int) -> int | None:
+        """The TSS selector a far JMP / CALL to ``selector`` switches to, after the checks the
+        processor makes before a task-switch exit (SDM 7.3: present, DPL >= CPL and RPL, an
+        available TSS with a limit of at least 67H (32-bit) / 2BH (16-bit)); None otherwise."""
+        descriptor = self._raw_descriptor(selector)
+        if descriptor is None:
+            return None
+        access = (descriptor >> 40) & 0xFF
+        if access & 0x10 or not access & 0x80:
+            return None  # a code or data segment; or not present (#NP from the engine)
+        dpl = (access >> 5) & 3
+        if dpl < max(self.cpl(), selector & 3):
+            return None  # #GP from the engine
+        if access & 0xF == 5:  # a task gate: the TSS selector in bits 31:16
+            selector = (descriptor >> 16) & 0xFFFF
+            descriptor = self._raw_descriptor(selector)
+            if descriptor is None:
+                return None
+            access = (descriptor >> 40) & 0xFF
+            if access & 0x10 or not access & 0x80:
+                return None
+        tss_type = access & 0xF
+        if tss_type not in (1, 9):
+            return None  # busy TSS or another system type: #GP from the engine
+        limit = (descriptor & 0xFFFF) | ((descriptor >> 48) & 0xF) << 16
+        if descriptor >> 55 & 1:
+            limit = limit << 12 | 0xFFF
+        return selector if limit >= (0x67 if tss_type == 9 else 0x2B) else None
+
+    def _raw_descriptor(self, selector: int) -> int | None:
+        """The 8-byte GDT descriptor ``selector`` names, or None (null, LDT, beyond the limit)."""
+        if selector & ~3 == 0 or selector & 4:
+            return None
+        _s, base, limit, _f = self.regs.mmr(X.UC_X86_REG_GDTR)
+        index = selector & ~7
+        if index + 7 > limit:
+            return None
+        try:
+            return struct.unpack("<Q", self.read_linear(base + index, 8))[0]
+        except (GuestMemoryError, idt.DeliveryFault):
+            return None
+
     def _instruction_fault(self, kind: str, info) -> tuple[int, int | None] | None:
         """(vector, error code) of a fault the instruction takes before any intercept is
         checked: #UD for a disabled feature, #GP(0) for a privileged instruction at CPL > 0."""
@@ -701,6 +810,8 @@ class X86Vcpu(Vcpu):
         if kind == "hlt":  # about to halt: the run loop tells a HLT from a slice's end by it
             self._hlt_at = rip
             return False
+        if kind in ("far_jmp", "far_call", "iret_task"):
+            return self._task_switch(kind, rip, length, info)
         if kind not in ("rdmsr", "wrmsr"):
             return self._on_instruction(kind, rip, length, info)
         r = self.regs
@@ -1008,6 +1119,19 @@ class X86Vcpu(Vcpu):
         Kept per selector until GDTR or CR3 changes, as the processor keeps a descriptor in the
         segment register until the segment is loaded again (the engine does not report loads)."""
         return self.hidden_segment_in(selector, self.segment_context())
+
+    def task_register(self) -> tuple[int, int, int, int, int] | None:
+        """TR as the processor holds it: (selector, base, limit, access byte, G|D/B|L|AVL), or
+        None if the guest never loaded it. The engine reports TR's flags as the descriptor's
+        high dword (access byte in 15:8, the flags nibble in 23:20), with the type the
+        descriptor had before LTR / the task switch marked it busy; TR always names a busy TSS."""
+        selector, base, limit, flags = self.regs.mmr(X.UC_X86_REG_TR)
+        if not selector & ~3:
+            return None
+        access = (flags >> 8) & 0xFF
+        if access & 0x1F in (0x01, 0x09):  # an available 16-/32-bit TSS: busy once loaded
+            access |= 0x02
+        return selector, base, limit, access, (flags >> 20) & 0xF
 
     def segment_context(self) -> tuple | None:
         """What hidden segment parts depend on: None in real mode, else (GDTR base and limit,

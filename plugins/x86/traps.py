@@ -43,7 +43,13 @@ TRAPPABLE = {CX.X86_INS_RDMSR: "rdmsr", CX.X86_INS_WRMSR: "wrmsr", CX.X86_INS_RD
              CX.X86_INS_SGDT: "sgdt", CX.X86_INS_SIDT: "sidt", CX.X86_INS_LGDT: "lgdt",
              CX.X86_INS_LIDT: "lidt", CX.X86_INS_SLDT: "sldt", CX.X86_INS_STR: "str",
              CX.X86_INS_LLDT: "lldt", CX.X86_INS_LTR: "ltr", CX.X86_INS_RDRAND: "rdrand",
-             CX.X86_INS_RDSEED: "rdseed", CX.X86_INS_HLT: "hlt"}
+             CX.X86_INS_RDSEED: "rdseed", CX.X86_INS_HLT: "hlt",
+             # far JMP / CALL (EA, 9A): a task switch when the selector names a TSS or task gate
+             CX.X86_INS_LJMP: "far_jmp", CX.X86_INS_LCALL: "far_call"}
+# JMP / CALL m16:16/32/64 (FF /5, FF /3), which capstone names as the near forms.
+_FAR_INDIRECT = {CX.X86_INS_JMP: ("far_jmp", 5), CX.X86_INS_CALL: ("far_call", 3)}
+# IRET / IRETD outside 64-bit code: a task return when EFLAGS.NT is 1 (SDM 7.3).
+_TASK_IRETS = {CX.X86_INS_IRET: "iret_task", CX.X86_INS_IRETD: "iret_task"}
 # Kinds whose decoded operands (plugins/x86/operands.py) the exit information needs.
 WITH_OPERANDS = frozenset({"lmsw", "smsw", "sgdt", "sidt", "lgdt", "lidt", "sldt", "str", "lldt", "ltr",
                            "rdrand", "rdseed"})
@@ -85,6 +91,18 @@ _TRAP_NAMES = frozenset(_DISASM[64].insn_name(i) for i in TRAPPABLE)
 _OPTIONAL_NAMES = frozenset(_DISASM[64].insn_name(i) for i in OPTIONAL)
 _WATCH_NAMES = frozenset(_DISASM[64].insn_name(i) for i in SETS_IF)
 _READS_RIP_NAMES = frozenset(_DISASM[64].insn_name(i) for i in READS_RIP)
+
+
+def _far_indirect(md, insn) -> tuple[str | None, object]:
+    """JMP / CALL with a memory operand and ModRM.reg 5 / 3 (FF /5, FF /3): far, through an
+    m16:16/32/64 pointer; (kind, (memory Operand,)), or (None, None) for the near forms."""
+    kind, reg = _FAR_INDIRECT[insn.id]
+    raw = bytes(insn.bytes)
+    at = raw.find(0xFF)
+    if at < 0 or at + 1 >= len(raw) or (raw[at + 1] >> 3) & 7 != reg or raw[at + 1] >> 6 == 3:
+        return None, None
+    ops = operands(md, insn)
+    return (kind, ops) if ops and ops[0].memory else (None, None)
 
 
 def _sync_pc(_uc, _address, _size, _ud) -> None:
@@ -167,10 +185,16 @@ class SensitiveTraps:
                 kind = OPTIONAL.get(insn.id)
                 if kind not in self.optional:
                     kind = None
+                if kind is None and insn.id in _FAR_INDIRECT:
+                    kind, info = _far_indirect(md, insn)
+                elif kind is None and bits != 64:
+                    kind = _TASK_IRETS.get(insn.id)
             elif kind in ON_DEMAND and kind not in self.optional:
                 kind = None
             elif kind in WITH_OPERANDS:
                 info = operands(md, insn)
+            elif kind in ("far_jmp", "far_call"):
+                info = (insn.operands[0].imm & 0xFFFF,)  # ptr16:16/32: the selector
             elif kind == "invlpg":
                 m = insn.operands[0].mem if insn.operands else None
                 info = (m.base, m.index, m.scale, m.disp) if m is not None else None
@@ -196,6 +220,8 @@ class SensitiveTraps:
             mnemonic = mnemonic.rpartition(" ")[2]  # "rep outsb": the instruction, not its prefix
             if mnemonic in names or mnemonic == "mov" and ("cr" in op_str or "dr" in op_str):
                 return True
+            if mnemonic in ("jmp", "call") and "ptr [" in op_str or bits != 64 and mnemonic in ("iret", "iretd"):
+                return True  # may be far (FF /5, FF /3) / a task return
             watch = watch or mnemonic in _WATCH_NAMES
             reads_rip = reads_rip or mnemonic in _READS_RIP_NAMES
         return watch and reads_rip  # a window-watch site may be hooked there later
