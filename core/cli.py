@@ -155,11 +155,39 @@ def print_stats(vm, wall: float, console=None) -> None:
     for reason, n, share, tshare, total_us, mean_us in rows:
         table.add_row(reason, str(n), f"{share:.2f}%", f"{tshare:.2f}%", f"{total_us:.1f}", f"{mean_us:.2f}us")
     console.print(table)
+    paging = paging_stats(vm)
+    if paging:
+        mem = Table(title=f"MMU, {paging.pop('paging')} paging")
+        mem.add_column("counter", no_wrap=True)
+        mem.add_column("value", justify="right")
+        for name, value in paging.items():
+            mem.add_row(name, f"{value:,}")
+        console.print(mem)
+
+
+def paging_stats(vm) -> dict:
+    """What the MMUs did: engine TLB fills, the TLB model's hits and misses and, under shadow
+    paging, the VMM's shadow-table counters (#PF exits, fills, page-table writes caught, roots
+    kept and reused), summed over the vCPUs."""
+    mmus = [m for m in (getattr(v, "mmu", None) for v in vm.vcpus) if m is not None]
+    if not mmus:
+        return {}
+    out = {"paging": vm.config.extra.get("paging", "nested"),
+           "engine TLB fills": sum(m.engine.fills for m in mmus),
+           "TLB model hits": sum(m.tlb.hits for m in mmus), "TLB model misses": sum(m.tlb.misses for m in mmus)}
+    for m in mmus:
+        shadow = getattr(m, "shadow", None)
+        if shadow is not None:
+            for name, value in shadow.stats().items():
+                out[name] = out.get(name, 0) + value
+    if any(getattr(m, "shadow", None) is not None for m in mmus):  # VM-wide, not per vCPU
+        out["page-table writes caught"] = mmus[0].shadow.state.pt_writes
+    return out
 
 
 def write_stats_json(vm, wall: float, path: Path) -> None:
     doc = {"arch": vm.arch.name, "exits": {"total": vm.stats.total, "by_reason": vm.stats.counts()},
-           "wall_seconds": wall}
+           "paging": paging_stats(vm), "wall_seconds": wall}
     try:
         path.write_text(json.dumps(doc, indent=2) + "\n")
     except OSError as exc:

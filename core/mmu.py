@@ -141,6 +141,9 @@ class DirtyLog:
             mmu = getattr(vcpu, "mmu", None)
             if mmu is not None:
                 mmu.tlb.invalidate()
+                shadow = getattr(mmu, "shadow", None)  # a VMM's shadow page tables (x86)
+                if shadow is not None:
+                    shadow.write_protect_all()
 
 
 @dataclass(slots=True)

@@ -43,6 +43,25 @@ def test_stats_json_has_the_documented_shape(hello, tmp_path):
     assert doc["wall_seconds"] > 0
 
 
+@pytest.mark.parametrize("arch", ["intel_vtx", "amd_svm"])
+def test_stats_show_what_shadow_paging_costs_over_nested_paging_for_the_same_guest(hello, tmp_path, capsys, arch):
+    """--stats / --stats-json with --paging shadow|nested: the same guest, the exits and the
+    MMU counters side by side (shadow: #PF exits feeding the VMM's tables)."""
+    docs = {}
+    for paging in ("nested", "shadow"):
+        out = tmp_path / f"{paging}.json"
+        assert main(["run", str(hello), "--arch", arch, "--paging", paging, "--stats", "--stats-json", str(out)]) == 5
+        docs[paging] = json.loads(out.read_text())
+    nested, shadow = docs["nested"], docs["shadow"]
+    assert nested["paging"]["paging"] == "nested" and "shadow #PF exits" not in nested["paging"]
+    pf = "EXIT_REASON_EXCEPTION_NMI" if arch == "intel_vtx" else "VMEXIT_EXCP14"
+    assert pf not in nested["exits"]["by_reason"]
+    assert shadow["paging"]["shadow #PF exits"] == shadow["exits"]["by_reason"][pf] > 0
+    assert shadow["paging"]["shadow entries filled"] > 0
+    err = capsys.readouterr().err
+    assert "MMU, shadow paging" in err and "page-table writes caught" in err
+
+
 def test_stats_prints_a_perf_kvm_stat_table_on_stderr(hello, capsys):
     main(["run", str(hello), "--stats", "--arch", "intel_vtx"])
     err = capsys.readouterr().err

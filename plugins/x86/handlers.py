@@ -84,18 +84,18 @@ def handle_exception(vcpu, exit: Exit) -> None:
 
 def handle_instruction(vcpu, exit: Exit) -> None:
     """An intercepted sensitive instruction; it completes in the engine afterwards unless a
-    handler emulated it. Under shadow paging the VMM keeps its shadow tables in step: MOV to
-    CR3 or a paging-mode change in CR0/CR4 or INVPCID drops them, INVLPG drops one entry."""
+    handler emulated it. Under shadow paging the VMM keeps its shadow tables in step: the
+    shadow root follows the guest's CR3 and paging mode by itself (write protection keeps every
+    root coherent); MOV to CR3 and INVPCID sync the tables the guest wrote through themselves;
+    INVLPG drops one entry."""
     shadow = vcpu.mmu.shadow
     if shadow is None or exit.info is None:
         return
     kind, operand = exit.info
-    if kind == "mov_to_cr" and operand[0] in (0, 3, 4):
-        shadow.reset()
+    if kind == "mov_to_cr" and operand[0] == 3 or kind == "invpcid":
+        shadow.cr3_load()
     elif kind == "invlpg":
         shadow.invlpg(operand[0])
-    elif kind == "invpcid":  # any type may drop translations of the current PCID: start again
-        shadow.reset()
 
 
 def register(registry) -> None:

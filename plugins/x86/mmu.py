@@ -176,7 +176,7 @@ class X86Mmu:
         # entry anyway, SDM 4.10.4.1; a changed entry may now allow it).
         mode = _ACCESS.get(access, Access.READ)
         if self.shadow is not None:
-            return self._fill_shadow(vaddr, mode, user, pcid)
+            return self._fill_shadow(vaddr, mode, user, pcid, self._ctx)
         try:
             w = self.walk(vaddr, mode, 3 if user else 0, record=False)
         except Stage2Fault as fault:
@@ -216,10 +216,10 @@ class X86Mmu:
         if self.log.enabled:
             self.log.pages.add(e.gpa)
 
-    def _fill_shadow(self, vaddr: int, mode: Access, user: bool, pcid: int):
+    def _fill_shadow(self, vaddr: int, mode: Access, user: bool, pcid: int, ctx: tuple):
         """Shadow paging: the processor walks the VMM's shadow tables (host-physical, GVA ->
         HPA); a miss there is a #PF, which the VMM intercepts (plugins/x86/shadow.py)."""
-        w = self.shadow.walk(vaddr, mode, 3 if user else 0)
+        w = self.shadow.walk(vaddr, mode, 3 if user else 0, ctx)
         if w.fault:
             self.pending = PageFault(vaddr, w.error_code, w.fault)
             return None
