@@ -44,7 +44,8 @@ class Exit:
     Attributes by kind: PORT_IO/MMIO: ``address`` (port or GPA), ``size``, ``is_write``,
     ``value`` (written value; a handler sets ``value`` for a read); HYPERCALL: ``value``
     (the immediate on arm64, 0 on x86); EXCEPTION/SHUTDOWN: ``vector``, ``detail`` (a #PF
-    also its linear address in ``address``); STAGE2_FAULT: ``address`` (the guest-physical
+    also its linear address in ``address``; a software exception, x86 INT3/INTO/INT1, the
+    length of the instruction that raised it in ``size``, the guest's RIP being at it); STAGE2_FAULT: ``address`` (the guest-physical
     address), ``is_write``, ``detail``; INSTRUCTION: ``info`` = (kind, operand); CPUID:
     ``address`` = the leaf (EAX), ``size`` = the subleaf (ECX).
     """

@@ -120,7 +120,7 @@ class SvmVendor(X86Vendor):
         return Exit(ExitKind.MMIO, "VMEXIT_NPF", SvmExitInfo(VMEXIT_NPF, info1, gpa, 0),
                     gpa, size, is_write, value)
 
-    def exception_exit(self, vector, error_code, rip, cr2, vectoring=None):
+    def exception_exit(self, vector, error_code, rip, cr2, vectoring=None, length=0):
         # 15.12: EXITCODE 0x40 + vector; EXITINFO1 the error code where the exception has one;
         # EXITINFO2 the faulting address of a #PF (CR2 itself is not written). An exception
         # raised while delivering another event records that event in EXITINTINFO (15.7.2), in
@@ -131,9 +131,14 @@ class SvmVendor(X86Vendor):
             v_type = {0: 0, 2: 2, 3: 3, 4: 4, 5: 3, 6: 3}.get(v_type, 3)
             intinfo = (v_vector & 0xFF | v_type << 8 | (1 << 11 if v_code is not None else 0) | 1 << 31
                        | ((v_code or 0) & 0xFFFF_FFFF) << 32)
+        # An intercepted #BP / #OF of INT3 / INTO: RIP at the instruction, nRIP past it (15.7.1
+        # saves nRIP for "exceptions caused by the INT3, INTO, and BOUND instructions"); INT1's
+        # #DB and exceptions during an event's delivery get no nRIP.
+        nrip = rip + length if length and vector in (3, 4) and vectoring is None else 0
         return Exit(ExitKind.EXCEPTION, f"VMEXIT_EXCP{vector}",
-                    SvmExitInfo(0x40 + vector, error_code or 0, cr2 if vector == 14 else 0, 0, intinfo),
-                    cr2 if vector == 14 else 0, vector=vector, value=error_code)
+                    SvmExitInfo(0x40 + vector, error_code or 0, cr2 if vector == 14 else 0, nrip, intinfo),
+                    cr2 if vector == 14 else 0, size=length if vectoring is None else 0, vector=vector,
+                    value=error_code)
 
     @staticmethod
     def event_exit(kind: str, vector: int = 0) -> Exit:

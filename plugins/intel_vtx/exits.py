@@ -227,13 +227,16 @@ class VmxVendor(X86Vendor):
                     VmxExitInfo(EXIT_REASON_EPT_VIOLATION, qual, rip, 0, gpa, gla or 0),
                     gpa, size, is_write, value)
 
-    def exception_exit(self, vector, error_code, rip, cr2, vectoring=None):
+    def exception_exit(self, vector, error_code, rip, cr2, vectoring=None, length=0):
         # SDM 28.2.1/28.2.2: reason 0; VM-exit interruption information: vector, type 3 (hardware
-        # exception; 6 for #BP/#OF, software exceptions), error-code valid, valid; the exit
+        # exception; 6 for #BP/#OF from INT3/INTO, software exceptions; 5 for the #DB of INT1 /
+        # ICEBP, a privileged software exception), error-code valid, valid; the exit
         # qualification of a #PF is the faulting linear address (CR2 is not written). An
         # exception raised while delivering another event also records that event as the
-        # IDT-vectoring information (SDM 28.2.4); the exit then names no instruction.
-        kind = 6 if vector in (3, 4) else 3
+        # IDT-vectoring information (SDM 28.2.4); the exit then names no instruction. The
+        # VM-exit instruction length is saved for software exceptions and for exits during the
+        # delivery of a software interrupt or exception (SDM 28.2.5); RIP is then at the INT.
+        kind = 6 if vector in (3, 4) else 5 if vector == 1 and length else 3
         info = vector | kind << 8 | (INTR_INFO_DELIVER_CODE if error_code is not None else 0) | INTR_INFO_VALID
         idt_info = idt_code = 0
         if vectoring is not None:
@@ -241,10 +244,11 @@ class VmxVendor(X86Vendor):
             idt_info, idt_code = interruption_info(v_vector, v_type, v_code), v_code or 0
             rip = None
         return Exit(ExitKind.EXCEPTION, "EXIT_REASON_EXCEPTION_NMI",
-                    VmxExitInfo(EXIT_REASON_EXCEPTION_NMI, cr2 if vector == 14 else 0, rip, 0,
+                    VmxExitInfo(EXIT_REASON_EXCEPTION_NMI, cr2 if vector == 14 else 0, rip, length,
                                 intr_info=info, intr_error_code=error_code or 0,
                                 idt_vectoring_info=idt_info, idt_vectoring_error_code=idt_code),
-                    cr2 if vector == 14 else 0, vector=vector, value=error_code)
+                    cr2 if vector == 14 else 0, size=length if vectoring is None else 0, vector=vector,
+                    value=error_code)
 
     @staticmethod
     def event_exit(kind: str, vector: int = 0, acknowledged: bool = False) -> Exit:

@@ -371,12 +371,13 @@ class VmxGuestContext:
             vcpu.mtf_pending = True
             return
         error = v.get(Field.VM_ENTRY_EXCEPTION_ERROR_CODE, 0) if info & INTR_INFO_DELIVER_CODE else None
-        rip = vcpu.rip()
+        rip, length = vcpu.rip(), 0
         if kind in (INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION):
-            rip += v.get(Field.VM_ENTRY_INSTRUCTION_LEN, 0)  # software events return past the INT
+            length = v.get(Field.VM_ENTRY_INSTRUCTION_LEN, 0)
+            rip += length  # software events return past the INT
         vcpu.activity_hlt = False  # an injected event wakes the guest (SDM 26.6.2)
         vcpu.deliver_event(info & 0xFF, error, rip, software=kind in (INTR_TYPE_SOFT_INTR, INTR_TYPE_SOFT_EXCEPTION),
-                           event_type=kind)
+                           event_type=kind, length=length)
         if mtf:  # MTF exit pending before the handler's first instruction (SDM 26.7.2)
             vcpu.mtf_pending = True
 

@@ -608,8 +608,13 @@ class X86Vcpu(Vcpu):
             error_code = self._page_fault_error_code(rip)
         elif intno in idt.ERROR_CODE_VECTORS:
             error_code = 0  # Unicorn does not expose the error code; 0 is right for most #GP
-        if intno >= 32 or intno not in (1, 3) and self._int_n(rip, intno):
-            # INT n: a software interrupt, no error code, gate DPL checked (RIP is past it)
+        if intno in (3, 4) and self._byte_before(rip) == (0xCC if intno == 3 else 0xCE):
+            # INT3 / INTO: a software exception (interruption type 6), a trap RIP is past
+            self.guest_exception(intno, None, rip, length=1)
+            return
+        if intno >= 32 or intno != 1 and self._int_n(rip, intno):
+            # INT n (INT 3 encoded CD 03 too): a software interrupt, no error code, gate DPL
+            # checked (RIP is past it); no exception bitmap or intercept applies to it
             context = self.context
             if context is not None and context.intercepts("intn", intno):
                 self.regs.write(X.UC_X86_REG_RIP, rip - 2)  # intercepts come before execution
@@ -618,9 +623,15 @@ class X86Vcpu(Vcpu):
                 if exit.value is True:
                     self.regs.write(X.UC_X86_REG_RIP, rip)
                     return
-            self.deliver_event(intno, None, rip, software=True)
+            self.deliver_event(intno, None, rip, software=True, length=2)
         else:
             self.guest_exception(intno, error_code, rip)
+
+    def _byte_before(self, rip: int) -> int | None:
+        try:
+            return self.read_linear(self.segment_base("cs") + rip - 1, 1)[0]
+        except (GuestMemoryError, idt.DeliveryFault):
+            return None
 
     def _int_n(self, rip: int, intno: int) -> bool:
         """Whether the interrupt the engine reported below 32 came from INT n (CD ib), which
@@ -673,8 +684,8 @@ class X86Vcpu(Vcpu):
             if done is not False:
                 return done
         if undefined:
-            if kind == "icebp":  # INT1: a #DB trap after the instruction (SDM Vol. 3A 6.15)
-                self.guest_exception(1, None, rip + length)
+            if kind == "icebp":  # INT1: a #DB trap after the instruction (SDM Vol. 3A 6.15),
+                self.guest_exception(1, None, rip + length, length=length)  # a privileged software exception
             else:
                 self.guest_exception(6, None, rip)  # the engine has no such instruction: #UD
             return None
@@ -947,11 +958,17 @@ class X86Vcpu(Vcpu):
         return False
 
     # -- exceptions ------------------------------------------------------------------------
-    def guest_exception(self, vector: int, error_code: int | None, rip: int, cr2: int | None = None) -> None:
+    def guest_exception(self, vector: int, error_code: int | None, rip: int, cr2: int | None = None,
+                        length: int = 0) -> None:
         """An exception the guest's own instruction raised: an exit if the VMM intercepts it
         (VMX exception bitmap, SVM exception intercepts), else delivered through the IDT.
         ``cr2``: a #PF's linear address, written to CR2 only if the guest takes the #PF (an
-        intercepted #PF reports it in the exit instead: SDM 27.1, APM 15.12)."""
+        intercepted #PF reports it in the exit instead: SDM 27.1, APM 15.12).
+        ``length``: the exception is a software exception raised by an instruction of that
+        length (INT3, INTO: type 6; INT1 / ICEBP: type 5, privileged), ``rip`` the address after
+        it. Intercepted, the exit names the instruction itself: RIP at it and its length (VMX
+        VM-exit instruction length, SDM 28.2.5; SVM nRIP past it for INT3/INTO, APM 15.7.1), so
+        a VMM re-injects it as KVM does; otherwise the handler gets the address after it."""
         context = self.context
         check = context.exception_check if context is not None else None
         if vector == idt.PF and cr2 is None:
@@ -960,22 +977,31 @@ class X86Vcpu(Vcpu):
             # A full VM exit and re-entry around it: the VMM sees the whole guest state and may
             # change it (skip the instruction, inject something else) before the guest resumes.
             cr2 = cr2 if vector == idt.PF else 0
+            if length:
+                rip -= length
+                self.regs.write(X.UC_X86_REG_RIP, rip)
             context.vmexit()
-            self._exit(self.vendor.exception_exit(vector, error_code, rip, cr2))
+            self._exit(self.vendor.exception_exit(vector, error_code, rip, cr2, length=length))
             context.resume_state()
         else:
             if vector == idt.PF:
                 self.regs.write(X.UC_X86_REG_CR2, cr2)
-            self.deliver_event(vector, error_code, rip)
+            if length:
+                kind = 5 if vector == 1 else 6
+                self.deliver_event(vector, None, rip, software=kind == 6, event_type=kind, length=length)
+            else:
+                self.deliver_event(vector, error_code, rip)
 
     def deliver_event(self, vector: int, error_code: int | None, rip: int, software: bool = False,
-                      event_type: int | None = None) -> None:
+                      event_type: int | None = None, length: int = 0) -> None:
         """Deliver ``vector`` through the guest's IDT (plugins/x86/idt.py); ``rip`` is the
         return address pushed; a failure escalates to #DF and to a triple-fault shutdown.
         ``event_type`` is the interruption type (EventType values: 0 external interrupt, 2 NMI,
         3 hardware exception, 4 software interrupt, 6 software exception); an exception during
         delivery that the VMM intercepts exits with this event as the one being delivered (VMX
-        IDT-vectoring information, SVM EXITINTINFO)."""
+        IDT-vectoring information, SVM EXITINTINFO). ``length``: a software event's instruction
+        length (INT n, INT3, INTO, INT1; an injected one's VM-entry instruction length): such an
+        exit names the instruction (RIP at it, ``rip - length``) and its length (SDM 28.2.5)."""
         if event_type is None:
             event_type = 4 if software and vector >= 32 else (6 if software else (3 if vector < 32 else 0))
         context = self.context
@@ -996,10 +1022,15 @@ class X86Vcpu(Vcpu):
                               f"({idt.EXCEPTION_NAMES.get(hit.vector, hit.vector)}) and the VMM re-delivers it")
                 return
             self._vectoring_depth += 1
+            if length and event_type in (4, 5, 6) and hit.original is None:
+                self.regs.write(X.UC_X86_REG_RIP, rip - length)  # the INT instruction, not past it
+            else:
+                length = 0
             try:
                 context.vmexit()
                 self._exit(self.vendor.exception_exit(hit.vector, hit.error_code, rip, cr2,
-                                                      vectoring=(hit.original or (vector, error_code, event_type))))
+                                                      vectoring=(hit.original or (vector, error_code, event_type)),
+                                                      length=length))
                 if self.vm.status is None:
                     context.resume_state()
             finally:

@@ -79,6 +79,11 @@ def handle_exception(vcpu, exit: Exit) -> None:
             shadow.page_fault(exit.address, exit.value or 0)
             return
         vcpu.regs.write(X.UC_X86_REG_CR2, exit.address)
+    if exit.size:  # a software exception (INT3, INTO; INT1): the exit is at the instruction
+        kind = 5 if exit.vector == 1 else 6
+        vcpu.deliver_event(exit.vector, None, vcpu.rip() + exit.size, software=kind == 6, event_type=kind,
+                           length=exit.size)
+        return
     vcpu.deliver_event(exit.vector, exit.value, vcpu.rip())
 
 

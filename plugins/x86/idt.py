@@ -102,21 +102,22 @@ def _deliver_once(cpu, vector: int, error_code: int | None, return_rip: int, sof
     return _deliver_protected(cpu, vector, error_code, return_rip, software)
 
 
-def _gate_fault(vector: int, why: str) -> DeliveryFault:
-    # Error code for an IDT reference: index << 3 | IDT (bit 1) | EXT (bit 0)
-    return DeliveryFault(GP, (vector << 3) | 2 | 1, why)
+def _gate_fault(vector: int, why: str, software: bool = False) -> DeliveryFault:
+    # Error code for an IDT reference: index << 3 | IDT (bit 1) | EXT (bit 0); EXT is clear when
+    # the event being delivered is INT n, INT3 or INTO (SDM 6.13), set for any other event.
+    return DeliveryFault(GP, (vector << 3) | 2 | (0 if software else 1), why)
 
 
-def _read_gate(cpu, vector: int, size: int) -> bytes:
+def _read_gate(cpu, vector: int, size: int, software: bool = False) -> bytes:
     _sel, base, limit, _flags = cpu.idtr()
     if vector * size + size - 1 > limit:
-        raise _gate_fault(vector, f"vector {vector} is beyond the IDT limit {limit:#x}")
+        raise _gate_fault(vector, f"vector {vector} is beyond the IDT limit {limit:#x}", software)
     try:
         return cpu.read_linear(base + vector * size, size)
     except DeliveryFault:
         raise
     except GuestMemoryError:
-        raise _gate_fault(vector, f"IDT entry for vector {vector} is outside guest memory") from None
+        raise _gate_fault(vector, f"IDT entry for vector {vector} is outside guest memory", software) from None
 
 
 def _push_frame(cpu, rsp: int, words: list[int], width: int, stack_mask: int) -> int:
@@ -146,18 +147,19 @@ def _deliver_real(cpu, vector: int, return_rip: int) -> None:
 
 
 def _deliver_protected(cpu, vector, error_code, return_rip, software) -> None:
-    gate = _read_gate(cpu, vector, 8)
+    gate = _read_gate(cpu, vector, 8, software)
     lo, hi = struct.unpack("<II", gate)
     selector = lo >> 16
     offset = (lo & 0xFFFF) | (hi & 0xFFFF_0000)
     gtype, dpl, present = (hi >> 8) & 0xF, (hi >> 13) & 3, hi >> 15 & 1
     cpl = cpu.cpl()
     if gtype not in (0xE, 0xF, 0x6, 0x7):
-        raise _gate_fault(vector, f"IDT entry {vector} has gate type {gtype:#x} (task gates are not modelled)")
+        raise _gate_fault(vector, f"IDT entry {vector} has gate type {gtype:#x} (task gates are not modelled)",
+                          software)
     if software and dpl < cpl:
-        raise _gate_fault(vector, f"INT {vector:#x} from CPL {cpl} through a DPL {dpl} gate")
+        raise _gate_fault(vector, f"INT {vector:#x} from CPL {cpl} through a DPL {dpl} gate", True)
     if not present:
-        raise DeliveryFault(NP, (vector << 3) | 2 | 1, f"IDT entry {vector} is not present")
+        raise DeliveryFault(NP, (vector << 3) | 2 | (0 if software else 1), f"IDT entry {vector} is not present")
     target_dpl = cpu.code_segment_dpl(selector)
     flags = cpu.rflags()
     words = []
@@ -182,18 +184,18 @@ def _deliver_protected(cpu, vector, error_code, return_rip, software) -> None:
 
 
 def _deliver_long(cpu, vector, error_code, return_rip, software) -> None:
-    gate = _read_gate(cpu, vector, 16)
+    gate = _read_gate(cpu, vector, 16, software)
     lo, hi, upper, _ = struct.unpack("<IIII", gate)
     selector = lo >> 16
     offset = (lo & 0xFFFF) | (hi & 0xFFFF_0000) | (upper << 32)
     ist, gtype, dpl, present = hi & 7, (hi >> 8) & 0xF, (hi >> 13) & 3, hi >> 15 & 1
     cpl = cpu.cpl()
     if gtype not in (0xE, 0xF):
-        raise _gate_fault(vector, f"IDT entry {vector} has type {gtype:#x}; long mode allows 0xE/0xF")
+        raise _gate_fault(vector, f"IDT entry {vector} has type {gtype:#x}; long mode allows 0xE/0xF", software)
     if software and dpl < cpl:
-        raise _gate_fault(vector, f"INT {vector:#x} from CPL {cpl} through a DPL {dpl} gate")
+        raise _gate_fault(vector, f"INT {vector:#x} from CPL {cpl} through a DPL {dpl} gate", True)
     if not present:
-        raise DeliveryFault(NP, (vector << 3) | 2 | 1, f"IDT entry {vector} is not present")
+        raise DeliveryFault(NP, (vector << 3) | 2 | (0 if software else 1), f"IDT entry {vector} is not present")
     target_dpl = cpu.code_segment_dpl(selector)
     flags = cpu.rflags()
     old_ss, old_rsp = cpu.ss(), cpu.rsp()

@@ -42,7 +42,8 @@ class X86Vendor:
     def cpuid_exit(self, rip: int) -> Exit:
         raise NotImplementedError
 
-    def exception_exit(self, vector: int, error_code: int | None, rip: int, cr2: int) -> Exit:
+    def exception_exit(self, vector: int, error_code: int | None, rip: int, cr2: int, vectoring=None,
+                       length: int = 0) -> Exit:
         raise NotImplementedError
 
     def instruction_exit(self, kind: str, rip: int, insn_len: int, operand: tuple) -> Exit:
