@@ -74,10 +74,10 @@ _GPRS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RS
                                                   "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
 
 
-def _canonical(address: int) -> bool:
-    """Bits 63:47 all equal (48-bit linear addresses, CPUID.80000008H)."""
-    top = address >> 47
-    return top == 0 or top == (1 << 17) - 1
+def _canonical(address: int, la57: bool = False) -> bool:
+    """Bits 63:47 all equal (48-bit linear addresses), or 63:56 with CR4.LA57 (SDM 3.3.7.1)."""
+    top = address >> (56 if la57 else 47)
+    return top == 0 or top == (1 << (8 if la57 else 17)) - 1
 
 
 class X86Vcpu(Vcpu):
@@ -898,7 +898,7 @@ class X86Vcpu(Vcpu):
             self.guest_exception(fault.vector, fault.error_code, rip)
             return None
         pcid, address = int.from_bytes(desc[:8], "little"), int.from_bytes(desc[8:], "little")
-        if kind > 3 or pcid >> 12 or kind == 0 and not _canonical(address):
+        if kind > 3 or pcid >> 12 or kind == 0 and not _canonical(address, bool(self.regs.read(X.UC_X86_REG_CR4) & 1 << 12)):
             self.guest_exception(idt.GP, 0, rip)
             return None
         mmu = self.mmu

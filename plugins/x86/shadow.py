@@ -35,9 +35,9 @@ protection, as KVM's shadow MMU does:
   entry without U/S (KVM's trick), so a later user access faults and is re-shadowed read-only.
 
 The shadow tables are real x86 4-level tables in the hypervisor's area of host memory,
-whatever the guest's own paging mode (a 32-bit guest's addresses are a subset); the processor
-walks them with the guest's CR4.SMEP. ``hvsim translate`` shows them as stage 1 when shadow
-paging is on.
+whatever the guest's own paging mode (a 32-bit guest's addresses are a subset), 5-level for a
+guest with CR4.LA57; the processor walks them with the guest's CR4.SMEP and LA57.
+``hvsim translate`` shows them as stage 1 when shadow paging is on.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ _TABLE = paging.P | paging.RW | paging.US
 # The processor's paging mode for the shadow tables: 4-level, write protection on, NX on.
 HW_CR0, HW_CR4, HW_EFER = paging.CR0_PG | paging.CR0_WP | 1, paging.CR4_PAE, paging.EFER_LMA | paging.EFER_NXE
 _CR4_MODE = paging.CR4_PSE | paging.CR4_PAE | paging.CR4_PGE | paging.CR4_SMEP | paging.CR4_LA57
+_LEVELS = ((4, 3, 2), (5, 4, 3, 2))  # the shadow's non-leaf levels: 4-level, or 5-level for an LA57 guest
 MAX_ROOTS = 16  # shadow roots kept per vCPU (KVM keeps a few cached roots per vCPU too)
 
 
@@ -140,7 +141,7 @@ class ShadowMmu:
         shadow memory, everything is dropped and the walk starts again, as a vTLB may."""
         while True:
             table = self.root
-            for level in (4, 3, 2):
+            for level in _LEVELS[bool(self.key and len(self.key) > 2 and self.key[2] & paging.CR4_LA57)]:
                 at = table + ((gva >> (12 + 9 * (level - 1))) & 0x1FF) * 8
                 entry = _U64.unpack_from(self.host.view, at)[0]
                 if not entry & paging.P:
@@ -201,7 +202,8 @@ class ShadowMmu:
         def read(hpa: int) -> int:
             return _U64.unpack_from(view, hpa)[0] if hpa + 8 <= size else 0
 
-        return paging.walk(gva, access, HW_CR0, self.root, HW_CR4 | (ctx[2] & paging.CR4_SMEP), HW_EFER, cpl,
+        hw_cr4 = HW_CR4 | (key[2] & (paging.CR4_SMEP | paging.CR4_LA57) if len(key) > 2 else 0)  # paging on
+        return paging.walk(gva, access, HW_CR0, self.root, hw_cr4, HW_EFER, cpl,
                            lambda a: read(a) & 0xFFFF_FFFF, read, record=False)
 
     # -- the VMM's exit handling ---------------------------------------------------------------------

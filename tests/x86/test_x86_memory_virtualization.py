@@ -642,3 +642,85 @@ def test_an_execute_only_ept_page_runs_but_cannot_be_read(make_vm, hvsim_pm):
     assert raw.EXIT_REASON == 48
     assert raw.EXIT_QUALIFICATION & 0x3F == 0x1 | 0x20  # a read; the translation is executable only
     assert raw.GUEST_PHYSICAL_ADDRESS == code_page
+
+
+def _la57_kernel(la57: bool, address: int) -> bytes:
+    """A Multiboot kernel that builds 5-level tables (PML5 entries 0 and 1 both lead to the
+    identity-mapped first 8 MiB), a GDT with a 64-bit code segment, and enters IA-32e mode with
+    CR4.LA57 (SDM 4.5: LA57 can only change outside IA-32e mode) or without it (then CR3 is
+    the PML4), then reads ``address`` in 64-bit mode."""
+    from guestlib import x86_64
+
+    code64 = x86_64(f"""
+        mov rax, {address:#x}
+        mov eax, [rax]
+        mov [{X86_DATA:#x}], eax
+        mov rax, cr4
+        mov [{X86_DATA + 8:#x}], rax
+        {END}""", base=0)
+    pml5, pml4, pdpt, pd, gdt = 0x40_0000, 0x40_1000, 0x40_2000, 0x40_3000, 0x40_8000
+    pd_entries = "\n".join(f"mov dword ptr [{pd + 8 * i:#x}], {(i << 21) | 0x83:#x}" for i in range(4))
+    return _multiboot(f"""
+        mov dword ptr [{FRAME_A + 0x10:#x}], 0x600dcafe
+        mov edi, {pml5:#x}
+        xor eax, eax
+        mov ecx, 0x1000
+        rep stosd
+        mov dword ptr [{pml5:#x}], {pml4 | 3:#x}
+        mov dword ptr [{pml5 + 8:#x}], {pml4 | 3:#x}
+        mov dword ptr [{pml4:#x}], {pdpt | 3:#x}
+        mov dword ptr [{pdpt:#x}], {pd | 3:#x}
+        {pd_entries}
+        mov dword ptr [{gdt + 0x08:#x}], 0x0000ffff
+        mov dword ptr [{gdt + 0x0c:#x}], 0x00cf9a00
+        mov dword ptr [{gdt + 0x10:#x}], 0x0000ffff
+        mov dword ptr [{gdt + 0x14:#x}], 0x00cf9200
+        mov dword ptr [{gdt + 0x18:#x}], 0x0000ffff
+        mov dword ptr [{gdt + 0x1c:#x}], 0x00af9a00
+        mov word ptr [{gdt + 0x100:#x}], 0x1f
+        mov dword ptr [{gdt + 0x102:#x}], {gdt:#x}
+        lgdt [{gdt + 0x100:#x}]
+        mov eax, cr4
+        or eax, {0x1020 if la57 else 0x20:#x}
+        mov cr4, eax
+        mov eax, {pml5 if la57 else pml4:#x}
+        mov cr3, eax
+        mov ecx, 0xc0000080
+        rdmsr
+        or eax, 0x100
+        wrmsr
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        push 0x18
+        lea eax, [long64]
+        push eax
+        retf
+    long64:
+        .byte {", ".join(hex(b) for b in code64)}""")
+
+
+def test_5_level_paging_reaches_linear_addresses_beyond_48_bits(make_vm, arch, paging):
+    """SDM 4.5: with CR4.LA57 a 64-bit linear address has 57 significant bits and the walk
+    starts at the PML5 table CR3 names; 1 << 48 (PML5 index 1) is canonical and translates,
+    under EPT / NPT and under the VMM's shadow tables (5-level for such a guest) alike."""
+    address = (1 << 48) + FRAME_A + 0x10
+    kw = {"paging": paging} if paging != "nested" else {}
+    vm = make_vm(arch, **kw)
+    vm.load(_la57_kernel(True, address))
+    assert vm.run(timeout=10).status == 1
+    assert vm.memory.read_u32(X86_DATA) == 0x600dcafe and vm.memory.read_u64(X86_DATA + 8) & 0x1000
+    if paging == "nested":
+        trace = vm.vcpus[0].trace_translation(address)
+        assert [s.level for s in trace.stage1] == ["PML5E", "PML4E", "PDPTE", "PDE"]
+        assert trace.stage1[0].gpa == 0x40_0000 + 8 and trace.gpa == FRAME_A + 0x10
+
+
+def test_the_same_address_is_non_canonical_with_4_level_paging(make_vm, arch):
+    """Without LA57, bits 63:47 of 1 << 48 are not all equal: the read is a #GP (SDM 3.3.7.1),
+    here with no IDT a triple fault (VMX exit reason 2, SVM SHUTDOWN)."""
+    vm = make_vm(arch)
+    vm.load(_la57_kernel(False, (1 << 48) + FRAME_A + 0x10))
+    result = vm.run(timeout=10)
+    assert result.status != 1 and "triple fault" in result.reason
+    assert vm.memory.read_u32(X86_DATA) == 0
