@@ -724,3 +724,77 @@ def test_the_same_address_is_non_canonical_with_4_level_paging(make_vm, arch):
     result = vm.run(timeout=10)
     assert result.status != 1 and "triple fault" in result.reason
     assert vm.memory.read_u32(X86_DATA) == 0
+
+
+def test_a_1_gib_page_maps_through_a_pdpte_with_ps(make_vm, arch, paging):
+    """SDM 4.5.4 / Table 4-16: a PDPTE with PS = 1 maps a 1 GiB page; bits 29:0 of the linear
+    address are the offset. The guest maps VA 1 GiB with a 1 GiB page at guest-physical 0."""
+    vm = boot(make_vm, arch, paging=paging, src=f"""
+        mov qword ptr [{FRAME_A + 0x18:#x}], 0x1234
+        {paging_on({})}
+        mov rax, {P | RW | PS:#x}
+        mov [{GUEST_PDPT + 8:#x}], rax
+        mov rax, cr3
+        mov cr3, rax
+        mov rax, [{(1 << 30) + FRAME_A + 0x18:#x}]
+        mov [{X86_DATA:#x}], rax
+        {END}""")
+    assert vm.run(timeout=10).status == 1
+    assert u64(vm, X86_DATA) == 0x1234 and u64(vm, GUEST_PDPT + 8) & A
+    if paging == "nested":
+        trace = vm.vcpus[0].trace_translation((1 << 30) + FRAME_A + 0x18)
+        assert [s.level for s in trace.stage1] == ["PML4E", "PDPTE"] and trace.gpa == FRAME_A + 0x18
+
+
+def test_smep_makes_a_supervisor_fetch_from_a_user_page_a_page_fault(make_vm, arch, paging):
+    """SDM 4.6.1: with CR4.SMEP (offered by hvsim's CPUID.7.0:EBX[7]) a fetch at CPL 0 from a
+    user-mode page faults with P | I/D (0x11), the guest's #PF handler sees it; the same page
+    is readable at CPL 0 (SMAP is not offered). The kernel's own 0-8 MiB is made supervisor-only
+    first, as a kernel maps itself."""
+    vm = boot(make_vm, arch, paging=paging, src=f"""
+        {x86_idt_setup({14: 'pf'})}
+        mov byte ptr [{FRAME_A:#x}], 0xc3
+        {paging_on({0: FRAME_A | P | RW | US})}
+        mov al, [{WINDOW:#x}]
+        mov [{X86_DATA + 16:#x}], al
+        mov rcx, 4
+        mov rdi, {GUEST_PD:#x}
+    kernel:
+        and qword ptr [rdi], {~US & 0xFFFF_FFFF_FFFF_FFFF:#x}
+        add rdi, 8
+        loop kernel
+        mov rax, cr3
+        mov cr3, rax
+        mov rax, cr4
+        or rax, {1 << 20:#x}
+        mov cr4, rax
+        mov rax, {WINDOW:#x}
+        call rax
+        {END}
+    pf:
+        pop rax
+        mov [{X86_DATA:#x}], rax
+        mov rax, cr2
+        mov [{X86_DATA + 8:#x}], rax
+        {END}""")
+    assert vm.run(timeout=10).status == 1
+    assert (u64(vm, X86_DATA), u64(vm, X86_DATA + 8), u64(vm, X86_DATA + 16) & 0xFF) == (0x11, WINDOW, 0xC3)
+
+
+def test_a_two_stage_walk_takes_24_memory_references(make_vm, arch):
+    """The composition is real (Intel SDM 29.3, AMD APM 15.25.4): each of the four guest
+    paging-structure reads needs a 4-level stage-2 walk first, and so does the final address:
+    4 x 4 + 4 + 4 = 24 references once the VMM maps the tables and the frame with 4 KiB
+    stage-2 pages, as `hvsim translate` prints them."""
+    vm = boot(make_vm, arch, f"""
+        {paging_on({0: FRAME_A | P | RW})}
+        mov qword ptr [{WINDOW + 8:#x}], 0x55
+        {END}""")
+    s2 = Stage2(vm)
+    s2.split(GUEST_PML4)  # the guest's tables (4-6 MiB) and its frame (6-8 MiB) in 4 KiB pages
+    s2.split(FRAME_A)
+    assert vm.run(timeout=10).status == 1
+    trace = vm.vcpus[0].trace_translation(WINDOW + 8)
+    assert [len(t.stage2) for t in trace.stage1] == [4, 4, 4, 4] and len(trace.stage2) == 4
+    assert sum(len(t.stage2) for t in trace.stage1) + len(trace.stage1) + len(trace.stage2) == 24
+    assert trace.hpa == vm.memory.translate(FRAME_A + 8) and u64(vm, FRAME_A + 8) == 0x55
