@@ -351,6 +351,48 @@ def test_an_ept_entry_with_write_but_not_read_is_a_misconfiguration(make_vm, hvs
     assert vm.vcpus[0].context.vmcs.values[0x2400] == FRAME_A  # GUEST_PHYSICAL_ADDRESS
 
 
+@pytest.mark.parametrize("memory_type", [2, 3, 7])
+def test_an_ept_leaf_with_a_reserved_memory_type_is_a_misconfiguration(make_vm, recorder, memory_type):
+    """SDM 29.3.3.1 / Table 29-6: EPT memory types 2, 3 and 7 are reserved; a leaf with one is
+    an EPT misconfiguration (49) at the access, and hvsim translate names the cause."""
+    vm = boot(make_vm, "intel_vtx", f"""
+        {paging_on({0: FRAME_A | P | RW})}
+        mov rax, [{WINDOW:#x}]
+        {END}""")
+    s2 = Stage2(vm)
+    s2.split(FRAME_A)
+    s2.set_leaf(FRAME_A, (s2.leaf(FRAME_A) & ~0x38) | memory_type << 3)
+    result = vm.run(timeout=10)
+    assert result.status == 4 and "EPT_MISCONFIG" in result.reason
+    (exit,) = recorder.of(ExitKind.STAGE2_FAULT)
+    assert exit.raw.EXIT_REASON == 49 and exit.raw.GUEST_PHYSICAL_ADDRESS == FRAME_A
+    assert f"reserved memory type {memory_type}" in exit.detail
+
+
+def test_an_ept_1_gib_page_maps_the_guest_physical_gigabyte(make_vm):
+    """SDM 29.3.2 / Table 29-4: an EPT PDPTE with bit 7 maps a 1 GiB page (IA32_VMX_EPT_VPID_CAP
+    bit 17); the VMM replaces the identity tables' first PDPTE by one, and the guest's walk and
+    its data go through it."""
+    from hvsim.plugins.intel_vtx import msrs
+
+    assert msrs.HVSIM_EPT_VPID_CAP >> 17 & 1
+    vm = boot(make_vm, "intel_vtx", f"""
+        mov qword ptr [{FRAME_A + 8:#x}], 0x77
+        {paging_on({0: FRAME_A | P | RW})}
+        mov rax, [{WINDOW + 8:#x}]
+        mov [{X86_DATA:#x}], rax
+        {END}""")
+    s2 = Stage2(vm)
+    base = vm.memory.translate(0)
+    assert base % (1 << 30) == 0
+    pdpt = struct.unpack_from("<Q", vm.host.view, s2.root)[0] & ~0xFFF & ((1 << 52) - 1)
+    struct.pack_into("<Q", vm.host.view, pdpt, base | 0x7 | 6 << 3 | 1 << 7)  # RWX, WB, PS
+    assert vm.run(timeout=10).status == 1
+    assert u64(vm, X86_DATA) == 0x77
+    trace = vm.vcpus[0].trace_translation(WINDOW + 8)
+    assert [s.level for s in trace.stage2] == [4, 3] and "PS" in trace.stage2[1].flags  # stage 2 ends at the PDPTE
+
+
 def test_ept_accessed_and_dirty_flags_are_set_when_the_eptp_enables_them(make_vm):
     """SDM 29.3.5: with EPTP bit 6 the processor sets bit 8 (accessed) in the EPT entries it
     uses and bit 9 (dirty) in the leaf of a write."""
