@@ -158,6 +158,7 @@ IO_PORT_SHIFT = 16
 EPT_READ, EPT_WRITE, EPT_FETCH = 1 << 0, 1 << 1, 1 << 2
 EPT_READABLE, EPT_WRITABLE, EPT_EXECUTABLE = 1 << 3, 1 << 4, 1 << 5
 EPT_GLA_VALID = 1 << 7
+INTR_INFO_UNBLOCK_NMI = 1 << 12  # "NMI unblocking due to IRET" (interruption info, EPT qualification)
 EPT_GLA_FINAL = 1 << 8  # the access was to the final translation, not a paging structure
 
 
@@ -311,6 +312,20 @@ class VmxVendor(X86Vendor):
             qual = 0
         return Exit(ExitKind.INSTRUCTION, f"EXIT_REASON_{EXIT_REASONS[reason]}",
                     VmxExitInfo(reason, qual, rip, insn_len, instruction_info=info))
+
+    @staticmethod
+    def nmi_unblocked_by_iret(exit):
+        """SDM 28.2.3 / Table 28-7: "NMI unblocking due to IRET", bit 12 of the VM-exit
+        interruption information (an exception that is not #DF and was not raised while
+        delivering an event) or of an EPT violation's / PML-full exit qualification: the IRET
+        that faulted had ended blocking by NMI (virtual-NMI blocking with virtual NMIs), and the
+        interruptibility state was saved with it clear (KVM's vmx_recover_nmi_blocking sets it
+        again before the IRET is retried)."""
+        raw = exit.raw
+        if raw.EXIT_REASON == EXIT_REASON_EXCEPTION_NMI and not raw.IDT_VECTORING_INFO_FIELD:
+            raw.VM_EXIT_INTR_INFO |= INTR_INFO_UNBLOCK_NMI
+        elif raw.EXIT_REASON in (EXIT_REASON_EPT_VIOLATION, EXIT_REASON_PML_FULL):
+            raw.EXIT_QUALIFICATION |= INTR_INFO_UNBLOCK_NMI
 
     def stage2_exit(self, fault, rip):
         """An EPT violation (SDM 29.3.3.2; qualification Table 28-7: the access in bits 2:0, what

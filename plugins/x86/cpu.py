@@ -124,6 +124,7 @@ class X86Vcpu(Vcpu):
         self._watch = x86_events.WindowWatch(uc, self.regs, self.code_bits)
         self.blocking = 0  # interruptibility at the last boundary looked at (SDM Table 24-3 bits)
         self.nmi_blocked = False  # blocking by NMI: from NMI delivery to the next IRET (SDM 6.7.1)
+        self.iret_unblocked_nmi = False  # while an IRET that ended blocking by NMI executes
         self.mtf_pending = False
         self.smis_taken = 0  # SMIs SMM took without an exit (events.boundary)
         self._hlt_at: int | None = None  # the HLT the engine was about to execute in this stay
@@ -271,10 +272,15 @@ class X86Vcpu(Vcpu):
                     continue  # stopped only so the engine's TLB could grow
                 if watch.hit is not None:
                     at, watch.hit = watch.hit, None
-                    iret = watch.is_iret(at)
-                    halted = self._step(at)
-                    if iret:
-                        self.nmi_blocked = False  # IRET ends blocking by NMI (SDM 6.7.1)
+                    if watch.is_iret(at) and self.nmi_blocked:
+                        # IRET ends blocking by NMI (SDM 6.7.1), before it can fault: an exit
+                        # for its fault says so ("NMI unblocking due to IRET", SDM 28.2.3)
+                        self.nmi_blocked = False
+                        self.iret_unblocked_nmi = True
+                    try:
+                        halted = self._step(at)
+                    finally:
+                        self.iret_unblocked_nmi = False
                     if halted:
                         break
                     continue
@@ -360,7 +366,10 @@ class X86Vcpu(Vcpu):
         context = self.context
         if context is not None:
             context.vmexit()
-        self._exit(self.vendor.stage2_exit(fault, rip))
+        exit = self.vendor.stage2_exit(fault, rip)
+        if self.iret_unblocked_nmi:
+            self.vendor.nmi_unblocked_by_iret(exit)
+        self._exit(exit)
         if context is not None:
             context.resume_state()
 
@@ -981,7 +990,10 @@ class X86Vcpu(Vcpu):
                 rip -= length
                 self.regs.write(X.UC_X86_REG_RIP, rip)
             context.vmexit()
-            self._exit(self.vendor.exception_exit(vector, error_code, rip, cr2, length=length))
+            exit = self.vendor.exception_exit(vector, error_code, rip, cr2, length=length)
+            if self.iret_unblocked_nmi and vector != idt.DF:
+                self.vendor.nmi_unblocked_by_iret(exit)
+            self._exit(exit)
             context.resume_state()
         else:
             if vector == idt.PF:

@@ -46,6 +46,10 @@ class X86Vendor:
                        length: int = 0) -> Exit:
         raise NotImplementedError
 
+    def nmi_unblocked_by_iret(self, exit: Exit) -> None:
+        """``exit`` is for a fault of an IRET that had ended blocking by NMI: VMX says so in its
+        record; SVM has no such bit (a VMM intercepts IRET to know)."""
+
     def instruction_exit(self, kind: str, rip: int, insn_len: int, operand: tuple) -> Exit:
         """An intercepted sensitive instruction: ``rdtsc``, ``rdtscp``, ``invlpg``, ``wbinvd``,
         ``invd``, ``pause``, ``mov_to_cr``/``mov_from_cr`` (CR, GPR, value), ``clts``, ``lmsw``,

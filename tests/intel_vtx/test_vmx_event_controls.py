@@ -5,6 +5,8 @@ IA32_EFER / IA32_PAT load and save controls (SDM 26.3.2.1, 28.3.1)."""
 
 from __future__ import annotations
 
+import pytest
+
 from eventvmm import END, Script, Vmm, label, store_labels
 from guestlib import X86_DATA, X86_STACK, x86_64, x86_idt_setup
 from hvsim.core.exits import Event, EventType
@@ -277,3 +279,39 @@ def test_the_preemption_timer_counts_in_the_hlt_state_and_its_exit_saves_hlt(mak
         {END}"""))
     assert vm.run(timeout=10).status == (9 << 1) | 1
     assert seen == [(52, label(vm, 0), 1)]  # after the HLT, in the HLT activity state
+
+
+@pytest.mark.parametrize("faulting,unblocked", [("iretq", True), ("mov ds, ax", False)])
+def test_a_fault_of_the_iret_that_ends_nmi_blocking_says_nmi_unblocking(make_vm, hvsim_pm, faulting, unblocked):
+    """SDM 28.2.3: an exit for a fault of an IRET that had ended blocking by NMI sets bit 12 of
+    the VM-exit interruption information ("NMI unblocking due to IRET") and saves the
+    interruptibility state without blocking by NMI (bit 3); the same #GP from another
+    instruction in the NMI handler leaves bit 12 clear and NMIs blocked. Here an injected NMI's
+    handler makes its frame's CS 0x50, beyond the GDT limit (IRET: #GP), or loads DS with it."""
+    seen = []
+
+    def on_exception(vmm, exit):
+        seen.append((exit.raw.VM_EXIT_INTR_INFO, vmm.read(Field.GUEST_INTERRUPTIBILITY_INFO), vmm.rip()))
+        vmm.vcpu.vm.crash("seen")
+
+    vmm = Script(lambda v: v.write(Field.VM_ENTRY_INTR_INFO_FIELD, 1 << 31 | 2 << 8 | 2), on_exception=on_exception)
+    hvsim_pm.register(vmm)
+    vm = make_vm("intel_vtx")
+    vm.load(x86_64(f"""
+        mov rsp, {X86_STACK}
+        {store_labels('at')}
+        {x86_idt_setup({2: 'nmi'})}
+        hlt
+        {END}
+    nmi:
+        mov qword ptr [rsp + 8], 0x50
+        mov ax, 0x50
+    at:
+        {faulting}
+        {END}"""))
+    Vmm(vm.vcpus[0]).write(Field.EXCEPTION_BITMAP, 1 << 13)
+    vm.run(timeout=10)
+    ((info, interruptibility, rip),) = seen
+    assert info & 0x7FF == 3 << 8 | 13 and info & 0x800 and rip == label(vm, 0)  # #GP with its error code
+    assert bool(info >> 12 & 1) is unblocked
+    assert bool(interruptibility & 8) is not unblocked
