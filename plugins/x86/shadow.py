@@ -46,7 +46,7 @@ import struct
 
 from unicorn import x86_const as X
 
-from hvsim.core.memory import Access
+from hvsim.core.memory import Access, GuestMemoryError
 
 from . import paging
 
@@ -220,7 +220,12 @@ class ShadowMmu:
         if key != self.key:
             self._root_for(key)
         cpl = vcpu.cpl()
-        w = paging.walk(gva, access, cr0, cr3, cr4, efer, cpl, memory.read_u32, memory.read_u64, self._guest_update)
+        try:
+            w = paging.walk(gva, access, cr0, cr3, cr4, efer, cpl, memory.read_u32, memory.read_u64,
+                            self._guest_update)
+        except GuestMemoryError as exc:  # the guest's tables are where no memory slot is
+            vcpu.vm.crash(f"guest page-table access: {exc}, which no RAM or device backs (shadow paging)")
+            return
         if w.fault:  # the guest's own #PF: CR2 and its error code, through its IDT
             vcpu.regs.write(X.UC_X86_REG_CR2, gva)
             vcpu.deliver_event(14, w.error_code, vcpu.rip())

@@ -472,13 +472,13 @@ def test_without_vpid_every_vm_entry_flushes_the_guests_translations(hvsim_pm):
 # -- isolation -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("where", ["neighbour's RAM", "a huge address", "its page tables there"])
-def test_a_guest_cannot_reach_its_neighbours_memory_through_its_own_page_tables(arch, where):
+def test_a_guest_cannot_reach_its_neighbours_memory_through_its_own_page_tables(arch, where, paging):
     """Two VMs on one host memory: VM A's guest maps the guest-physical address where VM B's RAM
-    lies in host memory (or a huge one, or puts its page tables there) and writes; stage 2 maps
-    only A's RAM, so the access is a stage-2 fault that ends A's run, and B's memory is
-    untouched."""
+    lies in host memory (or a huge one, or puts its page tables there) and writes; stage 2 (or,
+    under shadow paging, the VMM's memory slots) maps only A's RAM, so the access is a fault
+    that ends A's run with one line, and B's memory is untouched."""
     host = HostMemory(2 * ((32 << 20) + HV_AREA))
-    a = VM(arch, mem="32M", host=host)
+    a = VM(arch, mem="32M", host=host, **({"paging": paging} if paging != "nested" else {}))
     b = VM(arch, mem="32M", host=host)
     b_hpa = b.memory.translate(0)
     b.memory.write(0, b"B" * 0x10000)
