@@ -377,8 +377,19 @@ class SvmGuestContext:
         vcpu = self.vcpu
         error = event.error_code if event.error_code_valid else None
         vcpu.activity_hlt = False
-        vcpu.deliver_event(event.vector, error, vcpu.rip(), software=event.type == EVENTINJ_SOFT_INT,
-                           event_type=event.type)
+        rip, length = vcpu.rip(), 0
+        if event.type == EVENTINJ_SOFT_INT or event.type == 3 and event.vector in (3, 4):
+            # A software interrupt or the #BP / #OF of INT3 / INTO: with NRIP save the return
+            # address pushed is the VMCB's NRIP (KVM: "next_rip is consumed on VMRUN as the
+            # return address pushed on the stack for injected soft exceptions/interrupts"),
+            # RIP staying at the instruction. hvsim's choice: NRIP 0 is a VMM written for
+            # processors without NRIP save, which advanced RIP itself; RIP is pushed then.
+            nrip = self.vmcb.read("NRIP")
+            if nrip:
+                length = nrip - rip if 0 < nrip - rip <= 15 else 0
+                rip = nrip
+        vcpu.deliver_event(event.vector, error, rip, software=event.type == EVENTINJ_SOFT_INT,
+                           event_type=event.type, length=length)
 
     def vmexit(self) -> None:
         """Leaving the engine: the processor saves the guest state into the VMCB (15.6)."""

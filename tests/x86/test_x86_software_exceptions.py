@@ -55,13 +55,15 @@ def guest(insn: str, vector: int) -> str:
 def reinject(vmm, exit) -> None:
     """What KVM does with an intercepted #BP / #DB it does not want: give it back to the guest.
     VMX: the exit's interruption information as the VM-entry one, with the VM-exit instruction
-    length as the VM-entry instruction length. SVM: RIP past the instruction (nRIP, or the
-    length) and EVENTINJ of the exception."""
+    length as the VM-entry instruction length. SVM: EVENTINJ of the exception, the return
+    address being the exit's NRIP (INT3) or RIP moved past the instruction (ICEBP)."""
     if vmm.intel:
         vmm.write(Field.VM_ENTRY_INTR_INFO_FIELD, exit.raw.VM_EXIT_INTR_INFO)
         vmm.write(Field.VM_ENTRY_INSTRUCTION_LEN, exit.raw.VM_EXIT_INSTRUCTION_LEN)
-    else:
-        vmm.set_rip(exit.raw.NRIP or vmm.rip() + 1)
+    elif exit.raw.NRIP:  # #BP: RIP stays at the INT3, the exit's NRIP is pushed by VMRUN
+        vmm.vcpu.context.vmcb.eventinj = SvmEvent(exit.vector, 3)
+    else:  # ICEBP's #DB (no NRIP): a trap, so RIP past the instruction, an ordinary exception
+        vmm.set_rip(vmm.rip() + 1)
         vmm.vcpu.context.vmcb.eventinj = SvmEvent(exit.vector, 3)
 
 
@@ -130,17 +132,17 @@ def test_an_exit_during_an_int_n_delivery_names_the_int_instruction(make_vm, hvs
     """INT 0x30 through a not-present gate, #NP intercepted: the exit records the software
     interrupt being delivered (VMX IDT-vectoring type 4, SVM EXITINTINFO type 4) with RIP at the
     INT instruction and, under VMX, its length 2 (SDM 28.2.5), so the VMM can make the gate
-    present and re-inject it (VMX type 4 with VM-entry instruction length 2; SVM past the INT,
-    EVENTINJ type 4); the handler returns past the INT."""
+    present and re-inject it (VMX type 4 with VM-entry instruction length 2; SVM EVENTINJ type 4
+    with NRIP past the INT, the return address VMRUN pushes); the handler returns past it."""
     def fix_and_reinject(vmm, exit):
         vm.memory.write(X86_IDT + 16 * 0x30 + 5, b"\x8e")  # present the gate
         if vmm.intel:
             seen.append((vmm.read(Field.IDT_VECTORING_INFO_FIELD), vmm.read(Field.VM_EXIT_INSTRUCTION_LEN)))
             vmm.write(Field.VM_ENTRY_INTR_INFO_FIELD, VALID | 4 << 8 | 0x30)
             vmm.write(Field.VM_ENTRY_INSTRUCTION_LEN, 2)
-        else:
+        else:  # KVM with NRIP save: RIP stays at the INT, NRIP is the return address
             seen.append((exit.raw.EXITINTINFO, exit.raw.NRIP))
-            vmm.set_rip(vmm.rip() + 2)
+            vmm.vcpu.context.vmcb.write("NRIP", vmm.rip() + 2)
             vmm.vcpu.context.vmcb.eventinj = SvmEvent(0x30, 4)
 
     seen = []
