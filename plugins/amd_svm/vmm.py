@@ -62,6 +62,7 @@ EFER_VALID = 0x1 | 0x100 | 0x400 | 0x800 | 0x1000 | 0x2000 | 0x4000 | 0x8000  # 
 INTERCEPTS = ("VMRUN", "VMMCALL", "CPUID", "HLT", "IOIO_PROT", "MSR_PROT", "SHUTDOWN")
 # Every intercept hvsim's SVM honours (`hvsim spec --arch amd_svm intercepts`).
 HONOURED = frozenset({*_INSTRUCTION_INTERCEPTS.values(), *INTERCEPTS, "CR0_SEL_WRITE", "MWAIT_CONDITIONAL",
+                      "INTR", "NMI", "SMI", "INIT", "VINTR",  # event intercepts (events.EventControls)
                       "EFER_WRITE_TRAP", *(f"CR{n}_{d}" for n in (0, 2, 3, 4, 8) for d in ("READ", "WRITE")),
                       *(f"DR{n}_{d}" for n in range(8) for d in ("READ", "WRITE")), *(f"EXCP{n}" for n in range(32))})
 _LOADED_ON_VMRUN = (("RAX", X.UC_X86_REG_RAX), ("RSP", X.UC_X86_REG_RSP), ("RIP", X.UC_X86_REG_RIP),

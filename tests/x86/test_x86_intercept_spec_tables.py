@@ -33,7 +33,8 @@ def test_vmx_qualification_and_instruction_information_tables(capsys):
 @pytest.mark.parametrize("name,honoured", [("PUSHF", True), ("INTN", True), ("EFER_WRITE_TRAP", True),
                                            ("CR0_SEL_WRITE", True), ("DR7_READ", True), ("GDTR_WRITE", True),
                                            ("TASK_SWITCH", True), ("DR8_READ", False),
-                                           ("CR8_WRITE", True), ("CR5_WRITE", False)])
+                                           ("CR8_WRITE", True), ("CR5_WRITE", False), ("VINTR", True),
+                                           ("INIT", True), ("RSM", False)])
 def test_svm_intercepts_table_marks_what_hvsim_honours(capsys, name, honoured):
     assert main(["spec", "intercepts", "--arch", "amd_svm", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
