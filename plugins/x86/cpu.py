@@ -1270,7 +1270,9 @@ class X86Vcpu(Vcpu):
     def read_linear(self, linear: int, size: int) -> bytes:
         # Through the engine's own TLB first (a C-level hit, or one fill); a fault is then taken
         # the slow way, which raises the #PF delivery needs.
-        if (size <= len(self._rbuf) and self.mmu.shadow is None
+        # (Under shadow paging that is the VMM's shadow entry, which mirrors the guest's; a page
+        # not shadowed yet is read the slow way, through the guest's own tables.)
+        if (size <= len(self._rbuf)
                 and not _vmem_read(self._raw._uch, linear, UC_PROT_READ, self._rbuf, size)):
             self.mmu.pending = None
             return self._rbuf.raw[:size]

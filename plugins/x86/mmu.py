@@ -14,6 +14,8 @@ those instructions natively: :mod:`.traps` reports each site before it executes.
 
 from __future__ import annotations
 
+import functools
+
 import struct
 
 import capstone
@@ -394,6 +396,7 @@ class X86Mmu:
 _NO_INDEX = frozenset({CX.X86_REG_RIZ, CX.X86_REG_EIZ})
 
 
+@functools.lru_cache(maxsize=None)
 def _reg(bits: int, capstone_reg: int) -> int:
     return getattr(X, f"UC_X86_REG_{_disassembler(bits).reg_name(capstone_reg).upper()}")
 

@@ -47,7 +47,7 @@ def _flags(entry: int) -> str:
 
 def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl: int,
          read_u32: Callable[[int], int], read_u64: Callable[[int], int],
-         update: Callable[[int, int, int], None] | None = None, record: bool = True) -> Walk:
+         update: Callable[[int, int, int], None] | None = None, record: bool | str = True) -> Walk:
     """Translate ``gva``; a fault comes back as ``Walk.fault`` with ``error_code`` set.
 
     ``read_u32``/``read_u64`` read a paging-structure entry at a guest-physical address (a
@@ -57,7 +57,8 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
     successful Walk also says what the translation allows at this CPL (``writable``,
     ``executable``, ``user``), whether it is global, its page size, and the leaf's dirty flag.
     ``record=False`` (a TLB fill) keeps only the leaf entry's value in ``Walk.entry`` instead of
-    every step with its decoded flags.
+    every step with its decoded flags; ``record="entries"`` keeps the steps without decoding
+    their flags (a shadow-paging VMM needs where each entry was, not its description).
     """
     if not cr0 & CR0_PG:
         return Walk(gva & 0xFFFF_FFFF if not efer & EFER_LMA else gva, page_size=1 << 30)
@@ -85,7 +86,7 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
             idx = (gva >> 30) & 3
             addr = (cr3 & 0xFFFF_FFE0) + idx * 8
             pdpte = read_u64(addr)
-            record and note(WalkStep(3, addr, pdpte, _flags(pdpte)))
+            record and note(WalkStep(3, addr, pdpte, _flags(pdpte) if record is True else ""))
             if not pdpte & P:
                 return fault("PDPTE not present")
             if pdpte & (0x1E6 | _RSVD64 | XD):
@@ -96,7 +97,7 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
             shift = 12 + 9 * (level - 1)
             addr = table + ((gva >> shift) & 0x1FF) * 8
             entry = read_u64(addr)
-            record and note(WalkStep(level, addr, entry, _flags(entry)))
+            record and note(WalkStep(level, addr, entry, _flags(entry) if record is True else ""))
             if not entry & P:
                 return _done(fault(f"{LEVEL_NAMES[level]} not present"), used, update)
             if entry & _RSVD64 or (entry & XD and not nxe):
@@ -125,7 +126,7 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
     else:  # 32-bit paging
         addr = (cr3 & 0xFFFF_F000) + ((gva >> 22) & 0x3FF) * 4
         pde = read_u32(addr)
-        record and note(WalkStep(2, addr, pde, _flags(pde)))
+        record and note(WalkStep(2, addr, pde, _flags(pde) if record is True else ""))
         if not pde & P:
             return fault("PDE not present")
         allowed_w, allowed_u = bool(pde & RW), bool(pde & US)
@@ -136,7 +137,7 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
         else:
             addr = (pde & 0xFFFF_F000) + ((gva >> 12) & 0x3FF) * 4
             pte = read_u32(addr)
-            record and note(WalkStep(1, addr, pte, _flags(pte)))
+            record and note(WalkStep(1, addr, pte, _flags(pte) if record is True else ""))
             if not pte & P:
                 return _done(fault("PTE not present"), used, update)
             allowed_w &= bool(pte & RW)

@@ -222,7 +222,7 @@ class ShadowMmu:
         cpl = vcpu.cpl()
         try:
             w = paging.walk(gva, access, cr0, cr3, cr4, efer, cpl, memory.read_u32, memory.read_u64,
-                            self._guest_update)
+                            self._guest_update, record="entries")
         except GuestMemoryError as exc:  # the guest's tables are where no memory slot is
             vcpu.vm.crash(f"guest page-table access: {exc}, which no RAM or device backs (shadow paging)")
             return
