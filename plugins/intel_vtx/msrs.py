@@ -227,9 +227,9 @@ CR0_FIXED0 = X86_CR0_PG | X86_CR0_NE | X86_CR0_PE  # 0x80000021
 CR0_FIXED1 = 0xFFFF_FFFF
 CR4_FIXED0 = X86_CR4_VMXE
 # The CR4 bits hvsim's CPUID (plugins/x86/cpuid.py) backs: TSD, PSE, PAE, PGE, PCE, OSFXSR,
-# OSXMMEXCPT, LA57, OSXSAVE, SMEP, plus VMXE.
+# OSXMMEXCPT, LA57, OSXSAVE, SMEP, SMAP, plus VMXE.
 CR4_FIXED1 = ((1 << 2) | (1 << 4) | (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 12)
-              | X86_CR4_VMXE | (1 << 18) | (1 << 20))
+              | X86_CR4_VMXE | (1 << 18) | (1 << 20) | (1 << 21))
 
 MAXPHYADDR = 40  # CPUID.80000008H:EAX[7:0] in plugins/x86/cpuid.py
 

@@ -85,6 +85,9 @@ class X86Vcpu(Vcpu):
         super().__init__(vm, index)
         self.vendor = vendor
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        # Broadwell: the engine then knows STAC/CLAC and keeps CR4.SMAP (its default model masks
+        # it), with separate TLBs for SMAP-checked and AC-lifted supervisor accesses (measured).
+        uc.ctl_set_cpu_model(X.UC_CPU_X86_BROADWELL)
         self.regs = X86Regs(uc)
         # Host memory sits high in the engine's physical space; the MMU's fills (guest paging,
         # then EPT / NPT) point into it. MMIO ranges stay at their guest-physical addresses.

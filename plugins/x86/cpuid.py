@@ -1,7 +1,7 @@
 """The CPUID values an hvsim x86 guest sees (SDM Vol. 2A "CPUID", APM Vol. 3 Appendix E).
 
-A conservative processor: long mode, PAE, NX, SSE2, an APIC, SMEP and 5-level paging (the
-stage-1 walker has both), the hypervisor-present bit and a hypervisor leaf at 0x4000_0000,
+A conservative processor: long mode, PAE, NX, SSE2, an APIC, SMEP, SMAP and 5-level paging
+(the stage-1 walker has them), the hypervisor-present bit and a hypervisor leaf at 0x4000_0000,
 like a KVM guest's. The vendor string and the family come from
 the vendor plugin; nested virtualization (VMX / SVM) is not offered to the guest.
 """
@@ -19,7 +19,7 @@ FPU, TSC, MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, PSE, CLFSH, MMX, FXSR, SSE, 
 # CPUID.01H:ECX
 SSE3, CX16, XSAVE, OSXSAVE, RDRAND, HYPERVISOR = 1 << 0, 1 << 13, 1 << 26, 1 << 27, 1 << 30, 1 << 31
 # CPUID.(EAX=07H,ECX=0):EBX, ECX
-SMEP, RDSEED = 1 << 7, 1 << 18
+SMEP, RDSEED, SMAP = 1 << 7, 1 << 18, 1 << 20
 LA57 = 1 << 16  # ECX: 5-level paging (CR4.LA57), 57-bit linear addresses
 # CPUID.(EAX=0DH,ECX=0): the XCR0 bits XSETBV accepts (x87, SSE) and the XSAVE area's size
 XCR0_SUPPORTED, XSAVE_AREA_SIZE = 0x3, 512 + 64
@@ -48,7 +48,7 @@ def cpuid(leaf: int, subleaf: int, vendor: bytes, signature: int, brand: str, vc
         ebx = (vcpu_index << 24) | (vcpus << 16) | (8 << 8)  # initial APIC id, logical count, CLFLUSH 64 B
         return signature, ebx, LEAF1_ECX, LEAF1_EDX
     if leaf == 7 and subleaf == 0:
-        return 0, SMEP | RDSEED, LA57, 0
+        return 0, SMEP | RDSEED | SMAP, LA57, 0
     if leaf == 0xD and subleaf == 0:
         return XCR0_SUPPORTED, XSAVE_AREA_SIZE, XSAVE_AREA_SIZE, 0
     if leaf == 0x4000_0000:

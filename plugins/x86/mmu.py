@@ -27,6 +27,7 @@ from hvsim.core.mmu import (ACCESS_FETCH, ACCESS_WRITE, HOST_PHYS_BASE, PERM_R, 
                             Stage2Fault, TaggedTlb, TlbEntry, TraceStep, TranslationTrace)
 
 from . import paging
+from .idt import RFLAGS_AC
 from .shadow import SHADOW_MMIO
 
 MSR_EFER = 0xC000_0080
@@ -144,13 +145,16 @@ class X86Mmu:
                 self.log.pages.add(gpa >> 12)
 
     def walk(self, linear: int, access: Access, cpl: int | None = None, set_ad: bool = True,
-             record: bool = True) -> Walk:
-        """The guest's stage-1 walk of ``linear`` with every table read through stage 2."""
+             record: bool = True, ac: bool | None = None) -> Walk:
+        """The guest's stage-1 walk of ``linear`` with every table read through stage 2
+        (``ac``: RFLAGS.AC for SMAP, read from the vCPU when not given)."""
         cr0, cr3, cr4, efer, _pcid = self._ctx or self._context()
         if cpl is None:
             cpl = self.vcpu.cpl()
+        if ac is None:
+            ac = bool(cr4 & paging.CR4_SMAP and self.regs.read(X.UC_X86_REG_RFLAGS) & RFLAGS_AC)
         return paging.walk(linear, access, cr0, cr3, cr4, efer, cpl, self._table_u32, self._table_u64,
-                           self._table_update if set_ad else None, record)
+                           self._table_update if set_ad else None, record, ac)
 
     # -- Unicorn's TLB miss -----------------------------------------------------------------------
     def fill(self, vaddr: int, access: int):
@@ -164,6 +168,12 @@ class X86Mmu:
                 self.pending = GeneralProtection(f"non-canonical address {vaddr:#x}")
                 return None
         user = bool(cr0 & 1) and self.regs.read(X.UC_X86_REG_CS) & 3 == 3
+        # SMAP (SDM 4.6.1): at CPL < 3 with RFLAGS.AC clear, user pages allow no data access.
+        # The engine keeps such translations apart (QEMU's KSMAP / KNOSMAP TLB indexes), and so
+        # does the model: its "user" key is 2 for them.
+        smap = not user and cr4 & paging.CR4_SMAP and not self.regs.read(X.UC_X86_REG_RFLAGS) & RFLAGS_AC
+        if smap:
+            user = 2
         vpn = vaddr >> 12
         need = PERM_X if access == ACCESS_FETCH else PERM_W if access == ACCESS_WRITE else PERM_R
         e = self.tlb.lookup(self.tag, pcid, vpn, user)
@@ -180,7 +190,7 @@ class X86Mmu:
         if self.shadow is not None:
             return self._fill_shadow(vaddr, mode, user, pcid, self._ctx)
         try:
-            w = self.walk(vaddr, mode, 3 if user else 0, record=False)
+            w = self.walk(vaddr, mode, 3 if user is True else 0, record=False, ac=not smap)
         except Stage2Fault as fault:
             fault.gla = vaddr
             self.pending = fault
@@ -207,6 +217,8 @@ class X86Mmu:
         if self.log.enabled and need != PERM_W:
             dirty = False  # logging: write permission waits for a write, which is recorded
         perms = (PERM_R | (PERM_W if writable and dirty else 0) | (PERM_X if w.executable else 0)) & perms2
+        if smap and w.user:
+            perms &= PERM_X  # a supervisor fetch found it; data accesses fault (SMAP)
         paddr = HOST_PHYS_BASE + (hpa & ~0xFFF)
         e = TlbEntry(paddr, perms, w.user, w.global_, w.page_size, dirty, w.leaf if writable else None, gpa >> 12)
         self.tlb.insert(self.tag, pcid, vpn, user, e)
@@ -221,13 +233,15 @@ class X86Mmu:
     def _fill_shadow(self, vaddr: int, mode: Access, user: bool, pcid: int, ctx: tuple):
         """Shadow paging: the processor walks the VMM's shadow tables (host-physical, GVA ->
         HPA); a miss there is a #PF, which the VMM intercepts (plugins/x86/shadow.py)."""
-        w = self.shadow.walk(vaddr, mode, 3 if user else 0, ctx)
+        w = self.shadow.walk(vaddr, mode, 3 if user is True else 0, ctx, ac=user != 2)
         if w.fault:
             self.pending = PageFault(vaddr, w.error_code, w.fault)
             return None
         if w.entry & SHADOW_MMIO:
             return w.address & ~0xFFF, PERM_R | PERM_W
         perms = PERM_R | (PERM_W if w.writable else 0) | (PERM_X if w.executable else 0)
+        if user == 2 and w.user:
+            perms &= PERM_X  # SMAP, as in fill
         paddr = HOST_PHYS_BASE + (w.address & ~0xFFF)
         self.tlb.insert(self.tag, pcid, vaddr >> 12, user, TlbEntry(paddr, perms, w.user, w.global_, 0x1000))
         return paddr, perms

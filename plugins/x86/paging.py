@@ -47,7 +47,8 @@ def _flags(entry: int) -> str:
 
 def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl: int,
          read_u32: Callable[[int], int], read_u64: Callable[[int], int],
-         update: Callable[[int, int, int], None] | None = None, record: bool | str = True) -> Walk:
+         update: Callable[[int, int, int], None] | None = None, record: bool | str = True,
+         ac: bool = False) -> Walk:
     """Translate ``gva``; a fault comes back as ``Walk.fault`` with ``error_code`` set.
 
     ``read_u32``/``read_u64`` read a paging-structure entry at a guest-physical address (a
@@ -59,6 +60,7 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
     ``record=False`` (a TLB fill) keeps only the leaf entry's value in ``Walk.entry`` instead of
     every step with its decoded flags; ``record="entries"`` keeps the steps without decoding
     their flags (a shadow-paging VMM needs where each entry was, not its description).
+    ``ac``: RFLAGS.AC, which lifts SMAP for explicit supervisor data accesses (SDM 4.6.1).
     """
     if not cr0 & CR0_PG:
         return Walk(gva & 0xFFFF_FFFF if not efer & EFER_LMA else gva, page_size=1 << 30)
@@ -157,6 +159,10 @@ def walk(gva: int, access: Access, cr0: int, cr3: int, cr4: int, efer: int, cpl:
         return _done(fault("instruction fetch from an XD page", PFEC_P), used, update)
     if fetch and not executable:
         return _done(fault("SMEP: supervisor fetch from a user page", PFEC_P), used, update)
+    smap = not user and allowed_u and cr4 & CR4_SMAP and not ac  # SMAP: no supervisor data access
+    if smap and not fetch:
+        return _done(fault("SMAP: supervisor data access to a user page with RFLAGS.AC clear", PFEC_P),
+                     used, update)
     _done(None, used, update, dirty_leaf=write)  # the write the translation allows sets D
     return Walk(gpa, steps, writable=writable, executable=executable, user=allowed_u,
                 global_=bool(leaf & G and cr4 & CR4_PGE), page_size=size, dirty=bool(leaf & D) or write,

@@ -56,7 +56,7 @@ _ADDR = ((1 << paging.MAXPHYADDR) - 1) & ~0xFFF
 _TABLE = paging.P | paging.RW | paging.US
 # The processor's paging mode for the shadow tables: 4-level, write protection on, NX on.
 HW_CR0, HW_CR4, HW_EFER = paging.CR0_PG | paging.CR0_WP | 1, paging.CR4_PAE, paging.EFER_LMA | paging.EFER_NXE
-_CR4_MODE = paging.CR4_PSE | paging.CR4_PAE | paging.CR4_PGE | paging.CR4_SMEP | paging.CR4_LA57
+_CR4_MODE = paging.CR4_PSE | paging.CR4_PAE | paging.CR4_PGE | paging.CR4_SMEP | paging.CR4_SMAP | paging.CR4_LA57
 _LEVELS = ((4, 3, 2), (5, 4, 3, 2))  # the shadow's non-leaf levels: 4-level, or 5-level for an LA57 guest
 MAX_ROOTS = 16  # shadow roots kept per vCPU (KVM keeps a few cached roots per vCPU too)
 
@@ -191,7 +191,7 @@ class ShadowMmu:
         return (base, cr0 & paging.CR0_WP, cr4 & _CR4_MODE, efer & (paging.EFER_LMA | paging.EFER_NXE))
 
     # -- what the processor sees ----------------------------------------------------------------------
-    def walk(self, gva: int, access: Access, cpl: int, ctx: tuple):
+    def walk(self, gva: int, access: Access, cpl: int, ctx: tuple, ac: bool = True):
         """The processor's walk of the shadow tables (host-physical), for the MMU's fill.
         ``ctx`` is the guest's (CR0, CR3, CR4, EFER, PCID): it picks the shadow root."""
         key = self._current_key(*ctx[:4])
@@ -202,9 +202,9 @@ class ShadowMmu:
         def read(hpa: int) -> int:
             return _U64.unpack_from(view, hpa)[0] if hpa + 8 <= size else 0
 
-        hw_cr4 = HW_CR4 | (key[2] & (paging.CR4_SMEP | paging.CR4_LA57) if len(key) > 2 else 0)  # paging on
+        hw_cr4 = HW_CR4 | (key[2] & (paging.CR4_SMEP | paging.CR4_SMAP | paging.CR4_LA57) if len(key) > 2 else 0)
         return paging.walk(gva, access, HW_CR0, self.root, hw_cr4, HW_EFER, cpl,
-                           lambda a: read(a) & 0xFFFF_FFFF, read, record=False)
+                           lambda a: read(a) & 0xFFFF_FFFF, read, record=False, ac=ac)
 
     # -- the VMM's exit handling ---------------------------------------------------------------------
     def page_fault(self, gva: int, error_code: int) -> None:
@@ -222,7 +222,8 @@ class ShadowMmu:
         cpl = vcpu.cpl()
         try:
             w = paging.walk(gva, access, cr0, cr3, cr4, efer, cpl, memory.read_u32, memory.read_u64,
-                            self._guest_update, record="entries")
+                            self._guest_update, record="entries",
+                            ac=bool(vcpu.regs.read(X.UC_X86_REG_RFLAGS) & 1 << 18))
         except GuestMemoryError as exc:  # the guest's tables are where no memory slot is
             vcpu.vm.crash(f"guest page-table access: {exc}, which no RAM or device backs (shadow paging)")
             return

@@ -840,3 +840,38 @@ def test_a_two_stage_walk_takes_24_memory_references(make_vm, arch):
     assert [len(t.stage2) for t in trace.stage1] == [4, 4, 4, 4] and len(trace.stage2) == 4
     assert sum(len(t.stage2) for t in trace.stage1) + len(trace.stage1) + len(trace.stage2) == 24
     assert trace.hpa == vm.memory.translate(FRAME_A + 8) and u64(vm, FRAME_A + 8) == 0x55
+
+
+def test_smap_refuses_supervisor_data_accesses_to_user_pages_unless_rflags_ac(make_vm, arch, paging):
+    """SDM 4.6.1: with CR4.SMAP (hvsim's CPUID.7.0:EBX[20]) a CPL 0 read of a user page is
+    allowed while RFLAGS.AC = 1 (after STAC) and a #PF with P (error code 1) after CLAC. The
+    kernel's own 0-8 MiB is made supervisor-only first, as a kernel maps itself."""
+    vm = boot(make_vm, arch, paging=paging, src=f"""
+        {x86_idt_setup({14: 'pf'})}
+        mov qword ptr [{FRAME_A:#x}], 0x5a5a
+        {paging_on({0: FRAME_A | P | RW | US})}
+        mov rcx, 4
+        mov rdi, {GUEST_PD:#x}
+    kernel:
+        and qword ptr [rdi], {~US & 0xFFFF_FFFF_FFFF_FFFF:#x}
+        add rdi, 8
+        loop kernel
+        mov rax, cr3
+        mov cr3, rax
+        mov rax, cr4
+        or rax, {1 << 21:#x}
+        mov cr4, rax
+        stac
+        mov rax, [{WINDOW:#x}]
+        mov [{X86_DATA + 16:#x}], rax
+        clac
+        mov rax, [{WINDOW:#x}]
+        {END}
+    pf:
+        pop rax
+        mov [{X86_DATA:#x}], rax
+        mov rax, cr2
+        mov [{X86_DATA + 8:#x}], rax
+        {END}""")
+    assert vm.run(timeout=10).status == 1
+    assert (u64(vm, X86_DATA), u64(vm, X86_DATA + 8), u64(vm, X86_DATA + 16)) == (0x1, WINDOW, 0x5A5A)
