@@ -263,7 +263,7 @@ class Arm64Vcpu(Vcpu):
         self.redirected = False
         e.record = record
         e._ELR_EL2 = elr
-        e._SPSR_EL2 = self.regs.read(UC_ARM64_REG_PSTATE) & 0xFFFF_FFFF  # a 32-bit read into a 64-bit buffer
+        e._SPSR_EL2 = self.regs.read_low32(UC_ARM64_REG_PSTATE)
 
     # -- the generic timer ---------------------------------------------------------------------
     def timer_changed(self) -> None:
