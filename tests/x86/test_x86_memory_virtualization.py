@@ -54,6 +54,25 @@ def paging_on(pt_entries: dict[int, int]) -> str:
     return "\n".join(lines)
 
 
+# A #PF handler that stores the error code at X86_DATA and CR2 at X86_DATA + 8, then ends.
+PF_HANDLER = f"""pf:
+        pop rax
+        mov [{X86_DATA:#x}], rax
+        mov rax, cr2
+        mov [{X86_DATA + 8:#x}], rax
+        {END}"""
+# After paging_on: the identity-mapped 0-8 MiB made supervisor-only (as a kernel maps itself),
+# the TLB flushed; the window's pages keep their own U/S.
+SUPERVISOR_KERNEL = f"""mov rcx, 4
+        mov rdi, {GUEST_PD:#x}
+    kernel:
+        and qword ptr [rdi], {~US & 0xFFFF_FFFF_FFFF_FFFF:#x}
+        add rdi, 8
+        loop kernel
+        mov rax, cr3
+        mov cr3, rax"""
+
+
 def boot(make_vm, arch, src, paging="nested", **kw):
     if paging != "nested":
         kw["paging"] = paging
@@ -233,12 +252,7 @@ def test_a_page_fault_has_the_exact_cr2_and_error_code(make_vm, arch, paging, re
         invlpg [rbx]
         mov qword ptr [rbx + 0x123], 5
         {END}
-    pf:
-        pop rax
-        mov [{X86_DATA:#x}], rax
-        mov rax, cr2
-        mov [{X86_DATA + 8:#x}], rax
-        {END}""")
+    {PF_HANDLER}""")
     assert vm.run(timeout=10).status == 1
     assert u64(vm, X86_DATA) == 0x3 and u64(vm, X86_DATA + 8) == WINDOW + 0x123
     kinds = {e.kind for e in recorder.exits}
@@ -799,26 +813,14 @@ def test_smep_makes_a_supervisor_fetch_from_a_user_page_a_page_fault(make_vm, ar
         {paging_on({0: FRAME_A | P | RW | US})}
         mov al, [{WINDOW:#x}]
         mov [{X86_DATA + 16:#x}], al
-        mov rcx, 4
-        mov rdi, {GUEST_PD:#x}
-    kernel:
-        and qword ptr [rdi], {~US & 0xFFFF_FFFF_FFFF_FFFF:#x}
-        add rdi, 8
-        loop kernel
-        mov rax, cr3
-        mov cr3, rax
+        {SUPERVISOR_KERNEL}
         mov rax, cr4
         or rax, {1 << 20:#x}
         mov cr4, rax
         mov rax, {WINDOW:#x}
         call rax
         {END}
-    pf:
-        pop rax
-        mov [{X86_DATA:#x}], rax
-        mov rax, cr2
-        mov [{X86_DATA + 8:#x}], rax
-        {END}""")
+    {PF_HANDLER}""")
     assert vm.run(timeout=10).status == 1
     assert (u64(vm, X86_DATA), u64(vm, X86_DATA + 8), u64(vm, X86_DATA + 16) & 0xFF) == (0x11, WINDOW, 0xC3)
 
@@ -850,14 +852,7 @@ def test_smap_refuses_supervisor_data_accesses_to_user_pages_unless_rflags_ac(ma
         {x86_idt_setup({14: 'pf'})}
         mov qword ptr [{FRAME_A:#x}], 0x5a5a
         {paging_on({0: FRAME_A | P | RW | US})}
-        mov rcx, 4
-        mov rdi, {GUEST_PD:#x}
-    kernel:
-        and qword ptr [rdi], {~US & 0xFFFF_FFFF_FFFF_FFFF:#x}
-        add rdi, 8
-        loop kernel
-        mov rax, cr3
-        mov cr3, rax
+        {SUPERVISOR_KERNEL}
         mov rax, cr4
         or rax, {1 << 21:#x}
         mov cr4, rax
@@ -867,11 +862,6 @@ def test_smap_refuses_supervisor_data_accesses_to_user_pages_unless_rflags_ac(ma
         clac
         mov rax, [{WINDOW:#x}]
         {END}
-    pf:
-        pop rax
-        mov [{X86_DATA:#x}], rax
-        mov rax, cr2
-        mov [{X86_DATA + 8:#x}], rax
-        {END}""")
+    {PF_HANDLER}""")
     assert vm.run(timeout=10).status == 1
     assert (u64(vm, X86_DATA), u64(vm, X86_DATA + 8), u64(vm, X86_DATA + 16)) == (0x1, WINDOW, 0x5A5A)

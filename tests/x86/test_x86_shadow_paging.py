@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 
 from guestlib import X86_DATA, x86_idt_setup
-from test_x86_memory_virtualization import (END, FRAME_A, FRAME_B, GUEST_PML4, GUEST_PT, WINDOW, A, P,
-                                            RW, US, boot, paging_on, u64)
+from test_x86_memory_virtualization import (END, FRAME_A, FRAME_B, GUEST_PML4, GUEST_PT, PF_HANDLER, WINDOW, A,
+                                            P, RW, US, boot, paging_on, u64)
 from hvsim.core.exits import ExitKind
 
 
@@ -164,12 +164,7 @@ def test_cr0_wp_clear_lets_the_kernel_write_a_read_only_page_but_not_through_a_u
         mov cr0, rax
         mov qword ptr [{WINDOW + 16:#x}], 0x88
         {END}
-    pf:
-        pop rax
-        mov [{X86_DATA:#x}], rax
-        mov rax, cr2
-        mov [{X86_DATA + 8:#x}], rax
-        {END}""")
+    {PF_HANDLER}""")
     assert vm.run(timeout=10).status == 1
     assert u64(vm, FRAME_A + 8) == 0x77 and u64(vm, FRAME_A + 16) == 0
     assert (u64(vm, X86_DATA), u64(vm, X86_DATA + 8)) == (0x3, WINDOW + 16)
