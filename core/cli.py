@@ -175,13 +175,12 @@ def paging_stats(vm) -> dict:
     out = {"paging": vm.config.extra.get("paging", "nested"),
            "engine TLB fills": sum(m.engine.fills for m in mmus),
            "TLB model hits": sum(m.tlb.hits for m in mmus), "TLB model misses": sum(m.tlb.misses for m in mmus)}
-    for m in mmus:
-        shadow = getattr(m, "shadow", None)
-        if shadow is not None:
-            for name, value in shadow.stats().items():
-                out[name] = out.get(name, 0) + value
-    if any(getattr(m, "shadow", None) is not None for m in mmus):  # VM-wide, not per vCPU
-        out["page-table writes caught"] = mmus[0].shadow.state.pt_writes
+    shadows = [m.shadow for m in mmus if getattr(m, "shadow", None) is not None]
+    for shadow in shadows:
+        for name, value in shadow.stats().items():
+            out[name] = out.get(name, 0) + value
+    if shadows:
+        out["page-table writes caught"] = shadows[0].state.pt_writes  # VM-wide, not per vCPU
     return out
 
 

@@ -639,19 +639,21 @@ class X86Vcpu(Vcpu):
         else:
             self.guest_exception(intno, error_code, rip)
 
-    def _byte_before(self, rip: int) -> int | None:
+    def _code_before(self, rip: int, n: int) -> bytes:
+        """The ``n`` code bytes before ``rip`` (empty if unreadable): the engine reports traps
+        and software interrupts with RIP past the instruction that raised them."""
         try:
-            return self.read_linear(self.segment_base("cs") + rip - 1, 1)[0]
+            return self.read_linear(self.segment_base("cs") + rip - n, n)
         except (GuestMemoryError, idt.DeliveryFault):
-            return None
+            return b""
+
+    def _byte_before(self, rip: int) -> int | None:
+        code = self._code_before(rip, 1)
+        return code[0] if code else None
 
     def _int_n(self, rip: int, intno: int) -> bool:
-        """Whether the interrupt the engine reported below 32 came from INT n (CD ib), which
-        the engine reports as the vector with RIP past the instruction, as it does a trap."""
-        try:
-            return self.read_linear(self.segment_base("cs") + rip - 2, 2) == bytes((0xCD, intno))
-        except (GuestMemoryError, idt.DeliveryFault):
-            return False
+        """Whether the interrupt the engine reported below 32 came from INT n (CD ib)."""
+        return self._code_before(rip, 2) == bytes((0xCD, intno))
 
     def _on_instruction(self, kind: str, rip: int, length: int, info, undefined: bool = False) -> bool | None:
         """A sensitive instruction about to execute: the architectural faults that come before

@@ -107,9 +107,7 @@ class ShadowMmu:
         self.key = None
         self.root = self._alloc()
         self._fresh = True
-        tlb = getattr(self.vcpu.mmu, "tlb", None) if hasattr(self.vcpu, "mmu") else None
-        if tlb is not None:
-            tlb.invalidate()
+        self.vcpu.mmu.tlb.invalidate()  # the processor may hold entries of the dropped tables
 
     def _alloc(self) -> int | None:
         if self._next >= self.pages:
@@ -335,7 +333,7 @@ class ShadowMmu:
                 _U64.pack_into(self.host.view, at, 0)
 
     def stats(self) -> dict[str, int]:
-        return {"shadow #PF exits": self.faults, "shadow entries filled": self.fills,
-                "page-table writes caught": self.state.pt_writes, "roots kept": len(self.roots),
+        """This vCPU's counters (the page-table writes caught are VM-wide: ``state.pt_writes``)."""
+        return {"shadow #PF exits": self.faults, "shadow entries filled": self.fills, "roots kept": len(self.roots),
                 "root switches": self.root_switches, "roots reused": self.roots_reused,
                 "shadow flushes": self.flushes}

@@ -349,38 +349,26 @@ def test_the_walk_itself_faulting_at_stage2_is_a_paging_structure_access(make_vm
         assert raw.EXITINFO1 == 1 << 33 | 0x6 and raw.EXITINFO2 == pte
 
 
-def test_an_ept_entry_with_write_but_not_read_is_a_misconfiguration(make_vm, hvsim_pm, recorder):
-    """SDM 29.3.3.1: bits 1:0 = 10b is a misconfiguration (exit reason 49), not a violation."""
+@pytest.mark.parametrize("clear,set_,cause", [
+    (0x7, 0x2, "write permission without read"),  # bits 2:0 = 010b
+    *((0x38, t << 3, f"reserved memory type {t}") for t in (2, 3, 7))])  # Table 29-6
+def test_an_ept_leaf_the_processor_cannot_use_is_a_misconfiguration(make_vm, recorder, clear, set_, cause):
+    """SDM 29.3.3.1: write without read, or a reserved memory type (2, 3, 7), in the leaf is an
+    EPT misconfiguration (exit reason 49) at the access, not a violation; the exit reports the
+    guest-physical address (also in the VMCS) and hvsim names the cause."""
     vm = boot(make_vm, "intel_vtx", f"""
         {paging_on({0: FRAME_A | P | RW})}
         mov rax, [{WINDOW:#x}]
         {END}""")
     s2 = Stage2(vm)
     s2.split(FRAME_A)
-    s2.set_leaf(FRAME_A, (s2.leaf(FRAME_A) & ~7) | 2)
+    s2.set_leaf(FRAME_A, (s2.leaf(FRAME_A) & ~clear) | set_)
     result = vm.run(timeout=10)
     assert result.status == 4 and "EPT_MISCONFIG" in result.reason
     (exit,) = recorder.of(ExitKind.STAGE2_FAULT)
     assert exit.raw.EXIT_REASON == 49 and exit.raw.GUEST_PHYSICAL_ADDRESS == FRAME_A
     assert vm.vcpus[0].context.vmcs.values[0x2400] == FRAME_A  # GUEST_PHYSICAL_ADDRESS
-
-
-@pytest.mark.parametrize("memory_type", [2, 3, 7])
-def test_an_ept_leaf_with_a_reserved_memory_type_is_a_misconfiguration(make_vm, recorder, memory_type):
-    """SDM 29.3.3.1 / Table 29-6: EPT memory types 2, 3 and 7 are reserved; a leaf with one is
-    an EPT misconfiguration (49) at the access, and hvsim translate names the cause."""
-    vm = boot(make_vm, "intel_vtx", f"""
-        {paging_on({0: FRAME_A | P | RW})}
-        mov rax, [{WINDOW:#x}]
-        {END}""")
-    s2 = Stage2(vm)
-    s2.split(FRAME_A)
-    s2.set_leaf(FRAME_A, (s2.leaf(FRAME_A) & ~0x38) | memory_type << 3)
-    result = vm.run(timeout=10)
-    assert result.status == 4 and "EPT_MISCONFIG" in result.reason
-    (exit,) = recorder.of(ExitKind.STAGE2_FAULT)
-    assert exit.raw.EXIT_REASON == 49 and exit.raw.GUEST_PHYSICAL_ADDRESS == FRAME_A
-    assert f"reserved memory type {memory_type}" in exit.detail
+    assert cause in exit.detail
 
 
 def test_an_ept_1_gib_page_maps_the_guest_physical_gigabyte(make_vm):
@@ -510,15 +498,18 @@ def test_a_guest_cannot_reach_its_neighbours_memory_through_its_own_page_tables(
 
 # -- tools: dirty logging and the walk printer -------------------------------------------------------
 
-def test_the_dirty_log_reports_exactly_the_pages_written_since_the_last_collect(make_vm, arch, hvsim_pm):
+def test_the_dirty_log_reports_exactly_the_pages_written_since_the_last_collect(make_vm, arch, hvsim_pm, paging):
     """vm.dirty_log (KVM_GET_DIRTY_LOG's job): pages only read are not reported, the processor's
     own accessed/dirty updates in the guest's page tables are; after a collect, only pages
-    written again are."""
+    written again are. The same pages under shadow paging, where the VMM grants shadow write
+    permission only on a write and counts its own A/D updates; FRAME_B + 0x1000, written before
+    logging starts, loses its write permission then, so its later write is seen."""
     first: list[int] = []
     hvsim_pm.register(OnHalt(lambda vcpu: vcpu.vm.dirty_log.start(),
                              lambda vcpu: first.extend(vcpu.vm.dirty_log.collect())))
-    vm = boot(make_vm, arch, f"""
+    vm = boot(make_vm, arch, paging=paging, src=f"""
         {paging_on({0: FRAME_A | P | RW, 1: FRAME_B | P | RW, 2: (FRAME_B + 0x1000) | P | RW})}
+        mov qword ptr [{WINDOW + 0x2000:#x}], 9
         hlt
         mov rax, [{WINDOW:#x}]
         mov qword ptr [{WINDOW + 0x1010:#x}], 1
@@ -528,8 +519,9 @@ def test_the_dirty_log_reports_exactly_the_pages_written_since_the_last_collect(
         mov rax, [{WINDOW + 0x2ff8:#x}]
         {END}""")
     assert vm.run(timeout=10).status == 1
-    # FRAME_A was only read; the walk set accessed bits in the PDE and PTEs of the window
-    assert sorted(first) == [GUEST_PD, GUEST_PT, FRAME_B, FRAME_B + 0x1000]
+    # FRAME_A was only read; the walk set accessed bits in the window's PTEs (the PDE's was
+    # already set by the write before logging)
+    assert sorted(first) == [GUEST_PT, FRAME_B, FRAME_B + 0x1000]
     assert vm.dirty_log.collect() == [FRAME_B]
 
 

@@ -172,30 +172,3 @@ def test_cr0_wp_clear_lets_the_kernel_write_a_read_only_page_but_not_through_a_u
     (spte,) = [int.from_bytes(vm.host.read(at, 8), "little") for at, (gva, *_) in shadow.leaves.items()
                if gva == WINDOW]  # the WP = 0 root's (the WP = 1 store was the guest's own #PF)
     assert spte & (P | RW | US) == P | RW and spte & ~0xFFF & ((1 << 52) - 1) == vm.memory.translate(FRAME_A)
-
-
-@pytest.mark.parametrize("paging", ["nested", "shadow"])
-def test_the_dirty_log_under_both_pagings_reports_the_same_pages(make_vm, arch, hvsim_pm, paging):
-    """vm.dirty_log under shadow paging: the VMM grants shadow write permission only on a write
-    and records it, and its own accessed-bit updates in the guest's tables count as writes, so
-    the log matches nested paging's page for page. FRAME_B was written before logging began:
-    its writable shadow entry loses write permission at the start, so the later write is seen."""
-    from test_x86_memory_virtualization import OnHalt
-
-    first: list[int] = []
-    hvsim_pm.register(OnHalt(lambda vcpu: vcpu.vm.dirty_log.start(),
-                             lambda vcpu: first.extend(vcpu.vm.dirty_log.collect())))
-    vm = boot(make_vm, arch, paging=paging, src=f"""
-        {paging_on({0: FRAME_A | P | RW, 1: FRAME_B | P | RW, 2: (FRAME_B + 0x1000) | P | RW})}
-        mov qword ptr [{WINDOW + 0x1000:#x}], 9
-        hlt
-        mov rax, [{WINDOW:#x}]
-        mov qword ptr [{WINDOW + 0x1010:#x}], 1
-        mov qword ptr [{WINDOW + 0x2ff8:#x}], 2
-        hlt
-        mov qword ptr [{WINDOW + 0x1020:#x}], 3
-        mov rax, [{WINDOW + 0x2ff8:#x}]
-        {END}""")
-    assert vm.run(timeout=10).status == 1
-    assert sorted(first) == [GUEST_PT, FRAME_B, FRAME_B + 0x1000]  # the PDE's A was already set
-    assert vm.dirty_log.collect() == [FRAME_B]
