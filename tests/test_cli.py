@@ -109,6 +109,19 @@ def test_wrong_architecture_image_is_refused(tmp_path, capsys):
     assert "arm64" in one_error_line(capsys)
 
 
+@pytest.mark.parametrize("arch", ["intel_vtx", "amd_svm"])
+def test_the_bundled_arm64_image_is_refused_on_x86_with_a_wrong_architecture_line(capsys, arch):
+    """Its header carries the booting.rst magic at 0x38, so it is an arm64 Image, not a raw
+    image an x86 vCPU would execute until it halts forever."""
+    from hvsim.core.guests import build
+
+    image = build.HERE / "demo_arm64.img"
+    assert image.read_bytes()[0x38:0x3C] == b"ARM\x64"
+    assert main(["run", str(image), "--arch", arch]) == 2
+    line = one_error_line(capsys)
+    assert "is an arm64 Linux Image" in line and f"--arch {arch} runs x86 guests" in line
+
+
 def test_a_runaway_guest_stops_at_the_timeout_with_its_own_status(tmp_path, capsys):
     image = tmp_path / "spin.bin"
     image.write_bytes(x86_64("spin:\njmp spin"))

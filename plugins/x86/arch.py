@@ -86,7 +86,8 @@ class X86Arch(Arch):
     def load(self, image: Image) -> None:
         vm = self.vm
         if image.machine == "arm64":
-            raise ImageError(f"image {image.path} is an arm64 {image.format}; "
+            kind = "Linux Image" if image.format == "arm64-image" else f"{image.format.upper()} image"
+            raise ImageError(f"image {image.path} is an arm64 {kind}; "
                              f"--arch {self.name} runs x86 guests (try --arch arm_el2)")
         if image.format == "multiboot":
             state = boot.multiboot(vm.memory, image, vm.config.append, vm.config.initrd,
