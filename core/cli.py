@@ -101,6 +101,8 @@ def run(
     log_json: Annotated[bool, typer.Option("--log-json", help="Logs as JSON lines on stderr")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")] = "warning",
     paging: Annotated[str, typer.Option("--paging", help="x86: nested (EPT / NPT) or shadow")] = "nested",
+    strict_mmio: Annotated[bool, typer.Option("--strict-mmio", help="End the run at an access no RAM or device "
+                                              "backs (default: reads all-ones, writes ignored)")] = False,
 ) -> None:
     """Run a guest image on one architecture. Exit status: the guest's own (isa-debug-exit
     (v<<1)|1, PSCI SYSTEM_OFF 0), 2 bad input, 4 guest crash, 6 halted forever, 124 timeout."""
@@ -116,7 +118,7 @@ def run(
 
     vm = VM(arch, mem=mem, vcpus=vcpus, append=append, initrd=initrd,
             load_addr=_parse_int(load_addr, "--load-addr"), entry=_parse_int(entry, "--entry"),
-            console=Console(sys.stdout.buffer, keep=False), **_paging(arch, paging))
+            console=Console(sys.stdout.buffer, keep=False), strict_mmio=strict_mmio, **_paging(arch, paging))
     vm.load(image)
     result = vm.run(timeout=timeout)
     if stats:
@@ -155,6 +157,13 @@ def print_stats(vm, wall: float, console=None) -> None:
     for reason, n, share, tshare, total_us, mean_us in rows:
         table.add_row(reason, str(n), f"{share:.2f}%", f"{tshare:.2f}%", f"{total_us:.1f}", f"{mean_us:.2f}us")
     console.print(table)
+    if vm.stats.unassigned:
+        unassigned = Table(title="unassigned accesses (no RAM or device: reads all-ones, writes ignored)")
+        for col in ("guest-physical", "reads", "writes"):
+            unassigned.add_column(col, justify="right")
+        for address, (reads, writes) in sorted(vm.stats.unassigned.items()):
+            unassigned.add_row(f"{address:#x}", str(reads), str(writes))
+        console.print(unassigned)
     paging = paging_stats(vm)
     if paging:
         mem = Table(title=f"MMU, {paging.pop('paging')} paging")
@@ -186,6 +195,7 @@ def paging_stats(vm) -> dict:
 
 def write_stats_json(vm, wall: float, path: Path) -> None:
     doc = {"arch": vm.arch.name, "exits": {"total": vm.stats.total, "by_reason": vm.stats.counts()},
+           "unassigned": {f"{a:#x}": {"reads": r, "writes": w} for a, (r, w) in sorted(vm.stats.unassigned.items())},
            "paging": paging_stats(vm), "wall_seconds": wall}
     try:
         path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -80,7 +80,8 @@ class VM:
     def __init__(self, arch: str, *, mem: str | int = "128M", vcpus: int = 1, append: str = "",
                  initrd: str | Path | bytes | None = None, load_addr: int | None = None,
                  entry: int | None = None, pm: PluginManager | None = None,
-                 host: HostMemory | None = None, console: Console | None = None, **extra) -> None:
+                 host: HostMemory | None = None, console: Console | None = None, strict_mmio: bool = False,
+                 **extra) -> None:
         self.pm = pm if pm is not None else default_manager()
         arch_cls = self.pm.archs.get(arch)
         if arch_cls is None:
@@ -116,7 +117,12 @@ class VM:
         self._exit_observers = self.pm.implemented("hvsim_vm_exit")
         self._entry_observers = self.pm.implemented("hvsim_vm_entry")
         self.port_io_fallback = self.pm.implemented("hvsim_port_io")
-        self.mmio_fallback = self.pm.implemented("hvsim_mmio")
+        # Unassigned guest-physical addresses (no RAM, no device): as on QEMU, reads return
+        # all-ones and writes are dropped, each counted in vm.stats.unassigned. strict_mmio=True
+        # ends the run at such an access instead (as KVM with a VMM that claims nothing there).
+        self.strict_mmio = bool(strict_mmio)
+        self.mmio_hook = self.pm.implemented("hvsim_mmio")
+        self.mmio_fallback = self.mmio_hook or not self.strict_mmio  # unbacked pages become MMIO
         self.pending_hook = self.pm.implemented("hvsim_interrupt_pending")
         self._perf = time.perf_counter_ns
         self._by_reason = self.stats.by_reason

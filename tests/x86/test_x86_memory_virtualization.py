@@ -480,7 +480,7 @@ def test_a_guest_cannot_reach_its_neighbours_memory_through_its_own_page_tables(
     under shadow paging, the VMM's memory slots) maps only A's RAM, so the access is a fault
     that ends A's run with one line, and B's memory is untouched."""
     host = HostMemory(2 * ((32 << 20) + HV_AREA))
-    a = VM(arch, mem="32M", host=host, **({"paging": paging} if paging != "nested" else {}))
+    a = VM(arch, mem="32M", host=host, strict_mmio=True, **({"paging": paging} if paging != "nested" else {}))
     b = VM(arch, mem="32M", host=host)
     b_hpa = b.memory.translate(0)
     b.memory.write(0, b"B" * 0x10000)
