@@ -22,7 +22,7 @@ from .bus import IoBus
 from .console import Console
 from .errors import ConfigError, HvsimError
 from .exits import Exit, ExitHandlerRegistry
-from .loader import Image, parse_image, read_image
+from .loader import Image, parse_image, read_file, read_image
 from .memory import Access, DmaMemory, GuestMemory, HostMemory, Walk
 from .mmu import DirtyLog
 from .plugins import PluginManager, default_manager
@@ -53,6 +53,23 @@ def parse_size(text: str | int) -> int:
     if not m:
         raise ConfigError(f"bad size {text!r}: use a number with an optional K, M or G suffix")
     return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
+
+
+def check_cmdline(append: str) -> bytes:
+    """The kernel command line (``--append``) as the boot protocols carry it: UTF-8 text with
+    no NUL (Multiboot's cmdline and the device tree's bootargs are NUL-terminated strings).
+    Returns its bytes; anything else is a ConfigError."""
+    if not isinstance(append, str):
+        raise ConfigError(f"the kernel command line must be text, not {type(append).__name__}")
+    try:
+        data = append.encode("utf-8")  # text from a non-UTF-8 argv holds surrogates: refused here
+    except UnicodeEncodeError as exc:
+        bad = append[exc.start:exc.end].encode("utf-8", "surrogateescape")
+        raise ConfigError(f"the kernel command line (--append) is not valid UTF-8 (bytes {bad.hex(' ')} "
+                          f"at offset {exc.start})") from None
+    if b"\0" in data:
+        raise ConfigError("the kernel command line (--append) contains a NUL character, which would end it")
+    return data
 
 
 @dataclass
@@ -92,6 +109,7 @@ class VM:
             raise ConfigError(f"memory size {mem} must be a multiple of 4 KiB between 1M and 16G")
         if not 1 <= vcpus <= 64:
             raise ConfigError(f"vcpus must be between 1 and 64, not {vcpus}")
+        check_cmdline(append)
         self.config = VMConfig(mem_size=mem_size, vcpus=vcpus, append=append, load_addr=load_addr,
                                entry=entry, extra=extra)
         if initrd is not None:
@@ -247,7 +265,4 @@ def _read_initrd(initrd: str | Path | bytes) -> tuple[bytes, str]:
     if isinstance(initrd, (bytes, bytearray)):
         return bytes(initrd), "initrd"
     p = Path(initrd)
-    try:
-        return p.read_bytes(), p.name
-    except OSError as exc:
-        raise ConfigError(f"cannot read initrd {p}: {exc.strerror or exc}") from None
+    return read_file(p, "initrd"), p.name

@@ -81,6 +81,11 @@ def _place(memory: GuestMemory, seg: Segment, what: str) -> int:
 def load(memory: GuestMemory, image: Image, *, cpus: int, append: str, initrd: bytes | None,
          load_addr: int | None, entry: int | None) -> BootState:
     """Place ``image`` (and initrd, device tree) in RAM; return the boot vCPU's state."""
+    cmdline = len(append.encode("utf-8"))
+    if cmdline >= layout.COMMAND_LINE_SIZE:
+        raise ImageError(f"the kernel command line (--append) is {cmdline} bytes; an arm64 kernel takes at most "
+                         f"{layout.COMMAND_LINE_SIZE - 1} (Linux's COMMAND_LINE_SIZE, {layout.COMMAND_LINE_SIZE} "
+                         f"with the NUL, would cut it)")
     if image.machine == "x86":
         raise ImageError(f"image {image.path} is an x86 {image.format} kernel; the arm_el2 "
                          f"architecture runs arm64 images (try --arch intel_vtx or amd_svm)")

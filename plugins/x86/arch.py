@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 from hvsim.core.arch import Arch
@@ -101,8 +102,8 @@ class X86Arch(Arch):
                              f"--arch {self.name} runs x86 guests (try --arch arm_el2)")
         if image.format == "multiboot":
             # QEMU's multiboot.c: the command line is "<-kernel file name> <-append text>"
-            state = boot.multiboot(vm.memory, image, f"{image.path} {vm.config.append}", vm.config.initrd,
-                                   vm.config.initrd_name or "initrd")
+            cmdline = os.fsencode(image.path) + b" " + vm.config.append.encode("utf-8")
+            state = boot.multiboot(vm.memory, image, cmdline, vm.config.initrd, vm.config.initrd_name or "initrd")
         elif image.format in ("elf64", "raw"):
             state = boot.long64(vm.memory, image, vm.config.load_addr, vm.config.entry)
         else:

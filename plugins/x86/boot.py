@@ -107,7 +107,7 @@ def write_gdt(memory: GuestMemory) -> None:
     memory.write(layout.BOOT_GDTR, struct.pack("<HQ", len(GDT_ENTRIES) * 8 - 1, layout.BOOT_GDT))
 
 
-def multiboot(memory: GuestMemory, image: Image, cmdline: str, initrd: bytes | None,
+def multiboot(memory: GuestMemory, image: Image, cmdline: bytes, initrd: bytes | None,
               initrd_name: str) -> BootState:
     """Load a Multiboot kernel and build its boot information (spec section 3.3)."""
     top = place_segments(memory, image, "Multiboot kernel")
@@ -120,10 +120,10 @@ def multiboot(memory: GuestMemory, image: Image, cmdline: str, initrd: bytes | N
     mem_upper_kib = (low_top - 0x10_0000) // 1024
     struct.pack_into("<II", info, 4, layout.LOW_MEM_END // 1024, mem_upper_kib)
 
-    cmd = cmdline.encode() + b"\0"
+    cmd = cmdline + b"\0"
     if len(cmd) > layout.BOOT_AREA_END - layout.BOOT_MB_CMDLINE:
-        raise ImageError(f"command line is {len(cmd)} bytes; at most "
-                         f"{layout.BOOT_AREA_END - layout.BOOT_MB_CMDLINE - 1} fit")
+        raise ImageError(f"the Multiboot command line (image path, space, --append) is {len(cmd) - 1} bytes; "
+                         f"at most {layout.BOOT_AREA_END - layout.BOOT_MB_CMDLINE - 1} fit")
     memory.write(layout.BOOT_MB_CMDLINE, cmd)
     struct.pack_into("<I", info, 16, layout.BOOT_MB_CMDLINE)
 

@@ -102,6 +102,15 @@ def test_device_tree_in_x0_describes_the_virt_platform(run_guest):
     assert chosen.get_property("stdout-path").value == "/pl011@9000000"
 
 
+def test_a_utf8_command_line_reaches_bootargs_as_its_bytes(run_guest):
+    """The command line is UTF-8 text; bootargs carries its bytes, as QEMU writes them."""
+    vm, result = run_guest(asm(STORE_ENTRY_STATE), append="console=ttyAMA0 café")
+    assert result.status == STATUS_OFF
+    address = u64(vm, SCRATCH)
+    size = struct.unpack(">I", vm.memory.read(address + 4, 4))[0]
+    assert b"console=ttyAMA0 caf\xc3\xa9\0" in vm.memory.read(address, size)
+
+
 def test_linux_image_loads_at_ram_plus_text_offset_with_the_dtb_above_it(run_guest):
     vm, result = run_guest(linux_image(asm(STORE_ENTRY_STATE, RAM + 0x20_0040), text_offset=0x20_0000))
     assert result.status == STATUS_OFF

@@ -535,10 +535,12 @@ def test_hvsim_translate_prints_both_stages(tmp_path, arch, capsys):
     stage2 = "EPT" if arch == "intel_vtx" else "NPT"
     assert f"stage 2 = {stage2}" in out and f"{stage2} PML4E" in out
     assert f"GVA {WINDOW + 0x3abc:#x} -> GPA {FRAME_A + 0xabc:#x} -> HPA {FRAME_A + 0xabc:#x}" in out
-    assert main(["translate", str(image), hex(WINDOW + 0x5000), "--arch", arch, "--mem", "32M", "--json"]) == 0
+    assert main(["translate", str(image), hex(WINDOW + 0x5000), "--arch", arch, "--mem", "32M", "--json"]) == 2
     import json
 
-    doc = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"hvsim: GVA {WINDOW + 0x5000:#x} does not translate on vCPU 0: #PF: PTE not present"
+    doc = json.loads(captured.out)
     assert doc["fault"] == "#PF: PTE not present" and [s["level"] for s in doc["stage1"]] == ["PML4E", "PDPTE", "PDE", "PTE"]
     assert doc["stage1"][3]["gpa"] == GUEST_PT + 5 * 8 and doc["stage1"][3]["stage2"]
 
