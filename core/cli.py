@@ -101,6 +101,8 @@ def run(
     log_json: Annotated[bool, typer.Option("--log-json", help="Logs as JSON lines on stderr")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning, error")] = "warning",
     paging: Annotated[str, typer.Option("--paging", help="x86: nested (EPT / NPT) or shadow")] = "nested",
+    strict_mmio: Annotated[bool, typer.Option("--strict-mmio", help="End the run at an access no RAM or device "
+                                              "backs (default: reads all-ones, writes ignored)")] = False,
 ) -> None:
     """Run a guest image on one architecture. Exit status: the guest's own (isa-debug-exit
     (v<<1)|1, PSCI SYSTEM_OFF 0), 2 bad input, 4 guest crash, 6 halted forever, 124 timeout."""
@@ -112,11 +114,13 @@ def run(
     log.configure(log_level, json=log_json)
     if timeout is not None and timeout <= 0:
         raise HvsimError(f"bad --timeout {timeout}: it must be positive")
+    if stats_json is not None:
+        check_writable(stats_json, "--stats-json")  # before the guest runs, not after
     from .console import Console
 
     vm = VM(arch, mem=mem, vcpus=vcpus, append=append, initrd=initrd,
             load_addr=_parse_int(load_addr, "--load-addr"), entry=_parse_int(entry, "--entry"),
-            console=Console(sys.stdout.buffer, keep=False), **_paging(arch, paging))
+            console=Console(sys.stdout.buffer, keep=False), strict_mmio=strict_mmio, **_paging(arch, paging))
     vm.load(image)
     result = vm.run(timeout=timeout)
     if stats:
@@ -155,6 +159,13 @@ def print_stats(vm, wall: float, console=None) -> None:
     for reason, n, share, tshare, total_us, mean_us in rows:
         table.add_row(reason, str(n), f"{share:.2f}%", f"{tshare:.2f}%", f"{total_us:.1f}", f"{mean_us:.2f}us")
     console.print(table)
+    if vm.stats.unassigned:
+        unassigned = Table(title="unassigned accesses (no RAM or device: reads all-ones, writes ignored)")
+        for col in ("guest-physical", "reads", "writes"):
+            unassigned.add_column(col, justify="right")
+        for address, (reads, writes) in sorted(vm.stats.unassigned.items()):
+            unassigned.add_row(f"{address:#x}", str(reads), str(writes))
+        console.print(unassigned)
     paging = paging_stats(vm)
     if paging:
         mem = Table(title=f"MMU, {paging.pop('paging')} paging")
@@ -184,8 +195,21 @@ def paging_stats(vm) -> dict:
     return out
 
 
+def check_writable(path: Path, option: str) -> None:
+    """Refuse an output path that cannot be written (opening it for appending creates it and
+    changes nothing else; the run writes it in full at the end)."""
+    if path.is_dir():
+        raise HvsimError(f"cannot write {option} {path}: it is a directory")
+    try:
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        raise HvsimError(f"cannot write {option} {path}: {exc.strerror or exc}") from None
+
+
 def write_stats_json(vm, wall: float, path: Path) -> None:
     doc = {"arch": vm.arch.name, "exits": {"total": vm.stats.total, "by_reason": vm.stats.counts()},
+           "unassigned": {f"{a:#x}": {"reads": r, "writes": w} for a, (r, w) in sorted(vm.stats.unassigned.items())},
            "paging": paging_stats(vm), "wall_seconds": wall}
     try:
         path.write_text(json.dumps(doc, indent=2) + "\n")
@@ -202,33 +226,41 @@ def translate(
     load_addr: Annotated[Optional[str], typer.Option("--load-addr", help="Raw image load address")] = None,
     entry: Annotated[Optional[str], typer.Option("--entry", help="Raw image entry point")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Run the guest at most SECONDS first")] = 10.0,
+    vcpus: Annotated[int, typer.Option("--vcpus", help="Number of vCPUs")] = 1,
     vcpu: Annotated[int, typer.Option("--vcpu", help="Whose translation regime to use")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
     paging: Annotated[str, typer.Option("--paging", help="x86: nested (EPT / NPT) or shadow")] = "nested",
+    strict_mmio: Annotated[bool, typer.Option("--strict-mmio", help="End the run at an access no RAM or device "
+                                              "backs")] = False,
 ) -> None:
     """Run a guest until it stops (its page tables are then built), then print the full walk of
     ADDRESS: every guest page-table entry read, each through stage 2 (EPT, NPT, Arm stage 2),
-    the guest-physical address, its stage-2 walk and the host-physical address."""
+    the guest-physical address, its stage-2 walk and the host-physical address. The guest's
+    serial output goes to stderr here, so stdout holds only the walk. Status 2 (and one line)
+    when ADDRESS does not translate."""
     from .console import Console
     from .vm import VM
 
     va = _parse_int(address, "address")
     if timeout <= 0:
         raise HvsimError(f"bad --timeout {timeout}: it must be positive")
-    vm = VM(arch, mem=mem, load_addr=_parse_int(load_addr, "--load-addr"), entry=_parse_int(entry, "--entry"),
-            console=Console(sys.stdout.buffer, keep=False), **_paging(arch, paging))
+    vm = VM(arch, mem=mem, vcpus=vcpus, load_addr=_parse_int(load_addr, "--load-addr"),
+            entry=_parse_int(entry, "--entry"), console=Console(sys.stderr.buffer, keep=False),
+            strict_mmio=strict_mmio, **_paging(arch, paging))
+    if not 0 <= vcpu < len(vm.vcpus):  # before the guest runs, not after
+        raise HvsimError(f"bad --vcpu {vcpu}: the VM has {len(vm.vcpus)} (vCPUs 0-{len(vm.vcpus) - 1})")
     vm.load(image)
     vm.run(timeout=timeout)
-    if not 0 <= vcpu < len(vm.vcpus):
-        raise HvsimError(f"bad --vcpu {vcpu}: the VM has {len(vm.vcpus)}")
     try:
         trace = vm.vcpus[vcpu].trace_translation(va)
     except NotImplementedError as exc:
         raise HvsimError(f"{arch}: {exc}") from None
     if as_json:
         print(json.dumps(trace.as_json(), indent=2))
-        return
-    print_trace(trace)
+    else:
+        print_trace(trace)
+    if trace.fault:
+        raise HvsimError(f"GVA {va:#x} does not translate on vCPU {vcpu}: {trace.fault}")
 
 
 def print_trace(trace, console=None) -> None:

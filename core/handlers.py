@@ -1,6 +1,7 @@
 """The core's own exit handlers, registered through the same hook as everybody else's.
 
-Port I/O and MMIO go to the device that claimed the address on the bus; HLT/WFI halts the
+Port I/O and MMIO go to the device that claimed the address on the bus (an MMIO access nothing
+claims is "unassigned": all-ones on read, writes dropped, counted, unless the VM is strict); HLT/WFI halts the
 vCPU until an event it can take arrives; a shutdown ends the run with the status it carries.
 """
 
@@ -12,6 +13,10 @@ from .arch import VcpuState
 from .exits import Exit, ExitKind
 
 _ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF, 8: 0xFFFF_FFFF_FFFF_FFFF}
+
+
+def _ones(size: int) -> int:
+    return _ONES.get(size) or (1 << (8 * size)) - 1
 
 
 def handle_port_io(vcpu, exit: Exit) -> None:
@@ -42,15 +47,22 @@ def handle_mmio(vcpu, exit: Exit) -> None:
             exit.value = claim.device.read(exit.address - claim.base, exit.size) & _ONES[exit.size]
         return
     result = None
-    if vm.mmio_fallback:
+    if vm.mmio_hook:
         result = vm.pm.hook.hvsim_mmio(vcpu=vcpu, address=exit.address, size=exit.size,
                                        is_write=exit.is_write, value=exit.value)
-    if result is None:
+    if result is not None:
+        if not exit.is_write:
+            exit.value = result & _ones(exit.size)
+        return
+    if vm.strict_mmio:
         what = "write to" if exit.is_write else "read from"
         vm.crash(f"unhandled MMIO {what} guest-physical {exit.address:#x} ({exit.reason})")
         exit.value = 0
-    elif not exit.is_write:
-        exit.value = result & _ONES[exit.size]
+        return
+    # Unassigned: QEMU's unassigned_mem_ops read all-ones and ignore writes.
+    vm.stats.unassigned_access(exit.address, exit.size, exit.is_write)
+    if not exit.is_write:
+        exit.value = _ones(exit.size)
 
 
 def handle_stage2_fault(vcpu, exit: Exit) -> None:

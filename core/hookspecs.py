@@ -208,8 +208,10 @@ def hvsim_port_io(vcpu, port, size, is_write, value):
 def hvsim_mmio(vcpu, address, size, is_write, value):
     """An MMIO access to a guest-physical address that no device claimed.
 
-    Same conventions as :func:`hvsim_port_io`. Returning None everywhere makes the access an
-    unhandled MMIO exit, which ends the run as a guest crash, as KVM reports it to the VMM.
+    Same conventions as :func:`hvsim_port_io`. Returning None everywhere makes the access
+    unassigned (reads all-ones, writes dropped, counted in ``vm.stats.unassigned``), as QEMU
+    does; with ``VM(..., strict_mmio=True)`` it is an unhandled MMIO exit that ends the run as
+    a guest crash.
     """
 
 

@@ -8,6 +8,7 @@ raises :class:`ImageError`, which the CLI turns into one line and status 2.
 
 from __future__ import annotations
 
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,15 +55,29 @@ class Image:
     image_size: int = 0  # arm64 Image
 
 
-def read_image(path: str | Path) -> Image:
+def read_file(path: str | Path, what: str, limit: int = MAX_IMAGE) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes. A device or a pipe (/dev/zero,
+    say) is refused before anything is read: it may never end."""
     p = Path(path)
     try:
-        if p.is_dir():
-            raise ImageError(f"cannot read image {p}: it is a directory")
-        data = p.read_bytes()
+        st = p.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(f"cannot read {what} {p}: it is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"cannot read {what} {p}: it is not a regular file (a device, pipe or socket)")
+        if st.st_size > limit:
+            raise ImageError(f"{what} {p} is larger than {limit >> 20} MiB")
+        with p.open("rb") as f:
+            data = f.read(limit + 1)
     except OSError as exc:
-        raise ImageError(f"cannot read image {p}: {exc.strerror or exc}") from None
-    return parse_image(data, str(p))
+        raise ImageError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+    if len(data) > limit:  # it grew while being read
+        raise ImageError(f"{what} {p} is larger than {limit >> 20} MiB")
+    return data
+
+
+def read_image(path: str | Path) -> Image:
+    return parse_image(read_file(path, "image"), str(path))
 
 
 def parse_image(data: bytes, name: str = "<image>") -> Image:

@@ -1,15 +1,31 @@
 """Exit statistics in the style of ``perf kvm stat report``.
 
 ``by_reason`` maps the manual's name to ``[count, total handler ns]``; :meth:`VM.dispatch`
-updates it in place (a method call per exit costs more than the update).
+updates it in place (a method call per exit costs more than the update). ``unassigned`` counts
+the accesses to guest-physical addresses that no RAM or device backs, by address.
 """
 
 from __future__ import annotations
+
+import structlog
+
+log = structlog.get_logger("hvsim")
 
 
 class ExitStats:
     def __init__(self) -> None:
         self.by_reason: dict[str, list[int]] = {}
+        # Accesses to guest-physical addresses no RAM or device backs, by address: [reads, writes]
+        self.unassigned: dict[int, list[int]] = {}
+
+    def unassigned_access(self, address: int, size: int, is_write: bool) -> None:
+        """Count an access nothing backs; the first at each address is logged (info)."""
+        counts = self.unassigned.get(address)
+        if counts is None:
+            counts = self.unassigned[address] = [0, 0]
+            log.info("unassigned access", address=hex(address), size=size,
+                     access="write (ignored)" if is_write else "read (all-ones)")
+        counts[1 if is_write else 0] += 1
 
     def record(self, reason: str, ns: int) -> None:
         s = self.by_reason.get(reason)

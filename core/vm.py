@@ -22,7 +22,7 @@ from .bus import IoBus
 from .console import Console
 from .errors import ConfigError, HvsimError
 from .exits import Exit, ExitHandlerRegistry
-from .loader import Image, parse_image, read_image
+from .loader import Image, parse_image, read_file, read_image
 from .memory import Access, DmaMemory, GuestMemory, HostMemory, Walk
 from .mmu import DirtyLog
 from .plugins import PluginManager, default_manager
@@ -55,6 +55,23 @@ def parse_size(text: str | int) -> int:
     return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
 
 
+def check_cmdline(append: str) -> bytes:
+    """The kernel command line (``--append``) as the boot protocols carry it: UTF-8 text with
+    no NUL (Multiboot's cmdline and the device tree's bootargs are NUL-terminated strings).
+    Returns its bytes; anything else is a ConfigError."""
+    if not isinstance(append, str):
+        raise ConfigError(f"the kernel command line must be text, not {type(append).__name__}")
+    try:
+        data = append.encode("utf-8")  # text from a non-UTF-8 argv holds surrogates: refused here
+    except UnicodeEncodeError as exc:
+        bad = append[exc.start:exc.end].encode("utf-8", "surrogateescape")
+        raise ConfigError(f"the kernel command line (--append) is not valid UTF-8 (bytes {bad.hex(' ')} "
+                          f"at offset {exc.start})") from None
+    if b"\0" in data:
+        raise ConfigError("the kernel command line (--append) contains a NUL character, which would end it")
+    return data
+
+
 @dataclass
 class VMConfig:
     mem_size: int = 128 << 20
@@ -80,7 +97,8 @@ class VM:
     def __init__(self, arch: str, *, mem: str | int = "128M", vcpus: int = 1, append: str = "",
                  initrd: str | Path | bytes | None = None, load_addr: int | None = None,
                  entry: int | None = None, pm: PluginManager | None = None,
-                 host: HostMemory | None = None, console: Console | None = None, **extra) -> None:
+                 host: HostMemory | None = None, console: Console | None = None, strict_mmio: bool = False,
+                 **extra) -> None:
         self.pm = pm if pm is not None else default_manager()
         arch_cls = self.pm.archs.get(arch)
         if arch_cls is None:
@@ -91,6 +109,7 @@ class VM:
             raise ConfigError(f"memory size {mem} must be a multiple of 4 KiB between 1M and 16G")
         if not 1 <= vcpus <= 64:
             raise ConfigError(f"vcpus must be between 1 and 64, not {vcpus}")
+        check_cmdline(append)
         self.config = VMConfig(mem_size=mem_size, vcpus=vcpus, append=append, load_addr=load_addr,
                                entry=entry, extra=extra)
         if initrd is not None:
@@ -116,7 +135,12 @@ class VM:
         self._exit_observers = self.pm.implemented("hvsim_vm_exit")
         self._entry_observers = self.pm.implemented("hvsim_vm_entry")
         self.port_io_fallback = self.pm.implemented("hvsim_port_io")
-        self.mmio_fallback = self.pm.implemented("hvsim_mmio")
+        # Unassigned guest-physical addresses (no RAM, no device): as on QEMU, reads return
+        # all-ones and writes are dropped, each counted in vm.stats.unassigned. strict_mmio=True
+        # ends the run at such an access instead (as KVM with a VMM that claims nothing there).
+        self.strict_mmio = bool(strict_mmio)
+        self.mmio_hook = self.pm.implemented("hvsim_mmio")
+        self.mmio_fallback = self.mmio_hook or not self.strict_mmio  # unbacked pages become MMIO
         self.pending_hook = self.pm.implemented("hvsim_interrupt_pending")
         self._perf = time.perf_counter_ns
         self._by_reason = self.stats.by_reason
@@ -241,7 +265,4 @@ def _read_initrd(initrd: str | Path | bytes) -> tuple[bytes, str]:
     if isinstance(initrd, (bytes, bytearray)):
         return bytes(initrd), "initrd"
     p = Path(initrd)
-    try:
-        return p.read_bytes(), p.name
-    except OSError as exc:
-        raise ConfigError(f"cannot read initrd {p}: {exc.strerror or exc}") from None
+    return read_file(p, "initrd"), p.name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 
@@ -68,6 +69,31 @@ def test_stats_prints_a_perf_kvm_stat_table_on_stderr(hello, capsys):
     assert "VM-EXIT" in err and "Samples" in err and "EXIT_REASON_IO_INSTRUCTION" in err
 
 
+PROBE_APIC = x86_64("mov rax, 0xfee00030\nmov ebx, [rax]\nmov dword ptr [rax], 1\nmov ecx, [rax]\n"
+                    "mov dx, 0x3f8\nmov al, bl\nout dx, al\nmov al, 0\nout 0xf4, al\nhlt")
+
+
+def test_stats_list_unassigned_accesses_by_address(tmp_path, capsysbinary):
+    """The guest reads the local APIC's version register, which nothing models: all-ones (its
+    low byte goes to the UART), the run goes on, and --stats / --stats-json count it."""
+    image = tmp_path / "apic.bin"
+    image.write_bytes(PROBE_APIC)
+    out = tmp_path / "stats.json"
+    assert main(["run", str(image), "--arch", "intel_vtx", "--stats", "--stats-json", str(out)]) == 1
+    captured = capsysbinary.readouterr()
+    assert captured.out == b"\xff"
+    err = captured.err.decode()
+    assert "unassigned accesses" in err and "0xfee00030" in err
+    assert json.loads(out.read_text())["unassigned"] == {"0xfee00030": {"reads": 2, "writes": 1}}
+
+
+def test_strict_mmio_ends_the_run_at_an_unassigned_access(tmp_path, capsys):
+    image = tmp_path / "apic.bin"
+    image.write_bytes(PROBE_APIC)
+    assert main(["run", str(image), "--arch", "amd_svm", "--strict-mmio"]) == 4
+    assert "guest-physical 0xfee00030, which no RAM or device backs" in one_error_line(capsys)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["run", "/nonexistent/image.bin"], "cannot read image"),
     (["run", "{hello}", "--arch", "riscv_h"], "unknown architecture 'riscv_h'"),
@@ -83,6 +109,59 @@ def test_bad_input_is_one_line_and_status_2(hello, capsys, args, needle):
     argv = [a.replace("{hello}", str(hello)) for a in args]
     assert main(argv) == 2
     assert needle in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("arch", ["intel_vtx", "amd_svm", "arm_el2"])
+@pytest.mark.parametrize("append, needle", [
+    ("caf\udce9", "is not valid UTF-8 (bytes e9 at offset 3)"),  # argv byte 0xE9 alone, as Python decodes it
+    ("a\0b", "contains a NUL character"),
+    ("x" * 100_000, "bytes; "),  # x86: more than the Multiboot boot area holds; arm64: Linux's 2048
+])
+def test_a_command_line_the_boot_protocols_cannot_carry_is_refused(tmp_path, capsysbinary, arch, append, needle):
+    """The command line is UTF-8 text without NUL, at most what the boot path carries."""
+    image = tmp_path / "kernel"
+    if arch == "arm_el2":
+        image.write_bytes(arm64_image(ARM_SYSTEM_OFF))
+    else:  # a Multiboot kernel, which gets a command line
+        header = struct.pack("<III", 0x1BADB002, 0, (-0x1BADB002) & 0xFFFF_FFFF)
+        image.write_bytes(elf32(header + b"\xf4", 0x10_0000, 13, 0x10_000C))
+    assert main(["run", str(image), "--arch", arch, "--append", append]) == 2
+    captured = capsysbinary.readouterr()
+    err = captured.err.decode().strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hvsim: ") and needle in err[0]
+    assert captured.out == b""  # refused before anything ran
+
+
+@pytest.mark.parametrize("option", ["image", "--initrd"])
+def test_a_device_is_refused_before_anything_is_read(hello, capsys, option):
+    """/dev/zero never ends: it is not a regular file, so it is refused without reading."""
+    args = ["run", "/dev/zero"] if option == "image" else ["run", str(hello), "--initrd", "/dev/zero"]
+    assert main(args) == 2
+    assert "/dev/zero: it is not a regular file" in one_error_line(capsys)
+
+
+def test_an_unwritable_stats_json_is_refused_before_the_guest_runs(hello, tmp_path, capsysbinary):
+    assert main(["run", str(hello), "--stats-json", str(tmp_path / "missing" / "stats.json")]) == 2
+    captured = capsysbinary.readouterr()
+    assert captured.out == b""  # the guest, which prints "hi", never ran
+    assert captured.err.decode().startswith("hvsim: cannot write --stats-json") and captured.err.count(b"\n") == 1
+
+
+def test_a_bad_translate_vcpu_is_refused_before_the_guest_runs(tmp_path, capsysbinary):
+    image = tmp_path / "spin.bin"
+    image.write_bytes(x86_64("mov dx, 0x3f8\nmov al, 0x21\nout dx, al\nspin:\njmp spin"))
+    assert main(["translate", str(image), "0x100000", "--vcpu", "2", "--vcpus", "2", "--timeout", "30"]) == 2
+    captured = capsysbinary.readouterr()
+    assert captured.out == b"" and captured.err == b"hvsim: bad --vcpu 2: the VM has 2 (vCPUs 0-1)\n"
+
+
+def test_translate_json_keeps_the_guests_serial_output_off_stdout(hello, capsysbinary):
+    """stdout is the JSON document alone; the guest's "hi" goes to stderr."""
+    assert main(["translate", str(hello), "0x100000", "--arch", "amd_svm", "--json"]) == 0
+    captured = capsysbinary.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["gpa"] == 0x100000 and doc["fault"] is None
+    assert captured.err == b"hi"
 
 
 def test_truncated_elf_is_refused(tmp_path, capsys):
@@ -107,6 +186,19 @@ def test_wrong_architecture_image_is_refused(tmp_path, capsys):
     image.write_bytes(bytes(arm_image))
     assert main(["run", str(image), "--arch", "intel_vtx"]) == 2
     assert "arm64" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("arch", ["intel_vtx", "amd_svm"])
+def test_the_bundled_arm64_image_is_refused_on_x86_with_a_wrong_architecture_line(capsys, arch):
+    """Its header carries the booting.rst magic at 0x38, so it is an arm64 Image, not a raw
+    image an x86 vCPU would execute until it halts forever."""
+    from hvsim.core.guests import build
+
+    image = build.HERE / "demo_arm64.img"
+    assert image.read_bytes()[0x38:0x3C] == b"ARM\x64"
+    assert main(["run", str(image), "--arch", arch]) == 2
+    line = one_error_line(capsys)
+    assert "is an arm64 Linux Image" in line and f"--arch {arch} runs x86 guests" in line
 
 
 def test_a_runaway_guest_stops_at_the_timeout_with_its_own_status(tmp_path, capsys):

@@ -66,7 +66,8 @@ def arm64_image_header(image_size: int) -> bytes:
     """Linux arm64 Image header (Documentation/arch/arm64/booting.rst): code0 branches over it."""
     code0 = 0x1400_0000 | (0x40 // 4)  # b +0x40
     flags = 0b0010  # little-endian, 4 KiB pages
-    return struct.pack("<IIQQQQQQI4sI", code0, 0, 0x8_0000, image_size, flags, 0, 0, 0, 0, b"ARM\x64", 0)[:64]
+    # code0, code1, text_offset, image_size, flags, res2, res3, res4, magic (at 0x38), res5
+    return struct.pack("<IIQQQQQQ4sI", code0, 0, 0x8_0000, image_size, flags, 0, 0, 0, b"ARM\x64", 0)
 
 
 def build_arm64() -> bytes:

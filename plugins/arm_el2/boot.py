@@ -3,11 +3,20 @@
 Linux ``Image`` files follow Documentation/arch/arm64/booting.rst: the 64-byte header gives
 ``text_offset`` and ``image_size``; the Image goes at RAM + text_offset (0x80000 when the
 header predates ``image_size``), the device tree goes in X0, X1-X3 are 0, the CPU is in EL1h
-with D, A, I, F masked and the MMU off. ELF64 (EM_AARCH64) images load at their physical
-addresses and raw images at RAM + 0x80000, both "bare metal": QEMU's docs put their device
-tree at the start of RAM, and hvsim passes it in X0 as well. The initrd and the Linux device
-tree go where QEMU puts them: initrd at RAM + min(RAM size / 2, 128 MiB) (above the kernel),
-device tree after it on a 2 MiB boundary.
+with D, A, I, F masked and the MMU off.
+
+Where things go is QEMU's ``arm_setup_direct_kernel_boot()``:
+
+- Raw images load at RAM + 0x80000 and are booted exactly like a Linux Image (QEMU: "assume
+  that raw images are linux kernels, and ELF images are not"; on AArch64 ``load_aarch64_image``
+  takes any non-ELF file).
+- For both, the initrd goes at RAM + min(RAM size / 2, 128 MiB), or just above the image if
+  that is higher (page aligned), and the device tree after the initrd on a 2 MiB boundary
+  ("some AArch64 kernels map the fdt region as [ALIGN_DOWN(fdt, 2MB) ...]"): always above the
+  image, so it never overlaps the guest's own stack or bss.
+- ELF64 (EM_AARCH64) images load at their physical addresses and are not Linux: the device tree
+  goes at the start of RAM when the ELF leaves room for it below its lowest segment (QEMU's
+  ``dtb_limit`` is that segment), otherwise after the initrd as above.
 """
 
 from __future__ import annotations
@@ -72,6 +81,11 @@ def _place(memory: GuestMemory, seg: Segment, what: str) -> int:
 def load(memory: GuestMemory, image: Image, *, cpus: int, append: str, initrd: bytes | None,
          load_addr: int | None, entry: int | None) -> BootState:
     """Place ``image`` (and initrd, device tree) in RAM; return the boot vCPU's state."""
+    cmdline = len(append.encode("utf-8"))
+    if cmdline >= layout.COMMAND_LINE_SIZE:
+        raise ImageError(f"the kernel command line (--append) is {cmdline} bytes; an arm64 kernel takes at most "
+                         f"{layout.COMMAND_LINE_SIZE - 1} (Linux's COMMAND_LINE_SIZE, {layout.COMMAND_LINE_SIZE} "
+                         f"with the NUL, would cut it)")
     if image.machine == "x86":
         raise ImageError(f"image {image.path} is an x86 {image.format} kernel; the arm_el2 "
                          f"architecture runs arm64 images (try --arch intel_vtx or amd_svm)")
@@ -110,8 +124,8 @@ def load(memory: GuestMemory, image: Image, *, cpus: int, append: str, initrd: b
         initrd_range = (initrd_start, initrd_start + len(initrd))
 
     dtb = fdt.build(fdt.DeviceTreeConfig(layout.RAM_BASE, memory.ram_size, cpus, append, initrd_range))
-    if not linux and low >= layout.RAM_BASE + len(dtb):
-        dtb_addr = layout.RAM_BASE  # bare metal: the start of RAM, as QEMU's virt docs say
+    if image.format == "elf64" and low >= layout.RAM_BASE + len(dtb):
+        dtb_addr = layout.RAM_BASE  # an ELF that leaves the start of RAM free: the DTB goes there
     else:
         dtb_addr = _align_up(initrd_start + (len(initrd) if initrd else 0), layout.DTB_ALIGN)
         if dtb_addr + len(dtb) > ram_end:  # small RAM: just above everything, 8-byte aligned

@@ -110,7 +110,8 @@ def build(cfg: DeviceTreeConfig) -> bytes:
 
     chosen = fdt.Node("chosen", fdt.PropStrings("stdout-path", f"/{uart}"))
     if cfg.bootargs:
-        chosen.append(fdt.PropStrings("bootargs", cfg.bootargs))
+        # UTF-8 bytes as given (QEMU's qemu_fdt_setprop_string); the library's string type is ASCII-only
+        chosen.append(fdt.PropBytes("bootargs", data=list(cfg.bootargs.encode("utf-8") + b"\0")))
     if cfg.initrd is not None:
         start, end = cfg.initrd
         chosen.append(fdt.PropWords("linux,initrd-start", start >> 32, start & 0xFFFF_FFFF))

@@ -33,6 +33,7 @@ KERNEL64_LOAD_OFFSET = 0x8_0000  # raw images, and Images whose header predates 
 INITRD_MAX_OFFSET = 128 << 20  # initrd at RAM + min(RAM size / 2, 128 MiB), above the kernel
 DTB_ALIGN = 2 << 20  # "some AArch64 kernels map the fdt region as [ALIGN_DOWN(fdt, 2MB) ...]"
 DTB_MAX_SIZE = 2 << 20  # Linux Documentation/arch/arm64/booting.rst: at most 2 MiB
+COMMAND_LINE_SIZE = 2048  # Linux arch/arm64/include/uapi/asm/setup.h: bootargs beyond it are cut
 
 # Redistributor pages each vCPU takes, for the device tree's GICv3 node.
 MAX_CPUS = 64

@@ -7,9 +7,11 @@ the access without decoding (Arm ARM D24.2 ESR_EL2, "ISS encoding for an excepti
 Data Abort"; KVM's io_mem_abort()). hvsim does the same: every MMIO claim on the bus is mapped
 with Unicorn's ``mmio_map`` at its IPA, and the TLB fill (:mod:`.mmu`) answers a stage-2
 translation fault there with that page; each access becomes an ``ExitKind.MMIO`` exit
-dispatched through ``vm.dispatch``. With an ``hvsim_mmio`` plugin any IPA that is not RAM is
-mapped so on first touch; without one, an access nobody claims is a STAGE2_FAULT exit whose
-default handler ends the run as a guest crash, as KVM hands it to a VMM with no device there.
+dispatched through ``vm.dispatch``. Any other IPA that is not RAM is mapped so on first touch:
+an access there is "unassigned" (all-ones on read, writes dropped, as QEMU does) unless an
+``hvsim_mmio`` plugin answers. A strict VM (``strict_mmio``) without such a plugin leaves it
+unmapped: the access is a STAGE2_FAULT exit whose default handler ends the run as a guest
+crash, as KVM hands it to a VMM with no device there.
 
 Which instruction made the access: Unicorn does not update PC before an MMIO callback (PC is
 wherever it was last synced, measured), so the syndrome cannot come from reading PC there. But

@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import os
+import struct
+
 from hvsim.core.arch import Arch
 from hvsim.core.errors import ImageError
 from hvsim.core.loader import Image
@@ -32,10 +35,18 @@ class X86Arch(Arch):
 
     def build(self) -> None:
         vm = self.vm
-        vm.memory.add_ram(0, vm.config.mem_size)
+        below, above = layout.ram_split(vm.config.mem_size)
+        vm.memory.add_ram(0, below)
+        if above:
+            vm.memory.add_ram(layout.HIGH_RAM_BASE, above)
         self.hv_area = vm.host.allocate(HV_AREA)  # per-vCPU VMCS / VMCB structures live here
         for device, port, count, label in layout.PORT_DEVICES:
-            vm.bus.add_port(port, count, vm.pm.devices.create(device, vm), label)
+            dev = vm.pm.devices.create(device, vm)
+            vm.bus.add_port(port, count, dev, label)
+            if device == "fw_cfg" and hasattr(dev, "add_file"):
+                # struct e820_entry: le64 address, le64 length, le32 type (QEMU's etc/e820)
+                dev.add_file("etc/e820", b"".join(struct.pack("<QQI", *e)
+                                                  for e in layout.e820_table(vm.config.mem_size)))
 
     def create_vcpu(self, index: int) -> X86Vcpu:
         return X86Vcpu(self.vm, index, self.vendor, self.hv_area + index * VCPU_AREA)
@@ -86,11 +97,13 @@ class X86Arch(Arch):
     def load(self, image: Image) -> None:
         vm = self.vm
         if image.machine == "arm64":
-            raise ImageError(f"image {image.path} is an arm64 {image.format}; "
+            kind = "Linux Image" if image.format == "arm64-image" else f"{image.format.upper()} image"
+            raise ImageError(f"image {image.path} is an arm64 {kind}; "
                              f"--arch {self.name} runs x86 guests (try --arch arm_el2)")
         if image.format == "multiboot":
-            state = boot.multiboot(vm.memory, image, vm.config.append, vm.config.initrd,
-                                   vm.config.initrd_name or "initrd")
+            # QEMU's multiboot.c: the command line is "<-kernel file name> <-append text>"
+            cmdline = os.fsencode(image.path) + b" " + vm.config.append.encode("utf-8")
+            state = boot.multiboot(vm.memory, image, cmdline, vm.config.initrd, vm.config.initrd_name or "initrd")
         elif image.format in ("elf64", "raw"):
             state = boot.long64(vm.memory, image, vm.config.load_addr, vm.config.entry)
         else:

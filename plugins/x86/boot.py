@@ -107,22 +107,23 @@ def write_gdt(memory: GuestMemory) -> None:
     memory.write(layout.BOOT_GDTR, struct.pack("<HQ", len(GDT_ENTRIES) * 8 - 1, layout.BOOT_GDT))
 
 
-def multiboot(memory: GuestMemory, image: Image, cmdline: str, initrd: bytes | None,
+def multiboot(memory: GuestMemory, image: Image, cmdline: bytes, initrd: bytes | None,
               initrd_name: str) -> BootState:
     """Load a Multiboot kernel and build its boot information (spec section 3.3)."""
     top = place_segments(memory, image, "Multiboot kernel")
     if image.entry is None or not memory.is_ram(image.entry):
         raise ImageError(f"Multiboot kernel {image.path}: entry point {image.entry or 0:#x} is not in RAM")
-    ram_top = max(s.end for s in memory.slots)
+    low_top = max(s.end for s in memory.slots if s.gpa < layout.HIGH_RAM_BASE)
     info = bytearray(120)
     flags = MB_INFO_MEMORY | MB_INFO_MEM_MAP | MB_INFO_BOOT_LOADER_NAME | MB_INFO_CMDLINE
-    mem_upper_kib = (min(ram_top, 0xFFFF_FFFF) - 0x10_0000) // 1024
+    # QEMU's multiboot option ROM: mem_upper is the RAM contiguous from 1 MiB, in KiB
+    mem_upper_kib = (low_top - 0x10_0000) // 1024
     struct.pack_into("<II", info, 4, layout.LOW_MEM_END // 1024, mem_upper_kib)
 
-    cmd = cmdline.encode() + b"\0"
+    cmd = cmdline + b"\0"
     if len(cmd) > layout.BOOT_AREA_END - layout.BOOT_MB_CMDLINE:
-        raise ImageError(f"command line is {len(cmd)} bytes; at most "
-                         f"{layout.BOOT_AREA_END - layout.BOOT_MB_CMDLINE - 1} fit")
+        raise ImageError(f"the Multiboot command line (image path, space, --append) is {len(cmd) - 1} bytes; "
+                         f"at most {layout.BOOT_AREA_END - layout.BOOT_MB_CMDLINE - 1} fit")
     memory.write(layout.BOOT_MB_CMDLINE, cmd)
     struct.pack_into("<I", info, 16, layout.BOOT_MB_CMDLINE)
 
@@ -140,7 +141,8 @@ def multiboot(memory: GuestMemory, image: Image, cmdline: str, initrd: bytes | N
     # Memory map entries: size (not counting itself), base, length, type.
     ranges = [(0, layout.LOW_MEM_END, MB_MEMORY_AVAILABLE),
               (layout.LOW_MEM_END, 0x10_0000 - layout.LOW_MEM_END, MB_MEMORY_RESERVED),
-              (0x10_0000, ram_top - 0x10_0000, MB_MEMORY_AVAILABLE)]
+              (0x10_0000, low_top - 0x10_0000, MB_MEMORY_AVAILABLE)]
+    ranges += [(s.gpa, s.size, MB_MEMORY_AVAILABLE) for s in memory.slots if s.gpa >= layout.HIGH_RAM_BASE]
     mmap = b"".join(struct.pack("<IQQI", 20, b, n, t) for b, n, t in ranges)
     memory.write(layout.BOOT_MB_MMAP, mmap)
     struct.pack_into("<II", info, 44, len(mmap), layout.BOOT_MB_MMAP)

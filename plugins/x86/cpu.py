@@ -141,6 +141,7 @@ class X86Vcpu(Vcpu):
         self._shadow_set: tuple[int, int] | None = None  # (RIP, cause) of a shadow a VM entry loaded
         self._stopping = False
         self._unmapped: tuple[int, int, int, int] | None = None
+        self._lazy_mmio: set[int] = set()  # unbacked pages made MMIO on first touch (map_lazy)
         self._hypercall = vendor.hypercall_insn
         self.monitor_armed = False  # address-range monitoring armed by an emulated MONITOR
         self._insn_records: dict[tuple, tuple[str, object]] = {}
@@ -167,6 +168,13 @@ class X86Vcpu(Vcpu):
                 fail(exc)
 
         self._raw.mmio_map(base, size, read, write)
+
+    def map_lazy(self, page: int) -> None:
+        """Make one page no RAM or device backs MMIO, once: a later fill of the same page (the
+        engine's TLB dropped it) finds it mapped already, and mapping it again would fail."""
+        if page not in self._lazy_mmio:
+            self._map_mmio(page, 0x1000)
+            self._lazy_mmio.add(page)
 
     def set_boot_state(self, state: BootState) -> None:
         """Put the engine in the boot CPU mode, then start at the loader stub (boot.BootState)."""
@@ -965,8 +973,7 @@ class X86Vcpu(Vcpu):
         if self.vm.mmio_fallback and access != _MEM_FETCH_UNMAPPED:
             # Nothing backs this page: with an hvsim_mmio plugin present it becomes MMIO (as
             # KVM reports any access outside the memslots to the VMM) and the access is retried.
-            page = address & ~0xFFF
-            self._map_mmio(page, 0x1000)
+            self.map_lazy(address & ~0xFFF)
             return True
         self._unmapped = (access, address, size, value)
         return False

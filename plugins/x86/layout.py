@@ -1,7 +1,12 @@
 """The PC platform's map, the one source of addresses for both x86 vendors (QEMU's ``pc``).
 
-RAM starts at guest-physical 0. The boot structures hvsim writes for the guest live in low
-memory below 0x9_0000, the conventional area a Multiboot loader may use.
+RAM starts at guest-physical 0 and is split around the 32-bit PCI hole as QEMU's ``pc``
+(i440FX) machine splits it (hw/i386/pc_piix.c, ``pc_init1``): with less than
+``MAX_RAM_BELOW_4G`` (3.5 GiB) all of it lies below 4 GiB; with that much or more, current
+machine types keep 3 GiB below 4 GiB ("gigabyte_align") and put the rest at 4 GiB. The hole
+above the low RAM holds the IOAPIC (0xFEC0_0000) and the local APIC (0xFEE0_0000), never RAM.
+The boot structures hvsim writes for the guest live in low memory below 0x9_0000, the
+conventional area a Multiboot loader may use.
 """
 
 COM1_PORT = 0x3F8  # 16550A, 8 registers
@@ -10,6 +15,10 @@ POST_PORT = 0x80
 PIC_MASTER_PORT = 0x20
 PIC_SLAVE_PORT = 0xA0
 FW_CFG_PORT = 0x510  # selector 0x510, data 0x511
+
+MAX_RAM_BELOW_4G = 0xE000_0000  # pc_piix.c: the default max-ram-below-4g
+GIGABYTE_LOWMEM = 0xC000_0000  # ... lowered to 3 GiB when RAM reaches it (gigabyte_align)
+HIGH_RAM_BASE = 1 << 32  # x86ms->above_4g_mem_start
 
 LAPIC_BASE = 0xFEE0_0000
 IOAPIC_BASE = 0xFEC0_0000
@@ -31,6 +40,24 @@ BOOT_AREA_END = 0x1_2000
 LOW_MEM_END = 0x9_FC00  # mem_lower = 639 KiB, as a PC reports it
 
 RAW_DEFAULT_LOAD = 0x10_0000
+
+E820_RAM = 1
+
+
+def ram_split(size: int) -> tuple[int, int]:
+    """(RAM below 4 GiB, RAM from 4 GiB) for ``size`` bytes of guest RAM, as pc_init1 does."""
+    if size >= MAX_RAM_BELOW_4G:
+        return GIGABYTE_LOWMEM, size - GIGABYTE_LOWMEM
+    return size, 0
+
+
+def e820_table(size: int) -> list[tuple[int, int, int]]:
+    """QEMU's ``etc/e820`` for ``size`` bytes of RAM (pc_memory_init): (address, length, type)."""
+    below, above = ram_split(size)
+    table = [(0, below, E820_RAM)]
+    if above:
+        table.append((HIGH_RAM_BASE, above, E820_RAM))
+    return table
 
 # Devices every x86 VM gets: (device name, first port, port count, label).
 PORT_DEVICES = [

@@ -262,15 +262,16 @@ class X86Mmu:
 
     def _mmio_page(self, gpa: int, fault: Stage2Fault) -> int | None:
         """A not-present stage-2 entry where a device sits is MMIO, as under KVM (the page is
-        mapped to the device's range, whose callbacks are the MMIO exits); with an hvsim_mmio
-        plugin any unbacked page becomes MMIO."""
+        mapped to the device's range, whose callbacks are the MMIO exits); any other page no RAM
+        backs becomes MMIO too (unassigned: all-ones, or an hvsim_mmio plugin's answer), unless
+        the VM is strict (strict_mmio) and no such plugin is there."""
         if fault.misconfig or fault.allowed or fault.fetch:
             return None
         page = gpa & ~0xFFF
         if self.vm.bus.mmio(gpa) is not None:
             return page
-        if self.vm.mmio_fallback and gpa < HOST_PHYS_BASE:
-            self.vcpu._map_mmio(page, 0x1000)
+        if self.vm.mmio_fallback and gpa < HOST_PHYS_BASE and not self.vm.memory.is_ram(gpa):
+            self.vcpu.map_lazy(page)
             return page
         return None
 

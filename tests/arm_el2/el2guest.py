@@ -18,7 +18,7 @@ from keystone import KS_ARCH_ARM64, KS_MODE_LITTLE_ENDIAN, Ks
 
 RAM = 0x4000_0000
 LOAD = RAM + 0x8_0000
-LOG = 0x4100_0000  # RAM + 16 MiB
+LOG = 0x4120_0000  # RAM + 18 MiB: clear of the device tree, which is at RAM + 16 MiB with 32 MiB of RAM
 SCRATCH = 0x4180_0000
 PL011 = 0x0900_0000
 RECORD = 5  # quadwords per logged exception
@@ -69,7 +69,7 @@ _PROLOGUE = """
     adr x21, vectors
     msr vbar_el1, x21
     isb
-    movz x9, #0x4100, lsl #16
+    movz x9, #0x4120, lsl #16
     mov x20, #0
 """
 

@@ -74,7 +74,7 @@ def test_raw_image_enters_at_el1h_with_daif_masked_mmu_off_and_x1_x3_zero(run_gu
     assert (x1, x2, x3) == (0, 0, 0)
     assert el == 0x4 and daif == 0x3C0 and sctlr & 1 == 0
     assert pc == LOAD + 0x24  # the raw image ran where QEMU puts it: RAM + 0x80000
-    assert x0 == RAM  # bare metal: the device tree at the start of RAM
+    assert x0 == RAM + (32 << 20)  # as for a Linux Image: RAM + min(RAM / 2, 128 MiB)
 
 
 def test_device_tree_in_x0_describes_the_virt_platform(run_guest):
@@ -100,6 +100,15 @@ def test_device_tree_in_x0_describes_the_virt_platform(run_guest):
     chosen = tree.get_node("chosen")
     assert chosen.get_property("bootargs").value == "console=ttyAMA0 earlycon"
     assert chosen.get_property("stdout-path").value == "/pl011@9000000"
+
+
+def test_a_utf8_command_line_reaches_bootargs_as_its_bytes(run_guest):
+    """The command line is UTF-8 text; bootargs carries its bytes, as QEMU writes them."""
+    vm, result = run_guest(asm(STORE_ENTRY_STATE), append="console=ttyAMA0 café")
+    assert result.status == STATUS_OFF
+    address = u64(vm, SCRATCH)
+    size = struct.unpack(">I", vm.memory.read(address + 4, 4))[0]
+    assert b"console=ttyAMA0 caf\xc3\xa9\0" in vm.memory.read(address, size)
 
 
 def test_linux_image_loads_at_ram_plus_text_offset_with_the_dtb_above_it(run_guest):
@@ -183,4 +192,56 @@ is_digit:
     b.ge print_digit
     """ + SYSTEM_OFF
     vm, _ = run_guest(guest(code))
-    assert vm.console.text == f"{RAM:016x}"
+    assert vm.console.text == f"{RAM + (32 << 20):016x}"
+
+
+# A raw image that checks its own boot contract, as a guest built for QEMU virt does: the device
+# tree must lie above the image and the 64 KiB of stack and bss it keeps after it, and start
+# with the FDT magic. It prints its verdict on the PL011.
+DTB_ABOVE_THE_IMAGE = f"""
+    movz x6, #0x4000, lsl #16
+    str x0, [x6, #0x1000]           // for the test: where the DTB was
+    movz x1, #0x0900, lsl #16
+    adr x2, image_end
+    add x2, x2, #0x10, lsl #12      // + 64 KiB of bss and stack
+    cmp x0, x2
+    b.lo overlaps
+    ldr w3, [x0]
+    rev w3, w3
+    movz w4, #0xfeed
+    movk w4, #0xd00d, lsl #16
+    cmp w3, w4
+    b.ne overlaps
+    mov w5, #0x4f                   // "OK"
+    strb w5, [x1]
+    mov w5, #0x4b
+    strb w5, [x1]
+    b done
+overlaps:
+    mov w5, #0x58                   // "X"
+    strb w5, [x1]
+done:
+    {SYSTEM_OFF}
+image_end:
+"""
+
+
+@pytest.mark.parametrize("mem, dtb_offset", [("64M", 32 << 20), ("512M", 128 << 20), ("2M", 1 << 20)])
+def test_a_raw_image_finds_the_device_tree_above_its_end_as_on_qemu(run_guest, mem, dtb_offset):
+    """QEMU's virt board boots a raw image as a Linux kernel: the DTB goes after the initrd
+    area (RAM + min(RAM / 2, 128 MiB), at least the image's end) on a 2 MiB boundary. With RAM
+    too small for that boundary (2 MiB, where QEMU refuses to boot), right after the initrd area."""
+    vm, result = run_guest(asm(DTB_ABOVE_THE_IMAGE), mem=mem)
+    assert result.status == STATUS_OFF
+    assert vm.console.text == "OK"
+    assert u64(vm, RAM + 0x1000) == RAM + dtb_offset
+
+
+def test_an_elf_above_the_start_of_ram_gets_the_device_tree_at_the_start_of_ram(run_guest):
+    """QEMU loads an ELF as bare metal and puts the DTB at the base of RAM when the ELF leaves
+    room there (its lowest segment is the DTB's limit)."""
+    code = asm(STORE_ENTRY_STATE, RAM + 0x10_0000)
+    vm, result = run_guest(elf64(183, [(RAM + 0x10_0000, code)], entry=RAM + 0x10_0000))
+    assert result.status == STATUS_OFF
+    assert u64(vm, SCRATCH) == RAM
+    assert device_tree(vm).get_property("compatible").value == "linux,dummy-virt"

@@ -149,7 +149,7 @@ def test_a_guest_reaches_nothing_outside_its_ram_and_every_attempt_faults_archit
     vmm = RefusingVmm()
     hvsim_pm.register(vmm, name="refusing-vmm")
     host = HostMemory(3 * (MEM + HV_AREA))
-    a, b, c = (VM("arm_el2", mem="32M", host=host, pm=hvsim_pm) for _ in range(3))
+    a, b, c = (VM("arm_el2", mem="32M", host=host, pm=hvsim_pm, strict_mmio=True) for _ in range(3))
     for other in (b, c):
         other.memory.write(RAM, b"\xB2" * 0x4000)
     b_ram = b.memory.translate(RAM)

@@ -161,10 +161,10 @@ def test_writeback_and_pair_forms_have_no_valid_syndrome(run_guest, recorder):
     assert vm.console.text == "AA"  # the pair's second word went to UARTRSR
 
 
-def test_an_access_nobody_claims_is_a_stage2_abort_that_ends_the_run_as_a_guest_crash(run_guest, recorder):
+def test_an_access_nobody_claims_in_strict_mode_is_a_stage2_abort_that_ends_the_run(run_guest, recorder):
     """No device and no RAM: KVM's stage 2 has nothing there and no VMM claims it."""
     code = "movz x1, #0x0a00, lsl #16\nmov w2, #1\nstr w2, [x1, #0x70]\n" + SYSTEM_OFF
-    vm, result = run_guest(guest(code))
+    vm, result = run_guest(guest(code), strict_mmio=True)
     assert result.status == STATUS_GUEST_CRASH
     assert "write to guest-physical 0xa000070, which no RAM or device backs" in result.reason
     [exit] = recorder.of(ExitKind.STAGE2_FAULT)

@@ -547,7 +547,8 @@ def test_stage2_access_flag_clear_faults_to_el2_or_is_set_by_the_walk(arm_vm, re
 
 def test_a_vmm_can_program_a_64k_granule_stage2_with_512m_blocks(arm_vm, recorder):
     """VTCR_EL2.TG0 = 0b01, T0SZ 24, SL0 = 0b01: the walk starts at level 2 (2048 entries of
-    512 MiB blocks). IPA 0x4000_0000 + 512 MiB is one block; IPA 0x6000_0000 has no entry."""
+    512 MiB blocks). IPA 0x4000_0000 + 512 MiB is one block; IPA 0x6000_0000 has no entry (a
+    strict VM, so that fault is not an unassigned access)."""
     code = f"""
     {mov64('x1', 0x4300_0010)}
     ldr x5, [x1]
@@ -556,7 +557,7 @@ def test_a_vmm_can_program_a_64k_granule_stage2_with_512m_blocks(arm_vm, recorde
     movz x1, #0x6000, lsl #16
     ldr x6, [x1, #0x20]
     {SYSTEM_OFF}"""
-    vm = arm_vm(guest(code))
+    vm = arm_vm(guest(code), strict_mmio=True)
     [slot] = vm.memory.slots
     assert slot.hpa % (512 << 20) == 0
     root = vm.arch.hv_area  # the first half of the hypervisor area is free on arm_el2

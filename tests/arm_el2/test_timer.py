@@ -84,7 +84,7 @@ def test_the_timer_fires_while_the_guest_computes(arm_vm, acks):
     msr cntv_tval_el0, x1
     mov x1, #1
     msr cntv_ctl_el0, x1
-    movz x19, #0x4100, lsl #16
+    movz x19, #0x4120, lsl #16
     msr daifclr, #2
 spin:
     ldr x2, [x19]                   // the handler's log record
@@ -140,7 +140,7 @@ def test_a_timer_armed_in_the_past_interrupts_right_after_the_write(arm_vm, acks
     """CVAL already reached when CTL enables it: ISTATUS at once, and the IRQ is taken as the
     engine leaves the translation block of the MSR, not when the slice would have ended."""
     main = f"""
-    movz x19, #0x4100, lsl #16
+    movz x19, #0x4120, lsl #16
     mov x22, #0
     msr daifclr, #2
     msr cntv_cval_el0, xzr

@@ -480,7 +480,7 @@ def test_a_guest_cannot_reach_its_neighbours_memory_through_its_own_page_tables(
     under shadow paging, the VMM's memory slots) maps only A's RAM, so the access is a fault
     that ends A's run with one line, and B's memory is untouched."""
     host = HostMemory(2 * ((32 << 20) + HV_AREA))
-    a = VM(arch, mem="32M", host=host, **({"paging": paging} if paging != "nested" else {}))
+    a = VM(arch, mem="32M", host=host, strict_mmio=True, **({"paging": paging} if paging != "nested" else {}))
     b = VM(arch, mem="32M", host=host)
     b_hpa = b.memory.translate(0)
     b.memory.write(0, b"B" * 0x10000)
@@ -535,10 +535,12 @@ def test_hvsim_translate_prints_both_stages(tmp_path, arch, capsys):
     stage2 = "EPT" if arch == "intel_vtx" else "NPT"
     assert f"stage 2 = {stage2}" in out and f"{stage2} PML4E" in out
     assert f"GVA {WINDOW + 0x3abc:#x} -> GPA {FRAME_A + 0xabc:#x} -> HPA {FRAME_A + 0xabc:#x}" in out
-    assert main(["translate", str(image), hex(WINDOW + 0x5000), "--arch", arch, "--mem", "32M", "--json"]) == 0
+    assert main(["translate", str(image), hex(WINDOW + 0x5000), "--arch", arch, "--mem", "32M", "--json"]) == 2
     import json
 
-    doc = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"hvsim: GVA {WINDOW + 0x5000:#x} does not translate on vCPU 0: #PF: PTE not present"
+    doc = json.loads(captured.out)
     assert doc["fault"] == "#PF: PTE not present" and [s["level"] for s in doc["stage1"]] == ["PML4E", "PDPTE", "PDE", "PTE"]
     assert doc["stage1"][3]["gpa"] == GUEST_PT + 5 * 8 and doc["stage1"][3]["stage2"]
 

@@ -61,13 +61,49 @@ def test_multiboot_entry_state_is_the_specs(make_vm, arch):
     assert flags & (1 | 4 | 8 | 0x40) == (1 | 4 | 8 | 0x40)  # mem, cmdline, mods, mmap
     assert mem_lower == 639 and mem_upper == (64 << 10) - 1024
     cmdline = struct.unpack("<I", m.read(info + 16, 4))[0]
-    assert m.read(cmdline, 20).split(b"\0")[0] == b"console=ttyS0 quiet"
+    assert m.read(cmdline, 40).split(b"\0")[0] == b"<image> console=ttyS0 quiet"  # bytes: no file name
     mods_count, mods_addr = struct.unpack("<II", m.read(info + 20, 8))
     start, end = struct.unpack("<II", m.read(mods_addr, 8))
     assert mods_count == 1 and m.read(start, end - start) == b"module-bytes"
     mmap_len, mmap_addr = struct.unpack("<II", m.read(info + 44, 8))
     entries = [struct.unpack("<IQQI", m.read(mmap_addr + o, 24)) for o in range(0, mmap_len, 24)]
     assert (20, 0x10_0000, (64 << 20) - 0x10_0000, 1) in entries
+
+
+# Prints its arguments the way a Multiboot kernel that treats the command line as argv does:
+# the first word is its own name, the rest go to COM1.
+PRINT_ARGUMENTS = f"""
+        mov esi, [ebx + 16]
+        mov [{X86_DATA:#x}], esi
+        mov dx, 0x3f8
+    name:
+        lodsb
+        test al, al
+        jz done
+        cmp al, 0x20
+        jne name
+    args:
+        lodsb
+        test al, al
+        jz done
+        out dx, al
+        jmp args
+    done:
+        {EXIT_HALT}"""
+
+
+@pytest.mark.parametrize("append", ["console=ttyS0 quiet", ""])
+def test_multiboot_command_line_is_the_kernel_file_name_then_the_append_text(make_vm, arch, tmp_path, append):
+    """QEMU's multiboot.c passes "<-kernel string> <-append text>" (a space even with no
+    --append): a kernel that takes its first word as its name gets every argument."""
+    path = tmp_path / "kern.elf"
+    path.write_bytes(multiboot_kernel(PRINT_ARGUMENTS))
+    vm = make_vm(arch, append=append)
+    vm.load(path)
+    assert vm.run(timeout=10).status == 1
+    assert vm.console.text == append
+    cmdline = vm.memory.read_u32(X86_DATA)
+    assert vm.memory.read(cmdline, 200).split(b"\0")[0] == f"{path} {append}".encode()
 
 
 def test_elf64_and_raw_images_start_in_long_mode_with_a_stack(make_vm, arch):
@@ -89,6 +125,67 @@ def test_raw_image_honours_load_addr_and_entry(make_vm, arch):
     vm.load(code)
     assert vm.run(timeout=10).status == 1
     assert vm.memory.read(X86_DATA, 1) == b"\x07"
+
+
+# -- RAM around the PCI hole (QEMU pc_piix.c) ----------------------------------------------
+
+def multiboot_memory_map(vm) -> tuple[int, list[tuple[int, int, int]]]:
+    info = vm.memory.read_u32(X86_DATA + 4)
+    mem_upper = vm.memory.read_u32(info + 8)
+    mmap_len, mmap_addr = struct.unpack("<II", vm.memory.read(info + 44, 8))
+    entries = [struct.unpack("<IQQI", vm.memory.read(mmap_addr + o, 24)) for o in range(0, mmap_len, 24)]
+    return mem_upper, [(base, length, kind) for _, base, length, kind in entries if kind == 1]
+
+
+@pytest.mark.parametrize("mem, low, high", [
+    ("3584M", 0xC000_0000, 512 << 20),  # = max-ram-below-4g: split at 3 GiB (gigabyte_align)
+    ("4G", 0xC000_0000, 1 << 30),
+    ("3583M", 3583 << 20, 0),  # just below it: all under 4 GiB, below the IOAPIC and LAPIC
+])
+def test_multiboot_memory_map_reports_ram_split_around_the_pci_hole(make_vm, arch, mem, low, high):
+    vm = make_vm(arch, mem=mem)
+    vm.load(multiboot_kernel(f"mov [{X86_DATA + 4:#x}], ebx\n{EXIT_HALT}"))
+    assert vm.run(timeout=10).status == 1
+    mem_upper, ram = multiboot_memory_map(vm)
+    assert mem_upper == (low >> 10) - 1024  # contiguous from 1 MiB (QEMU's multiboot option ROM)
+    expected = [(0, 0x9_FC00, 1), (0x10_0000, low - 0x10_0000, 1)] + ([(1 << 32, high, 1)] if high else [])
+    assert ram == expected
+
+
+def test_ram_above_4g_is_reached_and_the_apic_page_is_not_ram(make_vm, arch):
+    """With 4 GiB the guest maps 4 GiB with a 1 GiB page (its boot tables' PDPT at 0x2000) and
+    writes there; the write lands in the RAM slot at 4 GiB. The local APIC page and the IOAPIC
+    are not RAM any more: e820 (fw_cfg etc/e820) lists RAM only around them."""
+    vm = make_vm(arch, mem="4G")
+    fw_cfg = vm.bus.port(0x510).device
+    key = fw_cfg.key_of("etc/e820")
+    vm.load(x86_64(f"""
+        mov rax, 0x100000083
+        mov [0x2020], rax
+        mov rbx, 0x100000040
+        mov rax, 0x1122334455667788
+        mov [rbx], rax
+        mov rcx, [rbx]
+        mov [{X86_DATA:#x}], rcx
+        mov dx, 0x510
+        mov ax, {key:#x}
+        out dx, ax
+        mov dx, 0x511
+        mov rdi, {X86_DATA + 0x100:#x}
+        mov ecx, 40
+    e820:
+        in al, dx
+        stosb
+        dec ecx
+        jnz e820
+        {EXIT_HALT}"""))
+    assert vm.run(timeout=10).status == 1
+    assert vm.memory.read_u64(X86_DATA) == 0x1122_3344_5566_7788
+    assert vm.memory.read_u64((1 << 32) + 0x40) == 0x1122_3344_5566_7788
+    table = [struct.unpack_from("<QQI", vm.memory.read(X86_DATA + 0x100, 40), o) for o in (0, 20)]
+    assert table == [(0, 0xC000_0000, 1), (1 << 32, 1 << 30, 1)]
+    assert not vm.memory.is_ram(0xFEE0_0000) and not vm.memory.is_ram(0xFEC0_0000)
+    assert vm.memory.ram_size == 4 << 30
 
 
 # -- devices -------------------------------------------------------------------------------
@@ -346,8 +443,8 @@ def test_the_other_vendors_hypercall_is_an_undefined_opcode(make_vm, arch):
     assert result.status == 1 and vm.memory.read(X86_DATA, 1) == b"\x01"
 
 
-def test_access_to_memory_nothing_backs_is_a_clear_guest_crash(make_vm, arch):
-    vm, result = run64(make_vm, arch, "mov rax, 0x80000000\nmov rbx, [rax]\nhlt")
+def test_access_to_memory_nothing_backs_is_a_clear_guest_crash_in_strict_mode(make_vm, arch):
+    vm, result = run64(make_vm, arch, "mov rax, 0x80000000\nmov rbx, [rax]\nhlt", strict_mmio=True)
     assert result.status == STATUS_GUEST_CRASH
     assert "0x80000000" in result.reason and "no RAM or device" in result.reason
 
