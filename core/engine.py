@@ -180,12 +180,24 @@ class SliceTimer:
     ``emu_start(..., timeout=)`` starts and joins a timer thread on every call: measured 160 us
     per call against 9 us without it, which every exit that leaves the engine (a fault, HLT)
     would pay. One long-lived thread serves every engine of the process (the run loop enters one
-    engine at a time); ``emu_start`` runs without the GIL, so the thread gets to run. A stop
-    that arrives after the engine returned is a no-op (measured). A stop that lands in the block
-    that ends in HLT makes the engine return as for the HLT alone: the x86 vCPU tells them apart
-    by an exact-address hook on the HLT (plugins/x86/traps.py, which also keeps RIP right for the
-    IN/OUT/CPUID hooks of such blocks).
+    engine at a time); ``emu_start`` runs without the GIL, so the thread gets to run.
+
+    Where the stop lands: hvsim's patched Unicorn (tools/unicorn-2.1.4-hvsim.patch) honours a
+    stop only at the start of a translation block or before an instruction with a code hook,
+    where no part of any instruction has run, so a stop from this thread can never make a
+    completed instruction run again (the stock engine also stopped after guest loads and
+    stores and then re-ran the instruction). ``uc_emu_start`` clears a stop requested before it
+    began, so once the slice is over the thread asks again every :data:`RESEND_S` until the
+    vCPU disarms it. A stop that arrives after the engine returned is dropped at the next
+    ``emu_start`` (measured). A stop that lands in the block that ends in HLT makes the engine
+    return as for the HLT alone: the x86 vCPU tells them apart by an exact-address hook on the
+    HLT (plugins/x86/traps.py).
+
+    :meth:`interrupt` (SIGINT, see :class:`SigintWatch`) ends the current slice and every later
+    one at once, until :meth:`clear_interrupt`.
     """
+
+    RESEND_S = 0.0005
 
     def __init__(self) -> None:
         import threading
@@ -195,6 +207,8 @@ class SliceTimer:
         self._uch = None
         self._expired = False
         self._waiting_until: float | None = None
+        self.interrupted = threading.Event()  # set by interrupt(); naps end when it is
+        self.stops = 0  # stops requested by this thread (benchmarks count them)
         threading.Thread(target=self._watch, name="hvsim-slice-timer", daemon=True).start()
 
     def arm(self, uch, seconds: float) -> None:
@@ -203,6 +217,8 @@ class SliceTimer:
         with self._cv:
             self._uch, self._expired = uch, False
             deadline = time.monotonic() + max(seconds, 0.0)
+            if self.interrupted.is_set():
+                deadline = 0.0
             # Wake the thread only if it would sleep past the new deadline (notifying on every
             # entry cost more than it saved, measured by the event work).
             wake = self._waiting_until is None or deadline < self._waiting_until
@@ -220,6 +236,22 @@ class SliceTimer:
     def expired(self) -> bool:
         return self._expired
 
+    def interrupt(self) -> None:
+        """End the running slice now and make every later one end at once."""
+        with self._cv:
+            self.interrupted.set()
+            if self._deadline is not None:
+                self._deadline = 0.0
+                self._cv.notify()
+
+    def clear_interrupt(self) -> None:
+        self.interrupted.clear()
+
+    def nap(self, seconds: float) -> None:
+        """Sleep in the run loop (a halted vCPU waiting for its timer); an interrupt ends it."""
+        if seconds > 0:
+            self.interrupted.wait(seconds)
+
     def _watch(self) -> None:
         import time
 
@@ -229,14 +261,16 @@ class SliceTimer:
                     self._waiting_until = None
                     self._cv.wait()
                     continue
-                remaining = self._deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = self._deadline - now
                 if remaining > 0:
                     self._waiting_until = self._deadline
                     self._cv.wait(remaining)
                     continue
                 self._expired = True
-                self._deadline = None
+                self.stops += 1
                 _emu_stop(self._uch)
+                self._deadline = now + self.RESEND_S  # until disarmed: the first may have been dropped
 
 
 _timer: SliceTimer | None = None
@@ -248,3 +282,94 @@ def slice_timer() -> SliceTimer:
     if _timer is None:
         _timer = SliceTimer()
     return _timer
+
+
+class SigintWatch:
+    """While a VM runs on the main thread: the first SIGINT calls ``on_interrupt`` at once, from
+    a thread of its own (the main thread may be inside ``emu_start`` for a whole slice, and a
+    Python signal handler only runs when it comes back); the second ends the process with status
+    130. Python's C-level handler writes the signal number to a pipe (``signal.set_wakeup_fd``),
+    which the thread reads. Elsewhere than on the main thread it does nothing."""
+
+    def __init__(self, on_interrupt) -> None:
+        self.on_interrupt = on_interrupt
+        self._saved = None
+
+    def __enter__(self) -> "SigintWatch":
+        import os
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        try:
+            old_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+            old_handler = signal.signal(signal.SIGINT, lambda _sig, _frame: None)
+        except (ValueError, OSError):  # not allowed here (an embedding interpreter): no watch
+            os.close(r)
+            os.close(w)
+            return self
+        self._saved = (old_fd, old_handler, r, w)
+        threading.Thread(target=self._read, args=(r,), name="hvsim-sigint", daemon=True).start()
+        return self
+
+    def _read(self, r: int) -> None:
+        import os
+        import signal
+
+        seen = 0
+        while True:
+            try:
+                data = os.read(r, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum != signal.SIGINT:
+                    continue
+                seen += 1
+                if seen == 1:
+                    self.on_interrupt()
+                else:
+                    os._exit(130)  # the second Ctrl-C: now, whatever the run is doing
+
+    def __exit__(self, *exc) -> None:
+        import os
+        import signal
+
+        if self._saved is None:
+            return
+        old_fd, old_handler, r, w = self._saved
+        self._saved = None
+        signal.set_wakeup_fd(old_fd)
+        signal.signal(signal.SIGINT, old_handler)
+        os.close(w)  # the reader sees end-of-file and ends
+        os.close(r)
+
+
+def exact_stops_level() -> int:
+    """The patch level of hvsim's Unicorn (tools/unicorn-2.1.4-hvsim.patch), 0 for a stock one."""
+    try:
+        fn = _lib.uc_hvsim_exact_stops
+    except AttributeError:
+        return 0
+    fn.restype = ctypes.c_int
+    return fn()
+
+
+EXACT_STOPS_NEEDED = 2
+
+
+def require_exact_stops() -> None:
+    """Refuse to run guests on a Unicorn without hvsim's patch: a stock engine re-runs
+    completed instructions after a stop, so no result could be trusted."""
+    if exact_stops_level() < EXACT_STOPS_NEEDED:
+        from .errors import HvsimError
+
+        raise HvsimError(
+            f"the installed Unicorn ({uclib._name}) lacks hvsim's patch (exact engine stops, "
+            "level 2), without which a stopped guest can run an instruction twice: install it with "
+            "`make install`, or `python tools/build_unicorn.py PYTHON` for another environment")

@@ -20,6 +20,7 @@ from . import log as _log  # noqa: F401  (structlog to stderr before the first m
 from .arch import Vcpu, VcpuState
 from .bus import IoBus
 from .console import Console
+from .engine import SigintWatch, require_exact_stops, slice_timer
 from .errors import ConfigError, HvsimError
 from .exits import Exit, ExitHandlerRegistry
 from .loader import Image, parse_image, read_file, read_image
@@ -37,6 +38,7 @@ STATUS_BAD_INPUT = 2
 STATUS_GUEST_CRASH = 4  # triple fault, unhandled exit, access to memory nothing backs
 STATUS_HALTED_FOREVER = 6  # every vCPU halted with nothing that could wake it
 STATUS_TIMEOUT = 124  # as timeout(1)
+STATUS_INTERRUPTED = 130  # SIGINT, as a shell reports it
 
 HV_AREA = 8 << 20  # host memory each VM reserves for the hypervisor's structures
 SLICE_US = 200_000  # one vCPU: long slices, re-entry is the cost
@@ -99,6 +101,7 @@ class VM:
                  entry: int | None = None, pm: PluginManager | None = None,
                  host: HostMemory | None = None, console: Console | None = None, strict_mmio: bool = False,
                  **extra) -> None:
+        require_exact_stops()
         self.pm = pm if pm is not None else default_manager()
         arch_cls = self.pm.archs.get(arch)
         if arch_cls is None:
@@ -211,46 +214,67 @@ class VM:
 
     # -- the run loop ----------------------------------------------------------------------
     def run(self, timeout: float | None = None) -> RunResult:
+        """Run until the guest ends, a vCPU crashes, ``timeout`` seconds pass (status 124, within
+        a slice's stop latency) or SIGINT arrives on the main thread (status 130)."""
         if self.image is None and self.config.extra.get("require_image", True):
             raise HvsimError("no image loaded: call vm.load(...) first")
         start = time.monotonic()
         deadline = start + timeout if timeout else None
         slice_us = SLICE_US if len(self.vcpus) == 1 else SLICE_US_SMP
-        if deadline is not None:
-            slice_us = min(slice_us, max(1000, int(timeout * 1e6)))
+        timer = slice_timer()
+        timer.clear_interrupt()
         try:
-            while self.status is None:
-                ran = False
-                for vcpu in self.vcpus:
-                    if self.status is not None:
-                        break
-                    if vcpu.state is VcpuState.HALTED and vcpu.events and vcpu.wake():
-                        vcpu.state = VcpuState.RUNNABLE
-                    if vcpu.state is not VcpuState.RUNNABLE:
-                        continue
-                    ran = True
-                    if vcpu.events:
-                        vcpu.deliver_pending()
-                    if self._entry_observers:
-                        self.pm.hook.hvsim_vm_entry(vcpu=vcpu)
-                    # An event waiting for the guest to unmask interrupts is retried at the next
-                    # entry: short slices bound that wait (the interrupt-window exits of the
-                    # interrupt-virtualization plugins make it exact).
-                    exit = vcpu.run(SLICE_US_SMP if vcpu.events else slice_us)
-                    if exit is not None:
-                        self.dispatch(vcpu, exit)
-                if self.status is not None:
-                    break
-                if not ran:
-                    self._all_idle()
-                if deadline is not None and time.monotonic() >= deadline:
-                    self.stop(STATUS_TIMEOUT, f"timeout: the guest was still running after {timeout:g} s")
+            with SigintWatch(self.interrupt):
+                self._loop(slice_us, deadline, timeout)
         finally:
+            timer.clear_interrupt()
             self.console.flush()
         wall = time.monotonic() - start
         log.debug("run ended", status=self.status, reason=self.stop_reason, wall_s=round(wall, 4),
                   exits=self.stats.total)
         return RunResult(self.status, self.stop_reason, wall)
+
+    def _loop(self, slice_us: int, deadline: float | None, timeout: float | None) -> None:
+        while self.status is None:
+            ran = False
+            for vcpu in self.vcpus:
+                if self.status is not None:
+                    break
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                if vcpu.state is VcpuState.HALTED and vcpu.events and vcpu.wake():
+                    vcpu.state = VcpuState.RUNNABLE
+                if vcpu.state is not VcpuState.RUNNABLE:
+                    continue
+                ran = True
+                if vcpu.events:
+                    vcpu.deliver_pending()
+                if self._entry_observers:
+                    self.pm.hook.hvsim_vm_entry(vcpu=vcpu)
+                # An event waiting for the guest to unmask interrupts is retried at the next
+                # entry: short slices bound that wait (the interrupt-window exits of the
+                # interrupt-virtualization plugins make it exact).
+                us = SLICE_US_SMP if vcpu.events else slice_us
+                if deadline is not None:
+                    us = max(1, min(us, int(left * 1e6) + 1))
+                exit = vcpu.run(us)
+                if exit is not None:
+                    self.dispatch(vcpu, exit)
+            if self.status is not None:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                self.stop(STATUS_TIMEOUT, f"timeout: the guest was still running after {timeout:g} s")
+                break
+            if not ran:
+                self._all_idle()
+
+    def interrupt(self) -> None:
+        """End the run with status 130 (SIGINT): safe from another thread; the vCPUs leave
+        their engines at their next block boundary."""
+        slice_timer().interrupt()
+        self.stop(STATUS_INTERRUPTED, "interrupted (SIGINT)")
 
     def _all_idle(self) -> None:
         """No vCPU could run: wake one with a pending event, or nothing ever will."""

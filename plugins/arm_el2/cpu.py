@@ -300,7 +300,7 @@ class Arm64Vcpu(Vcpu):
             others = any(v is not self and v.state is VcpuState.RUNNABLE and not getattr(v, "wfi_wait", False)
                          for v in self.vm.vcpus)
             if not others:
-                time.sleep(max(0.0, min(deadline - time.monotonic_ns(), slice_us * 1000) / 1e9))
+                self._timer.nap(min(deadline - time.monotonic_ns(), slice_us * 1000) / 1e9)  # SIGINT ends it
                 timers.poll()
             if not self.events:
                 return False
@@ -424,11 +424,8 @@ class Arm64Vcpu(Vcpu):
             hook_error = self.hooks.take_error()
             if hook_error is not None:
                 raise hook_error
-            if mmio.rollback is not None and self.vm.status is None and not mmio.complete_rollback():
-                self.vm.crash(f"a stop was requested inside an MMIO access by the instruction at "
-                              f"{regs.read(UC_ARM64_REG_PC):#x}, which hvsim cannot complete")
+            mmio.forget()
             if self.stop_requested or self.vm.status is not None:
-                mmio.discovering = False
                 return None
             if error is not None:
                 fault = mmu.take_pending() if error.errno == UC_ERR_EXCEPTION else None
@@ -441,9 +438,6 @@ class Arm64Vcpu(Vcpu):
                 if not run_end_abort(self, UNTIL):
                     self.vm.crash(f"instruction fetch from {UNTIL:#x} faults and so would its vector")
                     return None
-            elif mmio.discovering:  # mmio stopped the engine to learn an instruction's PC
-                mmio.finish_discovery()
-                mmio.install_pending()
             elif self._yield:
                 return None  # a trapped WFE yielded to the other vCPUs
             elif mmu.engine.service():

@@ -13,16 +13,12 @@ an access there is "unassigned" (all-ones on read, writes dropped, as QEMU does)
 unmapped: the access is a STAGE2_FAULT exit whose default handler ends the run as a guest
 crash, as KVM hands it to a VMM with no device there.
 
-Which instruction made the access: Unicorn does not update PC before an MMIO callback (PC is
-wherever it was last synced, measured), so the syndrome cannot come from reading PC there. But
-``emu_stop`` called inside an MMIO callback makes ``emu_start`` return with the CPU state rolled
-back to that very instruction (measured: exact PC, the base register not yet written back).
-So the first access an unknown instruction makes is not performed: hvsim saves X0-X30 and SP,
-stops the engine, reads the exact PC, restores the registers (a load may already have written
-Xt), puts an exact-address ``UC_HOOK_CODE`` on the instruction and runs it again. From then on
-the hook names the instruction before each execution, at the cost of one small callback; no
-hook runs anywhere else. An instruction that makes more accesses than its decoding said (an
-atomic, say) is widened and run again once more: its earlier accesses then happen twice.
+Which instruction made the access: hvsim's Unicorn (tools/unicorn-2.1.4-hvsim.patch) restores
+the CPU state to the instruction making an access before it calls an MMIO callback, so the
+callback reads the exact PC and decodes that instruction (once per PC and instruction word).
+Nothing is undone or run again, and no hook runs anywhere else. An instruction that makes an
+access its decoding did not foresee (an atomic's read and write, say) is taken as undecoded
+from then on: each access its own exit with ISV = 0.
 
 Unicorn cuts accesses wider than 4 bytes, and unaligned ones, into pieces; a single-register
 access (ISV = 1) is put back together into one exit, as the hardware traps once. Accesses with
@@ -35,13 +31,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from unicorn import UC_HOOK_CODE, UC_MEM_FETCH_UNMAPPED
+from unicorn import UC_MEM_FETCH_UNMAPPED
 from unicorn.arm64_const import UC_ARM64_REG_PC
 
-from hvsim.core.engine import HOOK_CODE
 from hvsim.core.exits import Exit, ExitKind
 
-from .decode import ADDR_UNKNOWN, WB_NONE, WB_POST, LoadStore, decode
+from .decode import ADDR_UNKNOWN, LoadStore, decode
 from .exits import ESR_ELx_EC_DABT_LOW, ESR_ELx_WNR, El2Record, esr, fsc_translation, hpfar
 
 PAGE = 0x1000
@@ -57,14 +52,13 @@ _decode = lru_cache(maxsize=65536)(decode)
 class Site:
     """A load or store instruction known to reach MMIO, and the syndrome it last produced."""
 
-    __slots__ = ("insn", "pc", "is_load", "size", "total", "single", "handle", "ipa", "va", "rec")
+    __slots__ = ("insn", "pc", "is_load", "size", "total", "single", "ipa", "va", "rec")
 
     def __init__(self, insn: LoadStore, pc: int) -> None:
         self.insn, self.pc, self.size, self.total = insn, pc, insn.size, insn.total
         self.is_load = insn.is_load
         # True: a one-register load, False: a one-register store, None: anything else.
         self.single = insn.is_load if insn.regs == 1 and insn.is_load is not None else None
-        self.handle = 0
         self.ipa = self.va = -1  # the first access's IPA and VA last time, and its record
         self.rec: El2Record | None = None
 
@@ -78,18 +72,14 @@ class MmioTrap:
         self.uc = vcpu.uc
         self.hooks = vcpu.hooks
         self._dispatch = vcpu.vm.dispatch
-        self._site: Site | None = None  # the instruction whose accesses are arriving
+        self._pc = -1  # the instruction whose accesses are arriving (-1: none in progress)
+        self._site: Site | None = None  # ... and what it is
         self._left = 0  # bytes it still has to move
         self._va = 0  # its first access's VA (FAR_EL2)
         self._rec: El2Record | None = None  # its first access's record
         self._first = 0  # its first access's IPA
         self._acc = 0  # a single-register access put together from Unicorn's pieces
-        self._unknown_size = 0
         self._sites: dict[int, Site] = {}
-        self.pending: dict[int, LoadStore] = {}  # code hooks to add once the engine is out
-        self.discovering = False
-        self._snapshot: list[int] = []
-        self.rollback: tuple[LoadStore, int, int, int] | None = None
         self._lazy: set[int] = set()  # unbacked pages mapped on first touch
         self._claims_seen = 0
         self.sync_claims()
@@ -110,42 +100,38 @@ class MmioTrap:
 
     def map_region(self, base: int, size: int) -> None:
         """``mmio_map`` [base, base + size). Each callback first tries the common case inline:
-        a one-access load or store, of the size its instruction makes, at the IPA that
-        instruction touched last time, so its record can be reused; otherwise it goes through
-        :meth:`_access`. (The shortcut trusts the code hook: were a hooked instruction to touch
-        RAM and an unhooked one then make the same access, the record would name the first.
-        The access itself is always right: Unicorn performs it.)"""
+        the one access of a one-register load or store, of the size its instruction makes, at
+        the IPA that instruction touched last time, so its record can be reused; otherwise it
+        goes through :meth:`_access`."""
         dfsc = fsc_translation(self.fault_level(base))
         trap, vcpu, dispatch, access, fail = self, self.vcpu, self._dispatch, self._access, self.hooks.fail
-        take = vcpu.take_trap
+        take, sites, read_pc = vcpu.take_trap, self._sites, vcpu.regs.read
 
         def read(_uc, offset, size_, _ud):
             try:
-                site, ipa = trap._site, base + offset
-                if site is not None and site.single is True and ipa == site.ipa and size_ == site.size:
-                    trap._site = None
+                pc, ipa = read_pc(UC_ARM64_REG_PC), base + offset
+                site = sites.get(pc)
+                if (site is not None and site.single is True and ipa == site.ipa and size_ == site.size
+                        and trap._pc < 0):
                     exit = Exit(_MMIO, _REASON, site.rec, ipa, size_, False, None)
-                    take(site.rec, site.pc)
+                    take(site.rec, pc)
                     dispatch(vcpu, exit)
-                    if vcpu.stop_requested:
-                        trap.rollback = (site.insn, site.pc, site.va, exit.value or 0)
                     return exit.value or 0
-                return access(ipa, size_, False, 0, dfsc)
+                return access(pc, ipa, size_, False, 0, dfsc)
             except BaseException as exc:  # noqa: BLE001 (re-raised by the vCPU's run)
                 fail(exc)
                 return 0
 
         def write(_uc, offset, size_, value, _ud):
             try:
-                site, ipa = trap._site, base + offset
-                if site is not None and site.single is False and ipa == site.ipa and size_ == site.size:
-                    trap._site = None
-                    take(site.rec, site.pc)
+                pc, ipa = read_pc(UC_ARM64_REG_PC), base + offset
+                site = sites.get(pc)
+                if (site is not None and site.single is False and ipa == site.ipa and size_ == site.size
+                        and trap._pc < 0):
+                    take(site.rec, pc)
                     dispatch(vcpu, Exit(_MMIO, _REASON, site.rec, ipa, size_, True, value))
-                    if vcpu.stop_requested:
-                        trap.rollback = (site.insn, site.pc, site.va, 0)
                     return
-                access(ipa, size_, True, value, dfsc)
+                access(pc, ipa, size_, True, value, dfsc)
             except BaseException as exc:  # noqa: BLE001
                 fail(exc)
 
@@ -183,148 +169,75 @@ class MmioTrap:
     # -- the hot path ------------------------------------------------------------------------
     def forget(self) -> None:
         """No instruction is in progress (an exception was taken, or the engine stopped)."""
-        self._site = None
+        self._pc, self._site, self._left = -1, None, 0
 
-    def _access(self, ipa: int, size: int, is_write: bool, value: int, dfsc: int) -> int:
-        site = self._site
-        if site is None or site.is_load is is_write or self.discovering:
-            return self._unknown(size)
-        left = self._left
-        first = left == site.total
-        if first:  # the instruction's first piece
-            if not self._check(site, ipa, is_write, dfsc):
-                return self._unknown(size)  # a stale hook (that execution went to RAM)
+    def _access(self, pc: int, ipa: int, size: int, is_write: bool, value: int, dfsc: int) -> int:
+        if pc != self._pc:  # an instruction's first access
+            site = self._sites.get(pc)
+            word = self.vcpu.read_insn(pc)
+            if site is None or site.insn.word != word:
+                site = self._sites[pc] = Site(_decode(word) or _widen(word), pc)
+            if site.is_load is is_write or not self._check(site, ipa, is_write, dfsc):
+                site = self._sites[pc] = Site(_widen(word), pc)  # not what its decoding said
+            self._pc, self._site, self._left = pc, site, site.total
             self._va, self._rec, self._first, self._acc = site.va, site.rec, ipa, 0
-        left -= size
+            first = True
+        else:
+            site = self._site
+            first = False
+        insn = site.insn
+        if site.is_load is None:  # undecoded: each access its own exit, FAR_EL2 = the IPA
+            self.forget()
+            rec = El2Record(_DABT_LOW | (ESR_ELx_WNR if is_write else 0) | dfsc, ipa, hpfar(ipa))
+            return self._exit(pc, rec, ipa, size, is_write, value if is_write else None)
+        left = self._left - size
         self._left = left
         if left <= 0:
-            self._site = None
-        insn = site.insn
+            self.forget()
         if insn.merge and size != insn.size:  # one register in pieces: one exit for it
             shift = 8 * (ipa - self._first)
             if is_write:
                 self._acc |= value << shift
                 if left > 0:
                     return 0
-                return self._exit(site, self._rec, self._first, insn.size, True, self._acc)
+                return self._exit(pc, self._rec, self._first, insn.size, True, self._acc)
             if first:
-                self._acc = self._exit(site, self._rec, self._first, insn.size, False, None)
-            return (self._acc >> shift) & ((1 << (8 * size)) - 1)
+                self._acc = self._exit(pc, self._rec, self._first, insn.size, False, None)
+            acc = self._acc
+            return (acc >> shift) & ((1 << (8 * size)) - 1)
         rec = self._rec if first else None
-        if rec is None:  # a later piece of a multi-register access, or an undecoded one
+        if rec is None:  # a later piece of a multi-register access
             rec = El2Record(_DABT_LOW | insn.iss | (ESR_ELx_WNR if is_write else 0) | dfsc,
                             (self._va & ~_OFFSET) | (ipa & _OFFSET), hpfar(ipa))
-        return self._exit(site, rec, ipa, size, is_write, value if is_write else None)
+        return self._exit(pc, rec, ipa, size, is_write, value if is_write else None)
 
-    def _exit(self, site: Site, rec, ipa: int, size: int, is_write: bool, value) -> int:
+    def _exit(self, pc: int, rec, ipa: int, size: int, is_write: bool, value) -> int:
         exit = Exit(_MMIO, _REASON, rec, ipa, size, is_write, value)
-        self.vcpu.take_trap(rec, site.pc)
+        self.vcpu.take_trap(rec, pc)
         self._dispatch(self.vcpu, exit)
-        if self.vcpu.stop_requested:  # Unicorn will roll this instruction back: see run()
-            self.rollback = (site.insn, site.pc, self._va, exit.value or 0)
         return exit.value or 0
 
     def _check(self, site: Site, ipa: int, is_write: bool, dfsc: int) -> bool:
-        """Is this first access really the hooked instruction's? Rebuild its VA (FAR_EL2) from
-        the registers and translate it; keep the record for the fast path when it is."""
+        """Does the decoded address recipe give this access? Rebuild its VA (FAR_EL2) from the
+        registers (the instruction has not written any yet) and translate it; keep the record
+        for the fast path when it does."""
         insn = site.insn
-        if insn.addr == ADDR_UNKNOWN:
-            va = ipa
-        else:
-            va = insn.address(self.vcpu.xreg, site.pc)
-            if va != site.va or ipa != site.ipa:
-                pa = self.vcpu.engine_address(va, is_write)  # MMIO pages sit at their IPA
-                if pa is None or not 0 <= ipa - pa < insn.total:
-                    return False
-        if insn.is_load is None:  # either direction: no record to reuse
-            site.va, site.ipa, site.rec = va, -1, None
-        elif va != site.va or ipa != site.ipa:
+        if insn.is_load is None:
+            return True
+        va = insn.address(self.vcpu.xreg, site.pc)
+        if va != site.va or ipa != site.ipa:
+            pa = self.vcpu.engine_address(va, is_write)  # MMIO pages sit at their IPA
+            if pa is None or not 0 <= ipa - pa < insn.total:
+                return False
             site.va, site.ipa = va, ipa
             site.rec = El2Record(_DABT_LOW | insn.iss | (ESR_ELx_WNR if is_write else 0) | dfsc,
                                  va, hpfar(ipa))
         return True
 
-    # -- finding an instruction the first time ----------------------------------------------
-    def _unknown(self, size: int) -> int:
-        """An access from an instruction without a hook: undo it and learn its PC."""
-        self._site = None
-        if not self.discovering:
-            self.discovering = True
-            self._unknown_size = size
-            self._snapshot = [self.vcpu.xreg(n) for n in range(32)]  # X0-X30, SP
-            self.uc.emu_stop()
-        return 0  # discarded: the registers are restored and the instruction runs again
 
-    def finish_discovery(self) -> None:
-        """After emu_start returned from :meth:`_unknown`'s stop: PC is the instruction."""
-        vcpu = self.vcpu
-        self.discovering = False
-        self._site = None
-        for n, value in enumerate(self._snapshot):
-            vcpu.write_xreg(n, value)
-        pc = vcpu.regs.read(UC_ARM64_REG_PC)
-        word = vcpu.read_insn(pc)
-        old = self._sites.get(pc)
-        if old is None or old.insn.word != word:
-            insn = _decode(word) or _widen(LoadStore(word, True, 1), self._unknown_size)
-        elif old.total >= 64:
-            self.vm.crash(f"the instruction at {pc:#x} keeps making MMIO accesses hvsim "
-                          f"cannot attribute (word {word:#010x})")
-            return
-        else:  # more accesses than its decoding said: accept any number, and run it again
-            insn = _widen(old.insn, old.total + self._unknown_size)
-        self.pending[pc] = insn
-
-    def install_pending(self) -> None:
-        """Add the code hooks discovery asked for; the engine must be stopped."""
-        for pc, insn in self.pending.items():
-            old = self._sites.get(pc)
-            if old is not None:
-                self.hooks.delete(old.handle)
-            site = self._sites[pc] = Site(insn, pc)
-            site.handle = self.hooks.add(UC_HOOK_CODE, HOOK_CODE, self._code_hook(site), pc, pc)
-            self.uc.ctl_remove_cache(pc, pc + 4)  # hooks bind when a block is translated
-        self.pending.clear()
-
-    def _code_hook(self, site: Site):
-        trap = self
-
-        def on_insn(_uc, _address, _size, _ud):  # names the instruction before it runs
-            trap._site = site
-            trap._left = site.total
-
-        return on_insn
-
-    def complete_rollback(self) -> bool:
-        """A stop requested while an MMIO access was being handled makes Unicorn roll the
-        instruction back to its start (measured). The device has seen the access, so running
-        it again would repeat it: finish it here instead, as KVM's kvm_handle_mmio_return()
-        does (Xt from the value read, the base register's writeback, PC + 4). Returns False
-        for instructions hvsim cannot finish (pairs, SIMD&FP)."""
-        insn, pc, va, value = self.rollback
-        self.rollback = None
-        vcpu = self.vcpu
-        if vcpu.regs.read(UC_ARM64_REG_PC) != pc:
-            return True  # Unicorn had already moved past it
-        if insn.regs != 1 or insn.simd or insn.is_load is None:
-            return False
-        if insn.is_load and insn.rt != 31:
-            bits = 8 * insn.size
-            value &= (1 << bits) - 1
-            if insn.sse and value >> (bits - 1):
-                value -= 1 << bits
-            vcpu.write_xreg(insn.rt, value & (0xFFFF_FFFF_FFFF_FFFF if insn.sf else 0xFFFF_FFFF))
-        if insn.wb != WB_NONE:
-            vcpu.write_xreg(insn.rn, va + insn.wb_imm if insn.wb == WB_POST else va)
-        vcpu.regs.write(UC_ARM64_REG_PC, pc + 4)
-        return True
-
-
-def _widen(insn: LoadStore, total: int) -> LoadStore:
-    """A copy of ``insn`` that moves ``total`` bytes in either direction, piece by piece,
-    ISV = 0, FAR_EL2 = the IPA (its address recipe is what failed)."""
-    wide = LoadStore(insn.word, True, insn.size, regs=insn.regs, simd=insn.simd,
-                     addr=ADDR_UNKNOWN)
+def _widen(word: int) -> LoadStore:
+    """``word`` as an instruction hvsim does not decode: any number of accesses in either
+    direction, each its own exit with ISV = 0 and FAR_EL2 = the IPA."""
+    wide = LoadStore(word, True, 1, addr=ADDR_UNKNOWN)
     wide.is_load = None  # matches neither direction test: reads and writes both belong to it
-    wide.total = total
     return wide

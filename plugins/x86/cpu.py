@@ -389,9 +389,7 @@ class X86Vcpu(Vcpu):
         (SDM 25.5.1), so wait for it (within this slice) and exit when it reaches 0."""
         if self.timer_deadline is None:
             return None  # (an event that could wake the guest was taken at the boundary before)
-        wait = min(self.timer_deadline, end) - time.perf_counter()
-        if wait > 0:
-            time.sleep(wait)
+        self._timer.nap(min(self.timer_deadline, end) - time.perf_counter())  # SIGINT ends it
         if not self.timer_expired():
             return None
         return self.context.event_exit("preemption_timer")
