@@ -360,7 +360,7 @@ def exact_stops_level() -> int:
     return fn()
 
 
-EXACT_STOPS_NEEDED = 2
+EXACT_STOPS_NEEDED = 3
 
 
 def require_exact_stops() -> None:
@@ -371,5 +371,5 @@ def require_exact_stops() -> None:
 
         raise HvsimError(
             f"the installed Unicorn ({uclib._name}) lacks hvsim's patch (exact engine stops, "
-            "level 2), without which a stopped guest can run an instruction twice: install it with "
+            "level 3), without which a stopped guest can run an instruction twice: install it with "
             "`make install`, or `python tools/build_unicorn.py PYTHON` for another environment")

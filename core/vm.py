@@ -83,6 +83,7 @@ class VMConfig:
     initrd_name: str = ""
     load_addr: int | None = None  # raw images
     entry: int | None = None  # raw images
+    slice_us: int | None = None  # longest time a vCPU runs before the loop looks again (None: the defaults)
     extra: dict = field(default_factory=dict)  # plugin-specific settings
 
 
@@ -100,7 +101,7 @@ class VM:
                  initrd: str | Path | bytes | None = None, load_addr: int | None = None,
                  entry: int | None = None, pm: PluginManager | None = None,
                  host: HostMemory | None = None, console: Console | None = None, strict_mmio: bool = False,
-                 **extra) -> None:
+                 slice_us: int | None = None, **extra) -> None:
         require_exact_stops()
         self.pm = pm if pm is not None else default_manager()
         arch_cls = self.pm.archs.get(arch)
@@ -113,8 +114,10 @@ class VM:
         if not 1 <= vcpus <= 64:
             raise ConfigError(f"vcpus must be between 1 and 64, not {vcpus}")
         check_cmdline(append)
+        if slice_us is not None and not 1 <= slice_us <= 10_000_000:
+            raise ConfigError(f"slice_us must be between 1 and 10,000,000, not {slice_us}")
         self.config = VMConfig(mem_size=mem_size, vcpus=vcpus, append=append, load_addr=load_addr,
-                               entry=entry, extra=extra)
+                               entry=entry, slice_us=slice_us, extra=extra)
         if initrd is not None:
             self.config.initrd, self.config.initrd_name = _read_initrd(initrd)
         # Guest RAM plus a hypervisor area for the architecture's own structures (VMCS and VMCB
@@ -220,7 +223,7 @@ class VM:
             raise HvsimError("no image loaded: call vm.load(...) first")
         start = time.monotonic()
         deadline = start + timeout if timeout else None
-        slice_us = SLICE_US if len(self.vcpus) == 1 else SLICE_US_SMP
+        slice_us = self.config.slice_us or (SLICE_US if len(self.vcpus) == 1 else SLICE_US_SMP)
         timer = slice_timer()
         timer.clear_interrupt()
         try:
@@ -256,12 +259,13 @@ class VM:
                 # An event waiting for the guest to unmask interrupts is retried at the next
                 # entry: short slices bound that wait (the interrupt-window exits of the
                 # interrupt-virtualization plugins make it exact).
-                us = SLICE_US_SMP if vcpu.events else slice_us
+                us = min(SLICE_US_SMP, slice_us) if vcpu.events else slice_us
                 if deadline is not None:
                     us = max(1, min(us, int(left * 1e6) + 1))
                 exit = vcpu.run(us)
                 if exit is not None:
                     self.dispatch(vcpu, exit)
+            self.console.flush()  # a prompt without a newline shows within a slice
             if self.status is not None:
                 break
             if deadline is not None and time.monotonic() >= deadline:
