@@ -103,9 +103,12 @@ def run(
     paging: Annotated[str, typer.Option("--paging", help="x86: nested (EPT / NPT) or shadow")] = "nested",
     strict_mmio: Annotated[bool, typer.Option("--strict-mmio", help="End the run at an access no RAM or device "
                                               "backs (default: reads all-ones, writes ignored)")] = False,
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="Virtual time from guest progress: the "
+                                                "same output, exits and memory on every run")] = False,
 ) -> None:
     """Run a guest image on one architecture. Exit status: the guest's own (isa-debug-exit
-    (v<<1)|1, PSCI SYSTEM_OFF 0), 2 bad input, 4 guest crash, 6 halted forever, 124 timeout."""
+    (v<<1)|1, PSCI SYSTEM_OFF 0), 2 bad input, 4 guest crash, 6 halted forever, 124 timeout,
+    130 SIGINT."""
     from . import log
     from .vm import VM
 
@@ -120,7 +123,8 @@ def run(
 
     vm = VM(arch, mem=mem, vcpus=vcpus, append=append, initrd=initrd,
             load_addr=_parse_int(load_addr, "--load-addr"), entry=_parse_int(entry, "--entry"),
-            console=Console(sys.stdout.buffer, keep=False), strict_mmio=strict_mmio, **_paging(arch, paging))
+            console=Console(sys.stdout.buffer, keep=False), strict_mmio=strict_mmio, deterministic=deterministic,
+            **_paging(arch, paging))
     vm.load(image)
     result = vm.run(timeout=timeout)
     if stats:

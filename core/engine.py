@@ -3,7 +3,7 @@
 The Python binding's ``reg_read``/``reg_write`` cost ~2 us a call (measured); the binding's
 own ctypes entry points ~0.55 us (argument conversion); the same C functions loaded again
 without ``argtypes`` and called with a reused buffer ~0.24 us. Exit handlers run inside engine
-hooks, so they use :class:`FastRegs`. See ../shared/notes/unicorn-facts.md.
+hooks, so they use :class:`FastRegs`. See docs/unicorn-notes.md.
 """
 
 from __future__ import annotations
@@ -360,7 +360,7 @@ def exact_stops_level() -> int:
     return fn()
 
 
-EXACT_STOPS_NEEDED = 3
+EXACT_STOPS_NEEDED = 4
 
 
 def require_exact_stops() -> None:
@@ -371,5 +371,5 @@ def require_exact_stops() -> None:
 
         raise HvsimError(
             f"the installed Unicorn ({uclib._name}) lacks hvsim's patch (exact engine stops, "
-            "level 3), without which a stopped guest can run an instruction twice: install it with "
+            "level 4), without which a stopped guest can run an instruction twice: install it with "
             "`make install`, or `python tools/build_unicorn.py PYTHON` for another environment")

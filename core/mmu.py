@@ -4,7 +4,7 @@ Every vCPU engine runs in ``UC_TLB_VIRTUAL`` mode: Unicorn's own guest MMU is by
 on each miss in its TLB, it asks the architecture plugin's ``fill(vaddr, access)`` for the
 Unicorn-physical page and permissions. The plugin walks the guest's stage-1 tables, each
 table read translated by stage 2 (EPT, NPT, Arm stage 2), then stage 2 for the final address:
-Python runs only on TLB misses (../shared/notes/unicorn-facts.md, "Memory").
+Python runs only on TLB misses (docs/unicorn-notes.md, "Virtual TLB mode").
 
 Measured on Unicorn 2.1.4 (docs/unicorn-notes.md, "Virtual TLB"):
 

@@ -20,6 +20,7 @@ from . import log as _log  # noqa: F401  (structlog to stderr before the first m
 from .arch import Vcpu, VcpuState
 from .bus import IoBus
 from .console import Console
+from .clock import Clock, VirtualClock
 from .engine import SigintWatch, require_exact_stops, slice_timer
 from .errors import ConfigError, HvsimError
 from .exits import Exit, ExitHandlerRegistry
@@ -101,7 +102,7 @@ class VM:
                  initrd: str | Path | bytes | None = None, load_addr: int | None = None,
                  entry: int | None = None, pm: PluginManager | None = None,
                  host: HostMemory | None = None, console: Console | None = None, strict_mmio: bool = False,
-                 slice_us: int | None = None, **extra) -> None:
+                 slice_us: int | None = None, deterministic: bool = False, **extra) -> None:
         require_exact_stops()
         self.pm = pm if pm is not None else default_manager()
         arch_cls = self.pm.archs.get(arch)
@@ -118,6 +119,9 @@ class VM:
             raise ConfigError(f"slice_us must be between 1 and 10,000,000, not {slice_us}")
         self.config = VMConfig(mem_size=mem_size, vcpus=vcpus, append=append, load_addr=load_addr,
                                entry=entry, slice_us=slice_us, extra=extra)
+        # Guest time: the host's, or virtual time from guest progress (core/clock.py)
+        self.clock = VirtualClock() if deterministic else Clock()
+        self._wall_deadline: float | None = None
         if initrd is not None:
             self.config.initrd, self.config.initrd_name = _read_initrd(initrd)
         # Guest RAM plus a hypervisor area for the architecture's own structures (VMCS and VMCB
@@ -222,7 +226,7 @@ class VM:
         if self.image is None and self.config.extra.get("require_image", True):
             raise HvsimError("no image loaded: call vm.load(...) first")
         start = time.monotonic()
-        deadline = start + timeout if timeout else None
+        deadline = self._wall_deadline = start + timeout if timeout else None
         slice_us = self.config.slice_us or (SLICE_US if len(self.vcpus) == 1 else SLICE_US_SMP)
         timer = slice_timer()
         timer.clear_interrupt()
@@ -260,7 +264,7 @@ class VM:
                 # entry: short slices bound that wait (the interrupt-window exits of the
                 # interrupt-virtualization plugins make it exact).
                 us = min(SLICE_US_SMP, slice_us) if vcpu.events else slice_us
-                if deadline is not None:
+                if deadline is not None and not self.clock.deterministic:  # (virtual slices stay whole)
                     us = max(1, min(us, int(left * 1e6) + 1))
                 exit = vcpu.run(us)
                 if exit is not None:
@@ -273,6 +277,12 @@ class VM:
                 break
             if not ran:
                 self._all_idle()
+
+    def wall_left(self) -> float:
+        """Seconds of wall-clock time the run has left before its ``timeout`` (a year without one)."""
+        if self._wall_deadline is None:
+            return 365 * 86400.0
+        return max(0.0, self._wall_deadline - time.monotonic())
 
     def interrupt(self) -> None:
         """End the run with status 130 (SIGINT): safe from another thread; the vCPUs leave

@@ -18,14 +18,13 @@ event whose delivery an intercepted exception interrupted, and the PAUSE filter 
 
 from __future__ import annotations
 
-import time
 
 from unicorn import x86_const as X
 
 from hvsim.plugins.x86 import paging
 from hvsim.plugins.x86.events import EventControls
 from hvsim.plugins.x86.interruptibility import BLOCKING_BY_NMI, SHADOW
-from hvsim.plugins.x86.tsc import tsc_hz
+from hvsim.plugins.x86.tsc import guest_tsc_hz
 
 from . import iopm
 from .exits import SvmExitInfo, SvmVendor
@@ -283,8 +282,9 @@ class SvmGuestContext:
         count = read("PAUSE_FILTER_COUNT")
         if not count:
             return False
-        threshold, now = read("PAUSE_FILTER_THRESHOLD"), time.perf_counter()
-        if threshold and self._last_pause is not None and (now - self._last_pause) * tsc_hz() > threshold:
+        clock = self.vcpu.clock
+        threshold, now = read("PAUSE_FILTER_THRESHOLD"), clock.now()
+        if threshold and self._last_pause is not None and (now - self._last_pause) * guest_tsc_hz(clock) > threshold:
             self._pause_count = count
         self._last_pause = now
         self._pause_count = (self._pause_count or count) - 1

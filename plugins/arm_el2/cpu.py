@@ -6,7 +6,7 @@ VMPIDR_EL2 so the guest's MPIDR_EL1 reads name this vCPU. Host memory is mapped 
 the engine's physical space; the engine runs in virtual-TLB mode and :mod:`.mmu` fills it with
 the guest's stage 1 and hvsim's stage 2 (VTTBR_EL2 / VTCR_EL2). MMIO goes through :mod:`.mmio`.
 
-What traps to "EL2" and how (see ../shared/notes/unicorn-facts.md):
+What traps to "EL2" and how (see docs/unicorn-notes.md):
 
 - HVC arrives as ``UC_HOOK_INTR`` 11 with PC past it: a HYPERCALL exit (ESR_EL2.EC 0x16, ISS =
   imm16) dispatched and completed inside the hook, without leaving the engine.
@@ -32,7 +32,6 @@ What traps to "EL2" and how (see ../shared/notes/unicorn-facts.md):
 from __future__ import annotations
 
 import ctypes
-import time
 
 from unicorn import (
     UC_ARCH_ARM64,
@@ -58,7 +57,8 @@ from unicorn.arm64_const import (
 from unicorn.unicorn_py3.unicorn import uclib
 
 from hvsim.core.arch import Vcpu, VcpuState
-from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks, slice_timer
+from hvsim.core.clock import EngineSlice
+from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks
 from hvsim.core.exits import Event, EventType, Exit, ExitKind
 from hvsim.core.memory import Access, Walk
 from hvsim.core.mmu import HOST_PHYS_BASE, Stage2Fault
@@ -139,6 +139,7 @@ class Arm64Vcpu(Vcpu):
         self.regs.write(UC_ARM64_REG_PSTATE, exceptions.PSTATE_ENTRY)
         self._sctlr_reset = sys.read(sysregs.SCTLR_EL1)
         self._uch = ctypes.c_void_p(uc._uch.value)
+        self.clock = vm.clock  # guest time: the host's, or virtual (deterministic mode)
         self.stop_requested = False
         self._dispatch = vm.dispatch
         self.smccc_x0 = 0  # X0 when the last HVC trapped: the SMCCC function id
@@ -165,7 +166,7 @@ class Arm64Vcpu(Vcpu):
         for name in ("VPIDR_EL2", "VMPIDR_EL2", "HCR_EL2"):
             self._el2_changed(name)
         self.mmu = Arm64Mmu(self, self.hooks, getattr(vm.arch, "stage2_tables", None))
-        self._timer = slice_timer()
+        self._slice = EngineSlice(vm, self._uch)
         self.tlbi_sites = MaintenanceSites(self)
         self.hooks.add(UC_HOOK_INTR, HOOK_INTR, self._intr_hook())
         self.hooks.add(UC_HOOK_MEM_UNMAPPED, HOOK_MEM_EVENT, self.mmio.on_unmapped)
@@ -300,7 +301,7 @@ class Arm64Vcpu(Vcpu):
             others = any(v is not self and v.state is VcpuState.RUNNABLE and not getattr(v, "wfi_wait", False)
                          for v in self.vm.vcpus)
             if not others:
-                self._timer.nap(min(deadline - time.monotonic_ns(), slice_us * 1000) / 1e9)  # SIGINT ends it
+                self.clock.wait_until_ns(min(deadline, self.clock.now_ns() + slice_us * 1000))  # SIGINT ends it
                 timers.poll()
             if not self.events:
                 return False
@@ -389,8 +390,9 @@ class Arm64Vcpu(Vcpu):
         mmio.forget()
         uc, regs, mmu = self.uc, self.regs, self.mmu
         mmu.context_changed()
-        deadline = time.perf_counter() + slice_us / 1e6
-        traps, timers, timer = self.sysreg_traps, self.timers, self._timer
+        clock = self.clock
+        deadline = clock.now() + slice_us / 1e6
+        traps, timers, timer = self.sysreg_traps, self.timers, self._slice
         while True:
             error = None
             self._reenter = self._yield = False
@@ -399,11 +401,11 @@ class Arm64Vcpu(Vcpu):
             timers.poll()
             if self.events:  # raised while the guest ran (a timer register write, a handler)
                 self.deliver_pending()
-            timeout = int((deadline - time.perf_counter()) * 1e6)
+            timeout = int((deadline - clock.now()) * 1e6)
             if timeout <= 0:
                 return None
             due = timers.next_deadline_ns()
-            now = time.monotonic_ns()
+            now = clock.now_ns()
             if due is not None:
                 timeout = max(1, min(timeout, (due - now) // 1000 + 1))
             self._slice_end_ns = now + timeout * 1000
@@ -413,7 +415,7 @@ class Arm64Vcpu(Vcpu):
                 self.tlbi_sites.prescan(pc)
             mmu.pending = None
             self._in_engine = True
-            timer.arm(self._uch, timeout / 1e6)  # emu_start's own timeout starts a thread a call
+            timer.arm(timeout / 1e6)  # emu_start's own timeout starts a thread a call
             try:
                 uc.emu_start(pc, UNTIL)
             except UcError as exc:

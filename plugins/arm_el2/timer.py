@@ -31,7 +31,6 @@ EL0 reaches the emulated timer registers as EL1 does.
 
 from __future__ import annotations
 
-import time
 
 from hvsim.core.exits import Event, EventType
 
@@ -51,9 +50,11 @@ _NS_PER_TICK = 1_000_000_000 // CNTFRQ_HZ  # 16
 _MASK64 = (1 << 64) - 1
 
 
-def cntpct() -> int:
-    """CNTPCT_EL0 now: the engine's counter (CLOCK_MONOTONIC in 16 ns ticks)."""
-    return time.monotonic_ns() // _NS_PER_TICK
+def cntpct(clock) -> int:
+    """CNTPCT_EL0 now: ``clock`` (a VM's, core/clock.py) in 16 ns ticks. By default that is
+    CLOCK_MONOTONIC, the engine's own counter; in deterministic mode it is virtual, and the
+    guest's CNTPCT_EL0 / CNTVCT_EL0 reads are served from it (:class:`Timers`)."""
+    return clock.now_ns() // _NS_PER_TICK
 
 
 class Timer:
@@ -74,7 +75,7 @@ class Timer:
         return self.vcpu.el2.CNTVOFF_EL2 if self.virtual else 0
 
     def count(self) -> int:
-        return (cntpct() - self.offset()) & _MASK64
+        return (cntpct(self.vcpu.clock) - self.offset()) & _MASK64
 
     def istatus(self, count: int | None = None) -> bool:
         if not self.ctl & CNTx_CTL_ENABLE:
@@ -142,6 +143,10 @@ class Timers:
             traps.emulate(ctl, t.read_ctl, t.write_ctl)
             traps.emulate(cval, t.read_cval, t.write_cval)
             traps.emulate(tval, t.read_tval, t.write_tval)
+        if vcpu.clock.deterministic:  # the engine's counter follows the host: serve the VM's
+            clock = vcpu.clock
+            traps.emulate(sr.CNTPCT_EL0, lambda: cntpct(clock))
+            traps.emulate(sr.CNTVCT_EL0, self.virtual.count)
 
     def poll(self) -> bool:
         """Update both lines; True when an interrupt was raised."""

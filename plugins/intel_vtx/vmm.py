@@ -18,7 +18,6 @@ controls.
 
 from __future__ import annotations
 
-import time
 
 from unicorn import x86_const as X
 
@@ -26,7 +25,7 @@ from hvsim.core.mmu import Stage2Fault
 from hvsim.plugins.x86 import paging
 from hvsim.plugins.x86.traps import ON_DEMAND
 from hvsim.plugins.x86.events import EventControls
-from hvsim.plugins.x86.tsc import tsc_hz
+from hvsim.plugins.x86.tsc import guest_tsc_hz
 
 from . import msrs
 from .entry import GUEST_SEGMENT_FIELDS, GUEST_TABLE_FIELDS
@@ -345,15 +344,15 @@ class VmxGuestContext:
             vcpu.timer_deadline = self._timer_start = None
             return
         ticks = self._values.get(Field.VMX_PREEMPTION_TIMER_VALUE, 0) << (self.vmx.caps.misc & msrs.VMX_MISC_PREEMPTION_TIMER_RATE_MASK)
-        self._timer_start = now = time.perf_counter()
-        vcpu.timer_deadline = now + ticks / tsc_hz()
+        self._timer_start = now = vcpu.clock.now()
+        vcpu.timer_deadline = now + ticks / guest_tsc_hz(vcpu.clock)
 
     def _save_preemption_timer(self) -> None:
         vcpu, v = self.vcpu, self._values
         if self._timer_start is None or vcpu.timer_deadline is None:
             return
         if v[Field.VM_EXIT_CONTROLS] & msrs.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER:
-            left = max(0.0, vcpu.timer_deadline - time.perf_counter()) * tsc_hz()
+            left = max(0.0, vcpu.timer_deadline - vcpu.clock.now()) * guest_tsc_hz(vcpu.clock)
             v[Field.VMX_PREEMPTION_TIMER_VALUE] = int(left) >> (self.vmx.caps.misc & msrs.VMX_MISC_PREEMPTION_TIMER_RATE_MASK)
 
     def _inject(self) -> None:

@@ -2,7 +2,7 @@
 
 Shared by both vendors; the vendor half (:class:`hvsim.plugins.x86.vendor.X86Vendor`) records
 each exit in its own format. Which guest events leave the engine and how (measured, see
-../shared/notes/unicorn-facts.md):
+docs/unicorn-notes.md):
 
 - IN / OUT / CPUID: ``UC_HOOK_INSN``; completed inside the hook (no re-entry).
 - VMCALL / VMMCALL and other invalid opcodes: ``UC_HOOK_INSN_INVALID``; the vendor's own
@@ -29,7 +29,8 @@ from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
 
 from hvsim.core.arch import Vcpu, VcpuState
 from hvsim.core.handlers import handle_port_io
-from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, RawHooks, slice_timer
+from hvsim.core.clock import EngineSlice
+from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, RawHooks
 from hvsim.plugins.x86.traps import _vmem_read
 from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, GuestMemoryError
@@ -44,11 +45,13 @@ from .operands import Operand, effective_address
 from .quirks import ExceptionLatch
 from .regs import X86Regs
 from .mmu import MSR_EFER, UNTIL, GeneralProtection, PageFault, X86Mmu
+from .tsc import guest_tsc
 from .interruptibility import (BLOCKING_BY_MOV_SS, BLOCKING_BY_NMI, BLOCKING_BY_STI, SHADOW, InterruptShadow,
                                shadow_cause)
 from .traps import SensitiveTraps, reg_id
 
 MSR_IA32_APIC_BASE = 0x1B
+MSR_IA32_TSC_AUX = 0xC000_0103
 MASK64 = (1 << 64) - 1
 APIC_BASE_DEFAULT = 0xFEE0_0000 | (1 << 11)  # enabled, xAPIC mode
 APIC_BASE_BSP = 1 << 8
@@ -102,7 +105,8 @@ class X86Vcpu(Vcpu):
         self.cpuid_out = self.regs.batch((X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
         self.cpuid_in = self.regs.batch((X.UC_X86_REG_RIP, X.UC_X86_REG_RAX, X.UC_X86_REG_RCX))
         self._segments: dict = {}  # hidden segment parts (hidden_segment)
-        self._timer = slice_timer()
+        self.clock = vm.clock  # guest time: the host's, or virtual (deterministic mode)
+        self._slice = EngineSlice(vm, self._raw._uch)
         self._dispatch = vm.dispatch
         self.mmu = X86Mmu(self, self._raw)
         # MSRs Unicorn cannot model (it has no APIC): RDMSR/WRMSR of these are trapped and exit.
@@ -133,7 +137,7 @@ class X86Vcpu(Vcpu):
         self._hlt_at: int | None = None  # the HLT the engine was about to execute in this stay
         self._task_step: int | None = None  # a task switch the run loop executes alone (RIP)
         self.activity_hlt = False  # halted by a HLT the VMM does not intercept (activity state HLT)
-        self.timer_deadline: float | None = None  # VMX-preemption timer expiry (perf_counter)
+        self.timer_deadline: float | None = None  # VMX-preemption timer expiry (self.clock, seconds)
         self._in_engine = False
         self._recheck = False  # a hook stopped the engine so the next boundary is looked at
         self._vectoring_depth = 0
@@ -214,7 +218,8 @@ class X86Vcpu(Vcpu):
         self.mmu.context_changed()
         ctl = context.event_controls if context is not None else _NO_CONTROLS
         regs, uc, watch = self.regs, self.uc, self._watch
-        end = time.perf_counter() + slice_us / 1e6
+        clock = self.clock
+        end = clock.now() + slice_us / 1e6
         exit = None
         halted = False
         try:
@@ -251,9 +256,10 @@ class X86Vcpu(Vcpu):
                     if halted:
                         break
                     continue
-                remaining = int((end - time.perf_counter()) * 1e6)
+                now = clock.now()
+                remaining = int((end - now) * 1e6)
                 if self.timer_deadline is not None:
-                    remaining = min(remaining, int((self.timer_deadline - time.perf_counter()) * 1e6) + 1)
+                    remaining = min(remaining, int((self.timer_deadline - now) * 1e6) + 1)
                 if remaining <= 0:
                     if self.timer_deadline is not None and self.timer_expired():
                         continue  # the timer's exit is taken at this boundary
@@ -264,7 +270,7 @@ class X86Vcpu(Vcpu):
                 self.mmu.pending = None
                 self._in_engine = True
                 self._hlt_at = None
-                self._timer.arm(self._raw._uch, remaining / 1e6)
+                self._slice.arm(remaining / 1e6)
                 fault = None
                 try:
                     uc.emu_start(rip, UNTIL)
@@ -273,7 +279,7 @@ class X86Vcpu(Vcpu):
                     if fault is None or exc.errno != UC_ERR_EXCEPTION:
                         raise
                 finally:
-                    self._timer.disarm()
+                    self._slice.disarm()
                     self._in_engine = False
                 self._raw.reraise()
                 if fault is not None:  # a fill the MMU refused: the fault is taken, the guest goes on
@@ -316,7 +322,7 @@ class X86Vcpu(Vcpu):
                 # The slice ran out, unless the stop landed in a block that ended with a HLT the
                 # guest executed (its trap hook saw it: RIP is right after it).
                 hlt_ran = self._hlt_at is not None and at == self._hlt_at + 1
-                if self._timer.expired and not hlt_ran:
+                if self._slice.expired and not hlt_ran:
                     if self.timer_deadline is not None and self.timer_expired():
                         continue
                     break
@@ -389,7 +395,7 @@ class X86Vcpu(Vcpu):
         (SDM 25.5.1), so wait for it (within this slice) and exit when it reaches 0."""
         if self.timer_deadline is None:
             return None  # (an event that could wake the guest was taken at the boundary before)
-        self._timer.nap(min(self.timer_deadline, end) - time.perf_counter())  # SIGINT ends it
+        self.clock.wait_until_ns(int(min(self.timer_deadline, end) * 1e9))  # SIGINT ends it
         if not self.timer_expired():
             return None
         return self.context.event_exit("preemption_timer")
@@ -486,7 +492,7 @@ class X86Vcpu(Vcpu):
         self.blocking = blocking
 
     def timer_expired(self) -> bool:
-        return self.timer_deadline is not None and time.perf_counter() >= self.timer_deadline
+        return self.timer_deadline is not None and self.clock.now() >= self.timer_deadline
 
     def _exit(self, exit: Exit) -> None:
         """Record ``exit`` in the vendor's structure (VMCB / VMCS), then handle it."""
@@ -703,6 +709,9 @@ class X86Vcpu(Vcpu):
             done = context.passthrough(kind, info, rip, length)
             if done is not False:
                 return done
+        if kind in ("rdtsc", "rdtscp") and self.clock.deterministic:
+            self._virtual_rdtsc(kind)
+            return True
         if undefined:
             if kind == "icebp":  # INT1: a #DB trap after the instruction (SDM Vol. 3A 6.15),
                 self.guest_exception(1, None, rip + length, length=length)  # a privileged software exception
@@ -877,6 +886,16 @@ class X86Vcpu(Vcpu):
             self.mmu.on_mov_to_cr(cr, value)
         elif kind == "invlpg":
             self.mmu.on_invlpg(self.instruction_operand(kind, info)[0])
+
+    def _virtual_rdtsc(self, kind: str) -> None:
+        """RDTSC / RDTSCP in deterministic mode: EDX:EAX from the VM's virtual clock (SDM Vol. 2B
+        RDTSC); RDTSCP also loads ECX with IA32_TSC_AUX."""
+        tsc = guest_tsc(self.clock)
+        w = self.regs.write
+        w(X.UC_X86_REG_RAX, tsc & 0xFFFF_FFFF)
+        w(X.UC_X86_REG_RDX, (tsc >> 32) & 0xFFFF_FFFF)
+        if kind == "rdtscp":
+            w(X.UC_X86_REG_RCX, self.uc.reg_read(X.UC_X86_REG_MSR, MSR_IA32_TSC_AUX) & 0xFFFF_FFFF)
 
     def instruction_operand(self, kind: str, info) -> tuple:
         """What the exit information reports about a trapped instruction's operand: INVLPG's

@@ -1,4 +1,4 @@
-"""Work-arounds for Unicorn's x86 engine, each measured (see ../shared/notes/unicorn-facts.md).
+"""Work-arounds for Unicorn's x86 engine, each measured (see docs/unicorn-notes.md).
 
 Unicorn raises guest exceptions through QEMU's ``raise_interrupt2``, which records the vector
 in ``CPUX86State.old_exception`` to detect double faults; the reset of that field lives in

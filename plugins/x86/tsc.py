@@ -1,7 +1,8 @@
 """The rate of the time-stamp counter the guest reads (Intel SDM Vol. 3B 18.17, AMD APM Vol. 2
 13.2.4): Unicorn's RDTSC follows the host's counter, so hvsim measures that rate once per
 process (about 20 ms) to turn TSC-counted quantities (the VMX-preemption timer, SVM's PAUSE
-filter threshold) into the host time the engine runs for.
+filter threshold) into the host time the engine runs for. In deterministic mode the TSC is
+virtual (core/clock.py): RDTSC/RDTSCP are emulated from the VM's clock at VIRTUAL_TSC_HZ.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from functools import cache
 from unicorn import UC_PROT_ALL, Uc
 from unicorn import x86_const as X
 from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
+
+from hvsim.core.clock import VIRTUAL_TSC_HZ
 
 
 def _reader():
@@ -24,6 +27,16 @@ def _reader():
         return (uc.reg_read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | uc.reg_read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF
 
     return tsc
+
+
+def guest_tsc_hz(clock) -> float:
+    """TSC ticks per second of ``clock`` (a VM's): virtual, or the host's measured rate."""
+    return VIRTUAL_TSC_HZ if clock.deterministic else tsc_hz()
+
+
+def guest_tsc(clock) -> int:
+    """The TSC a guest reads now in deterministic mode (virtual ns at VIRTUAL_TSC_HZ)."""
+    return clock.now_ns() * VIRTUAL_TSC_HZ // 1_000_000_000
 
 
 @cache
