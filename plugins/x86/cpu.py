@@ -114,9 +114,14 @@ class X86Vcpu(Vcpu):
         for claim in vm.bus.mmio_claims:
             self._map_mmio(claim.base, claim.size)
         on_out, on_in, on_cpuid = self._make_io_hooks()
+        # CPUID's first: the engine's CPUID walks every UC_HOOK_INSN hook in the order they were
+        # added and gives up at the first entry it finds with a stop pending, before it reaches
+        # a later CPUID hook, and then answers with its own CPU model (measured: a slice that
+        # ended just before a CPUID gave the guest "GenuineIntel" on amd_svm). IN and OUT call
+        # their hooks whatever is pending.
+        self._raw.add_insn(INSN_SKIP_CB, on_cpuid, X.UC_X86_INS_CPUID)
         self._raw.add_insn(INSN_OUT_CB, on_out, X.UC_X86_INS_OUT)
         self._raw.add_insn(INSN_IN_CB, on_in, X.UC_X86_INS_IN)
-        self._raw.add_insn(INSN_SKIP_CB, on_cpuid, X.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
