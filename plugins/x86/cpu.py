@@ -29,7 +29,7 @@ from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
 
 from hvsim.core.arch import Vcpu, VcpuState
 from hvsim.core.handlers import handle_port_io
-from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, RawHooks, slice_timer
+from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, RawHooks, _emu_stop, _lib, slice_timer
 from hvsim.plugins.x86.traps import _vmem_read
 from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, GuestMemoryError
@@ -74,6 +74,21 @@ _GPRS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RS
                                                   "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
 
 
+def _engine_patch_level() -> int:
+    """The level of hvsim's Unicorn patch (``uc_hvsim_exact_stops()``), 0 for a stock engine."""
+    level = getattr(_lib, "uc_hvsim_exact_stops", None)
+    if level is None:
+        return 0
+    level.restype = ctypes.c_int
+    return level()
+
+
+# From level 3 the engine clears the mark a RIP write sets once the exit it asked for is taken
+# and keeps a stop that arrives while it resumes after that exit (X86Vcpu._reenter says why
+# both matter); below it, hooks outside a block that move RIP leave the engine.
+ENGINE_CLEARS_PC_MARK = _engine_patch_level() >= 3
+
+
 def _canonical(address: int, la57: bool = False) -> bool:
     """Bits 63:47 all equal (48-bit linear addresses), or 63:56 with CR4.LA57 (SDM 3.3.7.1)."""
     top = address >> (56 if la57 else 47)
@@ -107,7 +122,7 @@ class X86Vcpu(Vcpu):
         self.mmu = X86Mmu(self, self._raw)
         # MSRs Unicorn cannot model (it has no APIC): RDMSR/WRMSR of these are trapped and exit.
         self.msrs = {MSR_IA32_APIC_BASE: APIC_BASE_DEFAULT | (APIC_BASE_BSP if index == 0 else 0)}
-        self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive)
+        self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive, self._leave_block)
         self.context = vendor.attach(self, hv_area)  # the VMCB / VMCS this vCPU runs through
         self._record = self.context.record if self.context is not None else None
         self._after_exit = getattr(self.context, "after_exit", None)
@@ -129,7 +144,7 @@ class X86Vcpu(Vcpu):
         self._latch = ExceptionLatch(uc)
         # Interruptibility (plugins/x86/interruptibility.py) and event windows (events.py).
         self._shadow = InterruptShadow(uc)
-        self._watch = x86_events.WindowWatch(uc, self.regs, self.code_bits)
+        self._watch = x86_events.WindowWatch(uc, self.regs, self.code_bits, self._leave_block)
         self.blocking = 0  # interruptibility at the last boundary looked at (SDM Table 24-3 bits)
         self.nmi_blocked = False  # blocking by NMI: from NMI delivery to the next IRET (SDM 6.7.1)
         self.iret_unblocked_nmi = False  # while an IRET that ended blocking by NMI executes
@@ -141,6 +156,7 @@ class X86Vcpu(Vcpu):
         self.timer_deadline: float | None = None  # VMX-preemption timer expiry (perf_counter)
         self._in_engine = False
         self._recheck = False  # a hook stopped the engine so the next boundary is looked at
+        self._restart = False  # a hook outside a block moved RIP: leave the engine, enter it again
         self._vectoring_depth = 0
         self._delivered = 0
         self._shadow_set: tuple[int, int] | None = None  # (RIP, cause) of a shadow a VM entry loaded
@@ -260,6 +276,7 @@ class X86Vcpu(Vcpu):
                     watch.prescan(rip)
                 self.mmu.pending = None
                 self._in_engine = True
+                self._restart = False
                 self._hlt_at = None
                 self._timer.arm(self._raw._uch, remaining / 1e6)
                 fault = None
@@ -309,6 +326,8 @@ class X86Vcpu(Vcpu):
                     self._recheck = False
                     self.mmu.context_changed()  # a hook may have changed CR0/CR3/CR4 behind the MMU
                     continue
+                if self._restart:
+                    continue  # (_reenter) a hook moved RIP outside a block: the guest goes on there
                 at = regs.read(X.UC_X86_REG_RIP)
                 # The slice ran out, unless the stop landed in a block that ended with a HLT the
                 # guest executed (its trap hook saw it: RIP is right after it).
@@ -443,6 +462,39 @@ class X86Vcpu(Vcpu):
             self._watch.hit = None
         self._raw.reraise()
         return is_hlt and self.regs.read(X.UC_X86_REG_RIP) == rip + 1
+
+    def _reenter(self) -> None:
+        """End this stay in the engine; the run loop enters it again where RIP is.
+
+        For hooks that run outside a translation block and move RIP (an exception or invalid
+        opcode reported through ``UC_HOOK_INTR`` / ``UC_HOOK_INSN_INVALID``, a new block whose
+        trap sites were just added). Unicorn 2.1.4 marks every RIP write
+        (``skip_sync_pc_on_exit``) so that the exit it causes does not put back the RIP of the
+        instruction being executed; from those hooks that exit never passes the check that
+        clears the mark, so it stays set for the rest of the ``emu_start``, and the next stop
+        there (the slice timer's) left the engine with whatever RIP the engine last stored,
+        that of an earlier instruction whose effects had already happened: the guest ran it
+        again (measured on a bare engine, stock and patched at level 2: after a VMCALL skipped
+        from the invalid-opcode hook, 10,064 of 19,703 stops left at the CPUID already run,
+        which ran again with its own answer 0xD in EAX as the leaf). ``emu_start`` clears the
+        mark, so leaving at once and entering again is safe (it costs an entry: a hypercall
+        exit took ~8.5 us, now ~20-30 us). An engine patched at level 3 clears the mark itself,
+        and keeps a slice stop that arrives as it resumes after the RIP write's exit (the same
+        engine without that lost such a stop, and the slice ran on to the guest's end): then
+        nothing is done here."""
+        if not ENGINE_CLEARS_PC_MARK:
+            self._restart = True
+            _emu_stop(self._raw._uch)
+
+    def _leave_block(self, pc: int) -> None:
+        """From the edge hook of the new block at ``pc`` (``SensitiveTraps`` / ``WindowWatch``
+        just hooked sites in it): leave before that stale translation runs untrapped, RIP at its
+        start. A RIP write does it within the same ``emu_start`` where the engine clears the
+        mark it sets; else the engine is stopped (it leaves before the block) and entered again."""
+        if ENGINE_CLEARS_PC_MARK:
+            self.regs.write(X.UC_X86_REG_RIP, pc)
+        else:
+            self._reenter()
 
     def recheck(self) -> None:
         """Something the guest just did may make a pending event deliverable: the engine stops
@@ -599,6 +651,7 @@ class X86Vcpu(Vcpu):
         return on_out, on_in, on_cpuid
 
     def _on_invalid(self, uc, _ud):
+        self._reenter()  # RIP moves (past a hypercall, to a handler) outside any block
         rip = self.regs.read(X.UC_X86_REG_RIP)
         try:
             code = self.read_linear(self.segment_base("cs") + rip, 15)
@@ -619,6 +672,7 @@ class X86Vcpu(Vcpu):
         return True
 
     def _on_intr(self, uc, intno, _ud):
+        self._reenter()  # RIP moves (to a handler, or back to the intercepted INT n) outside any block
         rip = self.regs.read(X.UC_X86_REG_RIP)
         error_code = None
         if intno == idt.PF:
