@@ -29,7 +29,7 @@ from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
 
 from hvsim.core.arch import Vcpu, VcpuState
 from hvsim.core.handlers import handle_port_io
-from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, RawHooks, _emu_stop, _lib, slice_timer
+from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, RawHooks, _emu_stop, slice_timer
 from hvsim.plugins.x86.traps import _vmem_read
 from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, GuestMemoryError
@@ -74,21 +74,6 @@ _GPRS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RS
                                                   "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
 
 
-def _engine_patch_level() -> int:
-    """The level of hvsim's Unicorn patch (``uc_hvsim_exact_stops()``), 0 for a stock engine."""
-    level = getattr(_lib, "uc_hvsim_exact_stops", None)
-    if level is None:
-        return 0
-    level.restype = ctypes.c_int
-    return level()
-
-
-# From level 3 the engine clears the mark a RIP write sets once the exit it asked for is taken
-# and keeps a stop that arrives while it resumes after that exit (X86Vcpu._reenter says why
-# both matter); below it, hooks outside a block that move RIP leave the engine.
-ENGINE_CLEARS_PC_MARK = _engine_patch_level() >= 3
-
-
 def _canonical(address: int, la57: bool = False) -> bool:
     """Bits 63:47 all equal (48-bit linear addresses), or 63:56 with CR4.LA57 (SDM 3.3.7.1)."""
     top = address >> (56 if la57 else 47)
@@ -122,7 +107,7 @@ class X86Vcpu(Vcpu):
         self.mmu = X86Mmu(self, self._raw)
         # MSRs Unicorn cannot model (it has no APIC): RDMSR/WRMSR of these are trapped and exit.
         self.msrs = {MSR_IA32_APIC_BASE: APIC_BASE_DEFAULT | (APIC_BASE_BSP if index == 0 else 0)}
-        self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive, self._leave_block)
+        self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive, self._reenter)
         self.context = vendor.attach(self, hv_area)  # the VMCB / VMCS this vCPU runs through
         self._record = self.context.record if self.context is not None else None
         self._after_exit = getattr(self.context, "after_exit", None)
@@ -144,7 +129,7 @@ class X86Vcpu(Vcpu):
         self._latch = ExceptionLatch(uc)
         # Interruptibility (plugins/x86/interruptibility.py) and event windows (events.py).
         self._shadow = InterruptShadow(uc)
-        self._watch = x86_events.WindowWatch(uc, self.regs, self.code_bits, self._leave_block)
+        self._watch = x86_events.WindowWatch(uc, self.regs, self.code_bits, self._reenter)
         self.blocking = 0  # interruptibility at the last boundary looked at (SDM Table 24-3 bits)
         self.nmi_blocked = False  # blocking by NMI: from NMI delivery to the next IRET (SDM 6.7.1)
         self.iret_unblocked_nmi = False  # while an IRET that ended blocking by NMI executes
@@ -478,23 +463,14 @@ class X86Vcpu(Vcpu):
         from the invalid-opcode hook, 10,064 of 19,703 stops left at the CPUID already run,
         which ran again with its own answer 0xD in EAX as the leaf). ``emu_start`` clears the
         mark, so leaving at once and entering again is safe (it costs an entry: a hypercall
-        exit took ~8.5 us, now ~20-30 us). An engine patched at level 3 clears the mark itself,
-        and keeps a slice stop that arrives as it resumes after the RIP write's exit (the same
-        engine without that lost such a stop, and the slice ran on to the guest's end): then
-        nothing is done here."""
-        if not ENGINE_CLEARS_PC_MARK:
-            self._restart = True
-            _emu_stop(self._raw._uch)
+        exit took ~8.5 us, now ~20-30 us).
 
-    def _leave_block(self, pc: int) -> None:
-        """From the edge hook of the new block at ``pc`` (``SensitiveTraps`` / ``WindowWatch``
-        just hooked sites in it): leave before that stale translation runs untrapped, RIP at its
-        start. A RIP write does it within the same ``emu_start`` where the engine clears the
-        mark it sets; else the engine is stopped (it leaves before the block) and entered again."""
-        if ENGINE_CLEARS_PC_MARK:
-            self.regs.write(X.UC_X86_REG_RIP, pc)
-        else:
-            self._reenter()
+        The edge hooks stop the engine instead of writing RIP: it leaves before the stale block
+        runs, RIP at that block's start. (An engine built to clear the mark itself once the RIP
+        write's exit is taken still lost slice stops when hvsim stayed in it after such writes,
+        and the slice ran on to the guest's end: docs/unicorn-notes.md, Slices.)"""
+        self._restart = True
+        _emu_stop(self._raw._uch)
 
     def recheck(self) -> None:
         """Something the guest just did may make a pending event deliverable: the engine stops
