@@ -30,7 +30,7 @@ from unicorn.unicorn_const import UC_ARCH_X86, UC_MODE_64
 from hvsim.core.arch import Vcpu, VcpuState
 from hvsim.core.handlers import handle_port_io
 from hvsim.core.clock import EngineSlice
-from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, RawHooks
+from hvsim.core.engine import INSN_IN_CB, INSN_OUT_CB, INSN_SKIP_CB, RawHooks, _emu_stop
 from hvsim.plugins.x86.traps import _vmem_read
 from hvsim.core.exits import EventType, Exit, ExitKind
 from hvsim.core.memory import Access, GuestMemoryError
@@ -111,16 +111,21 @@ class X86Vcpu(Vcpu):
         self.mmu = X86Mmu(self, self._raw)
         # MSRs Unicorn cannot model (it has no APIC): RDMSR/WRMSR of these are trapped and exit.
         self.msrs = {MSR_IA32_APIC_BASE: APIC_BASE_DEFAULT | (APIC_BASE_BSP if index == 0 else 0)}
-        self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive)
+        self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive, self._reenter)
         self.context = vendor.attach(self, hv_area)  # the VMCB / VMCS this vCPU runs through
         self._record = self.context.record if self.context is not None else None
         self._after_exit = getattr(self.context, "after_exit", None)
         for claim in vm.bus.mmio_claims:
             self._map_mmio(claim.base, claim.size)
         on_out, on_in, on_cpuid = self._make_io_hooks()
+        # CPUID's first: the engine's CPUID walks every UC_HOOK_INSN hook in the order they were
+        # added and gives up at the first entry it finds with a stop pending, before it reaches
+        # a later CPUID hook, and then answers with its own CPU model (measured: a slice that
+        # ended just before a CPUID gave the guest "GenuineIntel" on amd_svm). IN and OUT call
+        # their hooks whatever is pending.
+        self._raw.add_insn(INSN_SKIP_CB, on_cpuid, X.UC_X86_INS_CPUID)
         self._raw.add_insn(INSN_OUT_CB, on_out, X.UC_X86_INS_OUT)
         self._raw.add_insn(INSN_IN_CB, on_in, X.UC_X86_INS_IN)
-        self._raw.add_insn(INSN_SKIP_CB, on_cpuid, X.UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid)
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_MEM_READ_UNMAPPED | UC_HOOK_MEM_WRITE_UNMAPPED | UC_HOOK_MEM_FETCH_UNMAPPED,
@@ -128,7 +133,7 @@ class X86Vcpu(Vcpu):
         self._latch = ExceptionLatch(uc)
         # Interruptibility (plugins/x86/interruptibility.py) and event windows (events.py).
         self._shadow = InterruptShadow(uc)
-        self._watch = x86_events.WindowWatch(uc, self.regs, self.code_bits)
+        self._watch = x86_events.WindowWatch(uc, self.regs, self.code_bits, self._reenter)
         self.blocking = 0  # interruptibility at the last boundary looked at (SDM Table 24-3 bits)
         self.nmi_blocked = False  # blocking by NMI: from NMI delivery to the next IRET (SDM 6.7.1)
         self.iret_unblocked_nmi = False  # while an IRET that ended blocking by NMI executes
@@ -140,6 +145,7 @@ class X86Vcpu(Vcpu):
         self.timer_deadline: float | None = None  # VMX-preemption timer expiry (self.clock, seconds)
         self._in_engine = False
         self._recheck = False  # a hook stopped the engine so the next boundary is looked at
+        self._restart = False  # a hook outside a block moved RIP: leave the engine, enter it again
         self._vectoring_depth = 0
         self._delivered = 0
         self._shadow_set: tuple[int, int] | None = None  # (RIP, cause) of a shadow a VM entry loaded
@@ -269,6 +275,7 @@ class X86Vcpu(Vcpu):
                     watch.prescan(rip)
                 self.mmu.pending = None
                 self._in_engine = True
+                self._restart = False
                 self._hlt_at = None
                 self._slice.arm(remaining / 1e6)
                 fault = None
@@ -318,6 +325,8 @@ class X86Vcpu(Vcpu):
                     self._recheck = False
                     self.mmu.context_changed()  # a hook may have changed CR0/CR3/CR4 behind the MMU
                     continue
+                if self._restart:
+                    continue  # (_reenter) a hook moved RIP outside a block: the guest goes on there
                 at = regs.read(X.UC_X86_REG_RIP)
                 # The slice ran out, unless the stop landed in a block that ended with a HLT the
                 # guest executed (its trap hook saw it: RIP is right after it).
@@ -450,6 +459,30 @@ class X86Vcpu(Vcpu):
             self._watch.hit = None
         self._raw.reraise()
         return is_hlt and self.regs.read(X.UC_X86_REG_RIP) == rip + 1
+
+    def _reenter(self) -> None:
+        """End this stay in the engine; the run loop enters it again where RIP is.
+
+        For hooks that run outside a translation block and move RIP (an exception or invalid
+        opcode reported through ``UC_HOOK_INTR`` / ``UC_HOOK_INSN_INVALID``, a new block whose
+        trap sites were just added). Unicorn 2.1.4 marks every RIP write
+        (``skip_sync_pc_on_exit``) so that the exit it causes does not put back the RIP of the
+        instruction being executed; from those hooks that exit never passes the check that
+        clears the mark, so it stays set for the rest of the ``emu_start``, and the next stop
+        there (the slice timer's) left the engine with whatever RIP the engine last stored,
+        that of an earlier instruction whose effects had already happened: the guest ran it
+        again (measured on a bare engine, stock and patched at level 2: after a VMCALL skipped
+        from the invalid-opcode hook, 10,064 of 19,703 stops left at the CPUID already run,
+        which ran again with its own answer 0xD in EAX as the leaf). ``emu_start`` clears the
+        mark, so leaving at once and entering again is safe (it costs an entry: a hypercall
+        exit took ~8.5 us, now ~20-30 us).
+
+        The edge hooks stop the engine instead of writing RIP: it leaves before the stale block
+        runs, RIP at that block's start. (An engine built to clear the mark itself once the RIP
+        write's exit is taken still lost slice stops when hvsim stayed in it after such writes,
+        and the slice ran on to the guest's end: docs/unicorn-notes.md, Slices.)"""
+        self._restart = True
+        _emu_stop(self._raw._uch)
 
     def recheck(self) -> None:
         """Something the guest just did may make a pending event deliverable: the engine stops
@@ -606,6 +639,7 @@ class X86Vcpu(Vcpu):
         return on_out, on_in, on_cpuid
 
     def _on_invalid(self, uc, _ud):
+        self._reenter()  # RIP moves (past a hypercall, to a handler) outside any block
         rip = self.regs.read(X.UC_X86_REG_RIP)
         try:
             code = self.read_linear(self.segment_base("cs") + rip, 15)
@@ -626,6 +660,7 @@ class X86Vcpu(Vcpu):
         return True
 
     def _on_intr(self, uc, intno, _ud):
+        self._reenter()  # RIP moves (to a handler, or back to the intercepted INT n) outside any block
         rip = self.regs.read(X.UC_X86_REG_RIP)
         error_code = None
         if intno == idt.PF:

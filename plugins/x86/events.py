@@ -186,8 +186,8 @@ class WindowWatch:
     """Exact-address hooks on the instructions that can open an interrupt or NMI window, present
     only while some event waits for one."""
 
-    def __init__(self, uc, regs, code_bits) -> None:
-        self.uc, self.regs, self.code_bits = uc, regs, code_bits
+    def __init__(self, uc, regs, code_bits, reenter) -> None:
+        self.uc, self.regs, self.code_bits, self.reenter = uc, regs, code_bits, reenter
         self.kinds: frozenset[str] = frozenset()
         self.sites: dict[int, tuple[int, bytes]] = {}  # address -> (capstone id, bytes)
         self._hooks: dict[int, int] = {}
@@ -243,7 +243,7 @@ class WindowWatch:
     def _on_edge(self, uc, cur, _prev, _ud):
         if self._scan(cur.pc, cur.size):
             uc.ctl_remove_cache(cur.pc, cur.pc + cur.size)
-            self.regs.write(X.UC_X86_REG_RIP, cur.pc)
+            self.reenter()  # leave before the stale block runs (as SensitiveTraps._on_edge)
 
     def prescan(self, rip: int) -> None:
         if not self.kinds:

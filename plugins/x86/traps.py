@@ -7,7 +7,8 @@ bytes are decoded with capstone and every instruction of a kind we trap gets an 
 ``UC_HOOK_CODE`` (begin == end). Measured details this depends on:
 
 - a block translated before its hooks existed must be dropped (``ctl_remove_cache``), and the
-  edge callback writes RIP (same value) so the stale block is not run once untrapped;
+  edge callback stops the engine, which leaves before that block runs (``X86Vcpu._reenter``:
+  a RIP write there left the engine's mark for the next stop), so it is not run once untrapped;
 - the first block after ``emu_start`` is not reported: :meth:`prescan` covers it;
 - a hooked address can later hold other code (self-modifying code, another address space): the
   code hook compares the bytes before treating it as the instruction it was.
@@ -138,8 +139,10 @@ class SensitiveTraps:
     """Per-engine trap sites: virtual address -> (kind, instruction bytes)."""
 
     def __init__(self, uc: Uc, regs: FastRegs, code_bits: Callable[[], int],
-                 handler: Callable[[str, int, int, object], bool | None]) -> None:
+                 handler: Callable[[str, int, int, object], bool | None],
+                 reenter: Callable[[], None]) -> None:
         self.uc = uc
+        self.reenter = reenter
         self.regs = regs
         self.code_bits = code_bits
         self.handler = handler
@@ -238,7 +241,7 @@ class SensitiveTraps:
     def _on_edge(self, uc, cur, _prev, _ud):
         if self._scan(cur.pc, cur.size):
             uc.ctl_remove_cache(cur.pc, cur.pc + cur.size)
-            self.regs.write(X.UC_X86_REG_RIP, cur.pc)  # leave the stale block before it runs
+            self.reenter()  # leave before the stale block runs, RIP at its start (X86Vcpu._reenter)
 
     def prescan(self, rip: int) -> None:
         """Scan the block at ``rip`` before ``emu_start`` (the edge hook does not report it)."""
