@@ -8,6 +8,7 @@ with one line ``hvsim: ...`` and status 2, never a traceback. Plugins add sub-co
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -110,7 +111,7 @@ def run(
     (v<<1)|1, PSCI SYSTEM_OFF 0), 2 bad input, 4 guest crash, 6 halted forever, 124 timeout,
     130 SIGINT."""
     from . import log
-    from .vm import VM
+    from .vm import STATUS_INTERRUPTED, VM
 
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise HvsimError(f"bad --log-level {log_level!r}: use debug, info, warning or error")
@@ -133,6 +134,11 @@ def run(
         write_stats_json(vm, result.wall_seconds, stats_json)
     if result.status not in (0,) and not (result.status & 1):
         print(f"hvsim: {result.reason}", file=sys.stderr)
+    if result.status == STATUS_INTERRUPTED:
+        # Ctrl-C: leave now. Python's own shutdown (the engines, the guest's RAM) took 80-115 ms.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(result.status)
     raise typer.Exit(result.status)
 
 

@@ -461,26 +461,20 @@ class X86Vcpu(Vcpu):
         return is_hlt and self.regs.read(X.UC_X86_REG_RIP) == rip + 1
 
     def _reenter(self) -> None:
-        """End this stay in the engine; the run loop enters it again where RIP is.
+        """End this stay in the engine; the run loop enters it again where RIP is. The trap
+        scanners' edge hooks call it for a block translated before its trap sites existed: the
+        engine leaves before that stale block runs, RIP at its start.
 
-        For hooks that run outside a translation block and move RIP (an exception or invalid
-        opcode reported through ``UC_HOOK_INTR`` / ``UC_HOOK_INSN_INVALID``, a new block whose
-        trap sites were just added). Unicorn 2.1.4 marks every RIP write
-        (``skip_sync_pc_on_exit``) so that the exit it causes does not put back the RIP of the
-        instruction being executed; from those hooks that exit never passes the check that
-        clears the mark, so it stays set for the rest of the ``emu_start``, and the next stop
-        there (the slice timer's) left the engine with whatever RIP the engine last stored,
-        that of an earlier instruction whose effects had already happened: the guest ran it
-        again (measured on a bare engine, stock and patched at level 2: after a VMCALL skipped
-        from the invalid-opcode hook, 10,064 of 19,703 stops left at the CPUID already run,
-        which ran again with its own answer 0xD in EAX as the leaf). ``emu_start`` clears the
-        mark, so leaving at once and entering again is safe (it costs an entry: a hypercall
-        exit took ~8.5 us, now ~20-30 us).
-
-        The edge hooks stop the engine instead of writing RIP: it leaves before the stale block
-        runs, RIP at that block's start. (An engine built to clear the mark itself once the RIP
-        write's exit is taken still lost slice stops when hvsim stayed in it after such writes,
-        and the slice ran on to the guest's end: docs/unicorn-notes.md, Slices.)"""
+        Hooks outside a block that move RIP (a hypercall skipped from the invalid-opcode hook,
+        an exception or INT n delivered from the interrupt hook) stay in the engine. On the
+        stock engine such a RIP write left Unicorn's skip_sync_pc_on_exit mark set, and the next
+        slice stop left with the RIP of an instruction already run, which ran again (a bare
+        engine: 10,064 of 19,703 stops after a skipped VMCALL re-ran the CPUID after it; the
+        guest saw leaf 0xD). hvsim's engine clears the mark whenever cpu_exec returns (patch
+        level 3). It can still drop a slice stop that arrives while it resumes after such a write
+        (measured: 11 in 100,000 SVM hypercalls); the slice timer asks again until the engine has
+        left (core/engine.SliceTimer). Leaving after each such write instead cost a hypercall
+        exit ~40 us against ~15 us (measured under load)."""
         self._restart = True
         _emu_stop(self._raw._uch)
 
@@ -639,7 +633,6 @@ class X86Vcpu(Vcpu):
         return on_out, on_in, on_cpuid
 
     def _on_invalid(self, uc, _ud):
-        self._reenter()  # RIP moves (past a hypercall, to a handler) outside any block
         rip = self.regs.read(X.UC_X86_REG_RIP)
         try:
             code = self.read_linear(self.segment_base("cs") + rip, 15)
@@ -660,7 +653,6 @@ class X86Vcpu(Vcpu):
         return True
 
     def _on_intr(self, uc, intno, _ud):
-        self._reenter()  # RIP moves (to a handler, or back to the intercepted INT n) outside any block
         rip = self.regs.read(X.UC_X86_REG_RIP)
         error_code = None
         if intno == idt.PF:
