@@ -18,12 +18,26 @@
    keeps per CR3 are reused): exits and time for each, side by side.
 6. x86 exits that leave the engine: a HLT exit round trip (VM exit, handler, VM entry), and an
    interrupt queued with IF = 0 taken exactly after the STI shadow (target < 1 ms each).
+7. Stop stress: tests/test_exact_stops.py's pointer chase and read-modify-write guests run with
+   20 us slices, so the slice timer stops the engine tens of thousands of times; the guest checks
+   itself (it must print PASS), and the extra wall time over default slices per extra stop is
+   the cost of one stop.
+8. Run control: how far ``vm.run(timeout=0.05)`` overshoots its deadline on a spinning guest
+   (target: max < 0.1 s over 50 runs), and how long ``hvsim run`` takes to exit after SIGINT
+   (target: max < 0.1 s over 10 runs).
+
+``--only NAME[,NAME...]`` runs only those rows (the function names below, e.g.
+``--only stop_stress,run_control,exit_rates``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import mmap
+import os
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +52,8 @@ from unicorn import arm64_const as A
 from unicorn import x86_const as X
 
 from hvsim.core.console import Console as GuestConsole
-from hvsim.core.vm import VM
+from hvsim.core.engine import slice_timer
+from hvsim.core.vm import STATUS_INTERRUPTED, STATUS_TIMEOUT, VM
 
 QUICK = "--quick" in sys.argv
 SPIN = 20_000_000 if QUICK else 150_000_000
@@ -472,6 +487,146 @@ def x86_event_rounds(out: Table) -> None:
                         verdict(each < 1e-3))
 
 
+def tests_module(name: str):
+    """A module of tests/ (its guest builders), importable beside guestlib.py."""
+    tests = str(Path(__file__).resolve().parent.parent / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    return importlib.import_module(name)
+
+
+# Steps for about ten seconds of guest work each: with 20 us slices the engine is entered about
+# every 0.6 ms (see stop_stress), which gives tens of thousands of stops.
+STOP_STEPS = {"pointer_chase": 30_000_000 if QUICK else 300_000_000,
+              "read_modify_write": 4_500_000 if QUICK else 45_000_000}
+
+
+def stop_stress_image(arch: str, name: str, steps: int) -> bytes:
+    """tests/test_exact_stops.py's guest ``name`` with ``steps`` steps and without its TLB flush
+    every 64 steps: the refills would dominate the wall time and hide the cost of a stop (the
+    test runs the flushes)."""
+    t = tests_module("test_exact_stops")
+    tag = "c_chase" if name == "pointer_chase" else "c_rmw"
+    if arch == "arm_el2":
+        body, churn = t.ARM_SCENARIOS[name][1], t.arm_churn(tag)
+        assert churn in body
+        return t.arm_guest(body.replace(churn, "").format(steps_lo=steps & 0xFFFF, steps_hi=steps >> 16))
+    body, churn = t.X86_SCENARIOS[name][1], t.x86_churn(tag)
+    assert churn in body
+    return t.x86_guest(body.replace(churn, "").format(steps=steps, steps3=3 * steps))
+
+
+def stop_stress(out: Table) -> None:
+    """Tens of thousands of slice-timer stops in one run (VM(slice_us=20)): the guest checks
+    that every instruction ran once (PASS), and (short-slice wall - default wall) / extra stops
+    is what one stop costs: leaving the engine, the run loop, re-entering.
+
+    Engine entries are counted too (``emu_start`` calls): a stop the timer sends before the
+    engine has begun is dropped and sent again 0.5 ms later (SliceTimer.RESEND_S), and with 20 us
+    slices that is the usual case (measured: ~2 stops per entry, entries ~0.6 ms apart), so the
+    cost of one slice is about twice the cost per stop."""
+    ARM_ENTRY = tests_module("guestlib").ARM_ENTRY
+    timer = slice_timer()
+    for arch in ("intel_vtx", "amd_svm", "arm_el2"):
+        kw = {"entry": ARM_ENTRY} if arch == "arm_el2" else {}
+        for name, steps in STOP_STEPS.items():
+            image = stop_stress_image(arch, name, steps)
+            runs = {}
+            for slice_us in (None, 20):
+                vm = VM(arch, mem="64M", slice_us=slice_us, **kw)
+                vm.load(image)
+                uc, entries = vm.vcpus[0].uc, [0]
+                emu_start = uc.emu_start
+
+                def counted(*args, _start=emu_start, _n=entries, **kwargs):
+                    _n[0] += 1
+                    return _start(*args, **kwargs)
+
+                uc.emu_start = counted
+                before = timer.stops
+                t = time.perf_counter()
+                result = vm.run(timeout=300)
+                wall = time.perf_counter() - t
+                runs[slice_us] = (wall, timer.stops - before, entries[0], vm.console.text == "PASS\n", result)
+            (dw, ds, de, dok, _), (sw, ss, se, sok, result) = runs[None], runs[20]
+            ok = dok and sok
+            per_stop = (sw - dw) / (ss - ds) if ss > ds else float("nan")
+            per_entry = (sw - dw) / (se - de) if se > de else float("nan")
+            out.add_row(f"stop stress: {name.replace('_', ' ')}, {steps / 1e6:g}M steps, 20 us slices", arch,
+                        f"default slices: {dw * 1e3:.0f} ms, {ds} stops",
+                        f"{sw * 1e3:.0f} ms, {ss:,} stops ({ss / sw / 1e3:.1f} k/s), {se:,} entries, "
+                        f"{'PASS' if ok else 'FAIL: ' + repr(result.reason)}",
+                        f"{per_stop * 1e6:.0f} us/stop, {per_entry * 1e6:.0f} us/entry", "PASS", verdict(ok))
+
+
+RC_TIMEOUT = 0.05
+RC_RUNS = 10 if QUICK else 50
+SIGINT_RUNS = 3 if QUICK else 10
+
+
+def run_control(out: Table) -> None:
+    """How promptly a run ends from outside: ``vm.run(timeout=0.05)`` on a guest spinning with
+    no exit at all (and on arm64 a virtual-timer interrupt storm, the other shape that once
+    hung), then SIGINT to ``hvsim run`` in a new process, timed from ``os.kill`` to its exit."""
+    rc = tests_module("test_run_control")
+    ARM_ENTRY = tests_module("guestlib").ARM_ENTRY
+    for shape in ("intel_vtx-spin", "amd_svm-spin", "arm_el2-spin", "arm_el2-timer-storm"):
+        arch, image = rc.SHAPES[shape]
+        kw = {"entry": ARM_ENTRY} if arch == "arm_el2" else {}
+        over = []
+        for _ in range(RC_RUNS):
+            vm = VM(arch, mem="64M", console=GuestConsole(keep=False), **kw)
+            vm.load(image)
+            t = time.monotonic()
+            result = vm.run(timeout=RC_TIMEOUT)
+            over.append(time.monotonic() - t - RC_TIMEOUT)
+            assert result.status == STATUS_TIMEOUT, result.reason
+        worst = max(over)
+        out.add_row(f"run(timeout={RC_TIMEOUT:g}) overshoot, {shape.split('-', 1)[1]}, {RC_RUNS} runs", arch, "",
+                    f"median {statistics.median(over) * 1e3:.1f} ms, max {worst * 1e3:.1f} ms", "",
+                    "max < 0.1 s", verdict(worst < 0.1))
+    # SIGINT: the time until the run has ended and printed its table (the 'hvsim: interrupted'
+    # line on stderr), and until the process has exited (interpreter teardown included).
+    import threading
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape in ("intel_vtx-spin", "amd_svm-spin", "arm_el2-spin"):
+            arch = rc.SHAPES[shape][0]
+            ended, took, bad = [], [], []
+            for _ in range(SIGINT_RUNS):
+                proc = rc.hvsim_process(Path(tmp), shape)
+                watchdog = threading.Timer(10, proc.kill)  # a run that ignores SIGINT: this process only
+                try:
+                    rc.started(proc)  # the guest wrote its 'R': it is running
+                    time.sleep(0.05)  # inside a slice
+                    watchdog.start()
+                    t = time.monotonic()
+                    os.kill(proc.pid, signal.SIGINT)
+                    for line in proc.stderr:
+                        if b"hvsim: interrupted" in line:
+                            ended.append(time.monotonic() - t)
+                    proc.wait()
+                    gone = time.monotonic() - t
+                    if proc.returncode != STATUS_INTERRUPTED:
+                        bad.append(f"status {proc.returncode}" + (" (killed 10 s after SIGINT)" if gone >= 10 else ""))
+                    else:
+                        took.append(gone)
+                finally:
+                    watchdog.cancel()
+                    if proc.poll() is None:
+                        proc.kill()
+                    proc.communicate()
+            worst = max(took) if took else float("inf")
+            text = (f"exit: median {statistics.median(took) * 1e3:.0f} ms, max {worst * 1e3:.0f} ms"
+                    if took else "")
+            if ended:
+                text += f"; run ended: median {statistics.median(ended) * 1e3:.0f} ms, max {max(ended) * 1e3:.0f} ms"
+            if bad:
+                text += f"; {len(bad)} of {SIGINT_RUNS} failed: {', '.join(sorted(set(bad)))}"
+            out.add_row(f"SIGINT to exit, hvsim run --stats, {SIGINT_RUNS} runs", arch, "", text, "", "max < 0.1 s",
+                        verdict(worst < 0.1 and not bad))
+
+
 def verdict(ok: bool) -> str:
     return "[green]met[/]" if ok else "[red]MISSED[/]"
 
@@ -480,15 +635,17 @@ def main() -> None:
     table = Table(title="hvsim benchmarks (ratios measured in this run)")
     for col in ("benchmark", "arch", "bare Unicorn", "hvsim", "ratio", "target", ""):
         table.add_column(col)
-    compute_bound(table)
-    untrapped_sensitive(table)
-    exit_rates(table)
-    instruction_exit_rates(table)
-    startup(table)
-    cold_code(table)
-    memory_virtualization(table)
-    shadow_vs_nested(table)
-    x86_event_rounds(table)
+    rows = [compute_bound, untrapped_sensitive, exit_rates, instruction_exit_rates, startup, cold_code,
+            memory_virtualization, shadow_vs_nested, x86_event_rounds, stop_stress, run_control]
+    if "--only" in sys.argv:
+        names = sys.argv[sys.argv.index("--only") + 1].split(",")
+        known = {row.__name__: row for row in rows}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            sys.exit(f"unknown rows {unknown}; known: {', '.join(known)}")
+        rows = [known[n] for n in names]
+    for row in rows:
+        row(table)
     Console(width=max(160, Console().width)).print(table)
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from unicorn import UC_MEM_FETCH_UNMAPPED
+from unicorn import UC_MEM_FETCH_UNMAPPED, UcError
 from unicorn.arm64_const import UC_ARM64_REG_PC
 
 from hvsim.core.exits import Exit, ExitKind
@@ -105,11 +105,18 @@ class MmioTrap:
         goes through :meth:`_access`."""
         dfsc = fsc_translation(self.fault_level(base))
         trap, vcpu, dispatch, access, fail = self, self.vcpu, self._dispatch, self._access, self.hooks.fail
-        take, sites, read_pc = vcpu.take_trap, self._sites, vcpu.regs.read
+        take, sites = vcpu.take_trap, self._sites
+        # FastRegs.read(PC) inlined, without its clearing of the buffer (PC is 64 bits: the
+        # engine writes all eight bytes): ~0.06 us of the ~2.6 us exit (measured).
+        regs = vcpu.regs
+        reg_read, uch, ref, buf = regs._read, regs._uch, regs._ref, regs._buf
 
         def read(_uc, offset, size_, _ud):
             try:
-                pc, ipa = read_pc(UC_ARM64_REG_PC), base + offset
+                err = reg_read(uch, UC_ARM64_REG_PC, ref)
+                if err:
+                    raise UcError(err)
+                pc, ipa = buf.value, base + offset
                 site = sites.get(pc)
                 if (site is not None and site.single is True and ipa == site.ipa and size_ == site.size
                         and trap._pc < 0):
@@ -124,7 +131,10 @@ class MmioTrap:
 
         def write(_uc, offset, size_, value, _ud):
             try:
-                pc, ipa = read_pc(UC_ARM64_REG_PC), base + offset
+                err = reg_read(uch, UC_ARM64_REG_PC, ref)
+                if err:
+                    raise UcError(err)
+                pc, ipa = buf.value, base + offset
                 site = sites.get(pc)
                 if (site is not None and site.single is False and ipa == site.ipa and size_ == site.size
                         and trap._pc < 0):
