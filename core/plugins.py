@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from functools import cache
-from importlib.metadata import entry_points
+from importlib.metadata import distributions
 
 import pluggy
 
@@ -17,6 +17,21 @@ from .errors import PluginError
 from .registry import ArchRegistry, DeviceRegistry
 
 ENTRY_POINT_GROUP = "hvsim.plugins"
+
+
+def _plugin_entry_points():
+    """Every distribution's entry points in the group, first come first served by name.
+
+    Not ``importlib.metadata.entry_points(group=)``: that keeps one distribution per name, the
+    first on sys.path, and a build's ``hvsim.egg-info`` left in the working directory (sys.path
+    starts with it under ``python -m``) then hid the installed package's entry points: "unknown
+    architecture (installed: none installed)" in tests, seen while it was being rewritten."""
+    seen = set()
+    for dist in distributions():
+        for ep in dist.entry_points:
+            if ep.group == ENTRY_POINT_GROUP and ep.name not in seen:
+                seen.add(ep.name)
+                yield ep
 
 
 class PluginManager(pluggy.PluginManager):
@@ -31,7 +46,7 @@ class PluginManager(pluggy.PluginManager):
 
     def load_entry_points(self) -> None:
         disabled = {n.strip() for n in os.environ.get("HVSIM_DISABLE_PLUGINS", "").split(",") if n.strip()}
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        for ep in _plugin_entry_points():
             if ep.name in disabled or self.get_plugin(ep.name) is not None:
                 continue
             try:

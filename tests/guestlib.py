@@ -29,6 +29,34 @@ SLOT_LOWER_SYNC, SLOT_LOWER_IRQ = 8, 9
 # PSCI SYSTEM_OFF over HVC: the arm64 guests' way to end the run (status 0).
 ARM_SYSTEM_OFF = "movz w0, #0x0008\nmovk w0, #0x8400, lsl #16\nhvc #0"
 
+# An arm64 guest turning its MMU on, with stage-1 tables at 0x4180_0000 (L1, 4 KiB granule,
+# 39-bit VAs): VA 0x4000_0000 + 1 GiB maps RAM one to one as Normal memory; VA 0x8000_0000 +
+# 1 GiB maps PA 0 + 1 GiB (the devices) as Device-nGnRnE, never executable. Everything else
+# faults at level 1. Clobbers X1-X3.
+ARM_MMU_ON = """
+    movz x1, #0x4180, lsl #16       // L1 table
+    movz x2, #0x4000, lsl #16
+    movz x3, #0x0705                // block: AF, inner shareable, AttrIndx 1, valid
+    orr x2, x2, x3
+    str x2, [x1, #8]                // L1[1] = 0x4000_0000, normal
+    movz x2, #0x0401                // block: AF, AttrIndx 0, valid
+    movk x2, #0x0060, lsl #48       // UXN, PXN
+    str x2, [x1, #16]               // L1[2] = 0x0000_0000, device
+    movz x3, #0xff00
+    msr mair_el1, x3                // attr0 device-nGnRnE, attr1 normal write-back
+    movz x3, #0x3519                // T0SZ 25, IRGN0/ORGN0 WB, SH0 inner, TG0 4K
+    movk x3, #0x0080, lsl #16       // EPD1
+    movk x3, #0x0002, lsl #32       // IPS 40 bits
+    msr tcr_el1, x3
+    msr ttbr0_el1, x1
+    isb
+    mrs x3, sctlr_el1
+    orr x3, x3, #1
+    msr sctlr_el1, x3
+    isb
+"""
+
+
 ARCH_FAMILY = {"intel_vtx": "x86", "amd_svm": "x86", "arm_el2": "arm64"}
 
 

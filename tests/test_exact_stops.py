@@ -19,7 +19,7 @@ chase in 3-4 of 10 runs; the x86 chase shows why each shape is kept.
 from __future__ import annotations
 
 import pytest
-from guestlib import ARM_ENTRY, X86_STACK, arm64_image, x86_64
+from guestlib import ARM_ENTRY, ARM_MMU_ON, X86_STACK, arm64_image, x86_64
 
 from hvsim.core.engine import slice_timer
 from hvsim.core.vm import STATUS_OFF
@@ -246,28 +246,8 @@ X86_SCENARIOS = {
 
 # -- arm64: the guest's own MMU on (RAM mapped one to one), the window at RAM + 8 MiB ----------
 ARM_WINDOW = 0x4080_0000
-ARM_MMU_ON = """
-        movz x1, #0x4180, lsl #16
-        movz x2, #0x4000, lsl #16
-        movz x3, #0x0705
-        orr x2, x2, x3
-        str x2, [x1, #8]
-        movz x2, #0x0401
-        movk x2, #0x0060, lsl #48
-        str x2, [x1, #16]
-        movz x3, #0xff00
-        msr mair_el1, x3
-        movz x3, #0x3519
-        movk x3, #0x0080, lsl #16
-        movk x3, #0x0002, lsl #32
-        msr tcr_el1, x3
-        msr ttbr0_el1, x1
-        isb
-        mrs x3, sctlr_el1
-        orr x3, x3, #1
-        msr sctlr_el1, x3
-        isb
-"""
+
+
 def arm_churn(tag: str) -> str:
     return f"tst x9, #{CHURN}\nb.ne {tag}\ntlbi vmalle1\ndsb ish\nisb\n{tag}:"
 

@@ -3,6 +3,7 @@ top of site-packages, and the bundled guests inside the wheel."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,8 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_wheel_maps_the_top_level_folders_into_one_namespace(tmp_path):
+    # Built from a copy: a build rewrites hvsim.egg-info in the tree it builds, which other runs
+    # in the working tree would read while it is half written.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
+                                                             ".hypothesis", ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
-                    "-w", str(tmp_path), str(ROOT)], check=True)
+                    "-w", str(tmp_path), str(src)], check=True)
     (wheel,) = tmp_path.glob("hvsim-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"hvsim", "hvsim-0.1.0.dist-info"}
