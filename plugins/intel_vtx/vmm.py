@@ -344,8 +344,9 @@ class VmxGuestContext:
             vcpu.timer_deadline = self._timer_start = None
             return
         ticks = self._values.get(Field.VMX_PREEMPTION_TIMER_VALUE, 0) << (self.vmx.caps.misc & msrs.VMX_MISC_PREEMPTION_TIMER_RATE_MASK)
+        hz = guest_tsc_hz(vcpu.clock)  # first: measuring the host's rate takes ~20 ms, once
         self._timer_start = now = vcpu.clock.now()
-        vcpu.timer_deadline = now + ticks / guest_tsc_hz(vcpu.clock)
+        vcpu.timer_deadline = now + ticks / hz
 
     def _save_preemption_timer(self) -> None:
         vcpu, v = self.vcpu, self._values

@@ -265,7 +265,9 @@ def test_the_preemption_timer_counts_in_the_hlt_state_and_its_exit_saves_hlt(mak
         vmm.set_proc(msrs.CPU_BASED_HLT_EXITING, False)
 
     hvsim_pm.register(Script(arm, on_event=on_event))
-    vm = make_vm("intel_vtx")
+    # Deterministic: 20,000 ticks of the host's TSC are ~10 us, less than the entry that follows
+    # the first HLT's exit sometimes takes, and then the timer ended before the second HLT.
+    vm = make_vm("intel_vtx", deterministic=True)
     vm.load(x86_64(f"""
         mov rsp, {X86_STACK}
         {store_labels('after', 'out')}
