@@ -2,8 +2,8 @@
 
 With ``VM(..., paging="shadow")`` (``hvsim run --paging shadow``) the VMM turns stage 2 off and
 keeps, per vCPU, shadow page tables that map guest-virtual addresses straight to host-physical
-ones; the processor walks those instead of the guest's own tables. They are filled lazily (the
-user's document calls them the vTLB) and kept coherent with the guest's tables by write
+ones; the processor walks those instead of the guest's own tables. They are filled lazily (a
+"virtual TLB", as such VMMs are often described) and kept coherent with the guest's tables by write
 protection, as KVM's shadow MMU does:
 
 - The VMM intercepts #PF (exception bitmap bit 14 / SVM exception intercept 14), MOV to CR3
