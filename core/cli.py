@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -127,6 +128,10 @@ def run(
             console=Console(sys.stdout.buffer, keep=False), strict_mmio=strict_mmio, deterministic=deterministic,
             **_paging(arch, paging))
     vm.load(image)
+    # From here on Ctrl-C belongs to VM.run (status 130, the tables printed). Python runs a
+    # signal's handler a little after the signal arrives: one still pending when the run's own
+    # watch is gone would otherwise reach the default handler and end hvsim silently mid-table.
+    signal.signal(signal.SIGINT, lambda _sig, _frame: None)
     result = vm.run(timeout=timeout)
     if stats:
         print_stats(vm, result.wall_seconds)

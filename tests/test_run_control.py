@@ -130,6 +130,26 @@ def test_a_second_sigint_ends_the_process(tmp_path):
     proc = hvsim_process(tmp_path, "intel_vtx-spin")
     started(proc)
     proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # right after the first: the same Ctrl-C, the run ends as usual
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == STATUS_INTERRUPTED and "VM exits" in err.decode()
+
+
+def test_a_second_sigint_later_ends_the_process_at_once(tmp_path, monkeypatch):
+    """The first Ctrl-C is taken by a run that ignores it (on_interrupt does nothing here); a
+    second one 0.3 s or more later ends the process with status 130 whatever the run does."""
+    script = tmp_path / "stuck.py"
+    script.write_text("import sys, time\n"
+                      "from hvsim.core.engine import SigintWatch\n"
+                      "with SigintWatch(lambda: None):\n"
+                      "    print('R', flush=True)\n"
+                      "    time.sleep(30)\n"
+                      "sys.exit(3)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    assert proc.stdout.read(1) == b"R"
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert proc.poll() is None  # the first one alone does not end it
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     assert proc.returncode == STATUS_INTERRUPTED
