@@ -370,7 +370,7 @@ def exact_stops_level() -> int:
     return fn()
 
 
-EXACT_STOPS_NEEDED = 5
+EXACT_STOPS_NEEDED = 6
 
 
 def require_exact_stops() -> None:
