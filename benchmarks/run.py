@@ -441,32 +441,32 @@ str x14, [x12]
 def _tlb_workloads(family: str) -> dict[str, tuple[str, int, str]]:
     """name -> (guest phase, how many operations it does, what one operation is)."""
     if family == "x86":
-        flush = f"test ecx, {TLB_FLUSH_EVERY - 1:#x}\njnz 2f\nmov cr3, rsi\n2:\n"
+        flush = f"test ecx, {TLB_FLUSH_EVERY - 1:#x}\njnz ph2\nmov cr3, rsi\nph2:\n"
         return {
-            "random": (f"mov rax, 0x1234567\nmov rcx, {RANDOM}\n1:\n{_X86_XORSHIFT}dec rcx\njnz 1b\n",
+            "random": (f"mov rax, 0x1234567\nmov rcx, {RANDOM}\nph1:\n{_X86_XORSHIFT}dec rcx\njnz ph1\n",
                        RANDOM, "load+store pair"),
-            "random + flush": (f"mov rax, 0x1234567\nmov rcx, {RANDOM}\n1:\n{_X86_XORSHIFT}{flush}dec rcx\njnz 1b\n",
+            "random + flush": (f"mov rax, 0x1234567\nmov rcx, {RANDOM}\nph1:\n{_X86_XORSHIFT}{flush}dec rcx\njnz ph1\n",
                                RANDOM, "load+store pair"),
-            "MOV CR3 + load": (f"mov rbx, {WINDOW_VA:#x}\nmov rcx, {TLB_OPS}\n1:\nmov cr3, rsi\nmov rdx, [rbx]\n"
-                               "dec rcx\njnz 1b\n", TLB_OPS, "MOV CR3 (same value) + one load"),
-            "INVLPG + load": (f"mov rbx, {WINDOW_VA:#x}\nmov rcx, {TLB_OPS}\n1:\ninvlpg [rbx]\nmov rdx, [rbx]\n"
-                              f"add rbx, 0x1000\nand rbx, {WINDOW_VA | (WS - 1):#x}\ndec rcx\njnz 1b\n",
+            "MOV CR3 + load": (f"mov rbx, {WINDOW_VA:#x}\nmov rcx, {TLB_OPS}\nph1:\nmov cr3, rsi\nmov rdx, [rbx]\n"
+                               "dec rcx\njnz ph1\n", TLB_OPS, "MOV CR3 (same value) + one load"),
+            "INVLPG + load": (f"mov rbx, {WINDOW_VA:#x}\nmov rcx, {TLB_OPS}\nph1:\ninvlpg [rbx]\nmov rdx, [rbx]\n"
+                              f"add rbx, 0x1000\nand rbx, {WINDOW_VA | (WS - 1):#x}\ndec rcx\njnz ph1\n",
                               TLB_OPS, "INVLPG of a page + one load from it"),
-            "sequential fill": (f"mov rbx, {WINDOW_VA:#x}\nmov rcx, {WS // 8}\nmov rax, 1\n1:\nmov [rbx], rax\n"
-                                "add rbx, 8\ndec rcx\njnz 1b\n", WS // 8, "8-byte store"),
+            "sequential fill": (f"mov rbx, {WINDOW_VA:#x}\nmov rcx, {WS // 8}\nmov rax, 1\nph1:\nmov [rbx], rax\n"
+                                "add rbx, 8\ndec rcx\njnz ph1\n", WS // 8, "8-byte store"),
         }
-    flush = f"tst x11, #{TLB_FLUSH_EVERY - 1:#x}\nb.ne 2f\ntlbi vmalle1\ndsb ish\nisb\n2:\n"
+    flush = f"tst x11, #{TLB_FLUSH_EVERY - 1:#x}\nb.ne ph2\ntlbi vmalle1\ndsb ish\nisb\nph2:\n"
     return {
-        "random": (f"{mov_imm_arm('x0', 0x1234567)}\n{mov_imm_arm('x11', RANDOM)}\n1:\n{_ARM_XORSHIFT}"
-                   "subs x11, x11, #1\nb.ne 1b\n", RANDOM, "load+store pair"),
-        "random + flush": (f"{mov_imm_arm('x0', 0x1234567)}\n{mov_imm_arm('x11', RANDOM)}\n1:\n{_ARM_XORSHIFT}"
-                           f"{flush}subs x11, x11, #1\nb.ne 1b\n", RANDOM, "load+store pair"),
-        "TLBI VALE1 + load": (f"mov x12, x13\n{mov_imm_arm('x11', TLB_OPS)}\n1:\nlsr x5, x12, #12\ntlbi vale1, x5\n"
+        "random": (f"{mov_imm_arm('x0', 0x1234567)}\n{mov_imm_arm('x11', RANDOM)}\nph1:\n{_ARM_XORSHIFT}"
+                   "subs x11, x11, #1\nb.ne ph1\n", RANDOM, "load+store pair"),
+        "random + flush": (f"{mov_imm_arm('x0', 0x1234567)}\n{mov_imm_arm('x11', RANDOM)}\nph1:\n{_ARM_XORSHIFT}"
+                           f"{flush}subs x11, x11, #1\nb.ne ph1\n", RANDOM, "load+store pair"),
+        "TLBI VALE1 + load": (f"mov x12, x13\n{mov_imm_arm('x11', TLB_OPS)}\nph1:\nlsr x5, x12, #12\ntlbi vale1, x5\n"
                               "dsb ish\nisb\nldr x14, [x12]\nadd x12, x12, #0x1000\n"
                               f"and x12, x12, #{WS - 1:#x}\nadd x12, x12, x13\n"
-                              "subs x11, x11, #1\nb.ne 1b\n", TLB_OPS, "TLBI VALE1 + DSB + ISB + one load"),
-        "sequential fill": (f"mov x12, x13\nmov x14, #1\n{mov_imm_arm('x11', WS // 8)}\n1:\nstr x14, [x12], #8\n"
-                            "subs x11, x11, #1\nb.ne 1b\n", WS // 8, "8-byte store"),
+                              "subs x11, x11, #1\nb.ne ph1\n", TLB_OPS, "TLBI VALE1 + DSB + ISB + one load"),
+        "sequential fill": (f"mov x12, x13\nmov x14, #1\n{mov_imm_arm('x11', WS // 8)}\nph1:\nstr x14, [x12], #8\n"
+                            "subs x11, x11, #1\nb.ne ph1\n", WS // 8, "8-byte store"),
     }
 
 
@@ -476,6 +476,8 @@ def _bare_arm_paging(code: bytes) -> Uc:
     buf = mmap.mmap(-1, 128 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
     uc.mem_map_ptr(0x4000_0000, 128 << 20, UC_PROT_ALL, ctypes.addressof(ctypes.c_char.from_buffer(buf)))
+    uc.reg_write(A.UC_ARM64_REG_CP_REG, (1, 1, 3, 6, 0, 0x501))  # SCR_EL3: NS | HCE | RW
+    uc.reg_write(A.UC_ARM64_REG_CP_REG, (1, 1, 3, 4, 0, 1 << 31))  # HCR_EL2.RW: EL1 is AArch64
     uc.mem_write(ARM_BASE, code)
     uc._keep = buf
     return uc
