@@ -181,7 +181,7 @@ class _Space:
     def __init__(self) -> None:
         self.map: dict[tuple, TlbEntry] = {}
         self.glob: set[tuple] = set()  # keys of global entries
-        self.large: dict[tuple[int, int], set[tuple]] = {}  # (page size, first vpn) -> keys
+        self.large: dict[int, dict[int, set[tuple]]] = {}  # page size -> {page number at that size: keys}
         self.users: set = set()  # the "user" key values seen (x86: False, True, 2; Arm: EL0 or not)
 
     def add(self, key: tuple, entry: TlbEntry) -> None:
@@ -193,22 +193,26 @@ class _Space:
         if entry.global_:
             self.glob.add(key)
         if entry.size > 0x1000:
-            self.large.setdefault((entry.size, key[0] // (entry.size >> 12)), set()).add(key)
+            self.large.setdefault(entry.size, {}).setdefault(key[0] // (entry.size >> 12), set()).add(key)
 
     def unindex(self, key: tuple, entry: TlbEntry) -> None:
         if entry.global_:
             self.glob.discard(key)
         if entry.size > 0x1000:
-            keys = self.large.get((entry.size, key[0] // (entry.size >> 12)))
+            groups, number = self.large[entry.size], key[0] // (entry.size >> 12)
+            keys = groups.get(number)
             if keys is not None:
                 keys.discard(key)
+                if not keys:
+                    del groups[number]
 
     def page_keys(self, address: int) -> list[tuple]:
         """The keys of every entry whose page (of its own size) holds ``address``."""
         vpn = address >> 12
         keys = [(vpn, u) for u in self.users if (vpn, u) in self.map]
-        for (size, first), group in self.large.items():
-            if first == address // size:
+        for size, groups in self.large.items():
+            group = groups.get(address // size)
+            if group:
                 keys.extend(group)
         return keys
 

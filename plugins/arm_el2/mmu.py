@@ -316,13 +316,17 @@ class Arm64Mmu:
     # -- invalidation ------------------------------------------------------------------------------
     def on_guest_tlbi(self, key: tuple[int, int, int], xt: int) -> None:
         """The guest is about to execute TLBI ``key`` with Xt = ``xt`` (from :mod:`.tlbi`)."""
-        _name, scope, broadcast = TLBI_OPS[key]
+        name, scope, broadcast = TLBI_OPS[key]
+        # VALE1 / VAALE1 ("last level"): only the final level's entries; cached table
+        # descriptors (the walk cache) may stay (Arm ARM D8.13, C5.5)
+        last_level = name.startswith(("VALE1", "VAALE1"))
         targets = [v.mmu for v in self.vm.vcpus if getattr(v, "mmu", None) is not None] if broadcast else [self]
         for mmu in targets:
-            mmu._stage1_invalidate(scope, xt)
+            mmu._stage1_invalidate(scope, xt, last_level)
 
-    def _stage1_invalidate(self, scope: str, xt: int) -> None:
-        self.walk_cache.clear()
+    def _stage1_invalidate(self, scope: str, xt: int, last_level: bool = False) -> None:
+        if not last_level:
+            self.walk_cache.clear()
         ctx = self._ctx or self._context()
         tag, tcr = ctx[5], ctx[1]
         asid = (xt >> 48) & (0xFFFF if tcr & stage1.TCR_AS else 0xFF)
