@@ -357,6 +357,8 @@ class EngineTlb:
             return True
 
         self._uch = uch
+        # the engine's own page (x86: 4 KiB; arm64: 1 KiB): a 4 KiB page is flushed in those
+        self._engine_page = min(uc.ctl_get_page_size(), 0x1000)
         hooks.add(UC_HOOK_TLB_FILL, _FILL_CB, on_fill)
         tlb.on_flush.append(self.flush)
 
@@ -364,9 +366,10 @@ class EngineTlb:
         """Drop the translations the engine cached (its copy of the model): of the virtual
         ``pages`` (page numbers) when given and few, else all of them."""
         if pages is not None and len(pages) <= _PAGE_FLUSH_MAX and _flush_page is not None:
-            uch = self._uch
+            uch, step = self._uch, self._engine_page
             for vpn in pages:
-                _flush_page(uch, vpn << 12)
+                for address in range(vpn << 12, (vpn + 1) << 12, step):  # arm64: 1 KiB engine pages
+                    _flush_page(uch, address)
             self.page_flushes += len(pages)
             return
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
