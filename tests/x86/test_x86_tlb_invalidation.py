@@ -107,3 +107,29 @@ def test_each_invpcid_type_drops_what_it_names(make_vm, hvsim_pm, kind):
     set_controls(vm.vcpus[0], proc2=msrs.SECONDARY_EXEC_ENABLE_INVPCID)
     assert vm.run(timeout=10).status == 1
     assert (u64(vm, X86_DATA), u64(vm, X86_DATA + 8)) == INVPCID_TYPES[kind]
+
+
+@pytest.mark.parametrize("arch", ["intel_vtx", "amd_svm"])
+@pytest.mark.parametrize("paging", ["nested", "shadow"])
+def test_no_write_goes_through_before_the_dirty_flag_is_set(make_vm, arch, paging):
+    """SDM 4.8: the first write through a translation sets the PTE's dirty flag. A translation
+    filled for a read (nested: the fast walk; shadow: the entry INVLPG syncs again from a PTE
+    whose accessed flag is already set) must not let a write through without setting it."""
+    vm = boot(make_vm, arch, paging=paging, src=f"""
+        {paging_on({0: FRAME_A | P | RW | 0x20})}
+        mov rax, [{WINDOW:#x}]
+        mov rax, [{GUEST_PT:#x}]
+        mov [{X86_DATA:#x}], rax
+        mov rbx, {WINDOW:#x}
+        invlpg [rbx]
+        mov rax, [{WINDOW:#x}]
+        mov rax, [{GUEST_PT:#x}]
+        mov [{X86_DATA + 8:#x}], rax
+        mov qword ptr [{WINDOW + 8:#x}], 5
+        mov rax, [{GUEST_PT:#x}]
+        mov [{X86_DATA + 16:#x}], rax
+        {END}""")
+    assert vm.run(timeout=10).status == 1
+    dirty = [bool(u64(vm, X86_DATA + 8 * i) & 0x40) for i in range(3)]
+    assert dirty == [False, False, True]
+    assert u64(vm, FRAME_A + 8) == 5
