@@ -381,5 +381,5 @@ def require_exact_stops() -> None:
 
         raise HvsimError(
             f"the installed Unicorn ({uclib._name}) lacks hvsim's patch (exact engine stops, "
-            "level 5), without which a stopped guest can run an instruction twice: install it with "
+            f"level {EXACT_STOPS_NEEDED}), without which a stopped guest can run an instruction twice: install it with "
             "`make install`, or `python tools/build_unicorn.py PYTHON` for another environment")
