@@ -203,10 +203,12 @@ class X86Vcpu(Vcpu):
         # Selector values only (the engine keeps its descriptor caches until the stub loads them
         # for real); they make the state a VMCS / VMCB reports before the first instruction
         # name the GDT's descriptors.
-        w(X.UC_X86_REG_GDTR, (0, layout.BOOT_GDT, len(GDT_ENTRIES) * 8 - 1, 0))  # the stub reloads it
-        w(X.UC_X86_REG_CS, SEL_CODE32 if state.mode == "protected32" else SEL_CODE64)
+        # (a boot protocol with other selectors, Linux's, names them in ``state.regs``)
+        gdt_limit = state.regs.get("gdt_limit", len(GDT_ENTRIES) * 8 - 1)
+        w(X.UC_X86_REG_GDTR, (0, layout.BOOT_GDT, gdt_limit, 0))  # the stub reloads it
+        w(X.UC_X86_REG_CS, state.regs.get("cs", SEL_CODE32 if state.mode == "protected32" else SEL_CODE64))
         for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS):
-            w(r, SEL_DATA)
+            w(r, state.regs.get("ds", SEL_DATA))
         w(X.UC_X86_REG_RFLAGS, 0x2)
         w(X.UC_X86_REG_RIP, layout.BOOT_STUB)
 
