@@ -887,6 +887,10 @@ class X86Vcpu(Vcpu):
             if done is not False:
                 self.mmu.context_changed()
                 return done
+        if 0x800 <= msr <= 0x8FF and self.context is not None:  # VMX "virtualize x2APIC mode"
+            done = self.context.passthrough(kind + "_x2apic", msr, rip, length)
+            if done is not False:
+                return done
         if msr not in self.msrs:
             if msr == MSR_EFER and kind == "wrmsr":
                 self.mmu.context_changed()
