@@ -470,12 +470,12 @@ class VmxGuestContext:
             self.apic.tpr_virtualization(rip + length)  # PPR virtualization, then evaluation
             return True
         if kind in ("rdmsr_x2apic", "wrmsr_x2apic"):
+            check, is_write = self.msr_check, kind == "wrmsr_x2apic"
+            if check is None or check(info, is_write):  # the MSR bitmap makes it exit (25.1.3)
+                return vcpu.msr_intercept(info, is_write, rip, length)
             if not self.apic.x2apic:
                 return False
-            check = self.msr_check
-            if check is None or check(info, kind == "wrmsr_x2apic"):
-                return False  # the MSR bitmap makes it exit (SDM 25.1.3 before 30.5)
-            return self.apic.msr(kind == "wrmsr_x2apic", info, rip, length)
+            return self.apic.msr(is_write, info, rip, length)
         if kind == "invpcid" and self._proc2 & msrs.SECONDARY_EXEC_ENABLE_INVPCID:
             return vcpu.invpcid(info, rip)
         if kind == "rdpmc":

@@ -909,6 +909,19 @@ class X86Vcpu(Vcpu):
             return None
         return True
 
+    def msr_intercept(self, msr: int, is_write: bool, rip: int, length: int) -> bool | None:
+        """An MSR exit for an MSR hvsim does not model (the VMM's bitmap / MSRPM asks for it):
+        the handler emulates it; without one (or if it refuses: ``exit.vector``) it is #GP(0)."""
+        r = self.regs
+        value = ((r.read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | (r.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF)
+                 if is_write else None)
+        exit = self.vendor.msr_exit(msr, is_write, value, rip, length)
+        self._exit(exit)
+        if exit.vector:
+            self.guest_exception(exit.vector, 0, rip)
+            return None
+        return True
+
     def _runs_natively(self, kind: str, info) -> None:
         """The instruction is about to run in the engine: the TLB model sees what it flushes."""
         if kind == "mov_to_cr":
