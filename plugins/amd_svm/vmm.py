@@ -125,6 +125,7 @@ class SvmGuestContext:
         self.tpr = 0  # the local APIC's TPR that CR8 reaches without V_INTR_MASKING (bits 7:4)
         self.event_controls = EventControls()
         self._shadow_saved = 0
+        self._int_ctl = b""
         self._pause_count = 0
         self._last_pause: float | None = None
         self._memory_virtualization({name: vmcb.read(name) for name in ("GUEST_ASID", "TLB_CONTROL", "NP_ENABLE",
@@ -170,6 +171,7 @@ class SvmGuestContext:
         self._intercepted["shutdown"] = intercepted("SHUTDOWN")
         self._pause_count = vmcb.read("PAUSE_FILTER_COUNT")
         self.event_controls = self._event_controls()
+        self._int_ctl = host.read(vmcb.pa + 0x060, 8)
         self._cr_reads, self._cr_writes = vmcb.read("INTERCEPT_CR_READ"), vmcb.read("INTERCEPT_CR_WRITE")
         self._dr_reads, self._dr_writes = vmcb.read("INTERCEPT_DR_READ"), vmcb.read("INTERCEPT_DR_WRITE")
         wanted = {k for k in ("sgdt", "sidt", "lgdt", "lidt", "sldt", "str", "lldt", "ltr") if self._intercepted[k]}
@@ -230,6 +232,31 @@ class SvmGuestContext:
             vcpu.set_interruptibility((1 if shadow else 0) | (BLOCKING_BY_NMI if vcpu.nmi_blocked else 0))
             self._shadow_saved = shadow
         self._inject()
+
+    def request_vintr(self, vector: int, priority: int | None = None, ignore_tpr: bool = False) -> None:
+        """The VMM asks for a virtual interrupt (15.21.4): V_IRQ with V_INTR_VECTOR, V_INTR_PRIO
+        (default: the vector's class) and V_IGN_TPR; taken from the next boundary, also when
+        called from an exit hvsim completes inside the engine."""
+        vmcb = self.vmcb
+        vmcb.write("V_INTR_VECTOR", vector)
+        vmcb.write("V_INTR_PRIO", vector >> 4 if priority is None else priority)
+        vmcb.write("V_IGN_TPR", int(ignore_tpr))
+        vmcb.write("V_IRQ", 1)
+        self.after_exit()
+
+    def after_exit(self) -> None:
+        """An exit completed inside the engine stands for a #VMEXIT and a VMRUN: a VMM that
+        changed the virtual-interrupt controls (int_ctl 0x060, int_vector 0x064) in its handler
+        is obeyed from the next boundary (one 8-byte read when nothing changed)."""
+        raw = self.vcpu.vm.host.read(self.vmcb.pa + 0x060, 8)
+        if raw == self._int_ctl:
+            return
+        self._int_ctl = raw
+        ctl, new = self.event_controls, self._event_controls()  # the run loop holds ctl itself
+        ctl.vintr, ctl.vintr_exits, ctl.vgif = new.vintr, new.vintr_exits, new.vgif
+        ctl.intr_exit_ignores_if = new.intr_exit_ignores_if
+        if ctl.vintr is not None and self.vcpu._in_engine:
+            self.vcpu.recheck()
 
     def _event_controls(self) -> EventControls:
         """The interrupt intercepts and the virtual-interrupt fields (15.21): with V_INTR_MASKING

@@ -506,13 +506,32 @@ class VmxGuestContext:
                 regs.write(reg, view)
         self._cr_saved = fields
 
-    after_exit = _load_guest_view_of_cr0_cr4
+    def after_exit(self) -> None:
+        """After an exit completed inside the engine (it stands for an exit and a VM entry):
+        CR0/CR4 as the VMM left them and, with virtual-interrupt delivery, PPR virtualization
+        and evaluation of what the VMM left in RVI / VIRR (SDM 27.3.2.5)."""
+        self._load_guest_view_of_cr0_cr4()
+        if self.apic.vid:
+            self.apic._reentered()
 
     # -- APIC virtualization: the VMM's side (what KVM does around SDM ch. 30) ------------------
     def post_interrupt(self, vector: int) -> bool:
         """Post ``vector`` in the posted-interrupt descriptor (PIR bit, then ON) and send the
         notification vector to this vCPU if ON was clear (SDM 30.6). Returns whether it sent."""
         return self.apic.post(vector)
+
+    def request_virtual_interrupt(self, vector: int) -> None:
+        """The VMM's side without posted interrupts (KVM's apic_set_irr and RVI update): VIRR
+        bit and RVI in the virtual-APIC page and GUEST_INTR_STATUS, then what the next VM entry
+        does with them (PPR virtualization, evaluation), also when called from an exit hvsim
+        completes inside the engine."""
+        apic = self.apic
+        if apic.page is None:
+            raise RuntimeError("request_virtual_interrupt needs 'use TPR shadow' (a virtual-APIC page)")
+        apic.page.set_bit(0x200, vector)
+        rvi, svi = apic.status()
+        apic._set_status(max(rvi, vector), svi)
+        apic._reentered()
 
     def send_posted_notification(self) -> None:
         """An IPI with POSTED_INTR_NV to this vCPU: taken at its next boundary in the engine, or
