@@ -285,3 +285,20 @@ def test_x2apic_msrs_fall_back_to_msr_intercepts(make_vm, hvsim_pm):
         {end()}""")
     assert result.status == 5, result
     assert seen == [(0x7C, 0x80B, 0)]
+
+
+def test_ipi_to_an_entry_whose_backing_page_is_outside_memory_is_invalid_backing_page(make_vm, hvsim_pm):
+    vmm = AvicVmm(physical={1: PHYS_VALID | PHYS_RUNNING | (1 << 40) | 1})
+    vm, result = run(make_vm, hvsim_pm, vmm, f"""
+        mov rsp, {X86_STACK}
+        mov r15, {APIC:#x}
+        hlt
+        mov dword ptr [r15 + 0x310], 0x01000000
+        mov dword ptr [r15 + 0x300], 0x4041
+        mov dword ptr [r15 + 0x300], 0x4541
+        mov byte ptr [{X86_DATA:#x}], 2
+        {end()}""")
+    assert result.status == 5, result
+    # a bad backing page in the table; then an SMI delivery mode, which AVIC does not accelerate
+    assert vmm.exits == [(0x401, 0x0100_0000 << 32 | 0x4041, 3 << 32 | 1),
+                         (0x401, 0x0100_0000 << 32 | 0x4541, 0 << 32)]
