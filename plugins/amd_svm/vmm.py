@@ -311,6 +311,8 @@ class SvmGuestContext:
         target = vcpus[host_apic_id].context
         if getattr(target, "avic", None) is not None and target.avic.enabled:
             target.avic.evaluate()
+            if target.avic.recognized:  # a guest halted in guest mode wakes for it
+                target.avic_kick()
 
     def map_avic_bar(self, gpa: int = 0xFEE0_0000) -> None:
         """As KVM does for AVIC: a page mapped in the NPT at the guest's APIC base (``gpa``), which

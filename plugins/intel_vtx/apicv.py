@@ -313,7 +313,8 @@ class VirtualApic:
                 self.page.w32(EOI, 0)
                 self.eoi_virtualization(rip + length)
             else:
-                self.page.w32(ICR_LO, value)
+                self.page.w32(ICR_LO, value)  # VICR_LO <- vector, VICR_HI <- 0
+                self.page.w32(ICR_HI, 0)
                 if value >= 16:
                     self.self_ipi_virtualization(value)
                 else:

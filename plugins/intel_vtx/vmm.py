@@ -532,6 +532,15 @@ class VmxGuestContext:
         rvi, svi = apic.status()
         apic._set_status(max(rvi, vector), svi)
         apic._reentered()
+        self._wake_if_recognized()
+
+    def _wake_if_recognized(self) -> None:
+        """Virtual-interrupt delivery wakes a guest in the HLT activity state (SDM 30.2.2): a
+        halted vCPU with a recognized virtual interrupt becomes runnable."""
+        from hvsim.core.arch import VcpuState
+
+        if self.apic.recognized and self.vcpu.state is VcpuState.HALTED:
+            self.vcpu.state = VcpuState.RUNNABLE
 
     def send_posted_notification(self) -> None:
         """An IPI with POSTED_INTR_NV to this vCPU: taken at its next boundary in the engine, or

@@ -5,14 +5,54 @@ from __future__ import annotations
 
 import pytest
 
-from test_vmx_entry_checks import control, enters, invalid_control, secondary, tpr_shadow, w  # noqa: F401
-from test_vmx_entry_checks import enforce_every_check  # noqa: F401  (autouse fixture)
 from guestlib import X86_STACK, x86_64
 from hvsim import hookimpl
 from hvsim.core.exits import ExitKind
-from hvsim.plugins.intel_vtx import msrs
+from hvsim.plugins.intel_vtx import entry, msrs
+from hvsim.plugins.intel_vtx.vmcs import Field
+from hvsim.plugins.intel_vtx.vmx import Status
 
-DESC = 0xB000
+DESC, VIRTUAL_APIC = 0xB000, 0x9000
+
+
+@pytest.fixture(autouse=True)
+def enforce_every_check(monkeypatch):
+    monkeypatch.setattr(entry, "NOT_ENFORCED", {})
+
+
+def w(vmx, **fields):
+    for name, value in fields.items():
+        assert vmx.vmwrite(getattr(Field, name), value).ok, name
+
+
+def control(vmx, name, *bits):
+    value = vmx.vmread(getattr(Field, name)).value
+    for bit in bits:
+        value |= bit
+    w(vmx, **{name: value})
+
+
+def tpr_shadow(vmx):
+    control(vmx, "CPU_BASED_VM_EXEC_CONTROL", msrs.CPU_BASED_TPR_SHADOW)
+    w(vmx, VIRTUAL_APIC_PAGE_ADDR=VIRTUAL_APIC)
+    vmx.memory.write(VIRTUAL_APIC + 0x80, bytes([0xF0]))
+
+
+def secondary(vmx, *bits):
+    control(vmx, "CPU_BASED_VM_EXEC_CONTROL", msrs.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS)
+    control(vmx, "SECONDARY_VM_EXEC_CONTROL", *bits)
+
+
+def enters(vmx):
+    result = vmx.vmlaunch()
+    assert result.status is Status.ENTERED, (result, vmx.last_entry_failure)
+
+
+def invalid_control(vmx, check):
+    result = vmx.vmlaunch()
+    assert result.status is Status.FAIL_VALID and result.error == 7, (result, vmx.last_entry_failure)
+    assert vmx.vmread(Field.VM_INSTRUCTION_ERROR).value == 7
+    assert f"[{check}]" in vmx.last_entry_failure, vmx.last_entry_failure
 
 
 def posted(vmx, nv=0xF2, desc=DESC, vid=True, ack=True):
