@@ -889,6 +889,10 @@ class X86Vcpu(Vcpu):
             if done is not False:
                 self.mmu.context_changed()
                 return done
+        if 0x800 <= msr <= 0x8FF and self.context is not None:  # VMX "virtualize x2APIC mode"
+            done = self.context.passthrough(kind + "_x2apic", msr, rip, length)
+            if done is not False:
+                return done
         if msr not in self.msrs:
             if msr == MSR_EFER and kind == "wrmsr":
                 self.mmu.context_changed()
@@ -903,6 +907,19 @@ class X86Vcpu(Vcpu):
         else:
             self._exit(exit)
         if exit.vector:  # the handler refused the access: #GP(0) at the instruction
+            self.guest_exception(exit.vector, 0, rip)
+            return None
+        return True
+
+    def msr_intercept(self, msr: int, is_write: bool, rip: int, length: int) -> bool | None:
+        """An MSR exit for an MSR hvsim does not model (the VMM's bitmap / MSRPM asks for it):
+        the handler emulates it; without one (or if it refuses: ``exit.vector``) it is #GP(0)."""
+        r = self.regs
+        value = ((r.read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | (r.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF)
+                 if is_write else None)
+        exit = self.vendor.msr_exit(msr, is_write, value, rip, length)
+        self._exit(exit)
+        if exit.vector:
             self.guest_exception(exit.vector, 0, rip)
             return None
         return True
