@@ -58,8 +58,10 @@ _CONTROL_FIELD = {msrs.PIN: Field.PIN_BASED_VM_EXEC_CONTROL, msrs.PROC: Field.CP
                   msrs.EXIT: Field.VM_EXIT_CONTROLS, msrs.ENTRY: Field.VM_ENTRY_CONTROLS}
 _SEGMENTS = (("ES", X.UC_X86_REG_ES), ("CS", X.UC_X86_REG_CS), ("SS", X.UC_X86_REG_SS),
              ("DS", X.UC_X86_REG_DS), ("FS", X.UC_X86_REG_FS), ("GS", X.UC_X86_REG_GS))
+_SAVED_REGS = (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_CR0, X.UC_X86_REG_CR3,
+               X.UC_X86_REG_CR4, X.UC_X86_REG_DR7, *(reg for _name, reg in _SEGMENTS))
 _LOADED_ON_ENTRY = ((Field.GUEST_RIP, X.UC_X86_REG_RIP), (Field.GUEST_RSP, X.UC_X86_REG_RSP),
-                    (Field.GUEST_RFLAGS, X.UC_X86_REG_RFLAGS))
+                    (Field.GUEST_RFLAGS, X.UC_X86_REG_RFLAGS), (Field.GUEST_CR3, X.UC_X86_REG_CR3))
 AR_UNUSABLE = 1 << 16
 IA32_XSS = 0xDA0
 _GPR_IDS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
@@ -148,6 +150,9 @@ class VmxGuestContext:
         self._cr3_load = self._cr3_store = False
         self._proc = self._proc2 = 0
         self._cr_saved: tuple = ()
+        self._controls_from = None  # the VMCS whose controls _configure last read
+        self._batch = None  # the registers save_guest_state reads in one call
+        self._segment_fields: dict[tuple, dict[int, int]] = {}
         self._epts: dict[int, Ept] = {}  # by EPTP: each keeps its guest-physical mappings
         self.vmx.tlb = self  # INVEPT / INVVPID reach this logical processor's TLB model
         self.event_controls = EventControls()
@@ -208,12 +213,31 @@ class VmxGuestContext:
             self.save_guest_state()  # the VMM's initial guest state: what the loader set up
         lma = self.vcpu.efer() & paging.EFER_LMA
         entry = self._values[Field.VM_ENTRY_CONTROLS]
-        self._values[Field.VM_ENTRY_CONTROLS] = entry | msrs.VM_ENTRY_IA32E_MODE if lma else \
-            entry & ~msrs.VM_ENTRY_IA32E_MODE
+        wanted = entry | msrs.VM_ENTRY_IA32E_MODE if lma else entry & ~msrs.VM_ENTRY_IA32E_MODE
+        if wanted != entry:  # the VMM's VMWRITE of the entry controls, as KVM's on an EFER change
+            self._values[Field.VM_ENTRY_CONTROLS] = wanted
+            vmcs.dirty = True
         result = vmx.vmresume() if vmcs.launched else vmx.vmlaunch()
         self._last = None
         if result.status is not Status.ENTERED:
             return f"VM entry failed: {vmx.last_entry_failure or result}"
+        if vmx.entry_checked or self._controls_from is not vmcs:
+            self._configure(vmcs)  # the VMM wrote the VMCS: what the controls determine, anew
+        proc, proc2, pin = self._proc, self._proc2, self._values[Field.PIN_BASED_VM_EXEC_CONTROL]
+        self._start_preemption_timer(pin)
+        self._load_guest_view_of_cr0_cr4()
+        self._memory_virtualization(proc2)
+        self.apic.configure(pin, proc, proc2)
+        self.event_controls.virtual_apic = self.apic if self.apic.vid else None
+        self.resume_state()
+        return None
+
+    def _configure(self, vmcs) -> None:
+        """What the VM-execution controls determine (which instructions exit, the I/O, MSR and
+        exception bitmap checks, the event controls, the traps the engine must set): computed
+        at an entry that checked the VMCS (a VMWRITE since the last one), kept across the
+        VMRESUMEs that follow with the VMCS untouched."""
+        self._controls_from = vmcs
         self.io_check = self._io_controls()
         proc = self._values[Field.CPU_BASED_VM_EXEC_CONTROL]
         self.hlt_exits = bool(proc & msrs.CPU_BASED_HLT_EXITING)
@@ -236,15 +260,8 @@ class VmxGuestContext:
             intr_window=bool(proc & msrs.CPU_BASED_INTR_WINDOW_EXITING),
             nmi_window=bool(proc & msrs.CPU_BASED_NMI_WINDOW_EXITING),
             mtf=bool(proc & msrs.CPU_BASED_MONITOR_TRAP_FLAG))
-        self._start_preemption_timer(pin)
         self._cr3_load, self._cr3_store = (bool(proc & msrs.CPU_BASED_CR3_LOAD_EXITING),
                                            bool(proc & msrs.CPU_BASED_CR3_STORE_EXITING))
-        self._load_guest_view_of_cr0_cr4()
-        self._memory_virtualization(proc2)
-        self.apic.configure(pin, proc, proc2)
-        self.event_controls.virtual_apic = self.apic if self.apic.vid else None
-        self.resume_state()
-        return None
 
     def _memory_virtualization(self, proc2: int) -> None:
         """EPT and VPID as the controls say (SDM 29.3, 29.1): the MMU walks the EPT the EPTP
@@ -324,10 +341,13 @@ class VmxGuestContext:
             vcpu.activity_hlt = activity == GUEST_ACTIVITY_HLT
         # The load controls load the field at every entry (a stale field overwrites what the
         # guest wrote since); the engine's register is written only when it differs.
-        entry, uc = v[Field.VM_ENTRY_CONTROLS], vcpu.uc
+        entry = v[Field.VM_ENTRY_CONTROLS]
+        if not entry & (msrs.VM_ENTRY_LOAD_IA32_EFER | msrs.VM_ENTRY_LOAD_IA32_PAT):
+            return
+        uc = vcpu.uc
         for control, field, msr in ((msrs.VM_ENTRY_LOAD_IA32_EFER, Field.GUEST_IA32_EFER, MSR_EFER),
                                     (msrs.VM_ENTRY_LOAD_IA32_PAT, Field.GUEST_IA32_PAT, MSR_IA32_PAT)):
-            if entry & control and v.get(field, 0) != uc.reg_read(X.UC_X86_REG_MSR, msr):
+            if entry & control and v.get(field, 0) != vcpu.regs.msr(msr):
                 uc.reg_write(X.UC_X86_REG_MSR, (msr, v.get(field, 0)))
 
     # -- events (SDM 25.2, 26.7) -------------------------------------------------------------
@@ -632,46 +652,70 @@ class VmxGuestContext:
         self.save_guest_state()
 
     def save_guest_state(self) -> None:
-        vcpu, v = self.vcpu, self._values
+        """The guest-state area as the processor saves it at an exit (SDM 28.3): the registers
+        in one batched read from the engine; the segment and descriptor-table fields from a
+        cache keyed by what they derive from (selectors, GDTR, IDTR, TR, CR3, CR0.PE)."""
+        vcpu, v, saved = self.vcpu, self._values, self._saved
         regs = vcpu.regs
-        for field, reg in _LOADED_ON_ENTRY:
-            v[field] = self._saved[field] = regs.read(reg)
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = regs.batch(_SAVED_REGS)
+        rip, rsp, rflags, cr0, cr3, cr4, dr7, es, cs, ss, ds, fs, gs = batch.read()
+        v[Field.GUEST_RIP] = saved[Field.GUEST_RIP] = rip
+        v[Field.GUEST_RSP] = saved[Field.GUEST_RSP] = rsp
+        v[Field.GUEST_RFLAGS] = saved[Field.GUEST_RFLAGS] = rflags
         # The engine holds the guest's view (see _load_guest_view_of_cr0_cr4): the owned bits of
         # GUEST_CR0/CR4 stay the VMM's, the read shadows follow what the guest sees.
-        cr0, cr4 = vcpu.cr0(), regs.read(X.UC_X86_REG_CR4)
         m0, m4 = v.get(Field.CR0_GUEST_HOST_MASK, 0), v.get(Field.CR4_GUEST_HOST_MASK, 0)
         real0, real4 = v.get(Field.GUEST_CR0, cr0 | self.cr0_owned), v.get(Field.GUEST_CR4, cr4 | CR4_OWNED)
         if not self._cr_saved:  # the first save: the loader's state, with the bits VMX needs
             real0, real4 = cr0 | self.cr0_owned, cr4 | CR4_OWNED
         v[Field.GUEST_CR0], v[Field.CR0_READ_SHADOW] = (cr0 & ~m0) | (real0 & m0), cr0
-        v[Field.GUEST_CR3] = regs.read(X.UC_X86_REG_CR3)
+        v[Field.GUEST_CR3] = saved[Field.GUEST_CR3] = cr3
         v[Field.GUEST_CR4], v[Field.CR4_READ_SHADOW] = (cr4 & ~m4) | (real4 & m4), cr4
         self._cr_saved = self._cr_fields()
-        v[Field.GUEST_DR7] = regs.read(X.UC_X86_REG_DR7) | 0x400
+        v[Field.GUEST_DR7] = dr7 | 0x400
         exit_controls = v[Field.VM_EXIT_CONTROLS]
-        if exit_controls & msrs.VM_EXIT_SAVE_IA32_EFER or Field.GUEST_IA32_EFER not in self._saved:
-            v[Field.GUEST_IA32_EFER] = self._saved[Field.GUEST_IA32_EFER] = vcpu.efer()
+        if exit_controls & msrs.VM_EXIT_SAVE_IA32_EFER or Field.GUEST_IA32_EFER not in saved:
+            v[Field.GUEST_IA32_EFER] = saved[Field.GUEST_IA32_EFER] = vcpu.efer()
         if exit_controls & msrs.VM_EXIT_SAVE_IA32_PAT:
-            v[Field.GUEST_IA32_PAT] = self._saved[Field.GUEST_IA32_PAT] = vcpu.regs.msr(MSR_IA32_PAT)
+            v[Field.GUEST_IA32_PAT] = saved[Field.GUEST_IA32_PAT] = regs.msr(MSR_IA32_PAT)
         # Interruptibility and activity state (SDM 28.3.4): what the next entry resumes with.
-        v[Field.GUEST_INTERRUPTIBILITY_INFO] = self._saved[Field.GUEST_INTERRUPTIBILITY_INFO] = vcpu.interruptibility()
-        v[Field.GUEST_ACTIVITY_STATE] = self._saved[Field.GUEST_ACTIVITY_STATE] = (
+        v[Field.GUEST_INTERRUPTIBILITY_INFO] = saved[Field.GUEST_INTERRUPTIBILITY_INFO] = vcpu.interruptibility()
+        v[Field.GUEST_ACTIVITY_STATE] = saved[Field.GUEST_ACTIVITY_STATE] = (
             GUEST_ACTIVITY_HLT if vcpu.activity_hlt else GUEST_ACTIVITY_ACTIVE)
-        self._save_preemption_timer()
-        context = vcpu.segment_context()  # one GDTR/CR3 read for all six
-        for name, reg in _SEGMENTS:
+        if self._timer_start is not None:
+            self._save_preemption_timer()
+        gdtr, idtr, tr = regs.mmr(X.UC_X86_REG_GDTR), regs.mmr(X.UC_X86_REG_IDTR), regs.mmr(X.UC_X86_REG_TR)
+        key = (es, cs, ss, ds, fs, gs, cr0 & 1, cr3, gdtr, idtr, tr)
+        fields = self._segment_fields.get(key)
+        if fields is None:
+            fields = self._segment_fields_of(key)
+        v.update(fields)
+
+    def _segment_fields_of(self, key: tuple) -> dict[int, int]:
+        """The segment, GDTR/IDTR, TR and LDTR fields for a :meth:`save_guest_state` key (kept:
+        a hidden part is the descriptor's as of its load, as the processor keeps it)."""
+        vcpu = self.vcpu
+        *selectors, pe, cr3, gdtr, idtr, _tr = key
+        context = (gdtr[1:3], cr3) if pe else None
+        fields: dict[int, int] = {}
+        for (name, _reg), selector in zip(_SEGMENTS, selectors):
             f_selector, f_base, f_limit, f_ar = GUEST_SEGMENT_FIELDS[name]
-            v[f_selector], v[f_base], v[f_limit], v[f_ar] = self._segment(regs.read(reg) & 0xFFFF, context)
-        for name, reg in (("GDTR", X.UC_X86_REG_GDTR), ("IDTR", X.UC_X86_REG_IDTR)):
-            _sel, base, limit, _flags = vcpu.regs.mmr(reg)
+            fields[f_selector], fields[f_base], fields[f_limit], fields[f_ar] = self._segment(selector & 0xFFFF, context)
+        for name, (_sel, base, limit, _flags) in (("GDTR", gdtr), ("IDTR", idtr)):
             f_base, f_limit = GUEST_TABLE_FIELDS[name]
-            v[f_base], v[f_limit] = base, limit
+            fields[f_base], fields[f_limit] = base, limit
         tr = vcpu.task_register()
         selector, base, limit, ar = (tr[0], tr[1], tr[2], tr[3] | tr[4] << 12) \
             if tr is not None else TR_RESET  # never loaded: the reset state, as KVM models it
-        v[Field.GUEST_TR_SELECTOR], v[Field.GUEST_TR_BASE] = selector, base
-        v[Field.GUEST_TR_LIMIT], v[Field.GUEST_TR_AR_BYTES] = limit, ar
-        v[Field.GUEST_LDTR_SELECTOR], v[Field.GUEST_LDTR_AR_BYTES] = 0, AR_UNUSABLE
+        fields[Field.GUEST_TR_SELECTOR], fields[Field.GUEST_TR_BASE] = selector, base
+        fields[Field.GUEST_TR_LIMIT], fields[Field.GUEST_TR_AR_BYTES] = limit, ar
+        fields[Field.GUEST_LDTR_SELECTOR], fields[Field.GUEST_LDTR_AR_BYTES] = 0, AR_UNUSABLE
+        if len(self._segment_fields) > 64:
+            self._segment_fields.clear()
+        self._segment_fields[key] = fields
+        return fields
 
     def _segment(self, selector: int, context: tuple | None = None) -> tuple[int, int, int, int]:
         """(selector, base, limit, access rights) in the VMCS format (SDM 24.4.1, Table 24-2):
