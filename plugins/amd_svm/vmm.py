@@ -31,7 +31,7 @@ from .avic import Avic
 from .exits import SvmExitInfo, SvmVendor
 from .npt import Npt
 from .svm import EFER_SVME, MSR_VM_HSAVE_PA, SvmCpu
-from .vmcb import Segment, Vmcb, VmcbCache
+from .vmcb import FIELD, VMCB_SIZE, Segment, Vmcb, VmcbCache, direct_view
 
 MASK64 = (1 << 64) - 1
 EVENTINJ_SOFT_INT = 4
@@ -72,6 +72,15 @@ _GPR_IDS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", 
                                                      "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
 _SEGMENTS = (("ES", X.UC_X86_REG_ES), ("CS", X.UC_X86_REG_CS), ("SS", X.UC_X86_REG_SS),
              ("DS", X.UC_X86_REG_DS), ("FS", X.UC_X86_REG_FS), ("GS", X.UC_X86_REG_GS))
+_SAVED_REGS = (*(reg for _name, reg in _LOADED_ON_VMRUN), X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4,
+               X.UC_X86_REG_DR6, X.UC_X86_REG_DR7, *(reg for _name, reg in _SEGMENTS))
+_SEG_BLOCK = FIELD["ES_SELECTOR"].offset  # ES, CS, SS, DS, FS, GS: 16 bytes each, in this order (Table B-2)
+_SEG_BLOCK_SIZE = FIELD["GS_BASE"].offset + 8 - _SEG_BLOCK
+_EXIT_INFO = FIELD["EXITCODE"].offset  # 070H: EXITCODE, EXITINFO1, EXITINFO2, EXITINTINFO to 08FH
+_AFTER_EXIT_INFO = FIELD["EXITINTINFO"].offset + 8
+_NRIP = FIELD["NRIP"].offset  # 0C8H
+_AFTER_NRIP = _NRIP + 8
+_TLB_CONTROL = FIELD["TLB_CONTROL"].offset  # one byte (058H)
 
 
 class SvmGuestContext:
@@ -128,6 +137,12 @@ class SvmGuestContext:
         self._int_ctl = b""
         self._pause_count = 0
         self._last_pause: float | None = None
+        self._batch = None  # the registers save_guest_state reads in one call
+        self._segment_state: dict[tuple, tuple[bytes, tuple]] = {}
+        self._page_after_exit: bytes | None = None  # the VMCB as the last #VMEXIT left it
+        self._ran = False  # the last VMRUN passed its checks (the fast path's precondition)
+        self._handled_inside = False  # an exit completed inside the engine since the last VMRUN
+        self._loaded: dict = {}  # the cached-group state the last full VMRUN loaded
         self._memory_virtualization({name: vmcb.read(name) for name in ("GUEST_ASID", "TLB_CONTROL", "NP_ENABLE",
                                                                         "N_CR3")})
         self.avic = Avic(self)  # the processor's AVIC (APM 15.29, avic.py)
@@ -153,6 +168,20 @@ class SvmGuestContext:
         VMRUN failed (EXITCODE is then VMEXIT_INVALID), or None."""
         if not self._saved:
             self.save_guest_state()  # the VMM's initial state: what the loader set up
+        if self._unchanged_since_exit():
+            # The VMCB holds what the last #VMEXIT wrote into it, nothing else changed: the
+            # consistency checks passed on this state's controls and the save area is what
+            # the processor saved (consistent by construction); the intercepts, bitmaps and
+            # event controls derived at the last full VMRUN still hold.
+            self.cpu.check_instruction("VMRUN", 0, self.vmcb.pa)
+            self.cpu.gif = self.cpu.in_guest = True
+            self._last = None
+            self._memory_virtualization(self._loaded)
+            self.avic.configure()
+            self.event_controls.virtual_apic = self.avic if self.avic.enabled else None
+            self.resume_state()
+            return None
+        self._ran = False
         failures = self.cpu.vmrun(self.vmcb)
         self._last = None
         if failures:
@@ -182,11 +211,28 @@ class SvmGuestContext:
         self.vcpu.want_traps(frozenset(wanted))
         exceptions = vmcb.read("INTERCEPT_EXCEPTIONS")
         self.exception_check = (lambda vector, _code: bool(exceptions >> vector & 1)) if exceptions else None
-        self._memory_virtualization(self.clean_cache.vmrun(vmcb))
+        self._loaded = self.clean_cache.vmrun(vmcb)
+        self._memory_virtualization(self._loaded)
+        self._ran = True
         self.avic.configure()
         self.event_controls.virtual_apic = self.avic if self.avic.enabled else None
         self.resume_state()
         return None
+
+    def _unchanged_since_exit(self) -> bool:
+        """Whether this VMRUN may skip its checks and decoding: the last VMRUN of this VMCB
+        passed them, and its bytes are those the last #VMEXIT left, apart from the exit
+        information (EXITCODE..EXITINTINFO, NRIP: written at every exit, read by no VMRUN
+        check), and TLB_CONTROL asks for no flush. A VMM that wrote any field (clean bit
+        set or not) gets the full VMRUN; so does every VMRUN after an exit completed inside
+        the engine (its handler ran while the guest's state was still being changed)."""
+        snap, inside = self._page_after_exit, self._handled_inside
+        self._handled_inside = False
+        if not self._ran or snap is None or inside:
+            return False
+        page = self.vmcb.page()
+        return (page[_TLB_CONTROL] == 0 and page[_AFTER_NRIP:] == snap[_AFTER_NRIP:]
+                and page[:_EXIT_INFO] == snap[:_EXIT_INFO] and page[_AFTER_EXIT_INFO:_NRIP] == snap[_AFTER_EXIT_INFO:_NRIP])
 
     def _memory_virtualization(self, state: dict) -> None:
         """Nested paging and the guest's ASID as VMRUN loads them (NP_ENABLE, N_CR3 and
@@ -248,6 +294,7 @@ class SvmGuestContext:
         """An exit completed inside the engine stands for a #VMEXIT and a VMRUN: a VMM that
         changed the virtual-interrupt controls (int_ctl 0x060, int_vector 0x064) in its handler
         is obeyed from the next boundary (one 8-byte read when nothing changed)."""
+        self._handled_inside = True  # its handler may have written the VMCB: the next VMRUN reads it all
         raw = self.vcpu.vm.host.read(self.vmcb.pa + 0x060, 8)
         if raw == self._int_ctl:
             return
@@ -472,30 +519,63 @@ class SvmGuestContext:
         self.cpu.vmexit()
 
     def save_guest_state(self) -> None:
-        vcpu, vmcb = self.vcpu, self.vmcb
+        """#VMEXIT's state save (15.6): the registers in one batched read from the engine, the
+        segment registers' 96 bytes (ES..GS) packed once per distinct state and written in one
+        copy; then a copy of the page, against which the next VMRUN finds what the VMM wrote."""
+        vcpu, vmcb, saved = self.vcpu, self.vmcb, self._saved
         regs, write = vcpu.regs, vmcb.state_writer()
-        for name, reg in _LOADED_ON_VMRUN:
-            self._saved[name] = value = regs.read(reg)
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = regs.batch(_SAVED_REGS)
+        values = batch.read()
+        for (name, _reg), value in zip(_LOADED_ON_VMRUN, values):
+            saved[name] = value
             write(name, value)
-        write("CR0", vcpu.cr0() | (_CR0_PE_PG if self.shadow else 0))
-        write("CR3", regs.read(X.UC_X86_REG_CR3))
-        write("CR4", regs.read(X.UC_X86_REG_CR4))
+        cr0, cr3, cr4, dr6, dr7, *selectors = values[len(_LOADED_ON_VMRUN):]
+        write("CR0", cr0 | (_CR0_PE_PG if self.shadow else 0))
+        write("CR3", cr3)
+        write("CR4", cr4)
         write("EFER", vcpu.efer() | EFER_SVME)  # the guest's EFER.SVME is the VMM's, as KVM keeps it
-        write("DR6", regs.read(X.UC_X86_REG_DR6) | 0xFFFF0FF0)
-        write("DR7", regs.read(X.UC_X86_REG_DR7) | 0x400)
-        write("CPL", vcpu.cpl())
+        write("DR6", dr6 | 0xFFFF0FF0)
+        write("DR7", dr7 | 0x400)
+        write("CPL", selectors[1] & 3 if cr0 & 1 else 0)  # CS.RPL in protected mode (vcpu.cpl())
         # INTERRUPT_SHADOW (offset 0x068 bit 0): the guest is in an STI / MOV SS shadow (15.21.5).
         self._shadow_saved = int(bool(vcpu.interruptibility() & SHADOW))
         write("INTERRUPT_SHADOW", self._shadow_saved)
-        context = vcpu.segment_context()  # one GDTR/CR3 read for all six
-        for name, reg in _SEGMENTS:
-            vmcb.set_segment(name, self._segment(regs.read(reg) & 0xFFFF, context), write)
-        for name, reg in (("GDTR", X.UC_X86_REG_GDTR), ("IDTR", X.UC_X86_REG_IDTR)):
-            _sel, base, limit, _flags = vcpu.regs.mmr(reg)
-            vmcb.set_segment(name, Segment(0, 0, limit, base), write)
-        tr = vcpu.task_register()  # attributes: descriptor bits 47:40 and 55:52 (Table B-2)
+        gdtr, idtr, tr = regs.mmr(X.UC_X86_REG_GDTR), regs.mmr(X.UC_X86_REG_IDTR), regs.mmr(X.UC_X86_REG_TR)
+        key = (*selectors, cr0 & 1, cr3, gdtr, idtr, tr)
+        segments = self._segment_state.get(key)
+        if segments is None:
+            segments = self._segment_state_of(key)
+        block, tables = segments
+        view, base = direct_view(vmcb.mem, vmcb.pa, VMCB_SIZE)
+        if view is not None:
+            view[base + _SEG_BLOCK:base + _SEG_BLOCK + len(block)] = block
+        else:
+            vmcb.mem.write(vmcb.pa + _SEG_BLOCK, block)
+        for name, value in tables:
+            write(name, value)
+        self._page_after_exit = vmcb.page()
+
+    def _segment_state_of(self, key: tuple) -> tuple[bytes, tuple]:
+        """ES..GS as the VMCB's bytes, and the GDTR/IDTR/TR fields, for a save key (kept: a
+        hidden part is the descriptor's as of its load)."""
+        *selectors, pe, cr3, gdtr, idtr, _tr = key
+        context = (gdtr[1:3], cr3) if pe else None
+        block = bytearray(_SEG_BLOCK_SIZE)
+        for (name, _reg), selector in zip(_SEGMENTS, selectors):
+            s = self._segment(selector & 0xFFFF, context)
+            for part, value in (("SELECTOR", s.selector), ("ATTRIB", s.attrib), ("LIMIT", s.limit), ("BASE", s.base)):
+                f = FIELD[f"{name}_{part}"]
+                block[f.offset - _SEG_BLOCK:f.offset - _SEG_BLOCK + f.width] = (value & f.mask).to_bytes(f.width, "little")
+        tables = [("GDTR_LIMIT", gdtr[2]), ("GDTR_BASE", gdtr[1]), ("IDTR_LIMIT", idtr[2]), ("IDTR_BASE", idtr[1])]
+        tr = self.vcpu.task_register()  # attributes: descriptor bits 47:40 and 55:52 (Table B-2)
         if tr is not None:
-            vmcb.set_segment("TR", Segment(tr[0], tr[3] | tr[4] << 8, tr[2], tr[1]), write)
+            tables += [("TR_SELECTOR", tr[0]), ("TR_ATTRIB", tr[3] | tr[4] << 8), ("TR_LIMIT", tr[2]), ("TR_BASE", tr[1])]
+        if len(self._segment_state) > 64:
+            self._segment_state.clear()
+        self._segment_state[key] = result = (bytes(block), tuple(tables))
+        return result
 
     def _segment(self, selector: int, context: tuple | None = None) -> Segment:
         """VMCB segment: attributes are descriptor bits 47:40 and 55:52 (Table B-2)."""
