@@ -18,6 +18,7 @@ controls.
 
 from __future__ import annotations
 
+import operator
 
 from unicorn import x86_const as X
 
@@ -58,6 +59,8 @@ _CONTROL_FIELD = {msrs.PIN: Field.PIN_BASED_VM_EXEC_CONTROL, msrs.PROC: Field.CP
                   msrs.EXIT: Field.VM_EXIT_CONTROLS, msrs.ENTRY: Field.VM_ENTRY_CONTROLS}
 _SEGMENTS = (("ES", X.UC_X86_REG_ES), ("CS", X.UC_X86_REG_CS), ("SS", X.UC_X86_REG_SS),
              ("DS", X.UC_X86_REG_DS), ("FS", X.UC_X86_REG_FS), ("GS", X.UC_X86_REG_GS))
+_CR_FIELDS = operator.itemgetter(Field.GUEST_CR0, Field.CR0_READ_SHADOW, Field.CR0_GUEST_HOST_MASK,
+                                 Field.GUEST_CR4, Field.CR4_READ_SHADOW, Field.CR4_GUEST_HOST_MASK)
 _SAVED_REGS = (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_CR0, X.UC_X86_REG_CR3,
                X.UC_X86_REG_CR4, X.UC_X86_REG_DR7, *(reg for _name, reg in _SEGMENTS))
 _LOADED_ON_ENTRY = ((Field.GUEST_RIP, X.UC_X86_REG_RIP), (Field.GUEST_RSP, X.UC_X86_REG_RSP),
@@ -504,9 +507,7 @@ class VmxGuestContext:
         return False
 
     def _cr_fields(self) -> tuple:
-        v = self._values
-        return tuple(v.get(f, 0) for f in (Field.GUEST_CR0, Field.CR0_READ_SHADOW, Field.CR0_GUEST_HOST_MASK,
-                                            Field.GUEST_CR4, Field.CR4_READ_SHADOW, Field.CR4_GUEST_HOST_MASK))
+        return _CR_FIELDS(self._values)  # fields every processor supports: in ``values`` from the start
 
     def _load_guest_view_of_cr0_cr4(self) -> None:
         """The engine holds the CR0/CR4 the guest reads (SDM 26.3: bits owned by the guest/host

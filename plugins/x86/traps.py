@@ -28,7 +28,7 @@ from capstone import x86_const as CX
 from unicorn import UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED, UC_PROT_EXEC, Uc
 from unicorn import x86_const as X
 
-from hvsim.core.engine import FastRegs, _lib
+from hvsim.core.engine import FastRegs, TbRequest, _lib
 
 from .operands import operands
 
@@ -142,6 +142,7 @@ class SensitiveTraps:
                  handler: Callable[[str, int, int, object], bool | None],
                  reenter: Callable[[], None]) -> None:
         self.uc = uc
+        self._request_cache = TbRequest(uc)  # the prescan's, at every engine entry
         self.reenter = reenter
         self.regs = regs
         self.code_bits = code_bits
@@ -246,7 +247,7 @@ class SensitiveTraps:
     def prescan(self, rip: int) -> None:
         """Scan the block at ``rip`` before ``emu_start`` (the edge hook does not report it)."""
         try:
-            pc, _icount, size = self.uc.ctl_request_cache(rip)
+            pc, _icount, size = self._request_cache(rip)
         except Exception:  # nothing translatable there: the guest will fault on its own
             return
         if self._scan(pc, size):
