@@ -18,6 +18,7 @@ event whose delivery an intercepted exception interrupted, and the PAUSE filter 
 
 from __future__ import annotations
 
+import struct
 
 from unicorn import x86_const as X
 
@@ -74,6 +75,16 @@ _SEGMENTS = (("ES", X.UC_X86_REG_ES), ("CS", X.UC_X86_REG_CS), ("SS", X.UC_X86_R
              ("DS", X.UC_X86_REG_DS), ("FS", X.UC_X86_REG_FS), ("GS", X.UC_X86_REG_GS))
 _SAVED_REGS = (*(reg for _name, reg in _LOADED_ON_VMRUN), X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4,
                X.UC_X86_REG_DR6, X.UC_X86_REG_DR7, *(reg for _name, reg in _SEGMENTS))
+_LOADED_UNPACK = tuple({4: struct.Struct("<I"), 8: struct.Struct("<Q")}[FIELD[name].width].unpack_from
+                       for name, _reg in _LOADED_ON_VMRUN)
+_LOADED_OFFSETS = tuple(FIELD[name].offset for name, _reg in _LOADED_ON_VMRUN)
+_SHADOW_OFFSET = FIELD["INTERRUPT_SHADOW"].offset
+# What #VMEXIT saves from the engine's registers, in save_guest_state's order (whole units).
+_STATE_NAMES = ("RAX", "RSP", "RIP", "RFLAGS", "CR2", "CR0", "CR3", "CR4", "EFER", "DR6", "DR7", "CPL")
+_STATE_PACK = tuple({1: struct.Struct("<B"), 8: struct.Struct("<Q")}[FIELD[name].width].pack_into
+                    for name in _STATE_NAMES)
+_STATE_OFFSETS = tuple(FIELD[name].offset for name in _STATE_NAMES)
+_EVENTINJ_V = FIELD["EVENTINJ"].offset + 3  # the byte holding V, bit 31
 _SEG_BLOCK = FIELD["ES_SELECTOR"].offset  # ES, CS, SS, DS, FS, GS: 16 bytes each, in this order (Table B-2)
 _SEG_BLOCK_SIZE = FIELD["GS_BASE"].offset + 8 - _SEG_BLOCK
 _EXIT_INFO = FIELD["EXITCODE"].offset  # 070H: EXITCODE, EXITINFO1, EXITINFO2, EXITINTINFO to 08FH
@@ -138,6 +149,7 @@ class SvmGuestContext:
         self._pause_count = 0
         self._last_pause: float | None = None
         self._batch = None  # the registers save_guest_state reads in one call
+        self._view: tuple = (None, 0)  # (memoryview, offset) of the VMCB, from the first save on
         self._segment_state: dict[tuple, tuple[bytes, tuple]] = {}
         self._page_after_exit: bytes | None = None  # the VMCB as the last #VMEXIT left it
         self._ran = False  # the last VMRUN passed its checks (the fast path's precondition)
@@ -267,12 +279,13 @@ class SvmGuestContext:
 
     def resume_state(self) -> None:
         """The guest state the VMM changed in the VMCB since the exit, then EVENTINJ."""
-        regs, read, saved = self.vcpu.regs, self.vmcb.read, self._saved
-        for name, reg in _LOADED_ON_VMRUN:
-            value = read(name)
+        regs, saved = self.vcpu.regs, self._saved
+        page = self.vmcb.page()  # one read of the 4 KiB, fields unpacked at their offsets
+        for (name, reg), unpack, offset in zip(_LOADED_ON_VMRUN, _LOADED_UNPACK, _LOADED_OFFSETS):
+            value = unpack(page, offset)[0]
             if value != saved[name]:
                 regs.write(reg, value)
-        shadow = read("INTERRUPT_SHADOW")
+        shadow = page[_SHADOW_OFFSET] & 1  # INTERRUPT_SHADOW: bit 0 of 068H
         if shadow != self._shadow_saved:  # the VMM set or cleared the guest's interrupt shadow
             vcpu = self.vcpu
             vcpu.set_interruptibility((1 if shadow else 0) | (BLOCKING_BY_NMI if vcpu.nmi_blocked else 0))
@@ -492,9 +505,9 @@ class SvmGuestContext:
         """EVENTINJ (15.20): an event the VMM asked for is delivered as the guest starts, through
         its IDT, and V is cleared (the processor reports a delivery it could not finish in
         EXITINTINFO, which is not modelled yet)."""
-        event = self.vmcb.eventinj
-        if not event.valid:
+        if not self.vcpu.vm.host.read(self.vmcb.pa + _EVENTINJ_V, 1)[0] & 0x80:  # EVENTINJ.V (bit 31)
             return
+        event = self.vmcb.eventinj
         self.vmcb.write("EVENTINJ", 0)
         vcpu = self.vcpu
         error = event.error_code if event.error_code_valid else None
@@ -519,47 +532,51 @@ class SvmGuestContext:
         self.cpu.vmexit()
 
     def save_guest_state(self) -> None:
-        """#VMEXIT's state save (15.6): the registers in one batched read from the engine, the
-        segment registers' 96 bytes (ES..GS) packed once per distinct state and written in one
-        copy; then a copy of the page, against which the next VMRUN finds what the VMM wrote."""
+        """#VMEXIT's state save (15.6): the registers in one batched read from the engine, packed
+        at their offsets; the segment, GDTR/IDTR and TR fields as byte runs prepared once per
+        distinct state; then a copy of the page, against which the next VMRUN finds what the
+        VMM wrote."""
         vcpu, vmcb, saved = self.vcpu, self.vmcb, self._saved
-        regs, write = vcpu.regs, vmcb.state_writer()
+        regs = vcpu.regs
         batch = self._batch
         if batch is None:
             batch = self._batch = regs.batch(_SAVED_REGS)
+            self._view = direct_view(vmcb.mem, vmcb.pa, VMCB_SIZE)  # bounds-checked once: host memory
         values = batch.read()
         for (name, _reg), value in zip(_LOADED_ON_VMRUN, values):
             saved[name] = value
-            write(name, value)
-        cr0, cr3, cr4, dr6, dr7, *selectors = values[len(_LOADED_ON_VMRUN):]
-        write("CR0", cr0 | (_CR0_PE_PG if self.shadow else 0))
-        write("CR3", cr3)
-        write("CR4", cr4)
-        write("EFER", vcpu.efer() | EFER_SVME)  # the guest's EFER.SVME is the VMM's, as KVM keeps it
-        write("DR6", dr6 | 0xFFFF0FF0)
-        write("DR7", dr7 | 0x400)
-        write("CPL", selectors[1] & 3 if cr0 & 1 else 0)  # CS.RPL in protected mode (vcpu.cpl())
+        rax, rsp, rip, rflags, cr2, cr0, cr3, cr4, dr6, dr7, *selectors = values
         # INTERRUPT_SHADOW (offset 0x068 bit 0): the guest is in an STI / MOV SS shadow (15.21.5).
-        self._shadow_saved = int(bool(vcpu.interruptibility() & SHADOW))
-        write("INTERRUPT_SHADOW", self._shadow_saved)
+        self._shadow_saved = shadow = int(bool(vcpu.interruptibility() & SHADOW))
+        state = (rax, rsp, rip, rflags, cr2, cr0 | (_CR0_PE_PG if self.shadow else 0), cr3, cr4,
+                 vcpu.efer() | EFER_SVME,  # the guest's EFER.SVME is the VMM's, as KVM keeps it
+                 dr6 | 0xFFFF0FF0, dr7 | 0x400,
+                 selectors[1] & 3 if cr0 & 1 else 0)  # CPL: CS.RPL in protected mode (vcpu.cpl())
         gdtr, idtr, tr = regs.mmr(X.UC_X86_REG_GDTR), regs.mmr(X.UC_X86_REG_IDTR), regs.mmr(X.UC_X86_REG_TR)
         key = (*selectors, cr0 & 1, cr3, gdtr, idtr, tr)
-        segments = self._segment_state.get(key)
-        if segments is None:
-            segments = self._segment_state_of(key)
-        block, tables = segments
-        view, base = direct_view(vmcb.mem, vmcb.pa, VMCB_SIZE)
-        if view is not None:
-            view[base + _SEG_BLOCK:base + _SEG_BLOCK + len(block)] = block
+        runs = self._segment_state.get(key)
+        if runs is None:
+            runs = self._segment_state_of(key)
+        view, base = self._view
+        if view is None:  # not host memory: the checked writes
+            write = vmcb.write
+            for name, value in zip(_STATE_NAMES, state):
+                write(name, value)
+            write("INTERRUPT_SHADOW", shadow)
+            for offset, data in runs:
+                vmcb.mem.write(vmcb.pa + offset, data)
         else:
-            vmcb.mem.write(vmcb.pa + _SEG_BLOCK, block)
-        for name, value in tables:
-            write(name, value)
+            for pack, offset, value in zip(_STATE_PACK, _STATE_OFFSETS, state):
+                pack(view, base + offset, value)
+            at = base + _SHADOW_OFFSET
+            view[at] = view[at] & 0xFE | shadow
+            for offset, data in runs:
+                view[base + offset:base + offset + len(data)] = data
         self._page_after_exit = vmcb.page()
 
-    def _segment_state_of(self, key: tuple) -> tuple[bytes, tuple]:
-        """ES..GS as the VMCB's bytes, and the GDTR/IDTR/TR fields, for a save key (kept: a
-        hidden part is the descriptor's as of its load)."""
+    def _segment_state_of(self, key: tuple) -> tuple[tuple[int, bytes], ...]:
+        """(offset, bytes) runs of the segment, GDTR/IDTR and TR fields for a save key (kept: a
+        hidden part is the descriptor's as of its load): ES..GS as one run of 96 bytes."""
         *selectors, pe, cr3, gdtr, idtr, _tr = key
         context = (gdtr[1:3], cr3) if pe else None
         block = bytearray(_SEG_BLOCK_SIZE)
@@ -568,13 +585,17 @@ class SvmGuestContext:
             for part, value in (("SELECTOR", s.selector), ("ATTRIB", s.attrib), ("LIMIT", s.limit), ("BASE", s.base)):
                 f = FIELD[f"{name}_{part}"]
                 block[f.offset - _SEG_BLOCK:f.offset - _SEG_BLOCK + f.width] = (value & f.mask).to_bytes(f.width, "little")
-        tables = [("GDTR_LIMIT", gdtr[2]), ("GDTR_BASE", gdtr[1]), ("IDTR_LIMIT", idtr[2]), ("IDTR_BASE", idtr[1])]
+        fields = [("GDTR_LIMIT", gdtr[2]), ("GDTR_BASE", gdtr[1]), ("IDTR_LIMIT", idtr[2]), ("IDTR_BASE", idtr[1])]
         tr = self.vcpu.task_register()  # attributes: descriptor bits 47:40 and 55:52 (Table B-2)
         if tr is not None:
-            tables += [("TR_SELECTOR", tr[0]), ("TR_ATTRIB", tr[3] | tr[4] << 8), ("TR_LIMIT", tr[2]), ("TR_BASE", tr[1])]
+            fields += [("TR_SELECTOR", tr[0]), ("TR_ATTRIB", tr[3] | tr[4] << 8), ("TR_LIMIT", tr[2]), ("TR_BASE", tr[1])]
+        runs = [(_SEG_BLOCK, bytes(block))]
+        for name, value in fields:
+            f = FIELD[name]
+            runs.append((f.offset, (value & f.mask).to_bytes(f.width, "little")))
         if len(self._segment_state) > 64:
             self._segment_state.clear()
-        self._segment_state[key] = result = (bytes(block), tuple(tables))
+        self._segment_state[key] = result = tuple(runs)
         return result
 
     def _segment(self, selector: int, context: tuple | None = None) -> Segment:
