@@ -25,6 +25,7 @@ from unicorn import x86_const as X
 from hvsim.plugins.x86 import paging
 from hvsim.plugins.x86.events import EventControls
 from hvsim.plugins.x86.interruptibility import BLOCKING_BY_NMI, SHADOW
+from hvsim.plugins.x86.regs import StateBatch
 from hvsim.plugins.x86.tsc import guest_tsc_hz
 
 from . import iopm
@@ -85,6 +86,7 @@ _STATE_PACK = tuple({1: struct.Struct("<B"), 8: struct.Struct("<Q")}[FIELD[name]
                     for name in _STATE_NAMES)
 _STATE_OFFSETS = tuple(FIELD[name].offset for name in _STATE_NAMES)
 _EVENTINJ_V = FIELD["EVENTINJ"].offset + 3  # the byte holding V, bit 31
+_SAVED_MMRS = (X.UC_X86_REG_GDTR, X.UC_X86_REG_IDTR, X.UC_X86_REG_TR)
 _SEG_BLOCK = FIELD["ES_SELECTOR"].offset  # ES, CS, SS, DS, FS, GS: 16 bytes each, in this order (Table B-2)
 _SEG_BLOCK_SIZE = FIELD["GS_BASE"].offset + 8 - _SEG_BLOCK
 _EXIT_INFO = FIELD["EXITCODE"].offset  # 070H: EXITCODE, EXITINFO1, EXITINFO2, EXITINTINFO to 08FH
@@ -540,9 +542,9 @@ class SvmGuestContext:
         regs = vcpu.regs
         batch = self._batch
         if batch is None:
-            batch = self._batch = regs.batch(_SAVED_REGS)
+            batch = self._batch = StateBatch(regs, _SAVED_REGS, _SAVED_MMRS)
             self._view = direct_view(vmcb.mem, vmcb.pa, VMCB_SIZE)  # bounds-checked once: host memory
-        values = batch.read()
+        values, (gdtr, idtr, tr) = batch.read()
         for (name, _reg), value in zip(_LOADED_ON_VMRUN, values):
             saved[name] = value
         rax, rsp, rip, rflags, cr2, cr0, cr3, cr4, dr6, dr7, *selectors = values
@@ -552,7 +554,6 @@ class SvmGuestContext:
                  vcpu.efer() | EFER_SVME,  # the guest's EFER.SVME is the VMM's, as KVM keeps it
                  dr6 | 0xFFFF0FF0, dr7 | 0x400,
                  selectors[1] & 3 if cr0 & 1 else 0)  # CPL: CS.RPL in protected mode (vcpu.cpl())
-        gdtr, idtr, tr = regs.mmr(X.UC_X86_REG_GDTR), regs.mmr(X.UC_X86_REG_IDTR), regs.mmr(X.UC_X86_REG_TR)
         key = (*selectors, cr0 & 1, cr3, gdtr, idtr, tr)
         runs = self._segment_state.get(key)
         if runs is None:

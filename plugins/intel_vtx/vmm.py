@@ -28,6 +28,7 @@ from hvsim.plugins.x86 import paging
 from hvsim.plugins.x86.traps import ON_DEMAND
 from hvsim.plugins.x86.events import EventControls
 from hvsim.plugins.x86.tsc import guest_tsc_hz
+from hvsim.plugins.x86.regs import StateBatch
 
 from . import msrs
 from .entry import GUEST_SEGMENT_FIELDS, GUEST_TABLE_FIELDS
@@ -68,6 +69,7 @@ _CR_FIELDS = operator.itemgetter(_F.GUEST_CR0, _F.CR0_READ_SHADOW, _F.CR0_GUEST_
                                  _F.GUEST_CR4, _F.CR4_READ_SHADOW, _F.CR4_GUEST_HOST_MASK)
 _SAVED_REGS = (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_CR0, X.UC_X86_REG_CR3,
                X.UC_X86_REG_CR4, X.UC_X86_REG_DR7, *(reg for _name, reg in _SEGMENTS))
+_SAVED_MMRS = (X.UC_X86_REG_GDTR, X.UC_X86_REG_IDTR, X.UC_X86_REG_TR)
 _LOADED_ON_ENTRY = ((_F.GUEST_RIP, X.UC_X86_REG_RIP), (_F.GUEST_RSP, X.UC_X86_REG_RSP),
                     (_F.GUEST_RFLAGS, X.UC_X86_REG_RFLAGS), (_F.GUEST_CR3, X.UC_X86_REG_CR3))
 AR_UNUSABLE = 1 << 16
@@ -665,8 +667,8 @@ class VmxGuestContext:
         regs = vcpu.regs
         batch = self._batch
         if batch is None:
-            batch = self._batch = regs.batch(_SAVED_REGS)
-        rip, rsp, rflags, cr0, cr3, cr4, dr7, es, cs, ss, ds, fs, gs = batch.read()
+            batch = self._batch = StateBatch(regs, _SAVED_REGS, _SAVED_MMRS)
+        (rip, rsp, rflags, cr0, cr3, cr4, dr7, es, cs, ss, ds, fs, gs), (gdtr, idtr, tr) = batch.read()
         v[_F.GUEST_RIP] = saved[_F.GUEST_RIP] = rip
         v[_F.GUEST_RSP] = saved[_F.GUEST_RSP] = rsp
         v[_F.GUEST_RFLAGS] = saved[_F.GUEST_RFLAGS] = rflags
@@ -692,7 +694,6 @@ class VmxGuestContext:
             GUEST_ACTIVITY_HLT if vcpu.activity_hlt else GUEST_ACTIVITY_ACTIVE)
         if self._timer_start is not None:
             self._save_preemption_timer()
-        gdtr, idtr, tr = regs.mmr(X.UC_X86_REG_GDTR), regs.mmr(X.UC_X86_REG_IDTR), regs.mmr(X.UC_X86_REG_TR)
         key = (es, cs, ss, ds, fs, gs, cr0 & 1, cr3, gdtr, idtr, tr)
         fields = self._segment_fields.get(key)
         if fields is None:
