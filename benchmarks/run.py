@@ -205,8 +205,10 @@ def exit_rates(out: Table) -> None:
         bare = time_bare(family, asm(body + ("hlt" if family == "x86" else "wfi")), hook)
         ours, vm = time_hvsim(arch, asm(body + end), trap_sctlr if "TVM" in what else None)
         rate, bare_rate = vm.stats.total / ours, EXITS / bare
+        # Targets: 0.5 M exits/s, and (issue #16) within 2x of bare Unicorn's empty callback.
         out.add_row(f"{EXITS:,} x {what}", arch, f"{bare_rate / 1e6:.2f} M/s", f"{rate / 1e6:.2f} M/s",
-                    f"{rate / bare_rate:.2f}x", ">= 0.5 M/s", verdict(rate >= 500_000))
+                    f"{rate / bare_rate:.2f}x", ">= 0.5 M/s, >= 0.5x",
+                    verdict(rate >= 500_000 and rate / bare_rate >= 0.5))
 
 
 def trap_sctlr(vm) -> None:
