@@ -150,7 +150,7 @@ class SensitiveTraps:
         self.sites: dict[int, tuple[str, bytes, object]] = {}  # kind, bytes, operands
         self.optional: frozenset[str] = frozenset()  # the OPTIONAL kinds trapped now
         self._hooks: dict[int, int] = {}
-        self._scanned: dict[tuple[int, int], bytes] = {}  # (pc, code bits) -> the bytes scanned there
+        self._scanned: dict[tuple[int, int, int], bytes] = {}  # (pc, code bits, size) -> the bytes scanned there
         self._syncs: dict[int, int] = {}  # READS_RIP instructions in hooked blocks -> their hook
         self._uch = ctypes.c_void_p(uc._uch.value)
         self._buf = ctypes.create_string_buffer(4096 + 16)
@@ -164,7 +164,7 @@ class SensitiveTraps:
         if code is None:
             return False
         bits = self.code_bits()
-        key = (pc, bits)
+        key = (pc, bits, len(code))  # blocks of two lengths at one address (a stop in between) alternate
         if self._scanned.get(key) == code:
             return False  # the same bytes were scanned before (prescan at every entry): no new site
         if len(self._scanned) > 65536:
