@@ -209,8 +209,10 @@ def exit_rates(out: Table) -> None:
         bare = time_bare(family, asm(body + ("hlt" if family == "x86" else "wfi")), hook)
         ours, vm = time_hvsim(arch, asm(body + end), trap_sctlr if "TVM" in what else None)
         rate, bare_rate = vm.stats.total / ours, EXITS / bare
+        # Targets: 0.5 M exits/s, and (issue #16) within 2x of bare Unicorn's empty callback.
         out.add_row(f"{EXITS:,} x {what}", arch, f"{bare_rate / 1e6:.2f} M/s", f"{rate / 1e6:.2f} M/s",
-                    f"{rate / bare_rate:.2f}x", ">= 0.5 M/s", verdict(rate >= 500_000))
+                    f"{rate / bare_rate:.2f}x", ">= 0.5 M/s, >= 0.5x",
+                    verdict(rate >= 500_000 and rate / bare_rate >= 0.5))
 
 
 def trap_sctlr(vm) -> None:
@@ -668,6 +670,8 @@ def shadow_vs_nested(out: Table) -> None:
 
 
 def x86_event_rounds(out: Table) -> None:
+    """Exits that leave the engine, round trip: the exit (state save), the VMM's handler, the
+    re-entry (VMRESUME / VMRUN / ERET). Targets from issue #16, for an idle host."""
     from hvsim import hookimpl
     from hvsim.core.exits import Event, EventType, ExitKind
     from hvsim.core.plugins import PluginManager
@@ -677,34 +681,54 @@ def x86_event_rounds(out: Table) -> None:
     class Vmm:
         @hookimpl
         def hvsim_exit_handlers(self, vm, registry):
-            registry.add(ExitKind.HALT, lambda vcpu, exit: None)  # resume after the HLT
+            registry.add(ExitKind.HALT, lambda vcpu, exit: None)  # resume after the HLT / WFI
+            registry.add(ExitKind.EXCEPTION, lambda vcpu, exit: vcpu.set_rip(vcpu.rip() + 2))  # skip the UD2
 
         @hookimpl
         def hvsim_vm_exit(self, vcpu, exit):
             if exit.kind is ExitKind.PORT_IO and exit.address == 0x80:  # a device raises IRQ 0x20
                 vcpu.inject(Event(EventType.EXTERNAL_INTERRUPT, 0x20))
 
+    def intercept_ud(vm):
+        ctx = vm.vcpus[0].context
+        if hasattr(ctx, "vmcb"):
+            ctx.vmcb.write("INTERCEPT_EXCEPTIONS", ctx.vmcb.read("INTERCEPT_EXCEPTIONS") | 1 << 6)
+        else:
+            from hvsim.plugins.intel_vtx.vmcs import Field
+
+            bitmap = ctx.vmx.vmread(Field.EXCEPTION_BITMAP).value
+            ctx.vmx.vmwrite(Field.EXCEPTION_BITMAP, bitmap | 1 << 6)
+
     gate = ("lea rax, [rip + irq]\nmov rsi, 0x300200\nmov word ptr [rsi], ax\nmov word ptr [rsi + 2], 0x18\n"
             "mov word ptr [rsi + 4], 0x8e00\nshr rax, 16\nmov word ptr [rsi + 6], ax\nshr rax, 16\n"
             "mov dword ptr [rsi + 8], eax\nmov dword ptr [rsi + 12], 0\nmov rax, 0x200ff0\n"
             "mov word ptr [rax], 0xfff\nmov qword ptr [rax + 2], 0x300000\nlidt [rax]\n")
-    cases = [("HLT exit round trip", f"mov rcx, {n}\nl:\nhlt\ndec rcx\njnz l\n" + X86_END),
-             ("IRQ queued under CLI, taken after STI's shadow",
+    cases = [("HLT exit round trip", ("intel_vtx", "amd_svm"), f"mov rcx, {n}\nl:\nhlt\ndec rcx\njnz l\n" + X86_END,
+              None, 20e-6),
+             ("WFI exit round trip (HCR_EL2.TWI)", ("arm_el2",),
+              f"{mov_imm_arm('x3', n)}\nl:\nwfi\nsubs x3, x3, #1\nb.ne l\n" + ARM_END, None, 10e-6),
+             ("#UD exception exit round trip (exception intercept)", ("intel_vtx", "amd_svm"),
+              f"mov rcx, {n}\nl:\nud2\ndec rcx\njnz l\n" + X86_END, intercept_ud, 20e-6),
+             ("IRQ queued under CLI, taken after STI's shadow", ("intel_vtx", "amd_svm"),
               f"mov rsp, 0x180000\n{gate}mov rcx, {n}\nl:\ncli\nout 0x80, al\nnop\nsti\nnop\ndec rcx\n"
-              f"jnz l\n{X86_END}\nirq:\ninc rbx\niretq")]
-    for what, src in cases:
-        for arch in ("intel_vtx", "amd_svm"):
+              f"jnz l\n{X86_END}\nirq:\ninc rbx\niretq", None, None)]
+    for what, arches, src, setup, target in cases:
+        for arch in arches:
             pm = PluginManager()
             pm.load_entry_points()
             pm.register(Vmm())
-            vm = VM(arch, mem="64M", console=GuestConsole(keep=False), pm=pm)
-            vm.load(x86(src))
+            kw = {"entry": ARM_BASE} if arch == "arm_el2" else {}
+            vm = VM(arch, mem="64M", console=GuestConsole(keep=False), pm=pm, **kw)
+            vm.load(arm(src) if arch == "arm_el2" else x86(src))
+            if setup is not None:
+                setup(vm)
             t = time.perf_counter()
             result = vm.run(timeout=120)
             each = (time.perf_counter() - t) / n
-            assert result.status == 1, result.reason
-            out.add_row(f"{n:,} x {what}", arch, "", f"{each * 1e6:.0f} us each", "", "< 1 ms",
-                        verdict(each < 1e-3))
+            assert result.status in (0, 1), result.reason
+            goal = target if target is not None else 1e-3
+            out.add_row(f"{n:,} x {what}", arch, "", f"{each * 1e6:.1f} us each", "",
+                        f"< {goal * 1e6:.0f} us", verdict(each < goal))
 
 
 def tests_module(name: str):

@@ -58,7 +58,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from hvsim.core.arch import Vcpu, VcpuState
 from hvsim.core.clock import EngineSlice
-from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks
+from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks, TbRequest
 from hvsim.core.exits import Event, EventType, Exit, ExitKind
 from hvsim.core.memory import Access, Walk
 from hvsim.core.mmu import HOST_PHYS_BASE, Stage2Fault
@@ -133,6 +133,7 @@ class Arm64Vcpu(Vcpu):
         # then stage 2) point into it. MMIO ranges stay at their IPAs (:mod:`.mmio`).
         uc.mem_map_ptr(HOST_PHYS_BASE, vm.host.size, UC_PROT_ALL, vm.host.ptr)
         self.regs = FastRegs(uc)
+        self.request_cache = TbRequest(uc)  # the prescans' ctl_request_cache, at every engine entry
         self.sysregs = sys = sysregs.SysRegs(uc)
         sys.write(sysregs.SCR_EL3, sysregs.SCR_EL3_NS | sysregs.SCR_EL3_HCE | sysregs.SCR_EL3_RW)
         sys.write(sysregs.HCR_EL2, sysregs.HCR_EL2_RW)
