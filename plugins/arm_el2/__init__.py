@@ -25,7 +25,7 @@ from hvsim.core.exits import ExitKind
 from hvsim.core.loader import Image
 from hvsim.core.vm import HV_AREA
 
-from . import boot, layout, psci, spec, stage2, traps
+from . import boot, gic, layout, psci, spec, stage2, traps
 from .cpu import Arm64Vcpu
 from .exceptions import PSTATE_ENTRY
 from .exits import El2Record
@@ -56,6 +56,7 @@ class ArmEl2Arch(Arch):
         "platform": "QEMU virt: RAM 0x4000_0000, PL011 0x0900_0000",
     }
     boot_state: boot.BootState | None = None  # where the last load put the entry and the DTB
+    vgic: gic.VGic | None = None  # the GICv3 (:mod:`.gic`), unless built with gic="none"
 
     def build(self) -> None:
         vm = self.vm
@@ -64,8 +65,15 @@ class ArmEl2Arch(Arch):
         # built once and shared by every vCPU (one VMID per VM), as KVM's.
         self.hv_area = vm.host.allocate(HV_AREA)
         self.stage2_tables = stage2.build_identity(vm, self.hv_area + HV_AREA // 2, HV_AREA // 2)
+        # QEMU virt's GICv3, as KVM's vGIC (``gic="none"``: no interrupt controller, the timer
+        # raises its PPI straight at the vCPU as a virtual IRQ)
+        self.vgic = gic.install(vm) if vm.config.extra.get("gic", "v3") != "none" else None
         for device, base, size, label in layout.MMIO_DEVICES:
-            vm.bus.add_mmio(base, size, vm.pm.devices.create(device, vm), label)
+            params = {}
+            if device == "pl011" and self.vgic is not None:
+                vgic = self.vgic
+                params["irq"] = lambda level: vgic.set_level(0, layout.PL011_SPI + 32, level)
+            vm.bus.add_mmio(base, size, vm.pm.devices.create(device, vm, **params), label)
 
     def create_vcpu(self, index: int) -> Vcpu:
         return Arm64Vcpu(self.vm, index)
@@ -102,6 +110,8 @@ def hvsim_exit_handlers(vm, registry):
         registry.add(ExitKind.HYPERCALL, psci.handle_hvc)
         registry.add(ExitKind.SYSREG, traps.handle_sysreg)
         registry.add(ExitKind.EXCEPTION, traps.handle_fp_asimd)
+        if vm.arch.vgic is not None:
+            registry.add(ExitKind.EVENT, vm.arch.vgic.handle_maintenance)
 
 
 @hookimpl(wrapper=True, specname="hvsim_exit_handlers")

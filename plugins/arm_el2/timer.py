@@ -57,6 +57,9 @@ def cntpct(clock) -> int:
     return clock.now_ns() // _NS_PER_TICK
 
 
+_LINE_HIGH = Event(EventType.VIRTUAL_IRQ)  # marks a line high at the vGIC
+
+
 class Timer:
     """One EL1 timer of one vCPU: CNTx_CTL_EL0 and CNTx_CVAL_EL0, and its interrupt line."""
 
@@ -117,6 +120,13 @@ class Timer:
         """Raise or withdraw the interrupt as the line now is; True when it was raised now."""
         high = not self.ctl & CNTx_CTL_IMASK and self.istatus()
         vcpu = self.vcpu
+        gic = vcpu.vgic
+        if gic is not None:  # a level-sensitive PPI of the vGIC
+            if high == (self._event is not None):
+                return False
+            self._event = _LINE_HIGH if high else None
+            gic.set_level(vcpu.index, self.intid, high)
+            return high
         if high and self._event is None:
             self._event = Event(EventType.VIRTUAL_IRQ, vector=self.intid)
             vcpu.vm.inject(vcpu, self._event)

@@ -304,6 +304,9 @@ class SysregTraps:
         # Emulated by the hardware model (the timers): cp key -> callable.
         self.emulated_reads: dict[bytes, object] = {}
         self.emulated_writes: dict[bytes, object] = {}
+        # Emulated registers the engine does not implement (the GIC's ICC_*): the hook steps
+        # over the instruction itself (returning 1 alone would run it again).
+        self.unimplemented: set[bytes] = set()
         self._em_reads: set[tuple] = set()
         self._em_writes: set[tuple] = set()
         self.twe = self.tfp = False
@@ -352,6 +355,11 @@ class SysregTraps:
             self.emulated_writes[key] = write
             self._em_writes.add(enc)
         self.update_controls(self._controls)
+
+    def emulate_unimplemented(self, enc: tuple, read=None, write=None) -> None:
+        """:meth:`emulate` for a register the engine has no model of (UNDEFINED there)."""
+        self.unimplemented.add(cp_key(enc))
+        self.emulate(enc, read, write)
 
     _controls: tuple = (el2.HCR_EL2_DEFAULT, 0, el2.CNTHCTL_EL1PCTEN | el2.CNTHCTL_EL1PCEN, 0)
 
@@ -497,7 +505,7 @@ class SysregTraps:
 
     def _mrs_hook(self):
         reads, records, record = self._reads, self._records, self._record
-        emulated = self.emulated_reads
+        emulated, unimplemented = self.emulated_reads, self.unimplemented
         vcpu = self.vcpu
         dispatch, fail, write = vcpu.vm.dispatch, vcpu.hooks.fail, vcpu.regs.write
         cp_bytes, kind, xzr, mrs = _CP_KEY.from_address, ExitKind.SYSREG, UC_ARM64_REG_XZR, UC_ARM64_INS_MRS
@@ -535,6 +543,8 @@ class SysregTraps:
                 value = fn()
                 if reg != xzr:
                     write(reg, value)
+                if key in unimplemented:
+                    write(pc_reg, vcpu.regs.read(pc_reg) + 4)
                 return 1
             except BaseException as exc:  # noqa: BLE001 (re-raised by the vCPU's run)
                 fail(exc)
@@ -544,7 +554,7 @@ class SysregTraps:
 
     def _msr_hook(self):
         writes, records, record = self._writes, self._records, self._record
-        emulated = self.emulated_writes
+        emulated, unimplemented = self.emulated_writes, self.unimplemented
         vcpu = self.vcpu
         dispatch, fail, write = vcpu.vm.dispatch, vcpu.hooks.fail, vcpu.regs.write
         cp_bytes, from_address, kind, msr = _CP_KEY.from_address, ctypes.c_uint64.from_address, ExitKind.SYSREG, UC_ARM64_INS_MSR
@@ -589,6 +599,8 @@ class SysregTraps:
                 fn = emulated.get(key)
                 if fn is None:
                     return 0  # the engine performs the guest's write
+                if key in unimplemented:
+                    write(pc_reg, vcpu.regs.read(pc_reg) + 4)
                 fn(value)
                 return 1
             except BaseException as exc:  # noqa: BLE001

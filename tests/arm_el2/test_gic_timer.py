@@ -1,0 +1,103 @@
+"""The virtual timer through the GICv3: a guest brings the GIC up (GICR_WAKER, GICD_CTLR, the
+ICC_* CPU interface), programs CNTV periodically and counts ticks, acknowledging each with
+ICC_IAR1_EL1 and ending it with ICC_EOIR1_EL1. The PPI (INTID 27) is level-sensitive: it
+reaches the guest through a list register with the HW bit, and the guest's IAR/EOI are served
+by the virtual CPU interface without an exit."""
+
+from __future__ import annotations
+
+import pytest
+from el2guest import SYSTEM_OFF
+from gicguest import (DATA, GIC_ON, ICC_EOIR1_EL1, ICC_IAR1_EL1, ICC_RPR_EL1, UNEXPECTED, enable_ppi, gic_guest,
+                      gicr_of, mov32)
+from hvsim.core.vm import STATUS_HALTED_FOREVER, STATUS_OFF, STATUS_TIMEOUT
+from hvsim.plugins.arm_el2 import timer
+
+PERIOD = timer.CNTFRQ_HZ // 1000  # 1 ms
+TICKS = 20
+
+
+def tick_guest(ticks: int = TICKS, rearm: str = "msr cntv_tval_el0, x1") -> bytes:
+    return gic_guest(f"""
+    mov x0, #0
+    {gicr_of("x0")}
+    {GIC_ON}
+    {enable_ppi(27)}
+    {mov32("x25", DATA)}
+    mov x19, #0                     // ticks
+    mov x22, #0                     // spurious IAR reads
+    {mov32("x1", PERIOD)}
+    msr cntv_tval_el0, x1
+    mov x1, #1
+    msr cntv_ctl_el0, x1
+    msr daifclr, #2
+wait:
+    wfi
+    cmp x19, #{ticks}
+    b.lt wait
+    msr daifset, #2
+    msr cntv_ctl_el0, xzr
+    {SYSTEM_OFF}
+irq:
+    mrs x0, {ICC_IAR1_EL1}
+    cmp x0, #1023
+    b.eq spurious
+    mrs x3, {ICC_RPR_EL1}
+    str x3, [x25, #8]               // the running priority while handling
+    str x0, [x25]                   // the INTID
+    add x19, x19, #1
+    {mov32("x1", PERIOD)}
+    {rearm}
+    msr {ICC_EOIR1_EL1}, x0
+    mrs x3, {ICC_RPR_EL1}
+    str x3, [x25, #16]              // idle again after EOI
+    eret
+spurious:
+    add x22, x22, #1
+    eret
+""")
+
+
+@pytest.mark.parametrize("twi", [True, False], ids=["TWI", "no-TWI"])
+def test_the_guest_counts_virtual_timer_ticks_through_the_gic(arm_vm, twi):
+    vm = arm_vm(tick_guest())
+    if not twi:
+        from hvsim.plugins.arm_el2 import el2
+        vm.vcpus[0].el2.HCR_EL2 &= ~el2.HCR_TWI
+    result = vm.run(timeout=20)
+    assert result.status == STATUS_OFF, (result, vm.memory.read(UNEXPECTED, 24).hex())
+    cpu = vm.vcpus[0]
+    assert cpu.xreg(19) == TICKS
+    assert vm.memory.read_u64(DATA) == 27
+    assert vm.memory.read_u64(DATA + 8) == 0xA0  # RPR: the acknowledged interrupt's priority
+    assert vm.memory.read_u64(DATA + 16) == 0xFF  # RPR after EOI: idle
+    # the ACKs and EOIs were served by the virtual CPU interface: no exits for them
+    assert cpu.gic_cpuif.accesses >= 4 * TICKS
+    assert "ESR_ELx_EC_SYS64" not in vm._by_reason
+
+
+def test_a_disabled_ppi_is_not_delivered_and_wfi_does_not_wake(arm_vm):
+    """ISENABLER not written: the timer fires but the vGIC delivers nothing, so the guest's WFI
+    is not woken by it (every vCPU halted: the run ends, or times out)."""
+    image = gic_guest(f"""
+    mov x0, #0
+    {gicr_of("x0")}
+    {GIC_ON}
+    {mov32("x1", PERIOD)}
+    msr cntv_tval_el0, x1
+    mov x1, #1
+    msr cntv_ctl_el0, x1
+    msr daifclr, #2
+idle:
+    wfi                             // may complete spuriously (Arm ARM): wait again
+    b idle
+irq:
+    mov x19, #2
+    {SYSTEM_OFF}
+""")
+    vm = arm_vm(image)
+    result = vm.run(timeout=1)
+    assert result.status in (STATUS_HALTED_FOREVER, STATUS_TIMEOUT)
+    assert vm.vcpus[0].xreg(19) == 0
+    ppi = vm.arch.vgic.irq(0, 27)
+    assert ppi.pending and not ppi.enabled  # the line is high at the redistributor
