@@ -82,7 +82,7 @@ class ArmEl2Arch(Arch):
         vm = self.vm
         cfg = vm.config
         state = boot.load(vm.memory, image, cpus=cfg.vcpus, append=cfg.append, initrd=cfg.initrd,
-                          load_addr=cfg.load_addr, entry=cfg.entry)
+                          load_addr=cfg.load_addr, entry=cfg.entry, gic=self.vgic is not None)
         self.boot_state = state
         cpu0 = vm.vcpus[0]
         regs = cpu0.regs
