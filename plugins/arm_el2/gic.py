@@ -21,7 +21,7 @@ its line is high. The generic timer's PPIs (27 virtual, 30 EL1 physical; 26 EL2 
 hvsim's own) are level-triggered lines that follow ISTATUS and not IMASK, put in LRs with the
 HW bit (pINTID = INTID, as KVM maps the timer): the guest's EOI deactivates them without an
 exit. The PL011's UARTINTR is SPI 1 (INTID 33), level. SGIs come from ICC_SGI1R_EL1 (trapped
-to EL2 under HCR_EL2.IMO, a SYSREG exit, then generated here) and from nothing else.
+to EL2 under HCR_EL2.IMO, a SYSREG exit, then generated here) and from GICR_ISPENDR0.
 
 Not modelled: LPIs and the ITS (GICD_TYPER.LPIS = 0), message-based SPIs, GICD_TYPER2 extended
 ranges, the secure state, 1-of-N SPI routing (GICD_IROUTER.Interrupt_Routing_Mode reads 0),
@@ -141,7 +141,9 @@ class VGic:
         cpuif = ci.VirtualCpuInterface(vcpu)
         cpuif.on_deactivate = lambda pintid, v=vcpu: self._hw_deactivated(v, pintid)
         cpuif.on_maintenance = lambda v=vcpu: self._maintenance(v)
-        cpuif.on_sgi = lambda value, group, v=vcpu: self._sgi_trap(v, value, group)
+        # ICC_SGI1R_EL1 traps to EL2 (HCR_EL2.IMO: a SYSREG exit); after the exit handler the
+        # write is performed here, as KVM's vgic_v3_dispatch_sgi
+        cpuif.on_sgi = lambda value, group, v=vcpu: self.generate_sgi(v, value, group)
         cpuif.install(vcpu.sysreg_traps)
         # What KVM's vgic_v3_enable programs: the interface on, VMCR from the guest's view.
         cpuif.hcr = ci.ICH_HCR_EN
@@ -172,13 +174,26 @@ class VGic:
         irq = self.irq(vcpu_index, intid)
         if irq is None or irq.level == level:
             return
+        self._sync_for(irq)
         irq.level = level
         if irq.edge and level:
             irq.latch = True  # edge-triggered: the rising edge latches
         self._kick_irq(irq, vcpu_index)
 
+    def _target(self, irq: Irq) -> int | None:
+        return irq.target if irq.intid < 32 else self._spi_target(irq)
+
+    def _sync_for(self, irq: Irq) -> None:
+        """Fold the LRs an interrupt may be in before its state changes (so that the guest's
+        earlier acknowledge is not mistaken for one of the new state)."""
+        if irq.lr_owner is not None:
+            owner = self.vm.vcpus[irq.lr_owner[0]]
+            self.sync(owner)
+            if owner.index != self._target(irq):
+                self.flush(owner)  # its other LRs back at once (the kick refills the target)
+
     def _kick_irq(self, irq: Irq, vcpu_index: int | None = None) -> None:
-        target = irq.target if irq.intid < 32 else self._spi_target(irq)
+        target = self._target(irq)
         if target is not None:
             self.kick(self.vm.vcpus[target])
 
@@ -202,19 +217,23 @@ class VGic:
         return out
 
     def sync(self, vcpu) -> None:
-        """Read back the LRs the vGIC filled (vgic_v3_fold_lr_state), then free them."""
-        cpuif = self.cpuifs[vcpu.index]
+        """Read back the LRs the vGIC filled (vgic_v3_fold_lr_state), then free them. Only what
+        the guest changed since the flush is folded: the vGIC state may have changed too (an
+        SGI latched again, an ICACTIVER write) and that stays."""
+        index = vcpu.index
+        cpuif = self.cpuifs[index]
         for n, lr in enumerate(cpuif.lr):
-            irq = self._lr_irq(vcpu.index, n)
+            irq = self._lr_irq(index, n)
             if irq is None:
                 continue
-            state = lr & ci.ICH_LR_STATE
-            irq.active = bool(state & ci.ICH_LR_ACTIVE)
-            if not state & ci.ICH_LR_PENDING:
+            written = self._lr_written[index][n]
+            if written & ci.ICH_LR_PENDING and not lr & ci.ICH_LR_PENDING:
                 irq.latch = False  # acknowledged (a level interrupt stays pending while its line is high)
+            if (written ^ lr) & ci.ICH_LR_ACTIVE:
+                irq.active = bool(lr & ci.ICH_LR_ACTIVE)
             irq.lr_owner = None
             cpuif.lr[n] = 0
-            self._owned[vcpu.index] &= ~(1 << n)
+            self._owned[index] &= ~(1 << n)
 
     _owned: list[int]
 
@@ -254,7 +273,7 @@ class VGic:
                 lr |= ci.ICH_LR_HW | irq.intid << ci.ICH_LR_PINTID_SHIFT
             elif not irq.edge:
                 lr |= ci.ICH_LR_EOI  # a level interrupt is re-sampled after the guest's EOI (maintenance)
-            cpuif.lr[n] = lr
+            cpuif.lr[n] = self._lr_written[index][n] = lr
             irq.lr_owner = (index, n)
             if irq.intid >= 32:
                 self._last_cpu[irq.intid] = index
@@ -297,15 +316,6 @@ class VGic:
             self.kick(vcpu)
 
     # -- SGIs ---------------------------------------------------------------------------------
-    def _sgi_trap(self, vcpu, value: int, group: int) -> None:
-        """ICC_SGI1R_EL1 written (trapped to EL2 under IMO: a SYSREG exit), then generated."""
-        from .traps import sys_reg
-        enc = ci.ICC_SGI1R_EL1 if group else ci.ICC_SGI0R_EL1
-        exit = Exit(ExitKind.SYSREG, "ESR_ELx_EC_SYS64", El2Record(0), sys_reg(*enc), 8, True, value)
-        self.vm.dispatch(vcpu, exit)
-        if exit.value is not None:
-            self.generate_sgi(vcpu, exit.value, group)
-
     def generate_sgi(self, vcpu, value: int, group: int) -> None:
         """ICC_SGI1R_EL1: TargetList [15:0], Aff1 [23:16], INTID [27:24], Aff2 [39:32], IRM [40],
         RS [47:44], Aff3 [55:48]. IRM = 1: every vCPU but this one."""
@@ -323,8 +333,9 @@ class VGic:
                     targets.append(v)
         for v in targets:
             irq = self.private[v.index][intid]
-            if irq.group != group and not group:
-                continue  # an SGI0R write generates group-0 SGIs only
+            if irq.group != group:
+                continue  # SGI1R makes group-1 SGIs, SGI0R group-0 ones: another group's is not forwarded
+            self._sync_for(irq)
             irq.latch = True
             self.kick(v)
 
@@ -378,6 +389,8 @@ class VGic:
 
     def _bank_write(self, offset: int, value: int, vcpu_index: int | None) -> bool:
         touched: list[Irq] = []
+        for v in self.vm.vcpus:
+            self.sync(v)
 
         def each(base: int, fn) -> bool:
             if base <= offset < base + 0x80:
@@ -415,9 +428,9 @@ class VGic:
         elif GICD_IGRPMODR <= offset < GICD_IGRPMODR + 0x80:
             pass
         else:
-            return False
-        if touched:
             self._refresh_all()
+            return False
+        self._refresh_all()  # the LRs were folded above: fill them again
         return True
 
     _size = 4
@@ -534,6 +547,7 @@ def install(vm) -> VGic:
     gic = VGic(vm)
     gic._owned = [0] * vm.config.vcpus
     gic._lr_map = [[None] * ci.LIST_REGS for _ in range(vm.config.vcpus)]
+    gic._lr_written = [[0] * ci.LIST_REGS for _ in range(vm.config.vcpus)]
     gic._last_cpu = {}
     vm.bus.add_mmio(layout.GICD_BASE, GICD_SIZE, _Frame(gic.dist_read, gic.dist_write), "GICv3 distributor")
     vm.bus.add_mmio(layout.GICR_BASE, layout.GICR_STRIDE * vm.config.vcpus,

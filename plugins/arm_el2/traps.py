@@ -133,6 +133,10 @@ SYS_TPU = ((1, 3, 7, 5, 1), (1, 0, 7, 5, 0), (1, 0, 7, 1, 0), (1, 3, 7, 11, 1)) 
 SYS_TTLB = tuple((1, 0, 8, crm, op2) for crm in (3, 7) for op2 in (0, 1, 2, 3, 5, 7))  # TLBI *E1[IS]
 SYS_TDZ = ((1, 3, 7, 4, 1),)  # DC ZVA
 
+# The GIC's SGI generation registers: not virtualized by the GIC's virtual CPU interface, an
+# EL1 write traps to EL2 under HCR_EL2.IMO (ICC_SGI1R_EL1, ICC_ASGI1R_EL1) or FMO (ICC_SGI0R_EL1).
+ICC_SGI1R_EL1, ICC_ASGI1R_EL1, ICC_SGI0R_EL1 = (3, 0, 12, 11, 5), (3, 0, 12, 11, 6), (3, 0, 12, 11, 7)
+
 # (register, control, registers whose MRS it traps, whose MSR it traps, whose SYS it traps,
 # trap when the control bit is set (False: when it is clear, as CNTHCTL_EL2's enables)).
 SYSREG_TRAPS = [
@@ -156,6 +160,8 @@ SYSREG_TRAPS = [
     ("CNTHCTL_EL2", el2.CNTHCTL_EL1PCTEN, (sr.CNTPCT_EL0,), (), (), False),
     ("CNTHCTL_EL2", el2.CNTHCTL_EL1PCEN, CNTP_REGS, CNTP_REGS, (), False),
     ("CPTR_EL2", el2.CPTR_EL2_TCPAC, (sr.CPACR_EL1,), (sr.CPACR_EL1,), (), True),
+    ("HCR_EL2", el2.HCR_IMO, (), (ICC_SGI1R_EL1, ICC_ASGI1R_EL1), (), True),
+    ("HCR_EL2", el2.HCR_FMO, (), (ICC_SGI0R_EL1,), (), True),
 ]
 
 # FP/SIMD accesses (CPTR_EL2.TFP, EC 0x07): ISS CV = 1, COND = 0b1110 from AArch64.
@@ -534,8 +540,8 @@ class SysregTraps:
                     if exit.value is not None:
                         if reg != xzr:
                             write(reg, exit.value)
-                        if args[2] in _IMP_DEF and not vcpu.redirected:  # no such register to skip
-                            write(pc_reg, pc + 4)
+                        if (args[2] in _IMP_DEF or key in unimplemented) and not vcpu.redirected:
+                            write(pc_reg, pc + 4)  # no such register in the engine to skip
                         return 1
                 fn = emulated.get(key)
                 if fn is None:
@@ -593,7 +599,7 @@ class SysregTraps:
                                 vcpu.uc.ctl_flush_tlb()  # a raw register write does not flush, the MSR would
                                 return 1
                         else:
-                            if args[2] in _IMP_DEF and not vcpu.redirected:
+                            if (args[2] in _IMP_DEF or key in unimplemented) and not vcpu.redirected:
                                 write(pc_reg, pc + 4)
                             return 1
                 fn = emulated.get(key)

@@ -8,7 +8,7 @@ hw/intc/arm_gicv3_cpuif.c and Linux include/linux/irqchip/arm-gic-v3.h have the 
 
 The interface of one vCPU has four list registers (ICH_VTR_EL2.ListRegs = 3, as QEMU's), five
 priority and five preemption bits (PRIbits = PREbits = 4), 24-bit INTIDs (IDbits = 1). An
-ICH_LR<n>_EL2 holds vINTID [31:0], pINTID [41:32] (HW = 1) or EOI [41] (HW = 0), Priority
+ICH_LR<n>_EL2 holds vINTID [31:0], pINTID [44:32] (HW = 1) or EOI [41] (HW = 0), Priority
 [55:48], Group [60], HW [61] and State [63:62] (0 invalid, 1 pending, 2 active, 3 both).
 
 What the guest sees (HCR_EL2.IMO/FMO set, ICH_HCR_EL2.En set):
@@ -121,7 +121,7 @@ ICH_VMCR_MASK = (ICH_VMCR_VENG0 | ICH_VMCR_VENG1 | ICH_VMCR_VCBPR | ICH_VMCR_VEO
 # ICH_LR<n>_EL2
 ICH_LR_VINTID = 0xFFFF_FFFF
 ICH_LR_PINTID_SHIFT = 32
-ICH_LR_PINTID = 0x3FF << 32
+ICH_LR_PINTID = 0x1FFF << 32
 ICH_LR_EOI = 1 << 41
 ICH_LR_PRIORITY_SHIFT = 48
 ICH_LR_GROUP = 1 << 60
@@ -130,6 +130,7 @@ ICH_LR_STATE_SHIFT = 62
 ICH_LR_PENDING = 1 << 62
 ICH_LR_ACTIVE = 1 << 63
 ICH_LR_STATE = 3 << 62
+ICH_LR_MASK = 0xFFFF_FFFF_FFFF_FFFF & ~(7 << 45) & ~(0xF << 56)  # [47:45] and [59:56] RES0 (no NMI)
 
 LIST_REGS = 4
 PRI_BITS = 5
@@ -223,8 +224,8 @@ class VirtualCpuInterface:
         if name.startswith("ICH_LR"):
             return self.lr[self._index(name, 6)]
         if name.startswith("ICH_AP0R") or name.startswith("ICH_AP1R"):
-            regs = self.ap0r if name[7] == "0" else self.ap1r
-            return regs[self._index(name, 9)]
+            regs = self.ap0r if name[6] == "0" else self.ap1r
+            return regs[self._index(name, 8)]
         return {"ICH_HCR_EL2": lambda: self.hcr, "ICH_VTR_EL2": lambda: ICH_VTR_VALUE,
                 "ICH_MISR_EL2": self.misr, "ICH_EISR_EL2": self.eisr, "ICH_ELRSR_EL2": self.elrsr,
                 "ICH_VMCR_EL2": lambda: self.vmcr}[name]()
@@ -232,10 +233,10 @@ class VirtualCpuInterface:
     def write(self, name: str, value: int) -> None:
         """Program a register (read-only ones, VTR/MISR/EISR/ELRSR, ignore writes)."""
         if name.startswith("ICH_LR"):
-            self.lr[self._index(name, 6)] = value & 0xFFFF_FFFF_FFFF_FFFF & ~(0x3F << 42) & ~(0x3 << 56)
+            self.lr[self._index(name, 6)] = value & ICH_LR_MASK
         elif name.startswith("ICH_AP0R") or name.startswith("ICH_AP1R"):
-            regs = self.ap0r if name[7] == "0" else self.ap1r
-            n = self._index(name, 9)
+            regs = self.ap0r if name[6] == "0" else self.ap1r
+            n = self._index(name, 8)
             regs[n] = value & 0xFFFF_FFFF if n == 0 else 0  # PREbits = 5: only AP<n>R0 exists
         elif name == "ICH_HCR_EL2":
             self.hcr = value & ICH_HCR_MASK
@@ -401,7 +402,7 @@ class VirtualCpuInterface:
         lr = self.lr[idx]
         self.lr[idx] = lr & ~ICH_LR_ACTIVE  # active+pending -> pending, active -> invalid
         if lr & ICH_LR_HW:
-            self.on_deactivate(lr >> ICH_LR_PINTID_SHIFT & 0x3FF)
+            self.on_deactivate(lr >> ICH_LR_PINTID_SHIFT & 0x1FFF)
 
     def eoir(self, value: int, group: int) -> None:
         self.accesses += 1

@@ -47,6 +47,11 @@ def gicr_of(index: str = "x0") -> str:
 """
 
 
+def gic_on(tag: str = "") -> str:
+    """:data:`GIC_ON` with its label suffixed by ``tag`` (for a second use in one guest)."""
+    return GIC_ON.replace("gic_wake", f"gic_wake{tag}")
+
+
 GIC_ON = f"""
     ldr w1, [x24, #0x14]            // GICR_WAKER
     bic w1, w1, #2                  // ProcessorSleep = 0
