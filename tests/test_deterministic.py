@@ -49,8 +49,8 @@ HEX = """
         ret
 """
 
-# vCPU 0: the virtual timer (through the GICv3, acknowledged and EOIed) every 4,000 ticks, 30 ticks, then prints both counters and powers
-# off. vCPU 1: counts in memory and prints 'b' every 2^15 iterations.
+# vCPU 0: the virtual timer every 4,000 ticks (through the GICv3: ICC_IAR1_EL1, ICC_EOIR1_EL1),
+# 30 ticks, then prints both counters and powers off. vCPU 1: counts in memory and prints 'b' every 2^15 iterations.
 ARM_GUEST = arm64_image(f"""
         movz x1, #0x4008, lsl #16
         msr vbar_el1, x1
