@@ -202,8 +202,22 @@ def sys_reg(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
     return (op0 << 19) | (op1 << 16) | (crn << 12) | (crm << 8) | (op2 << 5)
 
 
+# ICH_HCR_EL2's trap controls (GIC spec, "ICH_HCR_EL2"): TALL0 / TALL1 trap the EL1 accesses
+# of one group's ICC_* registers, TC the common ones, TDIR ICC_DIR_EL1 (MRS and MSR alike).
+ICH_HCR_TC, ICH_HCR_TALL0, ICH_HCR_TALL1, ICH_HCR_TDIR = 1 << 10, 1 << 11, 1 << 12, 1 << 14
+ICC_GROUP0 = ((3, 0, 12, 8, 0), (3, 0, 12, 8, 1), (3, 0, 12, 8, 2), (3, 0, 12, 8, 3), (3, 0, 12, 12, 6)) \
+    + tuple((3, 0, 12, 8, 4 + n) for n in range(4))  # IAR0 EOIR0 HPPIR0 BPR0 IGRPEN0 AP0R<n>
+ICC_GROUP1 = ((3, 0, 12, 12, 0), (3, 0, 12, 12, 1), (3, 0, 12, 12, 2), (3, 0, 12, 12, 3), (3, 0, 12, 12, 7)) \
+    + tuple((3, 0, 12, 9, n) for n in range(4))  # IAR1 EOIR1 HPPIR1 BPR1 IGRPEN1 AP1R<n>
+ICC_DIR_EL1 = (3, 0, 12, 11, 1)
+ICC_COMMON = (ICC_SGI0R_EL1, ICC_SGI1R_EL1, ICC_ASGI1R_EL1, (3, 0, 12, 12, 4), ICC_DIR_EL1, (3, 0, 4, 6, 0),
+              (3, 0, 12, 11, 3))  # ... CTLR, DIR, PMR, RPR
+ICH_TRAPS = ((ICH_HCR_TALL0, ICC_GROUP0), (ICH_HCR_TALL1, ICC_GROUP1), (ICH_HCR_TC, ICC_COMMON),
+             (ICH_HCR_TDIR, (ICC_DIR_EL1,)))
+
+
 def trapped(hcr: int, mdcr: int = 0, cnthctl: int = el2.CNTHCTL_EL1PCTEN | el2.CNTHCTL_EL1PCEN,
-            cptr: int = 0) -> tuple[set, set, set]:
+            cptr: int = 0, ich_hcr: int = 0) -> tuple[set, set, set]:
     """The encodings whose MRS, whose MSR, and whose SYS trap to EL2 under these controls."""
     if mdcr & el2.MDCR_EL2_TDE:  # TDE: TDA, TDOSA and TDRA act as 1 (D23.2 "MDCR_EL2")
         mdcr |= el2.MDCR_EL2_TDA | el2.MDCR_EL2_TDOSA | el2.MDCR_EL2_TDRA
@@ -214,6 +228,10 @@ def trapped(hcr: int, mdcr: int = 0, cnthctl: int = el2.CNTHCTL_EL1PCTEN | el2.C
             reads.update(r)
             writes.update(w)
             sys.update(s)
+    for bit, regs in ICH_TRAPS:
+        if ich_hcr & bit:
+            reads.update(regs)
+            writes.update(regs)
     return reads, writes, sys
 
 
@@ -313,6 +331,7 @@ class SysregTraps:
         # Emulated registers the engine does not implement (the GIC's ICC_*): the hook steps
         # over the instruction itself (returning 1 alone would run it again).
         self.unimplemented: set[bytes] = set()
+        self.ich_hcr = 0  # ICH_HCR_EL2 (its TC/TALL0/TALL1/TDIR traps), when the VM has a GIC
         self._em_reads: set[tuple] = set()
         self._em_writes: set[tuple] = set()
         self.twe = self.tfp = False
@@ -362,6 +381,16 @@ class SysregTraps:
             self._em_writes.add(enc)
         self.update_controls(self._controls)
 
+    def set_ich_hcr(self, value: int) -> None:
+        """Follow ICH_HCR_EL2's trap controls (at once if the guest is in the engine)."""
+        if value == self.ich_hcr:
+            return
+        self.ich_hcr = value
+        vcpu = self.vcpu
+        if self.update_controls(self._controls) and vcpu._in_engine:
+            vcpu._reenter = True
+            vcpu.uc.emu_stop()
+
     def emulate_unimplemented(self, enc: tuple, read=None, write=None) -> None:
         """:meth:`emulate` for a register the engine has no model of (UNDEFINED there)."""
         self.unimplemented.add(cp_key(enc))
@@ -378,7 +407,7 @@ class SysregTraps:
         change (:meth:`sync_hooks`)."""
         self._controls = controls
         hcr, mdcr, cnthctl, cptr = controls
-        reads, writes, sys = trapped(hcr, mdcr, cnthctl, cptr)
+        reads, writes, sys = trapped(hcr, mdcr, cnthctl, cptr, self.ich_hcr)
         self._reads.clear()
         self._reads.update({cp_key(e): e for e in reads})
         self._writes.clear()

@@ -34,8 +34,13 @@ ICH_MISR_EL2 is not zero: it reaches EL2 as an EVENT exit (reason "maintenance i
 vector 25) when the condition becomes true; hvsim does not re-deliver it while it stays high,
 where hardware would interrupt EL2 again (an interrupt storm a real hypervisor must avoid).
 
-Not modelled: LPIs, NMIs (FEAT_GICv3_NMI), ICH_HCR_EL2.TC/TALL0/TALL1/TSEI/TDIR traps, the
-EL0 (UNDEFINED) and the physical ICC interface (hvsim's guests always run at EL1 under IMO).
+ICH_HCR_EL2.TC, TALL0, TALL1 and TDIR trap the guest's accesses of the common, group-0,
+group-1 registers and ICC_DIR_EL1 to EL2 (SYSREG exits, EC 0x18, the ICC_* encoding); after
+the exit handler the access is performed by the virtual interface as if untrapped (unless the
+handler supplied a value), which is what KVM's trap handlers do.
+
+Not modelled: LPIs, NMIs (FEAT_GICv3_NMI), ICH_HCR_EL2.TSEI, EL0 accesses (UNDEFINED on
+hardware, served like EL1's here) and the physical ICC interface (hvsim's guests always run at EL1 under IMO).
 An LR whose vINTID is a special INTID (1020-1023), a reserved one (1024-8191) or wider than
 24 bits is never acknowledged: IAR reads 1023 and it stays pending (its behaviour is
 UNPREDICTABLE in the architecture).
@@ -132,6 +137,7 @@ ICH_LR_ACTIVE = 1 << 63
 ICH_LR_STATE = 3 << 62
 ICH_LR_MASK = 0xFFFF_FFFF_FFFF_FFFF & ~(7 << 45) & ~(0xF << 56)  # [47:45] and [59:56] RES0 (no NMI)
 
+_TRAP_BITS = ICH_HCR_TC | ICH_HCR_TALL0 | ICH_HCR_TALL1 | ICH_HCR_TDIR
 LIST_REGS = 4
 PRI_BITS = 5
 PRE_BITS = 5
@@ -240,6 +246,7 @@ class VirtualCpuInterface:
             regs[n] = value & 0xFFFF_FFFF if n == 0 else 0  # PREbits = 5: only AP<n>R0 exists
         elif name == "ICH_HCR_EL2":
             self.hcr = value & ICH_HCR_MASK
+            self.vcpu.sysreg_traps.set_ich_hcr(self.hcr & _TRAP_BITS)
         elif name == "ICH_VMCR_EL2":
             self.vmcr = self._legal_vmcr(value & ICH_VMCR_MASK)
         elif name not in self._NAMES:

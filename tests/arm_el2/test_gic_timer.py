@@ -17,7 +17,7 @@ PERIOD = timer.CNTFRQ_HZ // 1000  # 1 ms
 TICKS = 20
 
 
-def tick_guest(ticks: int = TICKS, rearm: str = "msr cntv_tval_el0, x1") -> bytes:
+def tick_guest(ticks: int = TICKS, rearm: str = "msr cntv_tval_el0, x1", period: int = PERIOD) -> bytes:
     return gic_guest(f"""
     mov x0, #0
     {gicr_of("x0")}
@@ -26,7 +26,7 @@ def tick_guest(ticks: int = TICKS, rearm: str = "msr cntv_tval_el0, x1") -> byte
     {mov32("x25", DATA)}
     mov x19, #0                     // ticks
     mov x22, #0                     // spurious IAR reads
-    {mov32("x1", PERIOD)}
+    {mov32("x1", period)}
     msr cntv_tval_el0, x1
     mov x1, #1
     msr cntv_ctl_el0, x1
@@ -46,7 +46,7 @@ irq:
     str x3, [x25, #8]               // the running priority while handling
     str x0, [x25]                   // the INTID
     add x19, x19, #1
-    {mov32("x1", PERIOD)}
+    {mov32("x1", period)}
     {rearm}
     msr {ICC_EOIR1_EL1}, x0
     mrs x3, {ICC_RPR_EL1}
@@ -101,3 +101,36 @@ irq:
     assert vm.vcpus[0].xreg(19) == 0
     ppi = vm.arch.vgic.irq(0, 27)
     assert ppi.pending and not ppi.enabled  # the line is high at the redistributor
+
+
+def test_ich_hcr_tall1_traps_the_guests_ack_and_eoi_to_el2(arm_vm, hvsim_pm):
+    """ICH_HCR_EL2.TALL1: every group-1 ICC_* access of the guest is a SYSREG exit (EC 0x18
+    with the register's encoding), then performed; the ticks are counted as before."""
+    from hvsim import hookimpl
+    from hvsim.core.exits import ExitKind
+    from hvsim.plugins.arm_el2 import traps
+    from hvsim.plugins.arm_el2 import vcpuif as ci
+
+    seen = []
+
+    class Log:
+        @hookimpl
+        def hvsim_vm_exit(self, vcpu, exit):
+            if exit.kind is ExitKind.SYSREG:
+                seen.append((exit.address, exit.is_write, exit.raw.ESR_EL2))
+
+    hvsim_pm.register(Log())
+    vm = arm_vm(tick_guest(ticks=5))
+    ich = vm.vcpus[0].gic_cpuif
+    ich.write("ICH_HCR_EL2", ich.read("ICH_HCR_EL2") | ci.ICH_HCR_TALL1)
+    result = vm.run(timeout=20)
+    assert result.status == STATUS_OFF, (result, vm.memory.read(UNEXPECTED, 24).hex())
+    assert vm.vcpus[0].xreg(19) == 5
+    iar1, eoir1, igrpen1 = (traps.sys_reg(3, 0, 12, 12, 0), traps.sys_reg(3, 0, 12, 12, 1),
+                            traps.sys_reg(3, 0, 12, 12, 7))
+    assert sum(1 for a, w, _ in seen if a == iar1 and not w) >= 5
+    assert sum(1 for a, w, _ in seen if a == eoir1 and w) == 5
+    assert any(a == igrpen1 for a, _, _ in seen)  # the bring-up's ICC_IGRPEN1_EL1 write
+    esr = next(e for a, w, e in seen if a == iar1)
+    assert esr >> 26 == 0x18 and esr & 1 == 1  # EC 0x18, Direction 1: a read
+    assert esr >> 5 & 31 == 0  # Rt = X0
