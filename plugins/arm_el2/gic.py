@@ -176,6 +176,8 @@ class VGic:
             return
         self._sync_for(irq)
         irq.level = level
+        if intid >= 32:
+            self._spi_dirty = True
         if irq.edge and level:
             irq.latch = True  # edge-triggered: the rising edge latches
         self._kick_irq(irq, vcpu_index)
@@ -212,9 +214,20 @@ class VGic:
         out = [irq for irq in self.private[index]
                if irq.pending and irq.enabled and not irq.active and self._group_enabled(irq)]
         if self.ctlr & GICD_CTLR_ARE:
-            out += [irq for irq in self.spis if irq.pending and irq.enabled and not irq.active
+            out += [irq for irq in self._live_spis() if irq.pending and irq.enabled and not irq.active
                     and self._group_enabled(irq) and self._spi_target(irq) == index]
         return out
+
+    _spi_dirty = True
+    _spi_live: list[Irq] = []
+
+    def _live_spis(self) -> list[Irq]:
+        """The SPIs that are pending, asserted or active (the others need no LR): recomputed
+        only after something may have changed one (``_spi_dirty``), not at every entry."""
+        if self._spi_dirty:
+            self._spi_live = [irq for irq in self.spis if irq.latch or irq.level or irq.active]
+            self._spi_dirty = False
+        return self._spi_live
 
     def sync(self, vcpu) -> None:
         """Read back the LRs the vGIC filled (vgic_v3_fold_lr_state), then free them. Only what
@@ -234,6 +247,8 @@ class VGic:
             irq.lr_owner = None
             cpuif.lr[n] = 0
             self._owned[index] &= ~(1 << n)
+            if irq.intid >= 32:
+                self._spi_dirty = True
 
     _owned: list[int]
 
@@ -249,7 +264,7 @@ class VGic:
         cpuif = self.cpuifs[index]
         # the guest's active ones first: they must stay visible to its EOI/DIR
         wanted = [irq for irq in self.private[index] if irq.active]
-        wanted += [irq for irq in self.spis if irq.active and irq.lr_owner is None
+        wanted += [irq for irq in self._live_spis() if irq.active and irq.lr_owner is None
                    and self._last_cpu.get(irq.intid) == index]
         wanted += sorted(self._candidates(vcpu), key=lambda i: (i.priority, i.intid))
         free = [n for n in range(ci.LIST_REGS)
@@ -295,6 +310,10 @@ class VGic:
         irq = self.irq(vcpu.index, pintid)
         if irq is not None:
             irq.active = False
+            if pintid >= 32:
+                self._spi_dirty = True
+            if irq.pending:  # still asserted: the physical interrupt is signalled again
+                self.kick(vcpu)
 
     def _maintenance(self, vcpu) -> None:
         """PPI 25 to EL2: an EVENT exit; the vGIC then folds and refills the LRs (KVM's
@@ -389,6 +408,7 @@ class VGic:
 
     def _bank_write(self, offset: int, value: int, vcpu_index: int | None) -> bool:
         touched: list[Irq] = []
+        self._spi_dirty = True
         for v in self.vm.vcpus:
             self.sync(v)
 

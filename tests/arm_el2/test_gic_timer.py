@@ -134,3 +134,21 @@ def test_ich_hcr_tall1_traps_the_guests_ack_and_eoi_to_el2(arm_vm, hvsim_pm):
     esr = next(e for a, w, e in seen if a == iar1)
     assert esr >> 26 == 0x18 and esr & 1 == 1  # EC 0x18, Direction 1: a read
     assert esr >> 5 & 31 == 0  # Rt = X0
+
+
+def test_a_level_still_high_after_eoi_is_taken_again(arm_vm):
+    """The handler does not re-arm the timer, so the PPI's line stays high through the EOI:
+    the interrupt is pending again at once and taken again, until the guest masks the timer
+    on the third (IMASK: the line drops). A level-sensitive interrupt, re-sampled after the
+    HW-mapped LR's deactivation."""
+    image = tick_guest(ticks=3, rearm="""
+    cmp x19, #3
+    b.lt keep_high
+    mov x1, #3
+    msr cntv_ctl_el0, x1            // ENABLE | IMASK
+keep_high:""")
+    vm = arm_vm(image)
+    result = vm.run(timeout=10)
+    assert result.status == STATUS_OFF, (result, vm.memory.read(UNEXPECTED, 24).hex())
+    assert vm.vcpus[0].xreg(19) == 3
+    assert vm.vcpus[0].xreg(22) == 0  # never a spurious acknowledge
