@@ -107,6 +107,7 @@ def run(
                                               "backs (default: reads all-ones, writes ignored)")] = False,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Virtual time from guest progress: the "
                                                 "same output, exits and memory on every run")] = False,
+    gic: Annotated[str, typer.Option("--gic", help="arm_el2: v3 (QEMU virt's GICv3, the default) or none")] = "v3",
 ) -> None:
     """Run a guest image on one architecture. Exit status: the guest's own (isa-debug-exit
     (v<<1)|1, PSCI SYSTEM_OFF 0), 2 bad input, 4 guest crash, 6 halted forever, 124 timeout,
@@ -126,7 +127,7 @@ def run(
     vm = VM(arch, mem=mem, vcpus=vcpus, append=append, initrd=initrd,
             load_addr=_parse_int(load_addr, "--load-addr"), entry=_parse_int(entry, "--entry"),
             console=Console(sys.stdout.buffer, keep=False), strict_mmio=strict_mmio, deterministic=deterministic,
-            **_paging(arch, paging))
+            **_paging(arch, paging), **_gic(arch, gic))
     vm.load(image)
     # From here on Ctrl-C belongs to VM.run (status 130, the tables printed). Python runs a
     # signal's handler a little after the signal arrives: one still pending when the run's own
@@ -145,6 +146,17 @@ def run(
         sys.stderr.flush()
         os._exit(result.status)
     raise typer.Exit(result.status)
+
+
+def _gic(arch: str, gic: str) -> dict:
+    """--gic: arm_el2's interrupt controller, v3 (the default) or none."""
+    if gic not in ("v3", "none"):
+        raise HvsimError(f"bad --gic {gic!r}: use v3 or none")
+    if arch != "arm_el2":
+        if gic != "v3":
+            raise HvsimError(f"--gic applies to arm_el2 only, not {arch}")
+        return {}
+    return {"gic": gic}
 
 
 def _paging(arch: str, paging: str) -> dict:

@@ -21,6 +21,7 @@ from unicorn.arm64_const import (
 
 from hvsim import hookimpl
 from hvsim.core.arch import Arch, Vcpu, VcpuState
+from hvsim.core.errors import PluginError
 from hvsim.core.exits import ExitKind
 from hvsim.core.loader import Image
 from hvsim.core.vm import HV_AREA
@@ -47,7 +48,11 @@ class ArmEl2Arch(Arch):
                          "and the trap record ESR/FAR/HPFAR/ELR/SPSR_EL2; KVM's values by default",
         "traps": "WFI/WFE (TWI/TWE), SMC (TSC), MRS/MSR (TVM TRVM TID1-3 TACR TIDCP; MDCR_EL2; "
                  "CNTHCTL_EL2), SYS (TSW TPCP TPU TTLB TDZ), FP/SIMD (CPTR_EL2.TFP), with ESR_EL2 syndromes",
-        "timer": "virtual and EL1 physical timers through CNTVOFF_EL2; PPIs 27 / 30 to hvsim_inject_event",
+        "timer": "virtual and EL1 physical timers through CNTVOFF_EL2; level PPIs 27 / 30 at the vGIC "
+                 "(gic='none': edges to hvsim_inject_event)",
+        "interrupt controller": "GICv3 as QEMU virt (GICD 0x0800_0000, GICR 0x080A_0000), KVM-style vGIC: "
+                                "4 list registers, ICH_*_EL2, ICC_* served as ICV_* without exits, "
+                                "maintenance interrupt, SGIs via trapped ICC_SGI1R_EL1, PL011 on SPI 1",
         "MMIO": "stage-2 data aborts with the instruction syndrome (ISV, SAS, SRT, WnR)",
         "memory": "guest stage 1 (VMSAv8-64) and stage 2 (VTTBR_EL2/VTCR_EL2) in Unicorn's TLB; "
                   "VMID/ASID-tagged TLB model, guest TLBI, vcpu.mmu.tlbi() for the hypervisor's",
@@ -67,7 +72,10 @@ class ArmEl2Arch(Arch):
         self.stage2_tables = stage2.build_identity(vm, self.hv_area + HV_AREA // 2, HV_AREA // 2)
         # QEMU virt's GICv3, as KVM's vGIC (``gic="none"``: no interrupt controller, the timer
         # raises its PPI straight at the vCPU as a virtual IRQ)
-        self.vgic = gic.install(vm) if vm.config.extra.get("gic", "v3") != "none" else None
+        kind = vm.config.extra.get("gic", "v3")
+        if kind not in ("v3", "none"):
+            raise PluginError(f"gic={kind!r}: arm_el2 has a GICv3 (\"v3\") or no interrupt controller (\"none\")")
+        self.vgic = gic.install(vm) if kind == "v3" else None
         for device, base, size, label in layout.MMIO_DEVICES:
             params = {}
             if device == "pl011" and self.vgic is not None:

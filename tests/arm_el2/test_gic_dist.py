@@ -208,3 +208,18 @@ def test_no_access_to_the_gic_frames_raises(arm_vm):
                 for value in (0xFFFF_FFFF_FFFF_FFFF >> (64 - 8 * size), 0):
                     write(offset, size, value)
                     assert read(offset, size) >= 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gic", "v2"], "bad --gic 'v2': use v3 or none"),
+    (["--gic", "none", "--arch", "intel_vtx"], "--gic applies to arm_el2 only, not intel_vtx"),
+])
+def test_a_bad_gic_option_is_one_line_and_status_2(tmp_path, capsys, args, message):
+    from hvsim.core.cli import main
+
+    image = tmp_path / "guest.bin"
+    image.write_bytes(b"\0" * 16)
+    argv = ["run", str(image)] + (args if "--arch" in args else args + ["--arch", "arm_el2"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
