@@ -22,7 +22,7 @@ from unicorn.arm64_const import (
 from hvsim import hookimpl
 from hvsim.core.arch import Arch, Vcpu, VcpuState
 from hvsim.core.errors import PluginError
-from hvsim.core.exits import ExitKind
+from hvsim.core.exits import EventType, ExitKind
 from hvsim.core.loader import Image
 from hvsim.core.vm import HV_AREA
 
@@ -136,6 +136,18 @@ def wrap_exit_handlers(vm, registry):
 
         registry.add(ExitKind.HALT, on_halt)
     return result
+
+
+@hookimpl(tryfirst=True)
+def hvsim_inject_event(vcpu, event):
+    """An interrupt raised toward an arm_el2 vCPU by INTID (a virtual IRQ whose ``vector`` is
+    the INTID) goes to the vGIC, which makes it pending there (an edge); the guest sees it
+    when it has that interrupt enabled, as with a GICD_ISPENDR write. Without a GIC, or
+    for other events, the default (queued on the vCPU) applies."""
+    vgic = getattr(vcpu, "vgic", None)
+    if vgic is None or event.type is not EventType.VIRTUAL_IRQ or event.vector is None:
+        return None
+    return True if vgic.inject_edge(vcpu.index, event.vector) else None
 
 
 @hookimpl

@@ -182,6 +182,20 @@ class VGic:
             irq.latch = True  # edge-triggered: the rising edge latches
         self._kick_irq(irq, vcpu_index)
 
+    def inject_edge(self, vcpu_index: int, intid: int) -> bool:
+        """``hvsim_inject_event`` with an INTID: the interrupt becomes pending (latched, as an
+        edge or a GICD_ISPENDR write would make it) for ``vcpu_index`` (SGIs, PPIs) or wherever
+        the SPI is routed. False for an INTID the GIC does not have."""
+        irq = self.irq(vcpu_index, intid)
+        if irq is None:
+            return False
+        self._sync_for(irq)
+        irq.latch = True
+        if intid >= 32:
+            self._spi_dirty = True
+        self._kick_irq(irq)
+        return True
+
     def _target(self, irq: Irq) -> int | None:
         return irq.target if irq.intid < 32 else self._spi_target(irq)
 

@@ -223,3 +223,61 @@ def test_a_bad_gic_option_is_one_line_and_status_2(tmp_path, capsys, args, messa
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_an_intid_injected_through_the_hook_reaches_the_guest_at_its_spi(arm_vm, hvsim_pm):
+    """``vm.inject(vcpu, Event(VIRTUAL_IRQ, vector=40))`` (hvsim_inject_event) makes SPI 8
+    pending at the vGIC's distributor; the guest, which enabled and routed it, acknowledges
+    INTID 40. The hvsim_interrupt_acknowledged hook sees the exception taken with that INTID."""
+    from el2guest import w0
+    from hvsim import hookimpl
+    from hvsim.core.exits import Event, EventType, ExitKind
+    from hvsim.plugins.arm_el2 import psci
+
+    taken = []
+
+    class Device:
+        @hookimpl
+        def hvsim_exit_handlers(self, vm, registry):
+            def on_hvc(vcpu, exit):
+                if vcpu.smccc_x0 & 0xFFFF_FFFF != 0x8600_00E0:
+                    return psci.handle_hvc(vcpu, exit)
+                vm.inject(vcpu, Event(EventType.VIRTUAL_IRQ, vector=40))
+                vcpu.smccc_return(0)
+
+            registry.add(ExitKind.HYPERCALL, on_hvc)
+
+        @hookimpl
+        def hvsim_interrupt_acknowledged(self, vcpu, event):
+            taken.append(event.vector)
+
+    hvsim_pm.register(Device())
+    vm = arm_vm(gic_guest(f"""
+    mov x0, #0
+    {gicr_of("x0")}
+    {GIC_ON}
+    {mov32("x25", DATA)}
+    {mov32("x26", GICD)}
+    mov w1, #0x80
+    strb w1, [x26, #0x428]          // GICD_IPRIORITYR: INTID 40
+    mov w1, #0x100
+    str w1, [x26, #0x84]            // GICD_IGROUPR1: 40 in group 1
+    str w1, [x26, #0x104]           // GICD_ISENABLER1: 40
+    movz x2, #0x6140
+    str xzr, [x26, x2]              // GICD_IROUTER40: vCPU 0
+    msr daifclr, #2
+    {w0(0x8600_00E0)}
+    hvc #0
+    nop
+    ldr x1, [x25]
+    {SYSTEM_OFF}
+irq:
+    mrs x0, {ICC_IAR1_EL1}
+    str x0, [x25]
+    msr {ICC_EOIR1_EL1}, x0
+    eret
+"""))
+    result = vm.run(timeout=10)
+    assert result.status == STATUS_OFF, (result, vm.memory.read(UNEXPECTED, 24).hex())
+    assert vm.memory.read_u64(DATA) == 40
+    assert taken == [40]
