@@ -17,14 +17,13 @@ are hooked where the guest's code has them (:mod:`.traps`, bounded hooks, no exi
 vCPU evaluates the condition when it enters the guest, when a slice ends, and when a timer
 register is written; a slice never runs past the next deadline.
 
-The interrupt output goes toward the interrupt controller through ``vm.inject`` (the
-``hvsim_inject_event`` hook) as a virtual IRQ carrying the INTID (``Event.vector``). No GIC
-is modelled yet: without a GIC plugin the event is queued on the vCPU and taken at its IRQ
-vector (VBAR_EL1 + 0x80/0x280/0x480) when PSTATE.I is clear, and a line that drops again
-before the guest took it is withdrawn. The line is raised once per rising edge: one that
-stays high after the guest took its interrupt is not raised again until it has dropped
-(rewriting CVAL/TVAL/CTL drops it), where a GIC would signal a level-sensitive PPI again. The
-GICv3 issue routes it through the redistributor as a level-sensitive PPI instead.
+The interrupt output is a level-sensitive PPI of the vGIC (:mod:`.gic`): the line follows
+ISTATUS and not IMASK, and the vGIC delivers it through a list register while it is high and
+enabled. In a VM built without an interrupt controller (``gic="none"``) the output goes
+through ``vm.inject`` (the ``hvsim_inject_event`` hook) as a virtual IRQ carrying the INTID
+(``Event.vector``), queued on the vCPU and taken at its IRQ vector when PSTATE.I is clear; a
+line that drops again before the guest took it is withdrawn, and it is raised once per rising
+edge (not again while it stays high).
 CNTHCTL_EL2's event stream (EVNTEN) and CNTKCTL_EL1's EL0 access controls are not modelled:
 EL0 reaches the emulated timer registers as EL1 does.
 """
