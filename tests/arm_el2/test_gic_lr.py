@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 from el2guest import SYSTEM_OFF, w0
-from gicguest import (DATA, GIC_ON, ICC_EOIR1_EL1, ICC_HPPIR1_EL1, ICC_IAR1_EL1, UNEXPECTED, gic_guest, gicr_of,
-                      mov32)
+from gicguest import (DATA, GIC_ON, GICD, ICC_EOIR1_EL1, ICC_HPPIR1_EL1, ICC_IAR1_EL1, UNEXPECTED, gic_guest,
+                      gicr_of, mov32)
 from hvsim import hookimpl
 from hvsim.core.exits import ExitKind
 from hvsim.core.vm import STATUS_OFF
@@ -151,3 +151,47 @@ def test_the_el2_registers_read_back_and_read_only_ones_ignore_writes(arm_vm):
     assert ich.read("ICH_ELRSR_EL2") == 0xF  # every LR empty
     ich.write("ICH_LR0_EL2", 0xFFFF_FFFF_FFFF_FFFF)
     assert ich.read("ICH_LR0_EL2") == 0xF0FF_1FFF_FFFF_FFFF  # RES0 [59:56] and [47:45]
+
+
+def test_more_pending_interrupts_than_list_registers_all_arrive_in_priority_order(arm_vm):
+    """Six SPIs made pending at once (GICD_ISPENDR1) with four list registers: the vGIC fills
+    the four of highest priority and sets ICH_HCR_EL2.UIE; the rest follow as the guest ends
+    interrupts (maintenance interrupts: EOI of a level interrupt, underflow). The guest sees
+    all six, highest priority first."""
+    image = gic_guest(f"""
+    mov x0, #0
+    {gicr_of("x0")}
+    {GIC_ON}
+    {mov32("x25", DATA)}
+    {mov32("x26", GICD)}
+    mov w1, #0x3f00
+    str w1, [x26, #0x84]            // GICD_IGROUPR1: INTIDs 40-45 in group 1
+    str w1, [x26, #0x104]           // GICD_ISENABLER1
+    {mov32("w1", 0x6070_8090)}
+    str w1, [x26, #0x428]           // GICD_IPRIORITYR10: 40-43 at 0x90, 0x80, 0x70, 0x60
+    {mov32("w1", 0x4050)}
+    str w1, [x26, #0x42c]           // GICD_IPRIORITYR11: 44, 45 at 0x50, 0x40
+    mov w1, #0x3f00
+    str w1, [x26, #0x204]           // GICD_ISPENDR1: all six pending
+    mov x19, #0
+    msr daifclr, #2
+wait:
+    cmp x19, #6
+    b.lt wait
+    {SYSTEM_OFF}
+irq:
+    mrs x0, {ICC_IAR1_EL1}
+    cmp x0, #1023
+    b.eq done
+    str x0, [x25, x19, lsl #3]
+    add x19, x19, #1
+    msr {ICC_EOIR1_EL1}, x0
+done:
+    eret
+""")
+    vm = arm_vm(image)
+    result = vm.run(timeout=10)
+    assert result.status == STATUS_OFF, (result, vm.memory.read(UNEXPECTED, 24).hex())
+    order = [vm.memory.read_u64(DATA + 8 * i) for i in range(6)]
+    assert order == [45, 44, 43, 42, 41, 40]
+    assert vm.stats.counts().get("maintenance interrupt", 0) >= 1  # the refills
