@@ -542,6 +542,7 @@ class SysregTraps:
         reads, records, record = self._reads, self._records, self._record
         emulated, unimplemented = self.emulated_reads, self.unimplemented
         vcpu = self.vcpu
+        read_reg, pstate_reg = vcpu.regs.read, UC_ARM64_REG_PSTATE
         dispatch, fail, write = vcpu.vm.dispatch, vcpu.hooks.fail, vcpu.regs.write
         cp_bytes, kind, xzr, mrs = _CP_KEY.from_address, ExitKind.SYSREG, UC_ARM64_REG_XZR, UC_ARM64_INS_MRS
         pc_reg = UC_ARM64_REG_PC
@@ -552,6 +553,8 @@ class SysregTraps:
         def on_mrs(_uch, reg, cp, _ud):
             try:
                 key = cp_bytes(cp).raw
+                if key in unimplemented and not read_reg(pstate_reg) & 0xC:
+                    return 0  # at EL0: UNDEFINED, as the engine (which lacks the register) makes it
                 if key in reads:
                     args = records.get((key, reg, mrs))
                     if args is None:
@@ -591,6 +594,7 @@ class SysregTraps:
         writes, records, record = self._writes, self._records, self._record
         emulated, unimplemented = self.emulated_writes, self.unimplemented
         vcpu = self.vcpu
+        read_reg, pstate_reg = vcpu.regs.read, UC_ARM64_REG_PSTATE
         dispatch, fail, write = vcpu.vm.dispatch, vcpu.hooks.fail, vcpu.regs.write
         cp_bytes, from_address, kind, msr = _CP_KEY.from_address, ctypes.c_uint64.from_address, ExitKind.SYSREG, UC_ARM64_INS_MSR
         pc_reg = UC_ARM64_REG_PC
@@ -605,6 +609,8 @@ class SysregTraps:
         def on_msr(_uch, reg, cp, _ud):
             try:
                 key = cp_bytes(cp).raw
+                if key in unimplemented and not read_reg(pstate_reg) & 0xC:
+                    return 0  # at EL0: UNDEFINED
                 value = from_address(cp + 24).value
                 if key in writes:
                     args = records.get((key, reg, msr))

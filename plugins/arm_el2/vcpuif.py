@@ -39,8 +39,8 @@ group-1 registers and ICC_DIR_EL1 to EL2 (SYSREG exits, EC 0x18, the ICC_* encod
 the exit handler the access is performed by the virtual interface as if untrapped (unless the
 handler supplied a value), which is what KVM's trap handlers do.
 
-Not modelled: LPIs, NMIs (FEAT_GICv3_NMI), ICH_HCR_EL2.TSEI, EL0 accesses (UNDEFINED on
-hardware, served like EL1's here) and the physical ICC interface (hvsim's guests always run at EL1 under IMO).
+EL0 accesses are UNDEFINED (the hook lets the engine, which lacks the registers, raise it).
+Not modelled: LPIs, NMIs (FEAT_GICv3_NMI), ICH_HCR_EL2.TSEI and the physical ICC interface (hvsim's guests always run at EL1 under IMO).
 An LR whose vINTID is a special INTID (1020-1023), a reserved one (1024-8191) or wider than
 24 bits is never acknowledged: IAR reads 1023 and it stays pending (its behaviour is
 UNPREDICTABLE in the architecture).

@@ -195,3 +195,26 @@ done:
     order = [vm.memory.read_u64(DATA + 8 * i) for i in range(6)]
     assert order == [45, 44, 43, 42, 41, 40]
     assert vm.stats.counts().get("maintenance interrupt", 0) >= 1  # the refills
+
+
+@pytest.mark.parametrize("insn", [f"mrs x0, {ICC_IAR1_EL1}", f"msr {ICC_EOIR1_EL1}, x0"])
+def test_icc_registers_are_undefined_at_el0(arm_vm, insn):
+    """The GIC's system registers have no EL0 access: UNDEFINED (EC 0x00) at EL0, taken to EL1."""
+    from el2guest import guest, log_records
+
+    vm = arm_vm(guest(f"""
+    adr x1, el0_code
+    mov x22, x1
+    msr elr_el1, x1
+    msr spsr_el1, xzr               // EL0t
+    adr x20, el0_next
+    eret
+el0_code:
+    {insn}
+el0_next:
+    svc #0xffff
+"""))
+    result = vm.run(timeout=10)
+    assert result.status == STATUS_OFF
+    (vector, esr, elr, _far, _spsr), _ = log_records(vm, 2)
+    assert (vector, esr >> 26, elr) == (0x400, 0, vm.vcpus[0].xreg(22))  # lower EL sync, EC 0x00
