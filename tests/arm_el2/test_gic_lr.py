@@ -34,8 +34,8 @@ class Hypervisor:
             if vcpu.smccc_x0 & 0xFFFF_FFFF != HVC_PROGRAM_LR:
                 return psci.handle_hvc(vcpu, exit)
             ich = vcpu.gic_cpuif
-            ich.write("ICH_HCR_EL2", ich.read("ICH_HCR_EL2") | self.hcr)
             ich.write("ICH_LR3_EL2", self.lr)
+            ich.write("ICH_HCR_EL2", ich.read("ICH_HCR_EL2") | self.hcr)
             vcpu.smccc_return(0)
 
         def on_event(vcpu, exit):
@@ -218,3 +218,17 @@ el0_next:
     assert result.status == STATUS_OFF
     (vector, esr, elr, _far, _spsr), _ = log_records(vm, 2)
     assert (vector, esr >> 26, elr) == (0x400, 0, vm.vcpus[0].xreg(22))  # lower EL sync, EC 0x00
+
+
+def test_npie_raises_the_maintenance_interrupt_once_no_lr_is_pending(arm_vm, hvsim_pm):
+    """ICH_HCR_EL2.NPIE: when the guest's acknowledge leaves no LR pending, ICH_MISR_EL2.NP
+    asserts the maintenance interrupt (the hypervisor could refill now); the LR is active."""
+    hv = Hypervisor(LR_PENDING_G1 | 42, hcr=ci.ICH_HCR_NPIE)
+    hvsim_pm.register(hv)
+    vm = arm_vm(lr_guest())
+    result = vm.run(timeout=10)
+    assert result.status == STATUS_OFF, (result, vm.memory.read(UNEXPECTED, 24).hex())
+    assert vm.memory.read_u64(DATA) == 42
+    [m] = hv.maintenance
+    assert m["ICH_MISR_EL2"] == ci.ICH_MISR_NP
+    assert m["ICH_LR3_EL2"] & ci.ICH_LR_STATE == ci.ICH_LR_ACTIVE
