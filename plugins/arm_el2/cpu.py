@@ -403,7 +403,7 @@ class Arm64Vcpu(Vcpu):
                 traps.sync_hooks()
             timers.poll()
             if self.vgic is not None:
-                self.vgic.kick(self)  # fold the LRs back and fill them again (KVM's sync / flush)
+                self.vgic.entry(self)  # fold the LRs back and fill them again (KVM's sync / flush)
             if self.events:  # raised while the guest ran (a timer register write, a handler)
                 self.deliver_pending()
             timeout = int((deadline - clock.now()) * 1e6)

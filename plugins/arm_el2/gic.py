@@ -216,8 +216,16 @@ class VGic:
     def kick(self, vcpu) -> None:
         """The vGIC state of ``vcpu`` changed: refresh its list registers now (KVM kicks the vCPU
         out of the guest and refills at the next entry; the result is the same)."""
+        cpuif = self.cpuifs[vcpu.index]
+        cpuif.lr_changed = False
         self.sync(vcpu)
         self.flush(vcpu)
+
+    def entry(self, vcpu) -> None:
+        """Before the guest runs: fold and refill the LRs if the guest or the hypervisor
+        changed them since the vGIC last did (every other change refills at once)."""
+        if self.cpuifs[vcpu.index].lr_changed:
+            self.kick(vcpu)
 
     # -- the LRs ------------------------------------------------------------------------------
     def _group_enabled(self, irq: Irq) -> bool:

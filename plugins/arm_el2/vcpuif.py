@@ -186,6 +186,9 @@ class VirtualCpuInterface:
         self._event: Event | None = None  # the virtual IRQ/FIQ while signalled
         self._maintenance = False
         self.accesses = 0  # ICC_* accesses served without an exit
+        # The LRs or ICH_* changed since the vGIC last folded and filled them (the guest's
+        # acknowledge / EOI / deactivation, the hypervisor's writes): the next entry refills.
+        self.lr_changed = False
 
     # -- the EL2 view ---------------------------------------------------------------------------
     def misr(self) -> int:
@@ -238,6 +241,7 @@ class VirtualCpuInterface:
 
     def write(self, name: str, value: int) -> None:
         """Program a register (read-only ones, VTR/MISR/EISR/ELRSR, ignore writes)."""
+        self.lr_changed = True
         if name.startswith("ICH_LR"):
             self.lr[self._index(name, 6)] = value & ICH_LR_MASK
         elif name.startswith("ICH_AP0R") or name.startswith("ICH_AP1R"):
@@ -366,6 +370,7 @@ class VirtualCpuInterface:
         bit = prio >> (8 - PRE_BITS)
         (self.ap1r if group == G1 else self.ap0r)[bit // 32] |= 1 << (bit % 32)
         self.lr[idx] = (lr & ~ICH_LR_PENDING) | ICH_LR_ACTIVE
+        self.lr_changed = True
         self.update()
         return intid
 
@@ -401,6 +406,7 @@ class VirtualCpuInterface:
         return -1
 
     def _eoicount(self) -> None:
+        self.lr_changed = True
         count = (self.hcr >> ICH_HCR_EOICOUNT_SHIFT) + 1
         if count < 32:  # saturates at its 5-bit maximum
             self.hcr = (self.hcr & ~ICH_HCR_EOICOUNT) | count << ICH_HCR_EOICOUNT_SHIFT
@@ -408,6 +414,7 @@ class VirtualCpuInterface:
     def _deactivate(self, idx: int) -> None:
         lr = self.lr[idx]
         self.lr[idx] = lr & ~ICH_LR_ACTIVE  # active+pending -> pending, active -> invalid
+        self.lr_changed = True
         if lr & ICH_LR_HW:
             self.on_deactivate(lr >> ICH_LR_PINTID_SHIFT & 0x1FFF)
 
@@ -506,4 +513,5 @@ class VirtualCpuInterface:
 
     def _write_apr(self, regs: list, n: int, value: int) -> None:
         regs[n] = value & 0xFFFF_FFFF if n == 0 else 0
+        self.lr_changed = True
         self.update()
