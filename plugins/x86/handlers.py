@@ -55,6 +55,9 @@ APIC_BASE_WRITABLE = (1 << 10) | (1 << 11) | (((1 << paging.MAXPHYADDR) - 1) & ~
 def handle_msr(vcpu, exit: Exit) -> None:
     """RDMSR/WRMSR of the MSRs hvsim models; a write to a reserved bit is #GP(0) (SDM 10.4.4)."""
     msr = exit.address
+    if msr not in vcpu.msrs:  # an MSR hvsim does not model, intercepted for a VMM: #GP(0)
+        exit.vector = 13
+        return
     if not exit.is_write:
         value = vcpu.msrs[msr]
         vcpu.regs.write(X.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
