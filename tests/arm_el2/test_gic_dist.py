@@ -281,3 +281,58 @@ irq:
     assert result.status == STATUS_OFF, (result, vm.memory.read(UNEXPECTED, 24).hex())
     assert vm.memory.read_u64(DATA) == 40
     assert taken == [40]
+
+
+def test_uart_input_wakes_a_wfi_guest_through_spi_1(arm_vm):
+    """Console input (sent from another thread, handed to the PL011 by the run loop) raises
+    UARTINTR with the receive interrupt enabled: SPI 1 (INTID 33) wakes the guest from WFI;
+    its handler acknowledges it, drains the receive FIFO (the line drops) and ends it."""
+    import threading
+
+    vm = arm_vm(gic_guest(f"""
+    mov x0, #0
+    {gicr_of("x0")}
+    {GIC_ON}
+    {mov32("x25", DATA)}
+    {mov32("x26", GICD)}
+    mov w1, #0x80
+    strb w1, [x26, #0x421]          // GICD_IPRIORITYR: INTID 33
+    mov w1, #2
+    str w1, [x26, #0x84]            // GICD_IGROUPR1
+    str w1, [x26, #0x104]           // GICD_ISENABLER1
+    movz x2, #0x6108
+    str xzr, [x26, x2]              // GICD_IROUTER33: vCPU 0
+    movz x20, #0x0900, lsl #16
+    mov w1, #0x10
+    str w1, [x20, #0x38]            // UARTIMSC: RXIM
+    mov x19, #0                     // interrupts taken
+    msr daifclr, #2
+idle:
+    wfi
+    ldrb w1, [x25, #8]
+    cmp w1, #10                     // the newline ends it
+    b.ne idle
+    str x19, [x25]
+    {SYSTEM_OFF}
+irq:
+    mrs x0, {ICC_IAR1_EL1}
+    add x19, x19, #1
+drain:
+    ldr w1, [x20, #0x18]            // UARTFR
+    tbnz w1, #4, drained            // RXFE
+    ldr w1, [x20]
+    strb w1, [x25, #8]
+    sub w1, w1, #32
+    strb w1, [x20]                  // echo in upper case
+    b drain
+drained:
+    msr {ICC_EOIR1_EL1}, x0
+    eret
+"""))
+    vm.console.input_open = True  # as hvsim run's stdin pump: more input may come while all are halted
+    threading.Timer(0.05, vm.console.send, (b"gic",)).start()
+    threading.Timer(0.15, vm.console.send, (b"\n",)).start()
+    result = vm.run(timeout=20)
+    assert result.status == STATUS_OFF, (result, vm.memory.read(UNEXPECTED, 24).hex())
+    assert vm.console.text.startswith("GIC")
+    assert 2 <= vm.memory.read_u64(DATA) <= 4  # an interrupt per arrival (each drains what came)
