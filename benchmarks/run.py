@@ -29,6 +29,9 @@
    full flush every 65,536 accesses, MOV CR3 + load, INVLPG + load, TLBI VALE1 + load, a 64 MiB
    sequential fill, under EPT / NPT / Arm stage 2 and x86 shadow paging, against bare Unicorn
    with its own MMU; the cost of one fill and one flush.
+10. gic (arm64): the virtual timer through the vGIC, exits per interrupt with list registers
+    serving ICC_IAR1_EL1 / ICC_EOIR1_EL1 (no exit) against ICH_HCR_EL2.TALL1 (each trapped), and
+    the time per interrupt.
 
 ``--only NAME[,NAME...]`` runs only those rows (the function names below, e.g.
 ``--only stop_stress,run_control,exit_rates``).
@@ -893,6 +896,40 @@ def deterministic_cost(out: Table) -> None:
                         verdict(ratio >= 0.9) if target != "-" else "")
 
 
+def gic(out: Table) -> None:
+    """The arm64 virtual timer through the vGIC (tests/arm_el2/test_gic_timer.py's guest: each
+    tick acknowledged with ICC_IAR1_EL1, the timer re-armed, ICC_EOIR1_EL1): exits per
+    interrupt with the list registers serving the guest's ICC_* accesses, against the same
+    guest with ICH_HCR_EL2.TALL1 set (every group-1 ICC_* access trapped to EL2, as an
+    interrupt controller without list registers has the hypervisor emulate each ACK and EOI);
+    and the time per interrupt with the timer re-armed 1 us ahead (always due)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "arm_el2"))
+    tick = tests_module("test_gic_timer")
+    from hvsim.plugins.arm_el2 import vcpuif as ci
+
+    n = 500 if QUICK else 2_000
+    for mode in ("list registers", "ICH_HCR_EL2.TALL1"):
+        for period, what in ((6_250, "100 us period"), (62, "1 us period")):
+            vm = VM("arm_el2", mem="64M", console=GuestConsole(keep=False))
+            vm.load(tick.tick_guest(ticks=n, period=period))
+            cpu = vm.vcpus[0]
+            if mode != "list registers":
+                cpu.gic_cpuif.write("ICH_HCR_EL2", cpu.gic_cpuif.read("ICH_HCR_EL2") | ci.ICH_HCR_TALL1)
+            t = time.perf_counter()
+            result = vm.run(timeout=120)
+            wall = time.perf_counter() - t
+            assert result.status == 0 and cpu.xreg(19) == n, result.reason
+            counts = vm.stats.counts()
+            exits = sum(counts.values())
+            icc = counts.get("ESR_ELx_EC_SYS64", 0)
+            setup = 7  # the bring-up's ICC_* accesses and the PSCI call
+            per = f"{exits / n:.2f} exits/irq ({icc / n:.2f} ICC traps, {counts.get('ESR_ELx_EC_WFx', 0) / n:.2f} WFI)"
+            served = f"{(cpu.gic_cpuif.accesses - icc) / n:.1f} ICC accesses/irq without exit"
+            out.add_row(f"vGIC timer tick, {what}, {mode}", "arm_el2", served, per,
+                        f"{wall / n * 1e6:.0f} us/irq", "0 ICC exits" if mode == "list registers" else "-",
+                        verdict(icc <= setup) if mode == "list registers" else "")
+
+
 def apicv(out: Table) -> None:
     """Exits per interrupt and per EOI, time per interrupt, on one interrupt-heavy guest
     (tests/apicvload.py: TPR up, a device interrupt, EOI in the handler, TPR down) without APIC
@@ -938,7 +975,7 @@ def main() -> None:
         table.add_column(col)
     rows = [compute_bound, untrapped_sensitive, exit_rates, instruction_exit_rates, startup, cold_code,
             memory_virtualization, tlb, shadow_vs_nested, x86_event_rounds, stop_stress, run_control,
-            deterministic_cost, apicv]
+            deterministic_cost, apicv, gic]
     if "--only" in sys.argv:
         names = sys.argv[sys.argv.index("--only") + 1].split(",")
         known = {row.__name__: row for row in rows}
