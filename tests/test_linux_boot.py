@@ -48,7 +48,7 @@ def packages():
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("arch", ["arm_el2", "intel_vtx", "amd_svm"])
+@pytest.mark.parametrize("arch", ["arm_el2"])  # x86: see issue #15
 @pytest.mark.parametrize("vcpus", [1, 2])
 def test_debian_kernel_boots_to_busybox_and_powers_off(packages, arch, vcpus):
     kernel, initrd = packages(arch)
