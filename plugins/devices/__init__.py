@@ -48,3 +48,46 @@ def hvsim_register_devices(registry):
     registry.add("pic8259", lambda vm, **p: Pic8259(**p))
     registry.add("fw_cfg", _fw_cfg)
     registry.add("pl011", lambda vm, **p: Pl011(vm.console.write_byte, **p))
+
+
+# -- the x86 platform's interrupt controllers (plugins/devices/lapic.py, platform.py) ----------
+def _apic_mmio(inner):
+    def handle(vcpu, exit):
+        apic = getattr(vcpu, "lapic", None)
+        if apic is not None and apic.base & 0x800 and not apic.base & 0x400 and \
+                exit.address & ~0xFFF == apic.base & ~0xFFF:
+            offset = exit.address & 0xFFF
+            if exit.is_write:
+                apic.write(offset, exit.size, exit.value)
+            else:
+                exit.value = apic.read(offset, exit.size)
+            return
+        inner(vcpu, exit)
+    return handle
+
+
+def _apic_halt(inner):
+    def handle(vcpu, exit):
+        inner(vcpu, exit)
+        if getattr(vcpu, "lapic", None) is not None and vcpu.state.value == "halted":
+            vcpu.halt()  # with the APIC timer armed the vCPU waits for it instead
+    return handle
+
+
+@hookimpl(trylast=True)
+def hvsim_exit_handlers(vm, registry):
+    """On x86 the local APIC decodes its own page before the bus, per vCPU (xAPIC mode), and a
+    HLT with its timer armed waits for the timer."""
+    from hvsim.core.exits import ExitKind
+
+    if getattr(vm.arch, "apic_bus", None) is None:
+        return
+    registry.add(ExitKind.MMIO, _apic_mmio(registry.get(ExitKind.MMIO)))
+    registry.add(ExitKind.HALT, _apic_halt(registry.get(ExitKind.HALT)))
+
+
+@hookimpl
+def hvsim_interrupt_acknowledged(vcpu, event):
+    apic = getattr(vcpu, "lapic", None)
+    if apic is not None:
+        apic.acknowledged(event)

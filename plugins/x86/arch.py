@@ -40,6 +40,10 @@ class X86Arch(Arch):
         if above:
             vm.memory.add_ram(layout.HIGH_RAM_BASE, above)
         self.hv_area = vm.host.allocate(HV_AREA)  # per-vCPU VMCS / VMCB structures live here
+        # The interrupt controllers the VMM emulates (plugins/devices: lapic, ioapic, pit8254)
+        from hvsim.plugins.devices.platform import build_pc_interrupts
+
+        build_pc_interrupts(vm, self)
         for device, port, count, label in layout.PORT_DEVICES:
             dev = vm.pm.devices.create(device, vm)
             vm.bus.add_port(port, count, dev, label)
@@ -49,7 +53,9 @@ class X86Arch(Arch):
                                                   for e in layout.e820_table(vm.config.mem_size)))
 
     def create_vcpu(self, index: int) -> X86Vcpu:
-        return X86Vcpu(self.vm, index, self.vendor, self.hv_area + index * VCPU_AREA)
+        vcpu = X86Vcpu(self.vm, index, self.vendor, self.hv_area + index * VCPU_AREA)
+        vcpu.lapic = self.apic_bus.add(vcpu)  # APs wait for INIT-SIPI (state OFF until then)
+        return vcpu
 
     @property
     def paging(self) -> str:
