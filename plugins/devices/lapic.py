@@ -306,9 +306,7 @@ class LocalApic:
             return
         vcpu = self.vcpu
         self.wait_for_sipi = False
-        signature = vcpu.vendor.cpuid_leaf(1, 0, vcpu.index, len(vcpu.vm.vcpus))[0]
-        vcpu.start_up(vector, signature)
-        vcpu._stopping = False
+        vcpu.sipi_vector = vector & 0xFF  # its next entry starts there (X86Vcpu.run)
         vcpu.state = VcpuState.RUNNABLE
 
     def eoi(self) -> None:

@@ -116,6 +116,7 @@ class X86Vcpu(Vcpu):
         self.msrs.update(dict.fromkeys((MSR_IA32_TSC_DEADLINE, *range(0x800, 0x900)), 0))
         self.lapic = None
         self.apic_wait = False  # halted with the APIC timer armed: run() waits for it
+        self.sipi_vector: int | None = None  # a start-up IPI's vector, taken at the next entry
         self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive, self._reenter)
         self.context = vendor.attach(self, hv_area)  # the VMCB / VMCS this vCPU runs through
         self._record = self.context.record if self.context is not None else None
@@ -282,6 +283,11 @@ class X86Vcpu(Vcpu):
 
     # -- the run loop's side ---------------------------------------------------------------
     def run(self, slice_us: int) -> Exit | None:
+        if self.sipi_vector is not None:  # started by a SIPI since it last ran
+            vector, self.sipi_vector = self.sipi_vector, None
+            self.start_up(vector, self.vendor.cpuid_leaf(1, 0, self.index, len(self.vm.vcpus))[0])
+            if self.vm.status is not None:
+                return None
         if self.apic_wait and not self._apic_wait(slice_us):
             return None  # still halted, waiting for the APIC timer
         self._stopping = False

@@ -61,3 +61,48 @@ wait:
     {EXIT}
 {counting_handler("tick", COUNT)}
 """
+
+
+AP_VECTOR = 0x20  # the AP's trampoline at 0x20000 (SIPI vector 0x20)
+AP_TRAMPOLINE = AP_VECTOR << 12
+AP_STACK = 0x19_0000
+BOOT_GDTR = 0x880  # the pseudo-descriptor hvsim's loader left (plugins/x86/layout.py)
+IDTR = X86_DATA + 0xFF0  # where x86_idt_setup keeps the IDT's pseudo-descriptor
+
+
+def ap_trampoline(body64: str) -> bytes:
+    """Real mode at AP_VECTOR << 8 : 0 -> long mode with the loader's GDT (64-bit code 0x18,
+    data 0x10) and page tables (CR3 0x1000), then ``body64`` (64-bit, at AP_TRAMPOLINE + 0x100)."""
+    from keystone import KS_ARCH_X86, KS_MODE_16, Ks
+    import struct
+
+    from guestlib import x86_64
+
+    real = bytes(Ks(KS_ARCH_X86, KS_MODE_16).asm(f"""
+        cli
+        xor ax, ax
+        mov ds, ax
+        lgdt [{BOOT_GDTR:#x}]
+        mov eax, 0x20
+        mov cr4, eax
+        mov eax, 0x1000
+        mov cr3, eax
+        mov ecx, 0xc0000080
+        rdmsr
+        or eax, 0x100
+        wrmsr
+        mov eax, cr0
+        or eax, 0x80000001
+        mov cr0, eax
+    """, 0)[0])
+    real += b"\x66\xea" + struct.pack("<IH", AP_TRAMPOLINE + 0x100, 0x18)  # jmp dword 0x18:long
+    code64 = x86_64(f"""
+        mov ax, 0x10
+        mov ds, ax
+        mov es, ax
+        mov ss, ax
+        mov rsp, {AP_STACK:#x}
+        lidt [{IDTR:#x}]
+        {body64}
+    """, AP_TRAMPOLINE + 0x100)
+    return real.ljust(0x100, b"\x90") + code64
