@@ -23,7 +23,7 @@ def run64(make_vm, arch, src, timeout=20, **kw):
 
 
 def test_periodic_timer_ticks_with_eoi(make_vm, arch):
-    vm, r = run64(make_vm, arch, timer_ticks(5))
+    vm, r = run64(make_vm, arch, timer_ticks(5), deterministic=True)
     assert r.status == 1, r.reason
     assert vm.memory.read_u32(COUNT) == 5
     apic = vm.vcpus[0].lapic

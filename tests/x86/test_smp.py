@@ -61,6 +61,7 @@ ticks:
     hlt
     cmp dword ptr [{COUNT:#x}], {ticks}
     jb ticks
+    cli
     mov {reg(0x320)}, 0x10000
     xor ebx, ebx
 send:
@@ -82,7 +83,7 @@ got:
 
 
 def test_init_sipi_then_ipis(make_vm, arch):
-    vm = make_vm(arch, mem="64M", vcpus=2)
+    vm = make_vm(arch, mem="64M", vcpus=2, deterministic=True)  # no tick between the last HLT and CLI
     image = bytearray(x86_64(smp_guest(ipis=4, ticks=3)))
     vm.load(bytes(image))
     vm.memory.write(AP_TRAMPOLINE, ap_trampoline(AP_COUNTS_IPIS))
