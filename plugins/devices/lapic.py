@@ -90,6 +90,8 @@ class ApicBus:
         self.vm = vm
         self.lapics: list[LocalApic] = []
         self.eoi_listeners: list = []  # f(vector): a level-triggered vector was EOIed
+        self.platform_timers: list = []  # .deadline_ns, .poll(): polled by the BSP's vCPU
+        self.pic = None  # the master 8259, which LINT0 in ExtINT mode acknowledges
 
     def add(self, vcpu) -> "LocalApic":
         apic = LocalApic(vcpu, self)
@@ -125,7 +127,7 @@ class LocalApic:
         self.clock = vcpu.clock
         self.regs = bytearray(4096)
         self.base = DEFAULT_BASE | BASE_EN | (BASE_BSP if vcpu.index == 0 else 0)
-        self.deadline_ns: int | None = None  # the timer's next expiry on self.clock
+        self._timer_ns: int | None = None  # the timer's next expiry on self.clock
         self._period_ns = 0
         self._tsc_deadline = 0
         self._esr_pending = 0
@@ -144,7 +146,7 @@ class LocalApic:
         self._set(SVR, 0xFF)
         for lvt in LVTS:
             self._set(lvt, LVT_MASKED)
-        self.deadline_ns = None
+        self._timer_ns = None
         self._tsc_deadline = 0
         self._esr_pending = 0
         self._unqueue()
@@ -371,13 +373,13 @@ class LocalApic:
     def _start_timer(self) -> None:
         count = self._get(TIMER_ICR)
         if self._timer_mode() == TIMER_TSC_DEADLINE or count == 0:
-            self.deadline_ns = None
+            self._timer_ns = None
             return
         self._period_ns = count * self._divisor()
         if self._timer_mode() == TIMER_PERIODIC:
             self._period_ns = max(self._period_ns, MIN_PERIOD_NS)
         self._start_ns = self.clock.now_ns()
-        self.deadline_ns = self._start_ns + self._period_ns
+        self._timer_ns = self._start_ns + self._period_ns
         self._changed_deadline()
 
     def _changed_deadline(self) -> None:
@@ -386,23 +388,42 @@ class LocalApic:
             hook()
 
     def _current_count(self) -> int:
-        if self.deadline_ns is None or self._timer_mode() == TIMER_TSC_DEADLINE:
+        if self._timer_ns is None or self._timer_mode() == TIMER_TSC_DEADLINE:
             return 0
-        left = max(0, self.deadline_ns - self.clock.now_ns())
+        left = max(0, self._timer_ns - self.clock.now_ns())
         return min(self._get(TIMER_ICR), -(-left // self._divisor()))
 
+    @property
+    def deadline_ns(self) -> int | None:
+        """When the vCPU must next look at its timers: this APIC's timer and, on the BSP, the
+        platform's (the PIT's channel 0): the run loop ends a slice there and wakes a HLT."""
+        own = self._timer_ns
+        if self.index == 0 and self.bus.platform_timers:
+            for t in self.bus.platform_timers:
+                d = t.deadline_ns
+                if d is not None and (own is None or d < own):
+                    own = d
+        return own
+
     def poll_timer(self) -> bool:
-        """Fire the timer if its deadline has passed; True if it fired."""
-        if self.deadline_ns is None or self.clock.now_ns() < self.deadline_ns:
+        """Fire what is due (this APIC's timer, the BSP's platform timers); True if any fired."""
+        fired = False
+        if self.index == 0:
+            for t in self.bus.platform_timers:
+                fired |= t.poll()
+        return self._poll_own() or fired
+
+    def _poll_own(self) -> bool:
+        if self._timer_ns is None or self.clock.now_ns() < self._timer_ns:
             return False
         lvt = self._get(LVT_TIMER)
         mode = self._timer_mode()
         if mode == TIMER_PERIODIC and self._period_ns:
             now = self.clock.now_ns()
-            nxt = self.deadline_ns + self._period_ns
-            self.deadline_ns = nxt if nxt > now else now + self._period_ns  # missed ticks coalesce
+            nxt = self._timer_ns + self._period_ns
+            self._timer_ns = nxt if nxt > now else now + self._period_ns  # missed ticks coalesce
         else:
-            self.deadline_ns = None
+            self._timer_ns = None
             if mode == TIMER_TSC_DEADLINE:
                 self._tsc_deadline = 0  # the MSR reads 0 once the timer fired (SDM 11.5.4.1)
         self._lvt_fire(lvt)
@@ -420,10 +441,10 @@ class LocalApic:
         if self._timer_mode() != TIMER_TSC_DEADLINE:
             return  # written in another mode: ignored (SDM 11.5.4.1)
         if value == 0:
-            self.deadline_ns = None
+            self._timer_ns = None
             return
         delta = value - self._tsc_now()
-        self.deadline_ns = self.clock.now_ns() + max(0, int(delta * 1e9 / guest_tsc_hz(self.clock)))
+        self._timer_ns = self.clock.now_ns() + max(0, int(delta * 1e9 / guest_tsc_hz(self.clock)))
         self._changed_deadline()
 
     # -- registers ------------------------------------------------------------------------------------
@@ -484,7 +505,7 @@ class LocalApic:
             old_mode = self._timer_mode()
             self._set(off, bits | (self._get(off) & (LVT_PENDING | LVT_REMOTE_IRR)))
             if off == LVT_TIMER and self._timer_mode() != old_mode:
-                self.deadline_ns = None  # a mode change disarms the timer (SDM 11.5.4.1)
+                self._timer_ns = None  # a mode change disarms the timer (SDM 11.5.4.1)
                 self._tsc_deadline = 0
                 self._set(TIMER_ICR, 0)
                 if self._timer_mode() == 3:

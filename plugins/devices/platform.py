@@ -42,9 +42,8 @@ class IsaIrqs:
         self.levels = self.levels | bit if level else self.levels & ~bit
         if self.ioapic is not None:
             self.ioapic.set_irq(ISA_IRQ_TO_GSI.get(irq, irq), level)
-        if self.pics and level != was:
-            pic = self.pics[0] if irq < 8 else self.pics[1]
-            pic.set_irq(irq & 7, level)
+        if self.pics and level != was and self.bus.pic is not None:
+            self.bus.pic.set_irq(irq, level)
 
     def pulse(self, irq: int) -> None:
         self.set_irq(irq, True)
@@ -52,7 +51,42 @@ class IsaIrqs:
 
 
 def build_pc_interrupts(vm, arch) -> None:
-    """Called from X86Arch.build: the APIC bus, the LAPIC page, the IOAPIC, the PIT."""
+    """Called from X86Arch.build once the port devices exist: the APIC bus and the LAPIC page,
+    the IOAPIC, the PIT with port 0x61, the 8259 pair on LINT0, COM1 on IRQ 4."""
+    from .ioapic import IoApic
+    from .pic8259 import PicPair
+    from .pit8254 import Pit8254, Port61
+
     bus = arch.apic_bus = ApicBus(vm)
+    isa = arch.isa_irqs = IsaIrqs(vm, bus)
     vm.bus.add_mmio(layout.LAPIC_BASE, 0x1000, _Unassigned(), "local APIC (xAPIC page)")
-    arch.isa_irqs = IsaIrqs(vm, bus)
+    isa.ioapic = arch.ioapic = IoApic(bus)
+    vm.bus.add_mmio(layout.IOAPIC_BASE, 0x1000, isa.ioapic, "IOAPIC")
+    pit = arch.pit = Pit8254(vm.clock, irq0=lambda level: isa.set_irq(0, level))
+    vm.bus.add_port(layout.PIT_PORT, 4, pit, "8254 PIT")
+    vm.bus.add_port(layout.PORT_B, 1, Port61(pit), "system control port B (0x61)")
+    bus.platform_timers.append(pit)
+
+    def pit_changed() -> None:
+        if getattr(vm, "vcpus", None):
+            vm.vcpus[0].apic_timer_changed()  # the BSP's slice ends by the PIT's next edge
+    pit.on_change = pit_changed
+
+    master, slave = vm.bus.port(layout.PIC_MASTER_PORT), vm.bus.port(layout.PIC_SLAVE_PORT)
+    if master is not None and slave is not None and hasattr(master.device, "set_irq"):
+        def int_output(level: bool) -> None:
+            if level and getattr(vm, "vcpus", None):
+                bsp = vm.vcpus[0].lapic
+                if bsp.hw_enabled:
+                    bsp.lint(0)  # LINT0 (ExtINT when the guest programs it so)
+                else:  # a globally disabled APIC passes INTR straight to the processor (KVM)
+                    vector = pair.acknowledge()
+                    if vector is not None:
+                        from hvsim.core.exits import Event, EventType
+
+                        vm.inject(vm.vcpus[0], Event(EventType.EXTERNAL_INTERRUPT, vector))
+        pair = bus.pic = PicPair(master.device, slave.device, int_output)
+        isa.pics = [master.device, slave.device]
+    com1 = vm.bus.port(layout.COM1_PORT)
+    if com1 is not None and hasattr(com1.device, "irq"):
+        com1.device.irq = lambda level: isa.set_irq(4, level)

@@ -40,10 +40,6 @@ class X86Arch(Arch):
         if above:
             vm.memory.add_ram(layout.HIGH_RAM_BASE, above)
         self.hv_area = vm.host.allocate(HV_AREA)  # per-vCPU VMCS / VMCB structures live here
-        # The interrupt controllers the VMM emulates (plugins/devices: lapic, ioapic, pit8254)
-        from hvsim.plugins.devices.platform import build_pc_interrupts
-
-        build_pc_interrupts(vm, self)
         for device, port, count, label in layout.PORT_DEVICES:
             dev = vm.pm.devices.create(device, vm)
             vm.bus.add_port(port, count, dev, label)
@@ -51,6 +47,10 @@ class X86Arch(Arch):
                 # struct e820_entry: le64 address, le64 length, le32 type (QEMU's etc/e820)
                 dev.add_file("etc/e820", b"".join(struct.pack("<QQI", *e)
                                                   for e in layout.e820_table(vm.config.mem_size)))
+        # The interrupt controllers the VMM emulates (plugins/devices: lapic, ioapic, pit8254)
+        from hvsim.plugins.devices.platform import build_pc_interrupts
+
+        build_pc_interrupts(vm, self)
 
     def create_vcpu(self, index: int) -> X86Vcpu:
         vcpu = X86Vcpu(self.vm, index, self.vendor, self.hv_area + index * VCPU_AREA)

@@ -15,6 +15,8 @@ POST_PORT = 0x80
 PIC_MASTER_PORT = 0x20
 PIC_SLAVE_PORT = 0xA0
 FW_CFG_PORT = 0x510  # selector 0x510, data 0x511
+PIT_PORT = 0x40  # 8254 counters 0-2 and the control word (0x43)
+PORT_B = 0x61  # system control port B: PIT channel 2 gate, speaker, OUT2 status
 
 MAX_RAM_BELOW_4G = 0xE000_0000  # pc_piix.c: the default max-ram-below-4g
 GIGABYTE_LOWMEM = 0xC000_0000  # ... lowered to 3 GiB when RAM reaches it (gigabyte_align)

@@ -1,0 +1,177 @@
+"""The IOAPIC, the 8254 and the 8259 pair routing ISA interrupts to the local APIC, on both
+vendors: the PIT's IRQ 0 through the interrupt source override (INTIN 2), COM1's receive and
+THR-empty interrupts on IRQ 4, and the 8259 in ExtINT mode through LINT0."""
+
+from __future__ import annotations
+
+import pytest
+
+from apic_guests import COUNT, EXIT, OUT, counting_handler, reg, xapic_enable
+from guestlib import X86_STACK, x86_64, x86_idt_setup
+
+VENDORS = ["intel_vtx", "amd_svm"]
+IOAPIC = 0xFEC0_0000
+
+
+@pytest.fixture(params=VENDORS)
+def arch(request):
+    return request.param
+
+
+def run64(make_vm, arch, src, before=None, **kw):
+    vm = make_vm(arch, deterministic=True, **kw)
+    vm.load(x86_64(f"mov rsp, {X86_STACK}\nmov r14, {IOAPIC:#x}\n{src}"))
+    if before is not None:
+        before(vm)
+    return vm, vm.run(timeout=30)
+
+
+def ioapic_write(index: int, value: int) -> str:
+    return f"mov dword ptr [r14], {index:#x}\nmov dword ptr [r14 + 0x10], {value:#x}"
+
+
+def ioapic_read_to(index: int, at: int) -> str:
+    return f"mov dword ptr [r14], {index:#x}\nmov eax, dword ptr [r14 + 0x10]\nmov dword ptr [{at:#x}], eax"
+
+
+def pit_channel0(mode: int, count: int) -> str:
+    return (f"mov al, {0x30 | mode << 1:#x}\nout 0x43, al\nmov al, {count & 0xFF:#x}\nout 0x40, al\n"
+            f"mov al, {count >> 8:#x}\nout 0x40, al")
+
+
+def test_ioapic_registers(make_vm, arch):
+    src = f"""
+    {ioapic_read_to(0x01, OUT)}
+    {ioapic_read_to(0x10, OUT + 4)}
+    {ioapic_write(0x12, 0x15834)}
+    {ioapic_read_to(0x12, OUT + 8)}
+    {ioapic_write(0x01, 0)}
+    {ioapic_read_to(0x01, OUT + 12)}
+    {EXIT}"""
+    vm, r = run64(make_vm, arch, src)
+    assert r.status == 1, r.reason
+    m = vm.memory
+    assert m.read_u32(OUT) == 0x170011  # version 0x11, 24 entries
+    assert m.read_u32(OUT + 4) == 0x10000  # masked at reset
+    assert m.read_u32(OUT + 8) == 0x10834  # delivery status (12), remote IRR (14) are read-only
+    assert m.read_u32(OUT + 12) == 0x170011  # read-only
+
+
+def test_pit_irq0_reaches_the_lapic_through_intin2(make_vm, arch):
+    src = f"""
+    {x86_idt_setup({0x30: "tick"})}
+    {xapic_enable()}
+    {ioapic_write(0x14, 0x30)}
+    {ioapic_write(0x15, 0)}
+    {pit_channel0(2, 1193)}
+    sti
+wait:
+    hlt
+    cmp dword ptr [{COUNT:#x}], 3
+    jb wait
+    cli
+    {ioapic_write(0x14, 0x10030)}
+    {EXIT}
+{counting_handler("tick", COUNT)}
+"""
+    vm, r = run64(make_vm, arch, src)
+    assert r.status == 1, r.reason
+    assert vm.memory.read_u32(COUNT) == 3
+
+
+def test_com1_receive_and_thr_empty_interrupts_on_irq4(make_vm, arch):
+    """16550A IER: received data available (IIR 0x04) first, then THR empty (IIR 0x02), each
+    an edge on IRQ 4 -> INTIN 4 -> vector 0x34."""
+    src = f"""
+    {x86_idt_setup({0x34: "com1"})}
+    {xapic_enable()}
+    {ioapic_write(0x18, 0x34)}
+    {ioapic_write(0x19, 0)}
+    sti
+    mov dx, 0x3f9
+    mov al, 1
+    out dx, al                          // IER: received data available
+wait1:
+    cmp dword ptr [{COUNT:#x}], 1
+    jb wait1
+    mov dx, 0x3f9
+    mov al, 2
+    out dx, al                          // IER: THR empty
+wait2:
+    cmp dword ptr [{COUNT:#x}], 2
+    jb wait2
+    cli
+    {EXIT}
+com1:
+    push rax
+    push rdx
+    push rbx
+    mov ebx, dword ptr [{COUNT:#x}]
+    mov dx, 0x3fa
+    in al, dx
+    mov byte ptr [{OUT:#x} + rbx], al   // IIR
+    test al, 4
+    jz no_data
+    mov dx, 0x3f8
+    in al, dx
+    mov byte ptr [{OUT + 8:#x}], al     // the byte received
+no_data:
+    lock inc dword ptr [{COUNT:#x}]
+    mov {reg(0xB0)}, 0
+    pop rbx
+    pop rdx
+    pop rax
+    iretq
+"""
+    vm, r = run64(make_vm, arch, src, before=lambda vm: vm.bus.port(0x3F8).device.feed(b"A"))
+    assert r.status == 1, r.reason
+    m = vm.memory
+    assert m.read_u32(COUNT) == 2
+    assert m.read(OUT, 2) == bytes([0x04, 0x02])
+    assert m.read(OUT + 8, 1) == b"A"
+
+
+def test_8259_extint_through_lint0(make_vm, arch):
+    """The 8259 pair initialized at vectors 0x20 / 0x28, IRQ 0 unmasked, LINT0 in ExtINT mode:
+    the PIT's ticks arrive at vector 0x20 and end with a non-specific EOI to the 8259."""
+    src = f"""
+    {x86_idt_setup({0x20: "tick"})}
+    {xapic_enable()}
+    mov {reg(0x350)}, 0x700
+    mov al, 0x11
+    out 0x20, al
+    out 0xa0, al
+    mov al, 0x20
+    out 0x21, al
+    mov al, 0x28
+    out 0xa1, al
+    mov al, 4
+    out 0x21, al
+    mov al, 2
+    out 0xa1, al
+    mov al, 1
+    out 0x21, al
+    out 0xa1, al
+    mov al, 0xfe
+    out 0x21, al
+    mov al, 0xff
+    out 0xa1, al
+    {pit_channel0(2, 1193)}
+    sti
+wait:
+    hlt
+    cmp dword ptr [{COUNT:#x}], 3
+    jb wait
+    cli
+    {EXIT}
+tick:
+    push rax
+    lock inc dword ptr [{COUNT:#x}]
+    mov al, 0x20
+    out 0x20, al
+    pop rax
+    iretq
+"""
+    vm, r = run64(make_vm, arch, src)
+    assert r.status == 1, r.reason
+    assert vm.memory.read_u32(COUNT) == 3
