@@ -116,3 +116,9 @@ class X86Arch(Arch):
             raise ImageError(f"image {image.path}: a 32-bit ELF without a Multiboot header cannot be "
                              f"booted (add a Multiboot header, as QEMU -kernel requires)")
         vm.vcpus[0].set_boot_state(state)
+        from . import firmware
+
+        eax, _ebx, _ecx, edx = self.vendor.cpuid_leaf(1, 0, 0, len(vm.vcpus))
+        if not any(seg.address < firmware.TABLES_END and seg.address + seg.memsz > firmware.RSDP_ADDR
+                   for seg in image.segments):  # (an image placed there keeps its bytes)
+            firmware.write_tables(vm.memory, len(vm.vcpus), eax, edx)  # MP table and ACPI MADT
