@@ -606,7 +606,7 @@ class LocalApic:
         off = (msr - MSR_X2APIC_FIRST) << 4
         if msr == 0x830:
             return (self._icr_high << 32) | self._get(ICR)
-        if off in (EOI, SELF_IPI, ICR2, DFR) or off == RRD:
+        if off in (EOI, SELF_IPI, ICR2, DFR, APR, RRD):
             return None  # write-only or absent in x2APIC mode
         return self.read_reg(off)
 
@@ -625,7 +625,7 @@ class LocalApic:
             return self.write_reg(ICR, value & 0xFFFF_FFFF)
         if value >> 32:
             return False  # reserved high half of a 32-bit register
-        if off not in _READABLE and off not in (EOI, SELF_IPI):
+        if off not in _READABLE and off not in (EOI, SELF_IPI) or off in (APR, RRD, DFR, ICR2):
             return False
         return self.write_reg(off, value)
 

@@ -175,3 +175,84 @@ tick:
     vm, r = run64(make_vm, arch, src)
     assert r.status == 1, r.reason
     assert vm.memory.read_u32(COUNT) == 3
+
+
+def test_level_triggered_entry_remote_irr_and_eoi_broadcast(make_vm, arch):
+    """A level-triggered entry (COM1 with two bytes waiting, IER = received data): remote IRR is
+    set while the vector is in service; the local APIC's EOI (TMR set) is broadcast, clears it,
+    and the line, still asserted with the second byte, sends again (82093AA, SDM 11.8.5)."""
+    src = f"""
+    {x86_idt_setup({0x34: "com1"})}
+    {xapic_enable()}
+    {ioapic_write(0x18, 0x8034)}
+    {ioapic_write(0x19, 0)}
+    sti
+    mov dx, 0x3f9
+    mov al, 1
+    out dx, al
+wait:
+    cmp dword ptr [{COUNT:#x}], 2
+    jb wait
+    cli
+    {ioapic_read_to(0x18, OUT + 16)}
+    {EXIT}
+com1:
+    push rax
+    push rdx
+    push rbx
+    mov ebx, dword ptr [{COUNT:#x}]
+    mov dword ptr [r14], 0x18
+    mov eax, dword ptr [r14 + 0x10]
+    mov dword ptr [{OUT:#x} + rbx * 4], eax     // the entry while in service
+    mov eax, {reg(0x180 + 0x10)}
+    mov dword ptr [{OUT + 8:#x} + rbx * 4], eax // TMR bits 32-63 (vector 0x34)
+    mov dx, 0x3f8
+    in al, dx                                   // one byte per interrupt
+    lock inc dword ptr [{COUNT:#x}]
+    mov {reg(0xB0)}, 0
+    pop rbx
+    pop rdx
+    pop rax
+    iretq
+"""
+    vm, r = run64(make_vm, arch, src, before=lambda vm: vm.bus.port(0x3F8).device.feed(b"AB"))
+    assert r.status == 1, r.reason
+    m = vm.memory
+    assert m.read_u32(COUNT) == 2
+    assert m.read_u32(OUT) & (1 << 14) and m.read_u32(OUT + 4) & (1 << 14)  # remote IRR in service
+    assert m.read_u32(OUT + 8) & (1 << (0x34 - 32))  # TMR: level
+    assert not m.read_u32(OUT + 16) & (1 << 14)  # cleared by the last EOI
+
+
+def test_logical_destinations_flat_and_cluster(make_vm, arch):
+    """SDM 11.6.2.2: flat model (LDR bits 31:24 AND the destination), cluster model (cluster in
+    bits 7:4, members in 3:0); a lowest-priority IPI goes to the one match; a logical
+    destination matching nobody delivers nothing."""
+    src = f"""
+    {x86_idt_setup({0x55: "h55", 0x56: "h56", 0x57: "h57", 0x58: "h58"})}
+    {xapic_enable()}
+    mov {reg(0xD0)}, 0x01000000
+    mov {reg(0x310)}, 0x01000000
+    mov {reg(0x300)}, 0x855             // flat, logical 0x01: self
+    mov {reg(0x310)}, 0x02000000
+    mov {reg(0x300)}, 0x856             // flat, logical 0x02: nobody
+    mov {reg(0xE0)}, 0x0fffffff         // cluster model
+    mov {reg(0xD0)}, 0x11000000         // cluster 1, member bit 0
+    mov {reg(0x310)}, 0x11000000
+    mov {reg(0x300)}, 0x957             // lowest priority, logical 0x11
+    mov {reg(0x310)}, 0x21000000
+    mov {reg(0x300)}, 0x858             // cluster 2: nobody
+    sti
+    nop
+    nop
+    cli
+    {EXIT}
+{counting_handler("h55", OUT)}
+{counting_handler("h56", OUT + 4)}
+{counting_handler("h57", OUT + 8)}
+{counting_handler("h58", OUT + 12)}
+"""
+    vm, r = run64(make_vm, arch, src)
+    assert r.status == 1, r.reason
+    m = vm.memory
+    assert [m.read_u32(OUT + 4 * i) for i in range(4)] == [1, 0, 1, 0]

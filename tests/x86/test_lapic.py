@@ -247,3 +247,45 @@ any:
     assert m.read_u32(OUT + 20) == 0
     assert m.read_u32(COUNT) == 0
     assert vm.vcpus[0].lapic.highest_irr() == -1
+
+
+def test_relocated_and_disabled_apic(make_vm, arch):
+    """IA32_APIC_BASE (SDM 11.4.4): moving the base moves the xAPIC page (the old address is
+    then unassigned: all ones); clearing EN disables the APIC, which no longer decodes its page
+    and resets; EXTD without EN is #GP."""
+    src = f"""
+    {x86_idt_setup({13: "gp"})}
+    mov ecx, 0x1b
+    rdmsr
+    mov dword ptr [{OUT:#x}], eax
+    mov eax, 0xfed00900                 // base 0xFED0_0000, EN, BSP
+    xor edx, edx
+    wrmsr
+    mov rax, 0xfed00030
+    mov eax, dword ptr [rax]
+    mov dword ptr [{OUT + 4:#x}], eax
+    mov rax, 0xfee00030
+    mov eax, dword ptr [rax]
+    mov dword ptr [{OUT + 8:#x}], eax
+    mov ecx, 0x1b
+    mov eax, 0xfee00100                 // EN clear: disabled
+    wrmsr
+    mov rax, 0xfee00030
+    mov eax, dword ptr [rax]
+    mov dword ptr [{OUT + 12:#x}], eax
+    mov eax, 0xfee00500                 // EXTD without EN: #GP
+    wrmsr
+    rdmsr
+    mov dword ptr [{OUT + 16:#x}], eax
+    {EXIT}
+{GP_HANDLER}
+"""
+    vm, r = run64(make_vm, arch, src)
+    assert r.status == 1, r.reason
+    m = vm.memory
+    assert m.read_u32(OUT) == 0xFEE0_0900  # EN, BSP
+    assert m.read_u32(OUT + 4) == 0x50014
+    assert m.read_u32(OUT + 8) == 0xFFFF_FFFF
+    assert m.read_u32(OUT + 12) == 0xFFFF_FFFF
+    assert m.read_u32(GP_COUNT) == 1
+    assert m.read_u32(OUT + 16) == 0xFEE0_0100
