@@ -21,6 +21,12 @@ pl011              Arm PL011 UART                          arm virt MMIO 0x0900_
 
 Extra keyword arguments to ``create`` reach the device's constructor, e.g. ``irq=`` for the
 UARTs or ``max_cpus=`` for fw_cfg.
+
+The x86 interrupt controllers are not created by name: the PC platform builds them with the VM
+(``platform.build_pc_interrupts``): a local APIC per vCPU (lapic.py, ``vcpu.lapic``), the
+IOAPIC (ioapic.py, MMIO 0xFEC0_0000), the 8254 PIT (pit8254.py, ports 0x40-0x43 and 0x61),
+and the wiring of the 8259 pair and COM1's interrupt to them. The hooks below route the xAPIC
+page to the accessing vCPU's APIC and let a HLT wait for an armed APIC timer.
 """
 
 from hvsim import hookimpl

@@ -27,6 +27,14 @@ the VMM's interrupt-exiting and window controls); when the guest takes one,
 The timer counts the VM's clock (``vcpu.clock``; deterministic mode stays deterministic) at one
 bus tick per nanosecond, as KVM's (APIC_BUS_CYCLE_NS = 1), divided by the divide configuration.
 A periodic timer's period is at least ``MIN_PERIOD_NS`` (KVM's min_timer_period_us, 200 us).
+
+Errors (ESR, SDM 11.5.3): send / receive illegal vector (a fixed or lowest-priority message
+with a vector below 16, an LVT that fires with one), illegal register address (an xAPIC access
+to an offset with no register). The send / receive accept and checksum errors belong to the
+P6 / Pentium APIC bus and never occur: an IPI to an APIC ID nobody has is simply not
+delivered. A write to ESR latches the errors seen since the previous write (the register reads
+them until the next write); a new error also fires the error LVT. LVT and ICR messages with a
+reserved delivery mode are dropped.
 """
 
 from __future__ import annotations
@@ -507,9 +515,7 @@ class LocalApic:
             if off == LVT_TIMER and self._timer_mode() != old_mode:
                 self._timer_ns = None  # a mode change disarms the timer (SDM 11.5.4.1)
                 self._tsc_deadline = 0
-                self._set(TIMER_ICR, 0)
-                if self._timer_mode() == 3:
-                    self.error(0)  # reserved timer mode: nothing counts
+                self._set(TIMER_ICR, 0)  # (mode 3 is reserved: it never counts)
         elif off == TIMER_ICR:
             if self._timer_mode() == TIMER_TSC_DEADLINE:
                 return True  # ignored in TSC-deadline mode
@@ -547,8 +553,8 @@ class LocalApic:
         if mode in (FIXED, LOWEST) and vector < 16:
             self.error(ESR_SEND_ILLEGAL_VECTOR)
             return
-        if mode in (INIT, STARTUP) and shorthand in (SH_SELF,):
-            return  # self INIT / SIPI are not allowed (SDM Table 11-? shorthand restrictions)
+        if mode in (INIT, STARTUP) and shorthand == SH_SELF:
+            return  # the self shorthand is not valid with INIT or start-up (SDM 11.6.1, ICR)
         self.bus.deliver(dest, logical, shorthand, mode, vector, trigger, source=self)
 
     def _self_ipi(self, vector: int) -> None:

@@ -256,3 +256,41 @@ def test_logical_destinations_flat_and_cluster(make_vm, arch):
     assert r.status == 1, r.reason
     m = vm.memory
     assert [m.read_u32(OUT + 4 * i) for i in range(4)] == [1, 0, 1, 0]
+
+
+def test_lint0_with_a_reserved_delivery_mode_delivers_nothing(make_vm, arch):
+    """LINT0 programmed with delivery mode 011 (reserved): the 8259's requests are dropped and
+    the guest sees no interrupt and no error."""
+    src = f"""
+    {x86_idt_setup({v: "any" for v in range(0x20, 0x100)})}
+    {xapic_enable()}
+    mov {reg(0x350)}, 0x320
+    mov al, 0x11
+    out 0x20, al
+    mov al, 0x20
+    out 0x21, al
+    mov al, 4
+    out 0x21, al
+    mov al, 1
+    out 0x21, al
+    mov al, 0xfe
+    out 0x21, al
+    {pit_channel0(2, 1193)}
+    sti
+    mov ecx, 2000000
+spin:
+    loop spin
+    cli
+    mov {reg(0x280)}, 0
+    mov eax, {reg(0x280)}
+    mov dword ptr [{OUT:#x}], eax
+    {EXIT}
+any:
+    lock inc dword ptr [{COUNT:#x}]
+    iretq
+"""
+    vm, r = run64(make_vm, arch, src)
+    assert r.status == 1, r.reason
+    assert vm.memory.read_u32(COUNT) == 0 and vm.memory.read_u32(OUT) == 0
+    assert vm.clock.now_ns() > 5_000_000  # several PIT periods passed
+    assert vm.arch.apic_bus.pic.master.irr & 1  # the 8259 requested IRQ 0; nobody acknowledged it
