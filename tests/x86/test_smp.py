@@ -108,3 +108,31 @@ def test_smp_apic_run_is_deterministic(make_vm, arch):
         assert r.status == 1, r.reason
         runs.append(({k: v[0] for k, v in vm.stats.by_reason.items()}, vm.clock.now_ns()))
     assert runs[0] == runs[1]
+
+
+def test_hvsim_run_vcpus_starts_the_ap_the_guest_copies_its_trampoline(tmp_path, capsys, arch):
+    """``hvsim run --vcpus 2`` on x86: a raw image that copies its own AP trampoline below
+    1 MiB (as kernels do), starts the AP by INIT-SIPI-SIPI and exits with status 1 only if the
+    AP counted every IPI."""
+    from hvsim.core.cli import main
+
+    tramp = ap_trampoline(AP_COUNTS_IPIS)
+    body = smp_guest(ipis=3, ticks=2).replace(
+        "    mov dword ptr [{:#x}], 0\n".format(AP_ALIVE),
+        f"""    mov dword ptr [{AP_ALIVE:#x}], 0
+    lea rsi, [rip + tramp]
+    mov rdi, {AP_TRAMPOLINE:#x}
+    mov rcx, {len(tramp)}
+    rep movsb
+""", 1)
+    assert "rep movsb" in body
+    body = body.replace(f"    {EXIT}\n", f"""    cmp dword ptr [{IPIS:#x}], 3
+    setne al
+    out 0xf4, al
+    hlt
+""", 1)
+    src = body + "\ntramp:\n" + "\n".join(f".byte {', '.join(str(b) for b in tramp[i:i + 16])}"
+                                          for i in range(0, len(tramp), 16))
+    image = tmp_path / "smp.bin"
+    image.write_bytes(x86_64(src))
+    assert main(["run", str(image), "--arch", arch, "--vcpus", "2", "--deterministic", "--timeout", "30"]) == 1
