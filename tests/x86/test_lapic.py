@@ -289,3 +289,61 @@ def test_relocated_and_disabled_apic(make_vm, arch):
     assert m.read_u32(OUT + 12) == 0xFFFF_FFFF
     assert m.read_u32(GP_COUNT) == 1
     assert m.read_u32(OUT + 16) == 0xFEE0_0100
+
+
+ORDER = OUT + 0x100
+
+
+def test_priority_arbitration_tpr_ppr_and_nesting(make_vm, arch):
+    """SDM 11.8.3: with TPR 0x50 only class 6 and above is taken; IRR vectors are taken highest
+    first; a higher class nests inside a lower one's handler (ISR raises PPR); lowering the TPR
+    releases the rest. Each handler logs its vector."""
+    def handler(vector: int, nested: str = "") -> str:
+        return f"""
+h{vector:x}:
+    push rax
+    push rbx
+    mov ebx, dword ptr [{COUNT:#x}]
+    mov byte ptr [{ORDER:#x} + rbx], {vector:#x}
+    inc dword ptr [{COUNT:#x}]
+    mov eax, {reg(0xA0)}
+    mov byte ptr [{ORDER + 0x20:#x} + rbx], al      // PPR inside the handler
+    {nested}
+    mov {reg(0xB0)}, 0
+    pop rbx
+    pop rax
+    iretq
+"""
+    nest = f"mov {reg(0x310)}, 0\nmov {reg(0x300)}, 0x40095\nsti\nnop\ncli"  # self IPI 0x95 nests
+    src = f"""
+    {x86_idt_setup({0x45: "h45", 0x55: "h55", 0x65: "h65", 0x75: "h75", 0x95: "h95"})}
+    {xapic_enable()}
+    mov {reg(0x80)}, 0x50
+    mov {reg(0x310)}, 0
+    mov {reg(0x300)}, 0x40045
+    mov {reg(0x300)}, 0x40065
+    mov {reg(0x300)}, 0x40055
+    mov {reg(0x300)}, 0x40075
+    sti
+    nop
+    cli
+    mov eax, {reg(0xA0)}
+    mov dword ptr [{OUT:#x}], eax                   // PPR = TPR after the handlers
+    mov {reg(0x80)}, 0
+    sti
+    nop
+    cli
+    {EXIT}
+{handler(0x45)}
+{handler(0x55)}
+{handler(0x65, nest)}
+{handler(0x75)}
+{handler(0x95)}
+"""
+    vm, r = run64(make_vm, arch, src)
+    assert r.status == 1, r.reason
+    m = vm.memory
+    n = m.read_u32(COUNT)
+    assert list(m.read(ORDER, n)) == [0x75, 0x65, 0x95, 0x55, 0x45]
+    assert list(m.read(ORDER + 0x20, n)) == [0x70, 0x60, 0x90, 0x50, 0x40]
+    assert m.read_u32(OUT) == 0x50
