@@ -679,6 +679,39 @@ def lapic(out: Table) -> None:
             out.add_row(f"{n:,} APIC timer ticks, {mode}", arch, "",
                         f"{vm.stats.total / n:.2f} exits/interrupt, {eois / n:.2f} EOI exits/interrupt",
                         f"{each * 1e6:.0f} us/interrupt", "-", "")
+def apicv(out: Table) -> None:
+    """Exits per interrupt and per EOI, time per interrupt, on one interrupt-heavy guest
+    (tests/apicvload.py: TPR up, a device interrupt, EOI in the handler, TPR down) without APIC
+    virtualization and with APICv (virtual-interrupt delivery), posted interrupts, V_IRQ, AVIC."""
+    from hvsim.core.plugins import PluginManager
+
+    load = tests_module("apicvload")
+    n = 2_000 if QUICK else 10_000
+
+    def build(arch, vmm):
+        pm = PluginManager()
+        pm.load_entry_points()
+        pm.register(vmm)
+        return VM(arch, mem="64M", console=GuestConsole(keep=False), pm=pm)
+
+    for arch, modes in load.MODES.items():
+        base = None
+        for mode in modes:
+            t = time.perf_counter()
+            vm, result = load.run(build, arch, mode, n)
+            each = (time.perf_counter() - t) / n
+            assert result.status == 1, result.reason
+            counts = vm.stats.counts()
+            exits = sum(counts.values()) - 2  # the arming HLT and the final OUT
+            mmio = counts.get("EXIT_REASON_EPT_VIOLATION" if arch == "intel_vtx" else "VMEXIT_NPF", 0)
+            per_eoi = mmio / (3 * n)  # (an EOI is one of the three APIC stores per interrupt)
+            base = base or each
+            expected = 4 if mode in ("exits", "vintr") else 1  # the device's OUT is the one left
+            out.add_row(f"{n:,} interrupts, {mode}", arch, "",
+                        f"{exits / n:.1f} exits/interrupt, {per_eoi:.0f} per EOI, {each * 1e6:.0f} us each",
+                        f"{base / each:.2f}x time",
+                        f"{expected} exit(s)/interrupt" + ("" if expected == 4 else ", 0 per EOI"),
+                        verdict(exits == expected * n))
 
 
 def verdict(ok: bool) -> str:
@@ -691,7 +724,7 @@ def main() -> None:
         table.add_column(col)
     rows = [compute_bound, untrapped_sensitive, exit_rates, instruction_exit_rates, startup, cold_code,
             memory_virtualization, shadow_vs_nested, x86_event_rounds, stop_stress, run_control,
-            deterministic_cost, lapic]
+            deterministic_cost, apicv, lapic]
     if "--only" in sys.argv:
         names = sys.argv[sys.argv.index("--only") + 1].split(",")
         known = {row.__name__: row for row in rows}

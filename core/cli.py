@@ -107,6 +107,8 @@ def run(
                                               "backs (default: reads all-ones, writes ignored)")] = False,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="Virtual time from guest progress: the "
                                                 "same output, exits and memory on every run")] = False,
+    stdin: Annotated[bool, typer.Option("--stdin/--no-stdin", help="Send standard input to the guest's "
+                                        "serial port (a terminal is put in character mode)")] = True,
 ) -> None:
     """Run a guest image on one architecture. Exit status: the guest's own (isa-debug-exit
     (v<<1)|1, PSCI SYSTEM_OFF 0), 2 bad input, 4 guest crash, 6 halted forever, 124 timeout,
@@ -132,7 +134,12 @@ def run(
     # signal's handler a little after the signal arrives: one still pending when the run's own
     # watch is gone would otherwise reach the default handler and end hvsim silently mid-table.
     signal.signal(signal.SIGINT, lambda _sig, _frame: None)
-    result = vm.run(timeout=timeout)
+    restore = _console_input(vm) if stdin else None
+    try:
+        result = vm.run(timeout=timeout)
+    finally:
+        if restore is not None:
+            restore()
     if stats:
         print_stats(vm, result.wall_seconds)
     if stats_json is not None:
@@ -145,6 +152,29 @@ def run(
         sys.stderr.flush()
         os._exit(result.status)
     raise typer.Exit(result.status)
+
+
+def _console_input(vm):
+    """Standard input to the guest's UART. A terminal goes to character mode without echo (the
+    guest echoes; Ctrl-C still ends the run); returns what restores it."""
+    if vm.console.uart is None or sys.stdin is None:
+        return None
+    try:
+        fd = sys.stdin.fileno()
+    except (OSError, ValueError):
+        return None
+    restore = None
+    if os.isatty(fd):
+        import termios
+        import tty
+        try:
+            saved = termios.tcgetattr(fd)
+            tty.setcbreak(fd, termios.TCSANOW)
+            restore = lambda: termios.tcsetattr(fd, termios.TCSADRAIN, saved)  # noqa: E731
+        except termios.error:
+            pass
+    vm.console.pump(sys.stdin.buffer)
+    return restore
 
 
 def _paging(arch: str, paging: str) -> dict:

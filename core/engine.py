@@ -208,6 +208,7 @@ class SliceTimer:
         self._expired = False
         self._waiting_until: float | None = None
         self.interrupted = threading.Event()  # set by interrupt(); naps end when it is
+        self._poked = threading.Event()  # set by poke() (console input): ends the current nap
         self.stops = 0  # slices this thread ended (tests and benchmarks count them)
         self.resends = 0  # stops asked again because the engine had not left yet
         threading.Thread(target=self._watch, name="hvsim-slice-timer", daemon=True).start()
@@ -237,8 +238,13 @@ class SliceTimer:
     def expired(self) -> bool:
         return self._expired
 
+    def poke(self) -> None:
+        """End the run loop's current nap (input arrived for a halted guest); safe from any thread."""
+        self._poked.set()
+
     def interrupt(self) -> None:
         """End the running slice now and make every later one end at once."""
+        self._poked.set()
         with self._cv:
             self.interrupted.set()
             if self._deadline is not None:
@@ -249,9 +255,11 @@ class SliceTimer:
         self.interrupted.clear()
 
     def nap(self, seconds: float) -> None:
-        """Sleep in the run loop (a halted vCPU waiting for its timer); an interrupt ends it."""
-        if seconds > 0:
-            self.interrupted.wait(seconds)
+        """Sleep in the run loop (a halted vCPU waiting for its timer); an interrupt or a poke
+        (console input) ends it."""
+        if seconds > 0 and not self.interrupted.is_set():
+            self._poked.wait(seconds)
+            self._poked.clear()
 
     def _watch(self) -> None:
         import time

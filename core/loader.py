@@ -45,7 +45,7 @@ class MultibootHeader:
 @dataclass(slots=True)
 class Image:
     path: str
-    format: str  # "multiboot", "elf32", "elf64", "arm64-image", "raw"
+    format: str  # "multiboot", "elf32", "elf64", "arm64-image", "bzimage", "raw"
     machine: str | None  # "x86", "arm64", or None when the format does not say
     data: bytes
     entry: int | None = None
@@ -87,6 +87,8 @@ def parse_image(data: bytes, name: str = "<image>") -> Image:
         raise ImageError(f"image {name} is larger than {MAX_IMAGE >> 20} MiB")
     if data[:4] == b"\x7fELF":
         return _parse_elf(data, name)
+    if len(data) >= 0x264 and data[0x202:0x206] == b"HdrS":  # Linux/x86 setup header (boot.rst)
+        return Image(name, "bzimage", "x86", data)
     mb = _find_multiboot(data)
     if mb is not None:
         return _parse_multiboot_aout(data, name, mb)

@@ -137,6 +137,9 @@ class VM:
         self.image: Image | None = None
         self.arch = arch_cls(self)
         self.arch.build()
+        if self.console.uart is None:  # the platform's UART takes console input
+            self.console.uart = next((c.device for c in self.bus.port_claims + self.bus.mmio_claims
+                                      if hasattr(c.device, "feed")), None)
         self.pm.hook.hvsim_vm_created(vm=self)
         self.vcpus: list[Vcpu] = [self.arch.create_vcpu(i) for i in range(vcpus)]
         registry = ExitHandlerRegistry()
@@ -242,7 +245,10 @@ class VM:
         return RunResult(self.status, self.stop_reason, wall)
 
     def _loop(self, slice_us: int, deadline: float | None, timeout: float | None) -> None:
+        console = self.console
         while self.status is None:
+            if console.has_input:
+                console.deliver()  # between slices: devices run on this thread only
             ran = False
             for vcpu in self.vcpus:
                 if self.status is not None:
@@ -292,7 +298,14 @@ class VM:
 
     def _all_idle(self) -> None:
         """No vCPU could run: wake one with a pending event, or nothing ever will."""
-        if any(v.state is VcpuState.HALTED for v in self.vcpus):
+        halted = any(v.state is VcpuState.HALTED for v in self.vcpus)
+        console = self.console
+        if halted and (console.input_open or console.has_input) and \
+                getattr(console.uart, "receive_interrupt_enabled", False):
+            # console input may still come and raise the UART's interrupt: wait for it
+            slice_timer().nap(min(0.05, self.wall_left()))
+            return
+        if halted:
             self.stop(STATUS_HALTED_FOREVER,
                       "every vCPU is halted and nothing can wake it (no pending interrupt)")
         else:

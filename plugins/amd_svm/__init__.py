@@ -28,6 +28,9 @@ class SvmArch(X86Arch):
         "events": "IDT delivery (real, protected, long mode, same privilege level) at exact boundaries: interrupt "
                   "shadow, V_IRQ/V_INTR_PRIO/V_IGN_TPR/V_TPR (guest CR8), VINTR, INTR/NMI/INIT intercepts, "
                   "V_INTR_MASKING, SHUTDOWN, EXITINTINFO, virtual GIF, pause filter",
+        "avic": "AVIC (APM 15.29): APIC BAR served from the backing page, accelerated TPR/EOI/IPIs through the "
+                "physical and logical APIC ID tables, AVIC_NOACCEL (0x402) and AVIC_INCOMPLETE_IPI (0x401), "
+                "doorbell; xAPIC only (docs/apicv.md)",
     }
 
 

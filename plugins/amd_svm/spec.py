@@ -10,6 +10,18 @@ from .vmcb import FIELDS, INTERCEPTS, Clean
 from .vmm import HONOURED
 
 
+# Linux's name for the unit at each control-area offset (arch/x86/include/asm/svm.h, struct
+# vmcb_control_area): V_TPR ... AVIC_ENABLE are bits of int_ctl, INTERRUPT_SHADOW of int_state.
+LINUX_CONTROL = {0x03C: "pause_filter_thresh", 0x03E: "pause_filter_count", 0x040: "iopm_base_pa",
+                 0x048: "msrpm_base_pa", 0x050: "tsc_offset", 0x058: "asid", 0x05C: "tlb_ctl", 0x060: "int_ctl",
+                 0x064: "int_vector", 0x068: "int_state", 0x070: "exit_code", 0x078: "exit_info_1",
+                 0x080: "exit_info_2", 0x088: "exit_int_info", 0x090: "nested_ctl", 0x098: "avic_vapic_bar",
+                 0x0A0: "ghcb_gpa", 0x0A8: "event_inj", 0x0B0: "nested_cr3", 0x0B8: "virt_ext", 0x0C0: "clean",
+                 0x0C8: "next_rip", 0x0D0: "insn_len", 0x0D1: "insn_bytes", 0x0E0: "avic_backing_page",
+                 0x0F0: "avic_logical_id", 0x0F8: "avic_physical_id", 0x108: "vmsa_pa",
+                 0x138: "allowed_sev_features", 0x140: "guest_sev_features"}
+
+
 def tables() -> dict[str, SpecTable]:
     return {
         "exit-codes": SpecTable(
@@ -29,9 +41,10 @@ def tables() -> dict[str, SpecTable]:
         "vmcb": SpecTable(
             "VMCB fields (control area, then state-save area from 0x400)", "AMD APM Vol. 2, Appendix B, "
             "Tables B-1 and B-2; clean bits 15.15.3",
-            ["offset", "bits", "width", "name", "area", "clean_bit"],
+            ["offset", "bits", "width", "name", "area", "clean_bit", "linux"],
             [[f"{f.offset:#05x}", f.bit_range, f.width, f.name, f.area,
-              "" if f.clean is None else f"{int(f.clean)} ({Clean(f.clean).name})"] for f in FIELDS]),
+              "" if f.clean is None else f"{int(f.clean)} ({Clean(f.clean).name})",
+              LINUX_CONTROL.get(f.offset, "") if f.area == "control" else ""] for f in FIELDS]),
         "intercepts": SpecTable(
             "VMCB intercept vectors and the exit code each intercept produces",
             "AMD APM Vol. 2, Table B-1 (0x000-0x014) and Appendix C",

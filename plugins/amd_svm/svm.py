@@ -63,6 +63,15 @@ class SvmFeatures:
     cr4_bits: int = CR4_DEFINED
     efer_bits: int = EFER_DEFINED
     skinit: bool = False  # SKINIT and its STGI-without-SVME are not modelled
+    asids: int = 0x8000  # CPUID Fn8000_000A EBX: number of ASIDs
+
+    # CPUID Fn8000_000A EDX (APM Vol. 3, Appendix E.4.10): what hvsim's SVM implements
+    SVM_FEATURES = {0: "NP", 3: "NRIPS", 5: "VmcbClean", 6: "FlushByAsid", 7: "DecodeAssists",
+                    10: "PauseFilter", 12: "PauseFilterThreshold", 13: "AVIC", 16: "VGIF"}
+
+    def cpuid_8000_000a(self) -> tuple[int, int, int, int]:
+        """EAX (SVM revision 1), EBX (ASIDs), ECX (0), EDX (feature bits, AVIC = bit 13)."""
+        return 1, self.asids, 0, sum(1 << bit for bit in self.SVM_FEATURES)
 
 
 # -- VMRUN consistency checks (15.5.1) ----------------------------------------------------------

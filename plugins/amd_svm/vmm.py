@@ -27,6 +27,7 @@ from hvsim.plugins.x86.interruptibility import BLOCKING_BY_NMI, SHADOW
 from hvsim.plugins.x86.tsc import guest_tsc_hz
 
 from . import iopm
+from .avic import Avic
 from .exits import SvmExitInfo, SvmVendor
 from .npt import Npt
 from .svm import EFER_SVME, MSR_VM_HSAVE_PA, SvmCpu
@@ -43,6 +44,7 @@ _CR0_PE_PG = 1 | paging.CR0_PG
 
 # Layout of the per-vCPU hypervisor area (4 KiB aligned pieces).
 VMCB_OFFSET, IOPM_OFFSET, MSRPM_OFFSET, HSAVE_OFFSET = 0x0000, 0x1000, 0x4000, 0x6000
+AVIC_BAR_OFFSET = 0x7000  # the page the NPT maps at the guest's APIC base for AVIC (never accessed)
 
 _INSTRUCTION_INTERCEPTS = {"rdtsc": "RDTSC", "rdtscp": "RDTSCP", "invlpg": "INVLPG", "wbinvd": "WBINVD",
                            "invd": "INVD", "pause": "PAUSE", "vmrun": "VMRUN", "vmload": "VMLOAD",
@@ -79,6 +81,7 @@ class SvmGuestContext:
 
     def __init__(self, vcpu, area: int) -> None:
         self.vcpu = vcpu
+        self._area = area
         host = vcpu.vm.host
         self.vmcb = vmcb = Vmcb(host, area + VMCB_OFFSET)
         vmcb.clear()
@@ -122,10 +125,12 @@ class SvmGuestContext:
         self.tpr = 0  # the local APIC's TPR that CR8 reaches without V_INTR_MASKING (bits 7:4)
         self.event_controls = EventControls()
         self._shadow_saved = 0
+        self._int_ctl = b""
         self._pause_count = 0
         self._last_pause: float | None = None
         self._memory_virtualization({name: vmcb.read(name) for name in ("GUEST_ASID", "TLB_CONTROL", "NP_ENABLE",
                                                                         "N_CR3")})
+        self.avic = Avic(self)  # the processor's AVIC (APM 15.29, avic.py)
 
     @staticmethod
     def build_identity_npt(vm, base: int) -> int:
@@ -166,6 +171,7 @@ class SvmGuestContext:
         self._intercepted["shutdown"] = intercepted("SHUTDOWN")
         self._pause_count = vmcb.read("PAUSE_FILTER_COUNT")
         self.event_controls = self._event_controls()
+        self._int_ctl = host.read(vmcb.pa + 0x060, 8)
         self._cr_reads, self._cr_writes = vmcb.read("INTERCEPT_CR_READ"), vmcb.read("INTERCEPT_CR_WRITE")
         self._dr_reads, self._dr_writes = vmcb.read("INTERCEPT_DR_READ"), vmcb.read("INTERCEPT_DR_WRITE")
         wanted = {k for k in ("sgdt", "sidt", "lgdt", "lidt", "sldt", "str", "lldt", "ltr") if self._intercepted[k]}
@@ -177,6 +183,8 @@ class SvmGuestContext:
         exceptions = vmcb.read("INTERCEPT_EXCEPTIONS")
         self.exception_check = (lambda vector, _code: bool(exceptions >> vector & 1)) if exceptions else None
         self._memory_virtualization(self.clean_cache.vmrun(vmcb))
+        self.avic.configure()
+        self.event_controls.virtual_apic = self.avic if self.avic.enabled else None
         self.resume_state()
         return None
 
@@ -225,6 +233,31 @@ class SvmGuestContext:
             self._shadow_saved = shadow
         self._inject()
 
+    def request_vintr(self, vector: int, priority: int | None = None, ignore_tpr: bool = False) -> None:
+        """The VMM asks for a virtual interrupt (15.21.4): V_IRQ with V_INTR_VECTOR, V_INTR_PRIO
+        (default: the vector's class) and V_IGN_TPR; taken from the next boundary, also when
+        called from an exit hvsim completes inside the engine."""
+        vmcb = self.vmcb
+        vmcb.write("V_INTR_VECTOR", vector)
+        vmcb.write("V_INTR_PRIO", vector >> 4 if priority is None else priority)
+        vmcb.write("V_IGN_TPR", int(ignore_tpr))
+        vmcb.write("V_IRQ", 1)
+        self.after_exit()
+
+    def after_exit(self) -> None:
+        """An exit completed inside the engine stands for a #VMEXIT and a VMRUN: a VMM that
+        changed the virtual-interrupt controls (int_ctl 0x060, int_vector 0x064) in its handler
+        is obeyed from the next boundary (one 8-byte read when nothing changed)."""
+        raw = self.vcpu.vm.host.read(self.vmcb.pa + 0x060, 8)
+        if raw == self._int_ctl:
+            return
+        self._int_ctl = raw
+        ctl, new = self.event_controls, self._event_controls()  # the run loop holds ctl itself
+        ctl.vintr, ctl.vintr_exits, ctl.vgif = new.vintr, new.vintr_exits, new.vgif
+        ctl.intr_exit_ignores_if = new.intr_exit_ignores_if
+        if ctl.vintr is not None and self.vcpu._in_engine:
+            self.vcpu.recheck()
+
     def _event_controls(self) -> EventControls:
         """The interrupt intercepts and the virtual-interrupt fields (15.21): with V_INTR_MASKING
         the guest's RFLAGS.IF masks only virtual interrupts, physical ones exit whatever it is."""
@@ -257,6 +290,8 @@ class SvmGuestContext:
         if value is None:
             return self.vmcb.read("V_TPR") & 0xF
         self.vmcb.write("V_TPR", value)
+        if self.avic.enabled:  # the backing page's TPR follows (15.29.3.1)
+            self.avic.set_tpr(value << 4)
         vintr = self.event_controls.vintr
         if vintr is not None:
             self.event_controls.vintr = vintr[:3] + (value,)
@@ -264,6 +299,39 @@ class SvmGuestContext:
 
     def event_exit(self, kind: str, vector: int = 0):
         return SvmVendor.event_exit(kind, vector)
+
+    # -- AVIC: the host's side (APM 15.29) ----------------------------------------------------
+    def avic_doorbell(self, host_apic_id: int) -> None:
+        """A write of MSR C001_011BH (AVIC doorbell) naming ``host_apic_id``: the vCPU running
+        there re-evaluates its backing page's IRR at its next boundary (hvsim: host physical APIC
+        ID n is vCPU n); a vCPU that is not in the engine does so at its next VMRUN."""
+        vcpus = self.vcpu.vm.vcpus
+        if not 0 <= host_apic_id < len(vcpus):
+            return  # no such core: the doorbell goes nowhere
+        target = vcpus[host_apic_id].context
+        if getattr(target, "avic", None) is not None and target.avic.enabled:
+            target.avic.evaluate()
+            if target.avic.recognized:  # a guest halted in guest mode wakes for it
+                target.avic_kick()
+
+    def map_avic_bar(self, gpa: int = 0xFEE0_0000) -> None:
+        """As KVM does for AVIC: a page mapped in the NPT at the guest's APIC base (``gpa``), which
+        AVIC_APIC_BAR then names; the guest's accesses to it never reach that page."""
+        from hvsim.plugins.x86.apicpage import map_stage2_page
+
+        hpa = self._area + AVIC_BAR_OFFSET
+        map_stage2_page(self.vcpu.vm, self.vmcb.read("N_CR3") & ~0xFFF, gpa, hpa, _NPT_TABLE, _NPT_TABLE)
+        self._flush_nested()
+        self.vcpu.mmu.tlb.invalidate()
+        self.vmcb.write("AVIC_APIC_BAR", gpa)
+
+    def avic_kick(self) -> None:
+        """What a VMM does for a target that was not running (AVIC_INCOMPLETE_IPI): make the
+        halted vCPU runnable; its backing page's IRR is evaluated at its VMRUN."""
+        from hvsim.core.arch import VcpuState
+
+        if self.vcpu.state is VcpuState.HALTED:
+            self.vcpu.state = VcpuState.RUNNABLE
 
     def window_exit(self, kind: str):
         return SvmVendor.window_exit(kind)
@@ -354,6 +422,12 @@ class SvmGuestContext:
         if kind == "rdpmc":
             vcpu.guest_exception(13, 0, rip)
             return None
+        if kind in ("rdmsr_x2apic", "wrmsr_x2apic"):
+            # AVIC has no x2APIC mode: the guest's x2APIC MSRs are ordinary MSR intercepts
+            check, is_write = self.msr_check, kind == "wrmsr_x2apic"
+            if check is None or not check(info, is_write):
+                return False
+            return vcpu.msr_intercept(info, is_write, rip, length)
         if kind == "wrmsr_efer" and self._intercepted.get("EFER_WRITE_TRAP"):
             regs = vcpu.regs
             value = (regs.read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | regs.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF

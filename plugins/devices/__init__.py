@@ -17,6 +17,9 @@ port80             POST code port                          x86 port 0x80
 pic8259            one 8259A PIC                           x86 0x20-0x21 and 0xA0-0xA1
 fw_cfg             QEMU fw_cfg, I/O-port interface         x86 ports 0x510-0x511
 pl011              Arm PL011 UART                          arm virt MMIO 0x0900_0000, 4 KiB
+cmos-rtc           MC146818 RTC and CMOS RAM               x86 ports 0x70-0x71
+acpi-pm            ACPI PM1a event/control, PM timer       x86 ports 0x600-0x60B
+reset-control      PIIX reset control register             x86 port 0xCF9
 =================  ======================================  ==================================
 
 Extra keyword arguments to ``create`` reach the device's constructor, e.g. ``irq=`` for the
@@ -31,6 +34,8 @@ page to the accessing vCPU's APIC and let a HLT wait for an armed APIC timer.
 
 from hvsim import hookimpl
 
+from .acpi_pm import AcpiPm, ResetControl
+from .cmos_rtc import CmosRtc
 from .debug_exit import IsaDebugExit
 from .fw_cfg import FwCfg
 from .pic8259 import Pic8259
@@ -38,7 +43,7 @@ from .pl011 import Pl011
 from .port80 import Port80
 from .uart16550 import Uart16550
 
-__all__ = ["FwCfg", "IsaDebugExit", "Pic8259", "Pl011", "Port80", "Uart16550"]
+__all__ = ["AcpiPm", "CmosRtc", "ResetControl", "FwCfg", "IsaDebugExit", "Pic8259", "Pl011", "Port80", "Uart16550"]
 
 
 def _fw_cfg(vm, **params) -> FwCfg:
@@ -54,6 +59,17 @@ def hvsim_register_devices(registry):
     registry.add("pic8259", lambda vm, **p: Pic8259(**p))
     registry.add("fw_cfg", _fw_cfg)
     registry.add("pl011", lambda vm, **p: Pl011(vm.console.write_byte, **p))
+    registry.add("cmos-rtc", _cmos_rtc)
+    registry.add("acpi-pm", lambda vm, **p: AcpiPm(vm.stop, vm.clock.now_ns, **p))
+    registry.add("reset-control", lambda vm, **p: ResetControl(vm.stop, **p))
+
+
+def _cmos_rtc(vm, **params) -> CmosRtc:
+    from hvsim.plugins.x86.layout import ram_split  # the PC's RAM split (only x86 has a CMOS)
+    below, above = ram_split(vm.config.mem_size)
+    # deterministic runs read a fixed date (2000-01-01 00:00:00 UTC) so that output repeats
+    start = 946_684_800.0 if vm.clock.deterministic else None
+    return CmosRtc(vm.clock.now_ns, below, above, **{"start": start, **params})
 
 
 # -- the x86 platform's interrupt controllers (plugins/devices/lapic.py, platform.py) ----------

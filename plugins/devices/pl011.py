@@ -81,6 +81,11 @@ class Pl011:
         return (FR_TXFE | (0 if self.rx else FR_RXFE)
                 | (FR_RXFF if len(self.rx) >= depth else 0))
 
+    @property
+    def receive_interrupt_enabled(self) -> bool:
+        """Whether received data raises the interrupt (a halted guest can be woken by input)."""
+        return bool(self.imsc & INT_RX)
+
     def feed(self, data: bytes) -> None:
         """Bytes arriving on the serial line, for the guest to read from UARTDR."""
         self.rx.extend(bytes(data))

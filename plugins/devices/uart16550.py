@@ -82,6 +82,11 @@ class Uart16550:
         divisor = self.dlm << 8 | self.dll
         return BAUD_BASE // divisor if divisor else 0
 
+    @property
+    def receive_interrupt_enabled(self) -> bool:
+        """Whether received data raises the interrupt (a halted guest can be woken by input)."""
+        return bool(self.ier & IER_RDI)
+
     def feed(self, data: bytes) -> None:
         """Bytes arriving on the serial line, for the guest to read from RBR."""
         self.rx.extend(bytes(data))

@@ -30,6 +30,10 @@ class VtxArch(X86Arch):
                   "shadow, interrupt/NMI-window exiting, external-interrupt exiting + ack on exit, NMI exiting, "
                   "virtual NMIs, INIT, triple fault exits, IDT-vectoring information, MTF, preemption timer, "
                   "interruptibility and HLT activity state, EFER/PAT load/save",
+        "apicv": "use TPR shadow (MOV CR8, TPR threshold), virtualize APIC accesses (APIC-access exits 44), "
+                 "APIC-register virtualization (APIC-write exits 56), virtual-interrupt delivery (RVI/SVI, "
+                 "virtual EOI, EOI-exit bitmaps, EOI-induced exits 45, self-IPI), virtualize x2APIC mode, "
+                 "posted interrupts (SDM ch. 30; docs/apicv.md)",
     }
 
 

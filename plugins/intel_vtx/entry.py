@@ -42,7 +42,10 @@ ENTRY_FAIL_DEFAULT, ENTRY_FAIL_PDPTE, ENTRY_FAIL_NMI_STI, ENTRY_FAIL_VMCS_LINK_P
 NOT_ENFORCED: dict[str, str] = {}
 
 # -- architectural constants ----------------------------------------------------------------------
-LINEAR_ADDRESS_WIDTH = 48  # CPUID.80000008H:EAX[15:8] in plugins/x86/cpuid.py
+# CPUID.80000008H:EAX[15:8] in plugins/x86/cpuid.py: the processor supports 5-level paging, so
+# the VM-entry canonical checks are relative to 57 bits, whatever the guest's CR4.LA57 (a Linux
+# guest with LA57 keeps its GDT at an address such as 0xff40_3c96_4f60_b000)
+LINEAR_ADDRESS_WIDTH = 57
 ALL_ONES = (1 << 64) - 1
 X86_CR0_PE, X86_CR0_WP, X86_CR0_PG = 1 << 0, 1 << 16, 1 << 31
 X86_CR4_PAE, X86_CR4_PCIDE = 1 << 5, 1 << 17

@@ -35,7 +35,10 @@ EXIT_CAUSES = {
     28: "MOV CR0/CR4 against the guest/host masks, CLTS, LMSW; CR3-load/store; CR8-load/store exiting",
     29: "MOV-DR exiting", 30: "unconditional I/O exiting, I/O bitmaps", 31: "MSR bitmaps", 32: "MSR bitmaps",
     36: "MWAIT exiting", 39: "MONITOR exiting", 40: "PAUSE exiting",
-    43: "use TPR shadow: MOV to CR8 below TPR_THRESHOLD (trap-like)", 46: "descriptor-table exiting (LGDT, LIDT, SGDT, SIDT)",
+    43: "use TPR shadow: MOV to CR8, a write of VTPR (APIC-access page, x2APIC MSR 808H) below TPR_THRESHOLD (trap-like)",
+    44: "virtualize APIC accesses: an access to the APIC-access page that is not virtualized (SDM 30.4)",
+    45: "virtual-interrupt delivery: EOI virtualization of a vector set in the EOI-exit bitmap (trap-like)",
+    56: "APIC-register virtualization: a virtualized write the VMM must complete (trap-like, SDM 30.4.3.3)", 46: "descriptor-table exiting (LGDT, LIDT, SGDT, SIDT)",
     47: "descriptor-table exiting (LLDT, LTR, SLDT, STR)", 51: "RDTSC exiting with enable RDTSCP", 54: "WBINVD exiting",
     55: "XSETBV (always)", 57: "RDRAND exiting", 58: "enable INVPCID and INVLPG exiting", 61: "RDSEED exiting",
     62: "enable PML: the PML index left 0-511 when an EPT accessed/dirty flag was to be set",
@@ -332,6 +335,10 @@ class VmxVendor(X86Vendor):
         the translation allows in 5:3, whether a linear address caused it in 7 and whether that
         was the final translation (8) rather than a paging-structure access) or an EPT
         misconfiguration (29.3.3.1; no qualification). Both report the guest-physical address."""
+        if getattr(fault, "apic_access", None) is not None:
+            # a fetch from the APIC-access page: an APIC-access exit, offset and type 2 (SDM 30.4.1)
+            return Exit(ExitKind.STAGE2_FAULT, "EXIT_REASON_APIC_ACCESS",
+                        VmxExitInfo(44, fault.gpa & 0xFFF | 2 << 12), fault.gpa, 0, False, detail=fault.detail)
         if fault.pml_full:  # SDM 28.2.1: no qualification but bit 12 (NMI unblocking), no address
             return Exit(ExitKind.STAGE2_FAULT, "EXIT_REASON_PML_FULL", VmxExitInfo(EXIT_REASON_PML_FULL, 0),
                         fault.gpa, 0, fault.write, detail=fault.detail)

@@ -29,6 +29,7 @@ from hvsim.plugins.x86.tsc import guest_tsc_hz
 
 from . import msrs
 from .entry import GUEST_SEGMENT_FIELDS, GUEST_TABLE_FIELDS
+from .apicv import VirtualApic
 from .ept import Ept, ep4ta
 from .exits import VmxExitInfo, VmxVendor
 from .vmcs import Field
@@ -36,6 +37,7 @@ from .vmx import Status, Vmx
 
 VMXON_OFFSET, VMCS_OFFSET, MSR_BITMAP_OFFSET, IO_BITMAP_A_OFFSET, IO_BITMAP_B_OFFSET, VIRTUAL_APIC_OFFSET = (
     0x0000, 0x1000, 0x2000, 0x3000, 0x4000, 0x5000)
+APIC_ACCESS_OFFSET, POSTED_DESC_OFFSET = 0x6000, 0x7000  # an APIC-access page, a posted-interrupt descriptor
 VTPR = 0x80  # the virtual TPR in the virtual-APIC page (SDM 30.1.1)
 CR0_TS, CR0_PE_MP_EM_TS = 1 << 3, 0xF
 _DESCRIPTOR_TABLE = frozenset({"sgdt", "sidt", "lgdt", "lidt", "sldt", "str", "lldt", "ltr"})
@@ -150,6 +152,8 @@ class VmxGuestContext:
         self.vmx.tlb = self  # INVEPT / INVVPID reach this logical processor's TLB model
         self.event_controls = EventControls()
         self._timer_start: float | None = None
+        self.apic = VirtualApic(self)  # the processor's APIC virtualization (SDM ch. 30, apicv.py)
+        self._area = area
         self._memory_virtualization(self._values[Field.SECONDARY_VM_EXEC_CONTROL])
 
     def _vmwrite(self, field: int, value: int) -> None:
@@ -237,6 +241,8 @@ class VmxGuestContext:
                                            bool(proc & msrs.CPU_BASED_CR3_STORE_EXITING))
         self._load_guest_view_of_cr0_cr4()
         self._memory_virtualization(proc2)
+        self.apic.configure(pin, proc, proc2)
+        self.event_controls.virtual_apic = self.apic if self.apic.vid else None
         self.resume_state()
         return None
 
@@ -454,12 +460,22 @@ class VmxGuestContext:
             host = vcpu.vm.host  # bits 7:4 of VTPR <- source 3:0; the rest of VTPR cleared
             host.write(self._values[Field.VIRTUAL_APIC_PAGE_ADDR] + VTPR, (value << 4).to_bytes(4, "little"))
             threshold = self._values.get(Field.TPR_THRESHOLD, 0) & 0xF
-            if not self._proc2 & msrs.SECONDARY_EXEC_VIRTUAL_INTR_DELIVERY and value < threshold:
-                # TPR virtualization (SDM 30.1.2): a trap-like exit after the instruction
-                vcpu.set_rip(rip + length)
-                vcpu._exit(vcpu.vendor.instruction_exit("tpr_below_threshold", rip + length, 0, ()))
-                return None
+            if not self._proc2 & msrs.SECONDARY_EXEC_VIRTUAL_INTR_DELIVERY:
+                if value < threshold:
+                    # TPR virtualization (SDM 30.1.2): a trap-like exit after the instruction
+                    vcpu.set_rip(rip + length)
+                    vcpu._exit(vcpu.vendor.instruction_exit("tpr_below_threshold", rip + length, 0, ()))
+                    return None
+                return True
+            self.apic.tpr_virtualization(rip + length)  # PPR virtualization, then evaluation
             return True
+        if kind in ("rdmsr_x2apic", "wrmsr_x2apic"):
+            check, is_write = self.msr_check, kind == "wrmsr_x2apic"
+            if check is None or check(info, is_write):  # the MSR bitmap makes it exit (25.1.3)
+                return vcpu.msr_intercept(info, is_write, rip, length)
+            if not self.apic.x2apic:
+                return False
+            return self.apic.msr(is_write, info, rip, length)
         if kind == "invpcid" and self._proc2 & msrs.SECONDARY_EXEC_ENABLE_INVPCID:
             return vcpu.invpcid(info, rip)
         if kind == "rdpmc":
@@ -490,7 +506,67 @@ class VmxGuestContext:
                 regs.write(reg, view)
         self._cr_saved = fields
 
-    after_exit = _load_guest_view_of_cr0_cr4
+    def after_exit(self) -> None:
+        """After an exit completed inside the engine (it stands for an exit and a VM entry):
+        CR0/CR4 as the VMM left them and, with virtual-interrupt delivery, PPR virtualization
+        and evaluation of what the VMM left in RVI / VIRR (SDM 27.3.2.5)."""
+        self._load_guest_view_of_cr0_cr4()
+        if self.apic.vid:
+            self.apic._reentered()
+
+    # -- APIC virtualization: the VMM's side (what KVM does around SDM ch. 30) ------------------
+    def post_interrupt(self, vector: int) -> bool:
+        """Post ``vector`` in the posted-interrupt descriptor (PIR bit, then ON) and send the
+        notification vector to this vCPU if ON was clear (SDM 30.6). Returns whether it sent."""
+        return self.apic.post(vector)
+
+    def request_virtual_interrupt(self, vector: int) -> None:
+        """The VMM's side without posted interrupts (KVM's apic_set_irr and RVI update): VIRR
+        bit and RVI in the virtual-APIC page and GUEST_INTR_STATUS, then what the next VM entry
+        does with them (PPR virtualization, evaluation), also when called from an exit hvsim
+        completes inside the engine."""
+        apic = self.apic
+        if apic.page is None:
+            raise RuntimeError("request_virtual_interrupt needs 'use TPR shadow' (a virtual-APIC page)")
+        apic.page.set_bit(0x200, vector)
+        rvi, svi = apic.status()
+        apic._set_status(max(rvi, vector), svi)
+        apic._reentered()
+        self._wake_if_recognized()
+
+    def _wake_if_recognized(self) -> None:
+        """Virtual-interrupt delivery wakes a guest in the HLT activity state (SDM 30.2.2): a
+        halted vCPU with a recognized virtual interrupt becomes runnable."""
+        from hvsim.core.arch import VcpuState
+
+        if self.apic.recognized and self.vcpu.state is VcpuState.HALTED:
+            self.vcpu.state = VcpuState.RUNNABLE
+
+    def send_posted_notification(self) -> None:
+        """An IPI with POSTED_INTR_NV to this vCPU: taken at its next boundary in the engine, or
+        right after its next VM entry; a halted vCPU wakes for it."""
+        self.apic.notify()
+
+    def map_apic_access_page(self, gpa: int = 0xFEE0_0000, hpa: int | None = None) -> int:
+        """As KVM does: an APIC-access page (``hpa``, default a page of this vCPU's area) mapped
+        in the EPT at ``gpa`` (the guest's local APIC base) and written to APIC_ACCESS_ADDR.
+        Returns its host-physical address."""
+        from hvsim.plugins.x86.apicpage import map_stage2_page
+
+        hpa = self._area + APIC_ACCESS_OFFSET if hpa is None else hpa
+        self.vcpu.vm.host.write(hpa, bytes(4096))
+        root = self._values[Field.EPT_POINTER] & ~0xFFF
+        map_stage2_page(self.vcpu.vm, root, gpa, hpa, EPT_RWX, EPT_RWX | EPT_WB)
+        for ept in self._epts.values():
+            ept.cache.clear()
+        self.vcpu.mmu.tlb.invalidate()
+        self._vmwrite(Field.APIC_ACCESS_ADDR, hpa)
+        return hpa
+
+    @property
+    def posted_descriptor(self) -> int:
+        """A 64-byte aligned page of this vCPU's area a VMM may use as its descriptor."""
+        return self._area + POSTED_DESC_OFFSET
 
     def _vtpr(self) -> int:
         return self.vcpu.vm.host.read(self._values[Field.VIRTUAL_APIC_PAGE_ADDR] + VTPR, 1)[0]

@@ -466,6 +466,6 @@ class Vmx:
         return self.invvpid(type_, low, address)
 
 
-def _canonical(address: int, width: int = 48) -> bool:
+def _canonical(address: int, width: int = 57) -> bool:  # the CPU's linear-address width (5-level paging)
     top = address >> (width - 1)
     return top == 0 or top == (1 << (64 - width + 1)) - 1

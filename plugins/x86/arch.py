@@ -110,6 +110,14 @@ class X86Arch(Arch):
             # QEMU's multiboot.c: the command line is "<-kernel file name> <-append text>"
             cmdline = os.fsencode(image.path) + b" " + vm.config.append.encode("utf-8")
             state = boot.multiboot(vm.memory, image, cmdline, vm.config.initrd, vm.config.initrd_name or "initrd")
+        elif image.format == "bzimage":
+            from . import acpi, linux
+            apic_ids = list(range(len(vm.vcpus)))
+            for addr, data in acpi.build(apic_ids, layout.LAPIC_BASE, 0, layout.IOAPIC_BASE):
+                vm.memory.write(addr, data)
+            e820 = linux.e820_map(vm.memory, [(layout.IOAPIC_BASE, 0x1000), (layout.LAPIC_BASE, 0x1000)])
+            state = linux.load(vm.memory, image, vm.config.append, vm.config.initrd,
+                               vm.config.initrd_name or "initrd", e820, acpi.RSDP_ADDR)
         elif image.format in ("elf64", "raw"):
             state = boot.long64(vm.memory, image, vm.config.load_addr, vm.config.entry)
         else:
@@ -121,4 +129,5 @@ class X86Arch(Arch):
         eax, _ebx, _ecx, edx = self.vendor.cpuid_leaf(1, 0, 0, len(vm.vcpus))
         if not any(seg.address < firmware.TABLES_END and seg.address + seg.memsz > firmware.RSDP_ADDR
                    for seg in image.segments):  # (an image placed there keeps its bytes)
-            firmware.write_tables(vm.memory, len(vm.vcpus), eax, edx)  # MP table and ACPI MADT
+            firmware.write_tables(vm.memory, len(vm.vcpus), eax, edx,  # MP table and ACPI MADT
+                                  acpi=image.format != "bzimage")

@@ -210,10 +210,12 @@ class X86Vcpu(Vcpu):
         # Selector values only (the engine keeps its descriptor caches until the stub loads them
         # for real); they make the state a VMCS / VMCB reports before the first instruction
         # name the GDT's descriptors.
-        w(X.UC_X86_REG_GDTR, (0, layout.BOOT_GDT, len(GDT_ENTRIES) * 8 - 1, 0))  # the stub reloads it
-        w(X.UC_X86_REG_CS, SEL_CODE32 if state.mode == "protected32" else SEL_CODE64)
+        # (a boot protocol with other selectors, Linux's, names them in ``state.regs``)
+        gdt_limit = state.regs.get("gdt_limit", len(GDT_ENTRIES) * 8 - 1)
+        w(X.UC_X86_REG_GDTR, (0, layout.BOOT_GDT, gdt_limit, 0))  # the stub reloads it
+        w(X.UC_X86_REG_CS, state.regs.get("cs", SEL_CODE32 if state.mode == "protected32" else SEL_CODE64))
         for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS):
-            w(r, SEL_DATA)
+            w(r, state.regs.get("ds", SEL_DATA))
         w(X.UC_X86_REG_RFLAGS, 0x2)
         w(X.UC_X86_REG_RIP, layout.BOOT_STUB)
 
@@ -1020,6 +1022,10 @@ class X86Vcpu(Vcpu):
             if done is not False:
                 self.mmu.context_changed()
                 return done
+        if 0x800 <= msr <= 0x8FF and self.context is not None:  # VMX "virtualize x2APIC mode"
+            done = self.context.passthrough(kind + "_x2apic", msr, rip, length)
+            if done is not False:
+                return done
         if msr not in self.msrs:
             if msr == MSR_EFER and kind == "wrmsr":
                 self.mmu.context_changed()
@@ -1034,6 +1040,19 @@ class X86Vcpu(Vcpu):
         else:
             self._exit(exit)
         if exit.vector:  # the handler refused the access: #GP(0) at the instruction
+            self.guest_exception(exit.vector, 0, rip)
+            return None
+        return True
+
+    def msr_intercept(self, msr: int, is_write: bool, rip: int, length: int) -> bool | None:
+        """An MSR exit for an MSR hvsim does not model (the VMM's bitmap / MSRPM asks for it):
+        the handler emulates it; without one (or if it refuses: ``exit.vector``) it is #GP(0)."""
+        r = self.regs
+        value = ((r.read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | (r.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF)
+                 if is_write else None)
+        exit = self.vendor.msr_exit(msr, is_write, value, rip, length)
+        self._exit(exit)
+        if exit.vector:
             self.guest_exception(exit.vector, 0, rip)
             return None
         return True

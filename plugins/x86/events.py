@@ -67,14 +67,19 @@ class EventControls:
     vintr: tuple[int, int, bool, int] | None = None  # vector, V_INTR_PRIO, V_IGN_TPR, V_TPR
     vintr_exits: bool = False
     vgif: bool = True  # SVM virtual GIF (V_GIF with V_GIF_ENABLE): 0 holds virtual interrupts
+    # VMX virtual-interrupt delivery (SDM 30.2), posted interrupts (30.6): an object with
+    # ``recognized``, ``deliver()``, ``nv`` (notification vector or None), ``process_posted()``.
+    virtual_apic: object | None = None
 
     @property
     def active(self) -> bool:
         """Whether a boundary must be looked at even with no event queued."""
-        return self.intr_window or self.nmi_window or self.mtf or self.vintr is not None
+        return (self.intr_window or self.nmi_window or self.mtf or self.vintr is not None
+                or (self.virtual_apic is not None and self.virtual_apic.recognized))
 
     def waits_for_if(self) -> bool:
-        return self.intr_window or (self.vintr is not None and self.vgif and _vintr_above_tpr(self.vintr))
+        return (self.intr_window or (self.vintr is not None and self.vgif and _vintr_above_tpr(self.vintr))
+                or (self.virtual_apic is not None and self.virtual_apic.recognized))
 
 
 def _vintr_above_tpr(vintr) -> bool:
@@ -128,6 +133,18 @@ def boundary(vcpu, ctl: EventControls):
             events.remove(nmi)
             vcpu.deliver_event(2, None, vcpu.rip(), event_type=EventType.NMI.value)
             vcpu.vm.pm.hook.hvsim_interrupt_acknowledged(vcpu=vcpu, event=nmi)
+            return None
+    va = ctl.virtual_apic
+    if va is not None and not blocking & SHADOW:
+        if va.nv is not None:  # SDM 30.6: the notification vector is processed, not an exit
+            posted = next((e for e in events if e.type is EventType.EXTERNAL_INTERRUPT and e.vector == va.nv), None)
+            if posted is not None:
+                events.remove(posted)
+                vcpu.vm.pm.hook.hvsim_interrupt_acknowledged(vcpu=vcpu, event=posted)
+                va.process_posted()
+        # SDM 30.2.2: same priority as interrupt-window exiting, which holds it back
+        if va.recognized and rflags_if and not ctl.intr_window:
+            vcpu.deliver_event(va.deliver(), None, vcpu.rip(), event_type=EventType.EXTERNAL_INTERRUPT.value)
             return None
     if ctl.intr_window and rflags_if and not blocking & SHADOW:
         return context.window_exit("interrupt")

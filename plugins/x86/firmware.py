@@ -1,6 +1,8 @@
 """The firmware tables that tell an OS where the interrupt controllers are, as QEMU's ``pc``
 machine with SeaBIOS provides them: both an Intel MultiProcessor Specification 1.4 table and
-ACPI's RSDP / RSDT / MADT, in the BIOS area (0xF0000-0xFFFFF) where OSes search for them.
+ACPI's RSDP / RSDT / MADT, in the BIOS area (0xF0000-0xF7FFF) where OSes search for them, for
+Multiboot, ELF64 and raw images. A Linux bzImage gets the MP table here and the fuller ACPI set
+(XSDT, FADT, DSDT) of :mod:`.acpi` at 0xE0000 instead of this ACPI 1.0 set.
 
 MP spec 1.4 (chapter 4): the floating pointer ("_MP_", 16 bytes, on a 16-byte boundary) points
 to the configuration table ("PCMP") with one processor entry per vCPU (APIC ID = index, the
@@ -86,14 +88,18 @@ def acpi_tables(vcpus: int) -> tuple[bytes, bytes, bytes]:
     return rsdp, rsdt, madt
 
 
-def write_tables(memory, vcpus: int, signature: int, features: int) -> None:
-    """Both table sets into the BIOS area (RAM in hvsim's map, reserved in its memory map)."""
+def write_tables(memory, vcpus: int, signature: int, features: int, acpi: bool = True) -> None:
+    """Both table sets into the BIOS area (RAM in hvsim's map, reserved in its memory map);
+    ``acpi=False`` writes the MP table only (a Linux bzImage gets the fuller ACPI set of
+    plugins/x86/acpi.py, whose RSDP at 0xE0000 an OS finds first)."""
     if not memory.is_ram(0xF_0000, 0x1_0000):
         return
     floating, config = mp_tables(vcpus, signature, features)
     rsdp, rsdt, madt = acpi_tables(vcpus)
     if MP_CONFIG_ADDR + len(config) > RSDT_ADDR or MADT_ADDR + len(madt) > TABLES_END:
         raise ValueError("too many vCPUs for the firmware tables' room")
-    for addr, data in ((RSDP_ADDR, rsdp), (MP_FLOAT_ADDR, floating), (MP_CONFIG_ADDR, config),
-                       (RSDT_ADDR, rsdt), (MADT_ADDR, madt)):
+    tables = [(MP_FLOAT_ADDR, floating), (MP_CONFIG_ADDR, config)]
+    if acpi:
+        tables += [(RSDP_ADDR, rsdp), (RSDT_ADDR, rsdt), (MADT_ADDR, madt)]
+    for addr, data in tables:
         memory.write(addr, data)

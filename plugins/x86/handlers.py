@@ -71,6 +71,9 @@ def handle_msr(vcpu, exit: Exit) -> None:
         vcpu.regs.write(X.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
         vcpu.regs.write(X.UC_X86_REG_RDX, value >> 32)
         return
+    if msr not in vcpu.msrs:  # an MSR hvsim does not model, intercepted for a VMM: #GP(0)
+        exit.vector = 13
+        return
     if not exit.is_write:
         value = vcpu.msrs[msr]
         vcpu.regs.write(X.UC_X86_REG_RAX, value & 0xFFFF_FFFF)

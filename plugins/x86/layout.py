@@ -17,6 +17,9 @@ PIC_SLAVE_PORT = 0xA0
 FW_CFG_PORT = 0x510  # selector 0x510, data 0x511
 PIT_PORT = 0x40  # 8254 counters 0-2 and the control word (0x43)
 PORT_B = 0x61  # system control port B: PIT channel 2 gate, speaker, OUT2 status
+CMOS_PORT = 0x70  # MC146818 RTC / CMOS: index 0x70, data 0x71
+ACPI_PM_PORT = 0x600  # PM1a event (4), PM1a control (2, at +4), PM timer (4, at +8): plugins/x86/acpi.py
+RESET_CONTROL_PORT = 0xCF9  # PIIX reset control register (the FADT's RESET_REG)
 
 MAX_RAM_BELOW_4G = 0xE000_0000  # pc_piix.c: the default max-ram-below-4g
 GIGABYTE_LOWMEM = 0xC000_0000  # ... lowered to 3 GiB when RAM reaches it (gigabyte_align)
@@ -69,4 +72,7 @@ PORT_DEVICES = [
     ("pic8259", PIC_MASTER_PORT, 2, "8259 PIC master"),
     ("pic8259", PIC_SLAVE_PORT, 2, "8259 PIC slave"),
     ("fw_cfg", FW_CFG_PORT, 2, "fw_cfg"),
+    ("cmos-rtc", CMOS_PORT, 2, "CMOS RTC"),
+    ("acpi-pm", ACPI_PM_PORT, 12, "ACPI PM1a / PM timer"),
+    ("reset-control", RESET_CONTROL_PORT, 1, "reset control 0xcf9"),
 ]

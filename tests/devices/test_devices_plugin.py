@@ -7,7 +7,8 @@ import pytest
 from hvsim.plugins import devices
 from hvsim.plugins.devices.fw_cfg import FwCfg
 
-NAMES = ["fw_cfg", "isa-debug-exit", "pic8259", "pl011", "port80", "uart16550"]
+NAMES = ["acpi-pm", "cmos-rtc", "fw_cfg", "isa-debug-exit", "pic8259", "pl011", "port80", "reset-control",
+         "uart16550"]
 
 
 class Registry:
@@ -25,6 +26,7 @@ def vm():
         console=SimpleNamespace(write_byte=out.append, output=out),
         stop=lambda status, reason: stops.append((status, reason)), stops=stops,
         config=SimpleNamespace(mem_size=64 << 20, vcpus=3),
+        clock=SimpleNamespace(now_ns=lambda: 0, deterministic=True),
     )
 
 

@@ -21,7 +21,7 @@ from hvsim.plugins.intel_vtx.vmcs import Field
 from hvsim.plugins.intel_vtx.vmx import Status, eptp_valid
 
 BEYOND_MAXPHYADDR = 1 << 40
-NON_CANONICAL = 0x0000_8000_0000_0000
+NON_CANONICAL = 0x0100_0000_0000_0000  # bit 56 set, 63:57 clear: the CPU has 57-bit linear addresses
 MSR_AREA, VIRTUAL_APIC, PAGE = 0x8000, 0x9000, 0xA000
 EPTP_WB_4LEVEL = 0x5000 | 6 | (3 << 3)
 
@@ -858,6 +858,14 @@ def test_guest_virtual_8086_segment_not_as_the_sdm_fixes_it_is_invalid_guest_sta
 def test_guest_descriptor_table_base_not_canonical_is_invalid_guest_state_exit_33(vmx, table):
     w(vmx, **{f"GUEST_{table}_BASE": NON_CANONICAL})
     invalid_guest_state(vmx, "guest_descriptor_table_base_canonical")
+
+
+@pytest.mark.parametrize("table", ["GDTR", "IDTR"])
+def test_guest_descriptor_table_base_canonical_in_57_bits_enters(vmx, table):
+    """The processor has 5-level paging: canonical means bits 63:56 equal, so the GDT address of
+    a Linux guest running with CR4.LA57 (non-canonical in 48 bits) enters."""
+    w(vmx, **{f"GUEST_{table}_BASE": 0xFF40_3C96_4F60_B000})
+    assert vmx.vmlaunch().status is Status.ENTERED
 
 
 @pytest.mark.parametrize("table", ["GDTR", "IDTR"])

@@ -417,7 +417,7 @@ def test_invvpid_descriptor_bits_63_16_must_be_0(vmx):
 
 
 def test_invvpid_individual_address_needs_a_canonical_address(vmx):
-    assert failed_valid(vmx.invvpid(0, 1, 0x0000_8000_0000_0000), 28)
+    assert failed_valid(vmx.invvpid(0, 1, 0x0100_0000_0000_0000), 28)
     assert vmx.invvpid(0, 1, 0xFFFF_8000_0000_0000).ok
 
 
