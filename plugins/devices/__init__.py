@@ -73,11 +73,17 @@ def _cmos_rtc(vm, **params) -> CmosRtc:
 
 
 # -- the x86 platform's interrupt controllers (plugins/devices/lapic.py, platform.py) ----------
+# Exits of the processor's own APIC virtualization (the APIC-access page, AVIC's APIC BAR): the
+# VMM that turned it on answers them, not the emulated APIC.
+_APIC_VIRTUALIZATION_EXITS = frozenset({"EXIT_REASON_APIC_ACCESS", "VMEXIT_AVIC_NOACCEL",
+                                        "VMEXIT_AVIC_INCOMPLETE_IPI"})
+
+
 def _apic_mmio(inner):
     def handle(vcpu, exit):
         apic = getattr(vcpu, "lapic", None)
         if apic is not None and apic.base & 0x800 and not apic.base & 0x400 and \
-                exit.address & ~0xFFF == apic.base & ~0xFFF:
+                exit.address & ~0xFFF == apic.base & ~0xFFF and exit.reason not in _APIC_VIRTUALIZATION_EXITS:
             offset = exit.address & 0xFFF
             if exit.is_write:
                 apic.write(offset, exit.size, exit.value)

@@ -111,14 +111,16 @@ class X86Vcpu(Vcpu):
         self.mmu = X86Mmu(self, self._raw)
         # MSRs Unicorn cannot model (it has no APIC): RDMSR/WRMSR of these are trapped and exit.
         self.msrs = {MSR_IA32_APIC_BASE: APIC_BASE_DEFAULT | (APIC_BASE_BSP if index == 0 else 0)}
-        # The local APIC's MSRs (x2APIC 0x800-0x8FF, IA32_TSC_DEADLINE): the VMM's APIC model
-        # (vcpu.lapic, plugins/devices/lapic.py, set by the platform) answers them.
-        self.msrs.update(dict.fromkeys((MSR_IA32_TSC_DEADLINE, *range(0x800, 0x900)), 0))
+        # IA32_TSC_DEADLINE: the VMM's APIC model (vcpu.lapic, plugins/devices/lapic.py) answers it.
+        self.msrs[MSR_IA32_TSC_DEADLINE] = 0
         self.lapic = None
         self.apic_wait = False  # halted with the APIC timer armed: run() waits for it
         self.sipi_vector: int | None = None  # a start-up IPI's vector, taken at the next entry
         self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive, self._reenter)
         self.context = vendor.attach(self, hv_area)  # the VMCB / VMCS this vCPU runs through
+        # The x2APIC MSRs, added after the MSR bitmap / MSRPM was filled: unless the VMM
+        # intercepts them (or virtualizes x2APIC mode) the APIC model answers without an exit.
+        self.msrs.update(dict.fromkeys(range(0x800, 0x900), 0))
         self._record = self.context.record if self.context is not None else None
         self._after_exit = getattr(self.context, "after_exit", None)
         for claim in vm.bus.mmio_claims:
