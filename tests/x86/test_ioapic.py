@@ -294,3 +294,49 @@ any:
     assert vm.memory.read_u32(COUNT) == 0 and vm.memory.read_u32(OUT) == 0
     assert vm.clock.now_ns() > 5_000_000  # several PIT periods passed
     assert vm.arch.apic_bus.pic.master.irr & 1  # the 8259 requested IRQ 0; nobody acknowledged it
+
+
+def test_console_input_raises_com1_interrupts(make_vm, arch):
+    """Console input (what ``hvsim run`` reads from stdin) reaches COM1 between slices; with
+    IER = received data its IRQ 4 wakes the halted guest through the IOAPIC and the local APIC;
+    the handler echoes each byte in upper case until a newline."""
+    import threading
+
+    src = f"""
+    {x86_idt_setup({0x34: "com1"})}
+    {xapic_enable()}
+    {ioapic_write(0x18, 0x34)}
+    {ioapic_write(0x19, 0)}
+    mov dx, 0x3f9
+    mov al, 1
+    out dx, al
+    sti
+idle:
+    hlt
+    jmp idle
+com1:
+    mov dx, 0x3fd
+    in al, dx
+    test al, 1
+    jz com1_done
+    mov dx, 0x3f8
+    in al, dx
+    cmp al, 10
+    je finish
+    sub al, 32
+    out dx, al
+    jmp com1
+com1_done:
+    mov {reg(0xB0)}, 0
+    iretq
+finish:
+    {EXIT}
+"""
+    vm = make_vm(arch)
+    vm.load(x86_64(f"mov rsp, {X86_STACK}\nmov r14, {IOAPIC:#x}\n{src}"))
+    threading.Timer(0.05, vm.console.send, (b"irq",)).start()
+    threading.Timer(0.10, vm.console.send, (b"four\n",)).start()
+    vm.console.input_open = True  # an input source is attached (as hvsim run's stdin)
+    result = vm.run(timeout=20)
+    assert result.status == 1, result.reason
+    assert vm.console.text == "IRQFOUR"
