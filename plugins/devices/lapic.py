@@ -586,7 +586,7 @@ class LocalApic:
             return 0  # the registers are 32 bits wide, 16-byte aligned (SDM 11.4.1)
         value = self.read_reg(off)
         if value is None:
-            if off != SELF_IPI and off != LVT_CMCI:
+            if off != LVT_CMCI:  # (CMCI is an LVT this APIC does not have: reads 0, as KVM's)
                 self.error(ESR_ILLEGAL_REGISTER)
             return 0
         return value
