@@ -28,6 +28,10 @@
 8. Run control: how far ``vm.run(timeout=0.05)`` overshoots its deadline on a spinning guest
    (target: max < 0.1 s over 50 runs), and how long ``hvsim run`` takes to exit after SIGINT
    (target: max < 0.1 s over 10 runs).
+9. TLB fills and flushes (``--only tlb``): random load+store over 64 MiB with and without a
+   full flush every 65,536 accesses, MOV CR3 + load, INVLPG + load, TLBI VALE1 + load, a 64 MiB
+   sequential fill, under EPT / NPT / Arm stage 2 and x86 shadow paging, against bare Unicorn
+   with its own MMU; the cost of one fill and one flush.
 
 ``--only NAME[,NAME...]`` runs only those rows (the function names below, e.g.
 ``--only stop_stress,run_control,exit_rates``).
@@ -351,7 +355,7 @@ def memory_virtualization(out: Table) -> None:
         # One two-stage fill from Python: the model emptied, each page walked through the guest's
         # four levels, each table read and the final address through EPT / NPT (caches warm).
         pages = [WINDOW_VA + (i << 12) for i in range(4096)]
-        mmu.tlb.entries.clear()
+        mmu.tlb.spaces.clear()
         mmu.context_changed()
         t = time.perf_counter()
         for va in pages:
@@ -359,6 +363,221 @@ def memory_virtualization(out: Table) -> None:
         cost = (time.perf_counter() - t) / len(pages)
         out.add_row("  one two-stage TLB fill (Python, without the C callback)", arch, "",
                     f"{cost * 1e6:.1f} us", "", "", "")
+
+
+# -- TLB fills and flushes (issue 16) -------------------------------------------------------------
+TLB_OPS = 20_000 if QUICK else 100_000
+TLB_FLUSH_EVERY = 65_536
+# arm64: the guest's own stage 1 (4 KiB granule, 39-bit VAs): L1 at 0x4180_0000 (L1[1] maps the
+# RAM 0x4000_0000 + 1 GiB one to one with a block), L2 at 0x4181_0000, 32 L3 tables from
+# 0x4182_0000 mapping the 64 MiB window at VA 0x1000_0000 to PA 0x4400_0000 with 4 KiB pages.
+ARM_WINDOW_PA = 0x4400_0000
+ARM_TLB_SETUP = f"""
+movz x1, #0x4180, lsl #16
+movz x2, #0x4000, lsl #16
+movz x3, #0x0705
+orr x2, x2, x3
+str x2, [x1, #8]
+movz x2, #0x4181, lsl #16
+orr x2, x2, #3
+str x2, [x1]
+movz x9, #0x4181, lsl #16
+add x9, x9, #{8 * (WINDOW_VA >> 21):#x}
+movz x2, #0x4182, lsl #16
+orr x2, x2, #3
+mov x10, #32
+l2: str x2, [x9], #8
+add x2, x2, #0x1000
+subs x10, x10, #1
+b.ne l2
+movz x9, #0x4182, lsl #16
+movz x2, #{ARM_WINDOW_PA >> 16:#x}, lsl #16
+movz x3, #0x0707
+orr x2, x2, x3
+mov x10, #{WS >> 12}
+l3: str x2, [x9], #8
+add x2, x2, #0x1000
+subs x10, x10, #1
+b.ne l3
+movz x3, #0xff00
+msr mair_el1, x3
+movz x3, #0x3519
+movk x3, #0x0080, lsl #16
+movk x3, #0x0002, lsl #32
+msr tcr_el1, x3
+msr ttbr0_el1, x1
+isb
+mrs x3, sctlr_el1
+orr x3, x3, #1
+msr sctlr_el1, x3
+isb
+movz x13, #{WINDOW_VA >> 16:#x}, lsl #16
+"""
+_X86_TLB_SETUP = X86_RANDOM.split("mov rax, 0x1234567")[0] + "mov rsi, cr3\n"
+_X86_XORSHIFT = f"""mov rdx, rax
+shl rdx, 13
+xor rax, rdx
+mov rdx, rax
+shr rdx, 7
+xor rax, rdx
+mov rdx, rax
+shl rdx, 17
+xor rax, rdx
+mov rbx, rax
+and rbx, {WS - 8:#x}
+add rbx, {WINDOW_VA:#x}
+mov rdx, [rbx]
+add rdx, 1
+mov [rbx], rdx
+"""
+_ARM_XORSHIFT = f"""eor x0, x0, x0, lsl #13
+eor x0, x0, x0, lsr #7
+eor x0, x0, x0, lsl #17
+and x12, x0, #{WS - 8:#x}
+add x12, x12, x13
+ldr x14, [x12]
+add x14, x14, #1
+str x14, [x12]
+"""
+
+
+def _tlb_workloads(family: str) -> dict[str, tuple[str, int, str]]:
+    """name -> (guest phase, how many operations it does, what one operation is)."""
+    if family == "x86":
+        flush = f"test ecx, {TLB_FLUSH_EVERY - 1:#x}\njnz ph2\nmov cr3, rsi\nph2:\n"
+        return {
+            "random": (f"mov rax, 0x1234567\nmov rcx, {RANDOM}\nph1:\n{_X86_XORSHIFT}dec rcx\njnz ph1\n",
+                       RANDOM, "load+store pair"),
+            "random + flush": (f"mov rax, 0x1234567\nmov rcx, {RANDOM}\nph1:\n{_X86_XORSHIFT}{flush}dec rcx\njnz ph1\n",
+                               RANDOM, "load+store pair"),
+            "MOV CR3 + load": (f"mov rbx, {WINDOW_VA:#x}\nmov rcx, {TLB_OPS}\nph1:\nmov cr3, rsi\nmov rdx, [rbx]\n"
+                               "dec rcx\njnz ph1\n", TLB_OPS, "MOV CR3 (same value) + one load"),
+            "INVLPG + load": (f"mov rbx, {WINDOW_VA:#x}\nmov rcx, {TLB_OPS}\nph1:\ninvlpg [rbx]\nmov rdx, [rbx]\n"
+                              f"add rbx, 0x1000\nand rbx, {WINDOW_VA | (WS - 1):#x}\ndec rcx\njnz ph1\n",
+                              TLB_OPS, "INVLPG of a page + one load from it"),
+            "sequential fill": (f"mov rbx, {WINDOW_VA:#x}\nmov rcx, {WS // 8}\nmov rax, 1\nph1:\nmov [rbx], rax\n"
+                                "add rbx, 8\ndec rcx\njnz ph1\n", WS // 8, "8-byte store"),
+        }
+    flush = f"tst x11, #{TLB_FLUSH_EVERY - 1:#x}\nb.ne ph2\ntlbi vmalle1\ndsb ish\nisb\nph2:\n"
+    return {
+        "random": (f"{mov_imm_arm('x0', 0x1234567)}\n{mov_imm_arm('x11', RANDOM)}\nph1:\n{_ARM_XORSHIFT}"
+                   "subs x11, x11, #1\nb.ne ph1\n", RANDOM, "load+store pair"),
+        "random + flush": (f"{mov_imm_arm('x0', 0x1234567)}\n{mov_imm_arm('x11', RANDOM)}\nph1:\n{_ARM_XORSHIFT}"
+                           f"{flush}subs x11, x11, #1\nb.ne ph1\n", RANDOM, "load+store pair"),
+        "TLBI VALE1 + load": (f"mov x12, x13\n{mov_imm_arm('x11', TLB_OPS)}\nph1:\nlsr x5, x12, #12\ntlbi vale1, x5\n"
+                              "dsb ish\nisb\nldr x14, [x12]\nadd x12, x12, #0x1000\n"
+                              f"and x12, x12, #{WS - 1:#x}\nadd x12, x12, x13\n"
+                              "subs x11, x11, #1\nb.ne ph1\n", TLB_OPS, "TLBI VALE1 + DSB + ISB + one load"),
+        "sequential fill": (f"mov x12, x13\nmov x14, #1\n{mov_imm_arm('x11', WS // 8)}\nph1:\nstr x14, [x12], #8\n"
+                            "subs x11, x11, #1\nb.ne ph1\n", WS // 8, "8-byte store"),
+    }
+
+
+def _bare_arm_paging(code: bytes) -> Uc:
+    """Bare Unicorn for arm64: 128 MiB of RAM at 0x4000_0000, the guest's stage 1 walked by the
+    engine itself (no stage 2)."""
+    buf = mmap.mmap(-1, 128 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+    uc.mem_map_ptr(0x4000_0000, 128 << 20, UC_PROT_ALL, ctypes.addressof(ctypes.c_char.from_buffer(buf)))
+    uc.reg_write(A.UC_ARM64_REG_CP_REG, (1, 1, 3, 6, 0, 0x501))  # SCR_EL3: NS | HCE | RW
+    uc.reg_write(A.UC_ARM64_REG_CP_REG, (1, 1, 3, 4, 0, 1 << 31))  # HCR_EL2.RW: EL1 is AArch64
+    uc.mem_write(ARM_BASE, code)
+    uc._keep = buf
+    return uc
+
+
+def _time_bare_tlb(family: str, src: str) -> float:
+    if family == "x86":
+        code = x86(_X86_TLB_SETUP + src + "hlt")
+        uc = bare_paging_engine(code)
+        base = X86_BASE
+    else:
+        code = arm(ARM_TLB_SETUP + src + "wfi")
+        uc = _bare_arm_paging(code)
+        base = ARM_BASE
+    t = time.perf_counter()
+    uc.emu_start(base, base + len(code))
+    return time.perf_counter() - t
+
+
+def _time_hvsim_tlb(arch: str, src: str, **kw) -> tuple[float, VM]:
+    family = "arm" if arch == "arm_el2" else "x86"
+    code = x86(_X86_TLB_SETUP + src + X86_END) if family == "x86" else arm(ARM_TLB_SETUP + src + ARM_END)
+    if family == "arm":
+        kw["entry"] = ARM_BASE
+    vm = VM(arch, mem="128M", console=GuestConsole(keep=False), **kw)
+    vm.load(code)
+    t = time.perf_counter()
+    result = vm.run(timeout=600)
+    elapsed = time.perf_counter() - t
+    assert result.status in (0, 1), result.reason
+    return elapsed, vm
+
+
+def tlb(out: Table) -> None:
+    """TLB fills and flushes: each workload's time net of the same guest with the phase removed
+    (page-table setup), bare Unicorn with its own MMU against hvsim with the guest's paging over
+    EPT / NPT / Arm stage 2 (and x86 shadow paging), measured side by side."""
+    from hvsim.core.mmu import ACCESS_READ
+
+    targets = {"random": 1.0, "random + flush": 0.5, "MOV CR3 + load": 0.2, "INVLPG + load": 0.2,
+               "TLBI VALE1 + load": 0.2, "sequential fill": 0.5}
+    configs = [("intel_vtx", "x86", {}), ("amd_svm", "x86", {}), ("arm_el2", "arm", {}),
+               ("intel_vtx", "x86", {"paging": "shadow"}), ("amd_svm", "x86", {"paging": "shadow"})]
+    bare_cache: dict[tuple[str, str], float] = {}
+    for arch, family, kw in configs:
+        shadow = bool(kw)
+        paging = "shadow paging" if shadow else {"intel_vtx": "EPT", "amd_svm": "NPT", "arm_el2": "stage 2"}[arch]
+        base_hv, _vm = _time_hvsim_tlb(arch, "", **kw)
+        if (family, "") not in bare_cache:
+            bare_cache[(family, "")] = _time_bare_tlb(family, "")
+        base_bare = bare_cache[(family, "")]
+        for name, (src, n, what) in _tlb_workloads(family).items():
+            if (family, name) not in bare_cache:
+                bare_cache[(family, name)] = max(_time_bare_tlb(family, src) - base_bare, 1e-9)
+            bare = bare_cache[(family, name)]
+            wall, vm = _time_hvsim_tlb(arch, src, **kw)
+            ours = max(wall - base_hv, 1e-9)
+            engine = vm.vcpus[0].mmu.engine
+            ratio = bare / ours
+            target = targets[name] if not shadow or name in ("random", "sequential fill") else None
+            extra = ""
+            if shadow and name in ("MOV CR3 + load", "INVLPG + load"):
+                exits = vm.stats.total
+                each = ours / max(exits, 1)
+                extra = f", {exits:,} exits, {each * 1e6:.1f} us each"
+                out.add_row(f"{name} ({paging}): {n:,} x {what}", arch, f"{bare / n * 1e6:.2f} us each",
+                            f"{ours / n * 1e6:.1f} us each{extra}", f"{ratio:.2f}x", "< 50 us/exit",
+                            verdict(each < 50e-6))
+                continue
+            out.add_row(f"{name} ({paging}): {n:,} x {what}", arch, f"{bare * 1e3:.0f} ms",
+                        f"{ours * 1e3:.0f} ms, {engine.fills:,} fills ({engine.fills / wall / 1e3:.0f} k/s)",
+                        f"{ratio:.2f}x", f">= {target}x" if target else "-",
+                        verdict(ratio >= target) if target else "")
+            if name == "random + flush" and not shadow:
+                flushes = RANDOM // TLB_FLUSH_EVERY
+                plain = max(_time_hvsim_tlb(arch, _tlb_workloads(family)["random"][0], **kw)[0] - base_hv, 0)
+                out.add_row(f"  one full flush and its refills ({flushes} flushes)", arch,
+                            f"{max(bare - bare_cache[(family, 'random')], 0) / flushes * 1e3:.2f} ms",
+                            f"{max(ours - plain, 0) / flushes * 1e3:.1f} ms", "", "", "")
+        if shadow:
+            continue
+        # One fill from Python (the model emptied, the walk through the guest's tables and stage 2)
+        # and one flush of the model and the engine, on the last VM.
+        mmu = vm.vcpus[0].mmu
+        mmu.context_changed()
+        pages = [WINDOW_VA + (i << 12) for i in range(4096)]
+        mmu.tlb.spaces.clear()
+        t = time.perf_counter()
+        for va in pages:
+            mmu.fill(va, ACCESS_READ)
+        fill = (time.perf_counter() - t) / len(pages)
+        t = time.perf_counter()
+        for _ in range(100):
+            mmu.tlb.invalidate()
+        flush = (time.perf_counter() - t) / 100
+        out.add_row(f"  one TLB fill from Python (two-stage walk) / one full flush ({paging})", arch, "",
+                    f"{fill * 1e6:.1f} us / {flush * 1e6:.1f} us", "", "", "")
 
 
 ROUNDS = 50 if QUICK else 200
@@ -723,7 +942,7 @@ def main() -> None:
     for col in ("benchmark", "arch", "bare Unicorn", "hvsim", "ratio", "target", ""):
         table.add_column(col)
     rows = [compute_bound, untrapped_sensitive, exit_rates, instruction_exit_rates, startup, cold_code,
-            memory_virtualization, shadow_vs_nested, x86_event_rounds, stop_stress, run_control,
+            memory_virtualization, tlb, shadow_vs_nested, x86_event_rounds, stop_stress, run_control,
             deterministic_cost, apicv, lapic]
     if "--only" in sys.argv:
         names = sys.argv[sys.argv.index("--only") + 1].split(",")

@@ -378,7 +378,7 @@ def exact_stops_level() -> int:
     return fn()
 
 
-EXACT_STOPS_NEEDED = 5
+EXACT_STOPS_NEEDED = 6
 
 
 def require_exact_stops() -> None:
@@ -389,5 +389,5 @@ def require_exact_stops() -> None:
 
         raise HvsimError(
             f"the installed Unicorn ({uclib._name}) lacks hvsim's patch (exact engine stops, "
-            "level 5), without which a stopped guest can run an instruction twice: install it with "
+            f"level {EXACT_STOPS_NEEDED}), without which a stopped guest can run an instruction twice: install it with "
             "`make install`, or `python tools/build_unicorn.py PYTHON` for another environment")

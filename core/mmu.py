@@ -34,7 +34,14 @@ from unicorn import UC_HOOK_TLB_FILL, UC_TLB_VIRTUAL
 from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.unicorn_py3.unicorn import uc_tlb_entry
 
-from .engine import _emu_stop
+from .engine import _emu_stop, _lib
+
+try:  # hvsim's Unicorn patch level 6: one page out of the engine's TLB
+    _flush_page = _lib.uc_hvsim_tlb_flush_page
+    _flush_page.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    _flush_page.restype = ctypes.c_int
+except AttributeError:  # an older build: full flushes only (require_exact_stops says so)
+    _flush_page = None
 
 HOST_PHYS_BASE = 1 << 44  # host memory's place in every engine's physical space
 PERM_R, PERM_W, PERM_X = 1, 2, 4  # Unicorn's TLB entry permissions
@@ -45,6 +52,9 @@ _FILL_CB = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, cty
                             ctypes.POINTER(uc_tlb_entry), ctypes.c_void_p)
 _ENGINE_TLB_MAX = 1 << 20  # QEMU's CPU_TLB_DYN_MAX_BITS for 4 KiB pages
 _MAX_ENTRIES = 1 << 20  # the model drops everything past this, as a TLB may
+# An invalidation dropping up to this many 4 KiB pages flushes them one by one in the engine
+# (a 2 MiB page is 512); beyond, one full flush is cheaper.
+_PAGE_FLUSH_MAX = 64
 
 
 class Stage2Fault(Exception):
@@ -161,6 +171,52 @@ class TlbEntry:
     gpa: int = 0  # the guest-physical page (dirty logging)
 
 
+class _Space:
+    """The entries of one (tag, asid): ``(vpn, user)`` -> :class:`TlbEntry`, with the keys of its
+    global entries and of its large pages indexed, so that an address-space switch and an
+    invalidation by address never scan the whole TLB."""
+
+    __slots__ = ("map", "glob", "large", "users")
+
+    def __init__(self) -> None:
+        self.map: dict[tuple, TlbEntry] = {}
+        self.glob: set[tuple] = set()  # keys of global entries
+        self.large: dict[int, dict[int, set[tuple]]] = {}  # page size -> {page number at that size: keys}
+        self.users: set = set()  # the "user" key values seen (x86: False, True, 2; Arm: EL0 or not)
+
+    def add(self, key: tuple, entry: TlbEntry) -> None:
+        old = self.map.get(key)
+        if old is not None:
+            self.unindex(key, old)
+        self.map[key] = entry
+        self.users.add(key[1])
+        if entry.global_:
+            self.glob.add(key)
+        if entry.size > 0x1000:
+            self.large.setdefault(entry.size, {}).setdefault(key[0] // (entry.size >> 12), set()).add(key)
+
+    def unindex(self, key: tuple, entry: TlbEntry) -> None:
+        if entry.global_:
+            self.glob.discard(key)
+        if entry.size > 0x1000:
+            groups, number = self.large[entry.size], key[0] // (entry.size >> 12)
+            keys = groups.get(number)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del groups[number]
+
+    def page_keys(self, address: int) -> list[tuple]:
+        """The keys of every entry whose page (of its own size) holds ``address``."""
+        vpn = address >> 12
+        keys = [(vpn, u) for u in self.users if (vpn, u) in self.map]
+        for size, groups in self.large.items():
+            group = groups.get(address // size)
+            if group:
+                keys.extend(group)
+        return keys
+
+
 class TaggedTlb:
     """A vCPU's TLB: ``(tag, asid, vpn, user)`` -> :class:`TlbEntry` per 4 KiB page.
 
@@ -168,15 +224,26 @@ class TaggedTlb:
     ``asid`` the stage-1 address space (PCID, ASID; 0 when the architecture has none enabled).
     Entries for large pages are stored per 4 KiB page with their page size, so invalidating one
     address drops the whole large page, as the architectures require.
+
+    Entries live in one :class:`_Space` per (tag, asid): an invalidation by address costs the
+    entries of that page in each space of the tag, one of an address space (MOV CR3, TLBI
+    ASIDE1) the entries of that space, one of a regime (INVVPID single context, TLBI VMALLE1)
+    the spaces of that tag; nothing scans the whole TLB. Engines drop their own copies through
+    ``on_flush`` callbacks: ``flush(pages)`` with the virtual pages dropped, or None for all.
     """
 
     def __init__(self) -> None:
-        self.entries: dict[tuple, TlbEntry] = {}
+        self.spaces: dict[tuple, _Space] = {}
+        self.count = 0  # entries inserted since the last full clear (an upper bound of the size)
         self.hits = self.misses = self.invalidations = 0
         self.on_flush: list = []  # called after any invalidation: engines drop their own copies
 
+    def __len__(self) -> int:
+        return sum(len(sp.map) for sp in self.spaces.values())
+
     def lookup(self, tag, asid: int, vpn: int, user: bool) -> TlbEntry | None:
-        e = self.entries.get((tag, asid, vpn, user))
+        sp = self.spaces.get((tag, asid))
+        e = sp.map.get((vpn, user)) if sp is not None else None
         if e is None:
             self.misses += 1
         else:
@@ -184,41 +251,70 @@ class TaggedTlb:
         return e
 
     def insert(self, tag, asid: int, vpn: int, user: bool, entry: TlbEntry) -> None:
-        if len(self.entries) >= _MAX_ENTRIES:
-            self.entries.clear()
-        self.entries[(tag, asid, vpn, user)] = entry
+        self.count += 1
+        if self.count > _MAX_ENTRIES:
+            self.count = len(self)
+            if self.count >= _MAX_ENTRIES:
+                self.clear()  # a full TLB drops entries; the engines drop their copies too
+        sp = self.spaces.get((tag, asid))
+        if sp is None:
+            sp = self.spaces[(tag, asid)] = _Space()
+        sp.add((vpn, user), entry)
+
+    def clear(self) -> int:
+        """Drop everything (and the engines' copies)."""
+        return self.invalidate()
 
     def invalidate(self, tag=..., asid=..., address: int | None = None, keep_global: bool = False,
                    match=None) -> int:
         """Drop the entries that match every given criterion (``...`` matches anything):
         ``tag`` (a value, or a predicate on the tag when ``match`` is given), ``asid``,
-        ``address`` (the page containing it, whatever the page size), ``keep_global``.
-        Returns how many were dropped."""
+        ``address`` (the page containing it, whatever the page size; global entries of other
+        address spaces too), ``keep_global``. Returns how many were dropped."""
         self.invalidations += 1
+        pages: list[int] | None = None  # the virtual pages dropped, when only some were
         if tag is ... and asid is ... and address is None and not keep_global and match is None:
-            n = len(self.entries)
-            self.entries.clear()
+            n = len(self)
+            self.spaces.clear()
+            self.count = 0
         else:
-            doomed = []
-            for key, e in self.entries.items():
-                t, a, vpn, _u = key
+            n = 0
+            if address is not None:
+                pages = []
+            for skey in list(self.spaces):
+                t, a = skey
                 if match is not None and not match(t):
                     continue
                 if tag is not ... and t != tag:
                     continue
-                if asid is not ... and a != asid and not (address is not None and e.global_):
+                sp = self.spaces[skey]
+                own = asid is ... or a == asid
+                if address is None:
+                    if not own:
+                        continue
+                    if keep_global and sp.glob:
+                        kept = _Space()
+                        for key in sp.glob:
+                            kept.add(key, sp.map[key])
+                        n += len(sp.map) - len(kept.map)
+                        self.spaces[skey] = kept
+                    else:
+                        n += len(sp.map)
+                        del self.spaces[skey]
                     continue
-                if keep_global and e.global_:
-                    continue
-                if address is not None and (vpn << 12) // e.size != address // e.size:
-                    continue
-                doomed.append(key)
-            for key in doomed:
-                del self.entries[key]
-            n = len(doomed)
+                for key in sp.page_keys(address):
+                    e = sp.map.get(key)
+                    if e is None or (keep_global and e.global_) or (not own and not e.global_):
+                        continue
+                    del sp.map[key]
+                    sp.unindex(key, e)
+                    pages.append(key[0])
+                    n += 1
+                if not sp.map:
+                    del self.spaces[skey]
         if n:  # the engines hold at most what the model holds
             for flush in self.on_flush:
-                flush()
+                flush(pages)
         return n
 
 
@@ -239,6 +335,7 @@ class EngineTlb:
         self.uc = uc
         self.fills = 0
         self.flushes_to_grow = 0
+        self.full_flushes = self.page_flushes = 0
         self.size = 256  # QEMU's initial TLB size (CPU_TLB_DYN_DEFAULT_BITS), doubled per growth flush
         self._refills = 0
         self.want_flush = False
@@ -260,12 +357,23 @@ class EngineTlb:
             return True
 
         self._uch = uch
+        # the engine's own page (x86: 4 KiB; arm64: 1 KiB): a 4 KiB page is flushed in those
+        self._engine_page = min(uc.ctl_get_page_size(), 0x1000)
         hooks.add(UC_HOOK_TLB_FILL, _FILL_CB, on_fill)
         tlb.on_flush.append(self.flush)
 
-    def flush(self) -> None:
-        """Drop every translation the engine cached (its copy of the model)."""
+    def flush(self, pages: list[int] | None = None) -> None:
+        """Drop the translations the engine cached (its copy of the model): of the virtual
+        ``pages`` (page numbers) when given and few, else all of them."""
+        if pages is not None and len(pages) <= _PAGE_FLUSH_MAX and _flush_page is not None:
+            uch, step = self._uch, self._engine_page
+            for vpn in pages:
+                for address in range(vpn << 12, (vpn + 1) << 12, step):  # arm64: 1 KiB engine pages
+                    _flush_page(uch, address)
+            self.page_flushes += len(pages)
+            return
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        self.full_flushes += 1
         self._refills = 0
 
     def refilled(self) -> None:

@@ -32,6 +32,7 @@ class Npt:
         self.host = host
         self.ncr3 = ncr3
         self.cache: dict[int, tuple[int, int, bool]] = {}
+        self.walk_writes = True  # guest page-table accesses are user writes (15.25.5)
 
     def _read(self, size: int):
         unpack, view, limit = (_U32 if size == 4 else _U64).unpack_from, self.host.view, self.host.size

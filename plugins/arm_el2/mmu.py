@@ -90,6 +90,7 @@ class Arm64Mmu:
         self.walk_cache: dict[int, int] = {}
         self.pending: Exception | None = None  # the fault a refused fill left for the vCPU
         self._ctx: tuple | None = None
+        self._fast: tuple | None = None  # stage1.fast_params of the context, when it applies
         self._pstate = UC_ARM64_REG_PSTATE
         vcpu.uc.mem_map(SENTINEL_PAGE, 0x1000)
         self.engine = EngineTlb(vcpu.uc, hooks, self.fill, self.tlb)
@@ -112,6 +113,7 @@ class Arm64Mmu:
         s2 = self.stage2()
         asid = stage1.asid(tcr, ttbr0, ttbr1) if sctlr & sysregs.SCTLR_EL1_M else _MMU_OFF
         self._ctx = ctx = (sctlr, tcr, ttbr0, ttbr1, asid, s2.vmid if s2 is not None else _NO_STAGE2, s2)
+        self._fast = stage1.fast_params(tcr, ttbr0, sctlr) if sctlr & sysregs.SCTLR_EL1_M and s2 is not None else None
         return ctx
 
     def context_changed(self) -> None:
@@ -234,12 +236,21 @@ class Arm64Mmu:
             return e.paddr, e.perms
         # A miss, or an entry that does not allow this access: walk again (a fault is never
         # cached; a changed descriptor may now allow it).
+        fast = self._fast_walk(vaddr, need, el0, self._fast, ctx[6]) if self._fast is not None else None
         try:
-            w, perms1 = self.walk(vaddr, _MODE[need] | (_USER if el0 else 0), look_only=False, describe=False)
-            if w.fault:
-                self.pending = Stage1Abort(vaddr, w.error_code, need == PERM_W, need == PERM_X, w.fault)
-                return None
-            ipa = w.address
+            if fast is None:
+                w, perms1 = self.walk(vaddr, _MODE[need] | (_USER if el0 else 0), look_only=False, describe=False)
+                if w.fault:
+                    self.pending = Stage1Abort(vaddr, w.error_code, need == PERM_W, need == PERM_X, w.fault)
+                    return None
+                ipa, s1_user, global_, size = w.address, w.user, w.global_, w.page_size
+                cache = self.walk_cache
+                if len(cache) > _WALK_CACHE_MAX:
+                    cache.clear()
+                for step in w.steps[:-1]:  # the table descriptors this walk went through
+                    cache[step.address] = step.value
+            else:
+                ipa, perms1, s1_user, global_, size = fast
             pa, perms2 = self.ipa_to_pa(ipa, need == PERM_W, need == PERM_X, False, el0, ctx[6])
         except Stage2Fault as fault:
             if fault.walk:
@@ -258,15 +269,69 @@ class Arm64Mmu:
                 perms &= ~PERM_W
             elif perms & PERM_W:
                 log.pages.add(ipa >> 12)
-        cache = self.walk_cache
-        if len(cache) > _WALK_CACHE_MAX:
-            cache.clear()
-        for step in w.steps[:-1]:  # the table descriptors this walk went through
-            cache[step.address] = step.value
         paddr = HOST_PHYS_BASE + (pa & ~0xFFF)
-        self.tlb.insert(tag, asid, vpn, el0,
-                        TlbEntry(paddr, perms, w.user, w.global_, w.page_size))
+        self.tlb.insert(tag, asid, vpn, el0, TlbEntry(paddr, perms, s1_user, global_, size))
         return paddr, perms
+
+    def _fast_walk(self, va: int, need: int, el0: bool, params: tuple, s2: Stage2):
+        """The common refill (TTBR0_EL1, 4 KiB granule, stage 2 on) without the full walk's
+        bookkeeping: descriptors from the walk cache or read where stage 2's cached translation
+        of their page puts them, every one valid with no hierarchical control set, the leaf's
+        Access flag set and the access allowed. Anything else (a fault to report, a flag to set,
+        a stage-2 walk to make) returns None and :func:`stage1.translate` runs. Returns (IPA,
+        stage-1 permissions, EL0 access, global, page size)."""
+        inputsize, level, table, oa_bits, top, wxn = params
+        if (va & ((1 << top) - 1)) >> inputsize:
+            return None  # TTBR1_EL1's range, or outside both: the full walk
+        cache, s2get = self.walk_cache, s2.cache.get
+        view, hsize = self.host.view, self.host.size
+        fresh = []
+        while True:
+            shift = 12 + 9 * (3 - level)
+            addr = table + 8 * ((va >> shift) & ((1 << min(9, inputsize - shift)) - 1))
+            desc = cache.get(addr)
+            if desc is None:
+                hit = s2get((addr >> 12, el0))
+                if hit is None or not hit[1] & PERM_R:
+                    return None
+                pa = hit[0] | (addr & 0xFFF)
+                if pa + 8 > hsize:
+                    return None
+                desc = _U64.unpack_from(view, pa)[0]
+                if level < 3:
+                    fresh.append((addr, desc))
+            if level < 3 and desc & 3 == 3:  # a table descriptor
+                table = desc & _PA_MASK
+                if desc >> 59 or table >> oa_bits:  # APTable/XNTable/PXNTable/NSTable, or too far
+                    return None
+                level += 1
+                continue
+            break
+        if not desc & stage1.DESC_VALID or level == 3 and not desc & stage1.DESC_TABLE or level == 0 \
+                or not desc & stage1.DESC_AF:
+            return None
+        mask = (1 << shift) - 1
+        oa = desc & _PA_MASK & ~mask
+        if oa >> oa_bits:
+            return None
+        el0_ok = bool(desc & stage1.DESC_AP1)
+        writable = not desc & stage1.DESC_AP2
+        if el0:
+            readable, can_write, executable = el0_ok, el0_ok and writable, not desc & stage1.DESC_UXN
+        else:
+            readable, can_write = True, writable
+            executable = not desc & stage1.DESC_PXN and not (el0_ok and writable)
+        if wxn and can_write:
+            executable = False
+        perms = (PERM_R if readable else 0) | (PERM_W if can_write else 0) | (PERM_X if executable else 0)
+        if not perms & need:
+            return None
+        if fresh:
+            if len(cache) > _WALK_CACHE_MAX:
+                cache.clear()
+            for addr, desc_ in fresh:
+                cache[addr] = desc_
+        return oa | (va & mask), perms, el0_ok, not desc & stage1.DESC_NG, mask + 1
 
     def fetchable(self, pc: int) -> bool:
         """Can the engine fetch at ``pc``? Asked before anything makes Unicorn translate a block
@@ -316,13 +381,17 @@ class Arm64Mmu:
     # -- invalidation ------------------------------------------------------------------------------
     def on_guest_tlbi(self, key: tuple[int, int, int], xt: int) -> None:
         """The guest is about to execute TLBI ``key`` with Xt = ``xt`` (from :mod:`.tlbi`)."""
-        _name, scope, broadcast = TLBI_OPS[key]
+        name, scope, broadcast = TLBI_OPS[key]
+        # VALE1 / VAALE1 ("last level"): only the final level's entries; cached table
+        # descriptors (the walk cache) may stay (Arm ARM D8.13, C5.5)
+        last_level = name.startswith(("VALE1", "VAALE1"))
         targets = [v.mmu for v in self.vm.vcpus if getattr(v, "mmu", None) is not None] if broadcast else [self]
         for mmu in targets:
-            mmu._stage1_invalidate(scope, xt)
+            mmu._stage1_invalidate(scope, xt, last_level)
 
-    def _stage1_invalidate(self, scope: str, xt: int) -> None:
-        self.walk_cache.clear()
+    def _stage1_invalidate(self, scope: str, xt: int, last_level: bool = False) -> None:
+        if not last_level:
+            self.walk_cache.clear()
         ctx = self._ctx or self._context()
         tag, tcr = ctx[5], ctx[1]
         asid = (xt >> 48) & (0xFFFF if tcr & stage1.TCR_AS else 0xFF)

@@ -63,6 +63,21 @@ def asid(tcr: int, ttbr0: int, ttbr1: int) -> int:
     return ((ttbr1 if tcr & TCR_A1 else ttbr0) >> 48) & (0xFFFF if tcr & TCR_AS else 0xFF)
 
 
+def fast_params(tcr: int, ttbr0: int, sctlr: int) -> tuple | None:
+    """What a fill's fast walk (Arm64Mmu._fast_walk) needs for TTBR0_EL1 with the 4 KiB
+    granule, the common configuration: (input size, start level, table, output size, top VA bit
+    used, WXN); None for anything else (the full walk, :func:`translate`, handles it)."""
+    if (tcr >> 14) & 3 != 0b00 or (tcr >> 7) & 1:  # TG0 not 4 KiB, or EPD0
+        return None
+    inputsize = 64 - min(max(tcr & 0x3F, 16), 39)
+    level = 4 - -(-(inputsize - 12) // 9)
+    table = ttbr0 & 0x0000_FFFF_FFFF_FFFE & ~7
+    oa_bits = output_bits(tcr >> 32)
+    if table >> oa_bits:
+        return None
+    return inputsize, level, table, oa_bits, 56 if (tcr >> 37) & 1 else 64, bool(sctlr & SCTLR_WXN)
+
+
 def walk(read_u64: Callable[[int], int], va: int, tcr: int, ttbr0: int, ttbr1: int,
          access: Access, write_u64: Callable[[int, int], None] | None = None, sctlr: int = 0) -> Walk:
     """Translate ``va`` (``access`` with Access.USER for EL0); the Walk's ``error_code`` is the

@@ -151,18 +151,28 @@ class Stage2:
         return pa, perms
 
     def invalidate(self, ipa: int | None = None) -> None:
-        """TLBI IPAS2E1 for ``ipa`` (the stage-2 entries for its page), or all of them."""
+        """TLBI IPAS2E1 for ``ipa`` (the stage-2 entries for its page, or for the block holding
+        it), or all of them. Costs the entries of that page (a block: its pages), not a scan."""
         if ipa is None:
             self.cache.clear()
             self.blocks.clear()
             return
-        for key in [k for k in self.cache if k[0] == ipa >> 12]:
-            del self.cache[key]
-        for key in [k for k in self.blocks if k[1] == ipa >> k[0]]:
-            del self.blocks[key]
+        page = ipa >> 12
+        for el0 in (False, True):
+            self.cache.pop((page, el0), None)
+        for shift in self._shifts:
+            dropped = [self.blocks.pop((shift, ipa >> shift, el0), None) for el0 in (False, True)]
+            if dropped == [None, None]:
+                continue
             # the block's pages were cached one by one too
-            for page in [k for k in self.cache if k[0] >> (key[0] - 12) == key[1]]:
-                del self.cache[page]
+            first, count = (ipa >> shift) << (shift - 12), 1 << (shift - 12)
+            if count <= 2 * len(self.cache):
+                for p in range(first, first + count):
+                    self.cache.pop((p, False), None)
+                    self.cache.pop((p, True), None)
+            else:
+                for key in [k for k in self.cache if k[0] >> (shift - 12) == ipa >> shift]:
+                    del self.cache[key]
 
     def steps(self, ipa: int) -> tuple[list[WalkStep], int | None, str | None]:
         """The descriptors a walk of ``ipa`` reads, its result and any fault, no side effects."""

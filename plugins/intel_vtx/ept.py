@@ -63,6 +63,8 @@ class Ept:
         self.root = ep4ta(eptp, maxphyaddr)
         self.levels = ((eptp >> 3) & 7) + 1
         self.ad = bool(eptp & EPTP_AD)
+        # a guest paging-structure access is a stage-2 write when A/D flags are on (29.3.5)
+        self.walk_writes = self.ad
         self.execute_only = bool(ept_vpid_cap & msrs.VMX_EPT_EXECUTE_ONLY_BIT)
         self.large = {2: bool(ept_vpid_cap & msrs.VMX_EPT_2MB_PAGE_BIT), 3: bool(ept_vpid_cap & msrs.VMX_EPT_1GB_PAGE_BIT)}
         self.rsvd_high = ((1 << 52) - 1) & ~((1 << maxphyaddr) - 1)

@@ -40,6 +40,9 @@ SENTINEL_PAGE = HOST_PHYS_BASE - 0x1000
 _UNTIL_PAGE = (UNTIL - 1) >> 12  # the page Unicorn translates (measured)
 _U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 _ACCESS = {ACCESS_WRITE: Access.WRITE, ACCESS_FETCH: Access.EXECUTE}
+_ADDR = ((1 << paging.MAXPHYADDR) - 1) & ~0xFFF  # an entry's address bits
+_RSVD64 = ((1 << 52) - 1) & ~((1 << paging.MAXPHYADDR) - 1)  # must be zero (paging.walk's check)
+_P_A = paging.P | paging.A
 # CR0 / CR4 bits whose change invalidates every translation (SDM 4.10.4.1)
 _CR0_PAGING = paging.CR0_PG | paging.CR0_WP | 1
 _CR4_PAGING = (paging.CR4_PSE | paging.CR4_PAE | paging.CR4_PGE | paging.CR4_PCIDE | paging.CR4_SMEP
@@ -186,19 +189,26 @@ class X86Mmu:
                 return e.paddr, e.perms
         # A miss, or an entry that does not allow this access: walk again (a fault would drop the
         # entry anyway, SDM 4.10.4.1; a changed entry may now allow it).
-        mode = _ACCESS.get(access, Access.READ)
         if self.shadow is not None:
-            return self._fill_shadow(vaddr, mode, user, pcid, self._ctx)
-        try:
-            w = self.walk(vaddr, mode, 3 if user is True else 0, record=False, ac=not smap)
-        except Stage2Fault as fault:
-            fault.gla = vaddr
-            self.pending = fault
-            return None
-        if w.fault:
-            self.pending = PageFault(vaddr, w.error_code, w.fault)
-            return None
-        gpa = w.address
+            return self._fill_shadow(vaddr, _ACCESS.get(access, Access.READ), user, pcid, self._ctx)
+        fast = None
+        if self.stage2 is not None and efer & paging.EFER_LMA and not cr4 & paging.CR4_LA57:
+            fast = self._fast_walk(vaddr, need, user, smap, cr0, self._ctx[1], cr4, efer)
+        if fast is None:
+            try:
+                w = self.walk(vaddr, _ACCESS.get(access, Access.READ), 3 if user is True else 0, record=False,
+                              ac=not smap)
+            except Stage2Fault as fault:
+                fault.gla = vaddr
+                self.pending = fault
+                return None
+            if w.fault:
+                self.pending = PageFault(vaddr, w.error_code, w.fault)
+                return None
+            gpa, writable, executable, s1_user, global_, size, dirty, leaf = \
+                w.address, w.writable, w.executable, w.user, w.global_, w.page_size, w.dirty, w.leaf
+        else:
+            gpa, writable, executable, s1_user, global_, size, dirty, leaf = fast
         try:
             s2 = self.stage2
             if s2 is None:
@@ -212,19 +222,67 @@ class X86Mmu:
             fault.gla = vaddr
             self.pending = fault
             return None
-        writable = w.writable and perms2 & PERM_W
-        dirty = w.dirty
+        writable = writable and perms2 & PERM_W
         if self.log.enabled and need != PERM_W:
             dirty = False  # logging: write permission waits for a write, which is recorded
-        perms = (PERM_R | (PERM_W if writable and dirty else 0) | (PERM_X if w.executable else 0)) & perms2
-        if smap and w.user:
+        perms = (PERM_R | (PERM_W if writable and dirty else 0) | (PERM_X if executable else 0)) & perms2
+        if smap and s1_user:
             perms &= PERM_X  # a supervisor fetch found it; data accesses fault (SMAP)
         paddr = HOST_PHYS_BASE + (hpa & ~0xFFF)
-        e = TlbEntry(paddr, perms, w.user, w.global_, w.page_size, dirty, w.leaf if writable else None, gpa >> 12)
+        e = TlbEntry(paddr, perms, s1_user, global_, size, dirty, leaf if writable else None, gpa >> 12)
         self.tlb.insert(self.tag, pcid, vpn, user, e)
         if perms & PERM_W:
             self._log_write(e)
         return paddr, perms
+
+    def _fast_walk(self, vaddr: int, need: int, user, smap, cr0: int, cr3: int, cr4: int, efer: int):
+        """The common refill, 4-level paging over EPT / NPT, without the general walk's
+        bookkeeping: every table page's stage-2 translation already cached (for the walk's
+        access: a write when the processor may set stage-2 A/D flags there), every entry present
+        with its accessed flag set (and the leaf's dirty flag for a write), no reserved bit, and
+        the access allowed. Anything else (a flag to set, a fault to report, a stage-2 walk)
+        returns None and the full walk (paging.walk) runs, which sets flags and builds the
+        fault exactly. Returns (gpa, writable, executable, user, global, page size, dirty, leaf)."""
+        s2 = self.stage2
+        get, walk_writes = s2.cache.get, s2.walk_writes
+        view, hsize = self.host.view, self.host.size
+        rsvd = _RSVD64 if efer & paging.EFER_NXE else _RSVD64 | paging.XD
+        table = cr3 & _ADDR
+        rw = us = True
+        nx = False
+        for shift in (39, 30, 21, 12):
+            addr = table + ((vaddr >> shift) & 0x1FF) * 8
+            hit = get(addr >> 12)
+            if hit is None:
+                return None
+            hpa, perms, s2_dirty = hit
+            if not (perms & PERM_W and s2_dirty if walk_writes else perms & PERM_R):
+                return None
+            hpa |= addr & 0xFFF
+            if hpa + 8 > hsize:
+                return None
+            entry = _U64.unpack_from(view, hpa)[0]
+            if entry & _P_A != _P_A or entry & rsvd:
+                return None
+            rw = rw and entry & paging.RW
+            us = us and entry & paging.US
+            nx = nx or entry & paging.XD
+            if shift == 12:
+                break
+            if entry & paging.PS:
+                if shift == 39 or entry & ((1 << shift) - 1) & ~0x1FFF & _ADDR:
+                    return None
+                break
+            table = entry & _ADDR
+        mask = (1 << shift) - 1
+        is_user = user is True
+        writable = bool(rw) or (not is_user and not cr0 & paging.CR0_WP)
+        executable = not (nx and efer & paging.EFER_NXE) and not (not is_user and us and cr4 & paging.CR4_SMEP)
+        if is_user and not us or need == PERM_W and (not writable or not entry & paging.D) \
+                or need == PERM_X and not executable or smap and us and need != PERM_X:
+            return None  # a fault, or a dirty flag to set: the full walk
+        return ((entry & _ADDR & ~mask) | (vaddr & mask), writable, executable, bool(us),
+                bool(entry & paging.G and cr4 & paging.CR4_PGE), mask + 1, bool(entry & paging.D), (addr, 8))
 
     def _log_write(self, e: TlbEntry) -> None:
         if self.log.enabled:

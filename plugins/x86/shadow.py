@@ -208,7 +208,6 @@ class ShadowMmu:
     def page_fault(self, gva: int, error_code: int) -> None:
         """A #PF exit: sync one shadow entry from the guest's tables, or reflect the fault."""
         vcpu = self.vcpu
-        state = self.state
         self.faults += 1
         access = (Access.WRITE if error_code & paging.PFEC_W else Access.READ) | \
             (Access.EXECUTE if error_code & paging.PFEC_I else 0)
@@ -229,9 +228,18 @@ class ShadowMmu:
             vcpu.regs.write(X.UC_X86_REG_CR2, gva)
             vcpu.deliver_event(14, w.error_code, vcpu.rip())
             return
+        self._install(gva, w, bool(access & Access.WRITE), cr0, cr3, cr4, efer, cpl)
+
+    def _install(self, gva: int, w, write: bool, cr0: int, cr3: int, cr4: int, efer: int, cpl: int,
+                 prefetch: bool = False) -> None:
+        """A shadow entry for ``gva`` from the guest's walk ``w`` (its steps recorded), with the
+        reverse maps and write protection that keep it coherent (``prefetch``: RAM only, and
+        nothing said about an address the guest has not accessed yet)."""
+        vcpu, state, memory = self.vcpu, self.state, self.vcpu.vm.memory
         gpa = w.address
+        if prefetch and not memory.is_ram(gpa):
+            return
         page = gpa >> 12
-        write = bool(access & Access.WRITE)
         tables = tuple({step.address >> 12 for step in w.steps})
         if write and page in state.tables:  # the guest writes one of its page tables
             self.unprotect(page)
@@ -325,12 +333,34 @@ class ShadowMmu:
         state.unsync.clear()
 
     def invlpg(self, gva: int) -> None:
+        """INVLPG: drop the shadow entry for ``gva``, then sync it again from the guest's
+        current PTE when that needs no flag set (KVM's sync of the spte on INVLPG): the access
+        that usually follows an INVLPG then costs no #PF exit."""
         at = self._leaf_address(gva, False)
         if at is not None:
             if at in self.leaves:
                 self._zap(at)
             else:
                 _U64.pack_into(self.host.view, at, 0)
+        self._prefetch(gva)
+
+    def _prefetch(self, gva: int) -> None:
+        """Install the shadow entry for ``gva`` from the guest's tables as they are, when the
+        walk succeeds and every entry it uses has its accessed flag set already (4- and 5-level
+        paging; anything else waits for the #PF exit, which sets flags and reflects faults)."""
+        vcpu = self.vcpu
+        cr0, cr3, cr4, efer = vcpu.cr0(), vcpu.regs.read(X.UC_X86_REG_CR3), vcpu.regs.read(X.UC_X86_REG_CR4), vcpu.efer()
+        if not efer & paging.EFER_LMA or not cr0 & paging.CR0_PG or self._current_key(cr0, cr3, cr4, efer) != self.key:
+            return
+        memory = vcpu.vm.memory
+        try:
+            w = paging.walk(gva, Access.READ, cr0, cr3, cr4, efer, 0, memory.read_u32, memory.read_u64,
+                            None, record="entries", ac=True)
+        except GuestMemoryError:
+            return
+        if w.fault or any(not step.value & paging.A for step in w.steps):
+            return
+        self._install(gva, w, False, cr0, cr3, cr4, efer, 0, prefetch=True)
 
     def stats(self) -> dict[str, int]:
         """This vCPU's counters (the page-table writes caught are VM-wide: ``state.pt_writes``)."""

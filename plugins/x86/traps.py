@@ -21,6 +21,7 @@ let it run natively, or None when it already moved RIP (it delivered an exceptio
 from __future__ import annotations
 
 import ctypes
+import functools
 from collections.abc import Callable
 
 import capstone
@@ -269,8 +270,10 @@ def read_code(uch, buf, address: int, size: int) -> bytes | None:
     return buf.raw[:size]
 
 
+@functools.lru_cache(maxsize=None)
 def reg_id(bits: int, capstone_reg: int) -> int | None:
-    """The Unicorn register id for a capstone register id (by name), or None."""
+    """The Unicorn register id for a capstone register id (by name), or None (cached: INVLPG's
+    operand is decoded at every execution)."""
     if not capstone_reg:
         return None
     return getattr(X, f"UC_X86_REG_{_DISASM[bits].reg_name(capstone_reg).upper()}", None)

@@ -739,3 +739,40 @@ def test_the_dirty_log_reports_the_pages_an_arm_guest_wrote(arm_vm, hvsim_pm):
     assert vm.run(timeout=5).status == STATUS_OFF
     written = vm.dirty_log.collect()
     assert 0x4260_0000 in written and 0x4250_0000 not in written
+
+
+@pytest.mark.parametrize("offset", [0, 0xC08])
+@pytest.mark.parametrize("tlbi", ["tlbi vae1, x6", "tlbi vale1is, x6", "tlbi vaae1, x6"])
+def test_a_tlbi_of_another_page_leaves_the_stale_translation(arm_vm, tlbi, offset):
+    """The other side of the TLBI rule: an invalidation by VA drops that page only, so the
+    remapped page keeps its old translation (the model keeps it deterministically) until its
+    own TLBI, which drops all of the 4 KiB page (the engine's pages are 1 KiB: an offset in
+    the page's last quarter must see the new translation too)."""
+    main = mmu_on() + f"""
+    {mov64('x4', REMAPPED_VA)}
+    ldr x5, [x4]
+    movz x6, #0x4200, lsl #16
+    movz x5, #0x0f07
+    orr x6, x6, x5
+    str x6, [x7]
+    dsb ish
+    ldr x5, [x4, #{offset}]
+    add x6, x4, #0x10, lsl #12
+    lsr x6, x6, #12
+    {tlbi}
+    dsb ish
+    isb
+    ldr x5, [x4, #{offset}]
+    str x5, [x19]
+    lsr x6, x4, #12
+    {tlbi}
+    dsb ish
+    isb
+    ldr x5, [x4, #{offset}]
+    str x5, [x19, #8]
+    {SYSTEM_OFF}"""
+    vm = arm_vm(guest(main))
+    vm.memory.write(REMAPPED_VA + offset, MARK_A.to_bytes(8, "little"))
+    vm.memory.write(REMAPPED_PA + offset, MARK_B.to_bytes(8, "little"))
+    assert vm.run(timeout=5).status == STATUS_OFF
+    assert [u64(vm, RESULT), u64(vm, RESULT + 8)] == [MARK_B, MARK_A]
