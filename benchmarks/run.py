@@ -22,9 +22,6 @@
    20 us slices, so the slice timer stops the engine tens of thousands of times; the guest checks
    itself (it must print PASS), and the extra wall time over default slices per extra stop is
    the cost of one stop.
-9. Emulated local APIC: a periodic APIC-timer tick loop (HLT, interrupt, EOI) in deterministic
-   mode, xAPIC (EOI by MMIO) and x2APIC (EOI by WRMSR): exits per delivered interrupt, per EOI,
-   and time per interrupt (``--only lapic``).
 8. Run control: how far ``vm.run(timeout=0.05)`` overshoots its deadline on a spinning guest
    (target: max < 0.1 s over 50 runs), and how long ``hvsim run`` takes to exit after SIGINT
    (target: max < 0.1 s over 10 runs).
@@ -32,6 +29,9 @@
    full flush every 65,536 accesses, MOV CR3 + load, INVLPG + load, TLBI VALE1 + load, a 64 MiB
    sequential fill, under EPT / NPT / Arm stage 2 and x86 shadow paging, against bare Unicorn
    with its own MMU; the cost of one fill and one flush.
+10. Emulated local APIC: a periodic APIC-timer tick loop (HLT, interrupt, EOI) in deterministic
+    mode, xAPIC (EOI by MMIO) and x2APIC (EOI by WRMSR): exits per delivered interrupt, per EOI,
+    and time per interrupt (``--only lapic``).
 
 ``--only NAME[,NAME...]`` runs only those rows (the function names below, e.g.
 ``--only stop_stress,run_control,exit_rates``).
