@@ -32,6 +32,11 @@
 10. gic (arm64): the virtual timer through the vGIC, exits per interrupt with list registers
     serving ICC_IAR1_EL1 / ICC_EOIR1_EL1 (no exit) against ICH_HCR_EL2.TALL1 (each trapped), and
     the time per interrupt.
+11. Emulated local APIC: a periodic APIC-timer tick loop (HLT, interrupt, EOI) in deterministic
+    mode, xAPIC (EOI by MMIO) and x2APIC (EOI by WRMSR): exits per delivered interrupt, per EOI,
+    and time per interrupt (``--only lapic``).
+12. Linux boot (benchmarks/linux_boot.py): Debian's cloud kernel with a busybox initramfs, time
+    to the first userspace line and to power-off, beside QEMU TCG when it is installed.
 
 ``--only NAME[,NAME...]`` runs only those rows (the function names below, e.g.
 ``--only stop_stress,run_control,exit_rates``).
@@ -57,6 +62,9 @@ from rich.table import Table
 from unicorn import UC_ARCH_ARM64, UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INTR, UC_MODE_64, UC_MODE_ARM, UC_PROT_ALL, Uc
 from unicorn import arm64_const as A
 from unicorn import x86_const as X
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from linux_boot import linux_boot  # noqa: E402  (row 12)
 
 from hvsim.core.console import Console as GuestConsole
 from hvsim.core.engine import slice_timer
@@ -930,6 +938,32 @@ def gic(out: Table) -> None:
                         verdict(icc <= setup) if mode == "list registers" else "")
 
 
+def lapic(out: Table) -> None:
+    """Timer ticks through the emulated local APIC; the guest counts them (tests/x86/apic_guests)."""
+    guests = tests_module("x86.apic_guests")
+    n = 500 if QUICK else 3_000
+    x2 = guests.timer_ticks(n).replace(guests.xapic_enable(), "mov ecx, 0x1b\nrdmsr\nor eax, 0xc00\nwrmsr\n"
+                                       "mov ecx, 0x80f\nmov eax, 0x1ff\nxor edx, edx\nwrmsr")
+    for mode, src in (("xAPIC", guests.timer_ticks(n)), ("x2APIC", x2)):
+        if mode == "x2APIC":  # the same guest through the MSRs: DCR 0x83E, LVT timer 0x832, initial count 0x838
+            src = (src.replace("mov dword ptr [r15 + 0x3e0], 0xb", "mov ecx, 0x83e\nmov eax, 0xb\nwrmsr")
+                   .replace("mov dword ptr [r15 + 0x320], 0x20040", "mov ecx, 0x832\nmov eax, 0x20040\nwrmsr")
+                   .replace("mov dword ptr [r15 + 0x380], 1000000", "mov ecx, 0x838\nmov eax, 1000000\nwrmsr")
+                   .replace("mov dword ptr [r15 + 0x320], 0x10000", "mov ecx, 0x832\nmov eax, 0x10000\nwrmsr")
+                   .replace("mov dword ptr [r15 + 0xb0], 0",
+                            "push rcx\npush rdx\nmov ecx, 0x80b\nxor eax, eax\nxor edx, edx\nwrmsr\npop rdx\npop rcx"))
+        for arch in ("intel_vtx", "amd_svm"):
+            vm = VM(arch, mem="64M", console=GuestConsole(keep=False), deterministic=True)
+            vm.load(x86(f"mov rsp, 0x180000\n{src}"))
+            t = time.perf_counter()
+            result = vm.run(timeout=300)
+            each = (time.perf_counter() - t) / n
+            assert result.status == 1 and vm.memory.read_u32(guests.COUNT) == n, result.reason
+            eoi_reasons = {"EXIT_REASON_EPT_VIOLATION", "VMEXIT_NPF", "EXIT_REASON_MSR_WRITE", "VMEXIT_MSR"}
+            eois = sum(c[0] for r, c in vm.stats.by_reason.items() if r in eoi_reasons)
+            out.add_row(f"{n:,} APIC timer ticks, {mode}", arch, "",
+                        f"{vm.stats.total / n:.2f} exits/interrupt, {eois / n:.2f} EOI exits/interrupt",
+                        f"{each * 1e6:.0f} us/interrupt", "-", "")
 def apicv(out: Table) -> None:
     """Exits per interrupt and per EOI, time per interrupt, on one interrupt-heavy guest
     (tests/apicvload.py: TPR up, a device interrupt, EOI in the handler, TPR down) without APIC
@@ -975,7 +1009,7 @@ def main() -> None:
         table.add_column(col)
     rows = [compute_bound, untrapped_sensitive, exit_rates, instruction_exit_rates, startup, cold_code,
             memory_virtualization, tlb, shadow_vs_nested, x86_event_rounds, stop_stress, run_control,
-            deterministic_cost, apicv, gic]
+            deterministic_cost, apicv, gic, lapic, linux_boot]
     if "--only" in sys.argv:
         names = sys.argv[sys.argv.index("--only") + 1].split(",")
         known = {row.__name__: row for row in rows}

@@ -69,29 +69,29 @@ def test_stats_prints_a_perf_kvm_stat_table_on_stderr(hello, capsys):
     assert "VM-EXIT" in err and "Samples" in err and "EXIT_REASON_IO_INSTRUCTION" in err
 
 
-PROBE_APIC = x86_64("mov rax, 0xfee00030\nmov ebx, [rax]\nmov dword ptr [rax], 1\nmov ecx, [rax]\n"
+PROBE_HOLE = x86_64("mov rax, 0xfed00030\nmov ebx, [rax]\nmov dword ptr [rax], 1\nmov ecx, [rax]\n"
                     "mov dx, 0x3f8\nmov al, bl\nout dx, al\nmov al, 0\nout 0xf4, al\nhlt")
 
 
 def test_stats_list_unassigned_accesses_by_address(tmp_path, capsysbinary):
-    """The guest reads the local APIC's version register, which nothing models: all-ones (its
-    low byte goes to the UART), the run goes on, and --stats / --stats-json count it."""
-    image = tmp_path / "apic.bin"
-    image.write_bytes(PROBE_APIC)
+    """The guest reads a register of the HPET page (0xFED0_0000), which nothing models:
+    all-ones (its low byte goes to the UART), the run goes on, and --stats / --stats-json count it."""
+    image = tmp_path / "hole.bin"
+    image.write_bytes(PROBE_HOLE)
     out = tmp_path / "stats.json"
     assert main(["run", str(image), "--arch", "intel_vtx", "--stats", "--stats-json", str(out)]) == 1
     captured = capsysbinary.readouterr()
     assert captured.out == b"\xff"
     err = captured.err.decode()
-    assert "unassigned accesses" in err and "0xfee00030" in err
-    assert json.loads(out.read_text())["unassigned"] == {"0xfee00030": {"reads": 2, "writes": 1}}
+    assert "unassigned accesses" in err and "0xfed00030" in err
+    assert json.loads(out.read_text())["unassigned"] == {"0xfed00030": {"reads": 2, "writes": 1}}
 
 
 def test_strict_mmio_ends_the_run_at_an_unassigned_access(tmp_path, capsys):
-    image = tmp_path / "apic.bin"
-    image.write_bytes(PROBE_APIC)
+    image = tmp_path / "hole.bin"
+    image.write_bytes(PROBE_HOLE)
     assert main(["run", str(image), "--arch", "amd_svm", "--strict-mmio"]) == 4
-    assert "guest-physical 0xfee00030, which no RAM or device backs" in one_error_line(capsys)
+    assert "guest-physical 0xfed00030, which no RAM or device backs" in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("args,needle", [

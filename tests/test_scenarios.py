@@ -414,7 +414,7 @@ def test_an_access_nothing_backs_reads_all_ones_and_drops_writes_as_on_qemu(make
     """QEMU's unassigned memory: reads return all-ones of the access size, writes are ignored,
     and the guest runs on; each access is counted by address (vm.stats.unassigned)."""
     family = ARCH_FAMILY[every_arch]
-    hole = 0xFEE0_0000 if family == "x86" else 0x0C00_0040  # x86: the local APIC page, not RAM
+    hole = 0xFED0_0000 if family == "x86" else 0x0C00_0040  # x86: the HPET page (not modelled), not RAM
     image, data = unassigned_guest(family, hole)
     vm = boot(make_vm, every_arch, image)
     result = vm.run(timeout=10)

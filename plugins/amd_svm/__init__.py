@@ -25,6 +25,8 @@ class SvmArch(X86Arch):
         "injection": "EVENTINJ",
         "hypercall": "VMMCALL (EXITCODE 0x81), KVM hypercall ABI",
         "platform": "PC: Multiboot v1, ELF64, raw; COM1, isa-debug-exit, fw_cfg, 8259 masks",
+        "irqchip": "emulated local APIC per vCPU (xAPIC, x2APIC, timer incl. TSC deadline, IPIs, INIT-SIPI), "
+                   "IOAPIC, 8254 PIT + port 0x61, 8259 on LINT0, MP table + ACPI MADT (SDM Vol. 3A ch. 11)",
         "events": "IDT delivery (real, protected, long mode, same privilege level) at exact boundaries: interrupt "
                   "shadow, V_IRQ/V_INTR_PRIO/V_IGN_TPR/V_TPR (guest CR8), VINTR, INTR/NMI/INIT intercepts, "
                   "V_INTR_MASKING, SHUTDOWN, EXITINTINFO, virtual GIF, pause filter",

@@ -24,6 +24,12 @@ reset-control      PIIX reset control register             x86 port 0xCF9
 
 Extra keyword arguments to ``create`` reach the device's constructor, e.g. ``irq=`` for the
 UARTs or ``max_cpus=`` for fw_cfg.
+
+The x86 interrupt controllers are not created by name: the PC platform builds them with the VM
+(``platform.build_pc_interrupts``): a local APIC per vCPU (lapic.py, ``vcpu.lapic``), the
+IOAPIC (ioapic.py, MMIO 0xFEC0_0000), the 8254 PIT (pit8254.py, ports 0x40-0x43 and 0x61),
+and the wiring of the 8259 pair and COM1's interrupt to them. The hooks below route the xAPIC
+page to the accessing vCPU's APIC and let a HLT wait for an armed APIC timer.
 """
 
 from hvsim import hookimpl
@@ -64,3 +70,52 @@ def _cmos_rtc(vm, **params) -> CmosRtc:
     # deterministic runs read a fixed date (2000-01-01 00:00:00 UTC) so that output repeats
     start = 946_684_800.0 if vm.clock.deterministic else None
     return CmosRtc(vm.clock.now_ns, below, above, **{"start": start, **params})
+
+
+# -- the x86 platform's interrupt controllers (plugins/devices/lapic.py, platform.py) ----------
+# Exits of the processor's own APIC virtualization (the APIC-access page, AVIC's APIC BAR): the
+# VMM that turned it on answers them, not the emulated APIC.
+_APIC_VIRTUALIZATION_EXITS = frozenset({"EXIT_REASON_APIC_ACCESS", "VMEXIT_AVIC_NOACCEL",
+                                        "VMEXIT_AVIC_INCOMPLETE_IPI"})
+
+
+def _apic_mmio(inner):
+    def handle(vcpu, exit):
+        apic = getattr(vcpu, "lapic", None)
+        if apic is not None and apic.base & 0x800 and not apic.base & 0x400 and \
+                exit.address & ~0xFFF == apic.base & ~0xFFF and exit.reason not in _APIC_VIRTUALIZATION_EXITS:
+            offset = exit.address & 0xFFF
+            if exit.is_write:
+                apic.write(offset, exit.size, exit.value)
+            else:
+                exit.value = apic.read(offset, exit.size)
+            return
+        inner(vcpu, exit)
+    return handle
+
+
+def _apic_halt(inner):
+    def handle(vcpu, exit):
+        inner(vcpu, exit)
+        if getattr(vcpu, "lapic", None) is not None and vcpu.state.value == "halted":
+            vcpu.halt()  # with the APIC timer armed the vCPU waits for it instead
+    return handle
+
+
+@hookimpl(trylast=True)
+def hvsim_exit_handlers(vm, registry):
+    """On x86 the local APIC decodes its own page before the bus, per vCPU (xAPIC mode), and a
+    HLT with its timer armed waits for the timer."""
+    from hvsim.core.exits import ExitKind
+
+    if getattr(vm.arch, "apic_bus", None) is None:
+        return
+    registry.add(ExitKind.MMIO, _apic_mmio(registry.get(ExitKind.MMIO)))
+    registry.add(ExitKind.HALT, _apic_halt(registry.get(ExitKind.HALT)))
+
+
+@hookimpl
+def hvsim_interrupt_acknowledged(vcpu, event):
+    apic = getattr(vcpu, "lapic", None)
+    if apic is not None:
+        apic.acknowledged(event)

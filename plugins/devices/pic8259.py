@@ -1,9 +1,11 @@
 """One Intel 8259A programmable interrupt controller (8259A datasheet; QEMU hw/intc/i8259.c).
 
 The PC has two, master at ports 0x20-0x21 and slave at 0xA0-0xA1; each is an instance of this
-class and sees offsets 0 and 1. What a guest needs today is to program them: the
-initialization sequence ICW1-ICW4, the mask register and the OCW2/OCW3 commands. No interrupt
-lines are wired in yet, so IRR stays 0 and a poll finds nothing.
+class and sees offsets 0 and 1: the initialization sequence ICW1-ICW4, the mask register and
+the OCW2/OCW3 commands. :class:`PicPair` cascades them (the slave on the master's IR2) and
+wires them to the ISA IRQ lines (``set_irq``); the master's INT output goes to the BSP's local
+APIC LINT0, where an ExtINT LVT makes the processor acknowledge it (``acknowledge``: INTA,
+the vector from ICW2). Inputs are edge-triggered unless ICW1.LTIM (level).
 
 Offset 0, bit 4 set: ICW1. It clears IMR and ISR and starts the sequence, in which offset 1
 takes ICW2 (vector base), ICW3 unless ICW1.SNGL, and ICW4 if ICW1.IC4.
@@ -82,17 +84,64 @@ class Pic8259:
             self._write8(offset + i, (value >> (8 * i)) & 0xFF)
 
     def _read8(self, reg: int) -> int:
-        if reg == CMD:
-            if self.poll:  # poll answer: bit 7 = interrupt pending; none can be yet
-                self.poll = False
+        if reg in (CMD, DATA) and self.poll:  # poll: bit 7 = pending, bits 2:0 its input; acknowledges it
+            self.poll = False
+            irq = self.pending()
+            if irq is None:
                 return 0
+            self.intack(irq)
+            return 0x80 | irq
+        if reg == CMD:
             return self.isr if self.read_isr else self.irr
         if reg == DATA:
-            if self.poll:
-                self.poll = False
-                return 0
             return self.imr
         return 0
+
+    # -- the interrupt lines ------------------------------------------------------------------
+    lines = 0
+    on_change = None  # called when IRR / IMR / ISR change (the pair recomputes INT)
+
+    def set_irq(self, irq: int, level: bool) -> None:
+        bit = 1 << irq
+        was = bool(self.lines & bit)
+        self.lines = self.lines | bit if level else self.lines & ~bit
+        if self.level_triggered or self.elcr & bit:
+            self.irr = self.irr | bit if level else self.irr & ~bit
+        elif level and not was:
+            self.irr |= bit  # edge-triggered: the rising edge is remembered
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def pending(self) -> int | None:
+        """The input INT is raised for: the highest-priority unmasked request above every
+        in-service input (fully nested mode; special mask mode ignores masked ISR bits)."""
+        requests = self.irr & ~self.imr
+        if not requests:
+            return None
+        isr = self.isr & ~self.imr if self.special_mask else self.isr
+        for i in range(8):
+            irq = (i + self.priority_add) & 7
+            if isr & (1 << irq) and not (self.icw4 & ICW4_SFNM and irq == 2 and requests & 4):
+                return None  # something of higher priority is in service
+            if requests & (1 << irq):
+                return irq
+        return None
+
+    def intack(self, irq: int) -> int:
+        """INTA for input ``irq``: ISR set (unless automatic EOI), an edge request cleared."""
+        bit = 1 << irq
+        if not (self.level_triggered or self.elcr & bit):
+            self.irr &= ~bit
+        if self.auto_eoi:
+            if self.rotate_on_aeoi:
+                self.priority_add = (irq + 1) & 7
+        else:
+            self.isr |= bit
+        self._changed()
+        return self.vector_base | irq
 
     def _write8(self, reg: int, value: int) -> None:
         if reg == CMD:
@@ -109,6 +158,7 @@ class Pic8259:
         elif reg == DATA:
             if self.init_state == READY:
                 self.imr = value  # OCW1
+                self._changed()
             elif self.init_state == EXPECT_ICW2:
                 self.vector_base = value & 0xF8  # bits 2:0 are the input number in x86 mode
                 self.init_state = EXPECT_ICW4 if self.single and self.ic4 else (
@@ -129,6 +179,10 @@ class Pic8259:
             self.special_mask = bool(value & OCW3_SMM)
 
     def _ocw2(self, value: int) -> None:
+        self._ocw2_apply(value)
+        self._changed()
+
+    def _ocw2_apply(self, value: int) -> None:
         cmd = value >> 5
         if cmd in (0, 4):  # rotate in automatic EOI mode: clear (0) or set (4)
             self.rotate_on_aeoi = cmd == 4
@@ -152,3 +206,43 @@ class Pic8259:
             if self.isr & (1 << irq):
                 return irq
         return None
+
+
+class PicPair:
+    """Master and slave 8259A as the PC cascades them: ISA IRQs 0-7 on the master, 8-15 on the
+    slave, whose INT is the master's IR2. ``output(level)`` follows the master's INT."""
+
+    def __init__(self, master: Pic8259, slave: Pic8259, output=lambda level: None) -> None:
+        self.master, self.slave, self.output = master, slave, output
+        self.level = False
+        master.on_change = slave.on_change = self._update
+
+    def set_irq(self, irq: int, level: bool) -> None:
+        if irq < 8:
+            self.master.set_irq(irq, level)
+        else:
+            self.slave.set_irq(irq - 8, level)
+
+    def _update(self) -> None:
+        cascade = self.slave.pending() is not None
+        if bool(self.master.lines & 4) != cascade:
+            self.master.set_irq(2, cascade)
+            return  # (set_irq called back here)
+        level = self.master.pending() is not None
+        if level != self.level:
+            self.level = level
+            self.output(level)
+
+    def acknowledge(self) -> int | None:
+        """The processor's INTA cycle: the vector, or None if nothing is pending any more (a
+        spurious IRQ 7 / 15 on hardware; hvsim then delivers nothing)."""
+        irq = self.master.pending()
+        if irq is None:
+            return None
+        if irq == 2:
+            sirq = self.slave.pending()
+            self.master.intack(2)
+            if sirq is None:
+                return None
+            return self.slave.intack(sirq)
+        return self.master.intack(irq)

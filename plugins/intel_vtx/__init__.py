@@ -26,6 +26,8 @@ class VtxArch(X86Arch):
         "stage 2": "identity EPT with unrestricted guest and VPID (walks come with issue 6)",
         "hypercall": "VMCALL (exit reason 18), KVM hypercall ABI",
         "platform": "PC: Multiboot v1, ELF64, raw; COM1, isa-debug-exit, fw_cfg, 8259 masks",
+        "irqchip": "emulated local APIC per vCPU (xAPIC, x2APIC, timer incl. TSC deadline, IPIs, INIT-SIPI), "
+                   "IOAPIC, 8254 PIT + port 0x61, 8259 on LINT0, MP table + ACPI MADT (SDM Vol. 3A ch. 11)",
         "events": "IDT delivery (real, protected, long mode, same privilege level) at exact boundaries: STI/MOV SS "
                   "shadow, interrupt/NMI-window exiting, external-interrupt exiting + ack on exit, NMI exiting, "
                   "virtual NMIs, INIT, triple fault exits, IDT-vectoring information, MTF, preemption timer, "

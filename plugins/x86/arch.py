@@ -47,9 +47,15 @@ class X86Arch(Arch):
                 # struct e820_entry: le64 address, le64 length, le32 type (QEMU's etc/e820)
                 dev.add_file("etc/e820", b"".join(struct.pack("<QQI", *e)
                                                   for e in layout.e820_table(vm.config.mem_size)))
+        # The interrupt controllers the VMM emulates (plugins/devices: lapic, ioapic, pit8254)
+        from hvsim.plugins.devices.platform import build_pc_interrupts
+
+        build_pc_interrupts(vm, self)
 
     def create_vcpu(self, index: int) -> X86Vcpu:
-        return X86Vcpu(self.vm, index, self.vendor, self.hv_area + index * VCPU_AREA)
+        vcpu = X86Vcpu(self.vm, index, self.vendor, self.hv_area + index * VCPU_AREA)
+        vcpu.lapic = self.apic_bus.add(vcpu)  # APs wait for INIT-SIPI (state OFF until then)
+        return vcpu
 
     @property
     def paging(self) -> str:
@@ -106,9 +112,6 @@ class X86Arch(Arch):
             state = boot.multiboot(vm.memory, image, cmdline, vm.config.initrd, vm.config.initrd_name or "initrd")
         elif image.format == "bzimage":
             from . import acpi, linux
-            apic_ids = list(range(len(vm.vcpus)))
-            for addr, data in acpi.build(apic_ids, layout.LAPIC_BASE, 0, layout.IOAPIC_BASE):
-                vm.memory.write(addr, data)
             e820 = linux.e820_map(vm.memory, [(layout.IOAPIC_BASE, 0x1000), (layout.LAPIC_BASE, 0x1000)])
             state = linux.load(vm.memory, image, vm.config.append, vm.config.initrd,
                                vm.config.initrd_name or "initrd", e820, acpi.RSDP_ADDR)
@@ -118,3 +121,9 @@ class X86Arch(Arch):
             raise ImageError(f"image {image.path}: a 32-bit ELF without a Multiboot header cannot be "
                              f"booted (add a Multiboot header, as QEMU -kernel requires)")
         vm.vcpus[0].set_boot_state(state)
+        from . import firmware
+
+        eax, _ebx, _ecx, edx = self.vendor.cpuid_leaf(1, 0, 0, len(vm.vcpus))
+        if not any(seg.address < firmware.TABLES_END and seg.address + seg.memsz > firmware.FIRMWARE_START
+                   for seg in image.segments):  # (an image placed there keeps its bytes)
+            firmware.write_tables(vm.memory, len(vm.vcpus), eax, edx)  # MP and ACPI tables

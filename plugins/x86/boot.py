@@ -188,3 +188,31 @@ def long64(memory: GuestMemory, image: Image, load_addr: int | None, entry: int 
     memory.write(layout.BOOT_STUB, stub)
     return BootState("long64", image.entry, stub, {"cr3": cr3})
 
+
+
+# -- an application processor's start-up (INIT, then SIPI) -----------------------------------
+# Real mode cannot be reached by register writes in the engine (docs/unicorn-notes.md), so the
+# state a SIPI gives (SDM 9.4.4 / Table 9-1 after INIT, CS = vector << 8 with base vector << 12,
+# IP 0) is reached by a few real instructions run on the AP alone: from 32-bit protected mode,
+# a 16-bit code segment, CR0.PE <- 0 (a register write), real-mode segment loads, a far jump to the vector's page.
+# They run from guest memory at SIPI_STUB, whose bytes are put back afterwards.
+SIPI_STUB = layout.BOOT_STUB
+SIPI_GDT = [0, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, 0x0000_9A00_0000_FFFF, 0x0000_9200_0000_FFFF]
+
+
+def sipi_stub(vector: int) -> tuple[bytes, int, int]:
+    """(the stub's bytes at SIPI_STUB, its entry, where CR0.PE is to be cleared): the GDT and
+    its pseudo-descriptor first, then the code. It ends by jumping to vector << 8 : 0."""
+    gdt = b"".join(struct.pack("<Q", d) for d in SIPI_GDT)
+    gdtr_at = SIPI_STUB + len(gdt)
+    data = gdt + struct.pack("<HI", len(gdt) - 1, SIPI_STUB) + b"\0\0"
+    entry = SIPI_STUB + len(data)
+    code = bytearray()
+    code += b"\x0f\x01\x15" + struct.pack("<I", gdtr_at)  # lgdt [gdtr]      (32-bit code)
+    code += b"\xea" + struct.pack("<IH", entry + len(code) + 7, 0x18)  # jmp 0x18:next (16-bit)
+    code += b"\xb8\x20\x00\x8e\xd8\x8e\xc0\x8e\xd0\x8e\xe0\x8e\xe8"  # mov ax, 0x20; ds es ss fs gs
+    real = entry + len(code)  # here the caller clears CR0.PE (a MOV CR0 would be a trap site)
+    code += b"\xea" + struct.pack("<HH", entry + len(code) + 5, 0)  # jmp 0:next (real mode)
+    code += b"\x31\xc0\x8e\xd8\x8e\xc0\x8e\xd0\x8e\xe0\x8e\xe8"  # xor ax, ax; ds es ss fs gs <- 0
+    code += b"\xea" + struct.pack("<HH", 0, (vector & 0xFF) << 8)  # jmp vector<<8:0
+    return data + bytes(code), entry, real

@@ -51,6 +51,7 @@ from .traps import SensitiveTraps, reg_id
 
 MSR_IA32_APIC_BASE = 0x1B
 MSR_IA32_TSC_AUX = 0xC000_0103
+MSR_IA32_TSC_DEADLINE = 0x6E0
 MASK64 = (1 << 64) - 1
 APIC_BASE_DEFAULT = 0xFEE0_0000 | (1 << 11)  # enabled, xAPIC mode
 APIC_BASE_BSP = 1 << 8
@@ -110,8 +111,16 @@ class X86Vcpu(Vcpu):
         self.mmu = X86Mmu(self, self._raw)
         # MSRs Unicorn cannot model (it has no APIC): RDMSR/WRMSR of these are trapped and exit.
         self.msrs = {MSR_IA32_APIC_BASE: APIC_BASE_DEFAULT | (APIC_BASE_BSP if index == 0 else 0)}
+        # IA32_TSC_DEADLINE: the VMM's APIC model (vcpu.lapic, plugins/devices/lapic.py) answers it.
+        self.msrs[MSR_IA32_TSC_DEADLINE] = 0
+        self.lapic = None
+        self.apic_wait = False  # halted with the APIC timer armed: run() waits for it
+        self.sipi_vector: int | None = None  # a start-up IPI's vector, taken at the next entry
         self._traps = SensitiveTraps(uc, self.regs, self.code_bits, self._on_sensitive, self._reenter)
         self.context = vendor.attach(self, hv_area)  # the VMCB / VMCS this vCPU runs through
+        # The x2APIC MSRs, added after the MSR bitmap / MSRPM was filled: unless the VMM
+        # intercepts them (or virtualizes x2APIC mode) the APIC model answers without an exit.
+        self.msrs.update(dict.fromkeys(range(0x800, 0x900), 0))
         self._record = self.context.record if self.context is not None else None
         self._after_exit = getattr(self.context, "after_exit", None)
         for claim in vm.bus.mmio_claims:
@@ -212,8 +221,79 @@ class X86Vcpu(Vcpu):
         w(X.UC_X86_REG_RFLAGS, 0x2)
         w(X.UC_X86_REG_RIP, layout.BOOT_STUB)
 
+    def start_up(self, vector: int, signature: int = 0) -> None:
+        """The state INIT then a start-up IPI give an AP (SDM 9.4.4, Table 9-1; KVM's
+        kvm_vcpu_deliver_sipi_vector): real mode, CS = vector << 8 with base vector << 12, IP 0,
+        CR0 0x6000_0010, EFER 0, GDTR / IDTR base 0 limit 0xFFFF, EDX the processor signature,
+        the other general-purpose registers 0. Reached by the few real instructions of
+        ``boot.sipi_stub`` (real mode cannot be set by register writes in the engine)."""
+        from .boot import SIPI_STUB, sipi_stub
+
+        mem, uc, w = self.vm.memory, self.uc, self.uc.reg_write
+        stub, entry, real = sipi_stub(vector)
+        saved = mem.read(SIPI_STUB, len(stub))
+        target = (vector & 0xFF) << 12
+        w(X.UC_X86_REG_MSR, (MSR_EFER, 0))
+        w(X.UC_X86_REG_CR0, 0x8000_0011)
+        w(X.UC_X86_REG_CR0, 0x11)
+        w(X.UC_X86_REG_CR4, 0)
+        w(X.UC_X86_REG_CS, SEL_CODE32)
+        for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS):
+            w(r, SEL_DATA)
+        w(X.UC_X86_REG_RFLAGS, 0x2)
+        mem.write(SIPI_STUB, stub)
+        self.mmu.context_changed()
+
+        def run_to(start: int, until: int) -> bool:
+            # Every code segment the stub runs in has base 0 until its last far jump, which
+            # lands on ``until`` (CS = vector << 8, IP 0): the engine's stop address, linear.
+            pc = start
+            for _ in range(8):  # the trap scanners may end a stay at a new block's start
+                self.mmu.pending = None
+                uc.emu_start(pc, until)
+                pc = self.regs.read(X.UC_X86_REG_RIP)
+                if pc == until or (pc == 0 and uc.reg_read(X.UC_X86_REG_CS) == until >> 4):
+                    return True
+            return False
+
+        try:
+            uc.ctl_remove_cache(SIPI_STUB, SIPI_STUB + len(stub))
+            uc.ctl_remove_cache(target, target + 1)
+            ok = run_to(entry, real)
+            if ok:
+                w(X.UC_X86_REG_CR0, 0x10)  # PE <- 0: real mode, the 16-bit segment caches stay
+                self.mmu.context_changed()
+                ok = run_to(real, target)
+        finally:
+            mem.write(SIPI_STUB, saved)
+            uc.ctl_remove_cache(SIPI_STUB, SIPI_STUB + len(stub))
+            uc.ctl_remove_cache(target, target + 1)
+            self._restart = self._recheck = False
+        if not ok:
+            self.vm.crash(f"vCPU {self.index}: the start-up sequence for SIPI vector {vector:#x} did not reach it")
+            return
+        w(X.UC_X86_REG_CR0, 0x6000_0010)
+        for r in _GPRS:
+            w(r, 0)
+        w(X.UC_X86_REG_RDX, signature)
+        w(X.UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
+        w(X.UC_X86_REG_IDTR, (0, 0, 0xFFFF, 0))
+        w(X.UC_X86_REG_RFLAGS, 0x2)
+        self.mmu.context_changed()
+        self.events.clear()
+        self.activity_hlt = self.nmi_blocked = self.mtf_pending = False
+        self.apic_wait = False
+        self._shadow_set = None
+
     # -- the run loop's side ---------------------------------------------------------------
     def run(self, slice_us: int) -> Exit | None:
+        if self.sipi_vector is not None:  # started by a SIPI since it last ran
+            vector, self.sipi_vector = self.sipi_vector, None
+            self.start_up(vector, self.vendor.cpuid_leaf(1, 0, self.index, len(self.vm.vcpus))[0])
+            if self.vm.status is not None:
+                return None
+        if self.apic_wait and not self._apic_wait(slice_us):
+            return None  # still halted, waiting for the APIC timer
         self._stopping = False
         self._unmapped = None
         context = self.context
@@ -227,6 +307,7 @@ class X86Vcpu(Vcpu):
         regs, uc, watch = self.regs, self.uc, self._watch
         clock = self.clock
         end = clock.now() + slice_us / 1e6
+        lapic = self.lapic
         exit = None
         halted = False
         try:
@@ -237,13 +318,15 @@ class X86Vcpu(Vcpu):
                     exit = self._halt_until_timer(end)
                     if exit is None:
                         if self.timer_deadline is None:
-                            self.state = VcpuState.HALTED
+                            self.halt()
                         return None
                 if self._delivered != before:
                     self.activity_hlt = False  # delivered: the guest runs its handler
                 # An exit leaves the guest halted: the activity state saved is HLT (SDM 28.3.4).
             while exit is None and not self._stopping and self.vm.status is None:
                 step, watching = False, frozenset()
+                if lapic is not None and lapic.deadline_ns is not None and clock.now_ns() >= lapic.deadline_ns:
+                    lapic.poll_timer()  # the APIC timer fired: its interrupt is looked at below
                 if self.events or ctl.active or self.mtf_pending or self.nmi_blocked or self.timer_deadline:
                     before = self._delivered
                     exit = x86_events.boundary(self, ctl)
@@ -267,13 +350,18 @@ class X86Vcpu(Vcpu):
                 remaining = int((end - now) * 1e6)
                 if self.timer_deadline is not None:
                     remaining = min(remaining, int((self.timer_deadline - now) * 1e6) + 1)
+                if lapic is not None and lapic.deadline_ns is not None:  # the slice ends at the APIC timer
+                    remaining = min(remaining, max(1, (lapic.deadline_ns - clock.now_ns()) // 1000 + 1))
                 if remaining <= 0:
                     if self.timer_deadline is not None and self.timer_expired():
                         continue  # the timer's exit is taken at this boundary
                     break
-                if self.mmu.fetchable(rip):  # Unicorn's translation-cache request crashes on a fault
-                    self._traps.prescan(rip)
-                    watch.prescan(rip)
+                pc = rip
+                if not self.cr0() & 1:  # real mode: the engine's blocks are at linear addresses
+                    pc += regs.read(X.UC_X86_REG_CS) << 4  # (an AP started by SIPI: CS = vector << 8)
+                if self.mmu.fetchable(pc):  # Unicorn's translation-cache request crashes on a fault
+                    self._traps.prescan(pc)
+                    watch.prescan(pc)
                 self.mmu.pending = None
                 self._in_engine = True
                 self._restart = False
@@ -335,6 +423,8 @@ class X86Vcpu(Vcpu):
                 if self._slice.expired and not hlt_ran:
                     if self.timer_deadline is not None and self.timer_expired():
                         continue
+                    if lapic is not None and lapic.deadline_ns is not None and clock.now_ns() >= lapic.deadline_ns:
+                        continue
                     break
                 if watch._read(at, 3) == STGI:
                     self._stgi(at)  # the engine stops before STGI without running it (measured)
@@ -367,7 +457,7 @@ class X86Vcpu(Vcpu):
                     self._record(exit.raw)
                 return exit
             if self.timer_deadline is None:
-                self.state = VcpuState.HALTED
+                self.halt()
             return None
         exit = self.vendor.hlt_exit(self.regs.read(X.UC_X86_REG_RIP))
         if self._record is not None:
@@ -399,6 +489,51 @@ class X86Vcpu(Vcpu):
         self._exit(exit)
         if context is not None:
             context.resume_state()
+
+    def halt(self) -> None:
+        """HLT with nothing deliverable: halted, or with the APIC timer armed, waiting for it
+        in :meth:`_apic_wait` (the vCPU stays RUNNABLE so the run loop comes back to it)."""
+        lapic = self.lapic
+        if lapic is not None and lapic.deadline_ns is not None:
+            self.state = VcpuState.RUNNABLE
+            self.apic_wait = True
+        else:
+            self.state = VcpuState.HALTED
+
+    def _apic_wait(self, slice_us: int) -> bool:
+        """Halted with the APIC timer armed: True when an interrupt the guest can take ends
+        the halt, else sleep toward the timer's deadline (at most one slice) unless another
+        vCPU can run."""
+        lapic = self.lapic
+        lapic.poll_timer()
+        if self.events and self.deliver_pending():
+            self.apic_wait = False
+            return True
+        if lapic.deadline_ns is None:
+            self.apic_wait = False
+            if not self.events or not self.deliver_pending():
+                self.state = VcpuState.HALTED
+            return False
+        others = any(v is not self and v.state is VcpuState.RUNNABLE and not getattr(v, "apic_wait", False)
+                     for v in self.vm.vcpus)
+        if not others:
+            self.clock.wait_until_ns(min(lapic.deadline_ns, self.clock.now_ns() + slice_us * 1000))
+            lapic.poll_timer()
+        if self.events and self.deliver_pending():
+            self.apic_wait = False
+            return True
+        return False
+
+    def apic_timer_changed(self) -> None:
+        """The APIC timer was armed while the guest runs: the slice ends by its deadline."""
+        if self._in_engine:
+            self._recheck = True
+            self.uc.emu_stop()
+
+    def apic_base_changed(self, base: int) -> None:
+        """IA32_APIC_BASE moved the xAPIC page: accesses there become MMIO in this engine."""
+        if not self.vm.memory.is_ram(base) and self.vm.bus.mmio(base) is None:
+            self.map_lazy(base)
 
     def _halt_until_timer(self, end: float) -> Exit | None:
         """Halted with the VMX-preemption timer running: it keeps counting in the HLT state

@@ -18,6 +18,7 @@ FPU, TSC, MSR, PAE, CX8, APIC, SEP, PGE, CMOV, PAT, PSE, CLFSH, MMX, FXSR, SSE, 
     1 << 19, 1 << 23, 1 << 24, 1 << 25, 1 << 26)
 # CPUID.01H:ECX
 SSE3, CX16, XSAVE, OSXSAVE, RDRAND, HYPERVISOR = 1 << 0, 1 << 13, 1 << 26, 1 << 27, 1 << 30, 1 << 31
+X2APIC, TSC_DEADLINE = 1 << 21, 1 << 24  # the emulated local APIC (plugins/devices/lapic.py)
 # CPUID.(EAX=07H,ECX=0):EBX, ECX
 SMEP, RDSEED, SMAP = 1 << 7, 1 << 18, 1 << 20
 LA57 = 1 << 16  # ECX: 5-level paging (CR4.LA57), 57-bit linear addresses
@@ -31,7 +32,7 @@ LEAF1_EDX = FPU | PSE | TSC | MSR | PAE | CX8 | APIC | SEP | PGE | CMOV | PAT | 
 # RDSEED run in the engine too. Not offered: MONITOR/MWAIT, PCID/INVPCID, XSAVES, RDPRU, a
 # PMU (leaf 0AH is 0): the engine has none of them, so the guest gets #UD (RDPMC: #GP) unless
 # the VMM intercepts them.
-LEAF1_ECX = SSE3 | CX16 | XSAVE | RDRAND | HYPERVISOR
+LEAF1_ECX = SSE3 | CX16 | X2APIC | TSC_DEADLINE | XSAVE | RDRAND | HYPERVISOR
 
 
 def _regs(text: bytes) -> tuple[int, ...]:

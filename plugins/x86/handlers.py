@@ -55,6 +55,22 @@ APIC_BASE_WRITABLE = (1 << 10) | (1 << 11) | (((1 << paging.MAXPHYADDR) - 1) & ~
 def handle_msr(vcpu, exit: Exit) -> None:
     """RDMSR/WRMSR of the MSRs hvsim models; a write to a reserved bit is #GP(0) (SDM 10.4.4)."""
     msr = exit.address
+    lapic = vcpu.lapic
+    if lapic is not None and (msr == MSR_IA32_APIC_BASE or msr == 0x6E0 or 0x800 <= msr <= 0x8FF):
+        # The local APIC model (plugins/devices/lapic.py): None / False is #GP(0) (SDM 11.12.1.2)
+        if exit.is_write:
+            if not lapic.wrmsr(msr, exit.value):
+                exit.vector = 13
+            else:
+                vcpu.msrs[MSR_IA32_APIC_BASE] = lapic.base
+            return
+        value = lapic.rdmsr(msr)
+        if value is None:
+            exit.vector = 13
+            return
+        vcpu.regs.write(X.UC_X86_REG_RAX, value & 0xFFFF_FFFF)
+        vcpu.regs.write(X.UC_X86_REG_RDX, value >> 32)
+        return
     if msr not in vcpu.msrs:  # an MSR hvsim does not model, intercepted for a VMM: #GP(0)
         exit.vector = 13
         return
