@@ -109,6 +109,7 @@ def run(
                                                 "same output, exits and memory on every run")] = False,
     stdin: Annotated[bool, typer.Option("--stdin/--no-stdin", help="Send standard input to the guest's "
                                         "serial port (a terminal is put in character mode)")] = True,
+    gic: Annotated[str, typer.Option("--gic", help="arm_el2: v3 (QEMU virt's GICv3, the default) or none")] = "v3",
 ) -> None:
     """Run a guest image on one architecture. Exit status: the guest's own (isa-debug-exit
     (v<<1)|1, PSCI SYSTEM_OFF 0), 2 bad input, 4 guest crash, 6 halted forever, 124 timeout,
@@ -128,7 +129,7 @@ def run(
     vm = VM(arch, mem=mem, vcpus=vcpus, append=append, initrd=initrd,
             load_addr=_parse_int(load_addr, "--load-addr"), entry=_parse_int(entry, "--entry"),
             console=Console(sys.stdout.buffer, keep=False), strict_mmio=strict_mmio, deterministic=deterministic,
-            **_paging(arch, paging))
+            **_paging(arch, paging), **_gic(arch, gic))
     vm.load(image)
     # From here on Ctrl-C belongs to VM.run (status 130, the tables printed). Python runs a
     # signal's handler a little after the signal arrives: one still pending when the run's own
@@ -175,6 +176,17 @@ def _console_input(vm):
             pass
     vm.console.pump(sys.stdin.buffer)
     return restore
+
+
+def _gic(arch: str, gic: str) -> dict:
+    """--gic: arm_el2's interrupt controller, v3 (the default) or none."""
+    if gic not in ("v3", "none"):
+        raise HvsimError(f"bad --gic {gic!r}: use v3 or none")
+    if arch != "arm_el2":
+        if gic != "v3":
+            raise HvsimError(f"--gic applies to arm_el2 only, not {arch}")
+        return {}
+    return {"gic": gic}
 
 
 def _paging(arch: str, paging: str) -> dict:

@@ -59,6 +59,36 @@ class FastRegs:
         return RegBatch(self._uch, regs)
 
 
+class _Tb(ctypes.Structure):
+    _fields_ = [("pc", ctypes.c_uint64), ("icount", ctypes.c_uint16), ("size", ctypes.c_uint16)]
+
+
+_CTL_TB_REQUEST_CACHE = ctypes.c_int32((3 << 30 | 2 << 26 | 8) - (1 << 32))  # UC_CTL_IO_READ_WRITE, 2 args
+
+
+class TbRequest:
+    """``uc_ctl(UC_CTL_TB_REQUEST_CACHE)``: the translation block at an address (translated now
+    if it was not), as ``Uc.ctl_request_cache`` gives, without the binding's per-call encoding,
+    lock and tuple conversion (the run loop asks at every engine entry)."""
+
+    __slots__ = ("_uch", "_tb", "_ref", "_pc")
+
+    def __init__(self, uc: Uc) -> None:
+        self._uch = ctypes.c_void_p(uc._uch.value)
+        self._tb = _Tb()
+        self._ref = ctypes.byref(self._tb)
+        self._pc = ctypes.c_uint64()
+
+    def __call__(self, address: int) -> tuple[int, int, int]:
+        """(pc, instruction count, size) of the block; UcError where nothing translates."""
+        self._pc.value = address
+        err = _lib.uc_ctl(self._uch, _CTL_TB_REQUEST_CACHE, self._pc, self._ref)
+        if err:
+            raise UcError(err)
+        tb = self._tb
+        return tb.pc, tb.icount, tb.size
+
+
 class RegBatch:
     """``uc_reg_read_batch`` / ``uc_reg_write_batch`` over a fixed register list: one call where
     separate reads or writes would cost ~0.25 us each."""

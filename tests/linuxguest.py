@@ -78,9 +78,11 @@ def _download(package: str, arch: str) -> Path:
     cmd = ["apt-get", "download", "-q", f"{package}:{arch}" if "=" not in package else
            f"{stem}:{arch}={package.split('=')[1]}"]
     r = subprocess.run(cmd, cwd=CACHE, env=env, capture_output=True, text=True, timeout=300)
-    if r.returncode != 0 and arch != "amd64" and os.geteuid() == 0:
-        # the foreign architecture may not be known to apt yet
-        subprocess.run(["dpkg", "--add-architecture", arch], capture_output=True, timeout=60)
+    if r.returncode != 0 and os.geteuid() == 0:
+        # a fresh machine: apt's package lists may be empty, a foreign architecture unknown
+        native = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
+        if arch != native:
+            subprocess.run(["dpkg", "--add-architecture", arch], capture_output=True, timeout=60)
         subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
         r = subprocess.run(cmd, cwd=CACHE, env=env, capture_output=True, text=True, timeout=300)
     found = sorted(CACHE.glob(f"{stem}_*_{arch}.deb"))

@@ -49,8 +49,8 @@ HEX = """
         ret
 """
 
-# vCPU 0: the virtual timer every 4,000 ticks, 30 ticks, then prints both counters and powers
-# off. vCPU 1: counts in memory and prints 'b' every 2^15 iterations.
+# vCPU 0: the virtual timer every 4,000 ticks (through the GICv3: ICC_IAR1_EL1, ICC_EOIR1_EL1),
+# 30 ticks, then prints both counters and powers off. vCPU 1: counts in memory and prints 'b' every 2^15 iterations.
 ARM_GUEST = arm64_image(f"""
         movz x1, #0x4008, lsl #16
         msr vbar_el1, x1
@@ -64,6 +64,22 @@ ARM_GUEST = arm64_image(f"""
         mov x3, #0
         hvc #0
         mov x3, #0
+        movz x24, #0x080a, lsl #16        // GICv3: wake the redistributor, enable PPI 27 ...
+        ldr w1, [x24, #0x14]
+        bic w1, w1, #2
+        str w1, [x24, #0x14]
+        add x2, x24, #0x10, lsl #12
+        mov w1, #-1
+        str w1, [x2, #0x80]               // GICR_IGROUPR0
+        mov w1, #0x8000000
+        str w1, [x2, #0x100]              // GICR_ISENABLER0: INTID 27
+        movz x2, #0x0800, lsl #16
+        mov w1, #0x12
+        str w1, [x2]                      // GICD_CTLR: ARE | EnableGrp1
+        mov x1, #0xf0
+        msr S3_0_C4_C6_0, x1              // ICC_PMR_EL1
+        mov x1, #1
+        msr S3_0_C12_C12_7, x1            // ICC_IGRPEN1_EL1
         movz x1, #4000
         msr cntv_tval_el0, x1
         mov x1, #1
@@ -94,8 +110,9 @@ ARM_GUEST = arm64_image(f"""
         strb w5, [x20]
         b count
     {HEX}
-""", vectors={SLOT_CUR_SPX_IRQ: "movz x1, #4000\nmsr cntv_tval_el0, x1\nadd x3, x3, #1\n"
-                                "movz w5, #0x54\nstrb w5, [x20]\neret"})
+""", vectors={SLOT_CUR_SPX_IRQ: "mrs x0, S3_0_C12_C12_0\nmovz x1, #4000\nmsr cntv_tval_el0, x1\n"
+                                "add x3, x3, #1\nmovz w5, #0x54\nstrb w5, [x20]\n"
+                                "msr S3_0_C12_C12_1, x0\neret"})  # ICC_IAR1_EL1 ... ICC_EOIR1_EL1
 
 # How many iterations fit in 50,000 TSC ticks, five times over, printed in hex.
 X86_GUEST = x86_64("""

@@ -18,12 +18,14 @@ event whose delivery an intercepted exception interrupted, and the PAUSE filter 
 
 from __future__ import annotations
 
+import struct
 
 from unicorn import x86_const as X
 
 from hvsim.plugins.x86 import paging
 from hvsim.plugins.x86.events import EventControls
 from hvsim.plugins.x86.interruptibility import BLOCKING_BY_NMI, SHADOW
+from hvsim.plugins.x86.regs import StateBatch
 from hvsim.plugins.x86.tsc import guest_tsc_hz
 
 from . import iopm
@@ -31,7 +33,7 @@ from .avic import Avic
 from .exits import SvmExitInfo, SvmVendor
 from .npt import Npt
 from .svm import EFER_SVME, MSR_VM_HSAVE_PA, SvmCpu
-from .vmcb import Segment, Vmcb, VmcbCache
+from .vmcb import FIELD, VMCB_SIZE, Segment, Vmcb, VmcbCache, direct_view
 
 MASK64 = (1 << 64) - 1
 EVENTINJ_SOFT_INT = 4
@@ -72,6 +74,26 @@ _GPR_IDS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", 
                                                      "R8", "R9", "R10", "R11", "R12", "R13", "R14", "R15")]
 _SEGMENTS = (("ES", X.UC_X86_REG_ES), ("CS", X.UC_X86_REG_CS), ("SS", X.UC_X86_REG_SS),
              ("DS", X.UC_X86_REG_DS), ("FS", X.UC_X86_REG_FS), ("GS", X.UC_X86_REG_GS))
+_SAVED_REGS = (*(reg for _name, reg in _LOADED_ON_VMRUN), X.UC_X86_REG_CR0, X.UC_X86_REG_CR3, X.UC_X86_REG_CR4,
+               X.UC_X86_REG_DR6, X.UC_X86_REG_DR7, *(reg for _name, reg in _SEGMENTS))
+_LOADED_UNPACK = tuple({4: struct.Struct("<I"), 8: struct.Struct("<Q")}[FIELD[name].width].unpack_from
+                       for name, _reg in _LOADED_ON_VMRUN)
+_LOADED_OFFSETS = tuple(FIELD[name].offset for name, _reg in _LOADED_ON_VMRUN)
+_SHADOW_OFFSET = FIELD["INTERRUPT_SHADOW"].offset
+# What #VMEXIT saves from the engine's registers, in save_guest_state's order (whole units).
+_STATE_NAMES = ("RAX", "RSP", "RIP", "RFLAGS", "CR2", "CR0", "CR3", "CR4", "EFER", "DR6", "DR7", "CPL")
+_STATE_PACK = tuple({1: struct.Struct("<B"), 8: struct.Struct("<Q")}[FIELD[name].width].pack_into
+                    for name in _STATE_NAMES)
+_STATE_OFFSETS = tuple(FIELD[name].offset for name in _STATE_NAMES)
+_EVENTINJ_V = FIELD["EVENTINJ"].offset + 3  # the byte holding V, bit 31
+_SAVED_MMRS = (X.UC_X86_REG_GDTR, X.UC_X86_REG_IDTR, X.UC_X86_REG_TR)
+_SEG_BLOCK = FIELD["ES_SELECTOR"].offset  # ES, CS, SS, DS, FS, GS: 16 bytes each, in this order (Table B-2)
+_SEG_BLOCK_SIZE = FIELD["GS_BASE"].offset + 8 - _SEG_BLOCK
+_EXIT_INFO = FIELD["EXITCODE"].offset  # 070H: EXITCODE, EXITINFO1, EXITINFO2, EXITINTINFO to 08FH
+_AFTER_EXIT_INFO = FIELD["EXITINTINFO"].offset + 8
+_NRIP = FIELD["NRIP"].offset  # 0C8H
+_AFTER_NRIP = _NRIP + 8
+_TLB_CONTROL = FIELD["TLB_CONTROL"].offset  # one byte (058H)
 
 
 class SvmGuestContext:
@@ -128,6 +150,13 @@ class SvmGuestContext:
         self._int_ctl = b""
         self._pause_count = 0
         self._last_pause: float | None = None
+        self._batch = None  # the registers save_guest_state reads in one call
+        self._view: tuple = (None, 0)  # (memoryview, offset) of the VMCB, from the first save on
+        self._segment_state: dict[tuple, tuple[bytes, tuple]] = {}
+        self._page_after_exit: bytes | None = None  # the VMCB as the last #VMEXIT left it
+        self._ran = False  # the last VMRUN passed its checks (the fast path's precondition)
+        self._handled_inside = False  # an exit completed inside the engine since the last VMRUN
+        self._loaded: dict = {}  # the cached-group state the last full VMRUN loaded
         self._memory_virtualization({name: vmcb.read(name) for name in ("GUEST_ASID", "TLB_CONTROL", "NP_ENABLE",
                                                                         "N_CR3")})
         self.avic = Avic(self)  # the processor's AVIC (APM 15.29, avic.py)
@@ -153,6 +182,20 @@ class SvmGuestContext:
         VMRUN failed (EXITCODE is then VMEXIT_INVALID), or None."""
         if not self._saved:
             self.save_guest_state()  # the VMM's initial state: what the loader set up
+        if self._unchanged_since_exit():
+            # The VMCB holds what the last #VMEXIT wrote into it, nothing else changed: the
+            # consistency checks passed on this state's controls and the save area is what
+            # the processor saved (consistent by construction); the intercepts, bitmaps and
+            # event controls derived at the last full VMRUN still hold.
+            self.cpu.check_instruction("VMRUN", 0, self.vmcb.pa)
+            self.cpu.gif = self.cpu.in_guest = True
+            self._last = None
+            self._memory_virtualization(self._loaded)
+            self.avic.configure()
+            self.event_controls.virtual_apic = self.avic if self.avic.enabled else None
+            self.resume_state()
+            return None
+        self._ran = False
         failures = self.cpu.vmrun(self.vmcb)
         self._last = None
         if failures:
@@ -182,11 +225,28 @@ class SvmGuestContext:
         self.vcpu.want_traps(frozenset(wanted))
         exceptions = vmcb.read("INTERCEPT_EXCEPTIONS")
         self.exception_check = (lambda vector, _code: bool(exceptions >> vector & 1)) if exceptions else None
-        self._memory_virtualization(self.clean_cache.vmrun(vmcb))
+        self._loaded = self.clean_cache.vmrun(vmcb)
+        self._memory_virtualization(self._loaded)
+        self._ran = True
         self.avic.configure()
         self.event_controls.virtual_apic = self.avic if self.avic.enabled else None
         self.resume_state()
         return None
+
+    def _unchanged_since_exit(self) -> bool:
+        """Whether this VMRUN may skip its checks and decoding: the last VMRUN of this VMCB
+        passed them, and its bytes are those the last #VMEXIT left, apart from the exit
+        information (EXITCODE..EXITINTINFO, NRIP: written at every exit, read by no VMRUN
+        check), and TLB_CONTROL asks for no flush. A VMM that wrote any field (clean bit
+        set or not) gets the full VMRUN; so does every VMRUN after an exit completed inside
+        the engine (its handler ran while the guest's state was still being changed)."""
+        snap, inside = self._page_after_exit, self._handled_inside
+        self._handled_inside = False
+        if not self._ran or snap is None or inside:
+            return False
+        page = self.vmcb.page()
+        return (page[_TLB_CONTROL] == 0 and page[_AFTER_NRIP:] == snap[_AFTER_NRIP:]
+                and page[:_EXIT_INFO] == snap[:_EXIT_INFO] and page[_AFTER_EXIT_INFO:_NRIP] == snap[_AFTER_EXIT_INFO:_NRIP])
 
     def _memory_virtualization(self, state: dict) -> None:
         """Nested paging and the guest's ASID as VMRUN loads them (NP_ENABLE, N_CR3 and
@@ -221,12 +281,13 @@ class SvmGuestContext:
 
     def resume_state(self) -> None:
         """The guest state the VMM changed in the VMCB since the exit, then EVENTINJ."""
-        regs, read, saved = self.vcpu.regs, self.vmcb.read, self._saved
-        for name, reg in _LOADED_ON_VMRUN:
-            value = read(name)
+        regs, saved = self.vcpu.regs, self._saved
+        page = self.vmcb.page()  # one read of the 4 KiB, fields unpacked at their offsets
+        for (name, reg), unpack, offset in zip(_LOADED_ON_VMRUN, _LOADED_UNPACK, _LOADED_OFFSETS):
+            value = unpack(page, offset)[0]
             if value != saved[name]:
                 regs.write(reg, value)
-        shadow = read("INTERRUPT_SHADOW")
+        shadow = page[_SHADOW_OFFSET] & 1  # INTERRUPT_SHADOW: bit 0 of 068H
         if shadow != self._shadow_saved:  # the VMM set or cleared the guest's interrupt shadow
             vcpu = self.vcpu
             vcpu.set_interruptibility((1 if shadow else 0) | (BLOCKING_BY_NMI if vcpu.nmi_blocked else 0))
@@ -248,6 +309,7 @@ class SvmGuestContext:
         """An exit completed inside the engine stands for a #VMEXIT and a VMRUN: a VMM that
         changed the virtual-interrupt controls (int_ctl 0x060, int_vector 0x064) in its handler
         is obeyed from the next boundary (one 8-byte read when nothing changed)."""
+        self._handled_inside = True  # its handler may have written the VMCB: the next VMRUN reads it all
         raw = self.vcpu.vm.host.read(self.vmcb.pa + 0x060, 8)
         if raw == self._int_ctl:
             return
@@ -445,9 +507,9 @@ class SvmGuestContext:
         """EVENTINJ (15.20): an event the VMM asked for is delivered as the guest starts, through
         its IDT, and V is cleared (the processor reports a delivery it could not finish in
         EXITINTINFO, which is not modelled yet)."""
-        event = self.vmcb.eventinj
-        if not event.valid:
+        if not self.vcpu.vm.host.read(self.vmcb.pa + _EVENTINJ_V, 1)[0] & 0x80:  # EVENTINJ.V (bit 31)
             return
+        event = self.vmcb.eventinj
         self.vmcb.write("EVENTINJ", 0)
         vcpu = self.vcpu
         error = event.error_code if event.error_code_valid else None
@@ -472,30 +534,70 @@ class SvmGuestContext:
         self.cpu.vmexit()
 
     def save_guest_state(self) -> None:
-        vcpu, vmcb = self.vcpu, self.vmcb
-        regs, write = vcpu.regs, vmcb.state_writer()
-        for name, reg in _LOADED_ON_VMRUN:
-            self._saved[name] = value = regs.read(reg)
-            write(name, value)
-        write("CR0", vcpu.cr0() | (_CR0_PE_PG if self.shadow else 0))
-        write("CR3", regs.read(X.UC_X86_REG_CR3))
-        write("CR4", regs.read(X.UC_X86_REG_CR4))
-        write("EFER", vcpu.efer() | EFER_SVME)  # the guest's EFER.SVME is the VMM's, as KVM keeps it
-        write("DR6", regs.read(X.UC_X86_REG_DR6) | 0xFFFF0FF0)
-        write("DR7", regs.read(X.UC_X86_REG_DR7) | 0x400)
-        write("CPL", vcpu.cpl())
+        """#VMEXIT's state save (15.6): the registers in one batched read from the engine, packed
+        at their offsets; the segment, GDTR/IDTR and TR fields as byte runs prepared once per
+        distinct state; then a copy of the page, against which the next VMRUN finds what the
+        VMM wrote."""
+        vcpu, vmcb, saved = self.vcpu, self.vmcb, self._saved
+        regs = vcpu.regs
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = StateBatch(regs, _SAVED_REGS, _SAVED_MMRS)
+            self._view = direct_view(vmcb.mem, vmcb.pa, VMCB_SIZE)  # bounds-checked once: host memory
+        values, (gdtr, idtr, tr) = batch.read()
+        for (name, _reg), value in zip(_LOADED_ON_VMRUN, values):
+            saved[name] = value
+        rax, rsp, rip, rflags, cr2, cr0, cr3, cr4, dr6, dr7, *selectors = values
         # INTERRUPT_SHADOW (offset 0x068 bit 0): the guest is in an STI / MOV SS shadow (15.21.5).
-        self._shadow_saved = int(bool(vcpu.interruptibility() & SHADOW))
-        write("INTERRUPT_SHADOW", self._shadow_saved)
-        context = vcpu.segment_context()  # one GDTR/CR3 read for all six
-        for name, reg in _SEGMENTS:
-            vmcb.set_segment(name, self._segment(regs.read(reg) & 0xFFFF, context), write)
-        for name, reg in (("GDTR", X.UC_X86_REG_GDTR), ("IDTR", X.UC_X86_REG_IDTR)):
-            _sel, base, limit, _flags = vcpu.regs.mmr(reg)
-            vmcb.set_segment(name, Segment(0, 0, limit, base), write)
-        tr = vcpu.task_register()  # attributes: descriptor bits 47:40 and 55:52 (Table B-2)
+        self._shadow_saved = shadow = int(bool(vcpu.interruptibility() & SHADOW))
+        state = (rax, rsp, rip, rflags, cr2, cr0 | (_CR0_PE_PG if self.shadow else 0), cr3, cr4,
+                 vcpu.efer() | EFER_SVME,  # the guest's EFER.SVME is the VMM's, as KVM keeps it
+                 dr6 | 0xFFFF0FF0, dr7 | 0x400,
+                 selectors[1] & 3 if cr0 & 1 else 0)  # CPL: CS.RPL in protected mode (vcpu.cpl())
+        key = (*selectors, cr0 & 1, cr3, gdtr, idtr, tr)
+        runs = self._segment_state.get(key)
+        if runs is None:
+            runs = self._segment_state_of(key)
+        view, base = self._view
+        if view is None:  # not host memory: the checked writes
+            write = vmcb.write
+            for name, value in zip(_STATE_NAMES, state):
+                write(name, value)
+            write("INTERRUPT_SHADOW", shadow)
+            for offset, data in runs:
+                vmcb.mem.write(vmcb.pa + offset, data)
+        else:
+            for pack, offset, value in zip(_STATE_PACK, _STATE_OFFSETS, state):
+                pack(view, base + offset, value)
+            at = base + _SHADOW_OFFSET
+            view[at] = view[at] & 0xFE | shadow
+            for offset, data in runs:
+                view[base + offset:base + offset + len(data)] = data
+        self._page_after_exit = vmcb.page()
+
+    def _segment_state_of(self, key: tuple) -> tuple[tuple[int, bytes], ...]:
+        """(offset, bytes) runs of the segment, GDTR/IDTR and TR fields for a save key (kept: a
+        hidden part is the descriptor's as of its load): ES..GS as one run of 96 bytes."""
+        *selectors, pe, cr3, gdtr, idtr, _tr = key
+        context = (gdtr[1:3], cr3) if pe else None
+        block = bytearray(_SEG_BLOCK_SIZE)
+        for (name, _reg), selector in zip(_SEGMENTS, selectors):
+            s = self._segment(selector & 0xFFFF, context)
+            for part, value in (("SELECTOR", s.selector), ("ATTRIB", s.attrib), ("LIMIT", s.limit), ("BASE", s.base)):
+                f = FIELD[f"{name}_{part}"]
+                block[f.offset - _SEG_BLOCK:f.offset - _SEG_BLOCK + f.width] = (value & f.mask).to_bytes(f.width, "little")
+        fields = [("GDTR_LIMIT", gdtr[2]), ("GDTR_BASE", gdtr[1]), ("IDTR_LIMIT", idtr[2]), ("IDTR_BASE", idtr[1])]
+        tr = self.vcpu.task_register()  # attributes: descriptor bits 47:40 and 55:52 (Table B-2)
         if tr is not None:
-            vmcb.set_segment("TR", Segment(tr[0], tr[3] | tr[4] << 8, tr[2], tr[1]), write)
+            fields += [("TR_SELECTOR", tr[0]), ("TR_ATTRIB", tr[3] | tr[4] << 8), ("TR_LIMIT", tr[2]), ("TR_BASE", tr[1])]
+        runs = [(_SEG_BLOCK, bytes(block))]
+        for name, value in fields:
+            f = FIELD[name]
+            runs.append((f.offset, (value & f.mask).to_bytes(f.width, "little")))
+        if len(self._segment_state) > 64:
+            self._segment_state.clear()
+        self._segment_state[key] = result = tuple(runs)
+        return result
 
     def _segment(self, selector: int, context: tuple | None = None) -> Segment:
         """VMCB segment: attributes are descriptor bits 47:40 and 55:52 (Table B-2)."""

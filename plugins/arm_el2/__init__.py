@@ -21,11 +21,12 @@ from unicorn.arm64_const import (
 
 from hvsim import hookimpl
 from hvsim.core.arch import Arch, Vcpu, VcpuState
-from hvsim.core.exits import ExitKind
+from hvsim.core.errors import PluginError
+from hvsim.core.exits import EventType, ExitKind
 from hvsim.core.loader import Image
 from hvsim.core.vm import HV_AREA
 
-from . import boot, layout, psci, spec, stage2, traps
+from . import boot, gic, layout, psci, spec, stage2, traps
 from .cpu import Arm64Vcpu
 from .exceptions import PSTATE_ENTRY
 from .exits import El2Record
@@ -47,7 +48,11 @@ class ArmEl2Arch(Arch):
                          "and the trap record ESR/FAR/HPFAR/ELR/SPSR_EL2; KVM's values by default",
         "traps": "WFI/WFE (TWI/TWE), SMC (TSC), MRS/MSR (TVM TRVM TID1-3 TACR TIDCP; MDCR_EL2; "
                  "CNTHCTL_EL2), SYS (TSW TPCP TPU TTLB TDZ), FP/SIMD (CPTR_EL2.TFP), with ESR_EL2 syndromes",
-        "timer": "virtual and EL1 physical timers through CNTVOFF_EL2; PPIs 27 / 30 to hvsim_inject_event",
+        "timer": "virtual and EL1 physical timers through CNTVOFF_EL2; level PPIs 27 / 30 at the vGIC "
+                 "(gic='none': edges to hvsim_inject_event)",
+        "interrupt controller": "GICv3 as QEMU virt (GICD 0x0800_0000, GICR 0x080A_0000), KVM-style vGIC: "
+                                "4 list registers, ICH_*_EL2, ICC_* served as ICV_* without exits, "
+                                "maintenance interrupt, SGIs via trapped ICC_SGI1R_EL1, PL011 on SPI 1",
         "MMIO": "stage-2 data aborts with the instruction syndrome (ISV, SAS, SRT, WnR)",
         "memory": "guest stage 1 (VMSAv8-64) and stage 2 (VTTBR_EL2/VTCR_EL2) in Unicorn's TLB; "
                   "VMID/ASID-tagged TLB model, guest TLBI, vcpu.mmu.tlbi() for the hypervisor's",
@@ -56,6 +61,7 @@ class ArmEl2Arch(Arch):
         "platform": "QEMU virt: RAM 0x4000_0000, PL011 0x0900_0000",
     }
     boot_state: boot.BootState | None = None  # where the last load put the entry and the DTB
+    vgic: gic.VGic | None = None  # the GICv3 (:mod:`.gic`), unless built with gic="none"
 
     def build(self) -> None:
         vm = self.vm
@@ -64,8 +70,18 @@ class ArmEl2Arch(Arch):
         # built once and shared by every vCPU (one VMID per VM), as KVM's.
         self.hv_area = vm.host.allocate(HV_AREA)
         self.stage2_tables = stage2.build_identity(vm, self.hv_area + HV_AREA // 2, HV_AREA // 2)
+        # QEMU virt's GICv3, as KVM's vGIC (``gic="none"``: no interrupt controller, the timer
+        # raises its PPI straight at the vCPU as a virtual IRQ)
+        kind = vm.config.extra.get("gic", "v3")
+        if kind not in ("v3", "none"):
+            raise PluginError(f"gic={kind!r}: arm_el2 has a GICv3 (\"v3\") or no interrupt controller (\"none\")")
+        self.vgic = gic.install(vm) if kind == "v3" else None
         for device, base, size, label in layout.MMIO_DEVICES:
-            vm.bus.add_mmio(base, size, vm.pm.devices.create(device, vm), label)
+            params = {}
+            if device == "pl011" and self.vgic is not None:
+                vgic = self.vgic
+                params["irq"] = lambda level: vgic.set_level(0, layout.PL011_SPI + 32, level)
+            vm.bus.add_mmio(base, size, vm.pm.devices.create(device, vm, **params), label)
 
     def create_vcpu(self, index: int) -> Vcpu:
         return Arm64Vcpu(self.vm, index)
@@ -74,7 +90,7 @@ class ArmEl2Arch(Arch):
         vm = self.vm
         cfg = vm.config
         state = boot.load(vm.memory, image, cpus=cfg.vcpus, append=cfg.append, initrd=cfg.initrd,
-                          load_addr=cfg.load_addr, entry=cfg.entry)
+                          load_addr=cfg.load_addr, entry=cfg.entry, gic=self.vgic is not None)
         self.boot_state = state
         cpu0 = vm.vcpus[0]
         regs = cpu0.regs
@@ -102,6 +118,8 @@ def hvsim_exit_handlers(vm, registry):
         registry.add(ExitKind.HYPERCALL, psci.handle_hvc)
         registry.add(ExitKind.SYSREG, traps.handle_sysreg)
         registry.add(ExitKind.EXCEPTION, traps.handle_fp_asimd)
+        if vm.arch.vgic is not None:
+            registry.add(ExitKind.EVENT, vm.arch.vgic.handle_maintenance)
 
 
 @hookimpl(wrapper=True, specname="hvsim_exit_handlers")
@@ -118,6 +136,18 @@ def wrap_exit_handlers(vm, registry):
 
         registry.add(ExitKind.HALT, on_halt)
     return result
+
+
+@hookimpl(tryfirst=True)
+def hvsim_inject_event(vcpu, event):
+    """An interrupt raised toward an arm_el2 vCPU by INTID (a virtual IRQ whose ``vector`` is
+    the INTID) goes to the vGIC, which makes it pending there (an edge); the guest sees it
+    when it has that interrupt enabled, as with a GICD_ISPENDR write. Without a GIC, or
+    for other events, the default (queued on the vCPU) applies."""
+    vgic = getattr(vcpu, "vgic", None)
+    if vgic is None or event.type is not EventType.VIRTUAL_IRQ or event.vector is None:
+        return None
+    return True if vgic.inject_edge(vcpu.index, event.vector) else None
 
 
 @hookimpl

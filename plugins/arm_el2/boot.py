@@ -79,7 +79,7 @@ def _place(memory: GuestMemory, seg: Segment, what: str) -> int:
 
 
 def load(memory: GuestMemory, image: Image, *, cpus: int, append: str, initrd: bytes | None,
-         load_addr: int | None, entry: int | None) -> BootState:
+         load_addr: int | None, entry: int | None, gic: bool = True) -> BootState:
     """Place ``image`` (and initrd, device tree) in RAM; return the boot vCPU's state."""
     cmdline = len(append.encode("utf-8"))
     if cmdline >= layout.COMMAND_LINE_SIZE:
@@ -123,7 +123,7 @@ def load(memory: GuestMemory, image: Image, *, cpus: int, append: str, initrd: b
         memory.write(initrd_start, initrd)
         initrd_range = (initrd_start, initrd_start + len(initrd))
 
-    dtb = fdt.build(fdt.DeviceTreeConfig(layout.RAM_BASE, memory.ram_size, cpus, append, initrd_range))
+    dtb = fdt.build(fdt.DeviceTreeConfig(layout.RAM_BASE, memory.ram_size, cpus, append, initrd_range, gic=gic))
     if image.format == "elf64" and low >= layout.RAM_BASE + len(dtb):
         dtb_addr = layout.RAM_BASE  # an ELF that leaves the start of RAM free: the DTB goes there
     else:

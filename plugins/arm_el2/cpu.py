@@ -58,7 +58,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from hvsim.core.arch import Vcpu, VcpuState
 from hvsim.core.clock import EngineSlice
-from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks
+from hvsim.core.engine import HOOK_INTR, HOOK_MEM_EVENT, FastRegs, RawHooks, TbRequest
 from hvsim.core.exits import Event, EventType, Exit, ExitKind
 from hvsim.core.memory import Access, Walk
 from hvsim.core.mmu import HOST_PHYS_BASE, Stage2Fault
@@ -133,6 +133,7 @@ class Arm64Vcpu(Vcpu):
         # then stage 2) point into it. MMIO ranges stay at their IPAs (:mod:`.mmio`).
         uc.mem_map_ptr(HOST_PHYS_BASE, vm.host.size, UC_PROT_ALL, vm.host.ptr)
         self.regs = FastRegs(uc)
+        self.request_cache = TbRequest(uc)  # the prescans' ctl_request_cache, at every engine entry
         self.sysregs = sys = sysregs.SysRegs(uc)
         sys.write(sysregs.SCR_EL3, sysregs.SCR_EL3_NS | sysregs.SCR_EL3_HCE | sysregs.SCR_EL3_RW)
         sys.write(sysregs.HCR_EL2, sysregs.HCR_EL2_RW)
@@ -159,7 +160,10 @@ class Arm64Vcpu(Vcpu):
         self.el2 = el2.El2Regs(None, vpidr=sys.read(sysregs.MIDR_EL1), vmpidr=layout.mpidr(index))
         self._hcr_events: dict[int, Event] = {}  # the events HCR_EL2.VI/VF/VSE hold pending
         self.sysreg_traps = SysregTraps(self)
+        # The vGIC (:mod:`.gic`): this vCPU's redistributor and virtual CPU interface.
+        self.vgic = getattr(vm.arch, "vgic", None)
         self.timers = Timers(self)
+        self.gic_cpuif = self.vgic.attach(self) if self.vgic is not None else None
         sys.write(sysregs.CPACR_EL1, 0)  # FPEN 0b00 out of reset, as QEMU's system emulation
         self.sysreg_traps.watch_cpacr()
         self.el2.on_change = self._el2_changed
@@ -399,6 +403,8 @@ class Arm64Vcpu(Vcpu):
             if traps.hooks_stale():
                 traps.sync_hooks()
             timers.poll()
+            if self.vgic is not None:
+                self.vgic.entry(self)  # fold the LRs back and fill them again (KVM's sync / flush)
             if self.events:  # raised while the guest ran (a timer register write, a handler)
                 self.deliver_pending()
             timeout = int((deadline - clock.now()) * 1e6)
@@ -477,6 +483,8 @@ class Arm64Vcpu(Vcpu):
             exceptions.take_exception(self, kind, self.regs.read(UC_ARM64_REG_PC), syndrome)
             if self._hcr_events:
                 self._taken(event)
+            if self.gic_cpuif is not None:
+                self.gic_cpuif.taken(event)
             self.vm.pm.hook.hvsim_interrupt_acknowledged(vcpu=self, event=event)
             return True
         return False
@@ -502,6 +510,8 @@ class Arm64Vcpu(Vcpu):
         self.events.clear()
         self._hcr_events.clear()
         self._virtual_lines(self.el2.HCR_EL2)
+        if self.gic_cpuif is not None:
+            self.gic_cpuif.reset_line()
         self.wfi_wait = False
         self.state = VcpuState.RUNNABLE
 

@@ -4,8 +4,11 @@ Devicetree Specification v0.4 (nodes, ``reg``, ``/chosen``), the bindings in Lin
 Documentation/devicetree/bindings (arm/psci.yaml, serial/pl011.yaml, clock/fixed-clock.yaml,
 arm/cpus.yaml), and QEMU hw/arm/virt.c for names, phandles and property order, so a kernel
 that boots on ``qemu-system-aarch64 -M virt`` reads the same tree here. Nodes appear only for
-what hvsim models; the GIC node arrives with the vGIC (the timer's ``interrupts`` then get
-their ``interrupt-parent``).
+what hvsim models. The GICv3 node is QEMU's (``intc@8000000``, compatible "arm,gic-v3",
+``#interrupt-cells = <3>``, ``reg`` = GICD then the redistributor frames of the vCPUs there
+are, ``#redistributor-regions = <1>``, ``interrupts`` = the maintenance PPI 9, level high), the
+root names it ``interrupt-parent``, and the PL011 has ``interrupts = <0 1 4>`` (SPI 1, level
+high). A VM built with ``gic="none"`` has none of these.
 
 The ``timer`` node follows Linux's arm,armv8-timer binding (timer/arm,arch_timer.yaml) as QEMU
 writes it: four PPIs in the order secure physical, non-secure physical, virtual, hypervisor
@@ -24,6 +27,9 @@ from . import layout, psci
 CLOCK_PHANDLE = 0x8000  # QEMU allocates phandles from 0x8000; the UART clock is the first
 GIC_FDT_IRQ_TYPE_PPI = 1  # the GIC binding's first interrupt cell
 IRQ_TYPE_LEVEL_HIGH = 4  # its third cell (dt-bindings/interrupt-controller/irq.h)
+GIC_FDT_IRQ_TYPE_SPI = 0
+GIC_PHANDLE = 0x8001  # the next phandle QEMU allocates, for the GIC
+GIC_MAINTENANCE_PPI = 9  # ARCH_GIC_MAINT_IRQ: INTID 25
 
 
 @dataclass(slots=True)
@@ -34,6 +40,7 @@ class DeviceTreeConfig:
     bootargs: str = ""
     initrd: tuple[int, int] | None = None  # (start, end) guest-physical
     cpu_compatible: str = "arm,cortex-a72"  # Unicorn's default arm64 CPU model
+    gic: bool = True  # the GICv3 node, the root's interrupt-parent, the UART's interrupt
 
 
 def _reg(address: int, size: int) -> fdt.PropWords:
@@ -49,6 +56,8 @@ def build(cfg: DeviceTreeConfig) -> bytes:
     root.append(fdt.PropWords("#address-cells", 2))
     root.append(fdt.PropWords("#size-cells", 2))
     root.append(fdt.PropStrings("model", "linux,dummy-virt"))
+    if cfg.gic:
+        root.append(fdt.PropWords("interrupt-parent", GIC_PHANDLE))
 
     root.append(fdt.Node(
         "psci",
@@ -78,6 +87,22 @@ def build(cfg: DeviceTreeConfig) -> bytes:
         ))
     root.append(cpus)
 
+    if cfg.gic:
+        redist_size = layout.GICR_STRIDE * cfg.cpus
+        root.append(fdt.Node(
+            f"intc@{layout.GICD_BASE:x}",
+            fdt.PropWords("phandle", GIC_PHANDLE),
+            fdt.PropWords("#interrupt-cells", 3),
+            fdt.Property("interrupt-controller"),
+            fdt.PropWords("#address-cells", 2),
+            fdt.PropWords("#size-cells", 2),
+            fdt.Property("ranges"),
+            fdt.PropStrings("compatible", "arm,gic-v3"),
+            fdt.PropWords("#redistributor-regions", 1),
+            fdt.PropWords("reg", 0, layout.GICD_BASE, 0, 0x1_0000, 0, layout.GICR_BASE, 0, redist_size),
+            fdt.PropWords("interrupts", GIC_FDT_IRQ_TYPE_PPI, GIC_MAINTENANCE_PPI, IRQ_TYPE_LEVEL_HIGH),
+        ))
+
     cells = []
     for ppi in layout.TIMER_PPIS:
         cells += [GIC_FDT_IRQ_TYPE_PPI, ppi, IRQ_TYPE_LEVEL_HIGH]
@@ -98,10 +123,12 @@ def build(cfg: DeviceTreeConfig) -> bytes:
     ))
 
     uart = f"pl011@{layout.PL011_BASE:x}"
+    uart_irq = [fdt.PropWords("interrupts", GIC_FDT_IRQ_TYPE_SPI, layout.PL011_SPI, IRQ_TYPE_LEVEL_HIGH)] if cfg.gic else []
     root.append(fdt.Node(
         uart,
         fdt.PropStrings("clock-names", "uartclk", "apb_pclk"),
         fdt.PropWords("clocks", CLOCK_PHANDLE, CLOCK_PHANDLE),
+        *uart_irq,
         _reg(layout.PL011_BASE, layout.PL011_SIZE),
         fdt.PropStrings("compatible", "arm,pl011", "arm,primecell"),
     ))

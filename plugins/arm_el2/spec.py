@@ -138,6 +138,11 @@ def _trap_rows() -> list[list]:
         if sys:
             what.append(f"SYS {', '.join(_encoding(x) for x in sys[:3])}{' ...' if len(sys) > 3 else ''}")
         rows.append([f"{register}.{field}", "set" if when_set else "clear", "; ".join(what), 0x18])
+    for bit, regs in traps.ICH_TRAPS:
+        name = {traps.ICH_HCR_TC: "TC", traps.ICH_HCR_TALL0: "TALL0", traps.ICH_HCR_TALL1: "TALL1",
+                traps.ICH_HCR_TDIR: "TDIR"}[bit]
+        rows.append([f"ICH_HCR_EL2.{name}", "set", f"MRS/MSR of {len(regs)} ICC_* encodings, e.g. "
+                     f"{_encoding(regs[0])}", 0x18])
     rows.append(["HCR_EL2.TWI", "set", "WFI", 0x01])
     rows.append(["HCR_EL2.TWE", "set", "WFE", 0x01])
     rows.append(["HCR_EL2.TSC", "set", "SMC at EL1", 0x17])
@@ -175,6 +180,18 @@ def tables() -> dict[str, SpecTable]:
             ["timer", "registers", "INTID", "offset"],
             [["virtual", "CNTV_CTL_EL0, CNTV_CVAL_EL0, CNTV_TVAL_EL0", timer.INTID_CNTV, "CNTVOFF_EL2"],
              ["EL1 physical", "CNTP_CTL_EL0, CNTP_CVAL_EL0, CNTP_TVAL_EL0", timer.INTID_CNTP, "0"]]),
+        "gic": SpecTable(
+            "The GICv3 (QEMU virt layout) and its virtual CPU interface", "Arm GIC spec IHI 0069; QEMU hw/arm/virt.c",
+            ["what", "where", "hvsim"],
+            [["GICD", f"{layout.GICD_BASE:#x}, 64 KiB", "emulated by the vGIC (MMIO exits)"],
+             ["GICR", f"{layout.GICR_BASE:#x} + n * {layout.GICR_STRIDE:#x}", "RD_base + SGI_base per vCPU"],
+             ["ICH_LR<n>_EL2", "S3_4_C12_C12_n, n < 4", "vcpu.gic_cpuif.read/write('ICH_LR<n>_EL2')"],
+             ["ICH_HCR/VTR/MISR/EISR/ELRSR/VMCR_EL2", "S3_4_C12_C11_{0,1,2,3,5,7}", "vcpu.gic_cpuif"],
+             ["ICC_* at EL1 (IMO/FMO)", "S3_0_C12_*, S3_0_C4_C6_0", "ICV_* from the LRs, no exit"],
+             ["ICC_SGI1R_EL1", "S3_0_C12_C11_5", "traps (IMO): SYSREG exit, then the SGI"],
+             ["maintenance interrupt", "PPI 9 = INTID 25", "EVENT exit, vector 25"],
+             ["virtual / EL1 physical timer", "INTID 27 / 30", "level, HW-mapped LR"],
+             ["PL011", "SPI 1 = INTID 33", "level, EOI maintenance"]]),
         "exit-classes": SpecTable(
             "Exception classes hvsim produces", _ARM_ARM + ", EC field; names from Linux esr.h",
             ["EC", "name", "meaning", "hvsim"],

@@ -17,14 +17,13 @@ are hooked where the guest's code has them (:mod:`.traps`, bounded hooks, no exi
 vCPU evaluates the condition when it enters the guest, when a slice ends, and when a timer
 register is written; a slice never runs past the next deadline.
 
-The interrupt output goes toward the interrupt controller through ``vm.inject`` (the
-``hvsim_inject_event`` hook) as a virtual IRQ carrying the INTID (``Event.vector``). No GIC
-is modelled yet: without a GIC plugin the event is queued on the vCPU and taken at its IRQ
-vector (VBAR_EL1 + 0x80/0x280/0x480) when PSTATE.I is clear, and a line that drops again
-before the guest took it is withdrawn. The line is raised once per rising edge: one that
-stays high after the guest took its interrupt is not raised again until it has dropped
-(rewriting CVAL/TVAL/CTL drops it), where a GIC would signal a level-sensitive PPI again. The
-GICv3 issue routes it through the redistributor as a level-sensitive PPI instead.
+The interrupt output is a level-sensitive PPI of the vGIC (:mod:`.gic`): the line follows
+ISTATUS and not IMASK, and the vGIC delivers it through a list register while it is high and
+enabled. In a VM built without an interrupt controller (``gic="none"``) the output goes
+through ``vm.inject`` (the ``hvsim_inject_event`` hook) as a virtual IRQ carrying the INTID
+(``Event.vector``), queued on the vCPU and taken at its IRQ vector when PSTATE.I is clear; a
+line that drops again before the guest took it is withdrawn, and it is raised once per rising
+edge (not again while it stays high).
 CNTHCTL_EL2's event stream (EVNTEN) and CNTKCTL_EL1's EL0 access controls are not modelled:
 EL0 reaches the emulated timer registers as EL1 does.
 """
@@ -55,6 +54,9 @@ def cntpct(clock) -> int:
     CLOCK_MONOTONIC, the engine's own counter; in deterministic mode it is virtual, and the
     guest's CNTPCT_EL0 / CNTVCT_EL0 reads are served from it (:class:`Timers`)."""
     return clock.now_ns() // _NS_PER_TICK
+
+
+_LINE_HIGH = Event(EventType.VIRTUAL_IRQ)  # marks a line high at the vGIC
 
 
 class Timer:
@@ -117,6 +119,13 @@ class Timer:
         """Raise or withdraw the interrupt as the line now is; True when it was raised now."""
         high = not self.ctl & CNTx_CTL_IMASK and self.istatus()
         vcpu = self.vcpu
+        gic = vcpu.vgic
+        if gic is not None:  # a level-sensitive PPI of the vGIC
+            if high == (self._event is not None):
+                return False
+            self._event = _LINE_HIGH if high else None
+            gic.set_level(vcpu.index, self.intid, high)
+            return high
         if high and self._event is None:
             self._event = Event(EventType.VIRTUAL_IRQ, vector=self.intid)
             vcpu.vm.inject(vcpu, self._event)

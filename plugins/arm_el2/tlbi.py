@@ -205,7 +205,7 @@ class MaintenanceSites:
     def prescan(self, pc: int) -> None:
         """Scan the block at ``pc`` before ``emu_start`` (the edge hook does not report it)."""
         try:
-            tb_pc, _icount, size = self.vcpu.uc.ctl_request_cache(pc)
+            tb_pc, _icount, size = self.vcpu.request_cache(pc)
         except Exception:  # nothing translatable there: the guest will fault on its own
             return
         if self._scan(tb_pc, size):

@@ -133,6 +133,10 @@ SYS_TPU = ((1, 3, 7, 5, 1), (1, 0, 7, 5, 0), (1, 0, 7, 1, 0), (1, 3, 7, 11, 1)) 
 SYS_TTLB = tuple((1, 0, 8, crm, op2) for crm in (3, 7) for op2 in (0, 1, 2, 3, 5, 7))  # TLBI *E1[IS]
 SYS_TDZ = ((1, 3, 7, 4, 1),)  # DC ZVA
 
+# The GIC's SGI generation registers: not virtualized by the GIC's virtual CPU interface, an
+# EL1 write traps to EL2 under HCR_EL2.IMO (ICC_SGI1R_EL1, ICC_ASGI1R_EL1) or FMO (ICC_SGI0R_EL1).
+ICC_SGI1R_EL1, ICC_ASGI1R_EL1, ICC_SGI0R_EL1 = (3, 0, 12, 11, 5), (3, 0, 12, 11, 6), (3, 0, 12, 11, 7)
+
 # (register, control, registers whose MRS it traps, whose MSR it traps, whose SYS it traps,
 # trap when the control bit is set (False: when it is clear, as CNTHCTL_EL2's enables)).
 SYSREG_TRAPS = [
@@ -156,6 +160,8 @@ SYSREG_TRAPS = [
     ("CNTHCTL_EL2", el2.CNTHCTL_EL1PCTEN, (sr.CNTPCT_EL0,), (), (), False),
     ("CNTHCTL_EL2", el2.CNTHCTL_EL1PCEN, CNTP_REGS, CNTP_REGS, (), False),
     ("CPTR_EL2", el2.CPTR_EL2_TCPAC, (sr.CPACR_EL1,), (sr.CPACR_EL1,), (), True),
+    ("HCR_EL2", el2.HCR_IMO, (), (ICC_SGI1R_EL1, ICC_ASGI1R_EL1), (), True),
+    ("HCR_EL2", el2.HCR_FMO, (), (ICC_SGI0R_EL1,), (), True),
 ]
 
 # FP/SIMD accesses (CPTR_EL2.TFP, EC 0x07): ISS CV = 1, COND = 0b1110 from AArch64.
@@ -196,8 +202,22 @@ def sys_reg(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
     return (op0 << 19) | (op1 << 16) | (crn << 12) | (crm << 8) | (op2 << 5)
 
 
+# ICH_HCR_EL2's trap controls (GIC spec, "ICH_HCR_EL2"): TALL0 / TALL1 trap the EL1 accesses
+# of one group's ICC_* registers, TC the common ones, TDIR ICC_DIR_EL1 (MRS and MSR alike).
+ICH_HCR_TC, ICH_HCR_TALL0, ICH_HCR_TALL1, ICH_HCR_TDIR = 1 << 10, 1 << 11, 1 << 12, 1 << 14
+ICC_GROUP0 = ((3, 0, 12, 8, 0), (3, 0, 12, 8, 1), (3, 0, 12, 8, 2), (3, 0, 12, 8, 3), (3, 0, 12, 12, 6)) \
+    + tuple((3, 0, 12, 8, 4 + n) for n in range(4))  # IAR0 EOIR0 HPPIR0 BPR0 IGRPEN0 AP0R<n>
+ICC_GROUP1 = ((3, 0, 12, 12, 0), (3, 0, 12, 12, 1), (3, 0, 12, 12, 2), (3, 0, 12, 12, 3), (3, 0, 12, 12, 7)) \
+    + tuple((3, 0, 12, 9, n) for n in range(4))  # IAR1 EOIR1 HPPIR1 BPR1 IGRPEN1 AP1R<n>
+ICC_DIR_EL1 = (3, 0, 12, 11, 1)
+ICC_COMMON = (ICC_SGI0R_EL1, ICC_SGI1R_EL1, ICC_ASGI1R_EL1, (3, 0, 12, 12, 4), ICC_DIR_EL1, (3, 0, 4, 6, 0),
+              (3, 0, 12, 11, 3))  # ... CTLR, DIR, PMR, RPR
+ICH_TRAPS = ((ICH_HCR_TALL0, ICC_GROUP0), (ICH_HCR_TALL1, ICC_GROUP1), (ICH_HCR_TC, ICC_COMMON),
+             (ICH_HCR_TDIR, (ICC_DIR_EL1,)))
+
+
 def trapped(hcr: int, mdcr: int = 0, cnthctl: int = el2.CNTHCTL_EL1PCTEN | el2.CNTHCTL_EL1PCEN,
-            cptr: int = 0) -> tuple[set, set, set]:
+            cptr: int = 0, ich_hcr: int = 0) -> tuple[set, set, set]:
     """The encodings whose MRS, whose MSR, and whose SYS trap to EL2 under these controls."""
     if mdcr & el2.MDCR_EL2_TDE:  # TDE: TDA, TDOSA and TDRA act as 1 (D23.2 "MDCR_EL2")
         mdcr |= el2.MDCR_EL2_TDA | el2.MDCR_EL2_TDOSA | el2.MDCR_EL2_TDRA
@@ -208,6 +228,10 @@ def trapped(hcr: int, mdcr: int = 0, cnthctl: int = el2.CNTHCTL_EL1PCTEN | el2.C
             reads.update(r)
             writes.update(w)
             sys.update(s)
+    for bit, regs in ICH_TRAPS:
+        if ich_hcr & bit:
+            reads.update(regs)
+            writes.update(regs)
     return reads, writes, sys
 
 
@@ -304,6 +328,10 @@ class SysregTraps:
         # Emulated by the hardware model (the timers): cp key -> callable.
         self.emulated_reads: dict[bytes, object] = {}
         self.emulated_writes: dict[bytes, object] = {}
+        # Emulated registers the engine does not implement (the GIC's ICC_*): the hook steps
+        # over the instruction itself (returning 1 alone would run it again).
+        self.unimplemented: set[bytes] = set()
+        self.ich_hcr = 0  # ICH_HCR_EL2 (its TC/TALL0/TALL1/TDIR traps), when the VM has a GIC
         self._em_reads: set[tuple] = set()
         self._em_writes: set[tuple] = set()
         self.twe = self.tfp = False
@@ -353,6 +381,21 @@ class SysregTraps:
             self._em_writes.add(enc)
         self.update_controls(self._controls)
 
+    def set_ich_hcr(self, value: int) -> None:
+        """Follow ICH_HCR_EL2's trap controls (at once if the guest is in the engine)."""
+        if value == self.ich_hcr:
+            return
+        self.ich_hcr = value
+        vcpu = self.vcpu
+        if self.update_controls(self._controls) and vcpu._in_engine:
+            vcpu._reenter = True
+            vcpu.uc.emu_stop()
+
+    def emulate_unimplemented(self, enc: tuple, read=None, write=None) -> None:
+        """:meth:`emulate` for a register the engine has no model of (UNDEFINED there)."""
+        self.unimplemented.add(cp_key(enc))
+        self.emulate(enc, read, write)
+
     _controls: tuple = (el2.HCR_EL2_DEFAULT, 0, el2.CNTHCTL_EL1PCTEN | el2.CNTHCTL_EL1PCEN, 0)
 
     def update(self, hcr: int) -> bool:
@@ -364,7 +407,7 @@ class SysregTraps:
         change (:meth:`sync_hooks`)."""
         self._controls = controls
         hcr, mdcr, cnthctl, cptr = controls
-        reads, writes, sys = trapped(hcr, mdcr, cnthctl, cptr)
+        reads, writes, sys = trapped(hcr, mdcr, cnthctl, cptr, self.ich_hcr)
         self._reads.clear()
         self._reads.update({cp_key(e): e for e in reads})
         self._writes.clear()
@@ -462,7 +505,7 @@ class SysregTraps:
     def prescan(self, pc: int) -> None:
         """Scan the block at ``pc`` before ``emu_start`` (the edge hook does not report it)."""
         try:
-            tb_pc, _icount, size = self.vcpu.uc.ctl_request_cache(pc)
+            tb_pc, _icount, size = self.vcpu.request_cache(pc)
         except Exception:  # nothing translatable there: the guest will fault on its own
             return
         if self._scan(tb_pc, size):
@@ -497,8 +540,9 @@ class SysregTraps:
 
     def _mrs_hook(self):
         reads, records, record = self._reads, self._records, self._record
-        emulated = self.emulated_reads
+        emulated, unimplemented = self.emulated_reads, self.unimplemented
         vcpu = self.vcpu
+        read_reg, pstate_reg = vcpu.regs.read, UC_ARM64_REG_PSTATE
         dispatch, fail, write = vcpu.vm.dispatch, vcpu.hooks.fail, vcpu.regs.write
         cp_bytes, kind, xzr, mrs = _CP_KEY.from_address, ExitKind.SYSREG, UC_ARM64_REG_XZR, UC_ARM64_INS_MRS
         pc_reg = UC_ARM64_REG_PC
@@ -509,6 +553,8 @@ class SysregTraps:
         def on_mrs(_uch, reg, cp, _ud):
             try:
                 key = cp_bytes(cp).raw
+                if key in unimplemented and not read_reg(pstate_reg) & 0xC:
+                    return 0  # at EL0: UNDEFINED, as the engine (which lacks the register) makes it
                 if key in reads:
                     args = records.get((key, reg, mrs))
                     if args is None:
@@ -526,8 +572,8 @@ class SysregTraps:
                     if exit.value is not None:
                         if reg != xzr:
                             write(reg, exit.value)
-                        if args[2] in _IMP_DEF and not vcpu.redirected:  # no such register to skip
-                            write(pc_reg, pc + 4)
+                        if (args[2] in _IMP_DEF or key in unimplemented) and not vcpu.redirected:
+                            write(pc_reg, pc + 4)  # no such register in the engine to skip
                         return 1
                 fn = emulated.get(key)
                 if fn is None:
@@ -535,6 +581,8 @@ class SysregTraps:
                 value = fn()
                 if reg != xzr:
                     write(reg, value)
+                if key in unimplemented:
+                    write(pc_reg, vcpu.regs.read(pc_reg) + 4)
                 return 1
             except BaseException as exc:  # noqa: BLE001 (re-raised by the vCPU's run)
                 fail(exc)
@@ -544,8 +592,9 @@ class SysregTraps:
 
     def _msr_hook(self):
         writes, records, record = self._writes, self._records, self._record
-        emulated = self.emulated_writes
+        emulated, unimplemented = self.emulated_writes, self.unimplemented
         vcpu = self.vcpu
+        read_reg, pstate_reg = vcpu.regs.read, UC_ARM64_REG_PSTATE
         dispatch, fail, write = vcpu.vm.dispatch, vcpu.hooks.fail, vcpu.regs.write
         cp_bytes, from_address, kind, msr = _CP_KEY.from_address, ctypes.c_uint64.from_address, ExitKind.SYSREG, UC_ARM64_INS_MSR
         pc_reg = UC_ARM64_REG_PC
@@ -560,6 +609,8 @@ class SysregTraps:
         def on_msr(_uch, reg, cp, _ud):
             try:
                 key = cp_bytes(cp).raw
+                if key in unimplemented and not read_reg(pstate_reg) & 0xC:
+                    return 0  # at EL0: UNDEFINED
                 value = from_address(cp + 24).value
                 if key in writes:
                     args = records.get((key, reg, msr))
@@ -583,12 +634,14 @@ class SysregTraps:
                                 vcpu.uc.ctl_flush_tlb()  # a raw register write does not flush, the MSR would
                                 return 1
                         else:
-                            if args[2] in _IMP_DEF and not vcpu.redirected:
+                            if (args[2] in _IMP_DEF or key in unimplemented) and not vcpu.redirected:
                                 write(pc_reg, pc + 4)
                             return 1
                 fn = emulated.get(key)
                 if fn is None:
                     return 0  # the engine performs the guest's write
+                if key in unimplemented:
+                    write(pc_reg, vcpu.regs.read(pc_reg) + 4)
                 fn(value)
                 return 1
             except BaseException as exc:  # noqa: BLE001

@@ -358,9 +358,15 @@ class Vmcs:
     ``values`` maps each supported field's FULL encoding to its value, held in 64 bits;
     a HIGH access reads or writes bits 63:32 of the same value (SDM 24.11.2). Code that knows
     its field exists (the run loop, recording an exit) may use ``values`` directly.
+
+    ``dirty`` is set by every :meth:`write` (VMWRITE) and cleared by a VM entry that passed
+    all its checks: while it is clear, the fields hold what the last entry checked or what the
+    processor itself saved at the exits since, so the next VMRESUME need not check them again
+    (dirty-field tracking, as Bochs and KVM do). Code that changes a field in ``values``
+    directly in a way the processor would not must set ``dirty`` itself.
     """
 
-    __slots__ = ("_has_gpa", "address", "launched", "shadow", "values")
+    __slots__ = ("_has_gpa", "address", "dirty", "launched", "shadow", "values")
 
     def __init__(self, address: int, supported: frozenset[int] | set[int], shadow: bool = False) -> None:
         self.address = address
@@ -368,6 +374,7 @@ class Vmcs:
         self.launched = False  # launch state: clear / launched (SDM 24.1)
         self.shadow = shadow  # the shadow-VMCS indicator of its region (SDM 24.10)
         self._has_gpa = Field.GUEST_PHYSICAL_ADDRESS in self.values
+        self.dirty = True
 
     def supports(self, encoding: int) -> bool:
         a = _ACCESS.get(encoding)
@@ -388,6 +395,7 @@ class Vmcs:
         if a is None or a[0] not in self.values:
             raise UnsupportedComponent(encoding)
         full, high, mask = a
+        self.dirty = True
         if high:
             self.values[full] = (self.values[full] & _LOW32) | ((value & _LOW32) << 32)
         else:

@@ -18,6 +18,8 @@ controls.
 
 from __future__ import annotations
 
+import operator
+import types
 
 from unicorn import x86_const as X
 
@@ -26,6 +28,7 @@ from hvsim.plugins.x86 import paging
 from hvsim.plugins.x86.traps import ON_DEMAND
 from hvsim.plugins.x86.events import EventControls
 from hvsim.plugins.x86.tsc import guest_tsc_hz
+from hvsim.plugins.x86.regs import StateBatch
 
 from . import msrs
 from .entry import GUEST_SEGMENT_FIELDS, GUEST_TABLE_FIELDS
@@ -34,6 +37,10 @@ from .ept import Ept, ep4ta
 from .exits import VmxExitInfo, VmxVendor
 from .vmcs import Field
 from .vmx import Status, Vmx
+
+# The fields as plain ints: an IntEnum member costs ~80 ns a look-up, a namespace's ~25 ns, and
+# an exit's save and re-entry name about forty of them.
+_F = types.SimpleNamespace(**{member.name: int(member) for member in Field})
 
 VMXON_OFFSET, VMCS_OFFSET, MSR_BITMAP_OFFSET, IO_BITMAP_A_OFFSET, IO_BITMAP_B_OFFSET, VIRTUAL_APIC_OFFSET = (
     0x0000, 0x1000, 0x2000, 0x3000, 0x4000, 0x5000)
@@ -53,13 +60,18 @@ _WANTED = {
     msrs.EXIT: msrs.VM_EXIT_HOST_ADDR_SPACE_SIZE | msrs.VM_EXIT_SAVE_IA32_EFER | msrs.VM_EXIT_LOAD_IA32_EFER,
     msrs.ENTRY: msrs.VM_ENTRY_LOAD_IA32_EFER,
 }
-_CONTROL_FIELD = {msrs.PIN: Field.PIN_BASED_VM_EXEC_CONTROL, msrs.PROC: Field.CPU_BASED_VM_EXEC_CONTROL,
-                  msrs.PROC2: Field.SECONDARY_VM_EXEC_CONTROL,
-                  msrs.EXIT: Field.VM_EXIT_CONTROLS, msrs.ENTRY: Field.VM_ENTRY_CONTROLS}
+_CONTROL_FIELD = {msrs.PIN: _F.PIN_BASED_VM_EXEC_CONTROL, msrs.PROC: _F.CPU_BASED_VM_EXEC_CONTROL,
+                  msrs.PROC2: _F.SECONDARY_VM_EXEC_CONTROL,
+                  msrs.EXIT: _F.VM_EXIT_CONTROLS, msrs.ENTRY: _F.VM_ENTRY_CONTROLS}
 _SEGMENTS = (("ES", X.UC_X86_REG_ES), ("CS", X.UC_X86_REG_CS), ("SS", X.UC_X86_REG_SS),
              ("DS", X.UC_X86_REG_DS), ("FS", X.UC_X86_REG_FS), ("GS", X.UC_X86_REG_GS))
-_LOADED_ON_ENTRY = ((Field.GUEST_RIP, X.UC_X86_REG_RIP), (Field.GUEST_RSP, X.UC_X86_REG_RSP),
-                    (Field.GUEST_RFLAGS, X.UC_X86_REG_RFLAGS))
+_CR_FIELDS = operator.itemgetter(_F.GUEST_CR0, _F.CR0_READ_SHADOW, _F.CR0_GUEST_HOST_MASK,
+                                 _F.GUEST_CR4, _F.CR4_READ_SHADOW, _F.CR4_GUEST_HOST_MASK)
+_SAVED_REGS = (X.UC_X86_REG_RIP, X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS, X.UC_X86_REG_CR0, X.UC_X86_REG_CR3,
+               X.UC_X86_REG_CR4, X.UC_X86_REG_DR7, *(reg for _name, reg in _SEGMENTS))
+_SAVED_MMRS = (X.UC_X86_REG_GDTR, X.UC_X86_REG_IDTR, X.UC_X86_REG_TR)
+_LOADED_ON_ENTRY = ((_F.GUEST_RIP, X.UC_X86_REG_RIP), (_F.GUEST_RSP, X.UC_X86_REG_RSP),
+                    (_F.GUEST_RFLAGS, X.UC_X86_REG_RFLAGS), (_F.GUEST_CR3, X.UC_X86_REG_CR3))
 AR_UNUSABLE = 1 << 16
 IA32_XSS = 0xDA0
 _GPR_IDS = [getattr(X, f"UC_X86_REG_{n}") for n in ("RAX", "RCX", "RDX", "RBX", "RSP", "RBP", "RSI", "RDI",
@@ -116,25 +128,25 @@ class VmxGuestContext:
             self.cr0_owned |= msrs.X86_CR0_PE | msrs.X86_CR0_PG
         for control, field in _CONTROL_FIELD.items():
             self._vmwrite(field, (wanted.get(control, 0) | caps.allowed0[control]) & caps.allowed1[control])
-        self._vmwrite(Field.MSR_BITMAP, self.msr_bitmap)
-        self._vmwrite(Field.EPT_POINTER, vcpu.vm.arch.ept_root(self.build_identity_ept) | EPTP_WB_4LEVEL)
-        self._vmwrite(Field.VIRTUAL_PROCESSOR_ID, 1 + vcpu.index)
-        self._vmwrite(Field.CR0_GUEST_HOST_MASK, self.cr0_owned)
+        self._vmwrite(_F.MSR_BITMAP, self.msr_bitmap)
+        self._vmwrite(_F.EPT_POINTER, vcpu.vm.arch.ept_root(self.build_identity_ept) | EPTP_WB_4LEVEL)
+        self._vmwrite(_F.VIRTUAL_PROCESSOR_ID, 1 + vcpu.index)
+        self._vmwrite(_F.CR0_GUEST_HOST_MASK, self.cr0_owned)
         if shadow:
             from hvsim.plugins.x86.shadow import ShadowMmu
 
-            self._vmwrite(Field.EXCEPTION_BITMAP, 1 << 14)
+            self._vmwrite(_F.EXCEPTION_BITMAP, 1 << 14)
             vcpu.mmu.shadow = ShadowMmu(vcpu, *vcpu.vm.arch.shadow_pool(vcpu.index))
-        self._vmwrite(Field.CR4_GUEST_HOST_MASK, CR4_OWNED)
+        self._vmwrite(_F.CR4_GUEST_HOST_MASK, CR4_OWNED)
         # I/O bitmaps with every port set: used when a VMM switches "use I/O bitmaps" on.
-        for offset, field in ((IO_BITMAP_A_OFFSET, Field.IO_BITMAP_A), (IO_BITMAP_B_OFFSET, Field.IO_BITMAP_B)):
+        for offset, field in ((IO_BITMAP_A_OFFSET, _F.IO_BITMAP_A), (IO_BITMAP_B_OFFSET, _F.IO_BITMAP_B)):
             host.write(area + offset, b"\xff" * 4096)
             self._vmwrite(field, area + offset)
         # A virtual-APIC page, as KVM gives every vCPU: used when a VMM sets "use TPR shadow".
         host.write(area + VIRTUAL_APIC_OFFSET, bytes(4096))
-        self._vmwrite(Field.VIRTUAL_APIC_PAGE_ADDR, area + VIRTUAL_APIC_OFFSET)
+        self._vmwrite(_F.VIRTUAL_APIC_PAGE_ADDR, area + VIRTUAL_APIC_OFFSET)
         self.tpr = 0  # the local APIC's TPR that MOV CR8 reaches without a TPR shadow (bits 7:4)
-        self._vmwrite(Field.VMCS_LINK_POINTER, (1 << 64) - 1)
+        self._vmwrite(_F.VMCS_LINK_POINTER, (1 << 64) - 1)
         self._host_state()
         self._values = self.vmcs.values
         self._last: VmxExitInfo | None = None
@@ -148,13 +160,16 @@ class VmxGuestContext:
         self._cr3_load = self._cr3_store = False
         self._proc = self._proc2 = 0
         self._cr_saved: tuple = ()
+        self._controls_from = None  # the VMCS whose controls _configure last read
+        self._batch = None  # the registers save_guest_state reads in one call
+        self._segment_fields: dict[tuple, dict[int, int]] = {}
         self._epts: dict[int, Ept] = {}  # by EPTP: each keeps its guest-physical mappings
         self.vmx.tlb = self  # INVEPT / INVVPID reach this logical processor's TLB model
         self.event_controls = EventControls()
         self._timer_start: float | None = None
         self.apic = VirtualApic(self)  # the processor's APIC virtualization (SDM ch. 30, apicv.py)
         self._area = area
-        self._memory_virtualization(self._values[Field.SECONDARY_VM_EXEC_CONTROL])
+        self._memory_virtualization(self._values[_F.SECONDARY_VM_EXEC_CONTROL])
 
     def _vmwrite(self, field: int, value: int) -> None:
         result = self.vmx.vmwrite(field, value)
@@ -171,16 +186,16 @@ class VmxGuestContext:
     def _host_state(self) -> None:
         """A 64-bit host, as KVM's: the state VM exits return to (SDM 25.5)."""
         w = self._vmwrite
-        w(Field.HOST_CR0, 0x8005_0033)
-        w(Field.HOST_CR4, 0x26A0)
-        w(Field.HOST_CR3, 0x1000)
-        w(Field.HOST_IA32_EFER, 0xD01)
-        w(Field.HOST_CS_SELECTOR, 0x10)
+        w(_F.HOST_CR0, 0x8005_0033)
+        w(_F.HOST_CR4, 0x26A0)
+        w(_F.HOST_CR3, 0x1000)
+        w(_F.HOST_IA32_EFER, 0xD01)
+        w(_F.HOST_CS_SELECTOR, 0x10)
         for name in ("SS", "DS", "ES", "FS", "GS"):
             w(getattr(Field, f"HOST_{name}_SELECTOR"), 0x18)
-        w(Field.HOST_TR_SELECTOR, 0x40)
-        w(Field.HOST_RIP, HOST_RIP)
-        w(Field.HOST_RSP, HOST_RSP)
+        w(_F.HOST_TR_SELECTOR, 0x40)
+        w(_F.HOST_RIP, HOST_RIP)
+        w(_F.HOST_RSP, HOST_RSP)
 
     # -- every exit -------------------------------------------------------------------------
     def record(self, raw: VmxExitInfo) -> None:
@@ -194,11 +209,11 @@ class VmxGuestContext:
                               raw.GUEST_LINEAR_ADDRESS or 0, raw.GUEST_PHYSICAL_ADDRESS or 0,
                               raw.VM_EXIT_INTR_INFO, raw.VM_EXIT_INTR_ERROR_CODE, raw.IDT_VECTORING_INFO_FIELD)
         if raw.IDT_VECTORING_INFO_FIELD:
-            self._values[Field.IDT_VECTORING_ERROR_CODE] = raw.IDT_VECTORING_ERROR_CODE
+            self._values[_F.IDT_VECTORING_ERROR_CODE] = raw.IDT_VECTORING_ERROR_CODE
         if raw.GUEST_RIP is not None:
             # The exit names its instruction; the engine has already completed it, as the VMM's
             # handler would (KVM's skip_emulated_instruction), so it is not to be loaded back.
-            self._values[Field.GUEST_RIP] = self._saved[Field.GUEST_RIP] = raw.GUEST_RIP
+            self._values[_F.GUEST_RIP] = self._saved[_F.GUEST_RIP] = raw.GUEST_RIP
 
     # -- around each stay in the engine -----------------------------------------------------
     def vmrun(self) -> str | None:
@@ -207,38 +222,19 @@ class VmxGuestContext:
         if not self._saved:
             self.save_guest_state()  # the VMM's initial guest state: what the loader set up
         lma = self.vcpu.efer() & paging.EFER_LMA
-        entry = self._values[Field.VM_ENTRY_CONTROLS]
-        self._values[Field.VM_ENTRY_CONTROLS] = entry | msrs.VM_ENTRY_IA32E_MODE if lma else \
-            entry & ~msrs.VM_ENTRY_IA32E_MODE
+        entry = self._values[_F.VM_ENTRY_CONTROLS]
+        wanted = entry | msrs.VM_ENTRY_IA32E_MODE if lma else entry & ~msrs.VM_ENTRY_IA32E_MODE
+        if wanted != entry:  # the VMM's VMWRITE of the entry controls, as KVM's on an EFER change
+            self._values[_F.VM_ENTRY_CONTROLS] = wanted
+            vmcs.dirty = True
         result = vmx.vmresume() if vmcs.launched else vmx.vmlaunch()
         self._last = None
         if result.status is not Status.ENTERED:
             return f"VM entry failed: {vmx.last_entry_failure or result}"
-        self.io_check = self._io_controls()
-        proc = self._values[Field.CPU_BASED_VM_EXEC_CONTROL]
-        self.hlt_exits = bool(proc & msrs.CPU_BASED_HLT_EXITING)
-        self.msr_check = self._msr_bitmap_check() if proc & msrs.CPU_BASED_USE_MSR_BITMAPS else None
-        self.exception_check = self._exception_bitmap_check()
-        proc2 = self._values.get(Field.SECONDARY_VM_EXEC_CONTROL, 0) if proc & msrs.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS else 0
-        exiting = self._exiting_by_controls.get((proc, proc2))
-        if exiting is None:
-            exiting = self._exiting_by_controls[(proc, proc2)] = _exiting(proc, proc2)
-        self._exiting = exiting
-        self._proc, self._proc2 = proc, proc2
-        mask = self._values.get(Field.CR0_GUEST_HOST_MASK, 0)
-        self.vcpu.want_traps(frozenset(k for k, on in self._exiting.items() if on and k in ON_DEMAND)
-                             | (frozenset({"clts", "lmsw"}) if mask & CR0_PE_MP_EM_TS else frozenset()))
-        pin = self._values[Field.PIN_BASED_VM_EXEC_CONTROL]
-        self.event_controls = EventControls(
-            intr_exits=bool(pin & msrs.PIN_BASED_EXT_INTR_MASK), intr_exit_ignores_if=True,
-            nmi_exits=bool(pin & msrs.PIN_BASED_NMI_EXITING), virtual_nmis=bool(pin & msrs.PIN_BASED_VIRTUAL_NMIS),
-            init_exits=True,  # INIT signals always exit in VMX non-root operation (SDM 25.2)
-            intr_window=bool(proc & msrs.CPU_BASED_INTR_WINDOW_EXITING),
-            nmi_window=bool(proc & msrs.CPU_BASED_NMI_WINDOW_EXITING),
-            mtf=bool(proc & msrs.CPU_BASED_MONITOR_TRAP_FLAG))
+        if vmx.entry_checked or self._controls_from is not vmcs:
+            self._configure(vmcs)  # the VMM wrote the VMCS: what the controls determine, anew
+        proc, proc2, pin = self._proc, self._proc2, self._values[_F.PIN_BASED_VM_EXEC_CONTROL]
         self._start_preemption_timer(pin)
-        self._cr3_load, self._cr3_store = (bool(proc & msrs.CPU_BASED_CR3_LOAD_EXITING),
-                                           bool(proc & msrs.CPU_BASED_CR3_STORE_EXITING))
         self._load_guest_view_of_cr0_cr4()
         self._memory_virtualization(proc2)
         self.apic.configure(pin, proc, proc2)
@@ -246,15 +242,46 @@ class VmxGuestContext:
         self.resume_state()
         return None
 
+    def _configure(self, vmcs) -> None:
+        """What the VM-execution controls determine (which instructions exit, the I/O, MSR and
+        exception bitmap checks, the event controls, the traps the engine must set): computed
+        at an entry that checked the VMCS (a VMWRITE since the last one), kept across the
+        VMRESUMEs that follow with the VMCS untouched."""
+        self._controls_from = vmcs
+        self.io_check = self._io_controls()
+        proc = self._values[_F.CPU_BASED_VM_EXEC_CONTROL]
+        self.hlt_exits = bool(proc & msrs.CPU_BASED_HLT_EXITING)
+        self.msr_check = self._msr_bitmap_check() if proc & msrs.CPU_BASED_USE_MSR_BITMAPS else None
+        self.exception_check = self._exception_bitmap_check()
+        proc2 = self._values.get(_F.SECONDARY_VM_EXEC_CONTROL, 0) if proc & msrs.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS else 0
+        exiting = self._exiting_by_controls.get((proc, proc2))
+        if exiting is None:
+            exiting = self._exiting_by_controls[(proc, proc2)] = _exiting(proc, proc2)
+        self._exiting = exiting
+        self._proc, self._proc2 = proc, proc2
+        mask = self._values.get(_F.CR0_GUEST_HOST_MASK, 0)
+        self.vcpu.want_traps(frozenset(k for k, on in self._exiting.items() if on and k in ON_DEMAND)
+                             | (frozenset({"clts", "lmsw"}) if mask & CR0_PE_MP_EM_TS else frozenset()))
+        pin = self._values[_F.PIN_BASED_VM_EXEC_CONTROL]
+        self.event_controls = EventControls(
+            intr_exits=bool(pin & msrs.PIN_BASED_EXT_INTR_MASK), intr_exit_ignores_if=True,
+            nmi_exits=bool(pin & msrs.PIN_BASED_NMI_EXITING), virtual_nmis=bool(pin & msrs.PIN_BASED_VIRTUAL_NMIS),
+            init_exits=True,  # INIT signals always exit in VMX non-root operation (SDM 25.2)
+            intr_window=bool(proc & msrs.CPU_BASED_INTR_WINDOW_EXITING),
+            nmi_window=bool(proc & msrs.CPU_BASED_NMI_WINDOW_EXITING),
+            mtf=bool(proc & msrs.CPU_BASED_MONITOR_TRAP_FLAG))
+        self._cr3_load, self._cr3_store = (bool(proc & msrs.CPU_BASED_CR3_LOAD_EXITING),
+                                           bool(proc & msrs.CPU_BASED_CR3_STORE_EXITING))
+
     def _memory_virtualization(self, proc2: int) -> None:
         """EPT and VPID as the controls say (SDM 29.3, 29.1): the MMU walks the EPT the EPTP
         names and tags its TLB entries with (VPID, EP4TA). Without VPID, every VM entry drops
         the translations tagged with VPID 0000H (SDM 29.4.3.3); without EPT, guest-physical
         addresses are host-physical, and a VMM must supply shadow page tables."""
         mmu, v = self.vcpu.mmu, self._values
-        vpid = v.get(Field.VIRTUAL_PROCESSOR_ID, 0) if proc2 & msrs.SECONDARY_EXEC_ENABLE_VPID else 0
+        vpid = v.get(_F.VIRTUAL_PROCESSOR_ID, 0) if proc2 & msrs.SECONDARY_EXEC_ENABLE_VPID else 0
         if proc2 & msrs.SECONDARY_EXEC_ENABLE_EPT:
-            eptp = v[Field.EPT_POINTER]
+            eptp = v[_F.EPT_POINTER]
             ept = self._epts.get(eptp)
             if ept is None:
                 ept = self._epts[eptp] = Ept(self.vcpu.vm.host, eptp, self.vmx.caps.ept_vpid_cap,
@@ -272,13 +299,13 @@ class VmxGuestContext:
         exit; no flag is set, the access does not happen). When it sets a dirty flag, the page's
         guest-physical address goes to PML_ADDRESS + 8 * index and the index decrements."""
         v = self._values
-        index = v.get(Field.GUEST_PML_INDEX, 0)
+        index = v.get(_F.GUEST_PML_INDEX, 0)
         if index > 511:
             raise Stage2Fault(gpa, f"page-modification log full: PML index {index} is outside 0-511",
                               write=dirtied, pml_full=True)
         if dirtied:
-            self.vcpu.vm.host.write(v[Field.PML_ADDRESS] + 8 * index, (gpa & ~0xFFF).to_bytes(8, "little"))
-            v[Field.GUEST_PML_INDEX] = (index - 1) & 0xFFFF
+            self.vcpu.vm.host.write(v[_F.PML_ADDRESS] + 8 * index, (gpa & ~0xFFF).to_bytes(8, "little"))
+            v[_F.GUEST_PML_INDEX] = (index - 1) & 0xFFFF
 
     # -- INVEPT / INVVPID reach the TLB model (SDM 29.4.3.1) ------------------------------------
     def invept(self, type_: int, eptp: int) -> None:
@@ -316,25 +343,28 @@ class VmxGuestContext:
         """Interruptibility and activity state (SDM 26.3.2.5, 26.6.1), EFER and PAT with their
         VM-entry controls (26.3.2.1), where the VMM changed them since the exit."""
         vcpu, v, saved = self.vcpu, self._values, self._saved
-        intr = v.get(Field.GUEST_INTERRUPTIBILITY_INFO, 0)
-        if intr != saved.get(Field.GUEST_INTERRUPTIBILITY_INFO, 0):
+        intr = v.get(_F.GUEST_INTERRUPTIBILITY_INFO, 0)
+        if intr != saved.get(_F.GUEST_INTERRUPTIBILITY_INFO, 0):
             vcpu.set_interruptibility(intr)
-        activity = v.get(Field.GUEST_ACTIVITY_STATE, 0)
-        if activity != saved.get(Field.GUEST_ACTIVITY_STATE, 0):
+        activity = v.get(_F.GUEST_ACTIVITY_STATE, 0)
+        if activity != saved.get(_F.GUEST_ACTIVITY_STATE, 0):
             vcpu.activity_hlt = activity == GUEST_ACTIVITY_HLT
         # The load controls load the field at every entry (a stale field overwrites what the
         # guest wrote since); the engine's register is written only when it differs.
-        entry, uc = v[Field.VM_ENTRY_CONTROLS], vcpu.uc
-        for control, field, msr in ((msrs.VM_ENTRY_LOAD_IA32_EFER, Field.GUEST_IA32_EFER, MSR_EFER),
-                                    (msrs.VM_ENTRY_LOAD_IA32_PAT, Field.GUEST_IA32_PAT, MSR_IA32_PAT)):
-            if entry & control and v.get(field, 0) != uc.reg_read(X.UC_X86_REG_MSR, msr):
+        entry = v[_F.VM_ENTRY_CONTROLS]
+        if not entry & (msrs.VM_ENTRY_LOAD_IA32_EFER | msrs.VM_ENTRY_LOAD_IA32_PAT):
+            return
+        uc = vcpu.uc
+        for control, field, msr in ((msrs.VM_ENTRY_LOAD_IA32_EFER, _F.GUEST_IA32_EFER, MSR_EFER),
+                                    (msrs.VM_ENTRY_LOAD_IA32_PAT, _F.GUEST_IA32_PAT, MSR_IA32_PAT)):
+            if entry & control and v.get(field, 0) != vcpu.regs.msr(msr):
                 uc.reg_write(X.UC_X86_REG_MSR, (msr, v.get(field, 0)))
 
     # -- events (SDM 25.2, 26.7) -------------------------------------------------------------
     def event_exit(self, kind: str, vector: int = 0):
-        ack = bool(self._values[Field.VM_EXIT_CONTROLS] & msrs.VM_EXIT_ACK_INTR_ON_EXIT)
+        ack = bool(self._values[_F.VM_EXIT_CONTROLS] & msrs.VM_EXIT_ACK_INTR_ON_EXIT)
         if kind == "preemption_timer":
-            self._values[Field.VMX_PREEMPTION_TIMER_VALUE] = 0
+            self._values[_F.VMX_PREEMPTION_TIMER_VALUE] = 0
             self.vcpu.timer_deadline = None
         return VmxVendor.event_exit(kind, vector, acknowledged=ack)
 
@@ -349,7 +379,7 @@ class VmxGuestContext:
         if not pin & msrs.PIN_BASED_VMX_PREEMPTION_TIMER:
             vcpu.timer_deadline = self._timer_start = None
             return
-        ticks = self._values.get(Field.VMX_PREEMPTION_TIMER_VALUE, 0) << (self.vmx.caps.misc & msrs.VMX_MISC_PREEMPTION_TIMER_RATE_MASK)
+        ticks = self._values.get(_F.VMX_PREEMPTION_TIMER_VALUE, 0) << (self.vmx.caps.misc & msrs.VMX_MISC_PREEMPTION_TIMER_RATE_MASK)
         hz = guest_tsc_hz(vcpu.clock)  # first: measuring the host's rate takes ~20 ms, once
         self._timer_start = now = vcpu.clock.now()
         vcpu.timer_deadline = now + ticks / hz
@@ -358,28 +388,28 @@ class VmxGuestContext:
         vcpu, v = self.vcpu, self._values
         if self._timer_start is None or vcpu.timer_deadline is None:
             return
-        if v[Field.VM_EXIT_CONTROLS] & msrs.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER:
+        if v[_F.VM_EXIT_CONTROLS] & msrs.VM_EXIT_SAVE_VMX_PREEMPTION_TIMER:
             left = max(0.0, vcpu.timer_deadline - vcpu.clock.now()) * guest_tsc_hz(vcpu.clock)
-            v[Field.VMX_PREEMPTION_TIMER_VALUE] = int(left) >> (self.vmx.caps.misc & msrs.VMX_MISC_PREEMPTION_TIMER_RATE_MASK)
+            v[_F.VMX_PREEMPTION_TIMER_VALUE] = int(left) >> (self.vmx.caps.misc & msrs.VMX_MISC_PREEMPTION_TIMER_RATE_MASK)
 
     def _inject(self) -> None:
         """Event injection (SDM 27.6): the VM-entry interruption-information field, if valid, is
         delivered through the guest's IDT as the guest starts; the valid bit is then clear, as
         every VM exit leaves it (SDM 28.2.1)."""
         v = self._values
-        info = v.get(Field.VM_ENTRY_INTR_INFO_FIELD, 0)
+        info = v.get(_F.VM_ENTRY_INTR_INFO_FIELD, 0)
         if not info & INTR_INFO_VALID:
             return
-        v[Field.VM_ENTRY_INTR_INFO_FIELD] = info & ~INTR_INFO_VALID
+        v[_F.VM_ENTRY_INTR_INFO_FIELD] = info & ~INTR_INFO_VALID
         vcpu, kind = self.vcpu, (info >> 8) & 7
-        mtf = bool(v[Field.CPU_BASED_VM_EXEC_CONTROL] & msrs.CPU_BASED_MONITOR_TRAP_FLAG)
+        mtf = bool(v[_F.CPU_BASED_VM_EXEC_CONTROL] & msrs.CPU_BASED_MONITOR_TRAP_FLAG)
         if kind == INTR_TYPE_OTHER_EVENT:  # injecting a pending MTF VM exit (SDM 26.6.2)
             vcpu.mtf_pending = True
             return
-        error = v.get(Field.VM_ENTRY_EXCEPTION_ERROR_CODE, 0) if info & INTR_INFO_DELIVER_CODE else None
+        error = v.get(_F.VM_ENTRY_EXCEPTION_ERROR_CODE, 0) if info & INTR_INFO_DELIVER_CODE else None
         rip, length = vcpu.rip(), 0
         if kind in (INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION):
-            length = v.get(Field.VM_ENTRY_INSTRUCTION_LEN, 0)
+            length = v.get(_F.VM_ENTRY_INSTRUCTION_LEN, 0)
             rip += length  # software events return past the INT
         vcpu.activity_hlt = False  # an injected event wakes the guest (SDM 26.6.2)
         vcpu.deliver_event(info & 0xFF, error, rip, software=kind in (INTR_TYPE_SOFT_INTR, INTR_TYPE_SOFT_EXCEPTION),
@@ -406,13 +436,13 @@ class VmxGuestContext:
             if not self._cr3_load:
                 return False
             value = self.vcpu.regs.read(_GPR_IDS[gpr])
-            count = v.get(Field.CR3_TARGET_COUNT, 0)
-            targets = [v.get(Field.CR3_TARGET_VALUE0 + 2 * i, 0) for i in range(min(count, 4))]
+            count = v.get(_F.CR3_TARGET_COUNT, 0)
+            targets = [v.get(_F.CR3_TARGET_VALUE0 + 2 * i, 0) for i in range(min(count, 4))]
             return value not in targets  # a CR3-target value loads without an exit
         if kind == "mov_to_cr" and cr in (0, 4):
             # Exits if a bit the VMM owns (guest/host mask) would differ from its read shadow.
             # The read shadow's owned bits are what the engine holds (the guest's view).
-            mask = v.get(Field.CR0_GUEST_HOST_MASK if cr == 0 else Field.CR4_GUEST_HOST_MASK, 0)
+            mask = v.get(_F.CR0_GUEST_HOST_MASK if cr == 0 else _F.CR4_GUEST_HOST_MASK, 0)
             shadow = self.vcpu.regs.read(X.UC_X86_REG_CR0 if cr == 0 else X.UC_X86_REG_CR4)
             return bool((self.vcpu.regs.read(_GPR_IDS[gpr]) ^ shadow) & mask)
         return False  # MOV from CR0/CR4 reads the shadow (the engine holds the guest's view)
@@ -421,7 +451,7 @@ class VmxGuestContext:
         """SDM 26.1.3: CLTS exits if TS is owned (CR0 guest/host mask) and set in the read
         shadow; LMSW exits if it would set an owned PE the shadow has clear, or would make an
         owned MP/EM/TS differ from the shadow."""
-        mask, shadow = self._values.get(Field.CR0_GUEST_HOST_MASK, 0), self.vcpu.cr0()  # the guest's view
+        mask, shadow = self._values.get(_F.CR0_GUEST_HOST_MASK, 0), self.vcpu.cr0()  # the guest's view
         if kind == "clts":
             return bool(mask & shadow & CR0_TS)
         if not mask & CR0_PE_MP_EM_TS:
@@ -438,7 +468,7 @@ class VmxGuestContext:
             return False
         regs = self.vcpu.regs
         mask = (regs.read(X.UC_X86_REG_RDX) & 0xFFFF_FFFF) << 32 | regs.read(X.UC_X86_REG_RAX) & 0xFFFF_FFFF
-        return bool(mask & self.vcpu.msrs.get(IA32_XSS, 0) & self._values.get(Field.XSS_EXIT_BITMAP, 0))
+        return bool(mask & self.vcpu.msrs.get(IA32_XSS, 0) & self._values.get(_F.XSS_EXIT_BITMAP, 0))
 
     def passthrough(self, kind: str, info, rip: int, length: int) -> bool | None:
         """What a sensitive instruction does in VMX non-root operation without an exit, where
@@ -458,8 +488,8 @@ class VmxGuestContext:
                 self.tpr = value << 4
                 return True
             host = vcpu.vm.host  # bits 7:4 of VTPR <- source 3:0; the rest of VTPR cleared
-            host.write(self._values[Field.VIRTUAL_APIC_PAGE_ADDR] + VTPR, (value << 4).to_bytes(4, "little"))
-            threshold = self._values.get(Field.TPR_THRESHOLD, 0) & 0xF
+            host.write(self._values[_F.VIRTUAL_APIC_PAGE_ADDR] + VTPR, (value << 4).to_bytes(4, "little"))
+            threshold = self._values.get(_F.TPR_THRESHOLD, 0) & 0xF
             if not self._proc2 & msrs.SECONDARY_EXEC_VIRTUAL_INTR_DELIVERY:
                 if value < threshold:
                     # TPR virtualization (SDM 30.1.2): a trap-like exit after the instruction
@@ -484,9 +514,7 @@ class VmxGuestContext:
         return False
 
     def _cr_fields(self) -> tuple:
-        v = self._values
-        return tuple(v.get(f, 0) for f in (Field.GUEST_CR0, Field.CR0_READ_SHADOW, Field.CR0_GUEST_HOST_MASK,
-                                            Field.GUEST_CR4, Field.CR4_READ_SHADOW, Field.CR4_GUEST_HOST_MASK))
+        return _CR_FIELDS(self._values)  # fields every processor supports: in ``values`` from the start
 
     def _load_guest_view_of_cr0_cr4(self) -> None:
         """The engine holds the CR0/CR4 the guest reads (SDM 26.3: bits owned by the guest/host
@@ -555,12 +583,12 @@ class VmxGuestContext:
 
         hpa = self._area + APIC_ACCESS_OFFSET if hpa is None else hpa
         self.vcpu.vm.host.write(hpa, bytes(4096))
-        root = self._values[Field.EPT_POINTER] & ~0xFFF
+        root = self._values[_F.EPT_POINTER] & ~0xFFF
         map_stage2_page(self.vcpu.vm, root, gpa, hpa, EPT_RWX, EPT_RWX | EPT_WB)
         for ept in self._epts.values():
             ept.cache.clear()
         self.vcpu.mmu.tlb.invalidate()
-        self._vmwrite(Field.APIC_ACCESS_ADDR, hpa)
+        self._vmwrite(_F.APIC_ACCESS_ADDR, hpa)
         return hpa
 
     @property
@@ -569,14 +597,14 @@ class VmxGuestContext:
         return self._area + POSTED_DESC_OFFSET
 
     def _vtpr(self) -> int:
-        return self.vcpu.vm.host.read(self._values[Field.VIRTUAL_APIC_PAGE_ADDR] + VTPR, 1)[0]
+        return self.vcpu.vm.host.read(self._values[_F.VIRTUAL_APIC_PAGE_ADDR] + VTPR, 1)[0]
 
     def _exception_bitmap_check(self):
         """SDM 25.2: an exception exits if its bit in the exception bitmap is 1; for #PF the bit
         is inverted unless (error code AND PFEC_MASK) == PFEC_MATCH."""
         v = self._values
-        bitmap = v.get(Field.EXCEPTION_BITMAP, 0)
-        mask, match = v.get(Field.PAGE_FAULT_ERROR_CODE_MASK, 0), v.get(Field.PAGE_FAULT_ERROR_CODE_MATCH, 0)
+        bitmap = v.get(_F.EXCEPTION_BITMAP, 0)
+        mask, match = v.get(_F.PAGE_FAULT_ERROR_CODE_MASK, 0), v.get(_F.PAGE_FAULT_ERROR_CODE_MATCH, 0)
         if not bitmap and not match:
             return None  # nothing can exit (a #PF with mask/match mismatch needs bit 14 clear)
 
@@ -591,7 +619,7 @@ class VmxGuestContext:
     def _msr_bitmap_check(self):
         """SDM 25.1.3: with "use MSR bitmaps", RDMSR/WRMSR of an MSR in 0-1FFF or
         C0000000-C0001FFF exits if its bit is set (read/write, low/high), any other MSR exits."""
-        host, base = self.vcpu.vm.host, self._values[Field.MSR_BITMAP]
+        host, base = self.vcpu.vm.host, self._values[_F.MSR_BITMAP]
 
         def intercepted(msr: int, is_write: bool) -> bool:
             if msr <= 0x1FFF:
@@ -609,10 +637,10 @@ class VmxGuestContext:
         """SDM 25.1.3: with "use I/O bitmaps", an access exits if a bit for any port it touches
         is set (bitmap A 0000-7FFF, B 8000-FFFF; wrapping past FFFF always exits); else
         "unconditional I/O exiting" decides for every port."""
-        proc = self._values[Field.CPU_BASED_VM_EXEC_CONTROL]
+        proc = self._values[_F.CPU_BASED_VM_EXEC_CONTROL]
         if not proc & msrs.CPU_BASED_USE_IO_BITMAPS:
             return None if proc & msrs.CPU_BASED_UNCOND_IO_EXITING else _never
-        host, a, b = self.vcpu.vm.host, self._values[Field.IO_BITMAP_A], self._values[Field.IO_BITMAP_B]
+        host, a, b = self.vcpu.vm.host, self._values[_F.IO_BITMAP_A], self._values[_F.IO_BITMAP_B]
         host.read(a, 4096), host.read(b, 4096)  # bounds-checked once: both pages are host memory
         view = host.view
 
@@ -632,46 +660,69 @@ class VmxGuestContext:
         self.save_guest_state()
 
     def save_guest_state(self) -> None:
-        vcpu, v = self.vcpu, self._values
+        """The guest-state area as the processor saves it at an exit (SDM 28.3): the registers
+        in one batched read from the engine; the segment and descriptor-table fields from a
+        cache keyed by what they derive from (selectors, GDTR, IDTR, TR, CR3, CR0.PE)."""
+        vcpu, v, saved = self.vcpu, self._values, self._saved
         regs = vcpu.regs
-        for field, reg in _LOADED_ON_ENTRY:
-            v[field] = self._saved[field] = regs.read(reg)
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = StateBatch(regs, _SAVED_REGS, _SAVED_MMRS)
+        (rip, rsp, rflags, cr0, cr3, cr4, dr7, es, cs, ss, ds, fs, gs), (gdtr, idtr, tr) = batch.read()
+        v[_F.GUEST_RIP] = saved[_F.GUEST_RIP] = rip
+        v[_F.GUEST_RSP] = saved[_F.GUEST_RSP] = rsp
+        v[_F.GUEST_RFLAGS] = saved[_F.GUEST_RFLAGS] = rflags
         # The engine holds the guest's view (see _load_guest_view_of_cr0_cr4): the owned bits of
         # GUEST_CR0/CR4 stay the VMM's, the read shadows follow what the guest sees.
-        cr0, cr4 = vcpu.cr0(), regs.read(X.UC_X86_REG_CR4)
-        m0, m4 = v.get(Field.CR0_GUEST_HOST_MASK, 0), v.get(Field.CR4_GUEST_HOST_MASK, 0)
-        real0, real4 = v.get(Field.GUEST_CR0, cr0 | self.cr0_owned), v.get(Field.GUEST_CR4, cr4 | CR4_OWNED)
+        m0, m4 = v.get(_F.CR0_GUEST_HOST_MASK, 0), v.get(_F.CR4_GUEST_HOST_MASK, 0)
+        real0, real4 = v.get(_F.GUEST_CR0, cr0 | self.cr0_owned), v.get(_F.GUEST_CR4, cr4 | CR4_OWNED)
         if not self._cr_saved:  # the first save: the loader's state, with the bits VMX needs
             real0, real4 = cr0 | self.cr0_owned, cr4 | CR4_OWNED
-        v[Field.GUEST_CR0], v[Field.CR0_READ_SHADOW] = (cr0 & ~m0) | (real0 & m0), cr0
-        v[Field.GUEST_CR3] = regs.read(X.UC_X86_REG_CR3)
-        v[Field.GUEST_CR4], v[Field.CR4_READ_SHADOW] = (cr4 & ~m4) | (real4 & m4), cr4
+        v[_F.GUEST_CR0], v[_F.CR0_READ_SHADOW] = (cr0 & ~m0) | (real0 & m0), cr0
+        v[_F.GUEST_CR3] = saved[_F.GUEST_CR3] = cr3
+        v[_F.GUEST_CR4], v[_F.CR4_READ_SHADOW] = (cr4 & ~m4) | (real4 & m4), cr4
         self._cr_saved = self._cr_fields()
-        v[Field.GUEST_DR7] = regs.read(X.UC_X86_REG_DR7) | 0x400
-        exit_controls = v[Field.VM_EXIT_CONTROLS]
-        if exit_controls & msrs.VM_EXIT_SAVE_IA32_EFER or Field.GUEST_IA32_EFER not in self._saved:
-            v[Field.GUEST_IA32_EFER] = self._saved[Field.GUEST_IA32_EFER] = vcpu.efer()
+        v[_F.GUEST_DR7] = dr7 | 0x400
+        exit_controls = v[_F.VM_EXIT_CONTROLS]
+        if exit_controls & msrs.VM_EXIT_SAVE_IA32_EFER or _F.GUEST_IA32_EFER not in saved:
+            v[_F.GUEST_IA32_EFER] = saved[_F.GUEST_IA32_EFER] = vcpu.efer()
         if exit_controls & msrs.VM_EXIT_SAVE_IA32_PAT:
-            v[Field.GUEST_IA32_PAT] = self._saved[Field.GUEST_IA32_PAT] = vcpu.regs.msr(MSR_IA32_PAT)
+            v[_F.GUEST_IA32_PAT] = saved[_F.GUEST_IA32_PAT] = regs.msr(MSR_IA32_PAT)
         # Interruptibility and activity state (SDM 28.3.4): what the next entry resumes with.
-        v[Field.GUEST_INTERRUPTIBILITY_INFO] = self._saved[Field.GUEST_INTERRUPTIBILITY_INFO] = vcpu.interruptibility()
-        v[Field.GUEST_ACTIVITY_STATE] = self._saved[Field.GUEST_ACTIVITY_STATE] = (
+        v[_F.GUEST_INTERRUPTIBILITY_INFO] = saved[_F.GUEST_INTERRUPTIBILITY_INFO] = vcpu.interruptibility()
+        v[_F.GUEST_ACTIVITY_STATE] = saved[_F.GUEST_ACTIVITY_STATE] = (
             GUEST_ACTIVITY_HLT if vcpu.activity_hlt else GUEST_ACTIVITY_ACTIVE)
-        self._save_preemption_timer()
-        context = vcpu.segment_context()  # one GDTR/CR3 read for all six
-        for name, reg in _SEGMENTS:
+        if self._timer_start is not None:
+            self._save_preemption_timer()
+        key = (es, cs, ss, ds, fs, gs, cr0 & 1, cr3, gdtr, idtr, tr)
+        fields = self._segment_fields.get(key)
+        if fields is None:
+            fields = self._segment_fields_of(key)
+        v.update(fields)
+
+    def _segment_fields_of(self, key: tuple) -> dict[int, int]:
+        """The segment, GDTR/IDTR, TR and LDTR fields for a :meth:`save_guest_state` key (kept:
+        a hidden part is the descriptor's as of its load, as the processor keeps it)."""
+        vcpu = self.vcpu
+        *selectors, pe, cr3, gdtr, idtr, _tr = key
+        context = (gdtr[1:3], cr3) if pe else None
+        fields: dict[int, int] = {}
+        for (name, _reg), selector in zip(_SEGMENTS, selectors):
             f_selector, f_base, f_limit, f_ar = GUEST_SEGMENT_FIELDS[name]
-            v[f_selector], v[f_base], v[f_limit], v[f_ar] = self._segment(regs.read(reg) & 0xFFFF, context)
-        for name, reg in (("GDTR", X.UC_X86_REG_GDTR), ("IDTR", X.UC_X86_REG_IDTR)):
-            _sel, base, limit, _flags = vcpu.regs.mmr(reg)
+            fields[f_selector], fields[f_base], fields[f_limit], fields[f_ar] = self._segment(selector & 0xFFFF, context)
+        for name, (_sel, base, limit, _flags) in (("GDTR", gdtr), ("IDTR", idtr)):
             f_base, f_limit = GUEST_TABLE_FIELDS[name]
-            v[f_base], v[f_limit] = base, limit
+            fields[f_base], fields[f_limit] = base, limit
         tr = vcpu.task_register()
         selector, base, limit, ar = (tr[0], tr[1], tr[2], tr[3] | tr[4] << 12) \
             if tr is not None else TR_RESET  # never loaded: the reset state, as KVM models it
-        v[Field.GUEST_TR_SELECTOR], v[Field.GUEST_TR_BASE] = selector, base
-        v[Field.GUEST_TR_LIMIT], v[Field.GUEST_TR_AR_BYTES] = limit, ar
-        v[Field.GUEST_LDTR_SELECTOR], v[Field.GUEST_LDTR_AR_BYTES] = 0, AR_UNUSABLE
+        fields[_F.GUEST_TR_SELECTOR], fields[_F.GUEST_TR_BASE] = selector, base
+        fields[_F.GUEST_TR_LIMIT], fields[_F.GUEST_TR_AR_BYTES] = limit, ar
+        fields[_F.GUEST_LDTR_SELECTOR], fields[_F.GUEST_LDTR_AR_BYTES] = 0, AR_UNUSABLE
+        if len(self._segment_fields) > 64:
+            self._segment_fields.clear()
+        self._segment_fields[key] = fields
+        return fields
 
     def _segment(self, selector: int, context: tuple | None = None) -> tuple[int, int, int, int]:
         """(selector, base, limit, access rights) in the VMCS format (SDM 24.4.1, Table 24-2):

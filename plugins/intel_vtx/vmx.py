@@ -179,6 +179,13 @@ class Vmx:
         self.blocked_by_mov_ss = False
         self._controls_passed: tuple | None = None  # check_vmx_controls_and_host_state's last pass
         self._controls_waived: list[str] = []
+        # The VMCS whose last entry passed every check, and what else those checks read then
+        # (see _clean_entry): a VMRESUME of it with nothing written since skips them.
+        self._clean: Vmcs | None = None
+        self._clean_inputs: tuple | None = None
+        self._clean_msrs: dict[int, int] = {}
+        self._clean_waived: list[str] = []
+        self.entry_checked = True  # whether the last VM entry ran the checks (False: skipped them)
         # VMX state
         self.in_vmx_operation = False
         self.vmxon_pointer: int | None = None
@@ -367,6 +374,16 @@ class Vmx:
             return self._vmfail(VMXERR_VMLAUNCH_NONCLEAR_VMCS)
         if not launch and not vmcs.launched:
             return self._vmfail(VMXERR_VMRESUME_NONLAUNCHED_VMCS)
+        inputs = self._entry_inputs(vmcs)
+        if (not vmcs.dirty and vmcs is self._clean and inputs is not None and inputs == self._clean_inputs
+                and self.caps.msrs == self._clean_msrs):
+            # Nothing the checks of SDM 26.2-26.4 read changed since they passed: no VMWRITE
+            # since that entry, and the guest-state area holds what the processor saved at the
+            # exits since (consistent by construction). They would pass again.
+            self.last_entry_failure, self.last_entry_waived = None, list(self._clean_waived)
+            self.entry_checked = False
+            return VM_ENTERED
+        self._clean, self.entry_checked = None, True
         error = self.check_vmx_controls_and_host_state(vmcs)
         if error:
             return self._vmfail(error)
@@ -376,7 +393,35 @@ class Vmx:
             return VmxResult(Status.ENTRY_FAILED, exit_reason=reason | EXIT_REASON_FAILED_VMENTRY)
         if launch:
             vmcs.launched = True
+        vmcs.dirty = False
+        if inputs is not None:
+            self._clean, self._clean_inputs = vmcs, inputs
+            self._clean_msrs, self._clean_waived = dict(self.caps.msrs), list(self.last_entry_waived)
         return VM_ENTERED
+
+    def _entry_inputs(self, vmcs: Vmcs) -> tuple | None:
+        """What the entry checks read besides the VMCS fields and the capability MSRs: the
+        processor's EFER (26.2.4), the physical-address width, the VTPR byte (26.2.1.1). None
+        when they also read memory a VMM changes without VMWRITE (the VMCS link pointer's
+        header, the PDPTEs CR3 points to without EPT, the VM-entry MSR-load area): such
+        entries are always checked in full."""
+        v = vmcs.values
+        get = v.get
+        if get(Field.VMCS_LINK_POINTER, entry.ALL_ONES) != entry.ALL_ONES or get(Field.VM_ENTRY_MSR_LOAD_COUNT, 0):
+            return None
+        proc = get(Field.CPU_BASED_VM_EXEC_CONTROL, 0)
+        proc2 = get(Field.SECONDARY_VM_EXEC_CONTROL, 0) if proc & msrs.CPU_BASED_ACTIVATE_SECONDARY_CONTROLS else 0
+        if (get(Field.GUEST_CR0, 0) & 1 << 31 and get(Field.GUEST_CR4, 0) & 1 << 5
+                and not get(Field.VM_ENTRY_CONTROLS, 0) & msrs.VM_ENTRY_IA32E_MODE
+                and not proc2 & msrs.SECONDARY_EXEC_ENABLE_EPT):
+            return None  # PAE paging without EPT: the PDPTEs are read from memory (26.3.1.6)
+        vtpr = None
+        if proc & msrs.CPU_BASED_TPR_SHADOW:
+            try:
+                vtpr = read_u32(self.memory, get(Field.VIRTUAL_APIC_PAGE_ADDR, 0) + 0x80)
+            except Exception:  # noqa: BLE001 - an unreadable page: the checks themselves report it
+                return None
+        return self.efer, vtpr, self.caps.maxphyaddr
 
     def check_vmx_controls_and_host_state(self, vmcs: Vmcs) -> int:
         """SDM 26.2: checks on the VMX controls and the host-state area (:mod:`.entry`). Return 0

@@ -2,8 +2,8 @@
 the ISA interrupt overrides and the power-management registers (ACPI 6.5, chapter 5).
 
 hvsim writes what an OS needs, in QEMU ``pc`` machine's shape, into the reserved BIOS area
-below 1 MiB: an RSDP (revision 2) in the 16-byte-aligned range 0xE0000-0xFFFFF, where an OS
-scans for it (Linux also gets its address in ``boot_params.acpi_rsdp_addr``), an RSDT and an
+below 1 MiB: an RSDP (revision 2) at 0xF0000, in the range 0xE0000-0xFFFFF where an OS
+scans for it on 16-byte boundaries (Linux also gets its address in ``boot_params.acpi_rsdp_addr``), an RSDT and an
 XSDT listing a FADT and a MADT; the FADT points at a FACS and a DSDT whose only content is the
 ``\\_S5`` sleep package, so ``poweroff`` can write SLP_TYP/SLP_EN to PM1a_CNT.
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import struct
 
-RSDP_ADDR = 0xE_0000  # 16-byte aligned, inside the BIOS read-only area an OS scans
-TABLES_BASE = 0xE_0040
+RSDP_ADDR = 0xF_0000  # 16-byte aligned, in the BIOS area an OS scans (0xE0000-0xFFFFF)
+TABLES_BASE = 0xE_0000  # the tables the RSDP leads to
 TABLES_END = 0xF_0000
 OEM_ID = b"HVSIM "  # 6 bytes
 OEM_TABLE_ID = b"HVSIMPC "  # 8 bytes
@@ -38,6 +38,7 @@ IAPC_LEGACY_DEVICES = 1 << 0  # ISA devices the OS cannot enumerate (the PIT, th
 # IAPC bit 1 (8042) left clear: there is no keyboard controller, so Linux does not probe one.
 
 SCI_IRQ = 9
+LEVEL_HIGH_IRQS = (5, SCI_IRQ, 10, 11)
 # Port map of hvsim's ACPI power-management block (QEMU's PIIX4 PM uses the same 0x600 base)
 PM_BASE = 0x600
 PM1A_EVT_BLK = PM_BASE  # PM1_STS (2 bytes), PM1_EN (2 bytes)
@@ -68,10 +69,11 @@ def madt(apic_ids: list[int], lapic_base: int, ioapic_id: int, ioapic_base: int)
     for uid, apic_id in enumerate(apic_ids):
         body += struct.pack("<BBBBI", MADT_LOCAL_APIC, 8, uid, apic_id, 1)  # enabled
     body += struct.pack("<BBBBII", MADT_IO_APIC, 12, ioapic_id, 0, ioapic_base, 0)
-    # ISA IRQ 0 (the PIT) reaches IOAPIC input 2; the SCI is level-triggered, active high
+    # ISA IRQ 0 (the PIT) reaches IOAPIC input 2; the PCI interrupt lines QEMU's pc routes to
+    # IRQs 5, 10, 11 and the SCI (IRQ 9) are level-triggered, active high (QEMU's build_madt)
     body += struct.pack("<BBBBIH", MADT_INT_OVERRIDE, 10, 0, 0, 2, 0)
-    body += struct.pack("<BBBBIH", MADT_INT_OVERRIDE, 10, 0, SCI_IRQ, SCI_IRQ,
-                        MPS_INTI_ACTIVE_HIGH | MPS_INTI_LEVEL)
+    for irq in LEVEL_HIGH_IRQS:
+        body += struct.pack("<BBBBIH", MADT_INT_OVERRIDE, 10, 0, irq, irq, MPS_INTI_ACTIVE_HIGH | MPS_INTI_LEVEL)
     body += struct.pack("<BBBHB", MADT_LOCAL_APIC_NMI, 6, 0xFF, 0, 1)  # all processors, LINT1
     return _table(b"APIC", 3, bytes(body))
 

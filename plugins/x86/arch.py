@@ -112,9 +112,6 @@ class X86Arch(Arch):
             state = boot.multiboot(vm.memory, image, cmdline, vm.config.initrd, vm.config.initrd_name or "initrd")
         elif image.format == "bzimage":
             from . import acpi, linux
-            apic_ids = list(range(len(vm.vcpus)))
-            for addr, data in acpi.build(apic_ids, layout.LAPIC_BASE, 0, layout.IOAPIC_BASE):
-                vm.memory.write(addr, data)
             e820 = linux.e820_map(vm.memory, [(layout.IOAPIC_BASE, 0x1000), (layout.LAPIC_BASE, 0x1000)])
             state = linux.load(vm.memory, image, vm.config.append, vm.config.initrd,
                                vm.config.initrd_name or "initrd", e820, acpi.RSDP_ADDR)
@@ -127,7 +124,6 @@ class X86Arch(Arch):
         from . import firmware
 
         eax, _ebx, _ecx, edx = self.vendor.cpuid_leaf(1, 0, 0, len(vm.vcpus))
-        if not any(seg.address < firmware.TABLES_END and seg.address + seg.memsz > firmware.RSDP_ADDR
+        if not any(seg.address < firmware.TABLES_END and seg.address + seg.memsz > firmware.FIRMWARE_START
                    for seg in image.segments):  # (an image placed there keeps its bytes)
-            firmware.write_tables(vm.memory, len(vm.vcpus), eax, edx,  # MP table and ACPI MADT
-                                  acpi=image.format != "bzimage")
+            firmware.write_tables(vm.memory, len(vm.vcpus), eax, edx)  # MP and ACPI tables

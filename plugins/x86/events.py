@@ -28,6 +28,7 @@ from capstone import x86_const as CX
 from unicorn import UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED
 from unicorn import x86_const as X
 
+from hvsim.core.engine import TbRequest
 from hvsim.core.exits import EventType
 
 from . import idt
@@ -205,6 +206,7 @@ class WindowWatch:
 
     def __init__(self, uc, regs, code_bits, reenter) -> None:
         self.uc, self.regs, self.code_bits, self.reenter = uc, regs, code_bits, reenter
+        self._request_cache = TbRequest(uc)
         self.kinds: frozenset[str] = frozenset()
         self.sites: dict[int, tuple[int, bytes]] = {}  # address -> (capstone id, bytes)
         self._hooks: dict[int, int] = {}
@@ -266,7 +268,7 @@ class WindowWatch:
         if not self.kinds:
             return
         try:
-            pc, _icount, size = self.uc.ctl_request_cache(rip)
+            pc, _icount, size = self._request_cache(rip)
         except Exception:
             return
         if self._scan(pc, size):

@@ -1,8 +1,7 @@
 """The firmware tables that tell an OS where the interrupt controllers are, as QEMU's ``pc``
 machine with SeaBIOS provides them: both an Intel MultiProcessor Specification 1.4 table and
-ACPI's RSDP / RSDT / MADT, in the BIOS area (0xF0000-0xF7FFF) where OSes search for them, for
-Multiboot, ELF64 and raw images. A Linux bzImage gets the MP table here and the fuller ACPI set
-(XSDT, FADT, DSDT) of :mod:`.acpi` at 0xE0000 instead of this ACPI 1.0 set.
+ACPI's tables, in the BIOS area (0xE0000-0xFFFFF) where OSes search for them, for every boot
+path.
 
 MP spec 1.4 (chapter 4): the floating pointer ("_MP_", 16 bytes, on a 16-byte boundary) points
 to the configuration table ("PCMP") with one processor entry per vCPU (APIC ID = index, the
@@ -10,29 +9,26 @@ BSP flagged), bus 0 "ISA", the IOAPIC (ID 0, version 0x11, at 0xFEC0_0000), an I
 entry per ISA IRQ (IRQ 0 -> INTIN 2, IRQ 2 omitted, the rest to the same INTIN; SeaBIOS's
 mptable.c), and the local interrupts ExtINT -> LINT0, NMI -> LINT1 of every APIC.
 
-ACPI (1.0 RSDP, revision 0, pointing to an RSDT with one entry): the MADT ("APIC", revision 1,
-QEMU's build_madt) with the local APIC address and PCAT_COMPAT, a processor local APIC entry
-per vCPU, the IOAPIC with GSI base 0, interrupt source overrides IRQ 0 -> GSI 2 (conforming)
-and IRQs 5, 9, 10, 11 level-triggered active high, and a local APIC NMI on LINT1 for all.
-Every table's bytes sum to 0 (mod 256).
+ACPI (plugins/x86/acpi.py): the RSDP (2.0) at 0xF0000 -> RSDT / XSDT -> FADT (with the FACS
+and a DSDT holding \\_S5) and the MADT (QEMU's build_madt: the local APIC address and
+PCAT_COMPAT, a processor local APIC entry per vCPU, the IOAPIC with GSI base 0, interrupt source
+overrides IRQ 0 -> GSI 2 (conforming) and IRQs 5, 9, 10, 11 level-triggered active high, and a
+local APIC NMI on LINT1 for all). Every table's bytes sum to 0 (mod 256).
 """
 
 from __future__ import annotations
 
 import struct
 
-from . import layout
+from . import acpi, layout
 
-RSDP_ADDR = 0xF_0000
-MP_FLOAT_ADDR = 0xF_0020
+FIRMWARE_START = acpi.TABLES_BASE  # 0xE0000: the ACPI tables, then the RSDP and the MP tables
+RSDP_ADDR = acpi.RSDP_ADDR  # 0xF0000, 36 bytes
+MP_FLOAT_ADDR = 0xF_0040
 MP_CONFIG_ADDR = 0xF_0100
-RSDT_ADDR = 0xF_1000
-MADT_ADDR = 0xF_1100
 TABLES_END = 0xF_8000
-OEM_ID = b"HVSIM "
 LAPIC_VERSION = 0x14
 IOAPIC_ID, IOAPIC_VERSION = 0, 0x11
-MADT_LEVEL_HIGH_IRQS = (5, 9, 10, 11)  # QEMU's 0x0e20
 
 
 def _checksum(data: bytes) -> int:
@@ -67,39 +63,14 @@ def mp_tables(vcpus: int, signature: int, features: int) -> tuple[bytes, bytes]:
     return floating, config
 
 
-def _acpi_header(signature: bytes, length: int, revision: int, table_id: bytes) -> bytearray:
-    return bytearray(struct.pack("<4sIBB6s8sI4sI", signature, length, revision, 0, OEM_ID,
-                                 table_id.ljust(8), 1, b"HVSM", 1))
-
-
-def acpi_tables(vcpus: int) -> tuple[bytes, bytes, bytes]:
-    """(RSDP, RSDT, MADT) for RSDP_ADDR / RSDT_ADDR / MADT_ADDR."""
-    body = struct.pack("<II", layout.LAPIC_BASE, 1)  # PCAT_COMPAT: dual 8259s present
-    for i in range(vcpus):
-        body += struct.pack("<BBBBI", 0, 8, i, i, 1)  # processor UID, APIC ID, enabled
-    body += struct.pack("<BBBBII", 1, 12, IOAPIC_ID, 0, layout.IOAPIC_BASE, 0)
-    body += struct.pack("<BBBBIH", 2, 10, 0, 0, 2, 0)  # ISA IRQ 0 -> GSI 2, conforming
-    for irq in MADT_LEVEL_HIGH_IRQS:
-        body += struct.pack("<BBBBIH", 2, 10, 0, irq, irq, 0xD)  # active high, level
-    body += struct.pack("<BBBHB", 4, 6, 0xFF, 0, 1)  # local APIC NMI: all processors, LINT1
-    madt = _fix(_acpi_header(b"APIC", 36 + len(body), 1, b"HVSMMADT") + body, 9)
-    rsdt = _fix(_acpi_header(b"RSDT", 40, 1, b"HVSMRSDT") + struct.pack("<I", MADT_ADDR), 9)
-    rsdp = _fix(bytearray(struct.pack("<8sB6sBI", b"RSD PTR ", 0, OEM_ID, 0, RSDT_ADDR)), 8)
-    return rsdp, rsdt, madt
-
-
-def write_tables(memory, vcpus: int, signature: int, features: int, acpi: bool = True) -> None:
-    """Both table sets into the BIOS area (RAM in hvsim's map, reserved in its memory map);
-    ``acpi=False`` writes the MP table only (a Linux bzImage gets the fuller ACPI set of
-    plugins/x86/acpi.py, whose RSDP at 0xE0000 an OS finds first)."""
-    if not memory.is_ram(0xF_0000, 0x1_0000):
+def write_tables(memory, vcpus: int, signature: int, features: int) -> None:
+    """The MP and ACPI tables into the BIOS area (RAM in hvsim's map, reserved in its memory map)."""
+    if not memory.is_ram(FIRMWARE_START, 0x10_0000 - FIRMWARE_START):
         return
     floating, config = mp_tables(vcpus, signature, features)
-    rsdp, rsdt, madt = acpi_tables(vcpus)
-    if MP_CONFIG_ADDR + len(config) > RSDT_ADDR or MADT_ADDR + len(madt) > TABLES_END:
+    if MP_CONFIG_ADDR + len(config) > TABLES_END:
         raise ValueError("too many vCPUs for the firmware tables' room")
     tables = [(MP_FLOAT_ADDR, floating), (MP_CONFIG_ADDR, config)]
-    if acpi:
-        tables += [(RSDP_ADDR, rsdp), (RSDT_ADDR, rsdt), (MADT_ADDR, madt)]
+    tables += acpi.build(list(range(vcpus)), layout.LAPIC_BASE, IOAPIC_ID, layout.IOAPIC_BASE)
     for addr, data in tables:
         memory.write(addr, data)

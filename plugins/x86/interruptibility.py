@@ -70,6 +70,7 @@ class InterruptShadow:
         self.uc = uc
         self.offset = hflags_offset()
         self.ctx = uc.context_save() if self.offset is not None else None
+        self._fast: tuple | None = None
 
     def _hflags(self) -> ctypes.c_uint32:
         return ctypes.c_uint32.from_address(ctypes.cast(self.ctx.context, ctypes.c_void_p).value + self.offset)
@@ -77,8 +78,17 @@ class InterruptShadow:
     def active(self) -> bool:
         if self.ctx is None:
             return False
-        self.uc.context_update(self.ctx)
-        return bool(self._hflags().value & HF_INHIBIT_IRQ_MASK)
+        fast = self._fast
+        if fast is None:  # the context image stays where it is: its hflags word is read in place
+            from hvsim.core.engine import _lib
+
+            fast = self._fast = (_lib.uc_context_save, ctypes.c_void_p(self.uc._uch.value),
+                                 ctypes.c_void_p(ctypes.cast(self.ctx.context, ctypes.c_void_p).value),
+                                 self._hflags())
+        save, uch, image, hflags = fast
+        if save(uch, image):  # every state save at an exit asks: one raw call, no binding wrapper
+            self.uc.context_update(self.ctx)  # (raises the engine's error)
+        return bool(hflags.value & HF_INHIBIT_IRQ_MASK)
 
     def set(self, on: bool) -> None:
         """Put the shadow on or off for the next instruction (a VMM's interruptibility state at

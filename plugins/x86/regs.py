@@ -12,7 +12,7 @@ import ctypes
 from unicorn import UcError
 from unicorn import x86_const as X
 
-from hvsim.core.engine import FastRegs
+from hvsim.core.engine import FastRegs, _lib
 
 
 class _Mmr(ctypes.Structure):
@@ -51,3 +51,25 @@ class X86Regs(FastRegs):
         if err:
             raise UcError(err)
         return self._msr.value
+
+
+class StateBatch:
+    """General registers and descriptor-table registers read in one ``uc_reg_read_batch`` call:
+    the state an exit saves (registers, then GDTR / IDTR / TR as ``mmr`` tuples)."""
+
+    __slots__ = ("_uch", "_ids", "_vals", "_mmrs", "_ptrs", "_n")
+
+    def __init__(self, regs: X86Regs, ids: tuple[int, ...], mmrs: tuple[int, ...]) -> None:
+        n = len(ids) + len(mmrs)
+        self._uch, self._n = regs._uch, ctypes.c_int(n)
+        self._ids = (ctypes.c_int * n)(*ids, *mmrs)
+        self._vals = (ctypes.c_uint64 * len(ids))()
+        self._mmrs = tuple(_Mmr() for _ in mmrs)
+        self._ptrs = (ctypes.c_void_p * n)(*(ctypes.addressof(self._vals) + 8 * i for i in range(len(ids))),
+                                           *(ctypes.addressof(m) for m in self._mmrs))
+
+    def read(self) -> tuple[list[int], list[tuple[int, int, int, int]]]:
+        err = _lib.uc_reg_read_batch(self._uch, self._ids, self._ptrs, self._n)
+        if err:
+            raise UcError(err)
+        return self._vals[:], [(m.selector, m.base, m.limit, m.flags) for m in self._mmrs]

@@ -29,7 +29,7 @@ from capstone import x86_const as CX
 from unicorn import UC_HOOK_CODE, UC_HOOK_EDGE_GENERATED, UC_PROT_EXEC, Uc
 from unicorn import x86_const as X
 
-from hvsim.core.engine import FastRegs, _lib
+from hvsim.core.engine import FastRegs, TbRequest, _lib
 
 from .operands import operands
 
@@ -143,6 +143,7 @@ class SensitiveTraps:
                  handler: Callable[[str, int, int, object], bool | None],
                  reenter: Callable[[], None]) -> None:
         self.uc = uc
+        self._request_cache = TbRequest(uc)  # the prescan's, at every engine entry
         self.reenter = reenter
         self.regs = regs
         self.code_bits = code_bits
@@ -150,7 +151,7 @@ class SensitiveTraps:
         self.sites: dict[int, tuple[str, bytes, object]] = {}  # kind, bytes, operands
         self.optional: frozenset[str] = frozenset()  # the OPTIONAL kinds trapped now
         self._hooks: dict[int, int] = {}
-        self._scanned: dict[tuple[int, int], bytes] = {}  # (pc, code bits) -> the bytes scanned there
+        self._scanned: dict[tuple[int, int, int], bytes] = {}  # (pc, code bits, size) -> the bytes scanned there
         self._syncs: dict[int, int] = {}  # READS_RIP instructions in hooked blocks -> their hook
         self._uch = ctypes.c_void_p(uc._uch.value)
         self._buf = ctypes.create_string_buffer(4096 + 16)
@@ -164,7 +165,7 @@ class SensitiveTraps:
         if code is None:
             return False
         bits = self.code_bits()
-        key = (pc, bits)
+        key = (pc, bits, len(code))  # blocks of two lengths at one address (a stop in between) alternate
         if self._scanned.get(key) == code:
             return False  # the same bytes were scanned before (prescan at every entry): no new site
         if len(self._scanned) > 65536:
@@ -247,7 +248,7 @@ class SensitiveTraps:
     def prescan(self, rip: int) -> None:
         """Scan the block at ``rip`` before ``emu_start`` (the edge hook does not report it)."""
         try:
-            pc, _icount, size = self.uc.ctl_request_cache(rip)
+            pc, _icount, size = self._request_cache(rip)
         except Exception:  # nothing translatable there: the guest will fault on its own
             return
         if self._scan(pc, size):

@@ -43,11 +43,33 @@ def node(dts: str, name: str) -> str:
     return m.group(2)
 
 
-def test_dtc_decompiles_the_tree_with_no_warning_but_the_missing_gic(dtc, arm_vm, tmp_path):
-    _dts, stderr = decompiled(dtc, arm_vm, tmp_path)
+@pytest.mark.parametrize("vcpus", [1, 3])
+def test_dtc_decompiles_the_tree_with_no_warning(dtc, arm_vm, tmp_path, vcpus):
+    _dts, stderr = decompiled(dtc, arm_vm, tmp_path, vcpus=vcpus)
     warnings = [line for line in stderr.splitlines() if line.strip()]
-    # The GIC node (the timer's interrupt-parent) comes with the interrupt-virtualization issue.
+    assert warnings == []
+
+
+def test_without_a_gic_only_the_timer_lacks_its_interrupt_parent(dtc, arm_vm, tmp_path):
+    dts, stderr = decompiled(dtc, arm_vm, tmp_path, gic="none")
+    warnings = [line for line in stderr.splitlines() if line.strip()]
     assert warnings == ["<stdout>: Warning (interrupts_property): /timer: Missing interrupt-parent"]
+    assert "intc@" not in dts
+
+
+def test_the_gic_node_is_qemu_virts_gicv3(dtc, arm_vm, tmp_path):
+    dts, _ = decompiled(dtc, arm_vm, tmp_path, vcpus=2)
+    gic = node(dts, "intc@8000000")
+    assert 'compatible = "arm,gic-v3";' in gic
+    assert "#interrupt-cells = <0x03>;" in gic
+    assert "interrupt-controller;" in gic
+    assert "phandle = <0x8001>;" in gic
+    assert "#redistributor-regions = <0x01>;" in gic
+    # GICD 64 KiB, then two 128 KiB redistributor frame pairs
+    assert "reg = <0x00 0x8000000 0x00 0x10000 0x00 0x80a0000 0x00 0x40000>;" in gic
+    assert "interrupts = <0x01 0x09 0x04>;" in gic  # the maintenance interrupt, PPI 9 level high
+    assert re.search(r"^\tinterrupt-parent = <0x8001>;", dts, re.M)
+    assert "interrupts = <0x00 0x01 0x04>;" in node(dts, "pl011@9000000")
 
 
 def test_the_timer_node_lists_its_four_ppis_level_high(dtc, arm_vm, tmp_path):

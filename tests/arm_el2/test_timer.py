@@ -1,6 +1,10 @@
 """Generic timer virtualization (Arm ARM D12): the guest's virtual timer through CNTVOFF_EL2,
 its CNTV_CTL/CVAL/TVAL_EL0 registers, and the virtual timer PPI (INTID 27) raised toward the
-interrupt controller and taken at the guest's IRQ vector."""
+interrupt controller and taken at the guest's IRQ vector.
+
+These VMs are built without an interrupt controller (``gic="none"``): the PPI is raised
+straight at the vCPU as a virtual IRQ. With the GICv3 (the default) a guest must enable it
+and acknowledge the level-sensitive PPI, see test_gic_timer.py."""
 
 from __future__ import annotations
 
@@ -62,7 +66,7 @@ after_wfi:
 
 @pytest.mark.parametrize("twi", [True, False], ids=["TWI", "no-TWI"])
 def test_the_virtual_timer_wakes_wfi_with_its_ppi_at_the_irq_vector(arm_vm, acks, twi):
-    vm = arm_vm(guest(WAIT_FOR_TIMER))
+    vm = arm_vm(guest(WAIT_FOR_TIMER), gic="none")
     if not twi:
         vm.vcpus[0].el2.HCR_EL2 &= ~el2.HCR_TWI
     result = vm.run(timeout=10)
@@ -92,7 +96,7 @@ spin:
     mrs x6, cntv_ctl_el0
     {SYSTEM_OFF}
     """
-    vm = arm_vm(guest(main))
+    vm = arm_vm(guest(main), gic="none")
     assert vm.run(timeout=10).status == STATUS_OFF
     assert log_records(vm, 1)[0][0] == CUR_SPX_IRQ
     assert [e.vector for e in acks.events] == [timer.INTID_CNTV]
@@ -100,7 +104,7 @@ spin:
 
 def test_a_masked_timer_sets_istatus_without_an_interrupt(arm_vm, acks):
     main = "msr cntv_cval_el0, xzr\nmov x1, #3\nmsr cntv_ctl_el0, x1\nmrs x6, cntv_ctl_el0\nmsr daifclr, #2\nnop\n" + SYSTEM_OFF
-    vm = arm_vm(guest(main))
+    vm = arm_vm(guest(main), gic="none")
     vm.run(timeout=5)
     assert x(vm, 6) == 7  # ENABLE | IMASK | ISTATUS
     assert acks.events == []
@@ -109,7 +113,7 @@ def test_a_masked_timer_sets_istatus_without_an_interrupt(arm_vm, acks):
 def test_tval_reads_cval_minus_the_virtual_count(arm_vm):
     main = ("movz x1, #0x4000, lsl #16\nmsr cntv_tval_el0, x1\nmrs x5, cntv_tval_el0\nmrs x8, cntpct_el0\nmrs x6, cntvct_el0\n"
             "mrs x7, cntv_cval_el0\n" + SYSTEM_OFF)
-    vm = arm_vm(guest(main))
+    vm = arm_vm(guest(main), gic="none")
     vm.vcpus[0].el2.CNTVOFF_EL2 = 1 << 30
     vm.run(timeout=5)
     tval, vct, cval = x(vm, 5), x(vm, 6), x(vm, 7)
@@ -130,7 +134,7 @@ def test_the_timer_ppi_goes_through_the_inject_hook(arm_vm, hvsim_pm):
 
     hvsim_pm.register(Gic())
     main = "msr cntv_cval_el0, xzr\nmov x1, #1\nmsr cntv_ctl_el0, x1\nmsr daifclr, #2\nnop\nnop\n" + SYSTEM_OFF
-    vm = arm_vm(guest(main))
+    vm = arm_vm(guest(main), gic="none")
     vm.run(timeout=5)
     assert raised == [(0, timer.INTID_CNTV)]
     assert log_records(vm, 1)[0] == (0, 0, 0, 0, 0)
@@ -152,7 +156,7 @@ spin:
     cbz x2, spin
     {SYSTEM_OFF}
     """
-    vm = arm_vm(guest(main))
+    vm = arm_vm(guest(main), gic="none")
     assert vm.run(timeout=10).status == STATUS_OFF
     assert [e.vector for e in acks.events] == [timer.INTID_CNTV]
     assert x(vm, 22) <= 2  # (a slice would have been ~10^8 iterations)

@@ -100,7 +100,8 @@ def test_guest_finds_mp_table_and_madt(make_vm, setup):
     sig, length = struct.unpack("<4sI", m.read(rsdt_addr, 8))
     rsdt = m.read(rsdt_addr, length)
     assert sig == b"RSDT" and checksum_ok(rsdt)
-    madt_addr = struct.unpack_from("<I", rsdt, 36)[0]
+    entries = struct.unpack_from(f"<{(length - 36) // 4}I", rsdt, 36)
+    madt_addr = next(a for a in entries if m.read(a, 4) == b"APIC")
     sig, length = struct.unpack("<4sI", m.read(madt_addr, 8))
     madt = m.read(madt_addr, length)
     assert sig == b"APIC" and checksum_ok(madt)
