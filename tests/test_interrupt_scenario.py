@@ -18,10 +18,9 @@ for sub in ("x86", "arm_el2"):
         sys.path.insert(0, str(HERE / sub))
 
 import apic_guests as x86g  # noqa: E402
-import gicguest as armg  # noqa: E402
 from el2guest import SYSTEM_OFF, w0  # noqa: E402
 from gicguest import (DATA, ICC_EOIR1_EL1, ICC_IAR1_EL1, ICC_SGI1R_EL1, enable_ppi, gic_guest, gic_on,  # noqa: E402
-                      gicr_of, mov32)
+                      gicr_of, mov32, secondary_waits_for_sgi)
 from guestlib import x86_64  # noqa: E402
 from hvsim.plugins.arm_el2 import psci  # noqa: E402
 
@@ -70,20 +69,7 @@ wait_ack:
     cmp x20, #{IPIS}
     b.lt send
     {SYSTEM_OFF}
-second:
-    adr x21, vectors
-    msr vbar_el1, x21
-    isb
-    {gicr_of("x0")}
-    {gic_on("1")}
-    {enable_ppi(SGI)}
-    {mov32("x25", DATA)}
-    mov x1, #1
-    str x1, [x25, #8]
-    msr daifclr, #2
-idle:
-    wfi
-    b idle
+{secondary_waits_for_sgi(SGI)}
 irq:
     mrs x0, {ICC_IAR1_EL1}
     cmp x0, #27

@@ -87,6 +87,28 @@ def enable_ppi(intid: int, priority: int = 0xA0) -> str:
 """
 
 
+def secondary_waits_for_sgi(sgi: int) -> str:
+    """The ``second`` entry of a vCPU started by PSCI CPU_ON (context id in X0 = its number):
+    vector table, its redistributor and CPU interface on, SGI ``sgi`` enabled, [DATA + 8] = 1
+    to say it is ready, then WFI with IRQs unmasked (the image's ``irq`` handler counts)."""
+    return f"""
+second:
+    adr x21, vectors
+    msr vbar_el1, x21
+    isb
+    {gicr_of("x0")}
+    {gic_on("1")}
+    {enable_ppi(sgi)}
+    {mov32("x25", DATA)}
+    mov x1, #1
+    str x1, [x25, #8]
+    msr daifclr, #2
+idle:
+    wfi
+    b idle
+"""
+
+
 def _vectors() -> str:
     lines = [".balign 0x800", "vectors:"]
     for slot in range(16):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from el2guest import SYSTEM_OFF, w0
 from gicguest import (DATA, ICC_EOIR1_EL1, ICC_IAR1_EL1, ICC_SGI1R_EL1, UNEXPECTED, enable_ppi, gic_guest, gic_on,
-                      gicr_of, mov32)
+                      gicr_of, mov32, secondary_waits_for_sgi)
 from hvsim import hookimpl
 from hvsim.core.exits import ExitKind
 from hvsim.core.vm import STATUS_OFF
@@ -45,20 +45,7 @@ wait_ack:
     cmp x19, #{IPIS}
     b.lt send
     {SYSTEM_OFF}
-second:
-    adr x21, vectors
-    msr vbar_el1, x21
-    isb
-    {gicr_of("x0")}
-    {gic_on("1")}
-    {enable_ppi(SGI)}
-    {mov32("x25", DATA)}
-    mov x1, #1
-    str x1, [x25, #8]
-    msr daifclr, #2
-idle:
-    wfi
-    b idle
+{secondary_waits_for_sgi(SGI)}
 irq:
     mrs x0, {ICC_IAR1_EL1}
     cmp x0, #{SGI}
