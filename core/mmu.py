@@ -83,7 +83,7 @@ class _WalkDesc(ctypes.Structure):
 
     _fields_ = [("enabled", ctypes.c_uint32), ("nslots", ctypes.c_uint32),
                 ("slot_gpa", ctypes.c_uint64 * WALK_SLOTS), ("slot_end", ctypes.c_uint64 * WALK_SLOTS),
-                ("slot_hpa", ctypes.c_uint64 * WALK_SLOTS),
+                ("slot_hpa", ctypes.c_uint64 * WALK_SLOTS), ("slot_ro", ctypes.c_uint64 * WALK_SLOTS),
                 ("host", ctypes.c_uint64), ("host_size", ctypes.c_uint64), ("phys_base", ctypes.c_uint64),
                 ("addr_mask", ctypes.c_uint64), ("rsvd", ctypes.c_uint64),
                 ("ring", ctypes.c_uint64), ("ring_cap", ctypes.c_uint32), ("ring_len", ctypes.c_uint32),
@@ -114,16 +114,17 @@ class CWalk:
         d.ring, d.ring_cap = ctypes.addressof(self._ring), _RING
         _set_walk(uch, ctypes.byref(d))
 
-    def set_slots(self, slots: list[tuple[int, int, int]] | None) -> None:
-        """Stage 2 as (gpa, size, hpa) ranges (at most WALK_SLOTS are used); None turns the C walk
-        off (every miss goes to Python)."""
+    def set_slots(self, slots: list[tuple[int, int, int, bool]] | None) -> None:
+        """Stage 2 as (gpa, size, hpa, read-only) ranges (at most WALK_SLOTS are used; read-only:
+        the final page of a read or fetch only, stage 2's dirty flag being clear there); None
+        turns the C walk off (every miss goes to Python)."""
         d = self.desc
         if not slots:
             d.enabled = 0
             return
         slots = slots[:WALK_SLOTS]
-        for i, (gpa, size, hpa) in enumerate(slots):
-            d.slot_gpa[i], d.slot_end[i], d.slot_hpa[i] = gpa, gpa + size, hpa
+        for i, (gpa, size, hpa, ro) in enumerate(slots):
+            d.slot_gpa[i], d.slot_end[i], d.slot_hpa[i], d.slot_ro[i] = gpa, gpa + size, hpa, 1 if ro else 0
         d.nslots = len(slots)
         d.enabled = 1
 

@@ -230,14 +230,21 @@ class X86Mmu:
             if s2.ad or s2.levels != 4 or getattr(s2, "pml", None) is not None:
                 return None
             root, high = s2.root, ~(s2.addr_mask | 0xFFF)
-            tables, leaf_ok = lambda e: e & 0xFF == 7 and not e & high, lambda e: e & 7 == 7 and (e >> 3) & 7 in (0, 1, 4, 5, 6) and not e & high & ~(0x1FF000)
+            def tables(e):
+                return e & 0xFF == 7 and not e & high
+
+            def leaf_ok(e):  # RWX, a valid memory type, no reserved bit: (usable, read-only)
+                return e & 7 == 7 and (e >> 3) & 7 in (0, 1, 4, 5, 6) and not e & high, False
             large = s2.large
         elif kind is Npt:
             root, high = s2.ncr3 & _ADDR, ~(_ADDR | 0xFFF)
             need_t = paging.P | paging.RW | paging.US | paging.A
             need_l = need_t | paging.D | paging.PS
-            tables = lambda e: e & (need_t | paging.PS) == need_t and not e & high
-            leaf_ok = lambda e: e & need_l == need_l and not e & high & ~(0x1FF000)
+            def tables(e):
+                return e & (need_t | paging.PS) == need_t and not e & high
+
+            def leaf_ok(e):  # dirty clear: a stage-2 write (a table read, a store) must set it
+                return e & (need_l & ~paging.D) == need_l & ~paging.D and not e & high, not e & paging.D
             large = {2: True, 3: True}
         else:
             return None
@@ -264,10 +271,10 @@ class X86Mmu:
                     continue
                 gpa = (i4 << 39) | (i3 << 30)
                 if e3 & paging.PS:
-                    if large[3] and leaf_ok(e3) and not e3 & 0x3FFFF000 & _ADDR:
-                        slots.append((gpa, 1 << 30, e3 & _ADDR))
-                    else:
-                        retry = True
+                    ok, ro = leaf_ok(e3)
+                    if large[3] and ok and not e3 & 0x3FFFF000 & _ADDR:
+                        slots.append((gpa, 1 << 30, e3 & _ADDR, ro))
+                    retry = retry or not ok or ro
                     continue
                 if not tables(e3):
                     retry = True
@@ -276,17 +283,18 @@ class X86Mmu:
                 for i2, e2 in enumerate(pd or ()):
                     if not e2 & 7 or not e2 & paging.PS:
                         continue  # not present, or 4 KiB pages: Python's walk
-                    if large[2] and leaf_ok(e2) and not e2 & 0x1FF000:
-                        slots.append((gpa | (i2 << 21), 1 << 21, e2 & _ADDR))
-                    else:
-                        retry = True
-        merged: list[list[int]] = []
-        for gpa, size, hpa in slots:
-            if merged and merged[-1][0] + merged[-1][1] == gpa and merged[-1][2] + merged[-1][1] == hpa:
-                merged[-1][1] += size
+                    ok, ro = leaf_ok(e2)
+                    if large[2] and ok and not e2 & 0x1FF000:
+                        slots.append((gpa | (i2 << 21), 1 << 21, e2 & _ADDR, ro))
+                    retry = retry or not ok or ro
+        merged: list[list] = []
+        for gpa, size, hpa, ro in slots:
+            last = merged[-1] if merged else None
+            if last and last[0] + last[1] == gpa and last[2] + last[1] == hpa and last[3] == ro:
+                last[1] += size
             else:
-                merged.append([gpa, size, hpa])
-        merged = [(g, n, h) for g, n, h in merged if h + n <= hsize]
+                merged.append([gpa, size, hpa, ro])
+        merged = [(g, n, h, ro) for g, n, h, ro in merged if h + n <= hsize]
         self._s2_snapshot, self._s2_retry = snap, retry and kind is Npt
         return merged or None
 
