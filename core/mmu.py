@@ -154,6 +154,14 @@ class CWalk:
             _walk_note(self.uch, d.note_vpn, d.note == 2)
         d.note_vpn, d.note = vpn, 2 if global_ else 1
 
+    def flush_note(self) -> None:
+        """After a fill made outside the engine: the noted page goes in the set now (before the
+        engine runs and might walk it in C)."""
+        d = self.desc
+        if d.note:
+            _walk_note(self.uch, d.note_vpn, d.note == 2)
+            d.note = 0
+
     def forget(self, vpn: int) -> None:
         _walk_forget(self.uch, vpn)
 

@@ -593,6 +593,8 @@ class X86Mmu:
     def fetchable(self, address: int) -> bool:
         """Whether an instruction fetch at ``address`` translates now (without faulting)."""
         ok = self.fill(address & ~0xFFF, ACCESS_FETCH) is not None
+        if self.cwalk is not None:
+            self.cwalk.flush_note()  # made outside the engine: no fill callback reads the note
         self.pending = None
         return ok
 
