@@ -28,6 +28,7 @@ translation, deterministically, because fills consult this model before walking.
 from __future__ import annotations
 
 import ctypes
+import struct
 from dataclasses import dataclass, field
 
 from unicorn import UC_HOOK_TLB_FILL, UC_TLB_VIRTUAL
@@ -43,6 +44,21 @@ try:  # hvsim's Unicorn patch level 6: one page out of the engine's TLB
 except AttributeError:  # an older build: full flushes only (require_exact_stops says so)
     _flush_page = None
 
+try:  # hvsim's Unicorn patch level 7: the guest's stage-1 walk in C (CWalk)
+    _set_walk = _lib.uc_hvsim_set_walk
+    _set_walk.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    _walk_forget = _lib.uc_hvsim_walk_forget
+    _walk_forget.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+    _walk_forget.restype = None
+    _walk_clear = _lib.uc_hvsim_walk_clear
+    _walk_clear.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    _walk_clear.restype = None
+    _walk_note = _lib.uc_hvsim_walk_note
+    _walk_note.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int]
+    _walk_note.restype = None
+except AttributeError:
+    _set_walk = None
+
 HOST_PHYS_BASE = 1 << 44  # host memory's place in every engine's physical space
 PERM_R, PERM_W, PERM_X = 1, 2, 4  # Unicorn's TLB entry permissions
 # Unicorn's access codes in the fill callback (UC_MEM_READ, UC_MEM_WRITE, UC_MEM_FETCH)
@@ -55,6 +71,105 @@ _MAX_ENTRIES = 1 << 20  # the model drops everything past this, as a TLB may
 # An invalidation dropping up to this many 4 KiB pages flushes them one by one in the engine
 # (a 2 MiB page is 512); beyond, one full flush is cheaper.
 _PAGE_FLUSH_MAX = 64
+
+
+WALK_SLOTS = 16  # HVSIM_SLOTS in the patch
+_RING = 1 << 15  # C fills recorded before the engine hands misses to Python (which drains them)
+_REC = struct.Struct("<QQQQII")  # struct hvsim_fill_rec
+
+
+class _WalkDesc(ctypes.Structure):
+    """struct hvsim_walk_desc of the Unicorn patch (section 8)."""
+
+    _fields_ = [("enabled", ctypes.c_uint32), ("nslots", ctypes.c_uint32),
+                ("slot_gpa", ctypes.c_uint64 * WALK_SLOTS), ("slot_end", ctypes.c_uint64 * WALK_SLOTS),
+                ("slot_hpa", ctypes.c_uint64 * WALK_SLOTS), ("slot_ro", ctypes.c_uint64 * WALK_SLOTS),
+                ("host", ctypes.c_uint64), ("host_size", ctypes.c_uint64), ("phys_base", ctypes.c_uint64),
+                ("addr_mask", ctypes.c_uint64), ("rsvd", ctypes.c_uint64),
+                ("ring", ctypes.c_uint64), ("ring_cap", ctypes.c_uint32), ("ring_len", ctypes.c_uint32),
+                ("fills", ctypes.c_uint64), ("note_vpn", ctypes.c_uint64), ("note", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32)]
+
+
+class CWalk:
+    """The engine's own stage-1 walk (hvsim's Unicorn patch, section 8): on a TLB miss the engine
+    walks the guest's tables in C when stage 2 is a plain slot map (guest-physical ranges backed
+    by host memory with every permission), and the walk needs nothing written (accessed and
+    dirty flags already set) and allows the access. It records each fill in a ring, which
+    :meth:`records` hands to the architecture's model (TaggedTlb) before the model is consulted,
+    and keeps a set of the pages the model holds: a miss on one of those goes to Python, which
+    serves the model's (maybe stale) entry as before. Anything else goes to Python too.
+
+    ``available``: False on a Unicorn without the patch's section 8 (every miss goes to Python).
+    """
+
+    available = _set_walk is not None
+
+    def __init__(self, uch, host) -> None:
+        self.uch = uch
+        self.desc = d = _WalkDesc()
+        self._ring = (ctypes.c_char * (_RING * _REC.size))()
+        self._view = memoryview(self._ring)
+        d.host, d.host_size, d.phys_base = host.ptr, host.size, HOST_PHYS_BASE
+        d.ring, d.ring_cap = ctypes.addressof(self._ring), _RING
+        _set_walk(uch, ctypes.byref(d))
+
+    def set_slots(self, slots: list[tuple[int, int, int, bool]] | None) -> None:
+        """Stage 2 as (gpa, size, hpa, read-only) ranges (at most WALK_SLOTS are used; read-only:
+        the final page of a read or fetch only, stage 2's dirty flag being clear there); None
+        turns the C walk off (every miss goes to Python)."""
+        d = self.desc
+        if not slots:
+            d.enabled = 0
+            return
+        slots = slots[:WALK_SLOTS]
+        for i, (gpa, size, hpa, ro) in enumerate(slots):
+            d.slot_gpa[i], d.slot_end[i], d.slot_hpa[i], d.slot_ro[i] = gpa, gpa + size, hpa, 1 if ro else 0
+        d.nslots = len(slots)
+        d.enabled = 1
+
+    def records(self, keep=None):
+        """The C fills recorded since the last call, as (vpn, paddr, leaf, gpa page, perms, flags)
+        tuples (flags: user key | global << 2 | dirty << 3 | user << 4 | writable << 5 |
+        log2(page size) << 8); the ring is empty afterwards."""
+        d = self.desc
+        n = d.ring_len
+        if not n:
+            return ()
+        recs = list(_REC.iter_unpack(self._view[:n * _REC.size]))
+        d.ring_len = 0
+        return recs
+
+    def discard(self) -> int:
+        """Drop the recorded fills (the invalidation being made covers them all)."""
+        d = self.desc
+        n, d.ring_len = d.ring_len, 0
+        return n
+
+    def note(self, vpn: int, global_: bool) -> None:
+        """The model now holds a translation of ``vpn`` made in Python: the next miss of the
+        engine on it goes to Python (through the fill callback, which reads ``desc.note``)."""
+        d = self.desc
+        if d.note:  # one left by a fill made outside the engine (no callback consumed it)
+            _walk_note(self.uch, d.note_vpn, d.note == 2)
+        d.note_vpn, d.note = vpn, 2 if global_ else 1
+
+    def flush_note(self) -> None:
+        """After a fill made outside the engine: the noted page goes in the set now (before the
+        engine runs and might walk it in C)."""
+        d = self.desc
+        if d.note:
+            _walk_note(self.uch, d.note_vpn, d.note == 2)
+            d.note = 0
+
+    def forget(self, vpn: int) -> None:
+        _walk_forget(self.uch, vpn)
+
+    def clear(self, keep_global: bool = False) -> None:
+        _walk_clear(self.uch, 1 if keep_global else 0)
+
+    def note_now(self, vpn: int, global_: bool) -> None:
+        _walk_note(self.uch, vpn, 1 if global_ else 0)
 
 
 class Stage2Fault(Exception):
@@ -237,11 +352,20 @@ class TaggedTlb:
         self.count = 0  # entries inserted since the last full clear (an upper bound of the size)
         self.hits = self.misses = self.invalidations = 0
         self.on_flush: list = []  # called after any invalidation: engines drop their own copies
+        # A C walk's hooks (plugins/x86/mmu.py): ``sync()`` moves the fills the engine made in C
+        # into the model; ``pre(...)`` runs before an invalidation with its criteria and returns
+        # how many recorded C fills it dropped without moving them (the invalidation covered
+        # them); ``post(..., pages)`` runs after it.
+        self.sync = self.pre = self.post = None
 
     def __len__(self) -> int:
+        if self.sync is not None:
+            self.sync()
         return sum(len(sp.map) for sp in self.spaces.values())
 
     def lookup(self, tag, asid: int, vpn: int, user: bool) -> TlbEntry | None:
+        if self.sync is not None:
+            self.sync()
         sp = self.spaces.get((tag, asid))
         e = sp.map.get((vpn, user)) if sp is not None else None
         if e is None:
@@ -273,6 +397,7 @@ class TaggedTlb:
         address spaces too), ``keep_global``. Returns how many were dropped."""
         self.invalidations += 1
         pages: list[int] | None = None  # the virtual pages dropped, when only some were
+        extra = self.pre(tag, asid, address, keep_global, match) if self.pre is not None else 0
         if tag is ... and asid is ... and address is None and not keep_global and match is None:
             n = len(self)
             self.spaces.clear()
@@ -312,9 +437,12 @@ class TaggedTlb:
                     n += 1
                 if not sp.map:
                     del self.spaces[skey]
+        n += extra
         if n:  # the engines hold at most what the model holds
             for flush in self.on_flush:
-                flush(pages)
+                flush(pages if not extra else None)
+        if self.post is not None:
+            self.post(tag, asid, address, keep_global, match, pages)
         return n
 
 

@@ -104,7 +104,7 @@ def x86_node(reg: str, scratch: str) -> str:
 
 X86_SCENARIOS = {
     # mov rax, [rax] through a cycle of nodes, one per page; each node holds its own index.
-    "pointer_chase": (16_000, f"""
+    "pointer_chase": (96_000, f"""
         xor ecx, ecx
     build:
         mov rax, rcx
@@ -131,7 +131,7 @@ X86_SCENARIOS = {
         dec rcx
         jnz chase"""),
     # inc / add / lock xadd on a counter in each page in turn; the sums must match the count.
-    "read_modify_write": (12_000, f"""
+    "read_modify_write": (72_000, f"""
         xor esi, esi
         mov r9, 3
         mov rcx, {{steps}}

@@ -23,7 +23,7 @@ from capstone import x86_const as CX
 from unicorn import x86_const as X
 
 from hvsim.core.memory import Access, GuestMemoryError, Walk
-from hvsim.core.mmu import (ACCESS_FETCH, ACCESS_WRITE, HOST_PHYS_BASE, PERM_R, PERM_W, PERM_X, EngineTlb,
+from hvsim.core.mmu import (ACCESS_FETCH, ACCESS_WRITE, HOST_PHYS_BASE, PERM_R, PERM_W, PERM_X, CWalk, EngineTlb,
                             Stage2Fault, TaggedTlb, TlbEntry, TraceStep, TranslationTrace)
 
 from . import paging
@@ -47,6 +47,12 @@ _P_A = paging.P | paging.A
 _CR0_PAGING = paging.CR0_PG | paging.CR0_WP | 1
 _CR4_PAGING = (paging.CR4_PSE | paging.CR4_PAE | paging.CR4_PGE | paging.CR4_PCIDE | paging.CR4_SMEP
                | paging.CR4_SMAP | paging.CR4_LA57)
+
+
+def cwalk_default() -> bool:
+    """The C walk is on unless HVSIM_CWALK=0 (then every TLB miss is filled in Python)."""
+    import os
+    return os.environ.get("HVSIM_CWALK", "1") != "0"
 
 
 class PageFault(Exception):
@@ -92,13 +98,205 @@ class X86Mmu:
         self.regs = vcpu.regs
         self.tlb = TaggedTlb()
         self.log = vcpu.vm.dirty_log
-        self.stage2 = None
+        self._stage2 = None
         self.shadow = None  # a ShadowMmu (plugins/x86/shadow.py) when the VMM uses shadow paging
-        self.tag = 0
+        self._tag = 0
         self.pending: Exception | None = None  # the fault a refused fill left for the vCPU
         self._ctx: tuple | None = None
         vcpu.uc.mem_map(SENTINEL_PAGE, 0x1000)
         self.engine = EngineTlb(vcpu.uc, hooks, self.fill, self.tlb)
+        # The stage-1 walk in C (core/mmu.CWalk), on while stage 2 is a plain slot map
+        self.cwalk = CWalk(hooks._uch, self.host) if CWalk.available and cwalk_default() else None
+        self._s2_snapshot: list | None = None  # the stage-2 table pages the slot map came from
+        self._s2_retry = False  # some leaves waited for A/D flags: derive the map again later
+        self._own = False  # in a stage-1 invalidation of the guest's own (MOV CR3, INVLPG)
+        if self.cwalk is not None:
+            self.cwalk.desc.addr_mask, self.cwalk.desc.rsvd = _ADDR, _RSVD64
+            self.tlb.sync, self.tlb.pre, self.tlb.post = self._drain, self._pre_invalidate, self._post_invalidate
+
+    # -- the C walk (core/mmu.CWalk) ---------------------------------------------------------
+    @property
+    def stage2(self):
+        return self._stage2
+
+    @stage2.setter
+    def stage2(self, s2) -> None:
+        if s2 is not self._stage2:
+            self._stage2 = s2
+            if self.cwalk is not None:
+                self._s2_snapshot = None
+                self._refresh_cwalk()
+
+    @property
+    def tag(self):
+        return self._tag
+
+    @tag.setter
+    def tag(self, tag) -> None:
+        if tag == self._tag:
+            return
+        cw = self.cwalk
+        if cw is not None:
+            self._drain()  # the recorded fills belong to the old tag
+            self._tag = tag
+            cw.clear()  # the filled set: the new tag's pages the model holds
+            sp = self.tlb.spaces.get((tag, 0))
+            if sp is not None:
+                for (vpn, _user), e in sp.map.items():
+                    cw.note_now(vpn, e.global_)
+        else:
+            self._tag = tag
+
+    def _drain(self) -> None:
+        """Move the fills the engine made in C into the model (tag and PCID 0 of now)."""
+        cw = self.cwalk
+        if not cw.desc.ring_len:
+            return
+        insert, tag = self.tlb.insert, self._tag
+        for vpn, paddr, leaf, gpa, perms, flags in cw.records():
+            key = flags & 3
+            insert(tag, 0, vpn, True if key == 1 else (2 if key == 2 else False),
+                   TlbEntry(paddr, perms, bool(flags & 16), bool(flags & 4), 1 << (flags >> 8), bool(flags & 8),
+                            (leaf, 8) if flags & 32 else None, gpa))
+
+    def _covers(self, tag, asid, match) -> bool:
+        """Whether an invalidation with these criteria reaches the current space (tag, PCID 0),
+        where the C walk's fills go."""
+        cur = self._tag
+        return (match is None or match(cur)) and (tag is ... or tag == cur) and (asid is ... or asid == 0)
+
+    def _pre_invalidate(self, tag, asid, address, keep_global, match) -> int:
+        cw = self.cwalk
+        if not cw.desc.ring_len:
+            return 0
+        if address is not None or not self._covers(tag, asid, match):
+            self._drain()
+            return 0
+        if not keep_global:
+            return cw.discard()  # dropped with the rest of the space
+        recs = cw.records()
+        kept = [r for r in recs if r[5] & 4]
+        insert, cur = self.tlb.insert, self._tag
+        for vpn, paddr, leaf, gpa, perms, flags in kept:
+            key = flags & 3
+            insert(cur, 0, vpn, True if key == 1 else (2 if key == 2 else False),
+                   TlbEntry(paddr, perms, bool(flags & 16), True, 1 << (flags >> 8), bool(flags & 8),
+                            (leaf, 8) if flags & 32 else None, gpa))
+        return len(recs) - len(kept)  # dropped: the engine's copies go with a full flush
+
+    def _post_invalidate(self, tag, asid, address, keep_global, match, pages) -> None:
+        cw = self.cwalk
+        if self._covers(tag, asid, match):
+            sp = self.tlb.spaces.get((self._tag, 0))
+            if pages is not None:
+                for vpn in set(pages):
+                    if sp is None or not any((vpn, u) in sp.map for u in sp.users):
+                        cw.forget(vpn)
+            elif sp is None:
+                cw.clear()
+            elif keep_global:
+                cw.clear(keep_global=True)
+        # A VMM that changes its stage 2 must invalidate (INVEPT, TLB_CONTROL): look again
+        # (the guest's own MOV CR3 / INVLPG leave stage 2 alone)
+        if not self._own:
+            self._refresh_cwalk()
+
+    def _refresh_cwalk(self) -> None:
+        """Turn the C walk on when stage 2 is a plain slot map and nothing needs to see every
+        fill (no dirty logging, no shadow paging, no EPT A/D flags or PML); else off."""
+        cw = self.cwalk
+        s2 = self._stage2
+        if s2 is None or self.shadow is not None or self.log.enabled:
+            cw.set_slots(None)
+            return
+        snap = self._s2_snapshot
+        if snap is not None:
+            view = self.host.view
+            if all(view[h:h + 0x1000].tobytes() == b for h, b in snap):
+                cw.desc.enabled = 1 if cw.desc.nslots else 0
+                return
+        cw.set_slots(self._stage2_slots(s2))
+
+    def _stage2_slots(self, s2):
+        """Stage 2 as (gpa, size, hpa) ranges, read from the EPT / NPT hierarchy: its 2 MiB and
+        1 GiB leaves that allow everything and need no flag set (NPT: accessed and dirty set on
+        every level; EPT: A/D flags off). Anything else (4 KiB leaves, partial permissions,
+        not-present ranges, MMIO) is left out: a miss there goes to Python's exact walk.
+        None when stage 2 is not such a hierarchy."""
+        from hvsim.plugins.amd_svm.npt import Npt
+        from hvsim.plugins.intel_vtx.ept import Ept
+        kind = type(s2)
+        if kind is Ept:
+            if s2.ad or s2.levels != 4 or getattr(s2, "pml", None) is not None:
+                return None
+            root, high = s2.root, ~(s2.addr_mask | 0xFFF)
+            def tables(e):
+                return e & 0xFF == 7 and not e & high
+
+            def leaf_ok(e):  # RWX, a valid memory type, no reserved bit: (usable, read-only)
+                return e & 7 == 7 and (e >> 3) & 7 in (0, 1, 4, 5, 6) and not e & high, False
+            large = s2.large
+        elif kind is Npt:
+            root, high = s2.ncr3 & _ADDR, ~(_ADDR | 0xFFF)
+            need_t = paging.P | paging.RW | paging.US | paging.A
+            need_l = need_t | paging.D | paging.PS
+            def tables(e):
+                return e & (need_t | paging.PS) == need_t and not e & high
+
+            def leaf_ok(e):  # dirty clear: a stage-2 write (a table read, a store) must set it
+                return e & (need_l & ~paging.D) == need_l & ~paging.D and not e & high, not e & paging.D
+            large = {2: True, 3: True}
+        else:
+            return None
+        view, hsize = self.host.view, self.host.size
+        snap, slots, retry = [], [], False
+        entries = struct.Struct("<512Q").unpack_from
+
+        def table(hpa):
+            if hpa + 0x1000 > hsize:
+                return None
+            snap.append((hpa, bytes(view[hpa:hpa + 0x1000])))
+            return entries(view, hpa)
+
+        pml4 = table(root)
+        if pml4 is None:
+            return None
+        for i4, e4 in enumerate(pml4):
+            if not e4 & 7 or not tables(e4):
+                retry = retry or bool(e4 & 1)
+                continue
+            pdpt = table(e4 & _ADDR)
+            for i3, e3 in enumerate(pdpt or ()):
+                if not e3 & 7:
+                    continue
+                gpa = (i4 << 39) | (i3 << 30)
+                if e3 & paging.PS:
+                    ok, ro = leaf_ok(e3)
+                    if large[3] and ok and not e3 & 0x3FFFF000 & _ADDR:
+                        slots.append((gpa, 1 << 30, e3 & _ADDR, ro))
+                    retry = retry or not ok or ro
+                    continue
+                if not tables(e3):
+                    retry = True
+                    continue
+                pd = table(e3 & _ADDR)
+                for i2, e2 in enumerate(pd or ()):
+                    if not e2 & 7 or not e2 & paging.PS:
+                        continue  # not present, or 4 KiB pages: Python's walk
+                    ok, ro = leaf_ok(e2)
+                    if large[2] and ok and not e2 & 0x1FF000:
+                        slots.append((gpa | (i2 << 21), 1 << 21, e2 & _ADDR, ro))
+                    retry = retry or not ok or ro
+        merged: list[list] = []
+        for gpa, size, hpa, ro in slots:
+            last = merged[-1] if merged else None
+            if last and last[0] + last[1] == gpa and last[2] + last[1] == hpa and last[3] == ro:
+                last[1] += size
+            else:
+                merged.append([gpa, size, hpa, ro])
+        merged = [(g, n, h, ro) for g, n, h, ro in merged if h + n <= hsize]
+        self._s2_snapshot, self._s2_retry = snap, retry and kind is Npt
+        return merged or None
 
     # -- the paging context ------------------------------------------------------------------
     def _context(self) -> tuple[int, int, int, int, int]:
@@ -179,7 +377,9 @@ class X86Mmu:
             user = 2
         vpn = vaddr >> 12
         need = PERM_X if access == ACCESS_FETCH else PERM_W if access == ACCESS_WRITE else PERM_R
-        e = self.tlb.lookup(self.tag, pcid, vpn, user)
+        if self._s2_retry and not self.engine.fills & 255:
+            self._refresh_cwalk()  # NPT flags the Python walks set may complete the slot map
+        e = self.tlb.lookup(self._tag, pcid, vpn, user)
         if e is not None:
             if e.perms & need:
                 self.engine.refilled()
@@ -230,7 +430,9 @@ class X86Mmu:
             perms &= PERM_X  # a supervisor fetch found it; data accesses fault (SMAP)
         paddr = HOST_PHYS_BASE + (hpa & ~0xFFF)
         e = TlbEntry(paddr, perms, s1_user, global_, size, dirty, leaf if writable else None, gpa >> 12)
-        self.tlb.insert(self.tag, pcid, vpn, user, e)
+        self.tlb.insert(self._tag, pcid, vpn, user, e)
+        if self.cwalk is not None:
+            self.cwalk.note(vpn, e.global_)
         if perms & PERM_W:
             self._log_write(e)
         return paddr, perms
@@ -391,6 +593,8 @@ class X86Mmu:
     def fetchable(self, address: int) -> bool:
         """Whether an instruction fetch at ``address`` translates now (without faulting)."""
         ok = self.fill(address & ~0xFFF, ACCESS_FETCH) is not None
+        if self.cwalk is not None:
+            self.cwalk.flush_note()  # made outside the engine: no fill callback reads the note
         self.pending = None
         return ok
 
@@ -400,6 +604,13 @@ class X86Mmu:
 
     # -- invalidation (the guest's own instructions, reported by traps before they run) ------------
     def on_mov_to_cr(self, cr: int, value: int) -> None:
+        self._own = True
+        try:
+            self._on_mov_to_cr(cr, value)
+        finally:
+            self._own = False
+
+    def _on_mov_to_cr(self, cr: int, value: int) -> None:
         cr0, _cr3, cr4, _efer, pcid = self._ctx or self._context()
         self._ctx = None
         if cr == 3:
@@ -413,7 +624,11 @@ class X86Mmu:
             self.tlb.invalidate(self.tag)
 
     def on_invlpg(self, linear: int) -> None:
-        self.tlb.invalidate(self.tag, address=linear)
+        self._own = True
+        try:
+            self.tlb.invalidate(self._tag, address=linear)
+        finally:
+            self._own = False
 
     # -- the translation tool ---------------------------------------------------------------------
     def trace(self, linear: int) -> TranslationTrace:
