@@ -17,6 +17,7 @@ docs/unicorn-notes.md):
 from __future__ import annotations
 
 import ctypes
+import os as _os
 import struct
 
 from unicorn import (UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAPPED,
@@ -562,6 +563,11 @@ class X86Vcpu(Vcpu):
         until, shadow = x86_events.fallthrough(code, rip, bits)
         if shadow == BLOCKING_BY_STI and self.rflags() & idt.RFLAGS_IF:
             shadow = 0  # STI with IF already 1 starts no shadow (SDM 6.8.3)
+        iret_to = None
+        if until is None and bits == 64 and not _os.environ.get('NOIRET'):
+            iret_to = until = self._iretq_target(code)
+            if until == rip:
+                iret_to = until = None
         self._watch.stepping = True
         self._in_engine = True
         try:
@@ -572,7 +578,13 @@ class X86Vcpu(Vcpu):
             if until is not None and bits == 64:
                 self.uc.ctl_remove_cache(until, until + 1)
                 self.mmu.pending = None
-                self.uc.emu_start(rip, until)  # stops exactly there
+                if iret_to is not None:  # should IRETQ fault into a handler, the slice still ends
+                    self._slice.arm(0.01)
+                try:
+                    self.uc.emu_start(rip, until)  # stops exactly there
+                finally:
+                    if iret_to is not None:
+                        self._slice.disarm()
                 if shadow:
                     self._shadow.set(True)
                     self._shadow_set = (until, shadow)
@@ -595,6 +607,25 @@ class X86Vcpu(Vcpu):
             self._watch.hit = None
         self._raw.reraise()
         return is_hlt and self.regs.read(X.UC_X86_REG_RIP) == rip + 1
+
+    def _iretq_target(self, code: bytes) -> int | None:
+        """For IRETQ in 64-bit code returning to 64-bit code: the RIP it pops (SDM Vol. 2A
+        IRET: RIP, CS, RFLAGS, RSP, SS from the stack), so that the step can stop there with
+        ``until``. Counting one instruction instead flushes the engine's whole translation
+        cache when uncounted execution resumes: a Linux boot steps an IRETQ after most
+        interrupts that arrive in a handler, and retranslated its kernel each time."""
+        if code[:2] != b"\x48\xcf":
+            return None
+        try:
+            rip, cs = struct.unpack("<QQ", self.read_linear(self.regs.read(X.UC_X86_REG_RSP), 16))
+        except (GuestMemoryError, idt.DeliveryFault):
+            return None
+        cs &= 0xFFFF
+        if cs != self.regs.read(X.UC_X86_REG_CS):
+            descriptor = self._raw_descriptor(cs)
+            if descriptor is None or not descriptor >> 53 & 1 or descriptor >> 54 & 1:
+                return None  # not a 64-bit code segment (L = 1, D = 0): counted as before
+        return rip
 
     def _reenter(self) -> None:
         """End this stay in the engine; the run loop enters it again where RIP is. The trap
