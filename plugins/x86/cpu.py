@@ -17,7 +17,6 @@ docs/unicorn-notes.md):
 from __future__ import annotations
 
 import ctypes
-import os as _os
 import struct
 
 from unicorn import (UC_HOOK_INSN_INVALID, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_UNMAPPED,
@@ -564,7 +563,7 @@ class X86Vcpu(Vcpu):
         if shadow == BLOCKING_BY_STI and self.rflags() & idt.RFLAGS_IF:
             shadow = 0  # STI with IF already 1 starts no shadow (SDM 6.8.3)
         iret_to = None
-        if until is None and bits == 64 and not _os.environ.get('NOIRET'):
+        if until is None and bits == 64:
             iret_to = until = self._iretq_target(code)
             if until == rip:
                 iret_to = until = None
@@ -1368,7 +1367,11 @@ class X86Vcpu(Vcpu):
     def ss(self) -> int:
         return self.regs.read(X.UC_X86_REG_SS) & 0xFFFF
 
+    implicit_supervisor = False  # set while event delivery reads the IDT, GDT, TSS (idt._supervisor)
+
     def cpl(self) -> int:
+        if self.implicit_supervisor:
+            return 0
         return self.cs() & 3 if self.cr0() & 1 else 0
 
     def idtr(self) -> tuple[int, int, int, int]:
@@ -1464,6 +1467,11 @@ class X86Vcpu(Vcpu):
 
     def load_cs_real(self, segment: int) -> None:
         self.regs.write(X.UC_X86_REG_CS, segment)
+
+    def enter_privilege(self, cpl: int) -> None:
+        """An event delivery goes to an inner privilege level: the engine's CPL first (so it
+        accepts the inner CS and SS), then the segment loads (plugins/x86/idt.py)."""
+        self._shadow.set_cpl(cpl)
 
     def load_ss(self, selector: int) -> None:
         self.regs.write(X.UC_X86_REG_SS, selector)
