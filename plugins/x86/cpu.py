@@ -472,6 +472,8 @@ class X86Vcpu(Vcpu):
             self.guest_exception(idt.GP, 0, rip)
             return
         if isinstance(fault, PageFault):
+            if self._stale_paging_context():
+                return  # the instruction is retried, walked with the registers it has now
             fault.address = self.mmu.exact_address(fault.address, bool(fault.error_code & paging.PFEC_I))
             self.guest_exception(idt.PF, fault.error_code, rip, fault.address)
             return
@@ -489,6 +491,26 @@ class X86Vcpu(Vcpu):
         self._exit(exit)
         if context is not None:
             context.resume_state()
+
+    stale_paging_contexts = 0
+
+    def _stale_paging_context(self) -> bool:
+        """A #PF found with the MMU's cached CR0 / CR3 / CR4 not the engine's: some write of
+        them reached the engine without the MMU seeing it (seen in Linux's text_poke, which
+        switches CR3 to its poking mm: a write to a mapped page faulted, the walk had used the
+        previous CR3; the cause is not found yet). The fault is not the guest's: every
+        translation of the tag is dropped (as a MOV to CR4 that changes paging controls does)
+        and the instruction retried; counted in ``stale_paging_contexts``."""
+        ctx = self.mmu._ctx
+        if ctx is None:
+            return False
+        r = self.regs.read
+        if (ctx[0], ctx[1], ctx[2]) == (r(X.UC_X86_REG_CR0), r(X.UC_X86_REG_CR3), r(X.UC_X86_REG_CR4)):
+            return False
+        self.mmu.tlb.invalidate(self.mmu.tag)
+        self.mmu.context_changed()
+        self.stale_paging_contexts += 1
+        return True
 
     def halt(self) -> None:
         """HLT with nothing deliverable: halted, or with the APIC timer armed, waiting for it
@@ -608,7 +630,7 @@ class X86Vcpu(Vcpu):
         return is_hlt and self.regs.read(X.UC_X86_REG_RIP) == rip + 1
 
     def _iretq_target(self, code: bytes) -> int | None:
-        """For IRETQ in 64-bit code returning to 64-bit code: the RIP it pops (SDM Vol. 2A
+        """For IRETQ in 64-bit code returning to the same code segment: the RIP it pops (SDM Vol. 2A
         IRET: RIP, CS, RFLAGS, RSP, SS from the stack), so that the step can stop there with
         ``until``. Counting one instruction instead flushes the engine's whole translation
         cache when uncounted execution resumes: a Linux boot steps an IRETQ after most
@@ -621,9 +643,10 @@ class X86Vcpu(Vcpu):
             return None
         cs &= 0xFFFF
         if cs != self.regs.read(X.UC_X86_REG_CS):
-            descriptor = self._raw_descriptor(cs)
-            if descriptor is None or not descriptor >> 53 & 1 or descriptor >> 54 & 1:
-                return None  # not a 64-bit code segment (L = 1, D = 0): counted as before
+            # Only returns to the same code segment: one to user mode made the engine look up
+            # the stop address's page while still at CPL 0 (measured: a spurious SMEP #PF on
+            # Linux's first return to /init), so it is counted as before.
+            return None
         return rip
 
     def _reenter(self) -> None:
