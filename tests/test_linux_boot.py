@@ -47,11 +47,11 @@ def packages():
     return get
 
 
-@pytest.mark.timeout(900)
 X86_PENDING = pytest.mark.skip(reason="issue #15: Debian's x86 kernel reaches /init under hvsim but does not yet "
                                "run it reliably (a spurious kernel-mode #PF at the interrupted user RIP)")
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("arch", ["arm_el2", pytest.param("intel_vtx", marks=X86_PENDING),
                                   pytest.param("amd_svm", marks=X86_PENDING)])
 @pytest.mark.parametrize("vcpus", [1, 2])
