@@ -47,8 +47,13 @@ def packages():
     return get
 
 
+X86_PENDING = pytest.mark.skip(reason="issue #15: Debian's x86 kernel reaches /init under hvsim but does not yet "
+                               "run it reliably (a spurious kernel-mode #PF at the interrupted user RIP)")
+
+
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("arch", ["arm_el2"])  # x86: see issue #15
+@pytest.mark.parametrize("arch", ["arm_el2", pytest.param("intel_vtx", marks=X86_PENDING),
+                                  pytest.param("amd_svm", marks=X86_PENDING)])
 @pytest.mark.parametrize("vcpus", [1, 2])
 def test_debian_kernel_boots_to_busybox_and_powers_off(packages, arch, vcpus):
     kernel, initrd = packages(arch)
@@ -64,7 +69,8 @@ def test_debian_kernel_boots_to_busybox_and_powers_off(packages, arch, vcpus):
     # /proc/interrupts: the timer's line counted ticks on every CPU
     lines = out[out.index("HVSIM-USERSPACE"):].splitlines()
     header = next(i for i, l in enumerate(lines) if re.match(r"\s+CPU0", l))
-    timer = [l for l in lines[header + 1:] if re.search(r"arch_timer|LOC:|timer", l)]
+    # arm64: the architected timer's PPI; x86: the local APIC timer interrupts (LOC), per CPU
+    timer = [l for l in lines[header + 1:] if re.search(r"LOC:" if arch != "arm_el2" else r"arch_timer|timer", l)]
     assert timer, lines[header:header + 20]
     counts = [int(x) for x in timer[0].split()[1:1 + vcpus]]
     assert all(c > 0 for c in counts), timer[0]

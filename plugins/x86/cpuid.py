@@ -43,8 +43,8 @@ def cpuid(leaf: int, subleaf: int, vendor: bytes, signature: int, brand: str, vc
           vcpus: int) -> tuple[int, int, int, int]:
     """(EAX, EBX, ECX, EDX) for ``leaf``/``subleaf``; out-of-range leaves read as zeros."""
     v = _regs(vendor)  # EBX, EDX, ECX order: "Genu" "ineI" "ntel"
-    if leaf == 0:
-        return 0x0D, v[0], v[2], v[1]
+    if leaf == 0:  # Intel: up to the TSC leaf (15H); AMD defines none past 0DH that hvsim fills
+        return (0x15 if vendor == b"GenuineIntel" else 0x0D), v[0], v[2], v[1]
     if leaf == 1:
         ebx = (vcpu_index << 24) | (vcpus << 16) | (8 << 8)  # initial APIC id, logical count, CLFLUSH 64 B
         return signature, ebx, LEAF1_ECX, LEAF1_EDX
@@ -66,3 +66,23 @@ def cpuid(leaf: int, subleaf: int, vendor: bytes, signature: int, brand: str, vc
     if leaf == 0x8000_0008:
         return 0x3928, 0, 0, 0  # 40-bit physical, 57-bit linear addresses (LA57)
     return 0, 0, 0, 0
+
+
+# CPUID.15H's core crystal clock: the local APIC timer's (plugins/devices/lapic.py counts one bus
+# tick per ns), as the SDM has the APIC timer run at the crystal clock when leaf 15H enumerates it.
+CRYSTAL_HZ = 1_000_000_000
+TSC_RATIO_DENOMINATOR = 1000
+
+
+def tsc_leaf(tsc_hz: float) -> tuple[int, int, int, int]:
+    """CPUID.15H (SDM Vol. 2A, CPUID "Time Stamp Counter and Nominal Core Crystal Clock
+    Information Leaf"): EAX the denominator and EBX the numerator of the TSC / crystal clock
+    ratio, ECX the crystal's frequency in Hz; TSC Hz = ECX * EBX / EAX. Linux computes
+    ``crystal kHz * EBX / EAX`` in 32 bits (``native_calibrate_tsc``), so the ratio is given in
+    thousandths (the TSC to the MHz) and not at all (EBX = 0, SDM: "not enumerated") for a TSC
+    at 4.29 GHz or more. Enumerated, Linux takes the TSC's rate as known and skips its PIT /
+    PM-timer calibration; the APIC timer's rate is ECX."""
+    numerator = max(1, round(tsc_hz * TSC_RATIO_DENOMINATOR / CRYSTAL_HZ))
+    if CRYSTAL_HZ // 1000 * numerator >= 1 << 32:
+        return 0, 0, 0, 0
+    return TSC_RATIO_DENOMINATOR, numerator, CRYSTAL_HZ, 0

@@ -45,6 +45,9 @@ def _disassembler(mode):
 
 _DISASM = {bits: _disassembler(mode) for bits, mode in
            ((16, capstone.CS_MODE_16), (32, capstone.CS_MODE_32), (64, capstone.CS_MODE_64))}
+_LITE = {bits: capstone.Cs(capstone.CS_ARCH_X86, mode) for bits, mode in
+         ((16, capstone.CS_MODE_16), (32, capstone.CS_MODE_32), (64, capstone.CS_MODE_64))}
+_WATCH_IDS = {_DISASM[64].insn_name(i): i for i in SETS_IF}  # mnemonic -> capstone id
 
 
 @dataclass
@@ -250,12 +253,14 @@ class WindowWatch:
         if code is None:
             return False
         new = False
-        for insn in _DISASM[self.code_bits()].disasm(code, pc):
-            if insn.id in SETS_IF and insn.address not in self.sites:
-                self.sites[insn.address] = (insn.id, bytes(insn.bytes))
+        # Capstone without details (mnemonics only) decodes several times faster, and every
+        # block of a Linux kernel's is scanned (a 120 s profile: 56 s in the detailed scan).
+        for address, length, mnemonic, _ops in _LITE[self.code_bits()].disasm_lite(code, pc):
+            insn_id = _WATCH_IDS.get(mnemonic.rpartition(" ")[2])
+            if insn_id is not None and address not in self.sites:
+                self.sites[address] = (insn_id, code[address - pc:address - pc + length])
                 if self.kinds:
-                    self._hooks[insn.address] = self.uc.hook_add(UC_HOOK_CODE, self._on_site, None,
-                                                                 insn.address, insn.address)
+                    self._hooks[address] = self.uc.hook_add(UC_HOOK_CODE, self._on_site, None, address, address)
                     new = True
         return new
 

@@ -12,6 +12,8 @@ from unicorn import x86_const as X
 from hvsim.core.exits import Exit, ExitKind
 
 from . import paging
+from .cpuid import tsc_leaf
+from .tsc import guest_tsc_hz
 
 KVM_ENOSYS = 1000
 KVM_HC_VAPIC_POLL_IRQ = 1
@@ -32,6 +34,8 @@ def handle_cpuid(vcpu, exit: Exit) -> None:
         eax, ebx, ecx, edx = vcpu.vendor.cpuid_leaf(leaf, subleaf, vcpu.index, len(vcpu.vm.vcpus))
         if osxsave:
             ecx |= CPUID_OSXSAVE
+        if leaf == 0x15 and eax == ebx == 0 and vcpu.vendor.cpuid_vendor == b"GenuineIntel":
+            eax, ebx, ecx, edx = tsc_leaf(guest_tsc_hz(vcpu.clock))
         values = (eax, ebx, ecx, edx)
         entry = vcpu.cpuid_cache[key] = (values, vcpu.cpuid_out.preset(values))
     if entry[1]():

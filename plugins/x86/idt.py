@@ -13,6 +13,7 @@ deliver #DF is a triple fault: the processor shuts down (VM exit 2 / #VMEXIT SHU
 from __future__ import annotations
 
 import struct
+from contextlib import contextmanager
 
 from hvsim.core.memory import GuestMemoryError
 
@@ -108,12 +109,28 @@ def _gate_fault(vector: int, why: str, software: bool = False) -> DeliveryFault:
     return DeliveryFault(GP, (vector << 3) | 2 | (0 if software else 1), why)
 
 
+@contextmanager
+def _supervisor(cpu, on: bool = True):
+    """Implicit supervisor-mode accesses (SDM Vol. 3A 4.6: those to the GDT, LDT, IDT and TSS,
+    whatever the CPL; the frame pushed on a privilege change goes to the new, inner stack): the
+    walk checks them as CPL 0. A kernel that maps them supervisor-only (Linux's page-table
+    isolation maps the IDT and the entry stacks in the CPU entry area so) takes interrupts and
+    faults from user mode through them."""
+    saved = cpu.implicit_supervisor
+    cpu.implicit_supervisor = saved or on
+    try:
+        yield
+    finally:
+        cpu.implicit_supervisor = saved
+
+
 def _read_gate(cpu, vector: int, size: int, software: bool = False) -> bytes:
     _sel, base, limit, _flags = cpu.idtr()
     if vector * size + size - 1 > limit:
         raise _gate_fault(vector, f"vector {vector} is beyond the IDT limit {limit:#x}", software)
     try:
-        return cpu.read_linear(base + vector * size, size)
+        with _supervisor(cpu):
+            return cpu.read_linear(base + vector * size, size)
     except DeliveryFault:
         raise
     except GuestMemoryError:
@@ -160,12 +177,15 @@ def _deliver_protected(cpu, vector, error_code, return_rip, software) -> None:
         raise _gate_fault(vector, f"INT {vector:#x} from CPL {cpl} through a DPL {dpl} gate", True)
     if not present:
         raise DeliveryFault(NP, (vector << 3) | 2 | (0 if software else 1), f"IDT entry {vector} is not present")
-    target_dpl = cpu.code_segment_dpl(selector)
+    with _supervisor(cpu):
+        target_dpl = cpu.code_segment_dpl(selector)
     flags = cpu.rflags()
     words = []
     esp = cpu.rsp() & 0xFFFF_FFFF
     if target_dpl < cpl:
-        ss, new_esp = cpu.tss_stack32(target_dpl)
+        with _supervisor(cpu):
+            ss, new_esp = cpu.tss_stack32(target_dpl)
+        cpu.enter_privilege(target_dpl)
         words += [cpu.ss(), esp]
         esp = new_esp
         cpu.load_ss(ss)
@@ -173,7 +193,8 @@ def _deliver_protected(cpu, vector, error_code, return_rip, software) -> None:
     if error_code is not None and vector in ERROR_CODE_VECTORS and not software:
         words.append(error_code)
     width = 4 if gtype in (0xE, 0xF) else 2
-    esp = _push_frame(cpu, esp, words, width, 0xFFFF_FFFF)
+    with _supervisor(cpu, target_dpl < cpl):
+        esp = _push_frame(cpu, esp, words, width, 0xFFFF_FFFF)
     cpu.set_rsp(esp)
     clear = RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM
     if gtype in (0xE, 0x6):
@@ -196,22 +217,25 @@ def _deliver_long(cpu, vector, error_code, return_rip, software) -> None:
         raise _gate_fault(vector, f"INT {vector:#x} from CPL {cpl} through a DPL {dpl} gate", True)
     if not present:
         raise DeliveryFault(NP, (vector << 3) | 2 | (0 if software else 1), f"IDT entry {vector} is not present")
-    target_dpl = cpu.code_segment_dpl(selector)
-    flags = cpu.rflags()
-    old_ss, old_rsp = cpu.ss(), cpu.rsp()
-    if ist:
-        rsp = cpu.tss_stack64(ist=ist)
-    elif target_dpl < cpl:
-        rsp = cpu.tss_stack64(dpl=target_dpl)
-    else:
-        rsp = old_rsp
+    with _supervisor(cpu):
+        target_dpl = cpu.code_segment_dpl(selector)
+        flags = cpu.rflags()
+        old_ss, old_rsp = cpu.ss(), cpu.rsp()
+        if ist:
+            rsp = cpu.tss_stack64(ist=ist)
+        elif target_dpl < cpl:
+            rsp = cpu.tss_stack64(dpl=target_dpl)
+        else:
+            rsp = old_rsp
     if target_dpl < cpl:
-        cpu.load_ss(0)  # a privilege change loads a null SS (SDM 6.14.2)
+        cpu.enter_privilege(target_dpl)
+        cpu.load_ss(target_dpl)  # a privilege change loads a null SS, RPL the new CPL (SDM 6.14.2)
     rsp &= ~0xF  # the processor aligns RSP to 16 bytes before pushing (SDM 6.14.2)
     words = [old_ss, old_rsp, flags, cpu.cs(), return_rip]
     if error_code is not None and vector in ERROR_CODE_VECTORS and not software:
         words.append(error_code)
-    rsp = _push_frame(cpu, rsp, words, 8, (1 << 64) - 1)
+    with _supervisor(cpu, target_dpl < cpl):
+        rsp = _push_frame(cpu, rsp, words, 8, (1 << 64) - 1)
     cpu.set_rsp(rsp)
     clear = RFLAGS_TF | RFLAGS_NT | RFLAGS_RF | RFLAGS_VM
     if gtype == 0xE:

@@ -102,6 +102,22 @@ class InterruptShadow:
             flags.value = new
             self.uc.context_restore(self.ctx)
 
+    def set_cpl(self, cpl: int) -> bool:
+        """Put the engine's CPL (``hflags`` bits 1:0, QEMU's ``HF_CPL_MASK``) at ``cpl`` before an
+        event delivery loads an inner code and stack segment: the engine checks a segment
+        register write against the CPL it has (from CPL 3 it refuses a DPL-0 CS and a null SS),
+        while the processor's delivery switches privilege first (SDM 6.12.1). False if the
+        image has no known hflags word."""
+        if self.ctx is None:
+            return False
+        self.uc.context_update(self.ctx)
+        flags = self._hflags()
+        new = (flags.value & ~3) | (cpl & 3)
+        if new != flags.value:
+            flags.value = new
+            self.uc.context_restore(self.ctx)
+        return True
+
 
 def shadow_cause(before: bytes, long_mode: bool) -> int:
     """BLOCKING_BY_STI or BLOCKING_BY_MOV_SS for a shadow whose instruction ends where ``before``

@@ -347,3 +347,49 @@ h{vector:x}:
     assert list(m.read(ORDER, n)) == [0x75, 0x65, 0x95, 0x55, 0x45]
     assert list(m.read(ORDER + 0x20, n)) == [0x70, 0x60, 0x90, 0x50, 0x40]
     assert m.read_u32(OUT) == 0x50
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_cpuid_15h_gives_the_tsc_rate_and_the_apic_timer_crystal(make_vm, arch, deterministic):
+    """CPUID.15H (SDM Vol. 2A): TSC Hz = ECX * EBX / EAX, ECX the core crystal clock's Hz, which
+    the APIC timer counts at (SDM 11.5.4). Linux takes the TSC's rate from it and sets its APIC
+    timer period from ECX. The guest counts a one-shot APIC timer (divide by 1) down and measures it with RDTSC: EBX / EAX TSC ticks per APIC tick. AMD: no leaf 15H."""
+    ticks = 200_000 if deterministic else 20_000_000  # virtual time advances with guest progress
+    vm, r = run64(make_vm, arch, f"""
+        {R15}
+        {xapic_enable()}
+        xor eax, eax
+        cpuid
+        mov dword ptr [{OUT:#x}], eax
+        mov eax, 0x15
+        xor ecx, ecx
+        cpuid
+        mov dword ptr [{OUT + 4:#x}], eax
+        mov dword ptr [{OUT + 8:#x}], ebx
+        mov dword ptr [{OUT + 12:#x}], ecx
+        mov dword ptr [r15 + 0x3e0], 0xb
+        mov dword ptr [r15 + 0x320], 0x10040
+        rdtsc
+        shl rdx, 32
+        or rax, rdx
+        mov rbx, rax
+        mov dword ptr [r15 + 0x380], {ticks}
+    wait:
+        mov eax, dword ptr [r15 + 0x390]
+        test eax, eax
+        jnz wait
+        rdtsc
+        shl rdx, 32
+        or rax, rdx
+        sub rax, rbx
+        mov qword ptr [{OUT + 16:#x}], rax
+        {EXIT}""", deterministic=deterministic)
+    assert r.status == 1, r.reason
+    max_leaf, eax, ebx, ecx = (vm.memory.read_u32(OUT + 4 * i) for i in range(4))
+    if arch == "amd_svm":
+        assert (max_leaf, eax, ebx, ecx) == (0xD, 0, 0, 0)
+        return
+    assert max_leaf == 0x15 and ecx == 1_000_000_000 and eax == 1000 and ebx > 0
+    expected = ticks * ebx / eax  # TSC ticks while the APIC timer counted ``ticks``
+    measured = vm.memory.read_u64(OUT + 16)
+    assert 0.99 * expected <= measured <= (1.01 if deterministic else 3) * expected, (measured, expected)

@@ -48,7 +48,7 @@ def _check(tag: int, expected: tuple[int, int, int, int]) -> str:
 def _guest(arch: str) -> bytes:
     vendor = b"GenuineIntel" if arch == "intel_vtx" else b"AuthenticAMD"
     v = _words(vendor)  # EBX, EDX, ECX
-    leaf0 = (0x0D, v[0], v[2], v[1])
+    leaf0 = (0x15 if arch == "intel_vtx" else 0x0D, v[0], v[2], v[1])  # Intel: up to the TSC leaf
     s = _words(HYPERVISOR_SIGNATURE)
     hv = (0x4000_0000, s[0], s[1], s[2])
     return x86_64(f"""
