@@ -418,11 +418,12 @@ class TaggedTlb:
                     if not own:
                         continue
                     if keep_global and sp.glob:
-                        kept = _Space()
-                        for key in sp.glob:
-                            kept.add(key, sp.map[key])
-                        n += len(sp.map) - len(kept.map)
-                        self.spaces[skey] = kept
+                        # drop the non-global entries in place (an address space holds the
+                        # kernel's many global pages and few of its own)
+                        glob, smap = sp.glob, sp.map
+                        for key in [k for k in smap if k not in glob]:
+                            sp.unindex(key, smap.pop(key))
+                            n += 1
                     else:
                         n += len(sp.map)
                         del self.spaces[skey]

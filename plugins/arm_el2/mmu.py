@@ -219,7 +219,12 @@ class Arm64Mmu:
             return
         cw = self.cwalk
         if pages is None:
-            self._cw_renote()
+            # The current tag lost every entry (VMALLE1, VMALLS12E1, ALLE1): an empty set. An
+            # ASID's invalidation leaves the keys of its dropped entries in the set: a miss there
+            # goes to Python, which walks again (a key without an entry only costs speed; Linux
+            # reuses an ASID only after a rollover, which invalidates everything).
+            if not any(t == cur for t, _a in self.tlb.spaces):
+                cw.clear()
         else:
             spaces = self.tlb.spaces
             for vpn in set(pages):
