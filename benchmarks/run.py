@@ -560,7 +560,7 @@ def tlb(out: Table) -> None:
                             f"{ours / n * 1e6:.1f} us each{extra}", f"{ratio:.2f}x", "< 50 us/exit",
                             verdict(each < 50e-6))
                 continue
-            cwalk = getattr(vm.vcpus[0].mmu, "cwalk", None)  # fills the engine made in C (x86)
+            cwalk = getattr(vm.vcpus[0].mmu, "cwalk", None)  # fills the engine made in C (x86, arm64)
             in_c = f" + {cwalk.desc.fills:,} in C" if cwalk is not None else ""
             out.add_row(f"{name} ({paging}): {n:,} x {what}", arch, f"{bare * 1e3:.0f} ms",
                         f"{ours * 1e3:.0f} ms, {engine.fills:,} fills{in_c} ({engine.fills / wall / 1e3:.0f} k/s)",

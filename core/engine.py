@@ -408,7 +408,7 @@ def exact_stops_level() -> int:
     return fn()
 
 
-EXACT_STOPS_NEEDED = 7
+EXACT_STOPS_NEEDED = 8
 
 
 def require_exact_stops() -> None:

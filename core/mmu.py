@@ -44,7 +44,7 @@ try:  # hvsim's Unicorn patch level 6: one page out of the engine's TLB
 except AttributeError:  # an older build: full flushes only (require_exact_stops says so)
     _flush_page = None
 
-try:  # hvsim's Unicorn patch level 7: the guest's stage-1 walk in C (CWalk)
+try:  # hvsim's Unicorn patch level 7 (x86) and 8 (arm64): the guest's stage-1 walk in C (CWalk)
     _set_walk = _lib.uc_hvsim_set_walk
     _set_walk.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     _walk_forget = _lib.uc_hvsim_walk_forget
@@ -131,7 +131,7 @@ class CWalk:
     def records(self, keep=None):
         """The C fills recorded since the last call, as (vpn, paddr, leaf, gpa page, perms, flags)
         tuples (flags: user key | global << 2 | dirty << 3 | user << 4 | writable << 5 |
-        log2(page size) << 8); the ring is empty afterwards."""
+        log2(page size) << 8, and on arm64 the ASID << 16); the ring is empty afterwards."""
         d = self.desc
         n = d.ring_len
         if not n:
@@ -418,11 +418,12 @@ class TaggedTlb:
                     if not own:
                         continue
                     if keep_global and sp.glob:
-                        kept = _Space()
-                        for key in sp.glob:
-                            kept.add(key, sp.map[key])
-                        n += len(sp.map) - len(kept.map)
-                        self.spaces[skey] = kept
+                        # drop the non-global entries in place (an address space holds the
+                        # kernel's many global pages and few of its own)
+                        glob, smap = sp.glob, sp.map
+                        for key in [k for k in smap if k not in glob]:
+                            sp.unindex(key, smap.pop(key))
+                            n += 1
                     else:
                         n += len(sp.map)
                         del self.spaces[skey]

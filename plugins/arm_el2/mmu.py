@@ -20,14 +20,15 @@ so the faulting load/store is decoded for the exact VA (FAR_ELx).
 
 from __future__ import annotations
 
+import os
 import struct
 
 from unicorn.arm64_const import UC_ARM64_REG_MAIR_EL1, UC_ARM64_REG_PC, UC_ARM64_REG_PSTATE, UC_ARM64_REG_VBAR_EL1
 
 from hvsim.core.exits import Exit, ExitKind
 from hvsim.core.memory import Access, Walk
-from hvsim.core.mmu import (ACCESS_FETCH, ACCESS_WRITE, HOST_PHYS_BASE, PERM_R, PERM_W, PERM_X, EngineTlb,
-                            Stage2Fault, TaggedTlb, TlbEntry, TraceStep, TranslationTrace)
+from hvsim.core.mmu import (ACCESS_FETCH, ACCESS_WRITE, HOST_PHYS_BASE, PERM_R, PERM_W, PERM_X, WALK_SLOTS, CWalk,
+                            EngineTlb, Stage2Fault, TaggedTlb, TlbEntry, TraceStep, TranslationTrace)
 
 from . import el2, exceptions, stage1, sysregs
 from .decode import ADDR_UNKNOWN, decode
@@ -52,6 +53,63 @@ _NEED = {ACCESS_WRITE: PERM_W, ACCESS_FETCH: PERM_X}
 _MODE = {PERM_R: int(Access.READ), PERM_W: int(Access.WRITE), PERM_X: int(Access.EXECUTE)}
 _USER = int(Access.USER)
 _WALK_CACHE_MAX = 1 << 16
+_KEY_VPN = (1 << 37) - 1  # the C walk's filled-set key: VA[48:12], the ASID from bit 37
+
+
+def cwalk_default() -> bool:
+    """The C walk is on unless HVSIM_CWALK=0 (then every TLB miss is filled in Python)."""
+    return os.environ.get("HVSIM_CWALK", "1") != "0"
+
+
+def _cw_key(vpn: int, asid: int) -> int:
+    """The C walk's key of page ``vpn`` in address space ``asid`` (-1, stage 1 off: 0x1FFFF)."""
+    return (vpn & _KEY_VPN) | ((asid & 0x1FFFF) << 37)
+
+
+def stage2_slots(host, s2: Stage2) -> list[tuple[int, int, int, bool]] | None:
+    """Stage 2 as (IPA, size, PA, read-only) ranges for the C walk, read from the stage-2 tables:
+    the block and page descriptors that allow every access at EL1 and EL0 (S2AP read and write,
+    XN 0b00), have the Access flag set and map Normal memory inside host memory, merged where
+    they are contiguous; the largest WALK_SLOTS of them. Anything else (unmapped IPAs, devices,
+    restricted pages) is left out: a miss there goes to Python's exact walk. None when stage 2
+    is not a 4 KiB-granule hierarchy without hardware Access flag update."""
+    if s2.granule != 12 or s2.ha or s2.inconsistent:
+        return None
+    view, size, u64 = host.view, host.size, _U64.unpack_from
+    oa_limit = 1 << s2.oa_bits
+    runs: list[list[int]] = []  # [ipa, size, pa]
+
+    def visit(table: int, level: int, ipa_base: int, entries: int) -> None:
+        shift = 12 + 9 * (3 - level)
+        if table + 8 * entries > size:
+            return
+        for i in range(entries):
+            desc = u64(view, table + 8 * i)[0]
+            if not desc & 1:
+                continue
+            ipa = ipa_base + (i << shift)
+            if level < 3 and desc & 3 == 3:
+                nxt = desc & _PA_MASK
+                if nxt < oa_limit:
+                    visit(nxt, level + 1, ipa, 512)
+                continue
+            if level == 3 and desc & 3 != 3 or level < 3 and level not in (1, 2):
+                continue
+            if desc & 0xC0 != 0xC0 or (desc >> 53) & 3 or not desc & (1 << 10) or not (desc >> 4) & 3:
+                continue  # S2AP not RW, XN set, Access flag clear, or Device memory (MemAttr[3:2] 0b00)
+            pa = desc & _PA_MASK & ~((1 << shift) - 1)
+            if pa >= oa_limit or pa + (1 << shift) > size:
+                continue
+            last = runs[-1] if runs else None
+            if last is not None and last[0] + last[1] == ipa and last[2] + last[1] == pa:
+                last[1] += 1 << shift
+            else:
+                runs.append([ipa, 1 << shift, pa])
+
+    shift0 = 12 + 9 * (3 - s2.level0)
+    visit(s2.root & _PA_MASK, s2.level0, 0, 1 << (s2.ipa_bits - shift0))
+    runs.sort(key=lambda r: -r[1])
+    return [(ipa, n, pa, False) for ipa, n, pa in runs[:WALK_SLOTS]]
 
 # The guest's TLBI operations by (op1, CRm, op2) of SYS #op1, C8, Cm, #op2 (C5.5 "A64 system
 # instructions for TLB maintenance"): (name, scope, last level only, inner/outer shareable).
@@ -94,6 +152,87 @@ class Arm64Mmu:
         self._pstate = UC_ARM64_REG_PSTATE
         vcpu.uc.mem_map(SENTINEL_PAGE, 0x1000)
         self.engine = EngineTlb(vcpu.uc, hooks, self.fill, self.tlb)
+        # The stage-1 walk in C (core/mmu.CWalk), on while stage 2 is a plain slot map
+        self.cwalk = CWalk(hooks._uch, self.host) if CWalk.available and cwalk_default() else None
+        self._cw_s2: Stage2 | None = None  # the stage 2 the C walk's slots and filled set are for
+        self._cw_tag = _NO_STAGE2  # its tag (VMID) in the model
+        self._cw_slots: dict[int, list | None] = {}  # id(Stage2) -> its slot map
+        self._cw_asids: list[int] = []
+        if self.cwalk is not None:
+            self.cwalk.desc.rsvd = stage1.PA_MAX  # the arm64 walk reads PAMax here
+            self.tlb.sync, self.tlb.pre, self.tlb.post = self._drain, self._pre_invalidate, self._post_invalidate
+
+    # -- the C walk (core/mmu.CWalk) ---------------------------------------------------------
+    def _drain(self) -> None:
+        """Move the fills the engine made in C into the model (the C walk's tag, each fill's
+        ASID)."""
+        cw = self.cwalk
+        if not cw.desc.ring_len:
+            return
+        insert, tag = self.tlb.insert, self._cw_tag
+        for vpn, paddr, _leaf, gpa, perms, flags in cw.records():
+            insert(tag, flags >> 16, vpn, bool(flags & 1),
+                   TlbEntry(paddr, perms, bool(flags & 16), bool(flags & 4), 1 << ((flags >> 8) & 0xFF), True,
+                            None, gpa))
+
+    def _cw_renote(self) -> None:
+        """The filled set anew: every page the model holds for the C walk's tag."""
+        cw, tag = self.cwalk, self._cw_tag
+        cw.clear()
+        for (t, a), sp in self.tlb.spaces.items():
+            if t == tag:
+                for vpn, _user in sp.map:
+                    cw.note_now(_cw_key(vpn, a), False)
+
+    def _cw_follow(self, s2: Stage2 | None) -> None:
+        """Stage 2 is now ``s2``: the C walk's slots and filled set follow it."""
+        if s2 is self._cw_s2:
+            return
+        self._drain()  # the recorded fills belong to the old stage 2
+        self._cw_s2 = s2
+        self._cw_tag = s2.vmid if s2 is not None else _NO_STAGE2
+        self._cw_renote()
+        self._cw_refresh()
+
+    def _cw_refresh(self) -> None:
+        """Turn the C walk on when stage 2 is a plain slot map and no dirty logging needs to see
+        every fill; else off."""
+        cw, s2 = self.cwalk, self._cw_s2
+        if s2 is None or self.vm.dirty_log.enabled:
+            cw.set_slots(None)
+            return
+        key = id(s2)
+        if key not in self._cw_slots:
+            self._cw_slots[key] = stage2_slots(self.host, s2)
+        cw.set_slots(self._cw_slots[key])
+
+    def _pre_invalidate(self, tag, asid, address, keep_global, match) -> int:
+        self._drain()
+        if address is not None:
+            cur = self._cw_tag
+            self._cw_asids = [a for (t, a) in self.tlb.spaces if t == cur]
+        return 0
+
+    def _post_invalidate(self, tag, asid, address, keep_global, match, pages) -> None:
+        cur = self._cw_tag
+        if not ((match is None or match(cur)) and (tag is ... or tag == cur)):
+            return
+        cw = self.cwalk
+        if pages is None:
+            # The current tag lost every entry (VMALLE1, VMALLS12E1, ALLE1): an empty set. An
+            # ASID's invalidation leaves the keys of its dropped entries in the set: a miss there
+            # goes to Python, which walks again (a key without an entry only costs speed; Linux
+            # reuses an ASID only after a rollover, which invalidates everything).
+            if not any(t == cur for t, _a in self.tlb.spaces):
+                cw.clear()
+        else:
+            spaces = self.tlb.spaces
+            for vpn in set(pages):
+                for a in self._cw_asids:
+                    sp = spaces.get((cur, a))
+                    if sp is None or ((vpn, False) not in sp.map and (vpn, True) not in sp.map):
+                        cw.forget(_cw_key(vpn, a))
+        self._cw_refresh()  # dirty logging starts with an invalidation
 
     # -- the translation context ---------------------------------------------------------------
     def stage2(self) -> Stage2 | None:
@@ -114,17 +253,23 @@ class Arm64Mmu:
         asid = stage1.asid(tcr, ttbr0, ttbr1) if sctlr & sysregs.SCTLR_EL1_M else _MMU_OFF
         self._ctx = ctx = (sctlr, tcr, ttbr0, ttbr1, asid, s2.vmid if s2 is not None else _NO_STAGE2, s2)
         self._fast = stage1.fast_params(tcr, ttbr0, sctlr) if sctlr & sysregs.SCTLR_EL1_M and s2 is not None else None
+        if self.cwalk is not None:
+            self._cw_follow(s2)
         return ctx
 
     def context_changed(self) -> None:
         """SCTLR_EL1, TCR_EL1, TTBR0/1_EL1, HCR_EL2 or VTTBR/VTCR_EL2 may have changed."""
         self._ctx = None
+        if self.cwalk is not None:
+            self._cw_follow(self.stage2())
 
     def set_stage2(self, vttbr: int, vtcr: int) -> None:
         """Program VTTBR_EL2 and VTCR_EL2 (the hypervisor's writes; the TLB keeps what it has)."""
         self.VTTBR_EL2, self.VTCR_EL2 = vttbr, vtcr
         self.walk_cache.clear()
         self._ctx = None
+        if self.cwalk is not None:
+            self._cw_follow(self.stage2())
 
     # -- stage 2 as the walk sees it ---------------------------------------------------------
     def ipa_to_pa(self, ipa: int, write: bool = False, fetch: bool = False, walk: bool = False,
@@ -271,6 +416,8 @@ class Arm64Mmu:
                 log.pages.add(ipa >> 12)
         paddr = HOST_PHYS_BASE + (pa & ~0xFFF)
         self.tlb.insert(tag, asid, vpn, el0, TlbEntry(paddr, perms, s1_user, global_, size))
+        if self.cwalk is not None and tag == self._cw_tag:
+            self.cwalk.note(_cw_key(vpn, asid), False)
         return paddr, perms
 
     def _fast_walk(self, va: int, need: int, el0: bool, params: tuple, s2: Stage2):
@@ -338,6 +485,8 @@ class Arm64Mmu:
         outside ``emu_start`` (``ctl_request_cache``): a refused fill there crashes the process
         (measured), where inside ``emu_start`` it is the fault the run loop takes."""
         ok = self.fill(pc & ~0xFFF, ACCESS_FETCH) is not None
+        if self.cwalk is not None:
+            self.cwalk.flush_note()  # made outside the engine: no fill callback reads the note
         self.pending = None
         return ok
 
@@ -443,6 +592,9 @@ class Arm64Mmu:
             for each in self._stage2s.values():
                 each.invalidate()
             self.tlb.invalidate()
+        if self.cwalk is not None:  # the hypervisor may have changed its stage-2 tables
+            self._cw_slots.clear()
+            self._cw_refresh()
         self.engine.flush()
 
     # -- address translation instructions ------------------------------------------------------
