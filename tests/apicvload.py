@@ -142,3 +142,21 @@ def run(vm_factory, arch: str, mode: str, n: int):
     vm.load(guest(n))
     result = vm.run(timeout=120)
     return vm, result
+
+
+def recording_handlers(*vectors: int) -> str:
+    """Handlers ``v<vector>`` (hex) that append their vector to the list at X86_DATA + 0x10 (a
+    count, then one byte each) and EOI through the xAPIC page whose address is in R15."""
+    return "\n".join(f"""v{vector:x}:
+    mov rax, {X86_DATA + 0x10:#x}
+    mov rbx, qword ptr [rax]
+    mov byte ptr [rax + rbx + 8], {vector:#x}
+    inc qword ptr [rax]
+    mov dword ptr [r15 + 0xB0], 0
+    iretq""" for vector in vectors) + "\n"
+
+
+def delivered(vm) -> list[int]:
+    """The vectors the recording handlers took, in order."""
+    n = vm.memory.read_u64(X86_DATA + 0x10)
+    return list(vm.memory.read(X86_DATA + 0x18, n))

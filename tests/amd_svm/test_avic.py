@@ -5,6 +5,7 @@ AVIC_NOACCEL / AVIC_INCOMPLETE_IPI exits with their EXITINFO1/2, exit counts."""
 
 from __future__ import annotations
 
+from apicvload import delivered, recording_handlers
 from guestlib import X86_DATA, X86_STACK, x86_64, x86_idt_setup
 from hvsim import hookimpl
 from hvsim.core.exits import ExitKind
@@ -139,26 +140,7 @@ AVIC_IRQ_GUEST = f"""
     nop
     mov byte ptr [{X86_DATA:#x}], 1
     {end()}
-v31:
-    mov rax, {X86_DATA + 0x10:#x}
-    mov rbx, qword ptr [rax]
-    mov byte ptr [rax + rbx + 8], 0x31
-    inc qword ptr [rax]
-    mov dword ptr [r15 + 0xB0], 0
-    iretq
-v51:
-    mov rax, {X86_DATA + 0x10:#x}
-    mov rbx, qword ptr [rax]
-    mov byte ptr [rax + rbx + 8], 0x51
-    inc qword ptr [rax]
-    mov dword ptr [r15 + 0xB0], 0
-    iretq
-"""
-
-
-def delivered(vm):
-    n = vm.memory.read_u64(X86_DATA + 0x10)
-    return list(vm.memory.read(X86_DATA + 0x18, n))
+{recording_handlers(0x31, 0x51)}"""
 
 
 def test_irr_bits_are_delivered_by_priority_and_eoi_is_accelerated(make_vm, hvsim_pm):
