@@ -57,6 +57,31 @@ ARM_MMU_ON = """
 """
 
 
+# An arm64 guest bringing up the GICv3 for the virtual timer on vCPU 0 (QEMU virt's layout):
+# the redistributor woken (GICR_WAKER.ProcessorSleep cleared), PPI 27 in group 1 and enabled,
+# the distributor's affinity routing and group 1 on, ICC_PMR_EL1 and ICC_IGRPEN1_EL1 open.
+# Clobbers X1, X2, X24. The guest acknowledges with ICC_IAR1_EL1 (S3_0_C12_C12_0) and ends
+# with ICC_EOIR1_EL1 (S3_0_C12_C12_1).
+ARM_GIC_TIMER_ON = """
+    movz x24, #0x080a, lsl #16        // GICR of vCPU 0 (RD_base)
+    ldr w1, [x24, #0x14]
+    bic w1, w1, #2
+    str w1, [x24, #0x14]              // GICR_WAKER: ProcessorSleep off
+    add x2, x24, #0x10, lsl #12
+    mov w1, #-1
+    str w1, [x2, #0x80]               // GICR_IGROUPR0
+    mov w1, #0x8000000
+    str w1, [x2, #0x100]              // GICR_ISENABLER0: INTID 27
+    movz x2, #0x0800, lsl #16
+    mov w1, #0x12
+    str w1, [x2]                      // GICD_CTLR: ARE | EnableGrp1
+    mov x1, #0xf0
+    msr S3_0_C4_C6_0, x1              // ICC_PMR_EL1
+    mov x1, #1
+    msr S3_0_C12_C12_7, x1            // ICC_IGRPEN1_EL1
+"""
+
+
 ARCH_FAMILY = {"intel_vtx": "x86", "amd_svm": "x86", "arm_el2": "arm64"}
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from guestlib import ARM_ENTRY, SLOT_CUR_SPX_IRQ, arm64_image, x86_64
+from guestlib import ARM_ENTRY, ARM_GIC_TIMER_ON, SLOT_CUR_SPX_IRQ, arm64_image, x86_64
 
 from hvsim import hookimpl
 from hvsim.core.clock import BLOCK_NS
@@ -64,22 +64,7 @@ ARM_GUEST = arm64_image(f"""
         mov x3, #0
         hvc #0
         mov x3, #0
-        movz x24, #0x080a, lsl #16        // GICv3: wake the redistributor, enable PPI 27 ...
-        ldr w1, [x24, #0x14]
-        bic w1, w1, #2
-        str w1, [x24, #0x14]
-        add x2, x24, #0x10, lsl #12
-        mov w1, #-1
-        str w1, [x2, #0x80]               // GICR_IGROUPR0
-        mov w1, #0x8000000
-        str w1, [x2, #0x100]              // GICR_ISENABLER0: INTID 27
-        movz x2, #0x0800, lsl #16
-        mov w1, #0x12
-        str w1, [x2]                      // GICD_CTLR: ARE | EnableGrp1
-        mov x1, #0xf0
-        msr S3_0_C4_C6_0, x1              // ICC_PMR_EL1
-        mov x1, #1
-        msr S3_0_C12_C12_7, x1            // ICC_IGRPEN1_EL1
+{ARM_GIC_TIMER_ON}
         movz x1, #4000
         msr cntv_tval_el0, x1
         mov x1, #1

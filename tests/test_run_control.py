@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from guestlib import ARM_ENTRY, SLOT_CUR_SPX_IRQ, arm64_image, x86_64
+from guestlib import ARM_ENTRY, ARM_GIC_TIMER_ON, SLOT_CUR_SPX_IRQ, arm64_image, x86_64
 
 from hvsim.core.vm import STATUS_INTERRUPTED, STATUS_TIMEOUT
 
@@ -31,23 +31,10 @@ X86_SPIN = x86_64("mov dx, 0x3f8\nmov al, 0x52\nout dx, al\nspin: jmp spin")
 # The virtual timer every 6,250 ticks (100 us at 62.5 MHz), through the GICv3: the handler
 # acknowledges it, re-arms it and ends it.
 ARM_TIMER_STORM = arm64_image(
-    """movz x1, #0x4008, lsl #16
+    f"""movz x1, #0x4008, lsl #16
     msr vbar_el1, x1
     isb
-    movz x24, #0x080a, lsl #16        // GICv3: wake the redistributor, enable PPI 27 ...
-    str wzr, [x24, #0x14]             // GICR_WAKER
-    add x2, x24, #0x10, lsl #12
-    mov w1, #-1
-    str w1, [x2, #0x80]               // GICR_IGROUPR0
-    mov w1, #0x8000000
-    str w1, [x2, #0x100]              // GICR_ISENABLER0: INTID 27
-    movz x2, #0x0800, lsl #16
-    mov w1, #0x12
-    str w1, [x2]                      // GICD_CTLR: ARE | EnableGrp1
-    mov x1, #0xf0
-    msr S3_0_C4_C6_0, x1              // ICC_PMR_EL1
-    mov x1, #1
-    msr S3_0_C12_C12_7, x1            // ICC_IGRPEN1_EL1
+{ARM_GIC_TIMER_ON}
     movz x20, #0x0900, lsl #16
     movz w1, #0x52
     strb w1, [x20]
