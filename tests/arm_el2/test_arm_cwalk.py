@@ -17,7 +17,7 @@ from unicorn.arm64_const import UC_ARM64_REG_X23
 from el2guest import SYSTEM_OFF, guest, log_records, u64
 from hvsim.core.exits import ExitKind
 from hvsim.core.vm import STATUS_OFF
-from test_stage2 import (CUR_SPX_SYNC, EC_DABT_CUR, MARK_A, MARK_B, NO_AF_VA, REMAPPED_PA, REMAPPED_VA, RESULT, esr,
+from test_stage2 import (asid_switch_guest, CUR_SPX_SYNC, EC_DABT_CUR, MARK_A, MARK_B, NO_AF_VA, REMAPPED_PA, REMAPPED_VA, RESULT, esr,
                          mmu_on, mov64)
 
 TTBR1_BASE = 0xFFFF_FF80_0000_0000  # T1SZ 25: VA[63:39] all ones selects TTBR1_EL1
@@ -106,41 +106,7 @@ def test_ng_entries_of_another_asid_are_not_used(arm_vm):
     """L3[0] is nG: ASID 0 caches the remapped page (C fill); the descriptor is changed without
     TLBI; ASID 1 must walk the new tables (its key is not ASID 0's), back in ASID 0 the stale
     entry answers even after the engine dropped it, TLBI ASIDE1 of ASID 0 drops it."""
-    main = mmu_on() + f"""
-    movz x4, #0x4300, lsl #16
-    movz x5, #0x0f07
-    orr x4, x4, x5
-    str x4, [x7]
-    dsb ish
-    tlbi vmalle1
-    dsb ish
-    isb
-    {mov64('x4', REMAPPED_VA)}
-    ldr x5, [x4]
-    str x5, [x19]
-    movz x6, #0x4200, lsl #16
-    movz x5, #0x0f07
-    orr x6, x6, x5
-    str x6, [x7]
-    dsb ish
-    movz x8, #1, lsl #48
-    orr x8, x8, x1
-    msr ttbr0_el1, x8
-    isb
-    {evict()}
-    ldr x5, [x4]
-    str x5, [x19, #8]
-    msr ttbr0_el1, x1
-    isb
-    {evict()}
-    ldr x5, [x4]
-    str x5, [x19, #16]
-    tlbi aside1, xzr
-    dsb ish
-    isb
-    ldr x5, [x4]
-    str x5, [x19, #24]
-    {SYSTEM_OFF}"""
+    main = asid_switch_guest(evict)
     vm = _vm(arm_vm, main)
     assert vm.run(timeout=20).status == STATUS_OFF
     assert [u64(vm, RESULT + 8 * i) for i in range(4)] == [MARK_B, MARK_A, MARK_B, MARK_A]

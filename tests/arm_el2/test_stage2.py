@@ -418,10 +418,12 @@ el0_after:
     assert (vector2, esr2) == (0x400, 0x5600_FFFF)
 
 
-def test_ng_translations_are_tagged_by_asid_and_survive_an_address_space_switch(arm_vm):
-    """nG entries belong to the ASID in TTBR0_EL1[63:48] (TCR_EL1.A1 = 0): switching to ASID 1
-    walks the changed tables, switching back finds ASID 0's stale entry, TLBI ASIDE1 drops it."""
-    main = mmu_on() + f"""
+def asid_switch_guest(evict=lambda: "") -> str:
+    """L3[0] nG, cached under ASID 0, remapped without TLBI; loads under ASID 1, back under
+    ASID 0, then after TLBI ASIDE1 store at RESULT + 0, 8, 16, 24 (``evict()`` gives code run
+    before the loads after each switch: tests/arm_el2/test_arm_cwalk.py drops the engine's
+    entries there)."""
+    return mmu_on() + f"""
     movz x4, #0x4300, lsl #16
     movz x5, #0x0f07
     orr x4, x4, x5
@@ -442,10 +444,12 @@ def test_ng_translations_are_tagged_by_asid_and_survive_an_address_space_switch(
     orr x8, x8, x1
     msr ttbr0_el1, x8
     isb
+    {evict()}
     ldr x5, [x4]
     str x5, [x19, #8]
     msr ttbr0_el1, x1
     isb
+    {evict()}
     ldr x5, [x4]
     str x5, [x19, #16]
     tlbi aside1, xzr
@@ -454,6 +458,12 @@ def test_ng_translations_are_tagged_by_asid_and_survive_an_address_space_switch(
     ldr x5, [x4]
     str x5, [x19, #24]
     {SYSTEM_OFF}"""
+
+
+def test_ng_translations_are_tagged_by_asid_and_survive_an_address_space_switch(arm_vm):
+    """nG entries belong to the ASID in TTBR0_EL1[63:48] (TCR_EL1.A1 = 0): switching to ASID 1
+    walks the changed tables, switching back finds ASID 0's stale entry, TLBI ASIDE1 drops it."""
+    main = asid_switch_guest()
     vm = arm_vm(guest(main))
     vm.memory.write(REMAPPED_VA, MARK_A.to_bytes(8, "little"))
     vm.memory.write(REMAPPED_PA, MARK_B.to_bytes(8, "little"))
